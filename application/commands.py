@@ -1,0 +1,187 @@
+"""Commands the ledger takes, their fingerprints, and the replies they earn."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from domain.account import Account
+from domain.errors import DomainError
+from domain.integrity import Actor
+from domain.money import Money, format_amount
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAccount:
+    account_id: UUID
+    owner: str
+    branch: str
+    currency: str
+    overdraft_limit_minor: int
+    kind: Literal["open_account"] = "open_account"
+
+
+@dataclass(frozen=True, slots=True)
+class Deposit:
+    account_id: UUID
+    money: Money
+    transaction_id: UUID
+    channel: str = "cash"
+    reference: str | None = None
+    kind: Literal["deposit"] = "deposit"
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    account_id: UUID
+    money: Money
+    transaction_id: UUID
+    channel: str = "cash"
+    reference: str | None = None
+    kind: Literal["withdrawal"] = "withdrawal"
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    from_account_id: UUID
+    to_account_id: UUID
+    money: Money
+    transaction_id: UUID
+    reference: str | None = None
+    kind: Literal["transfer"] = "transfer"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStatus:
+    account_id: UUID
+    action: Literal["freeze", "unfreeze", "close"]
+    reason: str
+    kind: Literal["change_status"] = "change_status"
+
+
+Command = OpenAccount | Deposit | Withdraw | Transfer | ChangeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A command with who sent it. `branch_scope` is the teller's branch, else None."""
+
+    command: Command
+    actor: Actor
+    correlation_id: str
+    branch_scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One command's result: the reply body, or the refusal. Exactly one is set."""
+
+    body: dict[str, Any] | None = None
+    error: DomainError | None = None
+    replayed: bool = False
+
+    def __post_init__(self) -> None:
+        assert (self.body is None) != (self.error is None), "an outcome is a reply or an error"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """What PostgreSQL keeps per command id, in the same transaction as the events."""
+
+    command_id: UUID
+    kind: str
+    subject: str
+    fingerprint: str
+    body: dict[str, Any] = field(hash=False)
+
+
+def command_id(command: Command) -> UUID | None:
+    """The id whose uniqueness PostgreSQL enforces; status changes have none."""
+    match command:
+        case OpenAccount(account_id=account_id):
+            return account_id
+        case (
+            Deposit(transaction_id=tid)
+            | Withdraw(transaction_id=tid)
+            | Transfer(transaction_id=tid)
+        ):
+            return tid
+        case ChangeStatus():
+            return None
+
+
+def fingerprint(submission: Submission) -> str:
+    """Same id and same fingerprint is a replay; same id, other fingerprint is a conflict."""
+    command = submission.command
+    described: dict[str, Any] = {"kind": command.kind, "subject": submission.actor.subject}
+    match command:
+        case OpenAccount():
+            described |= {
+                "owner": command.owner,
+                "branch": command.branch,
+                "currency": command.currency,
+                "overdraft_limit_minor": command.overdraft_limit_minor,
+            }
+        case Deposit() | Withdraw():
+            described |= {
+                "account_id": str(command.account_id),
+                "amount_minor": command.money.amount_minor,
+                "currency": command.money.currency,
+                "channel": command.channel,
+                "reference": command.reference,
+            }
+        case Transfer():
+            described |= {
+                "from_account_id": str(command.from_account_id),
+                "to_account_id": str(command.to_account_id),
+                "amount_minor": command.money.amount_minor,
+                "currency": command.money.currency,
+                "reference": command.reference,
+            }
+        case ChangeStatus():
+            raise AssertionError("status changes carry no command id")
+    encoded = json.dumps(described, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def account_body(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": str(account.id),
+        "owner": account.owner,
+        "branch": account.branch,
+        "version": account.version,
+        "balance": format_amount(account.balance_minor, account.currency),
+        "available_balance": format_amount(account.available_minor, account.currency),
+        "overdraft_limit": format_amount(account.overdraft_limit_minor, account.currency),
+        "currency": account.currency,
+        "status": account.status.value,
+    }
+
+
+def movement_body(transaction_id: UUID, account: Account) -> dict[str, Any]:
+    return {
+        "transaction_id": str(transaction_id),
+        "account_id": str(account.id),
+        "version": account.version,
+        "balance": format_amount(account.balance_minor, account.currency),
+        "currency": account.currency,
+    }
+
+
+def transfer_body(transaction_id: UUID, source: Account, target: Account) -> dict[str, Any]:
+    def side(account: Account) -> dict[str, Any]:
+        return {
+            "account_id": str(account.id),
+            "version": account.version,
+            "balance": format_amount(account.balance_minor, account.currency),
+        }
+
+    return {
+        "transaction_id": str(transaction_id),
+        "currency": source.currency,
+        "from": side(source),
+        "to": side(target),
+    }

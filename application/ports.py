@@ -1,0 +1,34 @@
+"""What the application needs from infrastructure; infrastructure satisfies these
+structurally, without importing them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+from uuid import UUID
+
+from application.commands import ReplyRecord
+
+
+class ReplyStore(Protocol):
+    """Replies kept in PostgreSQL, written in the same transaction as the events."""
+
+    def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]: ...
+
+
+class ReplyCache(Protocol):
+    """A best-effort cache of committed replies. Losing it loses nothing."""
+
+    def get_many(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]: ...
+
+    def put_many(self, replies: Mapping[UUID, ReplyRecord]) -> None: ...
+
+
+class NoReplyCache:
+    """For tests and tools that run without Redis."""
+
+    def get_many(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]:
+        return {}
+
+    def put_many(self, replies: Mapping[UUID, ReplyRecord]) -> None:
+        return None

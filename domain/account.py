@@ -1,0 +1,337 @@
+"""The Account aggregate: public commands check, then trigger; events only assign."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.errors import (
+    AccountClosed,
+    AccountFrozen,
+    AccountNotEmpty,
+    AccountNotFrozen,
+    CurrencyMismatch,
+    InsufficientFunds,
+    InvalidAmount,
+    ValidationFailed,
+)
+from domain.integrity import GENESIS_HASH, Stamp, chain_hash, chain_record, event_mac
+from domain.money import Money, exponent_of, format_amount
+
+CHANNELS = ("cash", "card", "wire")
+
+
+class AccountStatus(StrEnum):
+    OPEN = "open"
+    FROZEN = "frozen"
+    CLOSED = "closed"
+
+
+TEvent = TypeVar("TEvent", bound="Account.Event")
+
+
+class Account(Aggregate):
+    """A customer account in one currency, with an optional overdraft."""
+
+    class Event(Aggregate.Event):
+        """Every account event says who, why, and how it chains to the one before."""
+
+        PAYLOAD: ClassVar[tuple[str, ...]] = ()
+
+        transaction_id: str | None
+        actor: dict[str, str]
+        correlation_id: str
+        previous_hash: str
+        hash: str
+        mac: str
+
+        def payload(self) -> dict[str, Any]:
+            return {name: getattr(self, name) for name in self.PAYLOAD}
+
+        def chain_record(self) -> dict[str, Any]:
+            return chain_record(
+                aggregate_id=str(self.originator_id),
+                version=self.originator_version,
+                event_type=type(self).__name__,
+                timestamp=self.timestamp,
+                transaction_id=self.transaction_id,
+                actor=self.actor,
+                correlation_id=self.correlation_id,
+                payload=self.payload(),
+                previous_hash=self.previous_hash,
+            )
+
+        def apply(self, aggregate: Any) -> None:
+            assert isinstance(aggregate, Account)
+            aggregate.last_hash = self.hash
+
+    class AccountOpened(Event, Aggregate.Created):
+        PAYLOAD = ("owner", "branch", "currency", "overdraft_limit_minor")
+
+        owner: str
+        branch: str
+        currency: str
+        overdraft_limit_minor: int
+
+    class Movement(Event):
+        """A change of balance; `balance_after_minor` lets an auditor check the sum."""
+
+        amount_minor: int
+        currency: str
+        reference: str | None
+        balance_after_minor: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.balance_minor = self.balance_after_minor
+            aggregate.last_transaction_at = self.timestamp
+
+    class Deposited(Movement):
+        PAYLOAD = ("amount_minor", "currency", "channel", "reference", "balance_after_minor")
+        channel: str
+
+    class Withdrawn(Movement):
+        PAYLOAD = ("amount_minor", "currency", "channel", "reference", "balance_after_minor")
+        channel: str
+
+    class TransferredOut(Movement):
+        PAYLOAD = (
+            "amount_minor",
+            "currency",
+            "counterparty_account_id",
+            "reference",
+            "balance_after_minor",
+        )
+        counterparty_account_id: str
+
+    class TransferredIn(Movement):
+        PAYLOAD = (
+            "amount_minor",
+            "currency",
+            "counterparty_account_id",
+            "reference",
+            "balance_after_minor",
+        )
+        counterparty_account_id: str
+
+    class StatusChanged(Event):
+        STATUS: ClassVar[AccountStatus] = AccountStatus.OPEN
+        PAYLOAD = ("reason",)
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.status = self.STATUS
+
+    class Frozen(StatusChanged):
+        STATUS = AccountStatus.FROZEN
+
+    class Unfrozen(StatusChanged):
+        STATUS = AccountStatus.OPEN
+
+    class Closed(StatusChanged):
+        STATUS = AccountStatus.CLOSED
+
+    def __init__(
+        self,
+        owner: str,
+        branch: str,
+        currency: str,
+        overdraft_limit_minor: int,
+        hash: str,
+    ) -> None:
+        self.owner = owner
+        self.branch = branch
+        self.currency = currency
+        self.overdraft_limit_minor = overdraft_limit_minor
+        self.balance_minor = 0
+        self.status = AccountStatus.OPEN
+        self.last_hash = hash
+        self.last_transaction_at: Any = None
+
+    # Commands ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        account_id: UUID,
+        owner: str,
+        branch: str,
+        currency: str,
+        overdraft_limit_minor: int,
+        stamp: Stamp,
+    ) -> Account:
+        exponent_of(currency)  # refuses unknown currencies
+        if overdraft_limit_minor < 0:
+            raise InvalidAmount("overdraft limit must not be negative")
+        fields: dict[str, Any] = {
+            "owner": owner,
+            "branch": branch,
+            "currency": currency,
+            "overdraft_limit_minor": overdraft_limit_minor,
+        }
+        seal = _seal(cls.AccountOpened, account_id, 1, GENESIS_HASH, fields, stamp)
+        return cls._create(cls.AccountOpened, id=account_id, **fields, **seal)
+
+    def deposit(self, money: Money, channel: str, reference: str | None, stamp: Stamp) -> None:
+        self._check_movement(money)
+        assert channel in CHANNELS, channel
+        self._trigger(
+            self.Deposited,
+            stamp,
+            amount_minor=money.amount_minor,
+            currency=money.currency,
+            channel=channel,
+            reference=reference,
+            balance_after_minor=self.balance_minor + money.amount_minor,
+        )
+
+    def withdraw(self, money: Money, channel: str, reference: str | None, stamp: Stamp) -> None:
+        self._check_movement(money)
+        self._check_funds(money)
+        assert channel in CHANNELS, channel
+        self._trigger(
+            self.Withdrawn,
+            stamp,
+            amount_minor=money.amount_minor,
+            currency=money.currency,
+            channel=channel,
+            reference=reference,
+            balance_after_minor=self.balance_minor - money.amount_minor,
+        )
+
+    def check_can_send(self, money: Money) -> None:
+        self._check_movement(money)
+        self._check_funds(money)
+
+    def check_can_receive(self, money: Money) -> None:
+        self._check_movement(money)
+
+    def transfer_out(
+        self, money: Money, to_account_id: UUID, reference: str | None, stamp: Stamp
+    ) -> None:
+        self.check_can_send(money)
+        self._trigger(
+            self.TransferredOut,
+            stamp,
+            amount_minor=money.amount_minor,
+            currency=money.currency,
+            counterparty_account_id=str(to_account_id),
+            reference=reference,
+            balance_after_minor=self.balance_minor - money.amount_minor,
+        )
+
+    def transfer_in(
+        self, money: Money, from_account_id: UUID, reference: str | None, stamp: Stamp
+    ) -> None:
+        self.check_can_receive(money)
+        self._trigger(
+            self.TransferredIn,
+            stamp,
+            amount_minor=money.amount_minor,
+            currency=money.currency,
+            counterparty_account_id=str(from_account_id),
+            reference=reference,
+            balance_after_minor=self.balance_minor + money.amount_minor,
+        )
+
+    def freeze(self, reason: str, stamp: Stamp) -> None:
+        self._check_not_closed()
+        if self.status is AccountStatus.FROZEN:
+            raise AccountFrozen(f"account {self.id} is already frozen")
+        self._trigger(self.Frozen, stamp, reason=reason)
+
+    def unfreeze(self, reason: str, stamp: Stamp) -> None:
+        self._check_not_closed()
+        if self.status is not AccountStatus.FROZEN:
+            raise AccountNotFrozen(f"account {self.id} is not frozen")
+        self._trigger(self.Unfrozen, stamp, reason=reason)
+
+    def close(self, reason: str, stamp: Stamp) -> None:
+        self._check_not_closed()
+        if self.balance_minor != 0:
+            balance = format_amount(self.balance_minor, self.currency)
+            raise AccountNotEmpty(f"account {self.id} holds {balance} {self.currency}")
+        self._trigger(self.Closed, stamp, reason=reason)
+
+    # Queries ------------------------------------------------------------------------------
+
+    @property
+    def available_minor(self) -> int:
+        return self.balance_minor + self.overdraft_limit_minor
+
+    # Guards -------------------------------------------------------------------------------
+
+    def _check_not_closed(self) -> None:
+        if self.status is AccountStatus.CLOSED:
+            raise AccountClosed(f"account {self.id} is closed")
+
+    def _check_movement(self, money: Money) -> None:
+        self._check_not_closed()
+        if self.status is AccountStatus.FROZEN:
+            raise AccountFrozen(f"account {self.id} is frozen")
+        if money.currency != self.currency:
+            raise CurrencyMismatch(f"account {self.id} holds {self.currency}, not {money.currency}")
+        if money.amount_minor <= 0:
+            raise InvalidAmount("amount must be greater than zero")
+
+    def _check_funds(self, money: Money) -> None:
+        if self.balance_minor - money.amount_minor < -self.overdraft_limit_minor:
+            raise InsufficientFunds(
+                f"account {self.id} has {format_amount(self.available_minor, self.currency)} "
+                f"{self.currency} available, {money} requested"
+            )
+
+    def _trigger(self, event_class: type[Account.Event], stamp: Stamp, **fields: Any) -> None:
+        seal = _seal(event_class, self.id, self.version + 1, self.last_hash, fields, stamp)
+        self.trigger_event(event_class, **fields, **seal)
+
+
+def _seal(
+    event_class: type[Account.Event],
+    aggregate_id: UUID,
+    version: int,
+    previous_hash: str,
+    fields: dict[str, Any],
+    stamp: Stamp,
+) -> dict[str, Any]:
+    """The event's metadata and its link in the chain, computed before the event exists."""
+    actor = stamp.actor.as_dict()
+    record = chain_record(
+        aggregate_id=str(aggregate_id),
+        version=version,
+        event_type=event_class.__name__,
+        timestamp=stamp.timestamp,
+        transaction_id=stamp.transaction_id,
+        actor=actor,
+        correlation_id=stamp.correlation_id,
+        payload={name: fields[name] for name in event_class.PAYLOAD},
+        previous_hash=previous_hash,
+    )
+    event_hash = chain_hash(record)
+    return {
+        "timestamp": stamp.timestamp,
+        "transaction_id": stamp.transaction_id,
+        "actor": actor,
+        "correlation_id": stamp.correlation_id,
+        "previous_hash": previous_hash,
+        "hash": event_hash,
+        "mac": event_mac(stamp.mac_key, event_hash),
+    }
+
+
+def transfer(
+    source: Account, target: Account, money: Money, reference: str | None, stamp: Stamp
+) -> None:
+    """Move money between two accounts: both sides are checked before either changes."""
+    if source.id == target.id:
+        raise ValidationFailed("a transfer needs two different accounts")
+    source.check_can_send(money)
+    target.check_can_receive(money)
+    before = source.balance_minor + target.balance_minor
+    source.transfer_out(money, target.id, reference, stamp)
+    target.transfer_in(money, source.id, reference, stamp)
+    assert source.balance_minor + target.balance_minor == before, "transfers conserve money"

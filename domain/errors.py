@@ -1,0 +1,85 @@
+"""Expected refusals. Each carries the stable `code` clients see (CONTRACT.md's table)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A command the rules refuse. Nothing was changed."""
+
+    code = "domain_error"
+    title = "Refused"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ValidationFailed(DomainError):
+    code = "validation_error"
+    title = "Invalid request"
+
+
+class InvalidAmount(DomainError):
+    code = "invalid_amount"
+    title = "Invalid amount"
+
+
+class UnknownCurrency(DomainError):
+    code = "unknown_currency"
+    title = "Unknown currency"
+
+
+class CurrencyMismatch(DomainError):
+    code = "currency_mismatch"
+    title = "Currency mismatch"
+
+
+class AccountNotFound(DomainError):
+    code = "account_not_found"
+    title = "Account not found"
+
+
+class InsufficientFunds(DomainError):
+    code = "insufficient_funds"
+    title = "Insufficient funds"
+
+
+class AccountFrozen(DomainError):
+    code = "account_frozen"
+    title = "Account frozen"
+
+
+class AccountClosed(DomainError):
+    code = "account_closed"
+    title = "Account closed"
+
+
+class AccountNotFrozen(DomainError):
+    code = "account_not_frozen"
+    title = "Account not frozen"
+
+
+class AccountNotEmpty(DomainError):
+    code = "account_not_empty"
+    title = "Account not empty"
+
+
+class TransactionConflict(DomainError):
+    code = "transaction_conflict"
+    title = "Transaction id already used for another command"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class Unavailable(DomainError):
+    """Not a refusal by the rules: the store could not take the command now. Retry."""
+
+    code = "unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,184 @@
+"""The one settings object. Nothing else in Vigil reads the environment.
+
+Settings come from `VIGIL_*` environment variables. What is left unset falls back,
+in development only, to what `vigil up` keeps under `var/`: the URLs of its
+embedded servers (`var/up.json`) and its development secrets (`var/dev-keys.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_KEYS_FILE = "dev-keys.json"
+UP_FILE = "up.json"
+
+
+class ConfigurationError(RuntimeError):
+    """Settings that cannot work: refuse to start rather than run wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    var_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap: str | None = None
+    redis_key_prefix: str = "vigil:"
+
+    command_port: int = Field(default=8000, ge=0, le=65535)
+    query_port: int = Field(default=8001, ge=0, le=65535)
+    workers_metrics_port: int = Field(default=9101, ge=0, le=65535)
+
+    jwt_secret: SecretStr | None = None
+    jwt_keys: dict[str, SecretStr] | None = None
+    jwt_kid: str = "dev"
+    jwt_issuer: str = "vigil"
+    jwt_audience: str = "vigil-api"
+    jwt_leeway_s: int = Field(default=0, ge=0, le=300)
+    token_ttl_s_default: int = Field(default=3600, gt=0)
+
+    amount_max: int = Field(default=100_000_000, gt=0)
+    body_max_bytes: int = Field(default=1_048_576, gt=0)
+    batch_items_max: int = Field(default=1000, gt=0, le=10_000)
+
+    topic_prefix: str = ""
+    topic_partitions: int = Field(default=12, gt=0)
+
+    group_commit_window_ms: float = Field(default=2, ge=0)
+    group_commit_max: int = Field(default=1000, gt=0)
+    command_retries_max: int = Field(default=8, ge=1, le=100)
+
+    db_pool_size: int = Field(default=8, gt=0)
+    db_connect_timeout_s: int = Field(default=5, gt=0)
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    reply_cache_ttl_s: int = Field(default=86_400, gt=0)
+
+    rules_config: Path | None = None
+    checkpoint_interval_s: float = Field(default=1, gt=0)
+    checkpoint_file: Path | None = None
+    signing_key_file: Path | None = None
+    audit_mac_key: SecretStr | None = None
+    cipher_key: SecretStr | None = None
+
+    log_level: str = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix_is_plain(cls, value: str) -> str:
+        if any(c.isspace() for c in value):
+            raise ValueError("topic prefix must not contain whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _production_refuses_dev_keys(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.jwt_secret is None and not self.jwt_keys:
+            raise ValueError("production needs VIGIL_JWT_SECRET or VIGIL_JWT_KEYS")
+        if self.audit_mac_key is None:
+            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY")
+        for secret in self._jwt_secrets().values():
+            if len(secret) < 32:
+                raise ValueError("production JWT keys must be at least 32 characters")
+        if self.database_url is None:
+            raise ValueError("production needs VIGIL_DATABASE_URL")
+        return self
+
+    def _jwt_secrets(self) -> dict[str, str]:
+        if self.jwt_keys:
+            return {kid: s.get_secret_value() for kid, s in self.jwt_keys.items()}
+        if self.jwt_secret is not None:
+            return {self.jwt_kid: self.jwt_secret.get_secret_value()}
+        return {}
+
+    # Resolution of what was left unset ------------------------------------------------
+
+    def up_file(self) -> Path:
+        return self.var_dir / UP_FILE
+
+    def read_up_file(self) -> dict[str, Any] | None:
+        path = self.up_file()
+        if not path.exists():
+            return None
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def resolved_database_url(self) -> str:
+        return self._resolved_url(self.database_url, "database_url", "VIGIL_DATABASE_URL")
+
+    def resolved_redis_url(self) -> str:
+        return self._resolved_url(self.redis_url, "redis_url", "VIGIL_REDIS_URL")
+
+    def resolved_kafka_bootstrap(self) -> str:
+        return self._resolved_url(self.kafka_bootstrap, "kafka_bootstrap", "VIGIL_KAFKA_BOOTSTRAP")
+
+    def _resolved_url(self, value: str | None, key: str, variable: str) -> str:
+        if value:
+            return value
+        up = self.read_up_file()
+        if up and up.get(key):
+            return str(up[key])
+        raise ConfigurationError(
+            f"{variable} is not set and no `vigil up` is running here ({self.up_file()} missing)"
+        )
+
+    def jwt_keys_resolved(self) -> dict[str, str]:
+        """kid -> secret. Development falls back to the dev key `vigil up` keeps in var/."""
+        keys = self._jwt_secrets()
+        if keys:
+            return keys
+        return {self.jwt_kid: self.dev_keys()["jwt_secret"]}
+
+    def audit_mac_key_resolved(self) -> bytes:
+        if self.audit_mac_key is not None:
+            return self.audit_mac_key.get_secret_value().encode()
+        return self.dev_keys()["audit_mac_key"].encode()
+
+    def dev_keys(self) -> dict[str, str]:
+        """The development secrets in var/dev-keys.json, made on first use (mode 0600)."""
+        if self.env == "production":
+            raise ConfigurationError("production refuses development keys")
+        path = self.var_dir / DEV_KEYS_FILE
+        if path.exists():
+            data: dict[str, str] = json.loads(path.read_text())
+            return data
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "jwt_secret": secrets.token_urlsafe(48),
+            "audit_mac_key": secrets.token_urlsafe(48),
+        }
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        try:
+            # Another process may have won the race; keep whichever file landed first.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        winner: dict[str, str] = json.loads(path.read_text())
+        return winner
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once, at startup, and pass them down."""
+    try:
+        return Settings(**overrides)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error

@@ -1,0 +1,63 @@
+"""Builds the ledger application from Settings: the event store's environment,
+migrations under an advisory lock, the Redis reply cache."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from eventsourcing.utils import get_topic
+
+from application.ledger import Ledger, LedgerOptions
+from application.ports import NoReplyCache, ReplyCache
+from infrastructure.recorder import VigilRecorder
+from infrastructure.settings import ConfigurationError, Settings
+
+# Any fixed number: all Vigil processes that migrate take this lock first, so two
+# starting at once do not race on CREATE TABLE / CREATE TYPE.
+MIGRATION_LOCK_ID = 7_270_401
+
+
+def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
+    url = urlsplit(settings.resolved_database_url())
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"VIGIL_DATABASE_URL must be postgresql://, not {url.scheme}")
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": get_topic(VigilRecorder),
+        "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "vigil",
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "vigil"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_CONNECT_TIMEOUT": str(settings.db_connect_timeout_s),
+        "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(settings.db_pool_size),
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_LOCK_TIMEOUT": "5",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+        "CREATE_TABLE": "y" if create_table else "n",
+    }
+    if settings.cipher_key is not None:
+        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_KEY"] = settings.cipher_key.get_secret_value()
+    return env
+
+
+def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Ledger:
+    """The ledger, with its tables created (once, under a lock) if missing."""
+    options = LedgerOptions(
+        mac_key=settings.audit_mac_key_resolved(),
+        retries_max=settings.command_retries_max,
+        reply_cache=reply_cache or NoReplyCache(),
+    )
+    with psycopg.connect(
+        settings.resolved_database_url(),
+        autocommit=True,
+        connect_timeout=settings.db_connect_timeout_s,
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            return Ledger(env=event_store_env(settings, create_table=True), options=options)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))

@@ -1,0 +1,161 @@
+"""Account routes of the command API: open, deposit, withdraw, freeze, unfreeze, close."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Response
+
+from application.commands import ChangeStatus
+from interfaces.api.deps import (
+    IdempotencyKeyHeader,
+    LedgerDep,
+    SettingsDep,
+    execute,
+    outcome_reply,
+    submission,
+)
+from interfaces.api.problems import problem_responses
+from interfaces.api.responses import AccountOut, MovementOut
+from interfaces.api.schemas import (
+    MovementIn,
+    OpenAccountIn,
+    StatusChangeIn,
+    movement_command,
+    resolve_id,
+)
+from interfaces.auth import Principal, require
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+Opener = Annotated[Principal, Depends(require("account.open"))]
+Depositor = Annotated[Principal, Depends(require("account.deposit"))]
+Withdrawer = Annotated[Principal, Depends(require("account.withdraw"))]
+Freezer = Annotated[Principal, Depends(require("account.freeze"))]
+Unfreezer = Annotated[Principal, Depends(require("account.unfreeze"))]
+Closer = Annotated[Principal, Depends(require("account.close"))]
+
+MONEY_PROBLEMS = (
+    "account_not_found",
+    "insufficient_funds",
+    "account_frozen",
+    "account_closed",
+    "transaction_conflict",
+    "invalid_amount",
+    "currency_mismatch",
+    "unknown_currency",
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=AccountOut,
+    responses=problem_responses("transaction_conflict", "invalid_amount", "unknown_currency"),
+    summary="Open an account",
+)
+def open_account(
+    body: OpenAccountIn,
+    who: Opener,
+    ledger: LedgerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    account_id = resolve_id(None, idempotency_key, who.subject)
+    outcome = execute(ledger, "account.open", submission(body.to_command(account_id), who))
+    return outcome_reply(outcome, 201)
+
+
+def _movement(
+    kind: Literal["deposit", "withdrawal"],
+    account_id: UUID,
+    body: MovementIn,
+    who: Principal,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    idempotency_key: str | None,
+) -> Response:
+    transaction_id = resolve_id(body.transaction_id, idempotency_key, who.subject)
+    command = movement_command(kind, account_id, body, transaction_id, settings.amount_max)
+    action = "account.deposit" if kind == "deposit" else "account.withdraw"
+    return outcome_reply(execute(ledger, action, submission(command, who)), 201)
+
+
+@router.post(
+    "/{account_id}/deposits",
+    status_code=201,
+    response_model=MovementOut,
+    responses=problem_responses(*MONEY_PROBLEMS),
+    summary="Deposit into an account",
+)
+def deposit(
+    account_id: UUID,
+    body: MovementIn,
+    who: Depositor,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return _movement("deposit", account_id, body, who, ledger, settings, idempotency_key)
+
+
+@router.post(
+    "/{account_id}/withdrawals",
+    status_code=201,
+    response_model=MovementOut,
+    responses=problem_responses(*MONEY_PROBLEMS),
+    summary="Withdraw from an account",
+)
+def withdraw(
+    account_id: UUID,
+    body: MovementIn,
+    who: Withdrawer,
+    ledger: LedgerDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return _movement("withdrawal", account_id, body, who, ledger, settings, idempotency_key)
+
+
+def _change_status(
+    action: Literal["freeze", "unfreeze", "close"],
+    account_id: UUID,
+    body: StatusChangeIn,
+    who: Principal,
+    ledger: LedgerDep,
+) -> Response:
+    command = ChangeStatus(account_id, action, body.reason)
+    return outcome_reply(execute(ledger, f"account.{action}", submission(command, who)), 200)
+
+
+STATUS_PROBLEMS = ("account_not_found", "account_frozen", "account_closed")
+
+
+@router.post(
+    "/{account_id}/freeze",
+    response_model=AccountOut,
+    responses=problem_responses(*STATUS_PROBLEMS),
+    summary="Freeze an account: no money moves until it is unfrozen",
+)
+def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, ledger: LedgerDep) -> Response:
+    return _change_status("freeze", account_id, body, who, ledger)
+
+
+@router.post(
+    "/{account_id}/unfreeze",
+    response_model=AccountOut,
+    responses=problem_responses("account_not_found", "account_not_frozen", "account_closed"),
+    summary="Unfreeze a frozen account",
+)
+def unfreeze(account_id: UUID, body: StatusChangeIn, who: Unfreezer, ledger: LedgerDep) -> Response:
+    return _change_status("unfreeze", account_id, body, who, ledger)
+
+
+@router.post(
+    "/{account_id}/close",
+    response_model=AccountOut,
+    responses=problem_responses("account_not_found", "account_not_empty", "account_closed"),
+    summary="Close an account with a zero balance",
+)
+def close(account_id: UUID, body: StatusChangeIn, who: Closer, ledger: LedgerDep) -> Response:
+    return _change_status("close", account_id, body, who, ledger)

@@ -1,0 +1,74 @@
+"""The command API: the only way money moves. Separate app, process and port from queries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from application.ledger import Ledger
+from infrastructure.reply_cache import RedisReplyCache
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from interfaces.api import accounts, batches, transfers
+from interfaces.api.health import health_router
+from interfaces.api.middleware import install_middleware
+from interfaces.api.problems import install_problem_handlers
+from interfaces.auth import TokenVerifier
+
+log = structlog.get_logger("vigil.command_api")
+
+
+def create_command_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cache = RedisReplyCache.from_url(
+            settings.resolved_redis_url(),
+            prefix=settings.redis_key_prefix,
+            ttl_s=settings.reply_cache_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+        ledger = await asyncio.to_thread(open_ledger, settings, cache)
+        app.state.ledger = ledger
+        app.state.readiness_checks = [
+            ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
+            ("redis", lambda: asyncio.to_thread(cache.ping), False),
+        ]
+        log.info("command_api_started")
+        try:
+            yield
+        finally:
+            ledger.close()
+            cache.client.close()
+            log.info("command_api_stopped")
+
+    app = FastAPI(
+        title="Vigil command API",
+        version="1",
+        description="Open accounts and move money. Every error is application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier(
+        keys=settings.jwt_keys_resolved(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+    )
+    app.state.readiness_checks = []
+    install_problem_handlers(app)
+    install_middleware(app, app_name="command", body_max_bytes=settings.body_max_bytes)
+    app.include_router(health_router)
+    app.include_router(accounts.router)
+    app.include_router(transfers.router)
+    app.include_router(batches.router)
+    return app
+
+
+def _store_answers(ledger: Ledger) -> bool:
+    with ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+        curs.execute("SELECT 1")
+        return curs.fetchone() is not None

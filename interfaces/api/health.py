@@ -1,0 +1,79 @@
+"""Liveness, readiness and the Prometheus scrape. No auth: probes and scrapers carry none.
+
+Readiness runs `app.state.readiness_checks`, a list of `(name, async check, critical)`.
+A failing critical check (the event store) makes the process unready (503); a failing
+non-critical one (the reply cache) only degrades it (200, `"degraded"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Literal
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from infrastructure.metrics import metrics_response
+
+ReadinessCheck = tuple[str, Callable[[], Awaitable[bool]], bool]
+CheckOutcome = Literal["ok", "failed", "timeout"]
+
+# A probe that hangs is worse than one that fails: the orchestrator's own timeout fires
+# and it learns nothing. Each check gets this long, all run concurrently.
+CHECK_TIMEOUT_S: Final = 1.0
+
+log = structlog.get_logger("vigil.health")
+
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@health_router.get(
+    "/health/ready",
+    responses={503: {"description": "A critical dependency is not reachable"}},
+)
+async def ready(request: Request) -> JSONResponse:
+    """Whether the dependencies answer: `ok`, `degraded` (non-critical down) or 503."""
+    checks: Sequence[ReadinessCheck] = getattr(request.app.state, "readiness_checks", ())
+    outcomes = await asyncio.gather(*(_run_check(name, check) for name, check, _ in checks))
+    results = {name: outcome for (name, _, _), outcome in zip(checks, outcomes, strict=True)}
+    critical_down = any(
+        critical and outcome != "ok"
+        for (_, _, critical), outcome in zip(checks, outcomes, strict=True)
+    )
+    if critical_down:
+        return JSONResponse({"status": "unavailable", "checks": results}, status_code=503)
+    status = "ok" if all(outcome == "ok" for outcome in outcomes) else "degraded"
+    return JSONResponse({"status": status, "checks": results}, status_code=200)
+
+
+async def _run_check(name: str, check: Callable[[], Awaitable[bool]]) -> CheckOutcome:
+    try:
+        passed = await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("readiness_check_timed_out", check=name, timeout_s=CHECK_TIMEOUT_S)
+        return "timeout"
+    except Exception as error:
+        # The type only: driver messages can carry connection strings.
+        log.warning("readiness_check_failed", check=name, error=type(error).__name__)
+        return "failed"
+    return "ok" if passed else "failed"
+
+
+@health_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+async def metrics() -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    exposition = metrics_response()
+    return Response(content=exposition.body, media_type=exposition.content_type)

@@ -1,0 +1,55 @@
+"""Reply shapes, for the OpenAPI document (routes send orjson-encoded bodies directly)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AccountOut(BaseModel):
+    account_id: str
+    owner: str
+    branch: str
+    version: int
+    balance: str
+    available_balance: str
+    overdraft_limit: str
+    currency: str
+    status: Literal["open", "frozen", "closed"]
+
+
+class MovementOut(BaseModel):
+    transaction_id: str
+    account_id: str
+    version: int
+    balance: str
+    currency: str
+
+
+class TransferSide(BaseModel):
+    account_id: str
+    version: int
+    balance: str
+
+
+class TransferOut(BaseModel):
+    transaction_id: str
+    currency: str
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: TransferSide = Field(alias="from")
+    to: TransferSide
+
+
+class BatchResult(BaseModel):
+    index: int
+    status: Literal["ok", "error"]
+    transaction_id: str | None = None
+    replayed: bool | None = None
+    code: str | None = None
+    detail: str | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]

@@ -1,0 +1,288 @@
+"""Who is calling and what they may do: bearer JWT verification and the one RBAC table.
+
+The core (`TokenVerifier`, `PERMISSIONS`, `authorize`, `check_branch`) knows nothing of
+FastAPI; `require(action)` adapts it into a typed route parameter:
+
+    Teller = Annotated[Principal, Depends(require("account.deposit"))]
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from domain.errors import Forbidden
+
+if TYPE_CHECKING:
+    from infrastructure.settings import Settings
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
+# Headers beyond this are not tokens we issue; refuse before spending time parsing them.
+TOKEN_CHARS_MAX = 8192
+SUBJECT_CHARS_MAX = 256
+BRANCH_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Role(StrEnum):
+    TELLER = "teller"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    COMPLIANCE = "compliance"
+    VIEWER = "viewer"
+    # Internal actors (the case opener); a token claiming it is refused.
+    SYSTEM = "system"
+
+
+TOKEN_ROLES = frozenset(role for role in Role if role is not Role.SYSTEM)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: Role
+    branch: str | None = None
+
+    @property
+    def actor(self) -> dict[str, str]:
+        """The `actor` every event records (CONTRACT.md: `{"subject", "role"}`)."""
+        return {"subject": self.subject, "role": self.role.value}
+
+
+# The case opener acts as this actor (CONTRACT.md, "Alerts and cases").
+RULES_PRINCIPAL = Principal(subject="system:rules", role=Role.SYSTEM, branch=None)
+
+
+class Unauthorized(Exception):
+    """The caller could not be identified. `reason` is ours and short; never the token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- RBAC: the one table (CONTRACT.md's matrix). Deny by default. ---------------------
+
+_T, _A, _U, _C, _V = Role.TELLER, Role.ADMIN, Role.AUDITOR, Role.COMPLIANCE, Role.VIEWER
+
+PERMISSIONS: Mapping[str, frozenset[Role]] = {
+    # Command API
+    "account.open": frozenset({_T, _A}),
+    "account.deposit": frozenset({_T}),
+    "account.withdraw": frozenset({_T}),
+    "transfer.create": frozenset({_T}),
+    "batch.submit": frozenset({_T}),
+    "account.freeze": frozenset({_A, _C}),
+    "account.unfreeze": frozenset({_A}),
+    "account.close": frozenset({_A}),
+    "case.acknowledge": frozenset({_C}),
+    "case.assign": frozenset({_C}),
+    "case.escalate": frozenset({_C}),
+    "case.close": frozenset({_C}),
+    "case.comment": frozenset({_C}),
+    "watchlist.manage": frozenset({_C}),
+    # Query API
+    "account.read": frozenset({_T, _A, _U, _C, _V}),
+    "stats.read": frozenset({_V, _A, _U, _C}),
+    "projections.read": frozenset({_A, _U}),
+    "alerts.read": frozenset({_C, _U, _A}),
+    "alerts.evidence": frozenset({_C, _U}),
+    "cases.read": frozenset({_C, _U, _A}),
+    "watchlist.read": frozenset({_C, _U}),
+    "audit.read": frozenset({_U, _C}),
+    "audit.export": frozenset({_U, _C}),
+    "audit.access_log": frozenset({_U}),
+}
+
+
+def authorize(principal: Principal, action: str) -> None:
+    """Raise Forbidden unless the principal's role may perform `action`."""
+    if principal.role not in PERMISSIONS.get(action, frozenset()):
+        raise Forbidden(f"role {principal.role.value} may not perform {action}")
+
+
+def check_branch(principal: Principal, branch: str) -> None:
+    """Tellers act only on their own branch; other roles are not branch-scoped."""
+    if principal.role is Role.TELLER and principal.branch != branch:
+        raise Forbidden("tellers may act only on accounts of their own branch")
+
+
+# --- Token verification ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    principal: Principal
+    valid_until_s: float
+
+
+class TokenVerifier:
+    """Verifies Vigil bearer tokens; caches successes briefly so hot paths skip the HMAC."""
+
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        issuer: str,
+        audience: str,
+        leeway_s: int = 0,
+        *,
+        cache_entries_max: int = 10_000,
+        cache_ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not keys:
+            raise ValueError("TokenVerifier needs at least one key")
+        self._keys = dict(keys)
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+        self._cache_entries_max = cache_entries_max
+        self._cache_ttl_s = cache_ttl_s
+        self._clock = clock
+        self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        return cls(
+            settings.jwt_keys_resolved(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway_s=settings.jwt_leeway_s,
+        )
+
+    def verify(self, token: str) -> Principal:
+        now_s = self._clock()
+        cached = self._cached(token, now_s)
+        if cached is not None:
+            return cached
+        claims = self._decode(token)
+        principal = _principal_from_claims(claims)
+        # Never trust a cached success past the token's own expiry.
+        self._remember(token, principal, min(float(claims["exp"]), now_s + self._cache_ttl_s))
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        if not token or len(token) > TOKEN_CHARS_MAX:
+            raise Unauthorized("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        # An allow-list of one: `none`, RS256-with-HMAC-key confusion and friends never pass.
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized("token algorithm not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("token has no key id")
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("token key id is unknown")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway_s,
+                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token audience is wrong") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token issuer is wrong") from None
+        except jwt.MissingRequiredClaimError:
+            raise Unauthorized("token lacks a required claim") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("token signature is invalid") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token") from None
+        return claims
+
+    def _cached(self, token: str, now_s: float) -> Principal | None:
+        with self._lock:
+            entry = self._cache.get(token)
+            if entry is None:
+                return None
+            if entry.valid_until_s <= now_s:
+                del self._cache[token]
+                return None
+            self._cache.move_to_end(token)
+            return entry.principal
+
+    def _remember(self, token: str, principal: Principal, valid_until_s: float) -> None:
+        with self._lock:
+            self._cache[token] = _CacheEntry(principal, valid_until_s)
+            self._cache.move_to_end(token)
+            while len(self._cache) > self._cache_entries_max:
+                self._cache.popitem(last=False)
+
+
+def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or len(subject) > SUBJECT_CHARS_MAX:
+        raise Unauthorized("token subject is invalid")
+    raw_role = claims.get("role")
+    if not isinstance(raw_role, str) or raw_role not in TOKEN_ROLES:
+        raise Unauthorized("token role is missing or not allowed")
+    role = Role(raw_role)
+    branch = claims.get("branch")
+    if branch is not None and (not isinstance(branch, str) or not BRANCH_PATTERN.fullmatch(branch)):
+        raise Unauthorized("token branch is invalid")
+    if role is Role.TELLER and branch is None:
+        raise Unauthorized("teller token has no branch")
+    return Principal(subject=subject, role=role, branch=branch)
+
+
+# --- FastAPI adapter ------------------------------------------------------------------
+
+# auto_error=False: a missing header must become our 401 problem, not FastAPI's default.
+# As a sub-dependency it also puts the bearer scheme into the OpenAPI document.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="HS256 JWT; `vigil token issue --role R [--branch B]` makes one.",
+)
+
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """Verify the bearer token with the app's verifier and remember who called."""
+    if credentials is None:
+        raise Unauthorized("missing bearer token")
+    verifier: TokenVerifier = request.app.state.verifier
+    principal = verifier.verify(credentials.credentials)
+    # The access log names the subject, even when the request is then forbidden.
+    request.state.principal = principal
+    return principal
+
+
+def require(action: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: authenticated (401 otherwise) and allowed `action` (403 otherwise)."""
+    if action not in PERMISSIONS:
+        # A typo would deny everyone silently; fail when the route is declared instead.
+        raise ValueError(f"unknown action {action!r}: add it to PERMISSIONS")
+
+    async def dependency(request: Request, credentials: Bearer) -> Principal:
+        principal = authenticate(request, credentials)
+        authorize(principal, action)
+        return principal
+
+    dependency.__name__ = f"require_{action.replace('.', '_')}"
+    return dependency

@@ -1,0 +1,37 @@
+# Developer entry points. `make run` is the whole system on this machine; `make test` the suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+
+# CI sets CI=true; the ci Hypothesis profile is derandomised (tests/conftest.py).
+ifdef CI
+export HYPOTHESIS_PROFILE := ci
+endif
+
+.PHONY: install run test lint clean
+
+# Reinstalled whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/vigil up
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Only what the tools and `vigil up` made. Refuses while `vigil up` runs: var/ holds its data.
+clean:
+	@if [ -f var/up.json ]; then echo "var/up.json exists: stop vigil up first (or delete it if none runs)"; exit 1; fi
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/vigil up
 
-test: install
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 lint: install

@@ -1,0 +1,100 @@
+"""The read models' tables, in their own schema beside the event store.
+
+Written only by projection workers (each change in the same transaction as its
+tracking rows), read by the query API. All can be dropped and rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+SCHEMA = "readmodel"
+
+# Projection names (CONTRACT.md): `balances` is the accounts read model.
+PROJECTIONS = ("balances", "statements", "kpis")
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.accounts (
+    account_id uuid PRIMARY KEY,
+    owner text NOT NULL,
+    branch text NOT NULL,
+    currency text NOT NULL,
+    status text NOT NULL,
+    balance_minor bigint NOT NULL,
+    overdraft_limit_minor bigint NOT NULL,
+    version bigint NOT NULL,
+    opened_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    last_transaction_at timestamptz,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS accounts_branch_idx ON {SCHEMA}.accounts (branch, account_id);
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.transactions (
+    account_id uuid NOT NULL,
+    version bigint NOT NULL,
+    transaction_id uuid,
+    counterparty_account_id uuid,
+    direction text NOT NULL CHECK (direction IN ('credit', 'debit')),
+    kind text NOT NULL,
+    amount_minor bigint NOT NULL CHECK (amount_minor > 0),
+    balance_after_minor bigint NOT NULL,
+    currency text NOT NULL,
+    reference text,
+    channel text,
+    actor_subject text NOT NULL,
+    actor_role text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    correlation_id text,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (account_id, version)
+);
+CREATE INDEX IF NOT EXISTS transactions_time_idx
+    ON {SCHEMA}.transactions (account_id, occurred_at DESC, version DESC);
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_hourly (
+    hour timestamptz NOT NULL,
+    currency text NOT NULL,
+    metric text NOT NULL,
+    count bigint NOT NULL,
+    sum_minor bigint NOT NULL,
+    PRIMARY KEY (hour, currency, metric)
+);
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_branch (
+    branch text NOT NULL,
+    currency text NOT NULL,
+    metric text NOT NULL,
+    count bigint NOT NULL,
+    sum_minor bigint NOT NULL,
+    PRIMARY KEY (branch, currency, metric)
+);
+
+-- What each projection has applied: a contiguous high-water mark (every stored
+-- notification id at or below it is applied) plus sparse rows above it.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_positions (
+    projection text PRIMARY KEY,
+    position bigint NOT NULL DEFAULT 0,
+    applied_events bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_tracking (
+    projection text NOT NULL,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (projection, notification_id)
+);
+"""
+
+
+def ensure_read_models(conn: psycopg.Connection) -> None:  # type: ignore[type-arg]
+    """Create what is missing. Callers hold the migration advisory lock."""
+    with conn.transaction():
+        conn.execute(DDL)  # type: ignore[arg-type]
+        for name in PROJECTIONS:
+            conn.execute(
+                f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "
+                "ON CONFLICT DO NOTHING",
+                (name,),
+            )

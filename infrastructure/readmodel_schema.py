@@ -6,6 +6,8 @@ tracking rows), read by the query API. All can be dropped and rebuilt from the s
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 SCHEMA = "readmodel"
@@ -88,10 +90,10 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_tracking (
 """
 
 
-def ensure_read_models(conn: psycopg.Connection) -> None:  # type: ignore[type-arg]
+def ensure_read_models(conn: psycopg.Connection[Any]) -> None:
     """Create what is missing. Callers hold the migration advisory lock."""
     with conn.transaction():
-        conn.execute(DDL)  # type: ignore[arg-type]
+        conn.execute(DDL)
         for name in PROJECTIONS:
             conn.execute(
                 f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "

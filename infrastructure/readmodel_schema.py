@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_branch (
     PRIMARY KEY (branch, currency, metric)
 );
 
+-- The kpis projection's own memory of each account's branch (from AccountOpened).
+CREATE TABLE IF NOT EXISTS {SCHEMA}.kpi_account_branches (
+    account_id uuid PRIMARY KEY,
+    branch text NOT NULL
+);
+
 -- What each projection has applied: a contiguous high-water mark (every stored
 -- notification id at or below it is applied) plus sparse rows above it.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_positions (

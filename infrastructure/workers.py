@@ -1,0 +1,247 @@
+"""Projection workers: consume `vigil.ledger.events`, apply each fetched batch in one
+PostgreSQL transaction with its tracking rows (exactly once by notification id).
+
+Kafka offsets are never the dedupe key: committed offsets are only a head start. A
+partition whose `relay_epoch` header changes (the broker lost its log and the relay
+republished) is sought back to its beginning; tracking makes the replays harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg
+import redis.asyncio as aioredis
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from infrastructure.account_cache import cache_account_rows
+from infrastructure.projection_store import apply_batch
+from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import MIGRATION_LOCK_ID
+from infrastructure.topics import ledger_events_topic
+from projections.envelope import Envelope
+
+log = structlog.get_logger("vigil.workers")
+
+FETCH_TIMEOUT_MS = 500
+FETCH_RECORDS_MAX = 1000
+RETRY_BACKOFF_S_MAX = 5.0
+EPOCH_HEADER = "relay_epoch"
+
+EVENTS_APPLIED = Counter(
+    "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
+)
+EVENTS_DUPLICATE = Counter(
+    "vigil_projection_events_duplicate_total",
+    "Events skipped because the projection had them already.",
+    ["projection"],
+)
+APPLY_SECONDS = Histogram(
+    "vigil_projection_apply_seconds",
+    "Time to apply one fetched batch, by projection.",
+    ["projection"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+POSITION = Gauge("vigil_projection_position", "High-water mark, by projection.", ["projection"])
+LAG_EVENTS = Gauge(
+    "vigil_projection_lag_events", "Store head minus the projection's mark.", ["projection"]
+)
+
+
+def group_id(settings: Settings, projection: str) -> str:
+    return f"{settings.topic_prefix}vigil.projection.{projection}"
+
+
+async def migrate_read_models(settings: Settings) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            await asyncio.to_thread(_ensure_sync, settings)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+
+def _ensure_sync(settings: Settings) -> None:
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+
+
+class ProjectionWorker:
+    """One projection's consumer: fetch a batch, apply it, commit offsets, repeat."""
+
+    def __init__(self, projection: str, settings: Settings) -> None:
+        assert projection in PROJECTIONS, projection
+        self.projection = projection
+        self.settings = settings
+        self.epochs: dict[TopicPartition, int] = {}
+        self.cache: aioredis.Redis | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                await self._consume(stop)
+            except Exception as error:
+                # Kafka or PostgreSQL went away: nothing half-applied survives a
+                # rolled-back transaction, so start over from the committed state.
+                log.warning(
+                    "projection_worker_restarting",
+                    projection=self.projection,
+                    error=f"{type(error).__name__}: {error}",
+                )
+                await _sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
+            else:
+                backoff_s = 0.1
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            ledger_events_topic(self.settings),
+            bootstrap_servers=self.settings.resolved_kafka_bootstrap(),
+            group_id=group_id(self.settings, self.projection),
+            client_id=f"vigil-{self.projection}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=FETCH_RECORDS_MAX,
+            request_timeout_ms=30_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+            metadata_max_age_ms=5_000,
+        )
+        self.cache = aioredis.Redis.from_url(
+            self.settings.resolved_redis_url(), socket_timeout=self.settings.redis_timeout_s
+        )
+        await consumer.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.settings.resolved_database_url(), autocommit=True
+            ) as conn:
+                log.info("projection_worker_started", projection=self.projection)
+                while not stop.is_set():
+                    fetched = await consumer.getmany(
+                        timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
+                    )
+                    records = await self._records_to_apply(consumer, fetched)
+                    if records:
+                        await self._apply(conn, records)
+                        await _commit_offsets(consumer)
+                    await self._observe_lag(conn)
+        finally:
+            await consumer.stop()
+            await self.cache.aclose()
+
+    async def _records_to_apply(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> list[ConsumerRecord]:
+        records: list[ConsumerRecord] = []
+        for partition, batch in fetched.items():
+            epoch = _epoch(batch[0]) if batch else None
+            if epoch is not None and self.epochs.get(partition, epoch) < epoch:
+                # The broker was restarted and the relay republished from an older
+                # position: our offset means nothing in the new log. Start it over.
+                log.warning(
+                    "projection_partition_rewound",
+                    projection=self.projection,
+                    partition=partition.partition,
+                    epoch=epoch,
+                )
+                self.epochs[partition] = epoch
+                await consumer.seek_to_beginning(partition)
+                continue
+            for record in batch:
+                record_epoch = _epoch(record)
+                if record_epoch is not None:
+                    self.epochs[partition] = max(self.epochs.get(partition, 0), record_epoch)
+                records.append(record)
+        return records
+
+    async def _apply(
+        self, conn: psycopg.AsyncConnection[Any], records: list[ConsumerRecord]
+    ) -> None:
+        events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
+        started = time.perf_counter()
+        result = await apply_batch(conn, self.projection, events)
+        APPLY_SECONDS.labels(self.projection).observe(time.perf_counter() - started)
+        EVENTS_APPLIED.labels(self.projection).inc(result.applied)
+        EVENTS_DUPLICATE.labels(self.projection).inc(result.duplicates)
+        POSITION.labels(self.projection).set(result.position)
+        for event in events:
+            log.debug(
+                "event_projected",
+                projection=self.projection,
+                notification_id=event.notification_id,
+                correlation_id=event.correlation_id,
+                account_id=str(event.aggregate_id),
+            )
+        if self.projection == "balances" and result.touched_versions and self.cache is not None:
+            await cache_account_rows(
+                conn, self.cache, self.settings.redis_key_prefix, list(result.touched_versions)
+            )
+
+    async def _observe_lag(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cursor = await conn.execute(
+            "SELECT coalesce(max(notification_id), 0), "
+            f"(SELECT position FROM {SCHEMA}.projection_positions WHERE projection = %s) "
+            "FROM ledger_events",
+            (self.projection,),
+        )
+        row = await cursor.fetchone()
+        if row is not None:
+            head, position = int(row[0]), int(row[1] or 0)
+            LAG_EVENTS.labels(self.projection).set(max(0, head - position))
+
+
+def _epoch(record: ConsumerRecord) -> int | None:
+    for key, value in record.headers or ():
+        if key == EPOCH_HEADER:
+            return int(value)
+    return None
+
+
+async def _commit_offsets(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.commit()
+    except Exception as error:
+        log.info("projection_offset_commit_failed", error=type(error).__name__)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_projections(
+    settings: Settings, projections: Sequence[str], stop: asyncio.Event
+) -> None:
+    await migrate_read_models(settings)
+    workers = [ProjectionWorker(name, settings) for name in projections]
+    await asyncio.gather(*(worker.run(stop) for worker in workers))
+
+
+def serve_workers(settings: Settings, projections: Sequence[str], metrics_port: int) -> int:
+    """`vigil workers` / `vigil project NAME`: run until SIGINT or SIGTERM."""
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.host)
+    return asyncio.run(_serve(settings, projections))
+
+
+async def _serve(settings: Settings, projections: Sequence[str]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("projection_workers_starting", projections=list(projections))
+    await run_projections(settings, projections, stop)
+    log.info("projection_workers_stopped")
+    return 0

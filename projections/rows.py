@@ -1,0 +1,77 @@
+"""Read-model rows: what projections produce. The SQL that applies them is in infrastructure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOpenedRow:
+    account_id: UUID
+    owner: str
+    branch: str
+    currency: str
+    overdraft_limit_minor: int
+    version: int
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChanged:
+    account_id: UUID
+    version: int
+    balance_minor: int
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    account_id: UUID
+    version: int
+    status: str
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    account_id: UUID
+    version: int
+    transaction_id: str | None
+    counterparty_account_id: str | None
+    direction: str
+    kind: str
+    amount_minor: int
+    balance_after_minor: int
+    currency: str
+    reference: str | None
+    channel: str | None
+    actor_subject: str
+    actor_role: str
+    occurred_at: datetime
+    correlation_id: str | None
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BranchKnown:
+    """The KPI projection's own memory of which branch an account belongs to."""
+
+    account_id: UUID
+    branch: str
+
+
+@dataclass(frozen=True, slots=True)
+class KpiIncrement:
+    hour: datetime
+    currency: str
+    metric: str
+    amount_minor: int
+    account_id: UUID
+
+
+Row = AccountOpenedRow | BalanceChanged | StatusChanged | StatementLine | BranchKnown | KpiIncrement

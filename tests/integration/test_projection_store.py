@@ -1,0 +1,178 @@
+"""Projection batches on real PostgreSQL: exactly once by tracking, a contiguous mark that
+skips the store's gaps, read models that agree with the aggregates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from application.commands import Deposit, OpenAccount, Submission, Transfer, Withdraw
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.account import Account
+from domain.integrity import Actor
+from domain.money import Money
+from infrastructure.projection_store import apply_batch
+from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from projections.envelope import Envelope
+
+pytestmark = pytest.mark.integration
+
+TELLER = Actor("alice", "teller")
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    settings = settings_factory()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+    return settings
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+def run(ledger: Ledger, *commands: Any) -> None:
+    for outcome in ledger.execute([Submission(c, TELLER, "corr-p") for c in commands]):
+        assert outcome.error is None, outcome.error
+
+
+def stored_envelopes(ledger: Ledger) -> list[Envelope]:
+    out = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
+        event = ledger.mapper.to_domain_event(notification)
+        assert isinstance(event, Account.Event)
+        out.append(Envelope.from_json(envelope(notification.id, event)))
+    return out
+
+
+def seed(ledger: Ledger) -> list[UUID]:
+    a, b = uuid4(), uuid4()
+    gbp = lambda minor: Money(minor, "GBP")  # noqa: E731
+    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "002", "GBP", 0))
+    run(ledger, Deposit(a, gbp(10_000), uuid4()), Deposit(b, gbp(500), uuid4()))
+    run(ledger, Transfer(a, b, gbp(2_500), uuid4()))
+    run(ledger, Withdraw(b, gbp(1_000), uuid4(), channel="card"))
+    return [a, b]
+
+
+async def apply_all(settings: Settings, projection: str, events: list[Envelope]) -> Any:
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        return await apply_batch(conn, projection, events)
+
+
+def query(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def position(settings: Settings, projection: str) -> int:
+    return int(
+        query(
+            settings,
+            "SELECT position FROM readmodel.projection_positions WHERE projection = %s",
+            projection,
+        )[0][0]
+    )
+
+
+def test_projected_balances_and_statements_agree_with_the_aggregates(
+    ledger: Ledger, settings: Settings
+) -> None:
+    accounts = seed(ledger)
+    events = stored_envelopes(ledger)
+    for projection in PROJECTIONS:
+        asyncio.run(apply_all(settings, projection, events))
+        assert position(settings, projection) == events[-1].notification_id
+    for account_id in accounts:
+        aggregate = ledger.get_account(account_id)
+        [(balance, version, branch)] = query(
+            settings,
+            "SELECT balance_minor, version, branch FROM readmodel.accounts WHERE account_id = %s",
+            account_id,
+        )
+        assert (balance, version, branch) == (
+            aggregate.balance_minor,
+            aggregate.version,
+            aggregate.branch,
+        )
+        [(credits, debits)] = query(
+            settings,
+            "SELECT coalesce(sum(amount_minor) FILTER (WHERE direction = 'credit'), 0), "
+            "coalesce(sum(amount_minor) FILTER (WHERE direction = 'debit'), 0) "
+            "FROM readmodel.transactions WHERE account_id = %s",
+            account_id,
+        )
+        assert credits - debits == aggregate.balance_minor
+    assert query(
+        settings, "SELECT count, sum_minor FROM readmodel.kpis_hourly WHERE metric = 'transfers'"
+    ) == [(1, 2_500)]
+    assert sorted(
+        query(settings, "SELECT branch, count FROM readmodel.kpis_branch WHERE metric = 'deposits'")
+    ) == [("001", 1), ("002", 1)]
+
+
+def test_the_same_events_delivered_twice_change_nothing(ledger: Ledger, settings: Settings) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    first = asyncio.run(apply_all(settings, "statements", events))
+    before = query(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
+    again = asyncio.run(apply_all(settings, "statements", events + events[:3]))
+    assert first.applied == len(events)
+    assert again.applied == 0
+    assert again.duplicates == len(events) + 3
+    assert (
+        query(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
+        == before
+    )
+
+
+def test_the_mark_waits_for_missing_ids_then_jumps_and_compacts(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    later, earlier = events[4:], events[:4]
+    asyncio.run(apply_all(settings, "balances", later))  # another partition got ahead
+    assert position(settings, "balances") == 0
+    assert len(
+        query(settings, "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'balances'")
+    ) == len(later)
+    asyncio.run(apply_all(settings, "balances", earlier))
+    assert position(settings, "balances") == events[-1].notification_id
+    assert (
+        query(settings, "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'balances'")
+        == []
+    )
+
+
+def test_the_mark_skips_gaps_the_store_will_never_fill(ledger: Ledger, settings: Settings) -> None:
+    seed(ledger)
+    # A rolled-back insert burns sequence values: a permanent gap in notification ids.
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 'x', ''::bytea), (%s, 1, 'x', ''::bytea)",
+            (uuid4(), uuid4()),
+        )
+        conn.rollback()
+    account = uuid4()
+    run(ledger, OpenAccount(account, "Cy", "001", "GBP", 0))
+    events = stored_envelopes(ledger)
+    ids = [e.notification_id for e in events]
+    assert ids[-1] - ids[-2] == 3, "the store has a gap of two ids"
+    asyncio.run(apply_all(settings, "kpis", events))
+    assert position(settings, "kpis") == ids[-1]

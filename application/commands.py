@@ -113,6 +113,20 @@ def command_id(command: Command) -> UUID | None:
             return None
 
 
+def account_ids(command: Command) -> tuple[UUID, ...]:
+    """The accounts a command may change."""
+    match command:
+        case Transfer(from_account_id=source, to_account_id=target):
+            return (source, target)
+        case (
+            OpenAccount(account_id=account_id)
+            | Deposit(account_id=account_id)
+            | Withdraw(account_id=account_id)
+            | ChangeStatus(account_id=account_id)
+        ):
+            return (account_id,)
+
+
 def fingerprint(submission: Submission) -> str:
     """Same id and same fingerprint is a replay; same id, other fingerprint is a conflict."""
     command = submission.command

@@ -37,11 +37,13 @@ from application.commands import (
     Transfer,
     Withdraw,
     account_body,
+    account_ids,
     command_id,
     fingerprint,
     movement_body,
     transfer_body,
 )
+from application.locks import StripedLocks
 from application.ports import NoReplyCache, ReplyCache, ReplyStore
 from domain.account import Account, transfer
 from domain.errors import (
@@ -53,6 +55,9 @@ from domain.errors import (
 )
 from domain.integrity import Stamp
 
+ACCOUNT_LOCK_STRIPES = 1024
+RETRY_BACKOFF_S_MAX = 0.25
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -62,7 +67,7 @@ def utc_now() -> datetime:
 class LedgerOptions:
     mac_key: bytes
     retries_max: int = 8
-    retry_backoff_s: float = 0.005
+    retry_backoff_s: float = 0.01
     clock: Callable[[], datetime] = utc_now
     reply_cache: ReplyCache = field(default_factory=NoReplyCache)
 
@@ -74,6 +79,10 @@ class Ledger(Application[UUID]):
 
     def __init__(self, env: Mapping[str, str], options: LedgerOptions) -> None:
         self.options = options
+        # Commands of this process on the same accounts take turns, so they do not
+        # lose optimistic-concurrency races to each other; other processes may still
+        # win one, and then the group is judged again.
+        self._locks = StripedLocks(ACCOUNT_LOCK_STRIPES)
         super().__init__(env=dict(env))
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
@@ -106,13 +115,18 @@ class Ledger(Application[UUID]):
 
     def execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
         """Apply the commands in order, each atomic on its own; commit all in one go."""
+        with self._locks.holding(account_ids(s.command) for s in submissions):
+            return self._execute(submissions)
+
+    def _execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
         for attempt in range(self.options.retries_max):
             try:
                 return self._attempt(submissions)
             except IntegrityError:
                 # Another writer took a version or a command id first. Nothing of
                 # ours was written; judge the whole group again from fresh state.
-                time.sleep(self.options.retry_backoff_s * (2**attempt) * random.random())
+                backoff_s = min(self.options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
+                time.sleep(backoff_s * (0.5 + random.random()))
             except (OperationalError, InterfaceError) as error:
                 raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
             except PersistenceError as error:

@@ -328,7 +328,9 @@ def transfer(
 ) -> None:
     """Move money between two accounts: both sides are checked before either changes."""
     if source.id == target.id:
-        raise ValidationFailed("a transfer needs two different accounts")
+        raise ValidationFailed(
+            "a transfer needs two different accounts", field="body.to_account_id"
+        )
     source.check_can_send(money)
     target.check_can_receive(money)
     before = source.balance_minor + target.balance_minor

@@ -18,6 +18,11 @@ class ValidationFailed(DomainError):
     code = "validation_error"
     title = "Invalid request"
 
+    def __init__(self, detail: str, field: str = "body") -> None:
+        super().__init__(detail)
+        # The contract's `errors` list: which field, and what is wrong with it.
+        self.errors = [{"field": field, "message": detail}]
+
 
 class InvalidAmount(DomainError):
     code = "invalid_amount"

@@ -26,7 +26,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "OMR": 3,
 }
 
-_AMOUNT_PATTERN = re.compile(r"^(?P<units>\d{1,30})(?:\.(?P<fraction>\d{1,30}))?$")
+# ASCII digits only: `\d` would also take Arabic-Indic or full-width digits.
+_AMOUNT_PATTERN = re.compile(r"(?P<units>[0-9]{1,30})(?:\.(?P<fraction>[0-9]{1,30}))?")
 
 
 def exponent_of(currency: str) -> int:
@@ -64,7 +65,7 @@ def parse_amount(text: str, currency: str, *, zero_allowed: bool) -> Money:
     exponent = exponent_of(currency)
     if not isinstance(text, str):
         raise InvalidAmount("amounts are decimal strings, not numbers")
-    match = _AMOUNT_PATTERN.match(text)
+    match = _AMOUNT_PATTERN.fullmatch(text)
     if match is None:
         raise InvalidAmount(f"amount {text!r} is not a positive decimal string")
     fraction = match.group("fraction") or ""

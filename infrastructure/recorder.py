@@ -53,7 +53,11 @@ class VigilRecorder(PostgresApplicationRecorder):
     ) -> None:
         # Events first (this takes the table lock), replies after: every writer
         # takes its locks in the same order, so two writers of one id cannot deadlock.
-        super()._insert_stored_events(curs, stored_events, **kwargs)
+        # The nested pipeline syncs on exit, so a unique violation on the events (a
+        # lost optimistic-concurrency race) surfaces here as an IntegrityError, not as
+        # "pipeline aborted" on the replies insert that would follow it.
+        with curs.connection.pipeline():
+            super()._insert_stored_events(curs, stored_events, **kwargs)
         replies: Sequence[ReplyRecord] = kwargs.get("replies") or ()
         if replies:
             with curs.connection.cursor() as replies_cursor:

@@ -13,6 +13,9 @@ from application.ports import NoReplyCache, ReplyCache
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
 
+# The library names the table after the application ("Ledger").
+EVENTS_TABLE = "ledger_events"
+
 # Any fixed number: all Vigil processes that migrate take this lock first, so two
 # starting at once do not race on CREATE TABLE / CREATE TYPE.
 MIGRATION_LOCK_ID = 7_270_401

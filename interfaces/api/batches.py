@@ -44,7 +44,8 @@ def submit_batch(
 ) -> Response:
     if len(body.items) > settings.batch_items_max:
         raise ValidationFailed(
-            f"a batch holds at most {settings.batch_items_max} items, not {len(body.items)}"
+            f"a batch holds at most {settings.batch_items_max} items, not {len(body.items)}",
+            field="body.items",
         )
     results: list[dict[str, Any] | None] = [None] * len(body.items)
     indexes: list[int] = []

@@ -117,7 +117,8 @@ def resolve_id(given: UUID | None, idempotency_key: str | None, subject: str) ->
     from_key = id_from_idempotency_key(subject, idempotency_key) if idempotency_key else None
     if given is not None and from_key is not None and given != from_key:
         raise ValidationFailed(
-            "transaction_id and Idempotency-Key name different ids; send one or make them agree"
+            "transaction_id and Idempotency-Key name different ids; send one or make them agree",
+            field="body.transaction_id",
         )
     return given or from_key or uuid4()
 

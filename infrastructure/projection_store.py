@@ -15,6 +15,7 @@ from uuid import UUID
 from psycopg import AsyncConnection
 
 from infrastructure.readmodel_schema import SCHEMA
+from infrastructure.store import EVENTS_TABLE
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
 from projections.rows import (
@@ -27,7 +28,6 @@ from projections.rows import (
     StatusChanged,
 )
 
-EVENTS_TABLE = "ledger_events"
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
 NOTIFY_CHANNELS = {"balances": "readmodel_accounts", "statements": "readmodel_transactions"}

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     command_port: int = Field(default=8000, ge=0, le=65535)
     query_port: int = Field(default=8001, ge=0, le=65535)
     workers_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    relay_metrics_port: int = Field(default=9102, ge=0, le=65535)
 
     jwt_secret: SecretStr | None = None
     jwt_keys: dict[str, SecretStr] | None = None

@@ -26,7 +26,7 @@ from infrastructure.account_cache import cache_account_rows
 from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import MIGRATION_LOCK_ID
+from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
 from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
 
@@ -193,7 +193,7 @@ class ProjectionWorker:
         cursor = await conn.execute(
             "SELECT coalesce(max(notification_id), 0), "
             f"(SELECT position FROM {SCHEMA}.projection_positions WHERE projection = %s) "
-            "FROM ledger_events",
+            f"FROM {EVENTS_TABLE}",
             (self.projection,),
         )
         row = await cursor.fetchone()

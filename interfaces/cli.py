@@ -23,6 +23,33 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return serve_api(args.which, settings, port=args.port, workers=args.workers)
 
 
+def _cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.logging import configure_logging
+    from infrastructure.readmodel_schema import PROJECTIONS
+    from infrastructure.workers import serve_workers
+
+    configure_logging(settings.log_level, service="workers")
+    port = settings.workers_metrics_port if args.metrics_port is None else args.metrics_port
+    return serve_workers(settings, PROJECTIONS, port)
+
+
+def _cmd_project(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.logging import configure_logging
+    from infrastructure.workers import serve_workers
+
+    configure_logging(settings.log_level, service=f"project-{args.name}")
+    return serve_workers(settings, [args.name], args.metrics_port or 0)
+
+
+def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.logging import configure_logging
+    from infrastructure.relay import run_relay
+
+    configure_logging(settings.log_level, service="relay")
+    port = settings.relay_metrics_port if args.metrics_port is None else args.metrics_port
+    return run_relay(settings, metrics_port=port)
+
+
 def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
     from interfaces.tokens import issue_token
 
@@ -45,10 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cmd_up)
 
     api = commands.add_parser("api", help="serve one HTTP API")
-    api.add_argument("which", choices=["command"], help="which API")
+    api.add_argument("which", choices=["command", "query"], help="which API")
     api.add_argument("--port", type=int, default=None, help="port (default from settings)")
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.set_defaults(handler=_cmd_api)
+
+    workers = commands.add_parser("workers", help="run every projection worker")
+    workers.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    workers.set_defaults(handler=_cmd_workers)
+
+    project = commands.add_parser("project", help="run one projection worker")
+    project.add_argument("name", choices=["balances", "statements", "kpis"])
+    project.add_argument("--metrics-port", type=int, default=None, help="/metrics port")
+    project.set_defaults(handler=_cmd_project)
+
+    relay = commands.add_parser("relay", help="publish stored events to Kafka")
+    relay.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    relay.set_defaults(handler=_cmd_relay)
 
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")

@@ -190,13 +190,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_command_api(settings: Settings, log_dir: Path, port: int | None = None) -> ApiServer:
+def start_api(which: str, settings: Settings, log_dir: Path, port: int | None = None) -> ApiServer:
+    """`vigil api command|query` as a real process; returns once /health/ready is 200."""
     port = port or free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"command-api-{port}.log"
+    log_path = log_dir / f"{which}-api-{port}.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "interfaces.cli", "api", "command", "--port", str(port)],
+            [sys.executable, "-m", "interfaces.cli", "api", which, "--port", str(port)],
             cwd=ROOT,
             env=settings_env(settings),
             stdout=log_file,
@@ -206,8 +207,9 @@ def start_command_api(settings: Settings, log_dir: Path, port: int | None = None
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"command API exited early:\n{log_path.read_text()[-3000:]}")
+            pytest.fail(f"{which} API exited early:\n{log_path.read_text()[-3000:]}")
         try:
+            # 200 is ready or degraded (Redis down): both serve requests.
             if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
@@ -215,8 +217,16 @@ def start_command_api(settings: Settings, log_dir: Path, port: int | None = None
         time.sleep(0.1)
     server.stop()
     pytest.fail(
-        f"command API not ready in {SERVER_START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}"
+        f"{which} API not ready in {SERVER_START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}"
     )
+
+
+def start_command_api(settings: Settings, log_dir: Path, port: int | None = None) -> ApiServer:
+    return start_api("command", settings, log_dir, port)
+
+
+def start_query_api(settings: Settings, log_dir: Path, port: int | None = None) -> ApiServer:
+    return start_api("query", settings, log_dir, port)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,19 @@ from fastapi import FastAPI
 
 from infrastructure.logging import configure_logging
 from infrastructure.settings import load_settings
-from interfaces.api.command_app import create_command_app
 
 
 def command_app() -> FastAPI:
+    from interfaces.api.command_app import create_command_app
+
     settings = load_settings()
     configure_logging(settings.log_level, service="command-api")
     return create_command_app(settings)
+
+
+def query_app() -> FastAPI:
+    from interfaces.api.query_app import create_query_app
+
+    settings = load_settings()
+    configure_logging(settings.log_level, service="query-api")
+    return create_query_app(settings)

@@ -1,4 +1,4 @@
-"""`vigil api command`: serve an app with uvicorn, logging as JSON."""
+"""`vigil api command|query`: serve one app with uvicorn, logging as JSON."""
 
 from __future__ import annotations
 
@@ -6,21 +6,28 @@ import uvicorn
 
 from infrastructure.settings import Settings
 
+# Factories uvicorn imports by name in each worker process, and the setting of each port.
+APPS = {
+    "command": ("interfaces.api.factories:command_app", "command_port"),
+    "query": ("interfaces.api.factories:query_app", "query_port"),
+}
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def serve_api(which: str, settings: Settings, *, port: int | None, workers: int) -> int:
-    if which != "command":
+    if which not in APPS:
         raise ValueError(f"unknown API {which!r}")
-    chosen_port = port if port is not None else settings.command_port
+    factory, port_setting = APPS[which]
     config = uvicorn.Config(
-        "interfaces.api.factories:command_app",
+        factory,
         factory=True,
         host=settings.host,
-        port=chosen_port,
+        port=port if port is not None else int(getattr(settings, port_setting)),
         workers=workers,
         access_log=False,
         log_config=None,
         proxy_headers=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     uvicorn.Server(config).run()
     return 0

@@ -1,0 +1,42 @@
+"""What the query routers share, built once in the app's lifespan and passed as one parameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from fastapi import Depends, Query, Request
+
+from interfaces.api.query.cache import AccountCache
+from interfaces.api.query.freshness import ChangeWaiters
+from interfaces.api.query.readstore import ReadStore
+
+# Aggregate versions are bigint in the store.
+VERSION_MAX: Final = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSide:
+    store: ReadStore
+    cache: AccountCache
+    waiters: ChangeWaiters
+
+
+def _read_side(request: Request) -> ReadSide:
+    read_side: ReadSide = request.app.state.read_side
+    return read_side
+
+
+ReadSideDep = Annotated[ReadSide, Depends(_read_side)]
+
+MinVersion = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=VERSION_MAX,
+        description=(
+            "Read your writes: the version a command reply carried. Waits up to 2 s for "
+            "the projection, else 503 `projection_lagging` with `Retry-After`."
+        ),
+    ),
+]

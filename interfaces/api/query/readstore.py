@@ -1,0 +1,117 @@
+"""The query API's PostgreSQL side: a pool of read-only connections over the read models.
+
+Connections default to read-only transactions (`default_transaction_read_only`), so a
+query that tried to write would fail loudly: the query side never changes domain state
+or read models (DESIGN.md). Driver failures leave as 503 `unavailable`, never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Final, LiteralString
+
+import psycopg
+import structlog
+from psycopg import AsyncConnection, sql
+from psycopg.abc import Params
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+
+from domain.errors import Unavailable
+from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import MIGRATION_LOCK_ID
+
+# A query slower than this is a bug or an overload; cut it off rather than pile up.
+STATEMENT_TIMEOUT_MS: Final = 5_000
+# How long a request waits for a free connection, and how many may wait at all.
+POOL_WAIT_S: Final = 5.0
+POOL_WAITING_MAX: Final = 1_000
+
+Statement = LiteralString | sql.SQL | sql.Composed
+
+log = structlog.get_logger("vigil.query.readstore")
+
+
+def prepare_read_models(settings: Settings) -> None:
+    """Create missing read-model tables, under the lock every migrating process takes."""
+    with psycopg.connect(
+        settings.resolved_database_url(),
+        autocommit=True,
+        connect_timeout=settings.db_connect_timeout_s,
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            ensure_read_models(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+
+class ReadStore:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, settings: Settings) -> ReadStore:
+        options = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+            settings.resolved_database_url(),
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": settings.db_connect_timeout_s,
+                "options": options,
+            },
+            min_size=1,
+            max_size=settings.db_pool_size,
+            timeout=POOL_WAIT_S,
+            max_waiting=POOL_WAITING_MAX,
+            # One round trip per checkout buys a clean 200 after a database restart
+            # instead of one 503 per stale connection.
+            check=AsyncConnectionPool.check_connection,
+            name="query",
+            open=False,
+        )
+        await pool.open(wait=True, timeout=float(settings.db_connect_timeout_s))
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, TooManyRequests) as error:
+            log.warning("read_store_busy", error=type(error).__name__)
+            raise Unavailable("the read store is busy; retry") from error
+        except psycopg.OperationalError as error:
+            log.warning("read_store_failed", error=type(error).__name__)
+            raise Unavailable("the read store is not reachable; retry") from error
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+        """One read-only REPEATABLE READ transaction: several queries, one consistent view."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+
+    async def fetch_one(
+        self, query: Statement, params: Params | None = None
+    ) -> dict[str, Any] | None:
+        async with self.connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchone()
+
+    async def fetch_all(
+        self, query: Statement, params: Params | None = None
+    ) -> list[dict[str, Any]]:
+        async with self.connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall()
+
+    async def answers(self) -> bool:
+        row = await self.fetch_one("SELECT 1 AS ok")
+        return row is not None and row["ok"] == 1

@@ -1,0 +1,77 @@
+"""The query API: reads the read models, never changes domain state. Separate app,
+process and port from the command API, with the same auth, errors and health probes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from infrastructure.settings import Settings
+from interfaces.api.health import health_router
+from interfaces.api.middleware import install_middleware
+from interfaces.api.problems import install_problem_handlers
+from interfaces.api.query import accounts, projections, stats, transactions
+from interfaces.api.query.cache import AccountCache
+from interfaces.api.query.deps import ReadSide
+from interfaces.api.query.freshness import ChangeWaiters, NotificationListener
+from interfaces.api.query.readstore import ReadStore, prepare_read_models
+from interfaces.auth import TokenVerifier
+
+log = structlog.get_logger("vigil.query_api")
+
+
+def create_query_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(prepare_read_models, settings)
+        store = await ReadStore.open(settings)
+        cache = AccountCache.from_url(
+            settings.resolved_redis_url(),
+            prefix=settings.redis_key_prefix,
+            timeout_s=settings.redis_timeout_s,
+        )
+        waiters = ChangeWaiters()
+        listener = NotificationListener(
+            settings.resolved_database_url(),
+            waiters,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        )
+        listener.start()
+        app.state.read_side = ReadSide(store=store, cache=cache, waiters=waiters)
+        app.state.readiness_checks = [
+            ("postgres", store.answers, True),
+            ("redis", cache.ping, False),
+            # Without it `min_version` waits fall back to polling: slower, still right.
+            ("notifications", listener.is_connected, False),
+        ]
+        log.info("query_api_started")
+        try:
+            yield
+        finally:
+            await listener.stop()
+            await cache.close()
+            await store.close()
+            log.info("query_api_stopped")
+
+    app = FastAPI(
+        title="Vigil query API",
+        version="1",
+        description="Balances, statements, KPIs and projection lag; read-only. "
+        "Every error is application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier.from_settings(settings)
+    app.state.readiness_checks = []
+    install_problem_handlers(app)
+    install_middleware(app, app_name="query", body_max_bytes=settings.body_max_bytes)
+    app.include_router(health_router)
+    app.include_router(accounts.router)
+    app.include_router(transactions.router)
+    app.include_router(stats.router)
+    app.include_router(projections.router)
+    return app

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import structlog
 from psycopg import AsyncConnection
 
 from infrastructure.readmodel_schema import SCHEMA
@@ -30,6 +31,8 @@ from projections.rows import (
 
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
+log = structlog.get_logger("vigil.projections")
+
 NOTIFY_CHANNELS = {"balances": "readmodel_accounts", "statements": "readmodel_transactions"}
 
 
@@ -37,6 +40,7 @@ NOTIFY_CHANNELS = {"balances": "readmodel_accounts", "statements": "readmodel_tr
 class BatchResult:
     applied: int = 0
     duplicates: int = 0
+    deferred: int = 0
     position: int = 0
     touched_versions: dict[UUID, int] = field(default_factory=dict)
 
@@ -52,11 +56,15 @@ async def apply_batch(
         fresh = await _track(
             conn, projection, [e.notification_id for e in events if e.notification_id > mark]
         )
+        versions = await _projected_versions(conn, projection, events)
         for event in events:
             if event.notification_id not in fresh:
                 result.duplicates += 1
                 continue
             fresh.discard(event.notification_id)  # a batch may hold one id twice
+            if versions is not None and not await _in_order(conn, projection, event, versions):
+                result.deferred += 1
+                continue
             for row in project(event):
                 await _apply_row(conn, row)
             result.applied += 1
@@ -69,6 +77,46 @@ async def apply_batch(
             for account_id, version in result.touched_versions.items():
                 await conn.execute("SELECT pg_notify(%s, %s)", (channel, f"{account_id}:{version}"))
     return result
+
+
+async def _projected_versions(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
+) -> dict[UUID, int] | None:
+    """The accounts' projected versions, for the one projection that needs strict order."""
+    if projection != "balances":
+        return None  # statements and KPIs come out the same in any order
+    ids = list({e.aggregate_id for e in events if e.is_account_event})
+    cursor = await conn.execute(
+        f"SELECT account_id, version FROM {SCHEMA}.accounts WHERE account_id = ANY(%s)", (ids,)
+    )
+    return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+
+
+async def _in_order(
+    conn: AsyncConnection[Any], projection: str, event: Envelope, versions: dict[UUID, int]
+) -> bool:
+    """Whether a balances event follows the projected version. One that comes early (a
+    batch the relay retried after a partial failure) is untracked again: the mark stays
+    below it, and its redelivery, after its predecessor, applies it."""
+    if not event.is_account_event:
+        return True
+    projected = versions.get(event.aggregate_id, 0)
+    if event.version > projected + 1:
+        await conn.execute(
+            f"DELETE FROM {SCHEMA}.projection_tracking "
+            "WHERE projection = %s AND notification_id = %s",
+            (projection, event.notification_id),
+        )
+        log.warning(
+            "projection_event_deferred",
+            projection=projection,
+            account_id=str(event.aggregate_id),
+            version=event.version,
+            projected_version=projected,
+        )
+        return False
+    versions[event.aggregate_id] = max(projected, event.version)
+    return True
 
 
 async def _lock_position(conn: AsyncConnection[Any], projection: str) -> int:

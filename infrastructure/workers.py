@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from infrastructure.account_cache import cache_account_rows
 from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
-from infrastructure.settings import Settings
+from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
 from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
@@ -34,6 +34,7 @@ log = structlog.get_logger("vigil.workers")
 
 FETCH_TIMEOUT_MS = 500
 FETCH_RECORDS_MAX = 1000
+FETCH_WAIT_MS = 20
 RETRY_BACKOFF_S_MAX = 5.0
 EPOCH_HEADER = "relay_epoch"
 
@@ -92,6 +93,8 @@ class ProjectionWorker:
         while not stop.is_set():
             try:
                 await self._consume(stop)
+            except ConfigurationError:
+                raise
             except Exception as error:
                 # Kafka or PostgreSQL went away: nothing half-applied survives a
                 # rolled-back transaction, so start over from the committed state.
@@ -114,6 +117,8 @@ class ProjectionWorker:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             max_poll_records=FETCH_RECORDS_MAX,
+            # tansu answers a fetch only when its wait runs out: keep it short, for lag.
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             request_timeout_ms=30_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,

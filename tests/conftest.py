@@ -8,6 +8,7 @@ Redis keys carry a prefix of this run's own and are deleted at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -24,6 +25,7 @@ import psycopg
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
+from pydantic import SecretStr
 
 from infrastructure.settings import Settings, load_settings
 from infrastructure.store import open_ledger
@@ -169,24 +171,23 @@ class ApiServer:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update(
-        {
-            "VIGIL_DATABASE_URL": settings.resolved_database_url(),
-            "VIGIL_REDIS_URL": settings.resolved_redis_url(),
-            "VIGIL_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-            "VIGIL_VAR_DIR": str(settings.var_dir),
-            "VIGIL_JWT_KID": settings.jwt_kid,
-            "VIGIL_AUDIT_MAC_KEY": settings.audit_mac_key_resolved().decode(),
-            "VIGIL_DB_POOL_SIZE": str(settings.db_pool_size),
-            "VIGIL_BODY_MAX_BYTES": str(settings.body_max_bytes),
-            "VIGIL_LOG_LEVEL": "WARNING",
-        }
-    )
-    if settings.jwt_keys:
-        env["VIGIL_JWT_KEYS"] = __import__("json").dumps(settings.jwt_keys_resolved())
-    else:
-        env["VIGIL_JWT_SECRET"] = settings.jwt_keys_resolved()[settings.jwt_kid]
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps(
+                {
+                    k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                    for k, v in value.items()
+                }
+            )
+        env[f"VIGIL_{name.upper()}"] = str(value)
+    env.setdefault("VIGIL_LOG_LEVEL", "WARNING")
     return env
 
 

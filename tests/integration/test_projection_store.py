@@ -25,6 +25,8 @@ from projections.envelope import Envelope
 
 pytestmark = pytest.mark.integration
 
+TRACKED_STATEMENTS = "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'statements'"
+
 TELLER = Actor("alice", "teller")
 
 
@@ -146,17 +148,12 @@ def test_the_mark_waits_for_missing_ids_then_jumps_and_compacts(
     seed(ledger)
     events = stored_envelopes(ledger)
     later, earlier = events[4:], events[:4]
-    asyncio.run(apply_all(settings, "balances", later))  # another partition got ahead
-    assert position(settings, "balances") == 0
-    assert len(
-        query(settings, "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'balances'")
-    ) == len(later)
-    asyncio.run(apply_all(settings, "balances", earlier))
-    assert position(settings, "balances") == events[-1].notification_id
-    assert (
-        query(settings, "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'balances'")
-        == []
-    )
+    asyncio.run(apply_all(settings, "statements", later))  # another partition got ahead
+    assert position(settings, "statements") == 0
+    assert len(query(settings, TRACKED_STATEMENTS)) == len(later)
+    asyncio.run(apply_all(settings, "statements", earlier))
+    assert position(settings, "statements") == events[-1].notification_id
+    assert query(settings, TRACKED_STATEMENTS) == []
 
 
 def test_the_mark_skips_gaps_the_store_will_never_fill(ledger: Ledger, settings: Settings) -> None:
@@ -176,3 +173,25 @@ def test_the_mark_skips_gaps_the_store_will_never_fill(ledger: Ledger, settings:
     assert ids[-1] - ids[-2] == 3, "the store has a gap of two ids"
     asyncio.run(apply_all(settings, "kpis", events))
     assert position(settings, "kpis") == ids[-1]
+
+
+def test_a_balance_event_that_arrives_before_its_predecessor_waits_for_it(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    opened, deposited = events[0], events[2]
+    assert (opened.aggregate_id, opened.version, deposited.version) == (
+        deposited.aggregate_id,
+        1,
+        2,
+    )
+    early = asyncio.run(apply_all(settings, "balances", [deposited]))
+    assert (early.applied, early.deferred) == (0, 1)
+    asyncio.run(apply_all(settings, "balances", [opened, deposited]))
+    [(balance, version)] = query(
+        settings,
+        "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s",
+        opened.aggregate_id,
+    )
+    assert (balance, version) == (10_000, 2)

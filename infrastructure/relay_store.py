@@ -1,0 +1,156 @@
+"""The relay's own state in PostgreSQL: how far it has published to a topic, in which
+epoch, and the last offset the broker acknowledged per partition.
+
+The offsets are how the relay notices a broker that lost its log (the test broker keeps
+topics in memory only): an acknowledged offset can never go backwards on a live log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+
+from infrastructure.readmodel_schema import SCHEMA as READMODEL_SCHEMA
+from infrastructure.settings import Settings
+from infrastructure.store import MIGRATION_LOCK_ID
+
+log = structlog.get_logger("vigil.relay")
+
+# First key of the two-key advisory lock one relay holds per topic (second key: the
+# topic's hash), so a second relay for the same topic waits instead of double-publishing.
+RELAY_LOCK_CLASS = 7_270_402
+EPOCH_FIRST = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS public.relay_state (
+    topic text PRIMARY KEY,
+    position bigint NOT NULL CHECK (position >= 0),
+    epoch bigint NOT NULL CHECK (epoch >= 1),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS public.relay_partition_offsets (
+    topic text NOT NULL,
+    partition integer NOT NULL CHECK (partition >= 0),
+    last_offset bigint NOT NULL CHECK (last_offset >= 0),
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+@dataclass
+class RelayState:
+    position: int
+    epoch: int
+    offsets: dict[int, int] = field(default_factory=dict)
+
+
+class RelayStore:
+    """One autocommit session: it holds the relay's advisory lock for its whole life."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], topic: str) -> None:
+        self.conn = conn
+        self.topic = topic
+
+    @classmethod
+    async def connect(cls, settings: Settings, topic: str) -> RelayStore:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=settings.db_connect_timeout_s,
+            application_name="vigil-relay",
+        )
+        return cls(conn, topic)
+
+    async def close(self) -> None:
+        # Closing the session releases the advisory lock with it.
+        with contextlib.suppress(psycopg.Error):
+            await self.conn.close()
+
+    async def acquire_lock(self, stop: asyncio.Event, retry_s: float) -> bool:
+        """Wait for the topic's relay lock; False if `stop` was set first."""
+        waiting_logged = False
+        while not stop.is_set():
+            cursor = await self.conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (RELAY_LOCK_CLASS, self.topic)
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                return True
+            if not waiting_logged:
+                log.info("relay_waiting_for_lock", topic=self.topic)
+                waiting_logged = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=retry_s)
+        return False
+
+    async def migrate(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            await self.conn.execute(DDL)
+        finally:
+            await self.conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+    async def load(self) -> RelayState:
+        """The recorded state; a topic never published to starts at 0 in the first epoch."""
+        await self.conn.execute(
+            "INSERT INTO public.relay_state (topic, position, epoch) VALUES (%s, 0, %s) "
+            "ON CONFLICT (topic) DO NOTHING",
+            (self.topic, EPOCH_FIRST),
+        )
+        cursor = await self.conn.execute(
+            "SELECT position, epoch FROM public.relay_state WHERE topic = %s", (self.topic,)
+        )
+        row = await cursor.fetchone()
+        assert row is not None, "relay_state row was just ensured"
+        cursor = await self.conn.execute(
+            "SELECT partition, last_offset FROM public.relay_partition_offsets WHERE topic = %s",
+            (self.topic,),
+        )
+        offsets = {int(p): int(o) for p, o in await cursor.fetchall()}
+        return RelayState(position=int(row[0]), epoch=int(row[1]), offsets=offsets)
+
+    async def record(self, state: RelayState, acknowledged: dict[int, int]) -> None:
+        """Record what the broker acknowledged: position and offsets in one transaction."""
+        async with self.conn.transaction():
+            cursor = await self.conn.execute(
+                "UPDATE public.relay_state SET position = %s, updated_at = now() "
+                "WHERE topic = %s AND epoch = %s",
+                (state.position, self.topic, state.epoch),
+            )
+            # One relay per topic (the advisory lock): nobody else moves the epoch.
+            assert cursor.rowcount == 1, "relay_state changed under the relay's lock"
+            async with self.conn.cursor() as offsets_cursor:
+                await offsets_cursor.executemany(
+                    "INSERT INTO public.relay_partition_offsets (topic, partition, last_offset) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET last_offset = EXCLUDED.last_offset",
+                    [(self.topic, p, o) for p, o in sorted(acknowledged.items())],
+                )
+
+    async def rewind(self, position: int, epoch: int) -> None:
+        """A new epoch from `position`: the old offsets belong to a log that is gone."""
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "UPDATE public.relay_state SET position = %s, epoch = %s, updated_at = now() "
+                "WHERE topic = %s",
+                (position, epoch, self.topic),
+            )
+            await self.conn.execute(
+                "DELETE FROM public.relay_partition_offsets WHERE topic = %s", (self.topic,)
+            )
+
+    async def projections_position_min(self) -> int | None:
+        """The lowest projection position (all ids at or below it applied), None if none."""
+        table = f"{READMODEL_SCHEMA}.projection_positions"
+        cursor = await self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+        row = await cursor.fetchone()
+        if row is None or not row[0]:
+            return None
+        cursor = await self.conn.execute(f"SELECT min(position) FROM {table}")
+        row = await cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])

@@ -1,0 +1,319 @@
+"""The whole pipeline as real processes: command API → PostgreSQL → relay → tansu broker →
+projection workers → read models → query API. Crashes, replays and a broker restart end
+in read models equal to what the event store says."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import psycopg
+import pytest
+
+from domain.money import format_amount
+from infrastructure.embedded import EmbeddedBroker, start_broker
+from infrastructure.settings import Settings
+from interfaces.tokens import issue_token
+from tests.conftest import ROOT, ApiServer, Databases, settings_env, start_api
+
+pytestmark = pytest.mark.e2e
+
+CONVERGE_TIMEOUT_S = 60.0
+MOVEMENTS = ("Deposited", "Withdrawn", "TransferredIn", "TransferredOut")
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    broker: EmbeddedBroker
+    command: ApiServer
+    query: ApiServer
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        argv = {"relay": ["relay"], "workers": ["workers"]}[name]
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "interfaces.cli", *argv, "--metrics-port", "0"],
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.query.stop()
+        self.command.stop()
+
+    def token(self, role: str = "teller") -> dict[str, str]:
+        branch = "001" if role == "teller" else None
+        token = issue_token(self.settings, role=role, branch=branch, subject=f"{role}-e2e")
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    work = tmp_path_factory.mktemp("pipeline")
+    broker = start_broker(work / "broker")
+    settings = databases.settings_for(
+        databases.fresh(),
+        work / "var",
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=f"e2e{uuid4().hex[:6]}.",
+        topic_partitions=4,
+    )
+    logs = work / "logs"
+    command = start_api("command", settings, logs)
+    query = start_api("query", settings, logs)
+    system = Pipeline(settings, broker, command, query, logs)
+    system.start("relay")
+    system.start("workers")
+    with httpx.Client(timeout=10) as http:
+        # Consumer groups take a few seconds to form: measure nothing before they have.
+        open_account(system, http)
+        wait_converged(system, http)
+    yield system
+    system.stop_all()
+    system.broker.stop()
+
+
+def open_account(system: Pipeline, http: httpx.Client, balance: str = "1000.00") -> UUID:
+    reply = http.post(
+        f"{system.command.url}/v1/accounts",
+        json={"owner": "Pipeline Test", "branch": "001", "currency": "GBP"},
+        headers=system.token(),
+    )
+    assert reply.status_code == 201, reply.text
+    account_id = UUID(reply.json()["account_id"])
+    deposit = http.post(
+        f"{system.command.url}/v1/accounts/{account_id}/deposits",
+        json={"amount": balance, "currency": "GBP"},
+        headers=system.token(),
+    )
+    assert deposit.status_code == 201, deposit.text
+    return account_id
+
+
+def wait_converged(system: Pipeline, http: httpx.Client) -> dict[str, Any]:
+    """Until every projection's mark is the store's head."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        state = http.get(f"{system.query.url}/v1/projections", headers=system.token("admin")).json()
+        if state["head"] and all(item["position"] == state["head"] for item in state["items"]):
+            return state
+        if time.monotonic() > deadline:
+            pytest.fail(f"projections did not converge: {state}")
+        time.sleep(0.2)
+
+
+def read_models_agree_with_the_store(settings: Settings) -> dict[str, Any]:
+    """Every account's row and statement against the events; returns a snapshot."""
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        accounts = conn.execute(
+            "SELECT account_id, balance_minor, version, status FROM readmodel.accounts"
+        ).fetchall()
+        lines = conn.execute(
+            "SELECT account_id, version, direction, amount_minor, balance_after_minor "
+            "FROM readmodel.transactions ORDER BY account_id, version"
+        ).fetchall()
+        heads = dict(
+            conn.execute(
+                "SELECT originator_id, max(originator_version) FROM ledger_events "
+                "GROUP BY originator_id"
+            ).fetchall()
+        )
+        kpis = conn.execute(
+            "SELECT metric, sum(count), sum(sum_minor) FROM readmodel.kpis_hourly "
+            "GROUP BY metric ORDER BY metric"
+        ).fetchall()
+        movement_events = conn.execute(
+            "SELECT count(*) FROM ledger_events WHERE topic LIKE ANY(%s)",
+            ([f"%.{name}" for name in MOVEMENTS],),
+        ).fetchone()
+    assert {a[0]: a[2] for a in accounts} == heads, "every account at its latest version"
+    assert movement_events is not None
+    assert len(lines) == movement_events[0], "one statement line per movement, none doubled"
+    by_account: dict[UUID, int] = {}
+    for account_id, _, direction, amount, balance_after in lines:
+        running = by_account.get(account_id, 0) + (amount if direction == "credit" else -amount)
+        assert running == balance_after, "statement lines chain to their balances"
+        by_account[account_id] = running
+    for account_id, balance, _, _ in accounts:
+        assert by_account.get(account_id, 0) == balance, "statement sums to the balance"
+    return {"accounts": sorted(accounts), "lines": lines, "kpis": kpis}
+
+
+def test_a_deposit_is_visible_in_the_query_api_and_the_lag_is_measured(
+    pipeline: Pipeline,
+) -> None:
+    lags_s = []
+    with httpx.Client(timeout=10) as http:
+        account_id = open_account(pipeline, http, "5.00")
+        for _ in range(50):
+            reply = http.post(
+                f"{pipeline.command.url}/v1/accounts/{account_id}/deposits",
+                json={"amount": "1.00", "currency": "GBP"},
+                headers=pipeline.token(),
+            )
+            version = reply.json()["version"]
+            started = time.perf_counter()
+            seen = http.get(
+                f"{pipeline.query.url}/v1/accounts/{account_id}",
+                params={"min_version": version},
+                headers=pipeline.token("viewer"),
+            )
+            lags_s.append(time.perf_counter() - started)
+            assert seen.status_code == 200, seen.text
+            assert seen.json()["projected_version"] >= version
+        assert seen.json()["balance"] == "55.00"
+    print(
+        f"\ncommand reply to projection visible: p50 {statistics.median(lags_s) * 1000:.1f} ms, "
+        f"max {max(lags_s) * 1000:.1f} ms over {len(lags_s)}"
+    )
+
+
+def test_two_thousand_random_commands_end_with_projections_equal_to_the_store(
+    pipeline: Pipeline,
+) -> None:
+    rng = random.Random(20261128)
+    with httpx.Client(timeout=30) as http:
+        accounts = [open_account(pipeline, http, "500.00") for _ in range(50)]
+        items: list[dict[str, Any]] = []
+        for _ in range(2000):
+            kind = rng.choice(["deposit", "withdrawal", "transfer", "transfer"])
+            amount = format_amount(rng.randint(1, 40_000), "GBP")
+            if kind == "transfer":
+                source, target = rng.sample(accounts, 2)
+                items.append(
+                    {
+                        "type": "transfer",
+                        "from_account_id": str(source),
+                        "to_account_id": str(target),
+                        "amount": amount,
+                        "currency": "GBP",
+                    }
+                )
+            else:
+                items.append(
+                    {
+                        "type": kind,
+                        "account_id": str(rng.choice(accounts)),
+                        "amount": amount,
+                        "currency": "GBP",
+                    }
+                )
+        for start in range(0, len(items), 200):
+            reply = http.post(
+                f"{pipeline.command.url}/v1/batches",
+                json={"items": items[start : start + 200]},
+                headers=pipeline.token(),
+            )
+            assert reply.status_code == 200, reply.text
+        wait_converged(pipeline, http)
+    read_models_agree_with_the_store(pipeline.settings)
+
+
+def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: Pipeline) -> None:
+    with httpx.Client(timeout=30) as http:
+        accounts = [open_account(pipeline, http) for _ in range(10)]
+
+        def burst(count: int) -> None:
+            items = [
+                {
+                    "type": "deposit",
+                    "account_id": str(accounts[i % 10]),
+                    "amount": "0.10",
+                    "currency": "GBP",
+                }
+                for i in range(count)
+            ]
+            assert (
+                http.post(
+                    f"{pipeline.command.url}/v1/batches",
+                    json={"items": items},
+                    headers=pipeline.token(),
+                ).status_code
+                == 200
+            )
+
+        burst(300)
+        pipeline.kill("workers")  # SIGKILL, mid-stream
+        burst(300)
+        pipeline.kill("relay")
+        burst(300)
+        pipeline.start("workers")
+        burst(100)
+        pipeline.start("relay")
+        burst(100)
+        wait_converged(pipeline, http)
+    read_models_agree_with_the_store(pipeline.settings)
+
+
+def test_republishing_everything_from_zero_changes_no_read_model(pipeline: Pipeline) -> None:
+    with httpx.Client(timeout=30) as http:
+        open_account(pipeline, http)
+        wait_converged(pipeline, http)
+        before = read_models_agree_with_the_store(pipeline.settings)
+        pipeline.kill("relay")
+        with psycopg.connect(pipeline.settings.resolved_database_url(), autocommit=True) as conn:
+            conn.execute("UPDATE relay_state SET position = 0")
+        pipeline.start("relay")
+        time.sleep(3)  # let it republish the whole store
+        wait_converged(pipeline, http)
+    assert read_models_agree_with_the_store(pipeline.settings) == before
+
+
+def test_a_broker_restart_that_loses_its_topics_converges_to_the_store(
+    pipeline: Pipeline,
+) -> None:
+    with httpx.Client(timeout=30) as http:
+        accounts = [open_account(pipeline, http) for _ in range(5)]
+        wait_converged(pipeline, http)
+        port = int(pipeline.broker.bootstrap.rsplit(":", 1)[1])
+        pipeline.broker.stop()
+        items = [
+            {"type": "deposit", "account_id": str(a), "amount": "1.00", "currency": "GBP"}
+            for a in accounts * 20
+        ]
+        # Commands keep coming while the broker is down and after it is back, empty.
+        assert (
+            http.post(
+                f"{pipeline.command.url}/v1/batches",
+                json={"items": items},
+                headers=pipeline.token(),
+            ).status_code
+            == 200
+        )
+        pipeline.broker = start_broker(pipeline.log_dir.parent / "broker", port=port)
+        assert (
+            http.post(
+                f"{pipeline.command.url}/v1/batches",
+                json={"items": items},
+                headers=pipeline.token(),
+            ).status_code
+            == 200
+        )
+        wait_converged(pipeline, http)
+    read_models_agree_with_the_store(pipeline.settings)

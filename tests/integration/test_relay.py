@@ -1,0 +1,438 @@
+"""The relay against a real event store and a real tansu broker: order, wake-up,
+crash between send and record, and a broker that restarts empty."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+
+from application.commands import Deposit, OpenAccount, Submission, Transfer
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.integrity import Actor
+from domain.money import Money
+from infrastructure.embedded import EmbeddedBroker, free_port, start_broker
+from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.relay import ReadBatch, Relay, RelayLimits
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from infrastructure.topics import ledger_events_topic
+
+pytestmark = pytest.mark.integration
+
+TELLER = Actor("alice", "teller")
+WAIT_S = 15.0
+CONSUME_S = 10.0
+WAKE_BOUND_S = 5.0  # generous: measured figures are printed, and are far lower
+
+
+# Running a relay in-process -------------------------------------------------------------
+
+
+class RelayThread:
+    """A relay on an event loop of its own thread: stop() is SIGTERM, kill() a crash."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._task = asyncio.current_task()
+        self._ready.set()
+        try:
+            await self.relay.run_until(self._stop)
+        except BaseException as error:  # the test looks at it
+            self.error = error
+
+    def __enter__(self) -> RelayThread:
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            assert self._loop is not None
+            assert self._stop is not None
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.join()
+
+    def kill(self) -> None:
+        if self._thread.is_alive():
+            assert self._loop is not None
+            assert self._task is not None
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self.join()
+
+    def join(self) -> None:
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "the relay did not stop"
+
+
+class CrashBeforeRecording(Exception):
+    pass
+
+
+class RelayCrashingBeforeRecord(Relay):
+    """Dies after the broker acknowledged batch `crash_at`, before recording it."""
+
+    def __init__(self, settings: Settings, limits: RelayLimits, crash_at: int) -> None:
+        super().__init__(settings, limits)
+        self.crash_at = crash_at
+        self.unrecorded_ids: list[int] = []
+
+    async def _record(self, batch: ReadBatch, acknowledged: dict[int, int]) -> None:
+        if self.batches_published + 1 == self.crash_at:
+            self.unrecorded_ids = [e.notification_id for e in batch.events]
+            raise CrashBeforeRecording
+        await super()._record(batch, acknowledged)
+
+
+# The store --------------------------------------------------------------------------------
+
+
+def sub(command: Any, correlation_id: str) -> Submission:
+    return Submission(command, TELLER, correlation_id, None)
+
+
+def open_accounts(ledger: Ledger, count: int) -> list[UUID]:
+    ids = [uuid4() for _ in range(count)]
+    outcomes = ledger.execute(
+        [sub(OpenAccount(i, "Ada", "001", "GBP", 0), f"open-{i}") for i in ids]
+    )
+    assert all(o.error is None for o in outcomes)
+    return ids
+
+
+def move_money(ledger: Ledger, accounts: list[UUID], rounds: int) -> None:
+    for r in range(rounds):
+        group = [sub(Deposit(a, Money(1_000 + r, "GBP"), uuid4()), f"dep-{r}") for a in accounts]
+        source, target = accounts[r % len(accounts)], accounts[(r + 1) % len(accounts)]
+        group.append(sub(Transfer(source, target, Money(100, "GBP"), uuid4()), f"xfer-{r}"))
+        assert all(o.error is None for o in ledger.execute(group))
+
+
+def stored_envelopes(ledger: Ledger) -> dict[int, dict[str, Any]]:
+    notifications = ledger.recorder.select_notifications(0, 100_000, inclusive_of_start=False)
+    return {
+        n.id: orjson.loads(orjson.dumps(envelope(n.id, ledger.mapper.to_domain_event(n))))  # type: ignore[arg-type]
+        for n in notifications
+    }
+
+
+def relay_state(settings: Settings) -> tuple[int, int] | None:
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        try:
+            row = conn.execute(
+                "SELECT position, epoch FROM relay_state WHERE topic = %s",
+                (ledger_events_topic(settings),),
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+def caught_up(settings: Settings, ledger: Ledger, epoch_min: int = 1) -> Callable[[], bool]:
+    def check() -> bool:
+        state = relay_state(settings)
+        head = ledger.recorder.max_notification_id() or 0
+        return state is not None and state[0] == head and state[1] >= epoch_min
+
+    return check
+
+
+# The broker -------------------------------------------------------------------------------
+
+
+def consumer_for(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1_000,
+        request_timeout_ms=5_000,
+    )
+
+
+async def consume_until(
+    bootstrap: str, topic: str, done: Callable[[list[ConsumerRecord]], bool]
+) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
+    consumer = consumer_for(bootstrap, topic)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + CONSUME_S
+        while not done(records) and time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=200)
+            for batch in fetched.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def consume(settings: Settings, ids: set[int]) -> list[ConsumerRecord]:
+    """The whole ledger topic, read until every id in `ids` was seen (or a timeout)."""
+    bootstrap, topic = settings.resolved_kafka_bootstrap(), ledger_events_topic(settings)
+
+    def seen_all(records: list[ConsumerRecord]) -> bool:
+        return ids <= {notification_id(r) for r in records}
+
+    return asyncio.run(consume_until(bootstrap, topic, seen_all))
+
+
+def notification_id(record: ConsumerRecord) -> int:
+    return int(header(record, "notification_id"))
+
+
+def header(record: ConsumerRecord, name: str) -> str:
+    values = [v for k, v in record.headers if k == name]
+    assert len(values) == 1, f"header {name}: {record.headers}"
+    return bytes(values[0]).decode()
+
+
+async def partition_count(bootstrap: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return len(described["partitions"])
+
+
+# Fixtures ---------------------------------------------------------------------------------
+
+
+def relay_settings(settings_factory: Any, bootstrap: str, **overrides: Any) -> Settings:
+    settings: Settings = settings_factory(
+        kafka_bootstrap=bootstrap, topic_prefix=f"t{uuid4().hex[:8]}.", **overrides
+    )
+    return settings
+
+
+@pytest.fixture
+def settings(settings_factory: Any, broker: EmbeddedBroker) -> Settings:
+    return relay_settings(settings_factory, broker.bootstrap, topic_partitions=6)
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+# Tests ------------------------------------------------------------------------------------
+
+
+def test_every_event_arrives_once_in_account_order_with_its_envelope_and_headers(
+    settings: Settings, ledger: Ledger
+) -> None:
+    accounts = open_accounts(ledger, 5)
+    move_money(ledger, accounts, 8)
+    expected = stored_envelopes(ledger)
+
+    with RelayThread(Relay(settings)):
+        wait_until(caught_up(settings, ledger), "relay caught up")
+    records = consume(settings, set(expected))
+
+    assert sorted(notification_id(r) for r in records) == sorted(expected)  # once each
+    versions: dict[str, list[int]] = defaultdict(list)
+    for record in records:
+        value = orjson.loads(record.value)
+        assert value == expected[notification_id(record)]
+        assert record.key == value["aggregate_id"].encode()
+        assert header(record, "event_type") == value["event_type"]
+        assert header(record, "correlation_id") == value["correlation_id"]
+        assert header(record, "relay_epoch") == "1"
+        versions[value["aggregate_id"]].append(value["version"])
+    for aggregate_id, seen in versions.items():
+        assert seen == list(range(1, len(seen) + 1)), aggregate_id
+    assert relay_state(settings) == (max(expected), 1)
+    topic = ledger_events_topic(settings)
+    assert asyncio.run(partition_count(settings.resolved_kafka_bootstrap(), topic)) == 6
+
+
+def test_an_idle_relay_publishes_a_new_event_within_a_second_of_its_commit(
+    settings: Settings, ledger: Ledger
+) -> None:
+    [account] = open_accounts(ledger, 1)
+    # Polls and health checks far apart: only the NOTIFY can wake the relay in time.
+    limits = RelayLimits(poll_interval_s=30.0, health_interval_s=30.0)
+    bootstrap, topic = settings.resolved_kafka_bootstrap(), ledger_events_topic(settings)
+
+    async def measure() -> tuple[float, float]:
+        consumer = consumer_for(bootstrap, topic)
+        await consumer.start()
+        try:
+            assert await asyncio.wait_for(consumer.getone(), CONSUME_S)  # the opening
+            await asyncio.sleep(1.5)  # idle: past a poll-less relay's first wait
+            deposit = sub(Deposit(account, Money(500, "GBP"), uuid4()), "wake")
+            await asyncio.to_thread(ledger.execute, [deposit])
+            committed_s, committed_wall_s = time.monotonic(), time.time()
+            record = await asyncio.wait_for(consumer.getone(), WAKE_BOUND_S)
+            received_s = time.monotonic() - committed_s
+        finally:
+            await consumer.stop()
+        assert header(record, "event_type") == "Deposited"
+        # The producer stamps each record when the relay sends it.
+        sent_s = record.timestamp / 1000 - committed_wall_s
+        return sent_s, received_s
+
+    with RelayThread(Relay(settings, limits)):
+        wait_until(caught_up(settings, ledger), "relay caught up")
+        sent_s, received_s = asyncio.run(measure())
+    print(f"relay wake: commit->sent {sent_s * 1e3:.1f} ms, ->consumed {received_s * 1e3:.1f} ms")
+    assert received_s < WAKE_BOUND_S
+
+
+def test_a_relay_that_dies_between_send_and_record_republishes_and_misses_nothing(
+    settings: Settings, ledger: Ledger
+) -> None:
+    accounts = open_accounts(ledger, 4)
+    move_money(ledger, accounts, 6)
+    expected = stored_envelopes(ledger)
+    limits = RelayLimits(batch_events_max=7)
+
+    crashing = RelayCrashingBeforeRecord(settings, limits, crash_at=3)
+    with RelayThread(crashing) as thread:
+        thread.join()
+    assert isinstance(thread.error, CrashBeforeRecording)
+    assert len(crashing.unrecorded_ids) == 7
+    recorded = max(i for i in expected if i < crashing.unrecorded_ids[0])
+    assert relay_state(settings) == (recorded, 1)  # two batches recorded, the third not
+
+    with RelayThread(Relay(settings, limits)):
+        wait_until(caught_up(settings, ledger), "restarted relay caught up")
+    records = consume(settings, set(expected))
+
+    published = [notification_id(r) for r in records]
+    assert set(published) == set(expected)  # nothing missing
+    for unrecorded in crashing.unrecorded_ids:
+        assert published.count(unrecorded) == 2  # acknowledged, not recorded: sent again
+    assert len(published) == len(expected) + len(crashing.unrecorded_ids)
+
+
+def test_a_relay_killed_while_streaming_loses_nothing_on_restart(
+    settings: Settings, ledger: Ledger
+) -> None:
+    accounts = open_accounts(ledger, 10)
+    move_money(ledger, accounts, 20)
+    expected = stored_envelopes(ledger)
+    limits = RelayLimits(batch_events_max=3)
+
+    with RelayThread(Relay(settings, limits)) as thread:
+        wait_until(lambda: (relay_state(settings) or (0, 0))[0] > 0, "relay started publishing")
+        thread.kill()
+    assert isinstance(thread.error, asyncio.CancelledError)
+    with RelayThread(Relay(settings, limits)):
+        wait_until(caught_up(settings, ledger), "restarted relay caught up")
+    records = consume(settings, set(expected))
+    assert {notification_id(r) for r in records} == set(expected)
+
+
+@pytest.fixture
+def restartable_broker() -> Iterator[Callable[[], EmbeddedBroker]]:
+    """Starts a broker on one fixed port, again and again; stops the last at the end."""
+    root = Path(tempfile.mkdtemp(prefix="vigil-broker-restart-"))
+    port = free_port()
+    started: list[EmbeddedBroker] = []
+
+    def start() -> EmbeddedBroker:
+        server = start_broker(root / str(len(started)), port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_after_a_broker_restart_the_relay_republishes_from_the_lowest_projection_position(
+    settings_factory: Any, restartable_broker: Callable[[], EmbeddedBroker]
+) -> None:
+    first = restartable_broker()
+    settings = relay_settings(settings_factory, first.bootstrap, topic_partitions=6)
+    ledger = open_ledger(settings)
+    try:
+        accounts = open_accounts(ledger, 3)
+        move_money(ledger, accounts, 2)
+        ids = sorted(stored_envelopes(ledger))
+        needed = ids[2]  # the slowest projection has applied everything up to here
+        with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+            ensure_read_models(conn)
+            conn.execute(
+                "UPDATE readmodel.projection_positions SET position = CASE projection "
+                "WHEN 'balances' THEN %s WHEN 'kpis' THEN %s ELSE %s END",
+                (ids[4], ids[6], needed),
+            )
+        with RelayThread(Relay(settings, RelayLimits(health_interval_s=0.5))):
+            wait_until(caught_up(settings, ledger), "relay caught up before the restart")
+            first.stop()
+            move_money(ledger, accounts, 1)  # while the broker is down
+            restartable_broker()
+            move_money(ledger, accounts, 1)  # after it came back, empty
+            wait_until(caught_up(settings, ledger, epoch_min=2), "relay republished")
+        expected = {i for i in stored_envelopes(ledger) if i > needed}
+    finally:
+        ledger.close()
+
+    topic = ledger_events_topic(settings)
+    records = consume(settings, expected)
+    published = {notification_id(r) for r in records}
+    assert published == expected  # from the rewind point on, nothing below it
+    assert all(int(header(r, "relay_epoch")) >= 2 for r in records)
+    assert asyncio.run(partition_count(first.bootstrap, topic)) == 6
+
+
+def test_a_second_relay_waits_for_the_first_and_takes_over_when_it_stops(
+    settings: Settings, ledger: Ledger
+) -> None:
+    accounts = open_accounts(ledger, 2)
+    limits = RelayLimits(lock_retry_s=0.1)
+    second = Relay(settings, limits)
+
+    with RelayThread(Relay(settings, limits)) as first_thread:
+        wait_until(caught_up(settings, ledger), "first relay caught up")
+        with RelayThread(second):
+            move_money(ledger, accounts, 3)
+            wait_until(caught_up(settings, ledger), "first relay published the new events")
+            assert second.batches_published == 0  # waiting for the lock, not publishing
+            first_thread.stop()
+            move_money(ledger, accounts, 1)
+            wait_until(caught_up(settings, ledger), "second relay took over")
+            assert second.batches_published > 0

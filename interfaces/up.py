@@ -83,16 +83,36 @@ def _vigil(*args: str) -> tuple[str, ...]:
 def child_specs(settings: Settings) -> list[ChildSpec]:
     """The Vigil processes, in start order; they are stopped in the same order (APIs first)."""
     host = _client_host(settings.host)
-    command_port = settings.command_port or free_port(host)
-    command_url = f"http://{host}:{command_port}"
+
+    def api(name: str, which: str, port_setting: int, variable: str) -> ChildSpec:
+        port = port_setting or free_port(host)
+        url = f"http://{host}:{port}"
+        return ChildSpec(
+            name=name,
+            argv=_vigil("api", which, "--port", str(port)),
+            url=url,
+            ready_url=f"{url}/health/ready",
+            port=port,
+            port_variable=variable,
+        )
+
+    def worker(name: str, argv: tuple[str, ...], port_setting: int, variable: str) -> ChildSpec:
+        # Ready once its /metrics answers: it has started and its settings loaded.
+        port = port_setting or free_port(host)
+        return ChildSpec(
+            name=name,
+            argv=_vigil(*argv, "--metrics-port", str(port)),
+            ready_url=f"http://{host}:{port}/metrics",
+            port=port,
+            port_variable=variable,
+        )
+
     return [
-        ChildSpec(
-            name="command_api",
-            argv=_vigil("api", "command", "--port", str(command_port)),
-            url=command_url,
-            ready_url=f"{command_url}/health/ready",
-            port=command_port,
-            port_variable="VIGIL_COMMAND_PORT",
+        api("command_api", "command", settings.command_port, "VIGIL_COMMAND_PORT"),
+        api("query_api", "query", settings.query_port, "VIGIL_QUERY_PORT"),
+        worker("relay", ("relay",), settings.relay_metrics_port, "VIGIL_RELAY_METRICS_PORT"),
+        worker(
+            "workers", ("workers",), settings.workers_metrics_port, "VIGIL_WORKERS_METRICS_PORT"
         ),
     ]
 
@@ -380,12 +400,13 @@ def _print_summary(
         note = f"  # branch {branch}" if branch else ""
         lines.append(f"  export {role.upper()}_TOKEN={token}{note}")
     command_url = next(spec.url for spec in specs if spec.name == "command_api")
-    lines += ["", "Try it (after the exports above):", *_curl_example(command_url)]
+    query_url = next(spec.url for spec in specs if spec.name == "query_api")
+    lines += ["", "Try it (after the exports above):", *_curl_example(command_url, query_url)]
     lines += ["", "Press Ctrl-C to stop."]
     _say("\n".join(lines))
 
 
-def _curl_example(command_url: str | None) -> list[str]:
+def _curl_example(command_url: str | None, query_url: str | None) -> list[str]:
     auth = '-H "Authorization: Bearer $TELLER_TOKEN" -H "Content-Type: application/json"'
     account = '{"owner":"Ada Lovelace","branch":"001","currency":"GBP"}'
     deposit = '{"amount":"100.00","currency":"GBP"}'
@@ -395,4 +416,5 @@ def _curl_example(command_url: str | None) -> list[str]:
         f"      -d '{account}' | {read_id})",
         f"  curl -s -X POST {command_url}/v1/accounts/$ACCOUNT_ID/deposits {auth} \\",
         f"      -d '{deposit}'",
+        f'  curl -s {query_url}/v1/accounts/$ACCOUNT_ID -H "Authorization: Bearer $VIEWER_TOKEN"',
     ]

@@ -90,7 +90,7 @@ class TransferItem(TransferIn):
 
 BatchItem = Annotated[DepositItem | WithdrawalItem | TransferItem, Field(discriminator="type")]
 batch_item_adapter: TypeAdapter[DepositItem | WithdrawalItem | TransferItem] = TypeAdapter(
-    BatchItem  # type: ignore[arg-type]  # an Annotated union is a valid TypeAdapter input
+    BatchItem,  # type: ignore[arg-type, unused-ignore]  # an Annotated union is valid here
 )
 
 

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.chained import ChainedAggregate
 from domain.errors import (
     AccountClosed,
     AccountFrozen,
@@ -18,7 +19,7 @@ from domain.errors import (
     InvalidAmount,
     ValidationFailed,
 )
-from domain.integrity import GENESIS_HASH, Stamp, chain_hash, chain_record, event_mac
+from domain.integrity import Stamp
 from domain.money import Money, exponent_of, format_amount
 
 CHANNELS = ("cash", "card", "wire")
@@ -33,40 +34,11 @@ class AccountStatus(StrEnum):
 TEvent = TypeVar("TEvent", bound="Account.Event")
 
 
-class Account(Aggregate):
+class Account(ChainedAggregate):
     """A customer account in one currency, with an optional overdraft."""
 
-    class Event(Aggregate.Event):
+    class Event(ChainedAggregate.Event):
         """Every account event says who, why, and how it chains to the one before."""
-
-        PAYLOAD: ClassVar[tuple[str, ...]] = ()
-
-        transaction_id: str | None
-        actor: dict[str, str]
-        correlation_id: str
-        previous_hash: str
-        hash: str
-        mac: str
-
-        def payload(self) -> dict[str, Any]:
-            return {name: getattr(self, name) for name in self.PAYLOAD}
-
-        def chain_record(self) -> dict[str, Any]:
-            return chain_record(
-                aggregate_id=str(self.originator_id),
-                version=self.originator_version,
-                event_type=type(self).__name__,
-                timestamp=self.timestamp,
-                transaction_id=self.transaction_id,
-                actor=self.actor,
-                correlation_id=self.correlation_id,
-                payload=self.payload(),
-                previous_hash=self.previous_hash,
-            )
-
-        def apply(self, aggregate: Any) -> None:
-            assert isinstance(aggregate, Account)
-            aggregate.last_hash = self.hash
 
     class AccountOpened(Event, Aggregate.Created):
         PAYLOAD = ("owner", "branch", "currency", "overdraft_limit_minor")
@@ -173,8 +145,7 @@ class Account(Aggregate):
             "currency": currency,
             "overdraft_limit_minor": overdraft_limit_minor,
         }
-        seal = _seal(cls.AccountOpened, account_id, 1, GENESIS_HASH, fields, stamp)
-        return cls._create(cls.AccountOpened, id=account_id, **fields, **seal)
+        return cls._start(cls.AccountOpened, account_id, fields, stamp)
 
     def deposit(self, money: Money, channel: str, reference: str | None, stamp: Stamp) -> None:
         self._check_movement(money)
@@ -284,43 +255,6 @@ class Account(Aggregate):
                 f"account {self.id} has {format_amount(self.available_minor, self.currency)} "
                 f"{self.currency} available, {money} requested"
             )
-
-    def _trigger(self, event_class: type[Account.Event], stamp: Stamp, **fields: Any) -> None:
-        seal = _seal(event_class, self.id, self.version + 1, self.last_hash, fields, stamp)
-        self.trigger_event(event_class, **fields, **seal)
-
-
-def _seal(
-    event_class: type[Account.Event],
-    aggregate_id: UUID,
-    version: int,
-    previous_hash: str,
-    fields: dict[str, Any],
-    stamp: Stamp,
-) -> dict[str, Any]:
-    """The event's metadata and its link in the chain, computed before the event exists."""
-    actor = stamp.actor.as_dict()
-    record = chain_record(
-        aggregate_id=str(aggregate_id),
-        version=version,
-        event_type=event_class.__name__,
-        timestamp=stamp.timestamp,
-        transaction_id=stamp.transaction_id,
-        actor=actor,
-        correlation_id=stamp.correlation_id,
-        payload={name: fields[name] for name in event_class.PAYLOAD},
-        previous_hash=previous_hash,
-    )
-    event_hash = chain_hash(record)
-    return {
-        "timestamp": stamp.timestamp,
-        "transaction_id": stamp.transaction_id,
-        "actor": actor,
-        "correlation_id": stamp.correlation_id,
-        "previous_hash": previous_hash,
-        "hash": event_hash,
-        "mac": event_mac(stamp.mac_key, event_hash),
-    }
 
 
 def transfer(

@@ -14,3 +14,16 @@ def id_from_idempotency_key(subject: str, key: str) -> UUID:
 
 def batch_item_id(subject: str, key: str, index: int) -> UUID:
     return uuid5(NAMESPACE, f"{subject}:{key}:{index}")
+
+
+def alert_id(rule: str, account_id: str, notification_id: int) -> UUID:
+    """CONTRACT.md: named by the rule, the account and the event that completed the pattern."""
+    return uuid5(NAMESPACE, f"{rule}:{account_id}:{notification_id}")
+
+
+def case_id_for(alert_id: UUID | str) -> UUID:
+    return uuid5(NAMESPACE, str(alert_id))
+
+
+def watchlist_entry_id(account_id: UUID | str) -> UUID:
+    return uuid5(NAMESPACE, f"watchlist:{account_id}")

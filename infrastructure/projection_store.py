@@ -52,8 +52,8 @@ async def apply_batch(
     project = PROJECTORS[projection]
     result = BatchResult()
     async with conn.transaction():
-        mark = await _lock_position(conn, projection)
-        fresh = await _track(
+        mark = await lock_position(conn, projection)
+        fresh = await track(
             conn, projection, [e.notification_id for e in events if e.notification_id > mark]
         )
         versions = await _projected_versions(conn, projection, events)
@@ -71,7 +71,7 @@ async def apply_batch(
             if event.is_account_event:
                 previous = result.touched_versions.get(event.aggregate_id, 0)
                 result.touched_versions[event.aggregate_id] = max(previous, event.version)
-        result.position = await _advance_mark(conn, projection, mark, result.applied)
+        result.position = await advance_mark(conn, projection, mark, result.applied)
         channel = NOTIFY_CHANNELS.get(projection)
         if channel:
             for account_id, version in result.touched_versions.items():
@@ -119,7 +119,7 @@ async def _in_order(
     return True
 
 
-async def _lock_position(conn: AsyncConnection[Any], projection: str) -> int:
+async def lock_position(conn: AsyncConnection[Any], projection: str) -> int:
     # FOR UPDATE: workers of one projection on other partitions wait here, so the
     # mark only ever moves forward and compaction never races an insert.
     cursor = await conn.execute(
@@ -135,7 +135,7 @@ async def _lock_position(conn: AsyncConnection[Any], projection: str) -> int:
     return int(row[0])
 
 
-async def _track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> set[int]:
+async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> set[int]:
     if not ids:
         return set()
     cursor = await conn.execute(
@@ -146,9 +146,7 @@ async def _track(conn: AsyncConnection[Any], projection: str, ids: list[int]) ->
     return {int(row[0]) for row in await cursor.fetchall()}
 
 
-async def _advance_mark(
-    conn: AsyncConnection[Any], projection: str, mark: int, applied: int
-) -> int:
+async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, applied: int) -> int:
     """Move the mark over every stored id that is tracked; the store's gaps are skipped
     because only ids that exist in the store are walked."""
     cursor = await conn.execute(

@@ -23,8 +23,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.account_cache import cache_account_rows
-from infrastructure.projection_store import apply_batch
+from infrastructure.alerts_store import DDL as ALERTS_DDL
+from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
+from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
 from infrastructure.topics import ledger_events_topic
@@ -58,6 +61,53 @@ LAG_EVENTS = Gauge(
 )
 
 
+ALERTS = "alerts"
+ALL_PROJECTIONS = (*PROJECTIONS, ALERTS)
+
+ALERTS_RAISED = Counter(
+    "vigil_alerts_raised_total", "Alerts raised, by rule and severity.", ["rule", "severity"]
+)
+RULE_EVALUATION_SECONDS = Histogram(
+    "vigil_rule_evaluation_seconds",
+    "Rule evaluation time per event (a scored batch's time over its events).",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+)
+
+
+class AlertsApplier:
+    """The alerts projection's configuration (stored, versioned) and its batch apply."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config, self.source = load_rules(settings.rules_config)
+        self.version = 0
+
+    async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        digest = config_hash(self.config)
+        self.version = await register_config(conn, self.config.describe(), digest, self.source)
+        log.info("rules_config_loaded", version=self.version, sha256=digest)
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], events: list[Envelope]
+    ) -> BatchResult:
+        assert self.version > 0, "prepare() first"
+        started = time.perf_counter()
+        result, hits = await apply_alerts_batch(conn, events, self.config, self.version)
+        if events:
+            per_event_s = (time.perf_counter() - started) / len(events)
+            for _ in events:
+                RULE_EVALUATION_SECONDS.observe(per_event_s)
+        for hit in hits:
+            ALERTS_RAISED.labels(hit.rule, hit.severity).inc()
+            log.info(
+                "alert_raised",
+                rule=hit.rule,
+                severity=hit.severity,
+                account_id=hit.account_id,
+                notification_id=hit.notification_id,
+            )
+        return result
+
+
 def group_id(settings: Settings, projection: str) -> str:
     return f"{settings.topic_prefix}vigil.projection.{projection}"
 
@@ -76,17 +126,25 @@ async def migrate_read_models(settings: Settings) -> None:
 def _ensure_sync(settings: Settings) -> None:
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         ensure_read_models(conn)
+        conn.execute(ALERTS_DDL)
+        conn.execute(
+            f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "
+            "ON CONFLICT DO NOTHING",
+            (ALERTS,),
+        )
 
 
 class ProjectionWorker:
     """One projection's consumer: fetch a batch, apply it, commit offsets, repeat."""
 
     def __init__(self, projection: str, settings: Settings) -> None:
-        assert projection in PROJECTIONS, projection
+        assert projection in ALL_PROJECTIONS, projection
         self.projection = projection
         self.settings = settings
         self.epochs: dict[TopicPartition, int] = {}
         self.cache: aioredis.Redis | None = None
+        # Rules are validated here, at start: a bad file stops the worker at once.
+        self.alerts = AlertsApplier(settings) if projection == ALERTS else None
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff_s = 0.1
@@ -132,6 +190,8 @@ class ProjectionWorker:
             async with await psycopg.AsyncConnection.connect(
                 self.settings.resolved_database_url(), autocommit=True
             ) as conn:
+                if self.alerts is not None:
+                    await self.alerts.prepare(conn)
                 log.info("projection_worker_started", projection=self.projection)
                 while not stop.is_set():
                     fetched = await consumer.getmany(
@@ -176,7 +236,10 @@ class ProjectionWorker:
     ) -> None:
         events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
         started = time.perf_counter()
-        result = await apply_batch(conn, self.projection, events)
+        if self.alerts is not None:
+            result = await self.alerts.apply(conn, events)
+        else:
+            result = await apply_batch(conn, self.projection, events)
         APPLY_SECONDS.labels(self.projection).observe(time.perf_counter() - started)
         EVENTS_APPLIED.labels(self.projection).inc(result.applied)
         EVENTS_DUPLICATE.labels(self.projection).inc(result.duplicates)

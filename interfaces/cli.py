@@ -25,12 +25,11 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.logging import configure_logging
-    from infrastructure.readmodel_schema import PROJECTIONS
-    from infrastructure.workers import serve_workers
+    from infrastructure.workers import ALL_PROJECTIONS, serve_workers
 
     configure_logging(settings.log_level, service="workers")
     port = settings.workers_metrics_port if args.metrics_port is None else args.metrics_port
-    return serve_workers(settings, PROJECTIONS, port)
+    return serve_workers(settings, ALL_PROJECTIONS, port)
 
 
 def _cmd_project(args: argparse.Namespace, settings: Settings) -> int:
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.set_defaults(handler=_cmd_workers)
 
     project = commands.add_parser("project", help="run one projection worker")
-    project.add_argument("name", choices=["balances", "statements", "kpis"])
+    project.add_argument("name", choices=["balances", "statements", "kpis", "alerts"])
     project.add_argument("--metrics-port", type=int, default=None, help="/metrics port")
     project.set_defaults(handler=_cmd_project)
 

@@ -20,6 +20,7 @@ class Envelope:
     correlation_id: str | None
     transaction_id: str | None
     payload: dict[str, Any]
+    hash: str | None = None
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Envelope:
@@ -34,6 +35,7 @@ class Envelope:
             correlation_id=value.get("correlation_id"),
             transaction_id=value.get("transaction_id"),
             payload=value["payload"],
+            hash=value.get("hash"),
         )
 
     @property

@@ -1,0 +1,165 @@
+"""The alerts projection on real PostgreSQL: alerts and outbox rows with the window in one
+transaction, no second alert for a replayed event, the same alerts after a rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from application.commands import Deposit, OpenAccount, Submission, Transfer
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.account import Account
+from domain.ids import alert_id
+from domain.integrity import Actor
+from domain.money import Money
+from domain.rules.config import RulesConfig
+from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.rules_config import config_hash
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from infrastructure.workers import migrate_read_models
+from projections.envelope import Envelope
+
+pytestmark = pytest.mark.integration
+
+TELLER = Actor("alice", "teller")
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(minutes=1)
+        return self.now
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    settings = settings_factory()
+    asyncio.run(migrate_read_models(settings))
+    return settings
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    app.options.clock = Clock()
+    yield app
+    app.close()
+
+
+def run(ledger: Ledger, *commands: Any) -> None:
+    for outcome in ledger.execute([Submission(c, TELLER, "corr-a") for c in commands]):
+        assert outcome.error is None, outcome.error
+
+
+def stored_envelopes(ledger: Ledger) -> list[Envelope]:
+    out = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
+        event = ledger.mapper.to_domain_event(notification)
+        assert isinstance(event, Account.Event)
+        out.append(Envelope.from_json(envelope(notification.id, event)))
+    return out
+
+
+async def score(settings: Settings, events: list[Envelope], config: RulesConfig) -> Any:
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        version = await register_config(conn, config.describe(), config_hash(config), "")
+        return await apply_alerts_batch(conn, events, config, version)
+
+
+def rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def structuring(ledger: Ledger) -> UUID:
+    account = uuid4()
+    run(ledger, OpenAccount(account, "Smurf", "001", "GBP", 0))
+    for _ in range(3):
+        run(ledger, Deposit(account, Money(950_000, "GBP"), uuid4()))
+    return account
+
+
+def test_structuring_raises_one_alert_with_its_outbox_row(
+    ledger: Ledger, settings: Settings
+) -> None:
+    account = structuring(ledger)
+    events = stored_envelopes(ledger)
+    result, hits = asyncio.run(score(settings, events, RulesConfig()))
+    assert [h.rule for h in hits] == ["structuring"]
+    expected_id = alert_id("structuring", str(account), events[-1].notification_id)
+    assert rows(settings, "SELECT alert_id, rule, severity, positions FROM readmodel.alerts") == [
+        (expected_id, "structuring", "high", [e.notification_id for e in events[1:]])
+    ]
+    [(outbox_alert, payload)] = rows(
+        settings, "SELECT alert_id, payload FROM readmodel.alerts_outbox"
+    )
+    assert outbox_alert == expected_id
+    assert payload["explanation"] == (
+        "3 cash deposits totalling 28,500.00 GBP within 1d, each under 10,000.00"
+    )
+    assert payload["chain_head"] == events[-1].hash
+    assert result.position == events[-1].notification_id
+
+
+def test_replayed_events_raise_no_second_alert(ledger: Ledger, settings: Settings) -> None:
+    structuring(ledger)
+    events = stored_envelopes(ledger)
+    asyncio.run(score(settings, events, RulesConfig()))
+    result, hits = asyncio.run(score(settings, events + events, RulesConfig()))
+    assert hits == []
+    assert result.duplicates == 2 * len(events)
+    assert len(rows(settings, "SELECT 1 FROM readmodel.alerts_outbox")) == 1
+
+
+def test_a_rebuild_from_zero_raises_exactly_the_same_alerts(
+    ledger: Ledger, settings: Settings
+) -> None:
+    structuring(ledger)
+    source, target = uuid4(), uuid4()
+    run(
+        ledger, OpenAccount(source, "A", "001", "GBP", 0), OpenAccount(target, "B", "001", "GBP", 0)
+    )
+    run(ledger, Deposit(source, Money(6_000_000, "GBP"), uuid4(), channel="wire"))
+    run(ledger, Transfer(source, target, Money(5_900_000, "GBP"), uuid4()))
+    events = stored_envelopes(ledger)
+    for chunk in (events[:5], events[5:9], events[9:]):
+        asyncio.run(score(settings, chunk, RulesConfig()))
+    before = rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id")
+    assert {r[1] for r in before} >= {"structuring", "large_transaction", "pass_through"}
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
+        conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
+        conn.execute(
+            "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"
+        )
+    asyncio.run(score(settings, events, RulesConfig()))
+    assert rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id") == before
+
+
+def test_a_lower_threshold_is_another_stored_configuration_version(settings: Settings) -> None:
+    async def versions() -> tuple[int, int, int]:
+        async with await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn:
+            default, lower = RulesConfig(), RulesConfig(large_transaction=40_000)
+            first = await register_config(conn, default.describe(), config_hash(default), "")
+            second = await register_config(conn, lower.describe(), config_hash(lower), "x")
+            again = await register_config(conn, default.describe(), config_hash(default), "")
+            return first, second, again
+
+    first, second, again = asyncio.run(versions())
+    assert first != second
+    assert again == first

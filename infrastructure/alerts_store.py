@@ -6,7 +6,6 @@ same event replayed never raises a second one (alert ids are deterministic)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -16,21 +15,16 @@ from psycopg.types.json import Jsonb
 from domain.ids import alert_id, case_id_for, watchlist_entry_id
 from domain.integrity import format_timestamp
 from domain.rules.config import RulesConfig
-from domain.rules.engine import Hit, evaluate, opened
-from domain.rules.window import AccountWindow, Movement
+from domain.rules.engine import Hit
+from domain.rules.window import AccountWindow
 from infrastructure.projection_store import BatchResult, advance_mark, lock_position, track
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.store import EVENTS_TABLE
+from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
 PROJECTION = "alerts"
 OUTBOX_CHANNEL = "alerts_outbox"
-MOVEMENT_KINDS = {
-    "Deposited": "deposit",
-    "Withdrawn": "withdrawal",
-    "TransferredIn": "transfer_in",
-    "TransferredOut": "transfer_out",
-}
 # The event store's topics of watchlist entries end with the event class name.
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
 
@@ -91,24 +85,6 @@ async def register_config(
     return int(row[0])
 
 
-def movement_of(event: Envelope) -> Movement | None:
-    kind = MOVEMENT_KINDS.get(event.event_type)
-    if kind is None or not event.is_account_event:
-        return None
-    payload = event.payload
-    return Movement(
-        notification_id=event.notification_id,
-        transaction_id=event.transaction_id,
-        at=event.timestamp,
-        kind=kind,
-        direction="credit" if kind in ("deposit", "transfer_in") else "debit",
-        amount_minor=payload["amount_minor"],
-        currency=payload["currency"],
-        channel=payload.get("channel"),
-        counterparty_account_id=payload.get("counterparty_account_id"),
-    )
-
-
 async def watchlisted_before(
     conn: AsyncConnection[Any], account_id: str | None, notification_id: int
 ) -> bool:
@@ -123,19 +99,6 @@ async def watchlisted_before(
     )
     row = await cursor.fetchone()
     return row is not None and str(row[0]).endswith(LISTED_EVENTS)
-
-
-def step(
-    config: RulesConfig, window: AccountWindow, event: Envelope, watchlisted: bool
-) -> tuple[list[Hit], AccountWindow]:
-    """One account event through the rules: the pure core shared by the projection,
-    the evidence route and back-testing."""
-    if event.event_type == "AccountOpened":
-        return [], opened(window, event.timestamp, event.payload["branch"], event.version)
-    movement = movement_of(event)
-    if movement is None:
-        return [], replace(window, version=event.version)
-    return evaluate(config, window, movement, event.version, counterparty_watchlisted=watchlisted)
 
 
 async def apply_alerts_batch(

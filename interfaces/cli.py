@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
 
 from infrastructure.settings import ConfigurationError, Settings, load_settings
 
@@ -49,6 +51,28 @@ def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     return run_relay(settings, metrics_port=port)
 
 
+def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.backtest import describe, run_backtest
+
+    print(f"back-testing {args.config} against the event store…", flush=True)
+    report = run_backtest(
+        settings,
+        args.config,
+        since=args.since,
+        until=args.until,
+        say=lambda line: print(line, flush=True),
+    )
+    print("\n".join(describe(report, args.examples)))
+    return 0
+
+
+def _timestamp(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (e.g. a trailing Z)")
+    return moment
+
+
 def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
     from interfaces.tokens import issue_token
 
@@ -88,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     relay = commands.add_parser("relay", help="publish stored events to Kafka")
     relay.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
     relay.set_defaults(handler=_cmd_relay)
+
+    rules = commands.add_parser("rules", help="monitoring rules")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    backtest = rules_commands.add_parser(
+        "backtest", help="run a candidate rule configuration over the event history"
+    )
+    backtest.add_argument("--config", type=Path, required=True, help="candidate TOML file")
+    backtest.add_argument("--from", dest="since", type=_timestamp, default=None)
+    backtest.add_argument("--to", dest="until", type=_timestamp, default=None)
+    backtest.add_argument("--examples", type=int, default=5, help="examples per difference")
+    backtest.set_defaults(handler=_cmd_rules_backtest)
 
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")

@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from domain.errors import DomainError
 from domain.rules.config import RulesConfig
 from infrastructure.settings import ConfigurationError
 
@@ -80,7 +81,7 @@ def parse_rules(text: str, origin: str = "rules config") -> RulesConfig:
             )
     try:
         return RulesConfig(**values)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, DomainError) as error:
         raise ConfigurationError(f"{origin}: {error}") from error
 
 

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     query_port: int = Field(default=8001, ge=0, le=65535)
     workers_metrics_port: int = Field(default=9101, ge=0, le=65535)
     relay_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    case_opener_metrics_port: int = Field(default=9103, ge=0, le=65535)
 
     jwt_secret: SecretStr | None = None
     jwt_keys: dict[str, SecretStr] | None = None
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
     command_retries_max: int = Field(default=8, ge=1, le=100)
 
     db_pool_size: int = Field(default=8, gt=0)
+    aggregate_cache_max: int = Field(default=10_000, gt=0)
     db_connect_timeout_s: int = Field(default=5, gt=0)
     redis_timeout_s: float = Field(default=0.25, gt=0)
     reply_cache_ttl_s: int = Field(default=86_400, gt=0)

@@ -40,6 +40,12 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "CREATE_TABLE": "y" if create_table else "n",
+        # Hot accounts stay in memory; each read fast-forwards them with the events
+        # written since (by any process), so a cached aggregate is never stale, and
+        # callers get a deep copy, so a refused or lost command leaves the cache as it was.
+        "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache_max),
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
     }
     if settings.cipher_key is not None:
         env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"

@@ -1,0 +1,195 @@
+{{/* Names ------------------------------------------------------------------------- */}}
+
+{{- define "vigil.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vigil.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<component>", e.g. vigil-command-api. Call with (dict "root" $ "component" "relay"). */}}
+{{- define "vigil.componentName" -}}
+{{- printf "%s-%s" (include "vigil.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vigil.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vigil.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "vigil.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels ------------------------------------------------------------------------ */}}
+
+{{- define "vigil.labels" -}}
+helm.sh/chart: {{ include "vigil.chart" . }}
+{{ include "vigil.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vigil
+{{- end }}
+
+{{- define "vigil.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vigil.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Call with (dict "root" $ "component" "command-api"). */}}
+{{- define "vigil.componentLabels" -}}
+{{ include "vigil.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "vigil.componentSelectorLabels" -}}
+{{ include "vigil.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Image and checks ---------------------------------------------------------------- */}}
+
+{{- define "vigil.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Fails the render on values that cannot work. Included by the ConfigMap. */}}
+{{- define "vigil.validate" -}}
+{{- $_ := required "secrets.existingSecret is required: the Secret with VIGIL_DATABASE_URL, VIGIL_JWT_KEYS, VIGIL_AUDIT_MAC_KEY, ... (deploy/README.md)" .Values.secrets.existingSecret }}
+{{- $_ := required "kafka.bootstrap is required (MSK bootstrap brokers, host:port,...)" .Values.kafka.bootstrap }}
+{{- if and .Values.workers.enabled (gt (int .Values.workers.replicas) (int .Values.kafka.topicPartitions)) }}
+{{- fail (printf "workers.replicas (%d) exceeds kafka.topicPartitions (%d): the extra consumers would sit idle" (int .Values.workers.replicas) (int .Values.kafka.topicPartitions)) }}
+{{- end }}
+{{- if and (has .Values.database.sslMode (list "verify-ca" "verify-full")) (not .Values.database.caConfigMap.name) }}
+{{- fail "database.sslMode verify-ca/verify-full needs database.caConfigMap.name (the RDS CA bundle)" }}
+{{- end }}
+{{- if and (eq .Values.config.env "production") (not .Values.config.jwtKid) }}
+{{- fail "config.jwtKid is required in production: the kid of VIGIL_JWT_KEYS that signs tokens" }}
+{{- end }}
+{{- end }}
+
+{{/* Pod parts shared by every Vigil Deployment ---------------------------------------- */}}
+
+{{/* Pod template metadata annotations: roll the pods when the ConfigMap changes. */}}
+{{- define "vigil.podAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Everything a Vigil container reads: the ConfigMap and the Secret. */}}
+{{- define "vigil.envFrom" -}}
+- configMapRef:
+    name: {{ include "vigil.fullname" . }}
+- secretRef:
+    name: {{ .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "vigil.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.database.caConfigMap.name }}
+- name: db-ca
+  mountPath: /etc/vigil/db-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "vigil.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.database.caConfigMap.name }}
+- name: db-ca
+  configMap:
+    name: {{ .Values.database.caConfigMap.name }}
+    items:
+      - key: {{ .Values.database.caConfigMap.key }}
+        path: ca.pem
+{{- end }}
+{{- end }}
+
+{{/* Scheduling: call with (dict "root" $ "component" "relay"). */}}
+{{- define "vigil.scheduling" -}}
+{{- with .root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "vigil.componentSelectorLabels" . | nindent 8 }}
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "vigil.componentSelectorLabels" . | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/* The probes of an API container: startup and liveness on /health/live, readiness on
+     /health/ready (503 while PostgreSQL does not answer; Redis down is still ready). */}}
+{{- define "vigil.apiProbes" -}}
+startupProbe:
+  httpGet: {path: /health/live, port: http}
+  periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+  failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
+livenessProbe:
+  httpGet: {path: /health/live, port: http}
+  periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+  failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+readinessProbe:
+  httpGet: {path: /health/ready, port: http}
+  periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+  failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
+{{- end }}
+
+{{/* The relay and the workers serve /metrics only (no /health routes): it answers while
+     the process runs, so it is their liveness. A wedged event loop does not show here;
+     the lag alerts (deploy/prometheus/rules.yaml) catch that. */}}
+{{- define "vigil.metricsProbes" -}}
+startupProbe:
+  httpGet: {path: /metrics, port: metrics}
+  periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+  failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
+livenessProbe:
+  httpGet: {path: /metrics, port: metrics}
+  periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+  failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+{{- end }}

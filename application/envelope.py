@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from domain.account import Account
+from domain.case import AlertCase
 from domain.integrity import format_timestamp
+from domain.watchlist import WatchlistEntry
 
-AGGREGATE_TYPES: dict[type[Any], str] = {Account.Event: "account"}
+AGGREGATE_TYPES: dict[type[Any], str] = {
+    Account.Event: "account",
+    AlertCase.Event: "case",
+    WatchlistEntry.Event: "watchlist",
+}
 
 
 def aggregate_type_of(event: object) -> str:
@@ -24,7 +30,7 @@ def envelope(notification_id: int, event: Account.Event) -> dict[str, Any]:
         "notification_id": notification_id,
         "aggregate_type": aggregate_type,
         "aggregate_id": aggregate_id,
-        "account_id": aggregate_id if aggregate_type == "account" else None,
+        "account_id": _account_id(aggregate_type, aggregate_id, event),
         "version": event.originator_version,
         "event_type": type(event).__name__,
         "timestamp": format_timestamp(event.timestamp),
@@ -36,3 +42,11 @@ def envelope(notification_id: int, event: Account.Event) -> dict[str, Any]:
         "previous_hash": event.previous_hash,
         "mac": event.mac,
     }
+
+
+def _account_id(aggregate_type: str, aggregate_id: str, event: Account.Event) -> str | None:
+    if aggregate_type == "account":
+        return aggregate_id
+    # Case and watchlist events name their account in every payload.
+    account_id = event.payload().get("account_id")
+    return None if account_id is None else str(account_id)

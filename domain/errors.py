@@ -88,3 +88,25 @@ class Unavailable(DomainError):
     def __init__(self, detail: str, retry_after_s: int = 1) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class CaseNotFound(DomainError):
+    code = "case_not_found"
+    title = "Case not found"
+
+
+class InvalidTransition(DomainError):
+    """The case's workflow does not allow this action in its present state."""
+
+    code = "invalid_transition"
+    title = "Invalid case transition"
+
+
+class AlreadyListed(DomainError):
+    code = "already_listed"
+    title = "Account already on the watchlist"
+
+
+class WatchlistEntryNotFound(DomainError):
+    code = "watchlist_entry_not_found"
+    title = "Account not on the watchlist"

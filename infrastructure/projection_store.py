@@ -15,6 +15,7 @@ from uuid import UUID
 import structlog
 from psycopg import AsyncConnection
 
+from infrastructure.compliance_store import apply_row as apply_compliance_row
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.store import EVENTS_TABLE
 from projections.envelope import Envelope
@@ -228,6 +229,8 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
             )
         case KpiIncrement():
             await _add_kpi(conn, row)
+        case _:
+            await apply_compliance_row(conn, row)
 
 
 async def _insert_statement_line(conn: AsyncConnection[Any], row: StatementLine) -> None:

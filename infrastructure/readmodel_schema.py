@@ -13,7 +13,7 @@ import psycopg
 SCHEMA = "readmodel"
 
 # Projection names (CONTRACT.md): `balances` is the accounts read model.
-PROJECTIONS = ("balances", "statements", "kpis")
+PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
 
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -92,6 +92,53 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_tracking (
     projection text NOT NULL,
     notification_id bigint NOT NULL,
     PRIMARY KEY (projection, notification_id)
+);
+
+-- The cases projection: each step of each case, and each case as its steps make it.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.case_history (
+    case_id uuid NOT NULL,
+    version bigint NOT NULL,
+    event_type text NOT NULL,
+    status text,
+    actor_subject text NOT NULL,
+    actor_role text NOT NULL,
+    note text,
+    details jsonb NOT NULL,
+    at timestamptz NOT NULL,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (case_id, version)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.cases (
+    case_id uuid PRIMARY KEY,
+    alert_id uuid NOT NULL UNIQUE,
+    account_id uuid NOT NULL,
+    branch text,
+    rule text NOT NULL,
+    severity text NOT NULL,
+    status text NOT NULL,
+    assignee text,
+    resolution text,
+    explanation text NOT NULL,
+    version bigint NOT NULL,
+    opened_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    closed_at timestamptz,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_opened_idx ON {SCHEMA}.cases (opened_at DESC, case_id DESC);
+CREATE INDEX IF NOT EXISTS cases_account_idx ON {SCHEMA}.cases (account_id);
+CREATE INDEX IF NOT EXISTS cases_status_idx ON {SCHEMA}.cases (status, severity);
+
+-- The watchlist projection: each account's entry as its latest event left it.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.watchlist (
+    account_id uuid PRIMARY KEY,
+    listed boolean NOT NULL,
+    reason text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    changed_by text NOT NULL,
+    changed_by_role text NOT NULL,
+    version bigint NOT NULL,
+    notification_id bigint NOT NULL
 );
 """
 

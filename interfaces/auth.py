@@ -90,6 +90,7 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "case.escalate": frozenset({_C}),
     "case.close": frozenset({_C}),
     "case.comment": frozenset({_C}),
+    "case.freeze_account": frozenset({_A, _C}),
     "watchlist.manage": frozenset({_C}),
     # Query API
     "account.read": frozenset({_T, _A, _U, _C, _V}),

@@ -51,6 +51,15 @@ def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     return run_relay(settings, metrics_port=port)
 
 
+def _cmd_case_opener(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.case_opener import run_case_opener
+    from infrastructure.logging import configure_logging
+
+    configure_logging(settings.log_level, service="case-opener")
+    port = settings.case_opener_metrics_port if args.metrics_port is None else args.metrics_port
+    return run_case_opener(settings, metrics_port=port)
+
+
 def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.backtest import describe, run_backtest
 
@@ -105,13 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     workers.set_defaults(handler=_cmd_workers)
 
     project = commands.add_parser("project", help="run one projection worker")
-    project.add_argument("name", choices=["balances", "statements", "kpis", "alerts"])
+    project.add_argument(
+        "name", choices=["balances", "statements", "kpis", "alerts", "cases", "watchlist"]
+    )
     project.add_argument("--metrics-port", type=int, default=None, help="/metrics port")
     project.set_defaults(handler=_cmd_project)
 
     relay = commands.add_parser("relay", help="publish stored events to Kafka")
     relay.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
     relay.set_defaults(handler=_cmd_relay)
+
+    opener = commands.add_parser("case-opener", help="open a case for every alert")
+    opener.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    opener.set_defaults(handler=_cmd_case_opener)
 
     rules = commands.add_parser("rules", help="monitoring rules")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")

@@ -114,6 +114,12 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
         worker(
             "workers", ("workers",), settings.workers_metrics_port, "VIGIL_WORKERS_METRICS_PORT"
         ),
+        worker(
+            "case_opener",
+            ("case-opener",),
+            settings.case_opener_metrics_port,
+            "VIGIL_CASE_OPENER_METRICS_PORT",
+        ),
     ]
 
 

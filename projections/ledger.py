@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from projections import compliance
 from projections.envelope import Envelope
 from projections.rows import (
     AccountOpenedRow,
@@ -122,4 +123,6 @@ PROJECTORS: dict[str, Projector] = {
     "balances": balances,
     "statements": statements,
     "kpis": kpis,
+    "cases": compliance.cases,
+    "watchlist": compliance.watchlist,
 }

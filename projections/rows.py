@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 
@@ -74,4 +75,44 @@ class KpiIncrement:
     account_id: UUID
 
 
-Row = AccountOpenedRow | BalanceChanged | StatusChanged | StatementLine | BranchKnown | KpiIncrement
+@dataclass(frozen=True, slots=True)
+class CaseEventRow:
+    """One step of a case's history; the case row is recomputed from its whole history,
+    so steps may arrive in any order and a replay gives the same row."""
+
+    case_id: UUID
+    version: int
+    event_type: str
+    status: str | None  # the state this step leads to; None: unchanged
+    actor_subject: str
+    actor_role: str
+    note: str | None
+    details: dict[str, Any]
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchlistChanged:
+    """An entry's whole state after one event: the latest version wins."""
+
+    account_id: UUID
+    listed: bool
+    reason: str
+    version: int
+    at: datetime
+    actor_subject: str
+    actor_role: str
+    notification_id: int
+
+
+Row = (
+    AccountOpenedRow
+    | BalanceChanged
+    | StatusChanged
+    | StatementLine
+    | BranchKnown
+    | KpiIncrement
+    | CaseEventRow
+    | WatchlistChanged
+)

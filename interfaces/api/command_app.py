@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
+from application.compliance import Compliance
 from application.ledger import Ledger
 from infrastructure.reply_cache import RedisReplyCache
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
-from interfaces.api import accounts, batches, transfers
+from interfaces.api import accounts, batches, cases, transfers, watchlist
 from interfaces.api.health import health_router
 from interfaces.api.middleware import install_middleware
 from interfaces.api.problems import install_problem_handlers
@@ -33,6 +34,7 @@ def create_command_app(settings: Settings) -> FastAPI:
         )
         ledger = await asyncio.to_thread(open_ledger, settings, cache)
         app.state.ledger = ledger
+        app.state.compliance = Compliance(ledger)
         app.state.readiness_checks = [
             ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
             ("redis", lambda: asyncio.to_thread(cache.ping), False),
@@ -65,6 +67,8 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(transfers.router)
     app.include_router(batches.router)
+    app.include_router(cases.router)
+    app.include_router(watchlist.router)
     return app
 
 

@@ -32,6 +32,7 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "account_not_found": 404,
     "case_not_found": 404,
     "alert_not_found": 404,
+    "watchlist_entry_not_found": 404,
     "insufficient_funds": 409,
     "account_frozen": 409,
     "account_closed": 409,

@@ -11,10 +11,19 @@ import structlog
 from fastapi import FastAPI
 
 from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
 from interfaces.api.health import health_router
 from interfaces.api.middleware import install_middleware
 from interfaces.api.problems import install_problem_handlers
-from interfaces.api.query import accounts, projections, stats, transactions
+from interfaces.api.query import (
+    accounts,
+    alerts,
+    cases,
+    projections,
+    stats,
+    transactions,
+    watchlist,
+)
 from interfaces.api.query.cache import AccountCache
 from interfaces.api.query.deps import ReadSide
 from interfaces.api.query.freshness import ChangeWaiters, NotificationListener
@@ -28,6 +37,9 @@ def create_query_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(prepare_read_models, settings)
+        # The evidence route re-runs rules over the event store, decoded by the ledger's
+        # mapper; it only reads through it. First, so a failure here leaves nothing open.
+        app.state.ledger = await asyncio.to_thread(open_ledger, settings)
         store = await ReadStore.open(settings)
         cache = AccountCache.from_url(
             settings.resolved_redis_url(),
@@ -52,6 +64,7 @@ def create_query_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.ledger.close)
             await listener.stop()
             await cache.close()
             await store.close()
@@ -74,4 +87,7 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.include_router(transactions.router)
     app.include_router(stats.router)
     app.include_router(projections.router)
+    app.include_router(alerts.router)
+    app.include_router(cases.router)
+    app.include_router(watchlist.router)
     return app

@@ -181,6 +181,14 @@ EXTRA_PROBLEM_STATUSES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/accounts/{account_id}/freeze"): {"404", "409"},
     ("post", "/v1/accounts/{account_id}/unfreeze"): {"404", "409"},
     ("post", "/v1/accounts/{account_id}/close"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/acknowledge"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/assign"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/escalate"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/close"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/comment"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/freeze-account"): {"404", "409"},
+    ("post", "/v1/watchlist"): {"404", "409"},
+    ("delete", "/v1/watchlist/{account_id}"): {"404"},
 }
 
 # Codes each route was seen to produce (test_errors.py), which its document must name.

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
 from infrastructure.settings import Settings
 from interfaces.api.query.cache import account_cache_key
 from tests.conftest import ApiServer, Databases, start_query_api
@@ -641,7 +641,7 @@ def test_projections_show_the_store_head_positions_and_lag(query_env: QueryEnv) 
     head = query_env.seed.head
     assert body["head"] == head
     items = {item["name"]: item for item in body["items"]}
-    assert set(items) == {"balances", "statements", "kpis"}
+    assert set(items) == set(PROJECTIONS)
     for name in ("balances", "statements"):
         assert items[name] == {"name": name, "position": head, "lag_events": 0, "lag_s": 0.0}
     assert (items["kpis"]["position"], items["kpis"]["lag_events"]) == (head - 4, 4)

@@ -293,6 +293,7 @@ EXPECTED_MATRIX: dict[str, set[str]] = {
     "case.escalate": {C},
     "case.close": {C},
     "case.comment": {C},
+    "case.freeze_account": {A, C},
     "watchlist.manage": {C},
     "account.read": {T, A, U, C, V},
     "stats.read": {V, A, U, C},

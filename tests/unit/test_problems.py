@@ -21,6 +21,7 @@ CONTRACT_STATUS = {
     "account_not_found": 404,
     "case_not_found": 404,
     "alert_not_found": 404,
+    "watchlist_entry_not_found": 404,
     "insufficient_funds": 409,
     "account_frozen": 409,
     "account_closed": 409,

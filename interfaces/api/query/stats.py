@@ -27,8 +27,9 @@ StatsReader = Annotated[Principal, Depends(require("stats.read"))]
 # The kpis projection's metric names; each appears in every currency's totals, 0 if none.
 METRICS: Final = ("accounts_opened", "deposits", "withdrawals", "transfers")
 SERIES_HOURS: Final = 24
-# Written by the alerts projection (a later issue); counted only once it exists.
+# Written by the alerts projection and the cases projection; each counted once it exists.
 ALERTS_TABLE: Final = "alerts"
+CASES_TABLE: Final = "cases"
 
 _schema: Final = sql.Identifier(SCHEMA)
 TOTALS: Final = sql.SQL(
@@ -42,10 +43,19 @@ SERIES: Final = sql.SQL(
 BRANCHES: Final = sql.SQL(
     "SELECT branch, currency, metric, count, sum_minor FROM {schema}.kpis_branch"
 ).format(schema=_schema)
-ALERTS_PRESENT: Final = "SELECT to_regclass(%(table)s) IS NOT NULL AS present"
+ALERTS_PRESENT: Final = (
+    "SELECT to_regclass(%(alerts)s) IS NOT NULL AS present, "
+    "to_regclass(%(cases)s) IS NOT NULL AS cases_present"
+)
+# An alert is open until its case is closed (it exists before its case opens).
 OPEN_ALERTS: Final = sql.SQL(
-    "SELECT severity, count(*) AS count FROM {schema}.{alerts} WHERE status = 'open' "
-    "GROUP BY severity"
+    "SELECT a.severity, count(*) AS count FROM {schema}.{alerts} a "
+    "LEFT JOIN {schema}.{cases} c ON c.case_id = a.case_id "
+    "WHERE c.status IS DISTINCT FROM 'closed' GROUP BY a.severity"
+).format(schema=_schema, alerts=sql.Identifier(ALERTS_TABLE), cases=sql.Identifier(CASES_TABLE))
+# Before the cases read model exists no case is closed: every alert is open.
+ALL_ALERTS: Final = sql.SQL(
+    "SELECT severity, count(*) AS count FROM {schema}.{alerts} GROUP BY severity"
 ).format(schema=_schema, alerts=sql.Identifier(ALERTS_TABLE))
 
 
@@ -108,11 +118,14 @@ async def _rows(
 
 
 async def _open_alerts(conn: AsyncConnection[DictRow]) -> dict[str, int]:
-    cursor = await conn.execute(ALERTS_PRESENT, {"table": f"{SCHEMA}.{ALERTS_TABLE}"})
+    cursor = await conn.execute(
+        ALERTS_PRESENT,
+        {"alerts": f"{SCHEMA}.{ALERTS_TABLE}", "cases": f"{SCHEMA}.{CASES_TABLE}"},
+    )
     present = await cursor.fetchone()
     if present is None or not present["present"]:
         return {}
-    rows = await _rows(conn, OPEN_ALERTS)
+    rows = await _rows(conn, OPEN_ALERTS if present["cases_present"] else ALL_ALERTS)
     return {str(row["severity"]): int(row["count"]) for row in rows}
 
 

@@ -1,0 +1,276 @@
+"""Compliance's commands: alert cases and the watchlist, over the ledger's event store.
+
+Cases and watchlist entries live in the same store as accounts, so the relay publishes
+their events like account events, and the audit trail is one hash-chained log. Each
+command is thin: load, call the aggregate, save. A save that loses an optimistic-
+concurrency race (another writer took the version) is judged again from fresh state, a
+bounded number of times, like `Ledger.execute`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
+
+from application.commands import ChangeStatus, Submission
+from application.ledger import RETRY_BACKOFF_S_MAX, Ledger
+from application.locks import StripedLocks
+from domain.account import Account
+from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
+from domain.errors import (
+    CaseNotFound,
+    Unavailable,
+    ValidationFailed,
+    WatchlistEntryNotFound,
+)
+from domain.ids import case_id_for, watchlist_entry_id
+from domain.integrity import Actor, Stamp, format_timestamp
+from domain.watchlist import WatchlistEntry, list_account
+
+# CONTRACT.md: the case opener acts as this actor.
+SYSTEM_ACTOR = Actor("system:rules", "system")
+CASE_LOCK_STRIPES = 256
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSummary:
+    """What a case keeps of an alert message (CONTRACT.md's alert fields)."""
+
+    alert_id: UUID
+    rule: str
+    severity: str
+    account_id: UUID
+    explanation: str
+
+    @classmethod
+    def from_message(cls, alert: Mapping[str, Any]) -> AlertSummary:
+        """Raises ValidationFailed for a message that is not an alert."""
+        try:
+            alert_id = UUID(str(alert["alert_id"]))
+            account_id = UUID(str(alert["account_id"]))
+            rule, severity = alert["rule"], alert["severity"]
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValidationFailed(f"not an alert: {type(error).__name__} {error}") from None
+        if not isinstance(rule, str) or not isinstance(severity, str):
+            raise ValidationFailed("not an alert: rule and severity must be strings")
+        explanation = str(alert.get("explanation") or "")
+        if len(explanation) > EXPLANATION_CHARS_MAX:
+            # A case must open even for a verbose rule: keep the start, say it was cut.
+            explanation = explanation[: EXPLANATION_CHARS_MAX - 1] + "…"
+        return cls(alert_id, rule, severity, account_id, explanation)
+
+
+class Compliance:
+    """Opens and works alert cases, manages the watchlist, freezes accounts from cases."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        # Commands of this process on one case take turns instead of racing each other.
+        self._locks = StripedLocks(CASE_LOCK_STRIPES)
+
+    # Reads ------------------------------------------------------------------------------
+
+    def get_case(self, case_id: UUID) -> AlertCase:
+        case = self._find(case_id, AlertCase)
+        if case is None:
+            raise CaseNotFound(f"case {case_id} does not exist")
+        return case
+
+    def find_watchlist_entry(self, account_id: UUID) -> WatchlistEntry | None:
+        return self._find(watchlist_entry_id(account_id), WatchlistEntry)
+
+    # Cases ------------------------------------------------------------------------------
+
+    def open_case(self, alert: Mapping[str, Any], correlation_id: str) -> tuple[AlertCase, bool]:
+        """The alert's case, opened now (True) or found opened before (False), unchanged.
+
+        Idempotent and race-safe: a second opener of the same alert loses on the store's
+        primary key, reloads, and returns the winner's case.
+        """
+        summary = AlertSummary.from_message(alert)
+        case_id = case_id_for(summary.alert_id)
+
+        def attempt() -> tuple[AlertCase, bool]:
+            existing = self._find(case_id, AlertCase)
+            if existing is not None:
+                return existing, False
+            case = AlertCase.open(
+                summary.alert_id,
+                summary.rule,
+                summary.severity,
+                summary.account_id,
+                self._branch_of(summary.account_id),
+                summary.explanation,
+                self._stamp(SYSTEM_ACTOR, correlation_id),
+            )
+            self.ledger.save(case)
+            return case, True
+
+        return self._retrying([case_id], attempt)
+
+    def act_on_case(
+        self,
+        case_id: UUID,
+        action: CaseAction | str,
+        actor: Actor,
+        correlation_id: str,
+        **args: Any,
+    ) -> AlertCase:
+        """One workflow step: `acknowledge(note?)`, `assign(assignee, note?)`,
+        `escalate(note)`, `comment(note)`, `close(resolution, note)`."""
+        step = CaseAction(action)
+
+        def attempt() -> AlertCase:
+            case = self.get_case(case_id)
+            stamp = self._stamp(actor, correlation_id)
+            match step:
+                case CaseAction.ACKNOWLEDGE:
+                    case.acknowledge(args.get("note"), stamp)
+                case CaseAction.ASSIGN:
+                    case.assign(args["assignee"], args.get("note"), stamp)
+                case CaseAction.ESCALATE:
+                    case.escalate(args["note"], stamp)
+                case CaseAction.COMMENT:
+                    case.comment(args["note"], stamp)
+                case CaseAction.CLOSE:
+                    case.close(args["resolution"], args["note"], stamp)
+            self.ledger.save(case)
+            return case
+
+        return self._retrying([case_id], attempt)
+
+    def freeze_account_from_case(
+        self, case_id: UUID, note: str, actor: Actor, correlation_id: str
+    ) -> dict[str, Any]:
+        """Freeze the case's account through the ledger; the reason names the case.
+        Returns the account reply (`account_body`)."""
+        case = self.get_case(case_id)
+        note = note.strip()
+        if not note:
+            raise ValidationFailed("freezing an account needs a note saying why", "body.note")
+        command = ChangeStatus(UUID(case.account_id), "freeze", f"case {case_id}: {note}")
+        outcome = self.ledger.execute([Submission(command, actor, correlation_id)])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.body is not None
+        return outcome.body
+
+    # Watchlist --------------------------------------------------------------------------
+
+    def add_to_watchlist(
+        self, account_id: UUID, reason: str, actor: Actor, correlation_id: str
+    ) -> WatchlistEntry:
+        """List an account (new entry, or a removed one restored); `AlreadyListed` if it is."""
+        entry_id = watchlist_entry_id(account_id)
+        self.ledger.get_account(account_id)  # AccountNotFound: only our accounts are watched
+
+        def attempt() -> WatchlistEntry:
+            existing = self._find(entry_id, WatchlistEntry)
+            entry = list_account(existing, account_id, reason, self._stamp(actor, correlation_id))
+            self.ledger.save(entry)
+            return entry
+
+        return self._retrying([entry_id], attempt)
+
+    def remove_from_watchlist(
+        self, account_id: UUID, reason: str, actor: Actor, correlation_id: str
+    ) -> WatchlistEntry:
+        """`WatchlistEntryNotFound` if the account is not listed."""
+        entry_id = watchlist_entry_id(account_id)
+
+        def attempt() -> WatchlistEntry:
+            entry = self._find(entry_id, WatchlistEntry)
+            stamp = self._stamp(actor, correlation_id)
+            if entry is None:
+                raise WatchlistEntryNotFound(f"account {account_id} is not on the watchlist")
+            entry.remove(reason, stamp)
+            self.ledger.save(entry)
+            return entry
+
+        return self._retrying([entry_id], attempt)
+
+    # Helpers ----------------------------------------------------------------------------
+
+    def _stamp(self, actor: Actor, correlation_id: str) -> Stamp:
+        return Stamp(
+            actor=actor,
+            timestamp=self.ledger.options.clock(),
+            correlation_id=correlation_id,
+            transaction_id=None,
+            mac_key=self.ledger.options.mac_key,
+        )
+
+    def _find(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        try:
+            aggregate: object = self.ledger.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    def _branch_of(self, account_id: UUID) -> str | None:
+        """The account's branch from its first event alone (not the whole history)."""
+        first = next(iter(self.ledger.repository.event_store.get(account_id, lte=1)), None)
+        if isinstance(first, Account.AccountOpened):
+            return first.branch
+        return None
+
+    def _retrying(self, ids: Iterable[UUID], attempt: Callable[[], T]) -> T:
+        options = self.ledger.options
+        with self._locks.holding([list(ids)]):
+            for number in range(options.retries_max):
+                try:
+                    return attempt()
+                except IntegrityError:
+                    # Another writer took the version first; nothing of ours was written.
+                    backoff_s = min(options.retry_backoff_s * 2**number, RETRY_BACKOFF_S_MAX)
+                    time.sleep(backoff_s * (0.5 + random.random()))
+                except (OperationalError, InterfaceError) as error:
+                    raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
+                except PersistenceError as error:
+                    raise Unavailable(f"event store refused the write: {error}") from error
+        raise Unavailable(f"gave up after {options.retries_max} conflicting attempts")
+
+
+def case_body(case: AlertCase) -> dict[str, Any]:
+    """The command API's reply for a case (CONTRACT.md's case fields)."""
+    return {
+        "case_id": str(case.id),
+        "alert_id": case.alert_id,
+        "account_id": case.account_id,
+        "branch": case.branch,
+        "rule": case.rule,
+        "severity": case.severity,
+        "status": case.status.value,
+        "assignee": case.assignee,
+        "resolution": case.resolution,
+        "explanation": case.explanation,
+        "version": case.version,
+        "opened_at": format_timestamp(case.created_on),
+        "updated_at": format_timestamp(case.modified_on),
+        "closed_at": None if case.closed_at is None else format_timestamp(case.closed_at),
+    }
+
+
+def watchlist_body(entry: WatchlistEntry) -> dict[str, Any]:
+    return {
+        "account_id": entry.account_id,
+        "listed": entry.listed,
+        "reason": entry.reason,
+        "version": entry.version,
+        "changed_at": format_timestamp(entry.modified_on),
+    }

@@ -1,0 +1,407 @@
+"""Cases and the watchlist on a real PostgreSQL event store: idempotent, race-safe
+opening; the workflow through the service; freezing from a case; the hash chain; the
+cases and watchlist projections; the case opener against a real tansu broker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+import psycopg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from application.commands import Deposit, OpenAccount, Submission
+from application.compliance import SYSTEM_ACTOR, Compliance, case_body
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.account import Account, AccountStatus
+from domain.case import AlertCase, CaseStatus, case_id_for
+from domain.errors import (
+    AccountNotFound,
+    AlreadyListed,
+    CaseNotFound,
+    InvalidTransition,
+    ValidationFailed,
+    WatchlistEntryNotFound,
+)
+from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
+from domain.money import Money
+from domain.watchlist import watchlist_entry_id
+from infrastructure.case_opener import CaseOpener
+from infrastructure.embedded import EmbeddedBroker
+from infrastructure.projection_store import apply_batch
+from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from infrastructure.topics import alerts_topic
+from projections.envelope import Envelope
+
+pytestmark = pytest.mark.integration
+
+TELLER = Actor("alice", "teller")
+OFFICER = Actor("olivia", "compliance")
+OPENERS = 10
+OPENER_WAIT_S = 30.0
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    settings = settings_factory()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+    return settings
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def compliance(ledger: Ledger) -> Compliance:
+    return Compliance(ledger)
+
+
+def open_account(ledger: Ledger, branch: str = "001", balance_minor: int = 10_000) -> UUID:
+    account_id = uuid4()
+    ledger.execute_one(Submission(OpenAccount(account_id, "Ada", branch, "GBP", 0), TELLER, "c"))
+    ledger.execute_one(
+        Submission(Deposit(account_id, Money(balance_minor, "GBP"), uuid4()), TELLER, "c")
+    )
+    return account_id
+
+
+def alert(account_id: UUID, rule: str = "structuring", severity: str = "high") -> dict[str, Any]:
+    alert_id = uuid4()
+    return {
+        "alert_id": str(alert_id),
+        "rule": rule,
+        "severity": severity,
+        "account_id": str(account_id),
+        "transaction_ids": [str(uuid4())],
+        "positions": [3, 4, 5],
+        "explanation": "3 cash deposits totalling 28,500.00 GBP within 24h, each under 10,000.00",
+        "raised_at": "2026-03-01T09:00:00.000000Z",
+        "status": "open",
+        "case_id": str(case_id_for(alert_id)),
+        "rule_config_version": 1,
+    }
+
+
+def stored_events(ledger: Ledger, aggregate_id: UUID) -> list[Any]:
+    return list(ledger.repository.event_store.get(aggregate_id))
+
+
+# Opening ----------------------------------------------------------------------------------
+
+
+def test_ten_concurrent_openers_of_one_alert_open_exactly_one_case(ledger: Ledger) -> None:
+    message = alert(open_account(ledger, branch="007"))
+    # One service per thread: no shared in-process lock, so the store's key decides.
+    services = [Compliance(ledger) for _ in range(OPENERS)]
+    barrier = threading.Barrier(OPENERS)
+
+    def open_one(service: Compliance) -> tuple[UUID, bool]:
+        barrier.wait()
+        case, created = service.open_case(message, "corr-race")
+        return case.id, created
+
+    with ThreadPoolExecutor(OPENERS) as pool:
+        results = list(pool.map(open_one, services))
+    assert {case_id for case_id, _ in results} == {case_id_for(message["alert_id"])}
+    assert sum(created for _, created in results) == 1
+    (opened,) = stored_events(ledger, case_id_for(message["alert_id"]))
+    assert isinstance(opened, AlertCase.CaseOpened)
+    assert opened.actor == {"subject": "system:rules", "role": "system"}
+    assert opened.branch == "007", "the branch comes from the account's opening event"
+
+
+def test_opening_an_alert_again_returns_the_case_unchanged(compliance: Compliance) -> None:
+    message = alert(open_account(compliance.ledger))
+    case, created = compliance.open_case(message, "c1")
+    compliance.act_on_case(case.id, "acknowledge", OFFICER, "c2")
+    again, created_again = compliance.open_case(message, "c3")
+    assert (created, created_again) == (True, False)
+    assert (again.version, again.status) == (2, CaseStatus.ACKNOWLEDGED)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"alert_id": "not-a-uuid"},
+        {"account_id": None},
+        {"rule": 42},
+        {"severity": "catastrophic"},
+    ],
+)
+def test_a_message_that_is_not_an_alert_opens_no_case(
+    compliance: Compliance, broken: dict[str, Any]
+) -> None:
+    message = {**alert(uuid4()), **broken}
+    with pytest.raises(ValidationFailed):
+        compliance.open_case(message, "c")
+
+
+def test_an_alert_for_an_unknown_account_still_opens_a_case_without_branch(
+    compliance: Compliance,
+) -> None:
+    case, created = compliance.open_case(alert(uuid4()), "c")
+    assert created
+    assert case.branch is None
+
+
+# The workflow -------------------------------------------------------------------------------
+
+
+def test_a_case_is_worked_to_closed_and_every_step_is_stored_with_its_actor(
+    compliance: Compliance, ledger: Ledger, settings: Settings
+) -> None:
+    case, _ = compliance.open_case(alert(open_account(ledger)), "c0")
+    bob = Actor("bob", "compliance")
+    compliance.act_on_case(case.id, "acknowledge", OFFICER, "c1", note=None)
+    compliance.act_on_case(case.id, "assign", OFFICER, "c2", assignee="bob", note="yours")
+    with pytest.raises(InvalidTransition):
+        compliance.act_on_case(case.id, "acknowledge", bob, "c3")
+    compliance.act_on_case(case.id, "escalate", bob, "c4", note="pattern confirmed")
+    compliance.act_on_case(case.id, "comment", bob, "c5", note="SAR drafted")
+    closed = compliance.act_on_case(
+        case.id, "close", bob, "c6", resolution="suspicious_activity_reported", note="SAR filed"
+    )
+    with pytest.raises(InvalidTransition):
+        compliance.act_on_case(case.id, "comment", bob, "c7", note="too late")
+    body = case_body(closed)
+    assert (body["status"], body["assignee"], body["resolution"], body["version"]) == (
+        "closed",
+        "bob",
+        "suspicious_activity_reported",
+        6,
+    )
+    assert body["closed_at"] is not None
+    events = stored_events(ledger, case.id)
+    assert [type(e).__name__ for e in events] == [
+        "CaseOpened",
+        "CaseAcknowledged",
+        "CaseAssigned",
+        "CaseEscalated",
+        "CaseCommented",
+        "CaseClosed",
+    ]
+    assert [e.actor["subject"] for e in events] == [
+        "system:rules",
+        "olivia",
+        "olivia",
+        "bob",
+        "bob",
+        "bob",
+    ]
+    assert [e.correlation_id for e in events] == ["c0", "c1", "c2", "c4", "c5", "c6"]
+    assert compliance.get_case(case.id) == closed, "rebuilt from the store equals the live case"
+
+
+def test_case_events_chain_and_carry_the_mac_of_the_configured_key(
+    compliance: Compliance, ledger: Ledger, settings: Settings
+) -> None:
+    case, _ = compliance.open_case(alert(open_account(ledger)), "c0")
+    compliance.act_on_case(case.id, "close", OFFICER, "c1", resolution="no_action", note="ok")
+    previous = GENESIS_HASH
+    for event in stored_events(ledger, case.id):
+        assert event.previous_hash == previous
+        assert chain_hash(event.chain_record()) == event.hash
+        assert mac_matches(settings.audit_mac_key_resolved(), event.hash, event.mac)
+        previous = event.hash
+
+
+def test_an_unknown_case_is_not_found(compliance: Compliance) -> None:
+    with pytest.raises(CaseNotFound):
+        compliance.act_on_case(uuid4(), "acknowledge", OFFICER, "c")
+    with pytest.raises(CaseNotFound):
+        compliance.freeze_account_from_case(uuid4(), "why", OFFICER, "c")
+
+
+def test_freezing_from_a_case_names_the_case_in_the_accounts_frozen_reason(
+    compliance: Compliance, ledger: Ledger
+) -> None:
+    account_id = open_account(ledger)
+    case, _ = compliance.open_case(alert(account_id), "c0")
+    reply = compliance.freeze_account_from_case(case.id, "funds at risk", OFFICER, "c-freeze")
+    assert (reply["account_id"], reply["status"]) == (str(account_id), "frozen")
+    account = ledger.get_account(account_id)
+    assert account.status is AccountStatus.FROZEN
+    frozen = stored_events(ledger, account_id)[-1]
+    assert isinstance(frozen, Account.Frozen)
+    assert frozen.reason == f"case {case.id}: funds at risk"
+    assert frozen.actor == {"subject": "olivia", "role": "compliance"}
+    assert frozen.correlation_id == "c-freeze"
+
+
+# The watchlist ----------------------------------------------------------------------------
+
+
+def test_the_watchlist_adds_removes_and_restores_an_account(
+    compliance: Compliance, ledger: Ledger
+) -> None:
+    account_id = open_account(ledger)
+    entry = compliance.add_to_watchlist(account_id, "sanctions hit", OFFICER, "w1")
+    assert (entry.id, entry.listed) == (watchlist_entry_id(account_id), True)
+    with pytest.raises(AlreadyListed):
+        compliance.add_to_watchlist(account_id, "again", OFFICER, "w2")
+    assert not compliance.remove_from_watchlist(account_id, "cleared", OFFICER, "w3").listed
+    with pytest.raises(WatchlistEntryNotFound):
+        compliance.remove_from_watchlist(account_id, "cleared again", OFFICER, "w4")
+    assert compliance.add_to_watchlist(account_id, "new hit", OFFICER, "w5").version == 3
+    names = [type(e).__name__ for e in stored_events(ledger, watchlist_entry_id(account_id))]
+    assert names == ["WatchlistEntryAdded", "WatchlistEntryRemoved", "WatchlistEntryRestored"]
+
+
+def test_only_known_accounts_are_watched_and_unlisted_ones_cannot_be_removed(
+    compliance: Compliance,
+) -> None:
+    with pytest.raises(AccountNotFound):
+        compliance.add_to_watchlist(uuid4(), "typo", OFFICER, "w")
+    with pytest.raises(WatchlistEntryNotFound):
+        compliance.remove_from_watchlist(uuid4(), "never listed", OFFICER, "w")
+
+
+# Projections --------------------------------------------------------------------------------
+
+
+def envelopes_of(ledger: Ledger) -> list[Envelope]:
+    out = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
+        event = ledger.mapper.to_domain_event(notification)
+        out.append(Envelope.from_json(envelope(notification.id, event)))  # type: ignore[arg-type]
+    return out
+
+
+def project(settings: Settings, projection: str, *batches: list[Envelope]) -> None:
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn:
+            for batch in batches:
+                await apply_batch(conn, projection, batch)
+
+    asyncio.run(run())
+
+
+def rows(settings: Settings, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+
+CASE_ROW = (
+    "SELECT case_id, alert_id, account_id, branch, rule, severity, status, assignee, "
+    "resolution, version, closed_at IS NOT NULL FROM readmodel.cases ORDER BY case_id"
+)
+HISTORY_ROWS = (
+    "SELECT case_id, version, event_type, actor_subject, note FROM readmodel.case_history "
+    "ORDER BY case_id, version"
+)
+
+
+def test_the_cases_projection_gives_the_same_rows_in_any_order_and_once_only(
+    compliance: Compliance, ledger: Ledger, settings: Settings
+) -> None:
+    account_id = open_account(ledger, branch="004")
+    first, _ = compliance.open_case(alert(account_id), "c")
+    second, _ = compliance.open_case(alert(account_id, "velocity", "medium"), "c")
+    compliance.act_on_case(first.id, "acknowledge", OFFICER, "c")
+    compliance.act_on_case(first.id, "assign", OFFICER, "c", assignee="bob")
+    compliance.act_on_case(first.id, "escalate", OFFICER, "c", note="why")
+    compliance.act_on_case(second.id, "close", OFFICER, "c", resolution="no_action", note="ok")
+    events = envelopes_of(ledger)
+    project(settings, "cases", events, events)  # the second time: all duplicates
+    in_order = rows(settings, CASE_ROW), rows(settings, HISTORY_ROWS)
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute("TRUNCATE readmodel.cases, readmodel.case_history")
+        conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'cases'")
+        conn.execute("UPDATE readmodel.projection_positions SET position = 0")
+    project(settings, "cases", *[[event] for event in reversed(events)])
+    assert (rows(settings, CASE_ROW), rows(settings, HISTORY_ROWS)) == in_order
+    by_id = {row[0]: row for row in in_order[0]}
+    assert by_id[first.id][3:] == ("004", "structuring", "high", "escalated", "bob", None, 4, False)
+    assert by_id[second.id][6:] == ("closed", None, "no_action", 2, True)
+    assert len(in_order[1]) == 6
+
+
+def test_the_watchlist_projection_keeps_each_accounts_latest_state(
+    compliance: Compliance, ledger: Ledger, settings: Settings
+) -> None:
+    account_id = open_account(ledger)
+    compliance.add_to_watchlist(account_id, "sanctions hit", OFFICER, "w")
+    compliance.remove_from_watchlist(account_id, "cleared", OFFICER, "w")
+    events = envelopes_of(ledger)
+    project(settings, "watchlist", *[[event] for event in reversed(events)])
+    assert rows(
+        settings, "SELECT account_id, listed, reason, changed_by, version FROM readmodel.watchlist"
+    ) == [(account_id, False, "cleared", "olivia", 2)]
+
+
+# The case opener ----------------------------------------------------------------------------
+
+
+class OpenerThread:
+    """A CaseOpener on an event loop of its own thread, stopped like SIGTERM would."""
+
+    def __init__(self, opener: CaseOpener) -> None:
+        self.opener = opener
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self.opener.run(self._stop))
+
+    def __enter__(self) -> OpenerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+
+async def publish(settings: Settings, *messages: bytes) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.resolved_kafka_bootstrap(), acks="all", enable_idempotence=False
+    )
+    await producer.start()
+    try:
+        for message in messages:
+            await producer.send_and_wait(alerts_topic(settings), message, key=b"k")
+    finally:
+        await producer.stop()
+
+
+def test_the_case_opener_opens_one_case_per_alert_and_skips_what_is_not_one(
+    settings_factory: Any, broker: EmbeddedBroker
+) -> None:
+    settings = settings_factory(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=f"it{uuid4().hex[:6]}.", topic_partitions=4
+    )
+    ledger = open_ledger(settings)
+    try:
+        message = alert(open_account(ledger))
+        encoded = orjson.dumps(message)
+        case_id = case_id_for(message["alert_id"])
+        asyncio.run(publish(settings, encoded, b"not json", b'{"alert_id": 1}', encoded))
+        opener = CaseOpener(settings, Compliance(ledger))
+        with OpenerThread(opener):
+            deadline = time.monotonic() + OPENER_WAIT_S
+            while opener.handled < 4:
+                assert time.monotonic() < deadline, f"handled {opener.handled} of 4 in time"
+                time.sleep(0.1)
+        (opened,) = stored_events(ledger, case_id)
+        assert opened.actor == SYSTEM_ACTOR.as_dict()
+        assert opener.opened == 1
+    finally:
+        ledger.close()

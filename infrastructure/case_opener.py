@@ -22,7 +22,7 @@ from application.compliance import Compliance
 from domain.errors import Unavailable, ValidationFailed
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.store import open_ledger
-from infrastructure.topics import alerts_topic
+from infrastructure.topics import EPOCH_HEADER, alerts_topic
 
 log = structlog.get_logger("vigil.case_opener")
 
@@ -31,7 +31,6 @@ FETCH_RECORDS_MAX = 500
 # tansu answers a fetch only when its wait runs out: keep it short, for latency.
 FETCH_WAIT_MS = 20
 RETRY_BACKOFF_S_MAX = 5.0
-EPOCH_HEADER = "relay_epoch"
 
 CASES_OPENED = Counter(
     "vigil_cases_opened_total",

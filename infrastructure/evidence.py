@@ -19,7 +19,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from psycopg import Connection
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from application.envelope import envelope
 from application.ledger import Ledger
@@ -67,7 +67,8 @@ def watchlisted_before_sync(
     watchlist just before this event, by the store's order of notification ids."""
     if account_id is None:
         return False
-    with conn.cursor() as cursor:
+    # Tuples whatever the connection's row factory (the ledger's pool gives dicts).
+    with conn.cursor(row_factory=tuple_row) as cursor:
         cursor.execute(WATCHLIST_AS_OF, (watchlist_entry_id(account_id), notification_id))
         row = cursor.fetchone()
     return row is not None and str(row[0]).endswith(LISTED_EVENTS)

@@ -24,7 +24,7 @@ from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.relay_broker import RelayBroker
 from infrastructure.relay_store import RelayState, RelayStore
 from infrastructure.settings import Settings
-from infrastructure.topics import alerts_topic, ledger_events_topic
+from infrastructure.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 
 log = structlog.get_logger("vigil.outbox_relay")
 
@@ -95,7 +95,10 @@ class AlertsOutboxRelay:
                 self.topic,
                 key=str(account_id).encode(),
                 value=orjson.dumps(payload),
-                headers=[("alert_id", str(alert).encode())],
+                headers=[
+                    ("alert_id", str(alert).encode()),
+                    (EPOCH_HEADER, str(self.state.epoch).encode()),
+                ],
             )
             for _, account_id, alert, payload in rows
         ]

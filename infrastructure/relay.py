@@ -42,11 +42,10 @@ from infrastructure.relay_broker import RelayBroker, TopicsNotReady
 from infrastructure.relay_store import RelayState, RelayStore
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
-from infrastructure.topics import alerts_topic, ledger_events_topic
+from infrastructure.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 
 log = structlog.get_logger("vigil.relay")
 
-EPOCH_HEADER = "relay_epoch"
 # What the broker, or the network to it, throws at us: back off and retry the batch.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     KafkaError,

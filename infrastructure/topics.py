@@ -6,6 +6,9 @@ from infrastructure.settings import Settings
 
 LEDGER_EVENTS = "vigil.ledger.events"
 ALERTS = "vigil.alerts"
+# Every message the relay sends carries its epoch: a consumer that sees it go up knows
+# the broker lost its log and the relay republished, and reads the partition again.
+EPOCH_HEADER = "relay_epoch"
 
 
 def ledger_events_topic(settings: Settings) -> str:

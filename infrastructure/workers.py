@@ -30,7 +30,7 @@ from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_mod
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
-from infrastructure.topics import ledger_events_topic
+from infrastructure.topics import EPOCH_HEADER, ledger_events_topic
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
@@ -39,7 +39,6 @@ FETCH_TIMEOUT_MS = 500
 FETCH_RECORDS_MAX = 1000
 FETCH_WAIT_MS = 20
 RETRY_BACKOFF_S_MAX = 5.0
-EPOCH_HEADER = "relay_epoch"
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -64,6 +63,9 @@ LAG_EVENTS = Gauge(
 ALERTS = "alerts"
 ALL_PROJECTIONS = (*PROJECTIONS, ALERTS)
 
+OBSERVE_INTERVAL_S = 1.0
+SEVERITY_NAMES = ("critical", "high", "medium", "low")
+OPEN_CASES = Gauge("vigil_cases_open", "Cases not yet closed, by severity.", ["severity"])
 ALERTS_RAISED = Counter(
     "vigil_alerts_raised_total", "Alerts raised, by rule and severity.", ["rule", "severity"]
 )
@@ -145,6 +147,7 @@ class ProjectionWorker:
         self.cache: aioredis.Redis | None = None
         # Rules are validated here, at start: a bad file stops the worker at once.
         self.alerts = AlertsApplier(settings) if projection == ALERTS else None
+        self._observed_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff_s = 0.1
@@ -258,6 +261,12 @@ class ProjectionWorker:
             )
 
     async def _observe_lag(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Gauges, not a hot path: at most once per interval, however fast batches come.
+        if time.monotonic() < self._observed_until:
+            return
+        self._observed_until = time.monotonic() + OBSERVE_INTERVAL_S
+        if self.projection == "cases":
+            await _observe_open_cases(conn)
         cursor = await conn.execute(
             "SELECT coalesce(max(notification_id), 0), "
             f"(SELECT position FROM {SCHEMA}.projection_positions WHERE projection = %s) "
@@ -268,6 +277,15 @@ class ProjectionWorker:
         if row is not None:
             head, position = int(row[0]), int(row[1] or 0)
             LAG_EVENTS.labels(self.projection).set(max(0, head - position))
+
+
+async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:
+    cursor = await conn.execute(
+        f"SELECT severity, count(*) FROM {SCHEMA}.cases WHERE status <> 'closed' GROUP BY severity"
+    )
+    counts = {str(severity): int(n) for severity, n in await cursor.fetchall()}
+    for severity in SEVERITY_NAMES:
+        OPEN_CASES.labels(severity).set(counts.get(severity, 0))
 
 
 def _epoch(record: ConsumerRecord) -> int | None:

@@ -104,7 +104,10 @@ async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...]) -> No
 
 @contextmanager
 def running_system(
-    databases: Databases, work: Path, processes: tuple[str, ...] = tuple(PROCESSES)
+    databases: Databases,
+    work: Path,
+    processes: tuple[str, ...] = tuple(PROCESSES),
+    **overrides: Any,
 ) -> Iterator[System]:
     broker = start_broker(work / "broker")
     settings = databases.settings_for(
@@ -113,6 +116,7 @@ def running_system(
         kafka_bootstrap=broker.bootstrap,
         topic_prefix=f"e2e{uuid4().hex[:6]}.",
         topic_partitions=4,
+        **overrides,
     )
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,13 @@ from domain.integrity import format_timestamp
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
-from infrastructure.projection_store import BatchResult, advance_mark, lock_position, track
+from infrastructure.projection_store import (
+    BatchResult,
+    advance_mark,
+    lock_position,
+    track,
+    use_schema,
+)
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.store import EVENTS_TABLE
 from projections.alerts import movement_of, step
@@ -28,7 +34,7 @@ OUTBOX_CHANNEL = "alerts_outbox"
 # The event store's topics of watchlist entries end with the event class name.
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
 
-DDL = f"""
+RULE_CONFIGS_DDL = """
 CREATE TABLE IF NOT EXISTS public.rule_configs (
     version serial PRIMARY KEY,
     sha256 text NOT NULL UNIQUE,
@@ -36,12 +42,18 @@ CREATE TABLE IF NOT EXISTS public.rule_configs (
     source text NOT NULL,
     loaded_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS {SCHEMA}.rule_windows (
+"""
+
+
+def alerts_ddl(schema: str = SCHEMA) -> str:
+    """The alerts projection's tables in `schema` (live, or a shadow for `vigil replay`)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {schema}.rule_windows (
     account_id uuid PRIMARY KEY,
     version bigint NOT NULL,
     state jsonb NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {SCHEMA}.alerts (
+CREATE TABLE IF NOT EXISTS {schema}.alerts (
     alert_id uuid PRIMARY KEY,
     rule text NOT NULL,
     severity text NOT NULL,
@@ -56,9 +68,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.alerts (
     rule_config_version int NOT NULL,
     case_id uuid NOT NULL
 );
-CREATE INDEX IF NOT EXISTS alerts_raised_idx ON {SCHEMA}.alerts (raised_at DESC, alert_id);
-CREATE INDEX IF NOT EXISTS alerts_account_idx ON {SCHEMA}.alerts (account_id);
-CREATE TABLE IF NOT EXISTS {SCHEMA}.alerts_outbox (
+CREATE INDEX IF NOT EXISTS alerts_raised_idx ON {schema}.alerts (raised_at DESC, alert_id);
+CREATE INDEX IF NOT EXISTS alerts_account_idx ON {schema}.alerts (account_id);
+CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
     id bigserial PRIMARY KEY,
     alert_id uuid NOT NULL,
     account_id uuid NOT NULL,
@@ -106,10 +118,12 @@ async def apply_alerts_batch(
     events: Sequence[Envelope],
     config: RulesConfig,
     config_version: int,
+    schema: str = SCHEMA,
 ) -> tuple[BatchResult, list[Hit]]:
     result = BatchResult()
     raised: list[Hit] = []
     async with conn.transaction():
+        await use_schema(conn, schema)
         mark = await lock_position(conn, PROJECTION)
         fresh = await track(
             conn, PROJECTION, [e.notification_id for e in events if e.notification_id > mark]
@@ -154,7 +168,7 @@ async def _defer(
     # Early (a partially failed relay batch, retried): untracked again, so the mark
     # stays below it and its redelivery, after its predecessor, scores it in order.
     await conn.execute(
-        f"DELETE FROM {SCHEMA}.projection_tracking WHERE projection = %s AND notification_id = %s",
+        "DELETE FROM projection_tracking WHERE projection = %s AND notification_id = %s",
         (PROJECTION, event.notification_id),
     )
     result.deferred += 1
@@ -165,7 +179,7 @@ async def _load_windows(
 ) -> dict[UUID, AccountWindow]:
     ids = list({e.aggregate_id for e in events if e.is_account_event})
     cursor = await conn.execute(
-        f"SELECT account_id, state FROM {SCHEMA}.rule_windows WHERE account_id = ANY(%s)", (ids,)
+        "SELECT account_id, state FROM rule_windows WHERE account_id = ANY(%s)", (ids,)
     )
     return {row[0]: AccountWindow.from_json(row[1]) for row in await cursor.fetchall()}
 
@@ -175,7 +189,7 @@ async def _save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountW
         return
     async with conn.cursor() as cursor:
         await cursor.executemany(
-            f"INSERT INTO {SCHEMA}.rule_windows (account_id, version, state) VALUES (%s, %s, %s) "
+            "INSERT INTO rule_windows (account_id, version, state) VALUES (%s, %s, %s) "
             "ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, "
             "state = EXCLUDED.state",
             [(a, w.version, Jsonb(w.to_json())) for a, w in windows.items()],
@@ -210,7 +224,7 @@ async def _record_alert(
 ) -> None:
     body = alert_body(hit, branch, event.hash, version)
     cursor = await conn.execute(
-        f"INSERT INTO {SCHEMA}.alerts (alert_id, rule, severity, account_id, branch, "
+        "INSERT INTO alerts (alert_id, rule, severity, account_id, branch, "
         "transaction_ids, positions, explanation, raised_at, notification_id, chain_head, "
         "rule_config_version, case_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (alert_id) DO NOTHING",
@@ -222,7 +236,6 @@ async def _record_alert(
     )  # fmt: skip
     if cursor.rowcount == 1:
         await conn.execute(
-            f"INSERT INTO {SCHEMA}.alerts_outbox (alert_id, account_id, payload) "
-            "VALUES (%s, %s, %s)",
+            "INSERT INTO alerts_outbox (alert_id, account_id, payload) VALUES (%s, %s, %s)",
             (body["alert_id"], hit.account_id, Jsonb(body)),
         )

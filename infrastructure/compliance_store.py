@@ -13,38 +13,37 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from infrastructure.readmodel_schema import SCHEMA
 from projections.rows import CaseEventRow, WatchlistChanged
 
 INSERT_HISTORY: Final = (
-    f"INSERT INTO {SCHEMA}.case_history (case_id, version, event_type, status, actor_subject, "
+    "INSERT INTO case_history (case_id, version, event_type, status, actor_subject, "
     "actor_role, note, details, at, notification_id) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (case_id, version) DO NOTHING"
 )
 
 # The case as its recorded steps make it: the opening's facts, the latest status, the
 # latest assignee, the closing's resolution. Nothing until the opening itself is here.
-RECOMPUTE_CASE: Final = f"""
-INSERT INTO {SCHEMA}.cases AS c (case_id, alert_id, account_id, branch, rule, severity, status,
+RECOMPUTE_CASE: Final = """
+INSERT INTO cases AS c (case_id, alert_id, account_id, branch, rule, severity, status,
     assignee, resolution, explanation, version, opened_at, updated_at, closed_at,
     notification_id)
 SELECT o.case_id, (o.details->>'alert_id')::uuid, (o.details->>'account_id')::uuid,
-    coalesce(o.details->>'branch', (SELECT a.branch FROM {SCHEMA}.accounts a
+    coalesce(o.details->>'branch', (SELECT a.branch FROM accounts a
         WHERE a.account_id = (o.details->>'account_id')::uuid)),
     o.details->>'rule', o.details->>'severity', coalesce(st.status, 'open'),
     asg.assignee, cl.resolution, coalesce(o.details->>'explanation', ''),
     last.version, o.at, last.at, cl.at, last.notification_id
-FROM {SCHEMA}.case_history o
-CROSS JOIN LATERAL (SELECT h.version, h.at, h.notification_id FROM {SCHEMA}.case_history h
+FROM case_history o
+CROSS JOIN LATERAL (SELECT h.version, h.at, h.notification_id FROM case_history h
     WHERE h.case_id = o.case_id ORDER BY h.version DESC LIMIT 1) last
-LEFT JOIN LATERAL (SELECT h.status FROM {SCHEMA}.case_history h
+LEFT JOIN LATERAL (SELECT h.status FROM case_history h
     WHERE h.case_id = o.case_id AND h.status IS NOT NULL
     ORDER BY h.version DESC LIMIT 1) st ON true
-LEFT JOIN LATERAL (SELECT h.details->>'assignee' AS assignee FROM {SCHEMA}.case_history h
+LEFT JOIN LATERAL (SELECT h.details->>'assignee' AS assignee FROM case_history h
     WHERE h.case_id = o.case_id AND h.event_type = 'CaseAssigned'
     ORDER BY h.version DESC LIMIT 1) asg ON true
 LEFT JOIN LATERAL (SELECT h.details->>'resolution' AS resolution, h.at
-    FROM {SCHEMA}.case_history h WHERE h.case_id = o.case_id AND h.event_type = 'CaseClosed'
+    FROM case_history h WHERE h.case_id = o.case_id AND h.event_type = 'CaseClosed'
     ORDER BY h.version DESC LIMIT 1) cl ON true
 WHERE o.case_id = %(case_id)s AND o.event_type = 'CaseOpened'
 ON CONFLICT (case_id) DO UPDATE SET branch = coalesce(c.branch, EXCLUDED.branch),
@@ -54,7 +53,7 @@ ON CONFLICT (case_id) DO UPDATE SET branch = coalesce(c.branch, EXCLUDED.branch)
 """
 
 UPSERT_WATCHLIST: Final = (
-    f"INSERT INTO {SCHEMA}.watchlist AS w (account_id, listed, reason, changed_at, changed_by, "
+    "INSERT INTO watchlist AS w (account_id, listed, reason, changed_at, changed_by, "
     "changed_by_role, version, notification_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (account_id) DO UPDATE SET listed = EXCLUDED.listed, "
     "reason = EXCLUDED.reason, changed_at = EXCLUDED.changed_at, "

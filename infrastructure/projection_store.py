@@ -47,12 +47,16 @@ class BatchResult:
 
 
 async def apply_batch(
-    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
+    conn: AsyncConnection[Any],
+    projection: str,
+    events: Sequence[Envelope],
+    schema: str = SCHEMA,
 ) -> BatchResult:
     """Apply the new events of a batch and advance the mark, all in one transaction."""
     project = PROJECTORS[projection]
     result = BatchResult()
     async with conn.transaction():
+        await use_schema(conn, schema)
         mark = await lock_position(conn, projection)
         fresh = await track(
             conn, projection, [e.notification_id for e in events if e.notification_id > mark]
@@ -80,6 +84,13 @@ async def apply_batch(
     return result
 
 
+async def use_schema(conn: AsyncConnection[Any], schema: str) -> None:
+    """Projection SQL names its tables unqualified: this transaction writes to `schema`
+    (the live read models, or a shadow that `vigil replay` builds beside them)."""
+    assert schema.isidentifier(), schema
+    await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+
+
 async def _projected_versions(
     conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
 ) -> dict[UUID, int] | None:
@@ -88,7 +99,7 @@ async def _projected_versions(
         return None  # statements and KPIs come out the same in any order
     ids = list({e.aggregate_id for e in events if e.is_account_event})
     cursor = await conn.execute(
-        f"SELECT account_id, version FROM {SCHEMA}.accounts WHERE account_id = ANY(%s)", (ids,)
+        "SELECT account_id, version FROM accounts WHERE account_id = ANY(%s)", (ids,)
     )
     return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
@@ -104,8 +115,7 @@ async def _in_order(
     projected = versions.get(event.aggregate_id, 0)
     if event.version > projected + 1:
         await conn.execute(
-            f"DELETE FROM {SCHEMA}.projection_tracking "
-            "WHERE projection = %s AND notification_id = %s",
+            "DELETE FROM projection_tracking WHERE projection = %s AND notification_id = %s",
             (projection, event.notification_id),
         )
         log.warning(
@@ -124,13 +134,13 @@ async def lock_position(conn: AsyncConnection[Any], projection: str) -> int:
     # FOR UPDATE: workers of one projection on other partitions wait here, so the
     # mark only ever moves forward and compaction never races an insert.
     cursor = await conn.execute(
-        f"SELECT position FROM {SCHEMA}.projection_positions WHERE projection = %s FOR UPDATE",
+        "SELECT position FROM projection_positions WHERE projection = %s FOR UPDATE",
         (projection,),
     )
     row = await cursor.fetchone()
     if row is None:
         await conn.execute(
-            f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s)", (projection,)
+            "INSERT INTO projection_positions (projection) VALUES (%s)", (projection,)
         )
         return 0
     return int(row[0])
@@ -140,7 +150,7 @@ async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> 
     if not ids:
         return set()
     cursor = await conn.execute(
-        f"INSERT INTO {SCHEMA}.projection_tracking (projection, notification_id) "
+        "INSERT INTO projection_tracking (projection, notification_id) "
         "SELECT %s, unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING notification_id",
         (projection, ids),
     )
@@ -154,7 +164,7 @@ async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, a
         f"WITH stored AS (SELECT notification_id FROM {EVENTS_TABLE} "
         "  WHERE notification_id > %(mark)s ORDER BY notification_id LIMIT %(scan)s) "
         "SELECT s.notification_id, t.notification_id IS NOT NULL FROM stored s "
-        f"LEFT JOIN {SCHEMA}.projection_tracking t "
+        f"LEFT JOIN projection_tracking t "
         "  ON t.projection = %(projection)s AND t.notification_id = s.notification_id "
         "ORDER BY s.notification_id",
         {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection},
@@ -166,12 +176,11 @@ async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, a
         new_mark = int(notification_id)
     if new_mark > mark:
         await conn.execute(
-            f"DELETE FROM {SCHEMA}.projection_tracking "
-            "WHERE projection = %s AND notification_id <= %s",
+            "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
             (projection, new_mark),
         )
     await conn.execute(
-        f"UPDATE {SCHEMA}.projection_positions SET position = %s, "
+        "UPDATE projection_positions SET position = %s, "
         "applied_events = applied_events + %s, updated_at = now() WHERE projection = %s",
         (new_mark, applied, projection),
     )
@@ -182,7 +191,7 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
     match row:
         case AccountOpenedRow():
             await conn.execute(
-                f"INSERT INTO {SCHEMA}.accounts (account_id, owner, branch, currency, status, "
+                "INSERT INTO accounts (account_id, owner, branch, currency, status, "
                 "balance_minor, overdraft_limit_minor, version, opened_at, updated_at, "
                 "notification_id) VALUES (%s, %s, %s, %s, 'open', 0, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (account_id) DO NOTHING",
@@ -200,7 +209,7 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
             )
         case BalanceChanged():
             await conn.execute(
-                f"UPDATE {SCHEMA}.accounts SET balance_minor = %s, version = %s, updated_at = %s, "
+                "UPDATE accounts SET balance_minor = %s, version = %s, updated_at = %s, "
                 "last_transaction_at = %s, notification_id = %s "
                 "WHERE account_id = %s AND version < %s",
                 (
@@ -215,7 +224,7 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
             )
         case StatusChanged():
             await conn.execute(
-                f"UPDATE {SCHEMA}.accounts SET status = %s, version = %s, updated_at = %s, "
+                "UPDATE accounts SET status = %s, version = %s, updated_at = %s, "
                 "notification_id = %s WHERE account_id = %s AND version < %s",
                 (row.status, row.version, row.at, row.notification_id, row.account_id, row.version),
             )
@@ -223,7 +232,7 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
             await _insert_statement_line(conn, row)
         case BranchKnown():
             await conn.execute(
-                f"INSERT INTO {SCHEMA}.kpi_account_branches (account_id, branch) VALUES (%s, %s) "
+                "INSERT INTO kpi_account_branches (account_id, branch) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
                 (row.account_id, row.branch),
             )
@@ -235,7 +244,7 @@ async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
 
 async def _insert_statement_line(conn: AsyncConnection[Any], row: StatementLine) -> None:
     await conn.execute(
-        f"INSERT INTO {SCHEMA}.transactions (account_id, version, transaction_id, "
+        "INSERT INTO transactions (account_id, version, transaction_id, "
         "counterparty_account_id, direction, kind, amount_minor, balance_after_minor, currency, "
         "reference, channel, actor_subject, actor_role, occurred_at, correlation_id, "
         "notification_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
@@ -263,14 +272,14 @@ async def _insert_statement_line(conn: AsyncConnection[Any], row: StatementLine)
 
 async def _add_kpi(conn: AsyncConnection[Any], row: KpiIncrement) -> None:
     await conn.execute(
-        f"INSERT INTO {SCHEMA}.kpis_hourly (hour, currency, metric, count, sum_minor) "
+        "INSERT INTO kpis_hourly (hour, currency, metric, count, sum_minor) "
         "VALUES (%s, %s, %s, 1, %s) ON CONFLICT (hour, currency, metric) DO UPDATE SET "
         "count = kpis_hourly.count + 1, sum_minor = kpis_hourly.sum_minor + EXCLUDED.sum_minor",
         (row.hour, row.currency, row.metric, row.amount_minor),
     )
     await conn.execute(
-        f"INSERT INTO {SCHEMA}.kpis_branch (branch, currency, metric, count, sum_minor) "
-        f"SELECT branch, %s, %s, 1, %s FROM {SCHEMA}.kpi_account_branches WHERE account_id = %s "
+        "INSERT INTO kpis_branch (branch, currency, metric, count, sum_minor) "
+        "SELECT branch, %s, %s, 1, %s FROM kpi_account_branches WHERE account_id = %s "
         "ON CONFLICT (branch, currency, metric) DO UPDATE SET "
         "count = kpis_branch.count + 1, sum_minor = kpis_branch.sum_minor + EXCLUDED.sum_minor",
         (row.currency, row.metric, row.amount_minor, row.account_id),

@@ -15,10 +15,13 @@ SCHEMA = "readmodel"
 # Projection names (CONTRACT.md): `balances` is the accounts read model.
 PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
 
-DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 
-CREATE TABLE IF NOT EXISTS {SCHEMA}.accounts (
+def ddl(schema: str = SCHEMA) -> str:
+    """The read models' tables in `schema` (the live one, or a shadow for `vigil replay`)."""
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.accounts (
     account_id uuid PRIMARY KEY,
     owner text NOT NULL,
     branch text NOT NULL,
@@ -32,9 +35,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.accounts (
     last_transaction_at timestamptz,
     notification_id bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS accounts_branch_idx ON {SCHEMA}.accounts (branch, account_id);
+CREATE INDEX IF NOT EXISTS accounts_branch_idx ON {schema}.accounts (branch, account_id);
 
-CREATE TABLE IF NOT EXISTS {SCHEMA}.transactions (
+CREATE TABLE IF NOT EXISTS {schema}.transactions (
     account_id uuid NOT NULL,
     version bigint NOT NULL,
     transaction_id uuid,
@@ -54,9 +57,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.transactions (
     PRIMARY KEY (account_id, version)
 );
 CREATE INDEX IF NOT EXISTS transactions_time_idx
-    ON {SCHEMA}.transactions (account_id, occurred_at DESC, version DESC);
+    ON {schema}.transactions (account_id, occurred_at DESC, version DESC);
 
-CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_hourly (
+CREATE TABLE IF NOT EXISTS {schema}.kpis_hourly (
     hour timestamptz NOT NULL,
     currency text NOT NULL,
     metric text NOT NULL,
@@ -65,7 +68,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_hourly (
     PRIMARY KEY (hour, currency, metric)
 );
 
-CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_branch (
+CREATE TABLE IF NOT EXISTS {schema}.kpis_branch (
     branch text NOT NULL,
     currency text NOT NULL,
     metric text NOT NULL,
@@ -75,27 +78,27 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.kpis_branch (
 );
 
 -- The kpis projection's own memory of each account's branch (from AccountOpened).
-CREATE TABLE IF NOT EXISTS {SCHEMA}.kpi_account_branches (
+CREATE TABLE IF NOT EXISTS {schema}.kpi_account_branches (
     account_id uuid PRIMARY KEY,
     branch text NOT NULL
 );
 
 -- What each projection has applied: a contiguous high-water mark (every stored
 -- notification id at or below it is applied) plus sparse rows above it.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_positions (
+CREATE TABLE IF NOT EXISTS {schema}.projection_positions (
     projection text PRIMARY KEY,
     position bigint NOT NULL DEFAULT 0,
     applied_events bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS {SCHEMA}.projection_tracking (
+CREATE TABLE IF NOT EXISTS {schema}.projection_tracking (
     projection text NOT NULL,
     notification_id bigint NOT NULL,
     PRIMARY KEY (projection, notification_id)
 );
 
 -- The cases projection: each step of each case, and each case as its steps make it.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.case_history (
+CREATE TABLE IF NOT EXISTS {schema}.case_history (
     case_id uuid NOT NULL,
     version bigint NOT NULL,
     event_type text NOT NULL,
@@ -108,7 +111,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.case_history (
     notification_id bigint NOT NULL,
     PRIMARY KEY (case_id, version)
 );
-CREATE TABLE IF NOT EXISTS {SCHEMA}.cases (
+CREATE TABLE IF NOT EXISTS {schema}.cases (
     case_id uuid PRIMARY KEY,
     alert_id uuid NOT NULL UNIQUE,
     account_id uuid NOT NULL,
@@ -125,12 +128,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.cases (
     closed_at timestamptz,
     notification_id bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS cases_opened_idx ON {SCHEMA}.cases (opened_at DESC, case_id DESC);
-CREATE INDEX IF NOT EXISTS cases_account_idx ON {SCHEMA}.cases (account_id);
-CREATE INDEX IF NOT EXISTS cases_status_idx ON {SCHEMA}.cases (status, severity);
+CREATE INDEX IF NOT EXISTS cases_opened_idx ON {schema}.cases (opened_at DESC, case_id DESC);
+CREATE INDEX IF NOT EXISTS cases_account_idx ON {schema}.cases (account_id);
+CREATE INDEX IF NOT EXISTS cases_status_idx ON {schema}.cases (status, severity);
 
 -- The watchlist projection: each account's entry as its latest event left it.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.watchlist (
+CREATE TABLE IF NOT EXISTS {schema}.watchlist (
     account_id uuid PRIMARY KEY,
     listed boolean NOT NULL,
     reason text NOT NULL,
@@ -143,13 +146,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.watchlist (
 """
 
 
-def ensure_read_models(conn: psycopg.Connection[Any]) -> None:
+def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
     """Create what is missing. Callers hold the migration advisory lock."""
     with conn.transaction():
-        conn.execute(DDL)
+        conn.execute(ddl(schema))
         for name in PROJECTIONS:
             conn.execute(
-                f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "
+                f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
                 "ON CONFLICT DO NOTHING",
                 (name,),
             )

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     audit_mac_key: SecretStr | None = None
     cipher_key: SecretStr | None = None
+    # Production runs `vigil migrate` as the owning role, and the services with this off.
+    migrate_on_start: bool = True
+    export_dir: Path | None = None  # default var/exports
+    verify_page_events: int = Field(default=5_000, gt=0)
 
     log_level: str = "INFO"
 

@@ -23,8 +23,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.account_cache import cache_account_rows
-from infrastructure.alerts_store import DDL as ALERTS_DDL
-from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.alerts_store import (
+    RULE_CONFIGS_DDL,
+    alerts_ddl,
+    apply_alerts_batch,
+    register_config,
+)
 from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
@@ -128,7 +132,8 @@ async def migrate_read_models(settings: Settings) -> None:
 def _ensure_sync(settings: Settings) -> None:
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         ensure_read_models(conn)
-        conn.execute(ALERTS_DDL)
+        conn.execute(RULE_CONFIGS_DDL)
+        conn.execute(alerts_ddl())
         conn.execute(
             f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "
             "ON CONFLICT DO NOTHING",

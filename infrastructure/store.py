@@ -48,7 +48,8 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
     }
     if settings.cipher_key is not None:
-        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        # AES-GCM from the `cryptography` package (the library's other cipher needs pycryptodome).
+        env["CIPHER_TOPIC"] = "eventsourcing.cryptography:AESCipher"
         env["CIPHER_KEY"] = settings.cipher_key.get_secret_value()
     return env
 

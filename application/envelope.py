@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from domain.account import Account
 from domain.case import AlertCase
+from domain.chained import ChainedAggregate
 from domain.integrity import format_timestamp
 from domain.watchlist import WatchlistEntry
 
@@ -50,3 +54,36 @@ def _account_id(aggregate_type: str, aggregate_id: str, event: Account.Event) ->
     # Case and watchlist events name their account in every payload.
     account_id = event.payload().get("account_id")
     return None if account_id is None else str(account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One stored event's row in the event index: what auditors filter by, without
+    decoding (or decrypting) the stored event. The notification id comes from the store."""
+
+    aggregate_id: UUID
+    aggregate_type: str
+    version: int
+    event_type: str
+    occurred_at: datetime
+    actor_subject: str | None
+    actor_role: str | None
+    transaction_id: str | None
+    correlation_id: str | None
+
+
+def index_row(event: object) -> IndexRow:
+    if not isinstance(event, ChainedAggregate.Event):
+        raise ValueError(f"not a chained event: {type(event).__qualname__}")
+    actor = event.actor or {}
+    return IndexRow(
+        aggregate_id=event.originator_id,
+        aggregate_type=aggregate_type_of(event),
+        version=event.originator_version,
+        event_type=type(event).__name__,
+        occurred_at=event.timestamp,
+        actor_subject=actor.get("subject"),
+        actor_role=actor.get("role"),
+        transaction_id=event.transaction_id,
+        correlation_id=event.correlation_id,
+    )

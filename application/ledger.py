@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
     PersistenceError,
+    Recording,
 )
 from eventsourcing.utils import Environment
 
@@ -43,6 +44,7 @@ from application.commands import (
     movement_body,
     transfer_body,
 )
+from application.envelope import index_row
 from application.locks import StripedLocks
 from application.ports import NoReplyCache, ReplyCache, ReplyStore
 from domain.account import Account, transfer
@@ -89,6 +91,14 @@ class Ledger(Application[UUID]):
         # Only what infrastructure passed in: a stray POSTGRES_* or CIPHER_KEY
         # variable in the process environment must not change the store.
         return Environment(name, dict(env or {}))
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        # Every save (ledger, cases, watchlist) writes the event index in the events'
+        # own transaction: the recorder inserts these rows right after the events.
+        processing_event.saved_kwargs["index_rows"] = [
+            index_row(event) for event in processing_event.events
+        ]
+        return super()._record(processing_event)
 
     @property
     def replies(self) -> ReplyStore:

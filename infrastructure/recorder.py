@@ -15,6 +15,14 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from application.commands import ReplyRecord
+from application.envelope import IndexRow
+from infrastructure.event_index import (
+    INDEX_TABLE,
+    append_only_statements,
+    index_columns,
+    index_create_statements,
+    index_insert_statement,
+)
 
 REPLIES_TABLE = "command_replies"
 
@@ -43,6 +51,17 @@ class VigilRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.{replies} (command_id, kind, subject, fingerprint, body) "
             "VALUES (%s, %s, %s, %s, %s)"
         ).format(schema=schema, replies=replies)
+        # The event index, and the append-only guards on all three tables: part of every
+        # migration of the store, so no store exists without them.
+        self.sql_create_statements.extend(index_create_statements(self.datastore.schema))
+        self.sql_create_statements.extend(
+            append_only_statements(
+                self.datastore.schema, [self.events_table_name, REPLIES_TABLE, INDEX_TABLE]
+            )
+        )
+        self.insert_index_statement = index_insert_statement(
+            self.datastore.schema, self.events_table_name
+        )
         self.select_replies_statement = SQL(
             "SELECT command_id, kind, subject, fingerprint, body FROM {schema}.{replies} "
             "WHERE command_id = ANY(%s)"
@@ -74,6 +93,13 @@ class VigilRecorder(PostgresApplicationRecorder):
                         for r in replies
                     ],
                 )
+        # Last, and still in the events' transaction and pipeline: one row per event,
+        # its notification id joined from the rows just inserted (no extra round trip).
+        index_rows: Sequence[IndexRow] = kwargs.get("index_rows") or ()
+        if index_rows:
+            assert len(index_rows) == len(stored_events), "one index row per stored event"
+            with curs.connection.cursor() as index_cursor:
+                index_cursor.execute(self.insert_index_statement, index_columns(index_rows))
 
     def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]:
         ids = list(command_ids)

@@ -37,6 +37,7 @@ from psycopg import sql
 from application.envelope import envelope
 from application.ledger import Ledger
 from infrastructure import relay_metrics as metrics
+from infrastructure.checkpoints import Checkpointer
 from infrastructure.outbox_relay import AlertsOutboxRelay
 from infrastructure.relay_broker import RelayBroker, TopicsNotReady
 from infrastructure.relay_store import RelayState, RelayStore
@@ -391,7 +392,9 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await asyncio.gather(
-            Relay(settings).run_until(stop), AlertsOutboxRelay(settings).run_until(stop)
+            Relay(settings).run_until(stop),
+            AlertsOutboxRelay(settings).run_until(stop),
+            Checkpointer(settings).run_until(stop),
         )
     except Exception:
         log.exception("relay_crashed")

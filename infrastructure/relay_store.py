@@ -52,9 +52,12 @@ class RelayState:
 class RelayStore:
     """One autocommit session: it holds the relay's advisory lock for its whole life."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], topic: str) -> None:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], topic: str, *, migrate_on_start: bool = True
+    ) -> None:
         self.conn = conn
         self.topic = topic
+        self.migrate_on_start = migrate_on_start
 
     @classmethod
     async def connect(cls, settings: Settings, topic: str) -> RelayStore:
@@ -64,7 +67,7 @@ class RelayStore:
             connect_timeout=settings.db_connect_timeout_s,
             application_name="vigil-relay",
         )
-        return cls(conn, topic)
+        return cls(conn, topic, migrate_on_start=settings.migrate_on_start)
 
     async def close(self) -> None:
         # Closing the session releases the advisory lock with it.
@@ -89,6 +92,8 @@ class RelayStore:
         return False
 
     async def migrate(self) -> None:
+        if not self.migrate_on_start:
+            return  # `vigil migrate` made the tables, as the owning role
         await self.conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
             await self.conn.execute(DDL)

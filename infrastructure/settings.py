@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(default=1, gt=0)
     checkpoint_file: Path | None = None
     signing_key_file: Path | None = None
+    # Retired (and current) public keys, `*.pub` PEM: default var/signing-keys.
+    signing_public_keys_dir: Path | None = None
     audit_mac_key: SecretStr | None = None
     cipher_key: SecretStr | None = None
     # Production runs `vigil migrate` as the owning role, and the services with this off.

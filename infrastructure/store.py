@@ -10,6 +10,7 @@ from eventsourcing.utils import get_topic
 
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
+from infrastructure.event_index import store_names, warn_if_behind
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
 
@@ -55,7 +56,8 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
 
 
 def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Ledger:
-    """The ledger, with its tables created (once, under a lock) if missing."""
+    """The ledger, with its tables created (once, under a lock) if missing, unless
+    `migrate_on_start` is off (production: `vigil migrate` did it as the owning role)."""
     options = LedgerOptions(
         mac_key=settings.audit_mac_key_resolved(),
         retries_max=settings.command_retries_max,
@@ -66,8 +68,14 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
         autocommit=True,
         connect_timeout=settings.db_connect_timeout_s,
     ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            return Ledger(env=event_store_env(settings, create_table=True), options=options)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+        if not settings.migrate_on_start:
+            ledger = Ledger(env=event_store_env(settings, create_table=False), options=options)
+        else:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+            try:
+                ledger = Ledger(env=event_store_env(settings, create_table=True), options=options)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+        # Derived data: warn, never rebuild at start (`vigil audit reindex` does).
+        warn_if_behind(conn, *store_names(ledger))
+        return ledger

@@ -119,6 +119,8 @@ def group_id(settings: Settings, projection: str) -> str:
 
 
 async def migrate_read_models(settings: Settings) -> None:
+    if not settings.migrate_on_start:
+        return  # `vigil migrate` made them, as the owning role
     async with await psycopg.AsyncConnection.connect(
         settings.resolved_database_url(), autocommit=True
     ) as conn:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeAlias
 
 from infrastructure.settings import ConfigurationError, Settings, load_settings
 
@@ -82,6 +83,42 @@ def _timestamp(text: str) -> datetime:
     return moment
 
 
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.migrate import run_migrate_cli
+
+    return run_migrate_cli(args, settings)
+
+
+def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.verify import run_verify_cli
+
+    return run_verify_cli(args, settings)
+
+
+def _cmd_audit_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.event_index import run_reindex_cli
+
+    return run_reindex_cli(args, settings)
+
+
+def _cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.export import run_export_cli
+
+    return run_export_cli(args, settings)
+
+
+def _cmd_audit_verify_export(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.export import run_verify_export_cli
+
+    return run_verify_export_cli(args, settings)
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from infrastructure.replay import run_replay_cli
+
+    return run_replay_cli(args, settings)
+
+
 def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
     from interfaces.tokens import issue_token
 
@@ -99,7 +136,18 @@ def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigil", description="Vigil ledger and monitoring")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_process_commands(commands)
+    _add_rules_commands(commands)
+    _add_audit_commands(commands)
+    _add_token_commands(commands)
+    return parser
 
+
+# A string: argparse's action class is not subscriptable at run time on Python 3.11.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_process_commands(commands: Commands) -> None:
     up = commands.add_parser("up", help="run the whole system on this machine")
     up.set_defaults(handler=_cmd_up)
 
@@ -128,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     opener.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
     opener.set_defaults(handler=_cmd_case_opener)
 
+
+def _add_rules_commands(commands: Commands) -> None:
     rules = commands.add_parser("rules", help="monitoring rules")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     backtest = rules_commands.add_parser(
@@ -139,6 +189,48 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--examples", type=int, default=5, help="examples per difference")
     backtest.set_defaults(handler=_cmd_rules_backtest)
 
+
+def _add_audit_commands(commands: Commands) -> None:
+    migrate = commands.add_parser(
+        "migrate", help="create or upgrade every table, as the owning (migration) role"
+    )
+    migrate.add_argument(
+        "--grant-to", default=None, help="service role to grant what the services need"
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    audit = commands.add_parser("audit", help="tamper evidence and exports, for auditors")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser(
+        "verify", help="recompute every hash chain, MAC and checkpoint; exit 1 if tampered"
+    )
+    verify.add_argument("--from", dest="since", type=_timestamp, default=None)
+    verify.add_argument("--to", dest="until", type=_timestamp, default=None)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=_cmd_audit_verify)
+    reindex = audit_commands.add_parser("reindex", help="rebuild the event index from the store")
+    reindex.set_defaults(handler=_cmd_audit_reindex)
+    export = audit_commands.add_parser("export", help="a signed, complete export of events")
+    export.add_argument("--from", dest="since", type=_timestamp, required=True)
+    export.add_argument("--to", dest="until", type=_timestamp, required=True)
+    export.add_argument("--account", default=None, help="only this account's events")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--out", type=Path, required=True, help="directory to create")
+    export.set_defaults(handler=_cmd_audit_export)
+    verify_export = audit_commands.add_parser(
+        "verify-export", help="check an export on its own, without the database"
+    )
+    verify_export.add_argument("directory", type=Path)
+    verify_export.set_defaults(handler=_cmd_audit_verify_export)
+
+    replay = commands.add_parser("replay", help="rebuild a read model from the event store")
+    replay.add_argument("projection", nargs="?", default=None)
+    replay.add_argument("--to-shadow", action="store_true", help="into a shadow schema")
+    replay.add_argument("--diff", action="store_true", help="compare shadow and live")
+    replay.set_defaults(handler=_cmd_replay)
+
+
+def _add_token_commands(commands: Commands) -> None:
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     issue = token_commands.add_parser("issue", help="print a signed token")
@@ -149,7 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--subject", default=None, help="token subject (default: ROLE-dev)")
     issue.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
     issue.set_defaults(handler=_cmd_token_issue)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
+from infrastructure.audit_log import AccessLog, prepare_audit_tables
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from interfaces.api.health import health_router
@@ -18,7 +19,10 @@ from interfaces.api.problems import install_problem_handlers
 from interfaces.api.query import (
     accounts,
     alerts,
+    audit,
+    audit_verify,
     cases,
+    exports,
     projections,
     stats,
     transactions,
@@ -40,6 +44,9 @@ def create_query_app(settings: Settings) -> FastAPI:
         # The evidence route re-runs rules over the event store, decoded by the ledger's
         # mapper; it only reads through it. First, so a failure here leaves nothing open.
         app.state.ledger = await asyncio.to_thread(open_ledger, settings)
+        await asyncio.to_thread(prepare_audit_tables, settings)
+        # The one writable pool of the query side: audit reads append to the access log.
+        app.state.access_log = await AccessLog.open(settings)
         store = await ReadStore.open(settings)
         cache = AccountCache.from_url(
             settings.resolved_redis_url(),
@@ -65,6 +72,7 @@ def create_query_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await asyncio.to_thread(app.state.ledger.close)
+            await app.state.access_log.close()
             await listener.stop()
             await cache.close()
             await store.close()
@@ -90,4 +98,7 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(cases.router)
     app.include_router(watchlist.router)
+    app.include_router(audit.router)
+    app.include_router(audit_verify.router)
+    app.include_router(exports.router)
     return app

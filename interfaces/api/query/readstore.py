@@ -36,6 +36,8 @@ log = structlog.get_logger("vigil.query.readstore")
 
 def prepare_read_models(settings: Settings) -> None:
     """Create missing read-model tables, under the lock every migrating process takes."""
+    if not settings.migrate_on_start:
+        return  # `vigil migrate` made them, as the owning role
     with psycopg.connect(
         settings.resolved_database_url(),
         autocommit=True,

@@ -1,0 +1,278 @@
+"""The event index on a real PostgreSQL store: one row per stored event, written in the
+events' own transaction, and rebuilt identically by `vigil audit reindex`."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from application.commands import ChangeStatus, Deposit, OpenAccount, Submission, Transfer, Withdraw
+from application.compliance import Compliance
+from application.ledger import Ledger
+from domain.account import Account
+from domain.case import AlertCase
+from domain.errors import Unavailable
+from domain.integrity import Actor
+from domain.money import Money
+from domain.watchlist import WatchlistEntry
+from infrastructure.event_index import index_heads, run_reindex_cli
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+
+pytestmark = pytest.mark.integration
+
+TELLER = Actor("alice", "teller")
+ADMIN = Actor("root", "admin")
+OFFICER = Actor("olivia", "compliance")
+INDEX_ROWS = (
+    "SELECT notification_id, aggregate_id, aggregate_type, version, event_type, occurred_at, "
+    "actor_subject, actor_role, transaction_id, correlation_id FROM event_index "
+    "ORDER BY notification_id"
+)
+AGGREGATE_TYPES: dict[type[Any], str] = {
+    Account.Event: "account",
+    AlertCase.Event: "case",
+    WatchlistEntry.Event: "watchlist",
+}
+
+
+def gbp(minor: int) -> Money:
+    return Money(minor, "GBP")
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    return settings_factory()
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+def run(ledger: Ledger, *commands: Any, actor: Actor = TELLER, corr: str = "corr") -> None:
+    for outcome in ledger.execute([Submission(c, actor, corr) for c in commands]):
+        assert outcome.error is None, outcome.error
+
+
+def alert(account_id: UUID) -> dict[str, Any]:
+    return {
+        "alert_id": str(uuid4()),
+        "rule": "structuring",
+        "severity": "high",
+        "account_id": str(account_id),
+        "explanation": "three deposits just under the threshold",
+    }
+
+
+def seed_every_aggregate(ledger: Ledger) -> tuple[UUID, UUID]:
+    """Accounts (every kind of movement, a status change), a case, a watchlist entry."""
+    a, b = uuid4(), uuid4()
+    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "001", "GBP", 0))
+    run(ledger, Deposit(a, gbp(10_000), uuid4()), corr="corr-deposit")
+    run(ledger, Transfer(a, b, gbp(2_500), uuid4()), corr="corr-transfer")
+    run(ledger, Withdraw(b, gbp(500), uuid4(), channel="card"))
+    run(ledger, ChangeStatus(b, "freeze", "checks"), actor=ADMIN, corr="corr-freeze")
+    compliance = Compliance(ledger)
+    case, _ = compliance.open_case(alert(a), "corr-case")
+    compliance.act_on_case(case.id, "acknowledge", OFFICER, "corr-ack", note="looking")
+    compliance.act_on_case(
+        case.id, "close", OFFICER, "corr-close", resolution="no_action", note="ok"
+    )
+    compliance.add_to_watchlist(a, "sanctions hit", OFFICER, "corr-list")
+    compliance.remove_from_watchlist(a, "cleared", OFFICER, "corr-unlist")
+    return a, b
+
+
+def expected_rows(ledger: Ledger) -> list[tuple[Any, ...]]:
+    """What the index must say, read straight from the stored events."""
+    rows = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
+        event: Any = ledger.mapper.to_domain_event(notification)
+        kind = next(t for cls, t in AGGREGATE_TYPES.items() if isinstance(event, cls))
+        rows.append(
+            (
+                notification.id,
+                notification.originator_id,
+                kind,
+                notification.originator_version,
+                type(event).__name__,
+                event.timestamp,
+                event.actor["subject"],
+                event.actor["role"],
+                event.transaction_id,
+                event.correlation_id,
+            )
+        )
+    return rows
+
+
+def index_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return conn.execute(INDEX_ROWS).fetchall()
+
+
+def counts(settings: Settings) -> tuple[int, int]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM ledger_events), (SELECT count(*) FROM event_index)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_every_stored_event_of_every_aggregate_has_exactly_one_row_with_its_metadata(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, b = seed_every_aggregate(ledger)
+    expected = expected_rows(ledger)
+    assert index_rows(settings) == expected
+    assert {row[2] for row in expected} == {"account", "case", "watchlist"}
+    by_type = {row[4]: row for row in expected}
+    transfer_out, transfer_in = by_type["TransferredOut"], by_type["TransferredIn"]
+    assert transfer_out[8] == transfer_in[8] is not None, "one transaction id on both legs"
+    assert (transfer_out[1], transfer_in[1]) == (a, b)
+    assert transfer_out[9] == "corr-transfer"
+    assert by_type["Frozen"][6:8] == ("root", "admin")
+    assert by_type["CaseAcknowledged"][6:8] == ("olivia", "compliance")
+    assert by_type["AccountOpened"][8] is None, "an opening moves no money"
+
+
+def test_concurrent_writers_from_two_processes_index_each_event_once(
+    ledger: Ledger, settings: Settings
+) -> None:
+    other = open_ledger(settings)
+    try:
+        accounts = [uuid4() for _ in range(3)]
+        run(ledger, *(OpenAccount(i, "Ada", "001", "GBP", 0) for i in accounts))
+        run(ledger, *(Deposit(i, gbp(100_000), uuid4()) for i in accounts))
+        barrier = threading.Barrier(8)
+
+        def transfer(index: int) -> None:
+            if index < 8:
+                barrier.wait()
+            app = ledger if index % 2 else other
+            source, target = accounts[index % 3], accounts[(index + 1) % 3]
+            run(app, Transfer(source, target, gbp(100 + index), uuid4()))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(transfer, range(40)))
+    finally:
+        other.close()
+    assert index_rows(settings) == expected_rows(ledger)
+    assert counts(settings) == (6 + 80, 6 + 80)
+
+
+def test_a_transfer_refused_by_the_store_leaves_no_index_rows(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, b = uuid4(), uuid4()
+    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "001", "GBP", 0))
+    run(ledger, Deposit(a, gbp(10_000), uuid4()))
+    before = index_rows(settings)
+    # The trick of test_ledger.py: the target's event row fails after the source's went in.
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_target() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.originator_id = '{b}' THEN RAISE EXCEPTION 'disk on fire'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_target BEFORE INSERT ON ledger_events "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_target()"
+        )
+    with pytest.raises(Unavailable):
+        run(ledger, Transfer(a, b, gbp(2_500), uuid4()))
+    assert index_rows(settings) == before
+    assert counts(settings) == (3, 3)
+
+
+def test_an_index_row_that_cannot_be_written_takes_its_events_with_it(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """Same transaction: the index insert comes after the events, and its failure rolls
+    the events back (nothing stored, nothing to publish, nothing unindexed)."""
+    a, b = uuid4(), uuid4()
+    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "001", "GBP", 0))
+    run(ledger, Deposit(a, gbp(10_000), uuid4()))
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_index() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.event_type = 'TransferredIn' THEN RAISE EXCEPTION 'index full'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_index BEFORE INSERT ON event_index "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_index()"
+        )
+    with pytest.raises(Unavailable):
+        run(ledger, Transfer(a, b, gbp(2_500), uuid4()))
+    assert counts(settings) == (3, 3)
+    assert ledger.get_account(a).balance_minor == 10_000
+    assert ledger.get_account(b).version == 1
+
+
+def delete_index_rows(settings: Settings, where: str = "true") -> None:
+    """As the owner, the way an attacker or an accident would: triggers off, then on."""
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        conn.execute("ALTER TABLE public.event_index DISABLE TRIGGER USER")
+        conn.execute(f"DELETE FROM public.event_index WHERE {where}")
+        conn.execute("ALTER TABLE public.event_index ENABLE TRIGGER USER")
+
+
+def test_reindex_rebuilds_a_deleted_index_identically_and_says_how_many_rows_it_added(
+    ledger: Ledger, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_every_aggregate(ledger)
+    original = index_rows(settings)
+    delete_index_rows(settings)
+    assert index_rows(settings) == []
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        assert index_heads(conn, "public", "ledger_events") == (original[-1][0], 0)
+
+    assert run_reindex_cli(argparse.Namespace(), settings) == 0
+    assert index_rows(settings) == original
+    assert f"added {len(original)} rows" in capsys.readouterr().out
+
+    assert run_reindex_cli(argparse.Namespace(), settings) == 0, "idempotent"
+    assert "added 0 rows" in capsys.readouterr().out
+    assert index_rows(settings) == original
+
+
+def test_reindex_fills_holes_below_the_head_and_leaves_other_rows_alone(
+    ledger: Ledger, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed_every_aggregate(ledger)
+    original = index_rows(settings)
+    holes = [original[1][0], original[len(original) // 2][0]]
+    delete_index_rows(settings, f"notification_id IN ({holes[0]}, {holes[1]})")
+    assert run_reindex_cli(argparse.Namespace(), settings) == 0
+    assert "added 2 rows" in capsys.readouterr().out
+    assert index_rows(settings) == original
+
+
+def test_reindex_of_an_encrypted_store_decrypts_with_the_ledgers_cipher(
+    settings_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_factory(cipher_key=base64.b64encode(os.urandom(32)).decode())
+    ledger = open_ledger(settings)
+    try:
+        seed_every_aggregate(ledger)
+        original = index_rows(settings)
+        delete_index_rows(settings)
+        assert run_reindex_cli(argparse.Namespace(), settings) == 0
+        assert index_rows(settings) == original == expected_rows(ledger)
+    finally:
+        ledger.close()
+    assert f"added {len(original)} rows" in capsys.readouterr().out

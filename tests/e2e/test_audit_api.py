@@ -105,6 +105,7 @@ def _routes(env: AuditEnv) -> dict[str, str]:
         "state": f"/v1/audit/accounts/{env.a}/state?version=1",
         "exports": "/v1/audit/exports",
         "access_log": "/v1/audit/access-log",
+        "verify": "/v1/audit/verify",
     }
 
 

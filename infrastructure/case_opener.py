@@ -10,27 +10,30 @@ an alert is logged and skipped: retrying it would never succeed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
 from application.compliance import Compliance
 from domain.errors import Unavailable, ValidationFailed
-from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.consumer import (
+    FETCH_TIMEOUT_MS,
+    EpochGuard,
+    header,
+    new_consumer,
+    run_with_restarts,
+)
+from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
-from infrastructure.topics import EPOCH_HEADER, alerts_topic
+from infrastructure.topics import alerts_topic
 
 log = structlog.get_logger("vigil.case_opener")
 
-FETCH_TIMEOUT_MS = 500
 FETCH_RECORDS_MAX = 500
 # tansu answers a fetch only when its wait runs out: keep it short, for latency.
-FETCH_WAIT_MS = 20
-RETRY_BACKOFF_S_MAX = 5.0
 
 CASES_OPENED = Counter(
     "vigil_cases_opened_total",
@@ -55,39 +58,20 @@ class CaseOpener:
     def __init__(self, settings: Settings, compliance: Compliance) -> None:
         self.settings = settings
         self.compliance = compliance
-        self.epochs: dict[TopicPartition, int] = {}
+        self.epochs = EpochGuard("case-opener")
         self.opened = 0
         self.handled = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                await self._consume(stop)
-            except ConfigurationError:
-                raise
-            except Exception as error:
-                log.warning("case_opener_restarting", error=f"{type(error).__name__}: {error}")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff_s)
-                backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
-            else:
-                backoff_s = 0.1
+        await run_with_restarts(stop, self._consume, "case-opener")
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = new_consumer(
+            self.settings,
             alerts_topic(self.settings),
-            bootstrap_servers=self.settings.resolved_kafka_bootstrap(),
-            group_id=group_id(self.settings),
-            client_id="vigil-case-opener",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            max_poll_records=FETCH_RECORDS_MAX,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            request_timeout_ms=30_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-            metadata_max_age_ms=5_000,
+            group_id(self.settings),
+            "vigil-case-opener",
+            FETCH_RECORDS_MAX,
         )
         await consumer.start()
         try:
@@ -96,7 +80,7 @@ class CaseOpener:
                 fetched = await consumer.getmany(
                     timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
                 )
-                records = await self._records_to_handle(consumer, fetched)
+                records = await self.epochs.records(consumer, fetched)
                 for record in records:
                     await self._handle(record)
                 if records:
@@ -104,31 +88,13 @@ class CaseOpener:
         finally:
             await consumer.stop()
 
-    async def _records_to_handle(
-        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> list[ConsumerRecord]:
-        records: list[ConsumerRecord] = []
-        for partition, batch in fetched.items():
-            epoch = _epoch(batch[0]) if batch else None
-            if epoch is not None and self.epochs.get(partition, epoch) < epoch:
-                # The broker lost its log and it was republished: start the partition over.
-                self.epochs[partition] = epoch
-                await consumer.seek_to_beginning(partition)
-                continue
-            for record in batch:
-                record_epoch = _epoch(record)
-                if record_epoch is not None:
-                    self.epochs[partition] = max(self.epochs.get(partition, 0), record_epoch)
-                records.append(record)
-        return records
-
     async def _handle(self, record: ConsumerRecord) -> None:
         self.handled += 1
         try:
             alert = orjson.loads(record.value)
             if not isinstance(alert, dict):
                 raise ValidationFailed("an alert message is a JSON object")
-            correlation_id = _header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
+            correlation_id = header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
             case, created = await asyncio.to_thread(
                 self.compliance.open_case, alert, correlation_id
             )
@@ -157,18 +123,6 @@ class CaseOpener:
             severity=case.severity,
             correlation_id=correlation_id,
         )
-
-
-def _header(record: ConsumerRecord, name: str) -> str | None:
-    for key, value in record.headers or ():
-        if key == name and value:
-            return bytes(value).decode(errors="replace")
-    return None
-
-
-def _epoch(record: ConsumerRecord) -> int | None:
-    value = _header(record, EPOCH_HEADER)
-    return None if value is None else int(value)
 
 
 def run_case_opener(settings: Settings, metrics_port: int) -> int:

@@ -9,7 +9,6 @@ republished) is sought back to its beginning; tracking makes the replays harmles
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.account_cache import cache_account_rows
@@ -29,20 +28,18 @@ from infrastructure.alerts_store import (
     apply_alerts_batch,
     register_config,
 )
+from infrastructure.consumer import FETCH_TIMEOUT_MS, EpochGuard, new_consumer, run_with_restarts
 from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
-from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.settings import Settings
 from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
-from infrastructure.topics import EPOCH_HEADER, ledger_events_topic
+from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
 
-FETCH_TIMEOUT_MS = 500
 FETCH_RECORDS_MAX = 1000
-FETCH_WAIT_MS = 20
-RETRY_BACKOFF_S_MAX = 5.0
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -150,47 +147,22 @@ class ProjectionWorker:
         assert projection in ALL_PROJECTIONS, projection
         self.projection = projection
         self.settings = settings
-        self.epochs: dict[TopicPartition, int] = {}
+        self.epochs = EpochGuard(f"projection-{projection}")
         self.cache: aioredis.Redis | None = None
         # Rules are validated here, at start: a bad file stops the worker at once.
         self.alerts = AlertsApplier(settings) if projection == ALERTS else None
         self._observed_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                await self._consume(stop)
-            except ConfigurationError:
-                raise
-            except Exception as error:
-                # Kafka or PostgreSQL went away: nothing half-applied survives a
-                # rolled-back transaction, so start over from the committed state.
-                log.warning(
-                    "projection_worker_restarting",
-                    projection=self.projection,
-                    error=f"{type(error).__name__}: {error}",
-                )
-                await _sleep_or_stop(stop, backoff_s)
-                backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
-            else:
-                backoff_s = 0.1
+        await run_with_restarts(stop, self._consume, f"projection-{self.projection}")
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = new_consumer(
+            self.settings,
             ledger_events_topic(self.settings),
-            bootstrap_servers=self.settings.resolved_kafka_bootstrap(),
-            group_id=group_id(self.settings, self.projection),
-            client_id=f"vigil-{self.projection}",
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            max_poll_records=FETCH_RECORDS_MAX,
-            # tansu answers a fetch only when its wait runs out: keep it short, for lag.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-            request_timeout_ms=30_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
-            metadata_max_age_ms=5_000,
+            group_id(self.settings, self.projection),
+            f"vigil-{self.projection}",
+            FETCH_RECORDS_MAX,
         )
         self.cache = aioredis.Redis.from_url(
             self.settings.resolved_redis_url(), socket_timeout=self.settings.redis_timeout_s
@@ -207,7 +179,7 @@ class ProjectionWorker:
                     fetched = await consumer.getmany(
                         timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
                     )
-                    records = await self._records_to_apply(consumer, fetched)
+                    records = await self.epochs.records(consumer, fetched)
                     if records:
                         await self._apply(conn, records)
                         await _commit_offsets(consumer)
@@ -215,31 +187,6 @@ class ProjectionWorker:
         finally:
             await consumer.stop()
             await self.cache.aclose()
-
-    async def _records_to_apply(
-        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> list[ConsumerRecord]:
-        records: list[ConsumerRecord] = []
-        for partition, batch in fetched.items():
-            epoch = _epoch(batch[0]) if batch else None
-            if epoch is not None and self.epochs.get(partition, epoch) < epoch:
-                # The broker was restarted and the relay republished from an older
-                # position: our offset means nothing in the new log. Start it over.
-                log.warning(
-                    "projection_partition_rewound",
-                    projection=self.projection,
-                    partition=partition.partition,
-                    epoch=epoch,
-                )
-                self.epochs[partition] = epoch
-                await consumer.seek_to_beginning(partition)
-                continue
-            for record in batch:
-                record_epoch = _epoch(record)
-                if record_epoch is not None:
-                    self.epochs[partition] = max(self.epochs.get(partition, 0), record_epoch)
-                records.append(record)
-        return records
 
     async def _apply(
         self, conn: psycopg.AsyncConnection[Any], records: list[ConsumerRecord]
@@ -295,23 +242,11 @@ async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:
         OPEN_CASES.labels(severity).set(counts.get(severity, 0))
 
 
-def _epoch(record: ConsumerRecord) -> int | None:
-    for key, value in record.headers or ():
-        if key == EPOCH_HEADER:
-            return int(value)
-    return None
-
-
 async def _commit_offsets(consumer: AIOKafkaConsumer) -> None:
     try:
         await consumer.commit()
     except Exception as error:
         log.info("projection_offset_commit_failed", error=type(error).__name__)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def run_projections(

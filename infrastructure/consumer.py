@@ -1,0 +1,114 @@
+"""What every Kafka consumer of Vigil shares: the same explicit client options, a restart
+loop with bounded backoff, and the epoch rule (DESIGN.md: a partition whose
+`relay_epoch` goes up was republished after the broker lost its log, so it is read again
+from its beginning; consumers dedupe, so the replays are harmless)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.topics import EPOCH_HEADER
+
+log = structlog.get_logger("vigil.consumer")
+
+FETCH_TIMEOUT_MS = 500
+# tansu answers a fetch only when its wait runs out: keep it short, for lag.
+FETCH_WAIT_MS = 20
+RETRY_BACKOFF_S_MIN = 0.1
+RETRY_BACKOFF_S_MAX = 5.0
+
+
+def new_consumer(
+    settings: Settings, topic: str, group_id: str, client_id: str, records_max: int
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        group_id=group_id,
+        client_id=client_id,
+        # Committed offsets are a head start, never the truth: start from the beginning.
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=records_max,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        request_timeout_ms=30_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        metadata_max_age_ms=5_000,
+    )
+
+
+async def run_with_restarts(
+    stop: asyncio.Event, consume: Callable[[asyncio.Event], Awaitable[None]], name: str
+) -> None:
+    """`consume(stop)` until `stop` is set, starting it over after any failure (the broker
+    or the database went away; what was not committed is read again)."""
+    backoff_s = RETRY_BACKOFF_S_MIN
+    while not stop.is_set():
+        try:
+            await consume(stop)
+        except ConfigurationError:
+            raise  # wrong settings do not fix themselves
+        except Exception as error:
+            log.warning(
+                "consumer_restarting", consumer=name, error=f"{type(error).__name__}: {error}"
+            )
+            await sleep_or_stop(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
+        else:
+            backoff_s = RETRY_BACKOFF_S_MIN
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class EpochGuard:
+    """Follows each partition's relay epoch; seeks a partition back when it goes up."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.epochs: dict[TopicPartition, int] = {}
+
+    async def records(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> list[ConsumerRecord]:
+        records: list[ConsumerRecord] = []
+        for partition, batch in fetched.items():
+            epoch = epoch_of(batch[0]) if batch else None
+            if epoch is not None and self.epochs.get(partition, epoch) < epoch:
+                # Our offset means nothing in the republished log: read it again.
+                log.warning(
+                    "consumer_partition_rewound",
+                    consumer=self.name,
+                    partition=partition.partition,
+                    epoch=epoch,
+                )
+                self.epochs[partition] = epoch
+                await consumer.seek_to_beginning(partition)
+                continue
+            for record in batch:
+                record_epoch = epoch_of(record)
+                if record_epoch is not None:
+                    self.epochs[partition] = max(self.epochs.get(partition, 0), record_epoch)
+                records.append(record)
+        return records
+
+
+def header(record: ConsumerRecord, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name and value:
+            return bytes(value).decode(errors="replace")
+    return None
+
+
+def epoch_of(record: ConsumerRecord) -> int | None:
+    value = header(record, EPOCH_HEADER)
+    return None if value is None else int(value)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Submission, Transfer
-from application.envelope import envelope
+from application.commands import Deposit, OpenAccount, Transfer
 from application.ledger import Ledger
-from domain.account import Account
 from domain.ids import alert_id
 from domain.integrity import Actor
 from domain.money import Money
@@ -26,20 +24,12 @@ from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from infrastructure.workers import migrate_read_models
 from projections.envelope import Envelope
+from tests.integration.support import Clock, rows, run, stored_envelopes
 
 pytestmark = pytest.mark.integration
 
 TELLER = Actor("alice", "teller")
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
-        return self.now
 
 
 @pytest.fixture
@@ -52,23 +42,9 @@ def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def ledger(settings: Settings) -> Iterator[Ledger]:
     app = open_ledger(settings)
-    app.options.clock = Clock()
+    app.options.clock = Clock(T0)
     yield app
     app.close()
-
-
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, TELLER, "corr-a") for c in commands]):
-        assert outcome.error is None, outcome.error
-
-
-def stored_envelopes(ledger: Ledger) -> list[Envelope]:
-    out = []
-    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
-        event = ledger.mapper.to_domain_event(notification)
-        assert isinstance(event, Account.Event)
-        out.append(Envelope.from_json(envelope(notification.id, event)))
-    return out
 
 
 async def score(settings: Settings, events: list[Envelope], config: RulesConfig) -> Any:
@@ -77,11 +53,6 @@ async def score(settings: Settings, events: list[Envelope], config: RulesConfig)
     ) as conn:
         version = await register_config(conn, config.describe(), config_hash(config), "")
         return await apply_alerts_batch(conn, events, config, version)
-
-
-def rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(settings.resolved_database_url()) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
 
 
 def structuring(ledger: Ledger) -> UUID:

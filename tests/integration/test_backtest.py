@@ -6,33 +6,23 @@ import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Submission
+from application.commands import Deposit, OpenAccount
 from application.ledger import Ledger
-from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.backtest import describe, run_backtest
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from infrastructure.workers import migrate_read_models
+from tests.integration.support import Clock, run
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
-        return self.now
 
 
 @pytest.fixture
@@ -45,14 +35,9 @@ def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def ledger(settings: Settings) -> Iterator[Ledger]:
     app = open_ledger(settings)
-    app.options.clock = Clock()
+    app.options.clock = Clock(T0)
     yield app
     app.close()
-
-
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, Actor("t", "teller"), "corr") for c in commands]):
-        assert outcome.error is None, outcome.error
 
 
 def seed(ledger: Ledger) -> None:

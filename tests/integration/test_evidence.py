@@ -14,7 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from application.commands import Deposit, OpenAccount, Submission, Transfer, Withdraw
+from application.commands import Deposit, OpenAccount, Transfer, Withdraw
 from application.envelope import envelope
 from application.ledger import Ledger
 from domain.account import Account
@@ -28,6 +28,7 @@ from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from infrastructure.workers import migrate_read_models
 from projections.envelope import Envelope
+from tests.integration.support import Clock, run
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +36,6 @@ TELLER = Actor("alice", "teller")
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 # Velocity needs a few movements only: more than 3 within the hour.
 SMALL_VELOCITY = RulesConfig(velocity_count_max=3)
-
-
-class Clock:
-    """Each command one minute after the last; `jump` skips ahead (dormancy)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
-        return self.now
-
-    def jump(self, delta: timedelta) -> None:
-        self.now += delta
 
 
 @pytest.fixture
@@ -61,7 +48,7 @@ def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def ledger(settings: Settings) -> Iterator[Ledger]:
     app = open_ledger(settings)
-    app.options.clock = Clock()
+    app.options.clock = Clock(T0)
     yield app
     app.close()
 
@@ -70,11 +57,6 @@ def ledger(settings: Settings) -> Iterator[Ledger]:
 def conn(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as connection:
         yield connection
-
-
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, TELLER, "corr-e") for c in commands]):
-        assert outcome.error is None, outcome.error
 
 
 def gbp(major: int) -> Money:

@@ -11,10 +11,8 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Submission, Transfer, Withdraw
-from application.envelope import envelope
+from application.commands import Deposit, OpenAccount, Transfer, Withdraw
 from application.ledger import Ledger
-from domain.account import Account
 from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.projection_store import apply_batch
@@ -22,6 +20,7 @@ from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from projections.envelope import Envelope
+from tests.integration.support import rows, run, stored_envelopes
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +44,6 @@ def ledger(settings: Settings) -> Iterator[Ledger]:
     app.close()
 
 
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, TELLER, "corr-p") for c in commands]):
-        assert outcome.error is None, outcome.error
-
-
-def stored_envelopes(ledger: Ledger) -> list[Envelope]:
-    out = []
-    for notification in ledger.recorder.select_notifications(start=None, limit=10_000):
-        event = ledger.mapper.to_domain_event(notification)
-        assert isinstance(event, Account.Event)
-        out.append(Envelope.from_json(envelope(notification.id, event)))
-    return out
-
-
 def seed(ledger: Ledger) -> list[UUID]:
     a, b = uuid4(), uuid4()
     gbp = lambda minor: Money(minor, "GBP")  # noqa: E731
@@ -76,14 +61,9 @@ async def apply_all(settings: Settings, projection: str, events: list[Envelope])
         return await apply_batch(conn, projection, events)
 
 
-def query(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(settings.resolved_database_url()) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
 def position(settings: Settings, projection: str) -> int:
     return int(
-        query(
+        rows(
             settings,
             "SELECT position FROM readmodel.projection_positions WHERE projection = %s",
             projection,
@@ -101,7 +81,7 @@ def test_projected_balances_and_statements_agree_with_the_aggregates(
         assert position(settings, projection) == events[-1].notification_id
     for account_id in accounts:
         aggregate = ledger.get_account(account_id)
-        [(balance, version, branch)] = query(
+        [(balance, version, branch)] = rows(
             settings,
             "SELECT balance_minor, version, branch FROM readmodel.accounts WHERE account_id = %s",
             account_id,
@@ -111,7 +91,7 @@ def test_projected_balances_and_statements_agree_with_the_aggregates(
             aggregate.version,
             aggregate.branch,
         )
-        [(credits, debits)] = query(
+        [(credits, debits)] = rows(
             settings,
             "SELECT coalesce(sum(amount_minor) FILTER (WHERE direction = 'credit'), 0), "
             "coalesce(sum(amount_minor) FILTER (WHERE direction = 'debit'), 0) "
@@ -119,11 +99,11 @@ def test_projected_balances_and_statements_agree_with_the_aggregates(
             account_id,
         )
         assert credits - debits == aggregate.balance_minor
-    assert query(
+    assert rows(
         settings, "SELECT count, sum_minor FROM readmodel.kpis_hourly WHERE metric = 'transfers'"
     ) == [(1, 2_500)]
     assert sorted(
-        query(settings, "SELECT branch, count FROM readmodel.kpis_branch WHERE metric = 'deposits'")
+        rows(settings, "SELECT branch, count FROM readmodel.kpis_branch WHERE metric = 'deposits'")
     ) == [("001", 1), ("002", 1)]
 
 
@@ -131,13 +111,13 @@ def test_the_same_events_delivered_twice_change_nothing(ledger: Ledger, settings
     seed(ledger)
     events = stored_envelopes(ledger)
     first = asyncio.run(apply_all(settings, "statements", events))
-    before = query(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
+    before = rows(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
     again = asyncio.run(apply_all(settings, "statements", events + events[:3]))
     assert first.applied == len(events)
     assert again.applied == 0
     assert again.duplicates == len(events) + 3
     assert (
-        query(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
+        rows(settings, "SELECT * FROM readmodel.transactions ORDER BY account_id, version")
         == before
     )
 
@@ -150,10 +130,10 @@ def test_the_mark_waits_for_missing_ids_then_jumps_and_compacts(
     later, earlier = events[4:], events[:4]
     asyncio.run(apply_all(settings, "statements", later))  # another partition got ahead
     assert position(settings, "statements") == 0
-    assert len(query(settings, TRACKED_STATEMENTS)) == len(later)
+    assert len(rows(settings, TRACKED_STATEMENTS)) == len(later)
     asyncio.run(apply_all(settings, "statements", earlier))
     assert position(settings, "statements") == events[-1].notification_id
-    assert query(settings, TRACKED_STATEMENTS) == []
+    assert rows(settings, TRACKED_STATEMENTS) == []
 
 
 def test_the_mark_skips_gaps_the_store_will_never_fill(ledger: Ledger, settings: Settings) -> None:
@@ -189,7 +169,7 @@ def test_a_balance_event_that_arrives_before_its_predecessor_waits_for_it(
     early = asyncio.run(apply_all(settings, "balances", [deposited]))
     assert (early.applied, early.deferred) == (0, 1)
     asyncio.run(apply_all(settings, "balances", [opened, deposited]))
-    [(balance, version)] = query(
+    [(balance, version)] = rows(
         settings,
         "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s",
         opened.aggregate_id,

@@ -1,0 +1,54 @@
+"""Helpers the integration tests share: a controllable clock, running commands, and the
+store's events as the relay would publish them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from application.commands import Submission
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.integrity import Actor
+from infrastructure.settings import Settings
+from projections.envelope import Envelope
+
+TELLER = Actor("alice", "teller")
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    """Each command one minute after the last; `jump` skips ahead (dormancy)."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(minutes=1)
+        return self.now
+
+    def jump(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def run(ledger: Ledger, *commands: Any, actor: Actor = TELLER) -> None:
+    """Each command in a group of its own; every one must succeed."""
+    for command in commands:
+        [outcome] = ledger.execute([Submission(command, actor, "corr-test")])
+        assert outcome.error is None, outcome.error
+
+
+def stored_envelopes(ledger: Ledger) -> list[Envelope]:
+    """Every stored event, in notification order, as the projections receive it."""
+    out = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=100_000):
+        event: Any = ledger.mapper.to_domain_event(notification)
+        out.append(Envelope.from_json(envelope(notification.id, event)))
+    return out
+
+
+def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]

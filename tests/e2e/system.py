@@ -55,6 +55,12 @@ class System:
                 stderr=subprocess.STDOUT,
             )
 
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait(10)
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             process = self.processes.pop(name)
@@ -120,6 +126,7 @@ def running_system(
     )
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    system: System | None = None
     try:
         command = start_api("command", settings, logs)
         try:
@@ -135,7 +142,8 @@ def running_system(
         finally:
             system.stop_all()
     finally:
-        broker.stop()
+        # A test may have restarted the broker: stop the one running now.
+        (system.broker if system is not None else broker).stop()
 
 
 def eventually(

@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import httpx
 import psycopg
 import pytest
 
 from domain.money import format_amount
-from infrastructure.embedded import EmbeddedBroker, start_broker
+from infrastructure.embedded import start_broker
 from infrastructure.settings import Settings
-from interfaces.tokens import issue_token
-from tests.conftest import ROOT, ApiServer, Databases, settings_env, start_api
+from tests.conftest import Databases
+from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -31,96 +27,44 @@ CONVERGE_TIMEOUT_S = 60.0
 MOVEMENTS = ("Deposited", "Withdrawn", "TransferredIn", "TransferredOut")
 
 
-@dataclass
-class Pipeline:
-    settings: Settings
-    broker: EmbeddedBroker
-    command: ApiServer
-    query: ApiServer
-    log_dir: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str) -> None:
-        argv = {"relay": ["relay"], "workers": ["workers"]}[name]
-        log = (self.log_dir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "interfaces.cli", *argv, "--metrics-port", "0"],
-            cwd=ROOT,
-            env=settings_env(self.settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.kill()
-        process.wait(10)
-
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            process = self.processes.pop(name)
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        self.query.stop()
-        self.command.stop()
-
-    def token(self, role: str = "teller") -> dict[str, str]:
-        branch = "001" if role == "teller" else None
-        token = issue_token(self.settings, role=role, branch=branch, subject=f"{role}-e2e")
-        return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
-def pipeline(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    work = tmp_path_factory.mktemp("pipeline")
-    broker = start_broker(work / "broker")
-    settings = databases.settings_for(
-        databases.fresh(),
-        work / "var",
-        kafka_bootstrap=broker.bootstrap,
-        topic_prefix=f"e2e{uuid4().hex[:6]}.",
-        topic_partitions=4,
-    )
-    logs = work / "logs"
-    command = start_api("command", settings, logs)
-    query = start_api("query", settings, logs)
-    system = Pipeline(settings, broker, command, query, logs)
-    system.start("relay")
-    system.start("workers")
-    with httpx.Client(timeout=10) as http:
+def pipeline(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with (
+        running_system(
+            databases, tmp_path_factory.mktemp("pipeline"), processes=("relay", "workers")
+        ) as system,
+        httpx.Client(timeout=10) as http,
+    ):
         # Consumer groups take a few seconds to form: measure nothing before they have.
         open_account(system, http)
         wait_converged(system, http)
-    yield system
-    system.stop_all()
-    system.broker.stop()
+        yield system
 
 
-def open_account(system: Pipeline, http: httpx.Client, balance: str = "1000.00") -> UUID:
+def open_account(system: System, http: httpx.Client, balance: str = "1000.00") -> UUID:
     reply = http.post(
         f"{system.command.url}/v1/accounts",
-        json={"owner": "Pipeline Test", "branch": "001", "currency": "GBP"},
-        headers=system.token(),
+        json={"owner": "System Test", "branch": "001", "currency": "GBP"},
+        headers=system.headers("teller"),
     )
     assert reply.status_code == 201, reply.text
     account_id = UUID(reply.json()["account_id"])
     deposit = http.post(
         f"{system.command.url}/v1/accounts/{account_id}/deposits",
         json={"amount": balance, "currency": "GBP"},
-        headers=system.token(),
+        headers=system.headers("teller"),
     )
     assert deposit.status_code == 201, deposit.text
     return account_id
 
 
-def wait_converged(system: Pipeline, http: httpx.Client) -> dict[str, Any]:
+def wait_converged(system: System, http: httpx.Client) -> dict[str, Any]:
     """Until every projection's mark is the store's head."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT_S
     while True:
-        state = http.get(f"{system.query.url}/v1/projections", headers=system.token("admin")).json()
+        state = http.get(
+            f"{system.query.url}/v1/projections", headers=system.headers("admin")
+        ).json()
         if state["head"] and all(item["position"] == state["head"] for item in state["items"]):
             return state
         if time.monotonic() > deadline:
@@ -166,7 +110,7 @@ def read_models_agree_with_the_store(settings: Settings) -> dict[str, Any]:
 
 
 def test_a_deposit_is_visible_in_the_query_api_and_the_lag_is_measured(
-    pipeline: Pipeline,
+    pipeline: System,
 ) -> None:
     lags_s = []
     with httpx.Client(timeout=10) as http:
@@ -175,14 +119,14 @@ def test_a_deposit_is_visible_in_the_query_api_and_the_lag_is_measured(
             reply = http.post(
                 f"{pipeline.command.url}/v1/accounts/{account_id}/deposits",
                 json={"amount": "1.00", "currency": "GBP"},
-                headers=pipeline.token(),
+                headers=pipeline.headers("teller"),
             )
             version = reply.json()["version"]
             started = time.perf_counter()
             seen = http.get(
                 f"{pipeline.query.url}/v1/accounts/{account_id}",
                 params={"min_version": version},
-                headers=pipeline.token("viewer"),
+                headers=pipeline.headers("viewer"),
             )
             lags_s.append(time.perf_counter() - started)
             assert seen.status_code == 200, seen.text
@@ -195,7 +139,7 @@ def test_a_deposit_is_visible_in_the_query_api_and_the_lag_is_measured(
 
 
 def test_two_thousand_random_commands_end_with_projections_equal_to_the_store(
-    pipeline: Pipeline,
+    pipeline: System,
 ) -> None:
     rng = random.Random(20261128)
     with httpx.Client(timeout=30) as http:
@@ -228,14 +172,14 @@ def test_two_thousand_random_commands_end_with_projections_equal_to_the_store(
             reply = http.post(
                 f"{pipeline.command.url}/v1/batches",
                 json={"items": items[start : start + 200]},
-                headers=pipeline.token(),
+                headers=pipeline.headers("teller"),
             )
             assert reply.status_code == 200, reply.text
         wait_converged(pipeline, http)
     read_models_agree_with_the_store(pipeline.settings)
 
 
-def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: Pipeline) -> None:
+def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: System) -> None:
     with httpx.Client(timeout=30) as http:
         accounts = [open_account(pipeline, http) for _ in range(10)]
 
@@ -253,7 +197,7 @@ def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: Pi
                 http.post(
                     f"{pipeline.command.url}/v1/batches",
                     json={"items": items},
-                    headers=pipeline.token(),
+                    headers=pipeline.headers("teller"),
                 ).status_code
                 == 200
             )
@@ -271,7 +215,7 @@ def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: Pi
     read_models_agree_with_the_store(pipeline.settings)
 
 
-def test_republishing_everything_from_zero_changes_no_read_model(pipeline: Pipeline) -> None:
+def test_republishing_everything_from_zero_changes_no_read_model(pipeline: System) -> None:
     with httpx.Client(timeout=30) as http:
         open_account(pipeline, http)
         wait_converged(pipeline, http)
@@ -286,7 +230,7 @@ def test_republishing_everything_from_zero_changes_no_read_model(pipeline: Pipel
 
 
 def test_a_broker_restart_that_loses_its_topics_converges_to_the_store(
-    pipeline: Pipeline,
+    pipeline: System,
 ) -> None:
     with httpx.Client(timeout=30) as http:
         accounts = [open_account(pipeline, http) for _ in range(5)]
@@ -302,7 +246,7 @@ def test_a_broker_restart_that_loses_its_topics_converges_to_the_store(
             http.post(
                 f"{pipeline.command.url}/v1/batches",
                 json={"items": items},
-                headers=pipeline.token(),
+                headers=pipeline.headers("teller"),
             ).status_code
             == 200
         )
@@ -311,7 +255,7 @@ def test_a_broker_restart_that_loses_its_topics_converges_to_the_store(
             http.post(
                 f"{pipeline.command.url}/v1/batches",
                 json={"items": items},
-                headers=pipeline.token(),
+                headers=pipeline.headers("teller"),
             ).status_code
             == 200
         )

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     signing_public_keys_dir: Path | None = None
     audit_mac_key: SecretStr | None = None
     cipher_key: SecretStr | None = None
+    cipher_off_in_production: bool = False
     # Production runs `vigil migrate` as the owning role, and the services with this off.
     migrate_on_start: bool = True
     export_dir: Path | None = None  # default var/exports
@@ -97,6 +98,11 @@ class Settings(BaseSettings):
             raise ValueError("production needs VIGIL_JWT_SECRET or VIGIL_JWT_KEYS")
         if self.audit_mac_key is None:
             raise ValueError("production needs VIGIL_AUDIT_MAC_KEY")
+        if self.cipher_key is None and not self.cipher_off_in_production:
+            # Encryption at rest is on in production unless someone says, in writing, no.
+            raise ValueError(
+                "production needs VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)"
+            )
         for secret in self._jwt_secrets().values():
             if len(secret) < 32:
                 raise ValueError("production JWT keys must be at least 32 characters")

@@ -3,11 +3,11 @@ structurally, without importing them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 from uuid import UUID
 
-from application.commands import ReplyRecord
+from application.commands import Outcome, ReplyRecord, Submission
 
 
 class ReplyStore(Protocol):
@@ -32,3 +32,9 @@ class NoReplyCache:
 
     def put_many(self, replies: Mapping[UUID, ReplyRecord]) -> None:
         return None
+
+
+class CommandExecutor(Protocol):
+    """Runs commands in order, each atomic on its own: the ledger, or its group committer."""
+
+    def execute(self, submissions: Sequence[Submission]) -> list[Outcome]: ...

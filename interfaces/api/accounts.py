@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Response
 
 from application.commands import ChangeStatus
 from interfaces.api.deps import (
+    CommandsDep,
     IdempotencyKeyHeader,
-    LedgerDep,
     SettingsDep,
     execute,
     outcome_reply,
@@ -58,11 +58,11 @@ MONEY_PROBLEMS = (
 def open_account(
     body: OpenAccountIn,
     who: Opener,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     account_id = resolve_id(None, idempotency_key, who.subject)
-    outcome = execute(ledger, "account.open", submission(body.to_command(account_id), who))
+    outcome = execute(commands, "account.open", submission(body.to_command(account_id), who))
     return outcome_reply(outcome, 201)
 
 
@@ -71,14 +71,14 @@ def _movement(
     account_id: UUID,
     body: MovementIn,
     who: Principal,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     settings: SettingsDep,
     idempotency_key: str | None,
 ) -> Response:
     transaction_id = resolve_id(body.transaction_id, idempotency_key, who.subject)
     command = movement_command(kind, account_id, body, transaction_id, settings.amount_max)
     action = "account.deposit" if kind == "deposit" else "account.withdraw"
-    return outcome_reply(execute(ledger, action, submission(command, who)), 201)
+    return outcome_reply(execute(commands, action, submission(command, who)), 201)
 
 
 @router.post(
@@ -92,11 +92,11 @@ def deposit(
     account_id: UUID,
     body: MovementIn,
     who: Depositor,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return _movement("deposit", account_id, body, who, ledger, settings, idempotency_key)
+    return _movement("deposit", account_id, body, who, commands, settings, idempotency_key)
 
 
 @router.post(
@@ -110,11 +110,11 @@ def withdraw(
     account_id: UUID,
     body: MovementIn,
     who: Withdrawer,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return _movement("withdrawal", account_id, body, who, ledger, settings, idempotency_key)
+    return _movement("withdrawal", account_id, body, who, commands, settings, idempotency_key)
 
 
 def _change_status(
@@ -122,10 +122,10 @@ def _change_status(
     account_id: UUID,
     body: StatusChangeIn,
     who: Principal,
-    ledger: LedgerDep,
+    commands: CommandsDep,
 ) -> Response:
     command = ChangeStatus(account_id, action, body.reason)
-    return outcome_reply(execute(ledger, f"account.{action}", submission(command, who)), 200)
+    return outcome_reply(execute(commands, f"account.{action}", submission(command, who)), 200)
 
 
 STATUS_PROBLEMS = ("account_not_found", "account_frozen", "account_closed")
@@ -137,8 +137,8 @@ STATUS_PROBLEMS = ("account_not_found", "account_frozen", "account_closed")
     responses=problem_responses(*STATUS_PROBLEMS),
     summary="Freeze an account: no money moves until it is unfrozen",
 )
-def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, ledger: LedgerDep) -> Response:
-    return _change_status("freeze", account_id, body, who, ledger)
+def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, commands: CommandsDep) -> Response:
+    return _change_status("freeze", account_id, body, who, commands)
 
 
 @router.post(
@@ -147,8 +147,10 @@ def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, ledger: LedgerD
     responses=problem_responses("account_not_found", "account_not_frozen", "account_closed"),
     summary="Unfreeze a frozen account",
 )
-def unfreeze(account_id: UUID, body: StatusChangeIn, who: Unfreezer, ledger: LedgerDep) -> Response:
-    return _change_status("unfreeze", account_id, body, who, ledger)
+def unfreeze(
+    account_id: UUID, body: StatusChangeIn, who: Unfreezer, commands: CommandsDep
+) -> Response:
+    return _change_status("unfreeze", account_id, body, who, commands)
 
 
 @router.post(
@@ -157,5 +159,5 @@ def unfreeze(account_id: UUID, body: StatusChangeIn, who: Unfreezer, ledger: Led
     responses=problem_responses("account_not_found", "account_not_empty", "account_closed"),
     summary="Close an account with a zero balance",
 )
-def close(account_id: UUID, body: StatusChangeIn, who: Closer, ledger: LedgerDep) -> Response:
-    return _change_status("close", account_id, body, who, ledger)
+def close(account_id: UUID, body: StatusChangeIn, who: Closer, commands: CommandsDep) -> Response:
+    return _change_status("close", account_id, body, who, commands)

@@ -11,7 +11,13 @@ from pydantic import ValidationError
 from application.commands import Outcome, Submission
 from domain.errors import DomainError, ValidationFailed
 from infrastructure.metrics import record_command_outcome
-from interfaces.api.deps import IdempotencyKeyHeader, LedgerDep, SettingsDep, json_reply, submission
+from interfaces.api.deps import (
+    CommandsDep,
+    IdempotencyKeyHeader,
+    SettingsDep,
+    json_reply,
+    submission,
+)
 from interfaces.api.problems import problem_responses
 from interfaces.api.responses import BatchOut
 from interfaces.api.schemas import (
@@ -38,7 +44,7 @@ BatchSubmitter = Annotated[Principal, Depends(require("batch.submit"))]
 def submit_batch(
     body: BatchIn,
     who: BatchSubmitter,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -58,7 +64,7 @@ def submit_batch(
             results[index] = _error(index, error.code, error.detail)
         except ValidationError as error:
             results[index] = _error(index, "validation_error", _describe(error))
-    for index, outcome in zip(indexes, ledger.execute(submissions), strict=True):
+    for index, outcome in zip(indexes, commands.execute(submissions), strict=True):
         results[index] = _result(index, outcome)
     for result in results:
         assert result is not None, "every item has a result"

@@ -10,6 +10,7 @@ import structlog
 from fastapi import FastAPI
 
 from application.compliance import Compliance
+from application.group_commit import GroupCommitter
 from application.ledger import Ledger
 from infrastructure.reply_cache import RedisReplyCache
 from infrastructure.settings import Settings
@@ -34,6 +35,11 @@ def create_command_app(settings: Settings) -> FastAPI:
         )
         ledger = await asyncio.to_thread(open_ledger, settings, cache)
         app.state.ledger = ledger
+        app.state.committer = GroupCommitter(
+            ledger,
+            window_s=settings.group_commit_window_ms / 1000,
+            max_commands=settings.group_commit_max,
+        )
         app.state.compliance = Compliance(ledger)
         app.state.readiness_checks = [
             ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
@@ -43,6 +49,7 @@ def create_command_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            app.state.committer.close()
             ledger.close()
             cache.client.close()
             log.info("command_api_stopped")

@@ -9,7 +9,7 @@ import orjson
 from fastapi import Depends, Header, Request, Response
 
 from application.commands import Command, Outcome, Submission
-from application.ledger import Ledger
+from application.ports import CommandExecutor
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
 from infrastructure.settings import Settings
@@ -20,9 +20,10 @@ from interfaces.auth import Principal, Role
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def _ledger(request: Request) -> Ledger:
-    ledger: Ledger = request.app.state.ledger
-    return ledger
+def _commands(request: Request) -> CommandExecutor:
+    # The group committer: this request's commands share a transaction with others'.
+    commands: CommandExecutor = request.app.state.committer
+    return commands
 
 
 def _settings(request: Request) -> Settings:
@@ -30,7 +31,7 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-LedgerDep = Annotated[Ledger, Depends(_ledger)]
+CommandsDep = Annotated[CommandExecutor, Depends(_commands)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 IdempotencyKeyHeader = Annotated[IdempotencyKey | None, Header(alias="Idempotency-Key")]
 
@@ -45,9 +46,9 @@ def submission(command: Command, principal: Principal) -> Submission:
     )
 
 
-def execute(ledger: Ledger, action: str, sub: Submission) -> Outcome:
+def execute(commands: CommandExecutor, action: str, sub: Submission) -> Outcome:
     """Run one command; count its outcome; refusals leave through the problem handler."""
-    outcome = ledger.execute([sub])[0]
+    outcome = commands.execute([sub])[0]
     record_command_outcome(action, outcome.error.code if outcome.error else "ok")
     if outcome.error is not None:
         raise outcome.error

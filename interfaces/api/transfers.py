@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Response
 
 from interfaces.api.accounts import MONEY_PROBLEMS
 from interfaces.api.deps import (
+    CommandsDep,
     IdempotencyKeyHeader,
-    LedgerDep,
     SettingsDep,
     execute,
     outcome_reply,
@@ -35,10 +35,10 @@ Transferrer = Annotated[Principal, Depends(require("transfer.create"))]
 def create_transfer(
     body: TransferIn,
     who: Transferrer,
-    ledger: LedgerDep,
+    commands: CommandsDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     transaction_id = resolve_id(body.transaction_id, idempotency_key, who.subject)
     command = body.to_command(transaction_id, settings.amount_max)
-    return outcome_reply(execute(ledger, "transfer.create", submission(command, who)), 201)
+    return outcome_reply(execute(commands, "transfer.create", submission(command, who)), 201)

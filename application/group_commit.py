@@ -1,0 +1,125 @@
+"""Group commit across requests: concurrent callers' commands are gathered for a short,
+bounded window and committed together in one event-store transaction.
+
+Callers (request threads) hand their submissions over and wait. One committer thread
+takes the first waiting request, gathers more until `window_s` has passed or `max_commands`
+are in hand, runs them through `Ledger.execute` in arrival order (each command still
+atomic on its own, refusals failing alone), and hands each caller its own outcomes. A
+request's commands are never split across groups. If the group cannot be committed at
+all (the store is down, or it kept losing races), every caller in it gets that error:
+nothing of theirs was written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from application.commands import Outcome, Submission
+from application.ledger import Ledger
+from domain.errors import Unavailable
+
+# A caller waits at most this long for its group; then it is told to retry (503).
+CALLER_WAIT_S_MAX = 30.0
+
+
+@dataclass
+class _Request:
+    submissions: Sequence[Submission]
+    done: threading.Event = field(default_factory=threading.Event)
+    outcomes: list[Outcome] | None = None
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    def __init__(self, ledger: Ledger, *, window_s: float, max_commands: int) -> None:
+        assert window_s >= 0
+        assert max_commands > 0
+        self.ledger = ledger
+        self.window_s = window_s
+        self.max_commands = max_commands
+        self.groups_committed = 0
+        self.commands_committed = 0
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._closed = False
+        # A request that would have taken a group past the cap starts the next one.
+        self._carried: _Request | None = None
+        self._thread.start()
+
+    def execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        """The outcomes of these commands, in order, once their group is committed."""
+        if self._closed:
+            raise Unavailable("the command service is stopping; retry")
+        if not submissions:
+            return []
+        request = _Request(submissions)
+        self._queue.put(request)
+        if not request.done.wait(CALLER_WAIT_S_MAX):
+            raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry")
+        if request.error is not None:
+            raise request.error
+        assert request.outcomes is not None
+        return request.outcomes
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=CALLER_WAIT_S_MAX)
+
+    def _run(self) -> None:
+        while True:
+            first, self._carried = self._carried or self._queue.get(), None
+            if first is None:
+                return
+            group = self._gather(first)
+            self._commit(group)
+            if group[-1] is None:
+                return
+
+    def _gather(self, first: _Request) -> list[_Request | None]:
+        """The first request and whatever else arrives within the window, up to the cap."""
+        group: list[_Request | None] = [first]
+        count = len(first.submissions)
+        deadline = time.monotonic() + self.window_s
+        while count < self.max_commands:
+            remaining_s = deadline - time.monotonic()
+            try:
+                request = (
+                    self._queue.get(timeout=remaining_s)
+                    if remaining_s > 0
+                    else (self._queue.get_nowait())
+                )
+            except queue.Empty:
+                break
+            if request is not None and count + len(request.submissions) > self.max_commands:
+                self._carried = request
+                break
+            group.append(request)
+            if request is None:
+                break
+            count += len(request.submissions)
+        return group
+
+    def _commit(self, group: list[_Request | None]) -> None:
+        requests = [r for r in group if r is not None]
+        submissions = [s for r in requests for s in r.submissions]
+        try:
+            outcomes = self.ledger.execute(submissions)
+        except BaseException as error:  # every caller must hear back, whatever happened
+            for request in requests:
+                request.error = error
+                request.done.set()
+            return
+        assert len(outcomes) == len(submissions), "one outcome per command"
+        self.groups_committed += 1
+        self.commands_committed += len(submissions)
+        start = 0
+        for request in requests:
+            end = start + len(request.submissions)
+            request.outcomes = outcomes[start:end]
+            start = end
+            request.done.set()

@@ -8,7 +8,7 @@ ifdef CI
 export HYPOTHESIS_PROFILE := ci
 endif
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean bench
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -35,3 +35,8 @@ clean:
 	@if [ -f var/up.json ]; then echo "var/up.json exists: stop vigil up first (or delete it if none runs)"; exit 1; fi
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+# The throughput benchmark (issue 6): a fresh system of its own under var/bench/run-*/;
+# prints a table and writes var/bench/latest.json.
+bench: install
+	$(VENV)/bin/python load/bench.py

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Container, Iterable, Sequence
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
@@ -48,7 +48,6 @@ class RelayBroker:
         self.ledger_topic = ledger_topic
         self.topics = tuple(topics)
         self._admin: AIOKafkaAdminClient | None = None
-        self._probe: AIOKafkaConsumer | None = None
 
     def new_producer(self) -> AIOKafkaProducer:
         # Not idempotent, not transactional: tansu refuses both (DESIGN.md). Delivery is
@@ -68,14 +67,10 @@ class RelayBroker:
         )
 
     async def close(self) -> None:
-        admin, probe = self._admin, self._probe
-        self._admin = self._probe = None
+        admin, self._admin = self._admin, None
         with contextlib.suppress(KafkaError, OSError):
             if admin is not None:
                 await admin.close()
-        with contextlib.suppress(KafkaError, OSError):
-            if probe is not None:
-                await probe.stop()
 
     async def ensure_topics(self) -> bool:
         """Create missing topics, recreate ones with another partition count. Returns
@@ -116,19 +111,6 @@ class RelayBroker:
             await asyncio.sleep(TOPIC_RETRY_S)
         raise TopicsNotReady(f"topics {self.topics} not ready after {TOPIC_ATTEMPTS_MAX} rounds")
 
-    async def offsets_lost(self, offsets: dict[int, int]) -> bool:
-        """Whether any partition's log ends at or before an offset it acknowledged to us."""
-        if not offsets:
-            return False
-        try:
-            probe = await self._probe_consumer()
-            partitions = [TopicPartition(self.ledger_topic, p) for p in offsets]
-            ends = await probe.end_offsets(partitions)
-        except BaseException:
-            await self.close()
-            raise
-        return any(ends.get(tp, 0) <= offsets[tp.partition] for tp in partitions)
-
     async def _partition_counts(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
         # list_topics first: a metadata request naming a missing topic would create it.
         present = [t for t in await admin.list_topics() if t in self.topics]
@@ -152,26 +134,6 @@ class RelayBroker:
                 raise
             self._admin = admin
         return self._admin
-
-    async def _probe_consumer(self) -> AIOKafkaConsumer:
-        if self._probe is None:
-            # No group and no subscription: only asks for end offsets.
-            probe = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                client_id="vigil-relay-probe",
-                group_id=None,
-                enable_auto_commit=False,
-                request_timeout_ms=REQUEST_TIMEOUT_MS,
-                metadata_max_age_ms=METADATA_MAX_AGE_MS,
-            )
-            try:
-                await probe.start()
-            except BaseException:
-                with contextlib.suppress(KafkaError, OSError):
-                    await probe.stop()
-                raise
-            self._probe = probe
-        return self._probe
 
 
 def _raise_errors(codes: Iterable[tuple[str, int]], tolerated: Container[int] = ()) -> None:

@@ -415,7 +415,10 @@ def test_after_a_broker_restart_the_relay_republishes_from_the_lowest_projection
     records = consume(settings, expected)
     published = {notification_id(r) for r in records}
     assert published == expected  # from the rewind point on, nothing below it
-    assert all(int(header(r, "relay_epoch")) >= 2 for r in records)
+    # A send into the new, empty log may land before the relay notices (that send is
+    # how it notices); everything from the rewind point is then republished in epoch 2.
+    republished = {notification_id(r) for r in records if int(header(r, "relay_epoch")) >= 2}
+    assert republished == expected
     assert asyncio.run(partition_count(first.bootstrap, topic)) == 6
 
 

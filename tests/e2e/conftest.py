@@ -10,16 +10,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import redis
 
 from application.ledger import Ledger
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from interfaces.tokens import issue_token
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, Databases
+
+if TYPE_CHECKING:
+    from tests.e2e.query_support import QueryEnv
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 HTTP_TIMEOUT_S = 15.0
@@ -211,3 +215,15 @@ def stored_state(ledger: Ledger, account_id: str) -> tuple[int, int, str]:
 @pytest.fixture(scope="session")
 def bank(http: httpx.Client, api_settings: Settings) -> Bank:
     return Bank(http, api_settings)
+
+
+@pytest.fixture(scope="session")
+def query_env(
+    databases: Databases, tmp_path_factory: pytest.TempPathFactory, redis_client: redis.Redis
+) -> Iterator[QueryEnv]:
+    """The query API on a database seeded by `query_support.seed`, started once for all
+    the test_query_*.py modules (the projections are not running)."""
+    from tests.e2e.query_support import serve_query_env  # imported here: it imports us
+
+    with serve_query_env(databases, tmp_path_factory) as env:
+        yield env

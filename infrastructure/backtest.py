@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +21,6 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from application.envelope import envelope
 from application.ledger import Ledger
 from domain.ids import alert_id, watchlist_entry_id
 from domain.rules.config import RulesConfig
@@ -31,13 +30,12 @@ from infrastructure.alerts_store import LISTED_EVENTS
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.rules_config import load_rules
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
+from infrastructure.store import envelope_pages, open_ledger
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
 PAGE_EVENTS = 2_000
 PROGRESS_EVERY_S = 2.0
-SCORED_TOPICS = ("domain.account:", "domain.watchlist:")
 
 SHADOW_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.alerts_shadow (
@@ -124,7 +122,7 @@ def walk(
     head = ledger.recorder.max_notification_id() or 0
     started = last_said = time.monotonic()
     count = 0
-    for event in _events(ledger):
+    for event in (e for page in envelope_pages(ledger, PAGE_EVENTS) for e in page):
         count += 1
         if event.aggregate_type == "watchlist":
             if event.event_type in LISTED_EVENTS:
@@ -132,6 +130,8 @@ def walk(
             else:
                 listed.discard(event.aggregate_id)
             continue
+        if not event.is_account_event:
+            continue  # cases: nothing for the rules
         movement = movement_of(event)
         counterparty = movement.counterparty_account_id if movement else None
         watchlisted = counterparty is not None and watchlist_entry_id(counterparty) in listed
@@ -143,19 +143,6 @@ def walk(
             say(f"  scored {event.notification_id:,} of {head:,} ({rate:,.0f} events/s)")
     seconds = time.monotonic() - started
     return Report(count, seconds, live.hits, candidate.hits)
-
-
-def _events(ledger: Ledger) -> Iterator[Envelope]:
-    position: int | None = None
-    while True:
-        page = ledger.recorder.select_notifications(position, PAGE_EVENTS, inclusive_of_start=False)
-        if not page:
-            return
-        for notification in page:
-            if notification.topic.startswith(SCORED_TOPICS):
-                domain_event: Any = ledger.mapper.to_domain_event(notification)
-                yield Envelope.from_json(envelope(notification.id, domain_event))
-        position = page[-1].id
 
 
 def write_shadow(settings: Settings, hits: Any) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from application.envelope import envelope
 from application.ledger import Ledger
 from infrastructure.alerts_store import RULE_CONFIGS_DDL, alerts_ddl, apply_alerts_batch
 from infrastructure.alerts_store import register_config as register_rules
@@ -27,8 +26,7 @@ from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.store import MIGRATION_LOCK_ID, open_ledger
-from projections.envelope import Envelope
+from infrastructure.store import MIGRATION_LOCK_ID, envelope_pages, open_ledger
 
 SHADOW_SCHEMA = "readmodel_shadow"
 PAGE_EVENTS = 1_000
@@ -47,8 +45,6 @@ TABLES: dict[str, dict[str, tuple[str, ...]]] = {
     "cases": {"cases": ("case_id",), "case_history": ("case_id", "version")},
     "watchlist": {"watchlist": ("account_id",)},
 }
-# What the store holds, by topic prefix; every projection sees every event.
-DECODED_TOPICS = ("domain.account:", "domain.case:", "domain.watchlist:")
 
 
 def run_replay_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,7 +130,7 @@ async def _apply_all(
         settings.resolved_database_url(), autocommit=True
     ) as conn:
         rules = await _rules(settings, conn) if "alerts" in projections else None
-        for page in _pages(ledger):
+        for page in envelope_pages(ledger, PAGE_EVENTS):
             for projection in projections:
                 if projection == "alerts":
                     assert rules is not None
@@ -156,24 +152,6 @@ async def _rules(settings: Settings, conn: psycopg.AsyncConnection[Any]) -> tupl
     config, source = load_rules(settings.rules_config)
     version = await register_rules(conn, config.describe(), config_hash(config), source)
     return config, version
-
-
-def _pages(ledger: Ledger) -> Iterator[list[Envelope]]:
-    position: int | None = None
-    while True:
-        notifications = ledger.recorder.select_notifications(
-            position, PAGE_EVENTS, inclusive_of_start=False
-        )
-        if not notifications:
-            return
-        page: list[Envelope] = []
-        for notification in notifications:
-            if notification.topic.startswith(DECODED_TOPICS):
-                event: Any = ledger.mapper.to_domain_event(notification)
-                page.append(Envelope.from_json(envelope(notification.id, event)))
-        if page:
-            yield page
-        position = notifications[-1].id
 
 
 def diff(settings: Settings, projections: Sequence[str], say: Callable[[str], None]) -> int:

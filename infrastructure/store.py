@@ -3,16 +3,20 @@ migrations under an advisory lock, the Redis reply cache."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 from eventsourcing.utils import get_topic
 
+from application.envelope import envelope
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
 from infrastructure.event_index import store_names, warn_if_behind
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
+from projections.envelope import Envelope
 
 # The library names the table after the application ("Ledger").
 EVENTS_TABLE = "ledger_events"
@@ -79,3 +83,27 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
         # Derived data: warn, never rebuild at start (`vigil audit reindex` does).
         warn_if_behind(conn, *store_names(ledger))
         return ledger
+
+
+# The store's topics whose events are decoded into envelopes (accounts, cases, watchlist).
+ENVELOPE_TOPICS = ("domain.account:", "domain.case:", "domain.watchlist:")
+
+
+def envelope_pages(ledger: Ledger, page_events: int) -> Iterator[list[Envelope]]:
+    """The whole store, in notification order, a page at a time, as the projections
+    receive it: for replays and back-tests that read the store instead of Kafka."""
+    position: int | None = None
+    while True:
+        notifications = ledger.recorder.select_notifications(
+            position, page_events, inclusive_of_start=False
+        )
+        if not notifications:
+            return
+        page: list[Envelope] = []
+        for notification in notifications:
+            if notification.topic.startswith(ENVELOPE_TOPICS):
+                event: Any = ledger.mapper.to_domain_event(notification)
+                page.append(Envelope.from_json(envelope(notification.id, event)))
+        if page:
+            yield page
+        position = notifications[-1].id

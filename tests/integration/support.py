@@ -22,11 +22,12 @@ T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 class Clock:
     """Each command one minute after the last; `jump` skips ahead (dormancy)."""
 
-    def __init__(self, start: datetime = T0) -> None:
+    def __init__(self, start: datetime = T0, step: timedelta = timedelta(minutes=1)) -> None:
         self.now = start
+        self.step = step
 
     def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
+        self.now += self.step
         return self.now
 
     def jump(self, delta: timedelta) -> None:
@@ -37,6 +38,12 @@ def run(ledger: Ledger, *commands: Any, actor: Actor = TELLER) -> None:
     """Each command in a group of its own; every one must succeed."""
     for command in commands:
         [outcome] = ledger.execute([Submission(command, actor, "corr-test")])
+        assert outcome.error is None, outcome.error
+
+
+def run_group(ledger: Ledger, *commands: Any, actor: Actor = TELLER) -> None:
+    """All the commands in one group (one transaction); every one must succeed."""
+    for outcome in ledger.execute([Submission(c, actor, "corr-test") for c in commands]):
         assert outcome.error is None, outcome.error
 
 

@@ -11,14 +11,13 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Submission, Transfer
+from application.commands import Deposit, OpenAccount, Transfer
 from application.compliance import Compliance
 from application.ledger import Ledger
 from domain.integrity import Actor
@@ -31,6 +30,7 @@ from infrastructure.store import open_ledger
 from infrastructure.workers import migrate_read_models
 from interfaces.api.query.readstore import prepare_read_models
 from tests.conftest import RUN_ID, Databases, _admin_execute, database_url
+from tests.integration.support import run_group
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +50,13 @@ def gbp(minor: int) -> Money:
     return Money(minor, "GBP")
 
 
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, TELLER, "corr") for c in commands]):
-        assert outcome.error is None, outcome.error
-
-
 def seed(ledger: Ledger) -> None:
     a, b = uuid4(), uuid4()
-    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "001", "GBP", 0))
-    run(ledger, Deposit(a, gbp(10_000), uuid4()))
-    run(ledger, Transfer(a, b, gbp(2_500), uuid4()))
+    run_group(
+        ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "001", "GBP", 0)
+    )
+    run_group(ledger, Deposit(a, gbp(10_000), uuid4()))
+    run_group(ledger, Transfer(a, b, gbp(2_500), uuid4()))
 
 
 def fingerprint(url: str, table: str) -> tuple[int, str]:
@@ -162,7 +159,7 @@ def test_the_service_role_runs_commands_without_migrating(deployment: Deployment
         seed(ledger)
         compliance = Compliance(ledger)
         account = uuid4()
-        run(ledger, OpenAccount(account, "Cy", "001", "GBP", 0))
+        run_group(ledger, OpenAccount(account, "Cy", "001", "GBP", 0))
         compliance.add_to_watchlist(account, "sanctions hit", OFFICER, "corr-list")
     finally:
         ledger.close()

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from application.commands import ChangeStatus, Deposit, OpenAccount, Submission, Transfer, Withdraw
+from application.commands import ChangeStatus, Deposit, OpenAccount, Transfer, Withdraw
 from application.ledger import Ledger
 from domain.account import Account
 from domain.integrity import Actor, Stamp
@@ -29,6 +29,7 @@ from infrastructure.settings import Settings
 from infrastructure.signing import Signer
 from infrastructure.store import open_ledger
 from tests.conftest import ROOT, settings_env
+from tests.integration.support import Clock, run_group
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +46,6 @@ BULK_ROUNDS_PER_SAVE = 10
 RSS_GROWTH_BYTES_MAX = 100 * 1024 * 1024
 
 
-class Clock:
-    def __init__(self, step: timedelta = timedelta(minutes=1)) -> None:
-        self.now = T0
-        self.step = step
-
-    def __call__(self) -> datetime:
-        self.now += self.step
-        return self.now
-
-
 @pytest.fixture
 def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
     return settings_factory()
@@ -68,14 +59,9 @@ def ledger(settings: Settings) -> Iterator[Ledger]:
     app.close()
 
 
-def run(ledger: Ledger, *commands: Any) -> None:
-    for outcome in ledger.execute([Submission(c, TELLER, "corr-export") for c in commands]):
-        assert outcome.error is None, outcome.error
-
-
 def small_history(ledger: Ledger) -> tuple[UUID, UUID]:
     a, b = uuid4(), uuid4()
-    run(
+    run_group(
         ledger,
         OpenAccount(a, "Ada", "001", "GBP", 0),
         OpenAccount(b, 'Bob \u00e9\u00e8 "quoted", comma', "001", "GBP", 0),

@@ -1,7 +1,8 @@
 """Group commit across requests: concurrent callers' commands are gathered for a short,
 bounded window and committed together in one event-store transaction.
 
-Callers (request threads) hand their submissions over and wait. One committer thread
+Callers hand their submissions over and wait: request threads with `execute`, coroutines
+on an event loop with `submit` (no thread per waiting request). One committer thread
 takes the first waiting request, gathers more until `window_s` has passed or `max_commands`
 are in hand, runs them through `Ledger.execute` in arrival order (each command still
 atomic on its own, refusals failing alone), and hands each caller its own outcomes. A
@@ -12,10 +13,12 @@ nothing of theirs was written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from application.commands import Outcome, Submission
@@ -32,6 +35,21 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
+    # Called from the committer thread once the request is settled (wakes a coroutine).
+    on_done: Callable[[], object] | None = None
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            # RuntimeError: its event loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self.on_done()
+
+    def result(self) -> list[Outcome]:
+        if self.error is not None:
+            raise self.error
+        assert self.outcomes is not None
+        return self.outcomes
 
 
 class GroupCommitter:
@@ -60,10 +78,23 @@ class GroupCommitter:
         self._queue.put(request)
         if not request.done.wait(CALLER_WAIT_S_MAX):
             raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry")
-        if request.error is not None:
-            raise request.error
-        assert request.outcomes is not None
-        return request.outcomes
+        return request.result()
+
+    async def submit(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        """`execute` for coroutines: the event loop goes on serving while this waits."""
+        if self._closed:
+            raise Unavailable("the command service is stopping; retry")
+        if not submissions:
+            return []
+        loop = asyncio.get_running_loop()
+        settled = asyncio.Event()
+        request = _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(settled.set))
+        self._queue.put(request)
+        try:
+            await asyncio.wait_for(settled.wait(), CALLER_WAIT_S_MAX)
+        except TimeoutError:
+            raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry") from None
+        return request.result()
 
     def close(self) -> None:
         self._closed = True
@@ -112,7 +143,7 @@ class GroupCommitter:
         except BaseException as error:  # every caller must hear back, whatever happened
             for request in requests:
                 request.error = error
-                request.done.set()
+                request.finish()
             return
         assert len(outcomes) == len(submissions), "one outcome per command"
         self.groups_committed += 1
@@ -122,4 +153,4 @@ class GroupCommitter:
             end = start + len(request.submissions)
             request.outcomes = outcomes[start:end]
             start = end
-            request.done.set()
+            request.finish()

@@ -3,16 +3,25 @@
 Every call to `execute` is a group commit: its commands are applied in order to
 aggregates held in memory, and all their events and replies are saved in one
 event-store transaction. A single HTTP command is a group of one; a batch is a
-group of its items. If the save loses a race (another writer took a version or
-a command id), nothing was written: the whole group is judged again from fresh
-state, a bounded number of times.
+group of its items; the group committer joins concurrent requests into one group.
+
+Before a group is judged, one query brings its accounts up to date: the events stored
+after the versions held in memory (all of them for an account not held), and the
+replies already given to its command ids. Hot accounts stay in memory between groups,
+so the cost of a command does not grow with its account's history. If the save still
+loses a race (another process wrote an account or a command id in between), nothing was
+written: the accounts of the group are dropped from memory and the group is judged
+again from the store, a bounded number of times. On the last attempt, the commands on
+the accounts that kept changing under it are held back (503, retry) and the rest commit.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -70,6 +79,8 @@ class LedgerOptions:
     mac_key: bytes
     retries_max: int = 8
     retry_backoff_s: float = 0.01
+    # Accounts held in memory between groups (least recently used dropped first).
+    accounts_in_memory_max: int = 50_000
     clock: Callable[[], datetime] = utc_now
     reply_cache: ReplyCache = field(default_factory=NoReplyCache)
 
@@ -85,6 +96,7 @@ class Ledger(Application[UUID]):
         # lose optimistic-concurrency races to each other; other processes may still
         # win one, and then the group is judged again.
         self._locks = StripedLocks(ACCOUNT_LOCK_STRIPES)
+        self._accounts = _AccountMemory(options.accounts_in_memory_max)
         super().__init__(env=dict(env))
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
@@ -99,6 +111,17 @@ class Ledger(Application[UUID]):
             index_row(event) for event in processing_event.events
         ]
         return super()._record(processing_event)
+
+    def save_group(self, accounts: Iterable[Account], replies: list[ReplyRecord]) -> None:
+        """`save` for the group commit: the same recording (events, index rows, replies in
+        one transaction), without the library's per-object protocol checks, snapshots
+        (none are configured) or notifications to followers (there are none)."""
+        processing_event = ProcessingEvent[UUID]()
+        for account in accounts:
+            processing_event.events.extend(account.collect_events())
+            processing_event.aggregates[account.id] = account
+        processing_event.saved_kwargs["replies"] = replies
+        self._record(processing_event)
 
     @property
     def replies(self) -> ReplyStore:
@@ -129,38 +152,73 @@ class Ledger(Application[UUID]):
             return self._execute(submissions)
 
     def _execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        involved = {i for s in submissions for i in account_ids(s.command)}
+        contended: set[UUID] = set()
+        tried: dict[UUID, int] | None = None
         for attempt in range(self.options.retries_max):
+            last = attempt == self.options.retries_max - 1
+            group = _Group(self)
             try:
-                return self._attempt(submissions)
+                stored = group.load(involved, submissions)
+                if tried is not None:
+                    # Accounts another writer moved since our last try: the culprits.
+                    contended |= {i for i, v in stored.items() if v > tried.get(i, 0)}
+                tried = stored
+                return group.commit(submissions, held_back=contended if last else set())
             except IntegrityError:
-                # Another writer took a version or a command id first. Nothing of
-                # ours was written; judge the whole group again from fresh state.
+                # Another writer took a version or a command id first. Nothing of ours
+                # was written; what we hold of these accounts is not what is stored.
+                self._accounts.drop(involved)
                 backoff_s = min(self.options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
                 time.sleep(backoff_s * (0.5 + random.random()))
             except (OperationalError, InterfaceError) as error:
+                self._accounts.drop(involved)
                 raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
             except PersistenceError as error:
+                self._accounts.drop(involved)
                 raise Unavailable(f"event store refused the write: {error}") from error
+            except BaseException:
+                self._accounts.drop(involved)
+                raise
         raise Unavailable(f"gave up after {self.options.retries_max} conflicting attempts")
 
-    def _attempt(self, submissions: Sequence[Submission]) -> list[Outcome]:
-        group = _Group(self)
-        ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
-        group.stored = self._stored_replies(ids)
-        outcomes = [group.decide(submission) for submission in submissions]
-        if group.touched:
-            self.save(*group.touched.values(), replies=list(group.new_replies.values()))
-            self.options.reply_cache.put_many(group.new_replies)
-        return outcomes
-
-    def _stored_replies(self, ids: list[UUID]) -> dict[UUID, ReplyRecord]:
+    def _stored_replies(self, ids: list[UUID]) -> tuple[dict[UUID, ReplyRecord], list[UUID]]:
+        """Replies the cache has, and the ids it does not know (for the store to answer)."""
         if not ids:
-            return {}
+            return {}, []
         found = self.options.reply_cache.get_many(ids)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            found |= self.replies.select_replies(missing)
-        return found
+        return found, [i for i in ids if i not in found]
+
+
+class _AccountMemory:
+    """Accounts held between groups, least recently used dropped first. Only groups
+    holding an account's lock touch it; a group that fails drops what it touched."""
+
+    def __init__(self, size_max: int) -> None:
+        assert size_max > 0
+        self._size_max = size_max
+        self._accounts: OrderedDict[UUID, Account] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, account_id: UUID) -> Account | None:
+        with self._lock:
+            account = self._accounts.get(account_id)
+            if account is not None:
+                self._accounts.move_to_end(account_id)
+            return account
+
+    def put_all(self, accounts: Iterable[Account]) -> None:
+        with self._lock:
+            for account in accounts:
+                self._accounts[account.id] = account
+                self._accounts.move_to_end(account.id)
+            while len(self._accounts) > self._size_max:
+                self._accounts.popitem(last=False)
+
+    def drop(self, account_ids: Iterable[UUID]) -> None:
+        with self._lock:
+            for account_id in account_ids:
+                self._accounts.pop(account_id, None)
 
 
 class _Group:
@@ -173,10 +231,51 @@ class _Group:
         self.stored: dict[UUID, ReplyRecord] = {}
         self.new_replies: dict[UUID, ReplyRecord] = {}
 
+    def load(self, account_ids: set[UUID], submissions: Sequence[Submission]) -> dict[UUID, int]:
+        """Bring the group's accounts and replies up to date with one query; returns the
+        stored version of each account found."""
+        memory = self.ledger._accounts
+        held: dict[UUID, Account] = {}
+        for account_id in account_ids:
+            account = memory.get(account_id)
+            if account is not None:
+                held[account_id] = account
+        ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
+        self.stored, unknown_ids = self.ledger._stored_replies(ids)
+        state = self.ledger.replies.select_group_state(
+            {i: held[i].version if i in held else 0 for i in account_ids}, unknown_ids
+        )
+        self.stored |= state.replies
+        aggregates: dict[UUID, Any] = dict(held)
+        for stored_event in state.events:
+            event: Any = self.ledger.mapper.to_domain_event(stored_event)
+            aggregate_id = stored_event.originator_id
+            assert isinstance(aggregate_id, UUID)
+            aggregates[aggregate_id] = event.mutate(aggregates.get(aggregate_id))
+        for aggregate_id, aggregate in aggregates.items():
+            # An id that names a case or a watchlist entry is no account.
+            if isinstance(aggregate, Account):
+                self.loaded[aggregate_id] = aggregate
+        return {i: account.version for i, account in self.loaded.items()}
+
+    def commit(self, submissions: Sequence[Submission], held_back: set[UUID]) -> list[Outcome]:
+        outcomes = [
+            Outcome(error=Unavailable("its accounts kept changing under it; retry"))
+            if held_back.intersection(account_ids(submission.command))
+            else self.decide(submission)
+            for submission in submissions
+        ]
+        if self.touched:
+            self.ledger.save_group(self.touched.values(), list(self.new_replies.values()))
+            self.ledger.options.reply_cache.put_many(self.new_replies)
+        self.ledger._accounts.put_all(self.loaded.values())
+        return outcomes
+
     def account(self, account_id: UUID) -> Account:
-        if account_id not in self.loaded:
-            self.loaded[account_id] = self.ledger.get_account(account_id)
-        return self.loaded[account_id]
+        account = self.loaded.get(account_id)
+        if account is None:
+            raise AccountNotFound(f"account {account_id} does not exist")
+        return account
 
     def decide(self, submission: Submission) -> Outcome:
         try:
@@ -263,6 +362,9 @@ class _Group:
                 return account_body(account)
 
     def _open(self, command: OpenAccount, stamp: Stamp) -> dict[str, Any]:
+        if command.account_id in self.loaded:
+            # Stored without a reply under its id (never by this service): not ours to reopen.
+            raise TransactionConflict(f"account {command.account_id} already exists")
         account = Account.open(
             command.account_id,
             command.owner,

@@ -4,16 +4,32 @@ structurally, without importing them."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
+
 from application.commands import Outcome, ReplyRecord, Submission
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What a group needs from the store before it is judged: its aggregates' events
+    after the versions it holds, and the replies already given to its command ids."""
+
+    events: list[StoredEvent]
+    replies: dict[UUID, ReplyRecord]
 
 
 class ReplyStore(Protocol):
     """Replies kept in PostgreSQL, written in the same transaction as the events."""
 
     def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]: ...
+
+    def select_group_state(
+        self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
+    ) -> GroupState: ...
 
 
 class ReplyCache(Protocol):

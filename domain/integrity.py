@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,8 +46,35 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical(record: dict[str, Any]) -> bytes:
+CanonicalEncoder = Callable[[dict[str, Any]], bytes]
+
+
+def stdlib_canonical(record: dict[str, Any]) -> bytes:
+    """The definition: sorted keys, no spaces, UTF-8, non-ASCII unescaped."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# Records that tell encoders apart: nesting, key order, escapes, non-ASCII, big integers.
+_AGREEMENT_SAMPLES: tuple[dict[str, Any], ...] = (
+    {"b": 1, "a": {"z": None, "y": [True, False]}, "é": "naïve ✓ 😀", "A": ""},
+    {"q": 'quote " backslash \\ slash /', "c": "\x00\x01\x1f\x7f\n\r\t\b\f", "u": "\u2028\u2029"},
+    {"n": -(2**63), "m": 2**63 - 1, "z": 0, "k": {"nested": {"deeper": "x"}}},
+)
+# The encoder in use: the definition unless a faster one that agrees was installed.
+_ENCODER: list[CanonicalEncoder] = [stdlib_canonical]
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return _ENCODER[0](record)
+
+
+def use_canonical_encoder(encoder: CanonicalEncoder) -> None:
+    """Install a faster encoder of the very same bytes (infrastructure's, on orjson).
+    Refused unless it agrees with the definition on records chosen to tell them apart."""
+    for sample in _AGREEMENT_SAMPLES:
+        if encoder(sample) != stdlib_canonical(sample):
+            raise ValueError(f"{encoder!r} does not write the canonical form of {sample!r}")
+    _ENCODER[0] = encoder
 
 
 def chain_record(

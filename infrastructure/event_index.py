@@ -136,24 +136,6 @@ def append_only_statements(schema: str, tables: Sequence[str]) -> list[Composed]
     return statements
 
 
-def index_insert_statement(schema: str, events_table: str) -> Composed:
-    """One statement for a whole save; notification ids from the rows just inserted."""
-    unnest = SQL(", ").join(SQL("%s::{}[]").format(SQL(t)) for t in COLUMN_TYPES)
-    columns = SQL(", ").join(Identifier(c) for c in COLUMNS)
-    return SQL(
-        "INSERT INTO {index} (notification_id, {columns}) "
-        "SELECT e.notification_id, {v_columns} FROM unnest({unnest}) AS v({columns}) "
-        "JOIN {events} e ON e.originator_id = v.aggregate_id "
-        "AND e.originator_version = v.version"
-    ).format(
-        index=Identifier(schema, INDEX_TABLE),
-        columns=columns,
-        v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
-        unnest=unnest,
-        events=Identifier(schema, events_table),
-    )
-
-
 def index_columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
     """Column-wise, in COLUMNS order, for the unnest of the insert statements."""
     return [[getattr(row, column) for row in rows] for column in COLUMNS]

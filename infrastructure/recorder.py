@@ -3,28 +3,30 @@ replies table, written in the same transaction as the events it answers for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import orjson
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from application.commands import ReplyRecord
 from application.envelope import IndexRow
+from application.ports import GroupState
 from infrastructure.event_index import (
+    COLUMN_TYPES,
+    COLUMNS,
     INDEX_TABLE,
     append_only_statements,
     index_columns,
     index_create_statements,
-    index_insert_statement,
 )
 
 REPLIES_TABLE = "command_replies"
+REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
 
 
 class VigilRecorder(PostgresApplicationRecorder):
@@ -32,6 +34,14 @@ class VigilRecorder(PostgresApplicationRecorder):
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        # PostgreSQL's JIT would compile a group's queries (thousands of ids make them look
+        # expensive) for ~70 ms each, to run them in a few: never worth it here. The
+        # connections the pool already made are replaced by ones carrying the option.
+        pool_kwargs = self.datastore.pool.kwargs
+        assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
+        options = str(pool_kwargs.get("options") or "")
+        pool_kwargs["options"] = f"{options} -c jit=off".strip()
+        self.datastore.pool.drain()
         schema = Identifier(self.datastore.schema)
         replies = Identifier(REPLIES_TABLE)
         # The primary key is what makes a command id unique: a second writer of
@@ -47,10 +57,6 @@ class VigilRecorder(PostgresApplicationRecorder):
                 "recorded_at timestamptz NOT NULL DEFAULT now())"
             ).format(schema=schema, replies=replies)
         )
-        self.insert_replies_statement = SQL(
-            "INSERT INTO {schema}.{replies} (command_id, kind, subject, fingerprint, body) "
-            "VALUES (%s, %s, %s, %s, %s)"
-        ).format(schema=schema, replies=replies)
         # The event index, and the append-only guards on all three tables: part of every
         # migration of the store, so no store exists without them.
         self.sql_create_statements.extend(index_create_statements(self.datastore.schema))
@@ -59,47 +65,135 @@ class VigilRecorder(PostgresApplicationRecorder):
                 self.datastore.schema, [self.events_table_name, REPLIES_TABLE, INDEX_TABLE]
             )
         )
-        self.insert_index_statement = index_insert_statement(
-            self.datastore.schema, self.events_table_name
+        events = Identifier(self.datastore.schema, self.events_table_name)
+        index_columns = SQL(", ").join(Identifier(c) for c in COLUMNS)
+        # Events and their index rows in one statement; the index takes each event's
+        # notification id from the rows just inserted. Arrays go over the wire in binary
+        # (%b): no text escaping of thousands of values.
+        self.insert_events_and_index_statement = SQL(
+            "WITH inserted AS ("
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id, originator_id, originator_version) "
+            "INSERT INTO {index} (notification_id, {columns}) "
+            "SELECT inserted.notification_id, {v_columns} FROM inserted "
+            "JOIN unnest({index_arrays}) AS v({columns}) "
+            "ON v.aggregate_id = inserted.originator_id AND v.version = inserted.originator_version"
+        ).format(
+            events=events,
+            index=Identifier(self.datastore.schema, INDEX_TABLE),
+            columns=index_columns,
+            v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
+            index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
         )
+        self.insert_events_only_statement = SQL(
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[])"
+        ).format(events=events)
+        self.insert_replies_statement = SQL(
+            "INSERT INTO {schema}.{replies} ({columns}) "
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])"
+        ).format(
+            schema=schema,
+            replies=replies,
+            columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
+        )
+        # One index range scan per aggregate: the lateral subquery, fenced by OFFSET 0, is
+        # not flattened into a join the planner may turn into a scan of the whole table.
+        self.select_after_versions_statement = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%b::uuid[], %b::int8[]) AS known(id, version) "
+            "CROSS JOIN LATERAL (SELECT s.originator_id, s.originator_version, s.topic, s.state "
+            "FROM {events} s WHERE s.originator_id = known.id "
+            "AND s.originator_version > known.version "
+            "ORDER BY s.originator_version OFFSET 0) e"
+        ).format(events=events)
         self.select_replies_statement = SQL(
             "SELECT command_id, kind, subject, fingerprint, body FROM {schema}.{replies} "
-            "WHERE command_id = ANY(%s)"
+            "WHERE command_id = ANY(%b::uuid[])"
         ).format(schema=schema, replies=replies)
 
-    def _insert_stored_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        # Events first (this takes the table lock), replies after: every writer
-        # takes its locks in the same order, so two writers of one id cannot deadlock.
-        # The nested pipeline syncs on exit, so a unique violation on the events (a
-        # lost optimistic-concurrency race) surfaces here as an IntegrityError, not as
-        # "pipeline aborted" on the replies insert that would follow it.
-        with curs.connection.pipeline():
-            super()._insert_stored_events(curs, stored_events, **kwargs)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Events, index rows and replies in one transaction, sent in one round trip.
+
+        The library's table lock comes first, as in its own insert: writers take turns,
+        so notification ids are issued in commit order (a reader tailing the log never
+        passes a gap that fills later). Events first, replies after: every writer takes
+        its locks in the same order, so two writers of one command id cannot deadlock.
+        A lost optimistic-concurrency race or a command id already taken fails the
+        whole transaction with an IntegrityError, and nothing of it is written.
+        """
+        if not stored_events:
+            return []
         replies: Sequence[ReplyRecord] = kwargs.get("replies") or ()
-        if replies:
-            with curs.connection.cursor() as replies_cursor:
-                replies_cursor.executemany(
-                    self.insert_replies_statement,
-                    [
-                        (
-                            r.command_id,
-                            r.kind,
-                            r.subject,
-                            r.fingerprint,
-                            orjson.dumps(r.body).decode(),
-                        )
-                        for r in replies
-                    ],
-                )
-        # Last, and still in the events' transaction and pipeline: one row per event,
-        # its notification id joined from the rows just inserted (no extra round trip).
         index_rows: Sequence[IndexRow] = kwargs.get("index_rows") or ()
-        if index_rows:
-            assert len(index_rows) == len(stored_events), "one index row per stored event"
-            with curs.connection.cursor() as index_cursor:
-                index_cursor.execute(self.insert_index_statement, index_columns(index_rows))
+        assert not index_rows or len(index_rows) == len(stored_events), "one index row each"
+        event_columns = [
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        ]
+        failure: Exception | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline(), conn.transaction(), conn.cursor() as curs:
+                try:
+                    self._lock_table(curs)
+                    self._notify_channel(curs)
+                    if index_rows:
+                        curs.execute(
+                            self.insert_events_and_index_statement,
+                            [*event_columns, *index_columns(index_rows)],
+                            prepare=True,
+                        )
+                    else:
+                        curs.execute(self.insert_events_only_statement, event_columns, prepare=True)
+                    if replies:
+                        curs.execute(
+                            self.insert_replies_statement, reply_columns(replies), prepare=True
+                        )
+                except Exception as error:  # raised after the pipeline is closed
+                    failure = error
+            if failure is not None:
+                raise failure
+        return None
+
+    def select_group_state(
+        self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
+    ) -> GroupState:
+        """In one round trip: every stored event of these aggregates after the given
+        version (0: all of them), in order, and the replies already given to these ids."""
+        ids = list(versions)
+        reply_ids = list(command_ids)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.cursor() as events_cursor,
+            conn.cursor() as replies_cursor,
+        ):
+            events_cursor.execute(
+                self.select_after_versions_statement,
+                (ids, [versions[i] for i in ids]),
+                prepare=True,
+            )
+            if reply_ids:
+                replies_cursor.execute(self.select_replies_statement, (reply_ids,), prepare=True)
+            event_rows = events_cursor.fetchall()
+            reply_rows = replies_cursor.fetchall() if reply_ids else []
+        return GroupState(
+            events=[
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in event_rows
+            ],
+            replies={row["command_id"]: _reply(row) for row in reply_rows},
+        )
 
     def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]:
         ids = list(command_ids)
@@ -107,13 +201,24 @@ class VigilRecorder(PostgresApplicationRecorder):
             return {}
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_replies_statement, (ids,), prepare=True)
-            return {
-                row["command_id"]: ReplyRecord(
-                    command_id=row["command_id"],
-                    kind=row["kind"],
-                    subject=row["subject"],
-                    fingerprint=row["fingerprint"],
-                    body=orjson.loads(row["body"]),
-                )
-                for row in curs.fetchall()
-            }
+            return {row["command_id"]: _reply(row) for row in curs.fetchall()}
+
+
+def reply_columns(replies: Sequence[ReplyRecord]) -> list[list[Any]]:
+    return [
+        [r.command_id for r in replies],
+        [r.kind for r in replies],
+        [r.subject for r in replies],
+        [r.fingerprint for r in replies],
+        [orjson.dumps(r.body).decode() for r in replies],
+    ]
+
+
+def _reply(row: DictRow) -> ReplyRecord:
+    return ReplyRecord(
+        command_id=row["command_id"],
+        kind=row["kind"],
+        subject=row["subject"],
+        fingerprint=row["fingerprint"],
+        body=orjson.loads(row["body"]),
+    )

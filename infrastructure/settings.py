@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     command_retries_max: int = Field(default=8, ge=1, le=100)
 
     db_pool_size: int = Field(default=8, gt=0)
-    aggregate_cache_max: int = Field(default=10_000, gt=0)
+    aggregate_cache_max: int = Field(default=50_000, gt=0)
     db_connect_timeout_s: int = Field(default=5, gt=0)
     redis_timeout_s: float = Field(default=0.25, gt=0)
     reply_cache_ttl_s: int = Field(default=86_400, gt=0)

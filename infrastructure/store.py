@@ -13,6 +13,7 @@ from eventsourcing.utils import get_topic
 from application.envelope import envelope
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
+from infrastructure import canonical
 from infrastructure.event_index import store_names, warn_if_behind
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
@@ -41,7 +42,9 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         "POSTGRES_CONNECT_TIMEOUT": str(settings.db_connect_timeout_s),
         "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
         "POSTGRES_MAX_OVERFLOW": str(settings.db_pool_size),
-        "POSTGRES_PRE_PING": "y",
+        # No ping before each use: a broken connection fails its command with 503 (retry,
+        # nothing written) and is discarded; the ping would cost every group a round trip.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "CREATE_TABLE": "y" if create_table else "n",
@@ -62,9 +65,11 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
 def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Ledger:
     """The ledger, with its tables created (once, under a lock) if missing, unless
     `migrate_on_start` is off (production: `vigil migrate` did it as the owning role)."""
+    canonical.install()
     options = LedgerOptions(
         mac_key=settings.audit_mac_key_resolved(),
         retries_max=settings.command_retries_max,
+        accounts_in_memory_max=settings.aggregate_cache_max,
         reply_cache=reply_cache or NoReplyCache(),
     )
     with psycopg.connect(

@@ -55,18 +55,18 @@ MONEY_PROBLEMS = (
     responses=problem_responses("transaction_conflict", "invalid_amount", "unknown_currency"),
     summary="Open an account",
 )
-def open_account(
+async def open_account(
     body: OpenAccountIn,
     who: Opener,
     commands: CommandsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     account_id = resolve_id(None, idempotency_key, who.subject)
-    outcome = execute(commands, "account.open", submission(body.to_command(account_id), who))
+    outcome = await execute(commands, "account.open", submission(body.to_command(account_id), who))
     return outcome_reply(outcome, 201)
 
 
-def _movement(
+async def _movement(
     kind: Literal["deposit", "withdrawal"],
     account_id: UUID,
     body: MovementIn,
@@ -78,7 +78,7 @@ def _movement(
     transaction_id = resolve_id(body.transaction_id, idempotency_key, who.subject)
     command = movement_command(kind, account_id, body, transaction_id, settings.amount_max)
     action = "account.deposit" if kind == "deposit" else "account.withdraw"
-    return outcome_reply(execute(commands, action, submission(command, who)), 201)
+    return outcome_reply(await execute(commands, action, submission(command, who)), 201)
 
 
 @router.post(
@@ -88,7 +88,7 @@ def _movement(
     responses=problem_responses(*MONEY_PROBLEMS),
     summary="Deposit into an account",
 )
-def deposit(
+async def deposit(
     account_id: UUID,
     body: MovementIn,
     who: Depositor,
@@ -96,7 +96,7 @@ def deposit(
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return _movement("deposit", account_id, body, who, commands, settings, idempotency_key)
+    return await _movement("deposit", account_id, body, who, commands, settings, idempotency_key)
 
 
 @router.post(
@@ -106,7 +106,7 @@ def deposit(
     responses=problem_responses(*MONEY_PROBLEMS),
     summary="Withdraw from an account",
 )
-def withdraw(
+async def withdraw(
     account_id: UUID,
     body: MovementIn,
     who: Withdrawer,
@@ -114,10 +114,10 @@ def withdraw(
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return _movement("withdrawal", account_id, body, who, commands, settings, idempotency_key)
+    return await _movement("withdrawal", account_id, body, who, commands, settings, idempotency_key)
 
 
-def _change_status(
+async def _change_status(
     action: Literal["freeze", "unfreeze", "close"],
     account_id: UUID,
     body: StatusChangeIn,
@@ -125,7 +125,9 @@ def _change_status(
     commands: CommandsDep,
 ) -> Response:
     command = ChangeStatus(account_id, action, body.reason)
-    return outcome_reply(execute(commands, f"account.{action}", submission(command, who)), 200)
+    return outcome_reply(
+        await execute(commands, f"account.{action}", submission(command, who)), 200
+    )
 
 
 STATUS_PROBLEMS = ("account_not_found", "account_frozen", "account_closed")
@@ -137,8 +139,10 @@ STATUS_PROBLEMS = ("account_not_found", "account_frozen", "account_closed")
     responses=problem_responses(*STATUS_PROBLEMS),
     summary="Freeze an account: no money moves until it is unfrozen",
 )
-def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, commands: CommandsDep) -> Response:
-    return _change_status("freeze", account_id, body, who, commands)
+async def freeze(
+    account_id: UUID, body: StatusChangeIn, who: Freezer, commands: CommandsDep
+) -> Response:
+    return await _change_status("freeze", account_id, body, who, commands)
 
 
 @router.post(
@@ -147,10 +151,10 @@ def freeze(account_id: UUID, body: StatusChangeIn, who: Freezer, commands: Comma
     responses=problem_responses("account_not_found", "account_not_frozen", "account_closed"),
     summary="Unfreeze a frozen account",
 )
-def unfreeze(
+async def unfreeze(
     account_id: UUID, body: StatusChangeIn, who: Unfreezer, commands: CommandsDep
 ) -> Response:
-    return _change_status("unfreeze", account_id, body, who, commands)
+    return await _change_status("unfreeze", account_id, body, who, commands)
 
 
 @router.post(
@@ -159,5 +163,7 @@ def unfreeze(
     responses=problem_responses("account_not_found", "account_not_empty", "account_closed"),
     summary="Close an account with a zero balance",
 )
-def close(account_id: UUID, body: StatusChangeIn, who: Closer, commands: CommandsDep) -> Response:
-    return _change_status("close", account_id, body, who, commands)
+async def close(
+    account_id: UUID, body: StatusChangeIn, who: Closer, commands: CommandsDep
+) -> Response:
+    return await _change_status("close", account_id, body, who, commands)

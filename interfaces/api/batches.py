@@ -41,7 +41,7 @@ BatchSubmitter = Annotated[Principal, Depends(require("batch.submit"))]
     responses=problem_responses(),
     summary="Submit up to 1,000 deposits, withdrawals and transfers",
 )
-def submit_batch(
+async def submit_batch(
     body: BatchIn,
     who: BatchSubmitter,
     commands: CommandsDep,
@@ -64,7 +64,7 @@ def submit_batch(
             results[index] = _error(index, error.code, error.detail)
         except ValidationError as error:
             results[index] = _error(index, "validation_error", _describe(error))
-    for index, outcome in zip(indexes, commands.execute(submissions), strict=True):
+    for index, outcome in zip(indexes, await commands.submit(submissions), strict=True):
         results[index] = _result(index, outcome)
     for result in results:
         assert result is not None, "every item has a result"

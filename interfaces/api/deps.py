@@ -9,7 +9,7 @@ import orjson
 from fastapi import Depends, Header, Request, Response
 
 from application.commands import Command, Outcome, Submission
-from application.ports import CommandExecutor
+from application.group_commit import GroupCommitter
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
 from infrastructure.settings import Settings
@@ -20,18 +20,19 @@ from interfaces.auth import Principal, Role
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-def _commands(request: Request) -> CommandExecutor:
+# Dependencies are coroutines: FastAPI would run plain functions in its thread pool.
+async def _commands(request: Request) -> GroupCommitter:
     # The group committer: this request's commands share a transaction with others'.
-    commands: CommandExecutor = request.app.state.committer
+    commands: GroupCommitter = request.app.state.committer
     return commands
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-CommandsDep = Annotated[CommandExecutor, Depends(_commands)]
+CommandsDep = Annotated[GroupCommitter, Depends(_commands)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 IdempotencyKeyHeader = Annotated[IdempotencyKey | None, Header(alias="Idempotency-Key")]
 
@@ -46,9 +47,9 @@ def submission(command: Command, principal: Principal) -> Submission:
     )
 
 
-def execute(commands: CommandExecutor, action: str, sub: Submission) -> Outcome:
+async def execute(commands: GroupCommitter, action: str, sub: Submission) -> Outcome:
     """Run one command; count its outcome; refusals leave through the problem handler."""
-    outcome = commands.execute([sub])[0]
+    outcome = (await commands.submit([sub]))[0]
     record_command_outcome(action, outcome.error.code if outcome.error else "ok")
     if outcome.error is not None:
         raise outcome.error

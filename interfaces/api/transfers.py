@@ -32,7 +32,7 @@ Transferrer = Annotated[Principal, Depends(require("transfer.create"))]
     responses=problem_responses(*MONEY_PROBLEMS),
     summary="Transfer money between two accounts of the same currency",
 )
-def create_transfer(
+async def create_transfer(
     body: TransferIn,
     who: Transferrer,
     commands: CommandsDep,
@@ -41,4 +41,4 @@ def create_transfer(
 ) -> Response:
     transaction_id = resolve_id(body.transaction_id, idempotency_key, who.subject)
     command = body.to_command(transaction_id, settings.amount_max)
-    return outcome_reply(execute(commands, "transfer.create", submission(command, who)), 201)
+    return outcome_reply(await execute(commands, "transfer.create", submission(command, who)), 201)

@@ -14,8 +14,9 @@ import pytest
 from application.commands import Deposit, OpenAccount, Outcome, Submission, Transfer, Withdraw
 from application.group_commit import GroupCommitter
 from application.ledger import Ledger
-from domain.errors import Unavailable
-from domain.integrity import Actor
+from domain.account import Account
+from domain.errors import InsufficientFunds, Unavailable
+from domain.integrity import GENESIS_HASH, Actor, chain_hash
 from domain.money import Money
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
@@ -145,3 +146,140 @@ def test_when_the_store_is_gone_every_caller_is_told_to_retry(settings: Settings
         ledger.close()
     with pytest.raises(Unavailable, match="stopping"):
         committer.execute([sub(Deposit(account, Money(1, "GBP"), uuid4()))])
+
+
+# Accounts held in memory, and races with other processes ------------------------------
+
+
+class WritesBetweenLoadAndSave:
+    """Another process (a second real ledger on the same store) writes the given account
+    right after this ledger has loaded its group and before it saves: the race the
+    unique constraint settles. `times` races, then the store is left alone."""
+
+    def __init__(self, ledger: Ledger, other: Ledger, account_id: UUID, times: int) -> None:
+        self.other, self.account_id, self.remaining = other, account_id, times
+        self.loads = 0
+        self._select = ledger.replies.select_group_state
+        ledger.replies.select_group_state = self  # type: ignore[method-assign]
+
+    def __call__(self, versions, command_ids):  # type: ignore[no-untyped-def]
+        state = self._select(versions, command_ids)
+        self.loads += 1
+        if self.remaining > 0 and self.account_id in versions:
+            self.remaining -= 1
+            run(self.other, Deposit(self.account_id, Money(1, "GBP"), uuid4()))
+        return state
+
+
+@pytest.fixture
+def other(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+def judge(ledger: Ledger, *commands: object) -> list[Outcome]:
+    """All the commands in one group; their outcomes, refusals included."""
+    return ledger.execute([sub(c) for c in commands])
+
+
+def chain_is_whole(ledger: Ledger, account_id: UUID) -> bool:
+    previous = GENESIS_HASH
+    for version, event in enumerate(ledger.events.get(account_id), start=1):
+        assert isinstance(event, Account.Event)
+        if event.previous_hash != previous or chain_hash(event.chain_record()) != event.hash:
+            return False
+        if event.originator_version != version:
+            return False
+        previous = event.hash
+    return True
+
+
+def test_an_account_in_memory_is_brought_up_to_date_before_each_group(
+    ledger: Ledger, other: Ledger
+) -> None:
+    [account_id] = opened(ledger, 1, 100)
+    run(ledger, Deposit(account_id, Money(1, "GBP"), uuid4()))
+    # Another process takes everything; this one still holds the account in memory.
+    run(other, Withdraw(account_id, Money(101, "GBP"), uuid4()))
+    [refused] = judge(ledger, Withdraw(account_id, Money(1, "GBP"), uuid4()))
+    assert isinstance(refused.error, InsufficientFunds)
+    [accepted] = judge(ledger, Deposit(account_id, Money(5, "GBP"), uuid4()))
+    assert accepted.body is not None
+    assert accepted.body["version"] == 5
+    assert chain_is_whole(ledger, account_id)
+
+
+def test_a_lost_race_is_judged_again_from_the_store_and_loses_nothing(
+    ledger: Ledger, other: Ledger
+) -> None:
+    [raced, quiet] = opened(ledger, 2, 1_000)
+    race = WritesBetweenLoadAndSave(ledger, other, raced, times=2)
+    outcomes = judge(
+        ledger,
+        Withdraw(raced, Money(300, "GBP"), uuid4()),
+        Transfer(quiet, raced, Money(200, "GBP"), uuid4()),
+        Deposit(quiet, Money(50, "GBP"), uuid4()),
+    )
+    assert [o.error for o in outcomes] == [None, None, None]
+    assert race.loads == 3  # two lost races, then the save went through
+    # Both of the other process's deposits and all three commands, each applied once.
+    assert ledger.get_account(raced).balance_minor == 1_000 - 300 + 200 + 2
+    assert ledger.get_account(quiet).balance_minor == 1_000 - 200 + 50
+    assert ledger.get_account(raced).version == 2 + 2 + 2
+    assert all(chain_is_whole(ledger, a) for a in (raced, quiet))
+
+
+def test_commands_on_an_account_that_keeps_changing_are_held_back_and_the_rest_commit(
+    settings_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = settings_factory(command_retries_max=3)
+    ledger, other = open_ledger(settings), open_ledger(settings)
+    try:
+        [hot, calm] = opened(ledger, 2, 1_000)
+        WritesBetweenLoadAndSave(ledger, other, hot, times=1_000)
+        outcomes = judge(
+            ledger,
+            Deposit(calm, Money(10, "GBP"), uuid4()),
+            Transfer(calm, hot, Money(20, "GBP"), uuid4()),
+            Withdraw(hot, Money(30, "GBP"), uuid4()),
+            Deposit(calm, Money(40, "GBP"), uuid4()),
+        )
+        held_back = [o.error for o in outcomes[1:3]]
+        assert all(isinstance(e, Unavailable) and e.retry_after_s >= 1 for e in held_back)
+        assert outcomes[0].error is None
+        assert outcomes[3].error is None
+        # The held-back transfer took nothing from the calm account.
+        assert other.get_account(calm).balance_minor == 1_000 + 10 + 40
+        assert all(chain_is_whole(other, a) for a in (hot, calm))
+    finally:
+        ledger.close()
+        other.close()
+
+
+def test_two_processes_with_committers_on_shared_accounts_keep_money_and_chains(
+    ledger: Ledger, other: Ledger
+) -> None:
+    accounts = opened(ledger, 6, 10_000)
+    committers = [GroupCommitter(app, window_s=0.002, max_commands=50) for app in (ledger, other)]
+    transaction_ids = [uuid4() for _ in range(120)]
+    try:
+
+        def send(index: int) -> Outcome:
+            source = accounts[index % 6]
+            target = accounts[(index * 5 + 1) % 6]
+            if source == target:
+                target = accounts[(index + 1) % 6]
+            command = Transfer(source, target, Money(7, "GBP"), transaction_ids[index % 60])
+            return committers[index % 2].execute([sub(command)])[0]
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(send, range(120)))
+    finally:
+        for committer in committers:
+            committer.close()
+    # Each id was sent twice, from both processes: recorded once, the other a replay.
+    assert all(o.error is None for o in outcomes)
+    assert sum(1 for o in outcomes if o.replayed) == 60
+    assert sum(ledger.get_account(a).balance_minor for a in accounts) == 60_000
+    assert all(chain_is_whole(ledger, a) for a in accounts)

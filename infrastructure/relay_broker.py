@@ -17,6 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
+from aiokafka.partitioner import DefaultPartitioner
 
 from infrastructure.settings import Settings
 
@@ -30,6 +31,7 @@ METADATA_MAX_AGE_MS = 30_000
 TOPIC_ATTEMPTS_MAX = 10  # delete/create rounds lost to clients auto-creating the topic
 TOPIC_RETRY_S = 0.1
 REPLICATION_FACTOR = 1
+PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
 UNKNOWN_TOPIC = 3  # Kafka error codes
 TOPIC_ALREADY_EXISTS = 36
 
@@ -64,6 +66,7 @@ class RelayBroker:
             request_timeout_ms=REQUEST_TIMEOUT_MS,
             retry_backoff_ms=100,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            partitioner=CachedPartitioner(),
         )
 
     async def close(self) -> None:
@@ -140,3 +143,25 @@ def _raise_errors(codes: Iterable[tuple[str, int]], tolerated: Container[int] = 
     for topic, code in codes:
         if code != 0 and code not in tolerated:
             raise for_code(code)(f"topic {topic}")
+
+
+class CachedPartitioner:
+    """Kafka's default partitioner (murmur2 of the key, as the Java client), remembered per
+    key: aiokafka computes murmur2 in Python, a tenth of the relay's time under load. The
+    same key always lands on the same partition, whichever of the two computed it."""
+
+    def __init__(self) -> None:
+        self._default = DefaultPartitioner()
+        self._partitions: dict[tuple[bytes, int], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        cache_key = (key, len(all_partitions))
+        partition = self._partitions.get(cache_key)
+        if partition is None:
+            if len(self._partitions) >= PARTITION_CACHE_MAX:
+                self._partitions.clear()
+            partition = int(self._default(key, all_partitions, available))
+            self._partitions[cache_key] = partition
+        return partition

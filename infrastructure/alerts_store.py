@@ -6,9 +6,10 @@ same event replayed never raises a second one (alert ids are deterministic)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
@@ -97,22 +98,6 @@ async def register_config(
     return int(row[0])
 
 
-async def watchlisted_before(
-    conn: AsyncConnection[Any], account_id: str | None, notification_id: int
-) -> bool:
-    """Whether the account was on the watchlist just before this event, by the store's
-    order of notification ids (never by Kafka's order of arrival)."""
-    if account_id is None:
-        return False
-    cursor = await conn.execute(
-        f"SELECT topic FROM {EVENTS_TABLE} WHERE originator_id = %s AND notification_id < %s "
-        "ORDER BY originator_version DESC LIMIT 1",
-        (watchlist_entry_id(account_id), notification_id),
-    )
-    row = await cursor.fetchone()
-    return row is not None and str(row[0]).endswith(LISTED_EVENTS)
-
-
 async def apply_alerts_batch(
     conn: AsyncConnection[Any],
     events: Sequence[Envelope],
@@ -120,8 +105,10 @@ async def apply_alerts_batch(
     config_version: int,
     schema: str = SCHEMA,
 ) -> tuple[BatchResult, list[Hit]]:
+    """Score the new events of a batch, in one transaction with a fixed number of
+    statements: the windows, the watchlist's history and the alerts each go in one."""
     result = BatchResult()
-    raised: list[Hit] = []
+    raised: list[tuple[Hit, str | None, Envelope]] = []
     async with conn.transaction():
         await use_schema(conn, schema)
         mark = await lock_position(conn, PROJECTION)
@@ -129,7 +116,9 @@ async def apply_alerts_batch(
             conn, PROJECTION, [e.notification_id for e in events if e.notification_id > mark]
         )
         windows = await _load_windows(conn, events)
+        watchlist = await _watchlist_history(conn, events)
         changed: set[UUID] = set()
+        deferred: list[int] = []
         for event in events:
             if event.notification_id not in fresh:
                 result.duplicates += 1
@@ -140,60 +129,119 @@ async def apply_alerts_batch(
                 continue
             window = windows.get(event.aggregate_id) or AccountWindow(str(event.aggregate_id))
             if event.version != window.version + 1:
-                await _defer(conn, event, window, result)
+                if event.version <= window.version:
+                    result.duplicates += 1  # already scored: the window has moved past it
+                else:
+                    deferred.append(event.notification_id)
                 continue
-            movement = movement_of(event)
-            watchlisted = movement is not None and await watchlisted_before(
-                conn, movement.counterparty_account_id, event.notification_id
-            )
+            watchlisted = watchlist.listed_before(event)
             hits, windows[event.aggregate_id] = step(config, window, event, watchlisted)
             changed.add(event.aggregate_id)
-            for hit in hits:
-                await _record_alert(conn, hit, window.branch, event, config_version)
-            raised.extend(hits)
+            raised.extend((hit, window.branch, event) for hit in hits)
             result.applied += 1
+        result.deferred = await _untrack(conn, deferred)
         await _save_windows(conn, {a: windows[a] for a in changed})
+        await _record_alerts(conn, raised, config_version)
         result.position = await advance_mark(conn, PROJECTION, mark, result.applied)
         if raised:
             await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
-    return result, raised
+    return result, [hit for hit, _, _ in raised]
 
 
-async def _defer(
-    conn: AsyncConnection[Any], event: Envelope, window: AccountWindow, result: BatchResult
-) -> None:
-    if event.version <= window.version:
-        result.duplicates += 1  # already scored: the window has moved past it
-        return
-    # Early (a partially failed relay batch, retried): untracked again, so the mark
-    # stays below it and its redelivery, after its predecessor, scores it in order.
-    await conn.execute(
-        "DELETE FROM projection_tracking WHERE projection = %s AND notification_id = %s",
-        (PROJECTION, event.notification_id),
+async def _untrack(conn: AsyncConnection[Any], deferred: list[int]) -> int:
+    """Early events (a partially failed relay batch, retried) are untracked again, so the
+    mark stays below them and their redelivery, after their predecessors, scores them in
+    order."""
+    if deferred:
+        await conn.execute(
+            "DELETE FROM projection_tracking WHERE projection = %s "
+            "AND notification_id = ANY(%b::bigint[])",
+            (PROJECTION, deferred),
+        )
+    return len(deferred)
+
+
+class WatchlistHistory:
+    """The watchlist entries of a batch's counterparties, as the store has them up to the
+    batch's last event: enough to tell whether an account was listed just before any event
+    of the batch, by the store's order of notification ids (never by Kafka's order of
+    arrival)."""
+
+    def __init__(self, steps: dict[UUID, list[tuple[int, int, str]]]) -> None:
+        self.steps = steps  # entry id -> (notification id, version, topic)
+
+    def listed_before(self, event: Envelope) -> bool:
+        """Whether the counterparty of this movement was listed just before it."""
+        if not self.steps:
+            return False  # most batches: no counterparty was ever on the watchlist
+        account_id = _counterparty(event)
+        if account_id is None:
+            return False
+        earlier = [
+            (version, topic)
+            for step_id, version, topic in self.steps.get(watchlist_entry_id(account_id), ())
+            if step_id < event.notification_id
+        ]
+        return bool(earlier) and max(earlier)[1].endswith(LISTED_EVENTS)
+
+
+def _counterparty(event: Envelope) -> str | None:
+    movement = movement_of(event)
+    return None if movement is None else movement.counterparty_account_id
+
+
+async def _watchlist_history(
+    conn: AsyncConnection[Any], events: Sequence[Envelope]
+) -> WatchlistHistory:
+    counterparties = {a for a in map(_counterparty, events) if a is not None}
+    if not counterparties:
+        return WatchlistHistory({})
+    cursor = await conn.execute(
+        f"SELECT originator_id, notification_id, originator_version, topic FROM {EVENTS_TABLE} "
+        "WHERE originator_id = ANY(%b::uuid[]) AND notification_id < %s",
+        (
+            [watchlist_entry_id(a) for a in counterparties],
+            max(e.notification_id for e in events),
+        ),
     )
-    result.deferred += 1
+    steps: dict[UUID, list[tuple[int, int, str]]] = {}
+    for entry_id, step_id, version, topic in await cursor.fetchall():
+        steps.setdefault(entry_id, []).append((int(step_id), int(version), str(topic)))
+    return WatchlistHistory(steps)
 
 
 async def _load_windows(
     conn: AsyncConnection[Any], events: Sequence[Envelope]
 ) -> dict[UUID, AccountWindow]:
     ids = list({e.aggregate_id for e in events if e.is_account_event})
+    # As text, parsed by orjson: the windows are the bulk of what a batch reads.
     cursor = await conn.execute(
-        "SELECT account_id, state FROM rule_windows WHERE account_id = ANY(%s)", (ids,)
+        "SELECT account_id, state::text FROM rule_windows WHERE account_id = ANY(%b::uuid[])",
+        (ids,),
     )
-    return {row[0]: AccountWindow.from_json(row[1]) for row in await cursor.fetchall()}
+    return {
+        row[0]: AccountWindow.from_json(orjson.loads(row[1])) for row in await cursor.fetchall()
+    }
 
 
 async def _save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:
     if not windows:
         return
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO rule_windows (account_id, version, state) VALUES (%s, %s, %s) "
-            "ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, "
-            "state = EXCLUDED.state",
-            [(a, w.version, Jsonb(w.to_json())) for a, w in windows.items()],
-        )
+    await conn.execute(
+        "INSERT INTO rule_windows (account_id, version, state) "
+        "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::jsonb[]) "
+        "ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, "
+        "state = EXCLUDED.state",
+        (
+            list(windows),
+            [w.version for w in windows.values()],
+            [_jsonb(w.to_json()) for w in windows.values()],
+        ),
+    )
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=orjson.dumps)
 
 
 def alert_body(
@@ -219,23 +267,51 @@ def alert_body(
     }
 
 
-async def _record_alert(
-    conn: AsyncConnection[Any], hit: Hit, branch: str | None, event: Envelope, version: int
+# Only the alerts not there yet get an outbox row, in the order they were raised.
+RECORD_ALERTS: Final = """
+WITH recorded AS (
+    INSERT INTO alerts (alert_id, rule, severity, account_id, branch, transaction_ids,
+        positions, explanation, raised_at, notification_id, chain_head, rule_config_version,
+        case_id)
+    SELECT * FROM unnest(%(alert_id)b::uuid[], %(rule)b::text[], %(severity)b::text[],
+        %(account_id)b::uuid[], %(branch)b::text[], %(transaction_ids)b::jsonb[],
+        %(positions)b::jsonb[], %(explanation)b::text[], %(raised_at)b::timestamptz[],
+        %(notification_id)b::bigint[], %(chain_head)b::text[], %(version)b::int[],
+        %(case_id)b::uuid[])
+    ON CONFLICT (alert_id) DO NOTHING
+    RETURNING alert_id
+)
+INSERT INTO alerts_outbox (alert_id, account_id, payload)
+SELECT o.alert_id, o.account_id, o.payload
+FROM unnest(%(alert_id)b::uuid[], %(account_id)b::uuid[], %(payload)b::jsonb[])
+    WITH ORDINALITY AS o(alert_id, account_id, payload, position)
+JOIN recorded USING (alert_id)
+ORDER BY o.position
+"""
+
+
+async def _record_alerts(
+    conn: AsyncConnection[Any], raised: list[tuple[Hit, str | None, Envelope]], version: int
 ) -> None:
-    body = alert_body(hit, branch, event.hash, version)
-    cursor = await conn.execute(
-        "INSERT INTO alerts (alert_id, rule, severity, account_id, branch, "
-        "transaction_ids, positions, explanation, raised_at, notification_id, chain_head, "
-        "rule_config_version, case_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (alert_id) DO NOTHING",
-        (
-            body["alert_id"], hit.rule, hit.severity, hit.account_id, branch,
-            Jsonb(hit.transaction_ids), Jsonb(hit.notification_ids), hit.explanation,
-            hit.raised_at, hit.notification_id, event.hash, version, body["case_id"],
-        ),
-    )  # fmt: skip
-    if cursor.rowcount == 1:
-        await conn.execute(
-            "INSERT INTO alerts_outbox (alert_id, account_id, payload) VALUES (%s, %s, %s)",
-            (body["alert_id"], hit.account_id, Jsonb(body)),
-        )
+    if not raised:
+        return
+    bodies = [alert_body(hit, branch, event.hash, version) for hit, branch, event in raised]
+    await conn.execute(
+        RECORD_ALERTS,
+        {
+            "alert_id": [UUID(b["alert_id"]) for b in bodies],
+            "rule": [hit.rule for hit, _, _ in raised],
+            "severity": [hit.severity for hit, _, _ in raised],
+            "account_id": [hit.account_id for hit, _, _ in raised],
+            "branch": [branch for _, branch, _ in raised],
+            "transaction_ids": [_jsonb(hit.transaction_ids) for hit, _, _ in raised],
+            "positions": [_jsonb(hit.notification_ids) for hit, _, _ in raised],
+            "explanation": [hit.explanation for hit, _, _ in raised],
+            "raised_at": [hit.raised_at for hit, _, _ in raised],
+            "notification_id": [hit.notification_id for hit, _, _ in raised],
+            "chain_head": [event.hash for _, _, event in raised],
+            "version": [version for _ in raised],
+            "case_id": [UUID(b["case_id"]) for b in bodies],
+            "payload": [_jsonb(b) for b in bodies],
+        },
+    )

@@ -1,8 +1,9 @@
 """Applies the compliance projections' rows (`projections/compliance.py`) in PostgreSQL,
-inside the batch transaction of `projection_store.apply_batch`.
+inside the batch transaction of `projection_store.apply_batch`: one statement per table
+for a whole batch.
 
-A case's row is recomputed from its whole history after each step is recorded, so the
-result depends only on which steps have arrived, never on their order: a step delivered
+A case's row is recomputed from its whole history once a batch's steps are recorded, so
+the result depends only on which steps have arrived, never on their order: a step delivered
 early, late or twice leaves the same row as the store's order would.
 """
 
@@ -18,11 +19,15 @@ from projections.rows import CaseEventRow, WatchlistChanged
 INSERT_HISTORY: Final = (
     "INSERT INTO case_history (case_id, version, event_type, status, actor_subject, "
     "actor_role, note, details, at, notification_id) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (case_id, version) DO NOTHING"
+    "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::jsonb[], %b::timestamptz[], %b::bigint[]) "
+    "ON CONFLICT (case_id, version) DO NOTHING RETURNING case_id"
 )
 
 # The case as its recorded steps make it: the opening's facts, the latest status, the
 # latest assignee, the closing's resolution. Nothing until the opening itself is here.
+# Recomputed once per batch for every case that got a new step: the row depends only on
+# the steps recorded, so once after the last equals once after each.
 RECOMPUTE_CASE: Final = """
 INSERT INTO cases AS c (case_id, alert_id, account_id, branch, rule, severity, status,
     assignee, resolution, explanation, version, opened_at, updated_at, closed_at,
@@ -45,7 +50,7 @@ LEFT JOIN LATERAL (SELECT h.details->>'assignee' AS assignee FROM case_history h
 LEFT JOIN LATERAL (SELECT h.details->>'resolution' AS resolution, h.at
     FROM case_history h WHERE h.case_id = o.case_id AND h.event_type = 'CaseClosed'
     ORDER BY h.version DESC LIMIT 1) cl ON true
-WHERE o.case_id = %(case_id)s AND o.event_type = 'CaseOpened'
+WHERE o.case_id = ANY(%(case_ids)b::uuid[]) AND o.event_type = 'CaseOpened'
 ON CONFLICT (case_id) DO UPDATE SET branch = coalesce(c.branch, EXCLUDED.branch),
     status = EXCLUDED.status, assignee = EXCLUDED.assignee, resolution = EXCLUDED.resolution,
     version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
@@ -54,7 +59,9 @@ ON CONFLICT (case_id) DO UPDATE SET branch = coalesce(c.branch, EXCLUDED.branch)
 
 UPSERT_WATCHLIST: Final = (
     "INSERT INTO watchlist AS w (account_id, listed, reason, changed_at, changed_by, "
-    "changed_by_role, version, notification_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "changed_by_role, version, notification_id) SELECT * FROM unnest(%b::uuid[], "
+    "%b::boolean[], %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::bigint[], "
+    "%b::bigint[]) "
     "ON CONFLICT (account_id) DO UPDATE SET listed = EXCLUDED.listed, "
     "reason = EXCLUDED.reason, changed_at = EXCLUDED.changed_at, "
     "changed_by = EXCLUDED.changed_by, changed_by_role = EXCLUDED.changed_by_role, "
@@ -63,41 +70,40 @@ UPSERT_WATCHLIST: Final = (
 )
 
 
-async def apply_row(conn: AsyncConnection[Any], row: CaseEventRow | WatchlistChanged) -> None:
-    match row:
-        case CaseEventRow():
-            await _apply_case_event(conn, row)
-        case WatchlistChanged():
-            await conn.execute(
-                UPSERT_WATCHLIST,
-                (
-                    row.account_id,
-                    row.listed,
-                    row.reason,
-                    row.at,
-                    row.actor_subject,
-                    row.actor_role,
-                    row.version,
-                    row.notification_id,
-                ),
-            )
+async def apply_watchlist(conn: AsyncConnection[Any], rows: list[WatchlistChanged]) -> None:
+    """At most one row per account (its highest version): one upsert may not touch a row twice."""
+    assert len({r.account_id for r in rows}) == len(rows), "one row per account"
+    await conn.execute(
+        UPSERT_WATCHLIST,
+        (
+            [r.account_id for r in rows],
+            [r.listed for r in rows],
+            [r.reason for r in rows],
+            [r.at for r in rows],
+            [r.actor_subject for r in rows],
+            [r.actor_role for r in rows],
+            [r.version for r in rows],
+            [r.notification_id for r in rows],
+        ),
+    )
 
 
-async def _apply_case_event(conn: AsyncConnection[Any], row: CaseEventRow) -> None:
+async def apply_case_events(conn: AsyncConnection[Any], rows: list[CaseEventRow]) -> None:
     cursor = await conn.execute(
         INSERT_HISTORY,
         (
-            row.case_id,
-            row.version,
-            row.event_type,
-            row.status,
-            row.actor_subject,
-            row.actor_role,
-            row.note,
-            Jsonb(row.details),
-            row.at,
-            row.notification_id,
+            [r.case_id for r in rows],
+            [r.version for r in rows],
+            [r.event_type for r in rows],
+            [r.status for r in rows],
+            [r.actor_subject for r in rows],
+            [r.actor_role for r in rows],
+            [r.note for r in rows],
+            [Jsonb(r.details) for r in rows],
+            [r.at for r in rows],
+            [r.notification_id for r in rows],
         ),
     )
-    if cursor.rowcount == 1:
-        await conn.execute(RECOMPUTE_CASE, {"case_id": row.case_id})
+    stepped = list({row[0] for row in await cursor.fetchall()})
+    if stepped:
+        await conn.execute(RECOMPUTE_CASE, {"case_ids": stepped})

@@ -20,6 +20,12 @@ log = structlog.get_logger("vigil.consumer")
 FETCH_TIMEOUT_MS = 500
 # tansu answers a fetch only when its wait runs out: keep it short, for lag.
 FETCH_WAIT_MS = 20
+# What one fetch may bring: enough that a lagging projection's batch (workers.py's
+# FETCH_RECORDS_MAX, envelopes of about 1 KiB) fills from one round of fetches over its
+# partitions, so one transaction covers thousands of events; bounded so a consumer's
+# buffer stays a few MiB per partition.
+FETCH_PARTITION_BYTES_MAX = 4 * 1024 * 1024
+FETCH_BYTES_MAX = 32 * 1024 * 1024
 RETRY_BACKOFF_S_MIN = 0.1
 RETRY_BACKOFF_S_MAX = 5.0
 
@@ -37,6 +43,8 @@ def new_consumer(
         enable_auto_commit=False,
         max_poll_records=records_max,
         fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX,
+        fetch_max_bytes=FETCH_BYTES_MAX,
         request_timeout_ms=30_000,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,

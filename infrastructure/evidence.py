@@ -63,8 +63,9 @@ WATCHLIST_AS_OF: Final = (
 def watchlisted_before_sync(
     conn: Connection[Any], account_id: str | None, notification_id: int
 ) -> bool:
-    """`alerts_store.watchlisted_before`, synchronous: whether the account was on the
-    watchlist just before this event, by the store's order of notification ids."""
+    """What `alerts_store.WatchlistHistory` tells the alerts projection for a whole batch,
+    for one event: whether the account was on the watchlist just before it, by the
+    store's order of notification ids."""
     if account_id is None:
         return False
     # Tuples whatever the connection's row factory (the ledger's pool gives dicts).

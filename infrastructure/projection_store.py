@@ -9,26 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 from uuid import UUID
 
 import structlog
 from psycopg import AsyncConnection
 
-from infrastructure.compliance_store import apply_row as apply_compliance_row
 from infrastructure.readmodel_schema import SCHEMA
+from infrastructure.readmodel_writes import write_batch
 from infrastructure.store import EVENTS_TABLE
+from projections.batch import fold
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
-from projections.rows import (
-    AccountOpenedRow,
-    BalanceChanged,
-    BranchKnown,
-    KpiIncrement,
-    Row,
-    StatementLine,
-    StatusChanged,
-)
+from projections.rows import Row
 
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
@@ -52,7 +46,8 @@ async def apply_batch(
     events: Sequence[Envelope],
     schema: str = SCHEMA,
 ) -> BatchResult:
-    """Apply the new events of a batch and advance the mark, all in one transaction."""
+    """Apply the new events of a batch and advance the mark, all in one transaction, with
+    a fixed number of statements whatever the batch's size (`projections/batch.py`)."""
     project = PROJECTORS[projection]
     result = BatchResult()
     async with conn.transaction():
@@ -62,25 +57,33 @@ async def apply_batch(
             conn, projection, [e.notification_id for e in events if e.notification_id > mark]
         )
         versions = await _projected_versions(conn, projection, events)
+        rows: list[Row] = []
+        deferred: list[tuple[Envelope, int]] = []  # with the version projected then
         for event in events:
             if event.notification_id not in fresh:
                 result.duplicates += 1
                 continue
             fresh.discard(event.notification_id)  # a batch may hold one id twice
-            if versions is not None and not await _in_order(conn, projection, event, versions):
-                result.deferred += 1
+            order = Order.NEXT if versions is None else _order_of(event, versions)
+            if order is Order.EARLY:
+                assert versions is not None
+                deferred.append((event, versions.get(event.aggregate_id, 0)))
                 continue
-            for row in project(event):
-                await _apply_row(conn, row)
+            if order is Order.NEXT:
+                rows.extend(project(event))
             result.applied += 1
             if event.is_account_event:
                 previous = result.touched_versions.get(event.aggregate_id, 0)
                 result.touched_versions[event.aggregate_id] = max(previous, event.version)
+        result.deferred = await _untrack(conn, projection, deferred)
+        await write_batch(conn, fold(rows))
         result.position = await advance_mark(conn, projection, mark, result.applied)
         channel = NOTIFY_CHANNELS.get(projection)
-        if channel:
-            for account_id, version in result.touched_versions.items():
-                await conn.execute("SELECT pg_notify(%s, %s)", (channel, f"{account_id}:{version}"))
+        if channel and result.touched_versions:
+            await conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
+                (channel, [f"{a}:{v}" for a, v in result.touched_versions.items()]),
+            )
     return result
 
 
@@ -99,25 +102,42 @@ async def _projected_versions(
         return None  # statements and KPIs come out the same in any order
     ids = list({e.aggregate_id for e in events if e.is_account_event})
     cursor = await conn.execute(
-        "SELECT account_id, version FROM accounts WHERE account_id = ANY(%s)", (ids,)
+        "SELECT account_id, version FROM accounts WHERE account_id = ANY(%b::uuid[])", (ids,)
     )
     return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
 
-async def _in_order(
-    conn: AsyncConnection[Any], projection: str, event: Envelope, versions: dict[UUID, int]
-) -> bool:
-    """Whether a balances event follows the projected version. One that comes early (a
-    batch the relay retried after a partial failure) is untracked again: the mark stays
-    below it, and its redelivery, after its predecessor, applies it."""
+class Order(Enum):
+    NEXT = "next"  # the account's next version (or not an account event): apply it
+    PAST = "past"  # at or below the projected version: its rows would change nothing
+    EARLY = "early"  # a version is missing before it: defer it
+
+
+def _order_of(event: Envelope, versions: dict[UUID, int]) -> Order:
+    """Where a balances event stands against the account's projected version, which it
+    moves on. An early one (a batch the relay retried after a partial failure) is
+    untracked again: the mark stays below it, and its redelivery, after its
+    predecessor, applies it."""
     if not event.is_account_event:
-        return True
+        return Order.NEXT
     projected = versions.get(event.aggregate_id, 0)
     if event.version > projected + 1:
-        await conn.execute(
-            "DELETE FROM projection_tracking WHERE projection = %s AND notification_id = %s",
-            (projection, event.notification_id),
-        )
+        return Order.EARLY
+    versions[event.aggregate_id] = max(projected, event.version)
+    return Order.NEXT if event.version > projected else Order.PAST
+
+
+async def _untrack(
+    conn: AsyncConnection[Any], projection: str, deferred: list[tuple[Envelope, int]]
+) -> int:
+    if not deferred:
+        return 0
+    await conn.execute(
+        "DELETE FROM projection_tracking WHERE projection = %s "
+        "AND notification_id = ANY(%b::bigint[])",
+        (projection, [event.notification_id for event, _ in deferred]),
+    )
+    for event, projected in deferred:
         log.warning(
             "projection_event_deferred",
             projection=projection,
@@ -125,9 +145,7 @@ async def _in_order(
             version=event.version,
             projected_version=projected,
         )
-        return False
-    versions[event.aggregate_id] = max(projected, event.version)
-    return True
+    return len(deferred)
 
 
 async def lock_position(conn: AsyncConnection[Any], projection: str) -> int:
@@ -151,29 +169,43 @@ async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> 
         return set()
     cursor = await conn.execute(
         "INSERT INTO projection_tracking (projection, notification_id) "
-        "SELECT %s, unnest(%s::bigint[]) ON CONFLICT DO NOTHING RETURNING notification_id",
+        "SELECT %s, unnest(%b::bigint[]) ON CONFLICT DO NOTHING RETURNING notification_id",
         (projection, ids),
     )
     return {int(row[0]) for row in await cursor.fetchall()}
 
 
+# The mark moves over the stored ids above it for as long as each is tracked: the
+# store's gaps are skipped because only ids that exist in the store are walked. With k
+# ids tracked above the mark it can move over k stored ids at most, so the walk looks at
+# k + 1 of them (and never more than MARK_SCAN_MAX; the next batch goes on).
+ADVANCE_MARK: Final = f"""
+WITH stored AS (
+    SELECT notification_id FROM {EVENTS_TABLE} WHERE notification_id > %(mark)s
+    ORDER BY notification_id
+    LIMIT least(%(scan)s,
+        (SELECT count(*) + 1 FROM projection_tracking WHERE projection = %(projection)s))
+), walk AS (
+    SELECT s.notification_id, t.notification_id IS NULL AS missing FROM stored s
+    LEFT JOIN projection_tracking t
+        ON t.projection = %(projection)s AND t.notification_id = s.notification_id
+)
+SELECT max(notification_id) FROM walk WHERE notification_id
+    < coalesce((SELECT min(notification_id) FROM walk WHERE missing), %(beyond)s)
+"""
+BIGINT_MAX = 2**63 - 1  # beyond every notification id: no untracked one was walked
+
+
 async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, applied: int) -> int:
-    """Move the mark over every stored id that is tracked; the store's gaps are skipped
-    because only ids that exist in the store are walked."""
+    """Move the mark over every stored id that is tracked, compact the tracking rows at or
+    below it, and record it."""
     cursor = await conn.execute(
-        f"WITH stored AS (SELECT notification_id FROM {EVENTS_TABLE} "
-        "  WHERE notification_id > %(mark)s ORDER BY notification_id LIMIT %(scan)s) "
-        "SELECT s.notification_id, t.notification_id IS NOT NULL FROM stored s "
-        f"LEFT JOIN projection_tracking t "
-        "  ON t.projection = %(projection)s AND t.notification_id = s.notification_id "
-        "ORDER BY s.notification_id",
-        {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection},
+        ADVANCE_MARK,
+        {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection, "beyond": BIGINT_MAX},
     )
-    new_mark = mark
-    for notification_id, tracked in await cursor.fetchall():
-        if not tracked:
-            break
-        new_mark = int(notification_id)
+    row = await cursor.fetchone()
+    new_mark = mark if row is None or row[0] is None else int(row[0])
+    assert new_mark >= mark, (new_mark, mark)
     if new_mark > mark:
         await conn.execute(
             "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
@@ -185,102 +217,3 @@ async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, a
         (new_mark, applied, projection),
     )
     return new_mark
-
-
-async def _apply_row(conn: AsyncConnection[Any], row: Row) -> None:
-    match row:
-        case AccountOpenedRow():
-            await conn.execute(
-                "INSERT INTO accounts (account_id, owner, branch, currency, status, "
-                "balance_minor, overdraft_limit_minor, version, opened_at, updated_at, "
-                "notification_id) VALUES (%s, %s, %s, %s, 'open', 0, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (account_id) DO NOTHING",
-                (
-                    row.account_id,
-                    row.owner,
-                    row.branch,
-                    row.currency,
-                    row.overdraft_limit_minor,
-                    row.version,
-                    row.at,
-                    row.at,
-                    row.notification_id,
-                ),
-            )
-        case BalanceChanged():
-            await conn.execute(
-                "UPDATE accounts SET balance_minor = %s, version = %s, updated_at = %s, "
-                "last_transaction_at = %s, notification_id = %s "
-                "WHERE account_id = %s AND version < %s",
-                (
-                    row.balance_minor,
-                    row.version,
-                    row.at,
-                    row.at,
-                    row.notification_id,
-                    row.account_id,
-                    row.version,
-                ),
-            )
-        case StatusChanged():
-            await conn.execute(
-                "UPDATE accounts SET status = %s, version = %s, updated_at = %s, "
-                "notification_id = %s WHERE account_id = %s AND version < %s",
-                (row.status, row.version, row.at, row.notification_id, row.account_id, row.version),
-            )
-        case StatementLine():
-            await _insert_statement_line(conn, row)
-        case BranchKnown():
-            await conn.execute(
-                "INSERT INTO kpi_account_branches (account_id, branch) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (row.account_id, row.branch),
-            )
-        case KpiIncrement():
-            await _add_kpi(conn, row)
-        case _:
-            await apply_compliance_row(conn, row)
-
-
-async def _insert_statement_line(conn: AsyncConnection[Any], row: StatementLine) -> None:
-    await conn.execute(
-        "INSERT INTO transactions (account_id, version, transaction_id, "
-        "counterparty_account_id, direction, kind, amount_minor, balance_after_minor, currency, "
-        "reference, channel, actor_subject, actor_role, occurred_at, correlation_id, "
-        "notification_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (account_id, version) DO NOTHING",
-        (
-            row.account_id,
-            row.version,
-            row.transaction_id,
-            row.counterparty_account_id,
-            row.direction,
-            row.kind,
-            row.amount_minor,
-            row.balance_after_minor,
-            row.currency,
-            row.reference,
-            row.channel,
-            row.actor_subject,
-            row.actor_role,
-            row.occurred_at,
-            row.correlation_id,
-            row.notification_id,
-        ),
-    )
-
-
-async def _add_kpi(conn: AsyncConnection[Any], row: KpiIncrement) -> None:
-    await conn.execute(
-        "INSERT INTO kpis_hourly (hour, currency, metric, count, sum_minor) "
-        "VALUES (%s, %s, %s, 1, %s) ON CONFLICT (hour, currency, metric) DO UPDATE SET "
-        "count = kpis_hourly.count + 1, sum_minor = kpis_hourly.sum_minor + EXCLUDED.sum_minor",
-        (row.hour, row.currency, row.metric, row.amount_minor),
-    )
-    await conn.execute(
-        "INSERT INTO kpis_branch (branch, currency, metric, count, sum_minor) "
-        "SELECT branch, %s, %s, 1, %s FROM kpi_account_branches WHERE account_id = %s "
-        "ON CONFLICT (branch, currency, metric) DO UPDATE SET "
-        "count = kpis_branch.count + 1, sum_minor = kpis_branch.sum_minor + EXCLUDED.sum_minor",
-        (row.currency, row.metric, row.amount_minor, row.account_id),
-    )

@@ -34,9 +34,8 @@ class VigilRecorder(PostgresApplicationRecorder):
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        # PostgreSQL's JIT would compile a group's queries (thousands of ids make them look
-        # expensive) for ~70 ms each, to run them in a few: never worth it here. The
-        # connections the pool already made are replaced by ones carrying the option.
+        # No JIT (store.SESSION_OPTIONS says why). The connections the pool already made
+        # are replaced by ones carrying the option.
         pool_kwargs = self.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
         options = str(pool_kwargs.get("options") or "")
@@ -136,28 +135,30 @@ class VigilRecorder(PostgresApplicationRecorder):
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         ]
-        failure: Exception | None = None
-        with self.datastore.get_connection() as conn:
-            with conn.pipeline(), conn.transaction(), conn.cursor() as curs:
-                try:
-                    self._lock_table(curs)
-                    self._notify_channel(curs)
-                    if index_rows:
-                        curs.execute(
-                            self.insert_events_and_index_statement,
-                            [*event_columns, *index_columns(index_rows)],
-                            prepare=True,
-                        )
-                    else:
-                        curs.execute(self.insert_events_only_statement, event_columns, prepare=True)
-                    if replies:
-                        curs.execute(
-                            self.insert_replies_statement, reply_columns(replies), prepare=True
-                        )
-                except Exception as error:  # raised after the pipeline is closed
-                    failure = error
-            if failure is not None:
-                raise failure
+        # A failure propagates through the transaction block, which rolls back (nothing
+        # of the group is written), and leaves as an IntegrityError when it was a lost
+        # race: the datastore translates psycopg's errors.
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline() as pipeline,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            if index_rows:
+                curs.execute(
+                    self.insert_events_and_index_statement,
+                    [*event_columns, *index_columns(index_rows)],
+                    prepare=True,
+                )
+            else:
+                curs.execute(self.insert_events_only_statement, event_columns, prepare=True)
+            if replies:
+                curs.execute(self.insert_replies_statement, reply_columns(replies), prepare=True)
+            # Sync here, so a unique violation (a lost race) is raised as itself, not as
+            # "pipeline aborted" from the commit that would follow.
+            pipeline.sync()
         return None
 
     def select_group_state(

@@ -17,7 +17,7 @@ import structlog
 
 from infrastructure.readmodel_schema import SCHEMA as READMODEL_SCHEMA
 from infrastructure.settings import Settings
-from infrastructure.store import MIGRATION_LOCK_ID
+from infrastructure.store import MIGRATION_LOCK_ID, SESSION_OPTIONS
 
 log = structlog.get_logger("vigil.relay")
 
@@ -66,6 +66,7 @@ class RelayStore:
             autocommit=True,
             connect_timeout=settings.db_connect_timeout_s,
             application_name="vigil-relay",
+            options=SESSION_OPTIONS,
         )
         return cls(conn, topic, migrate_on_start=settings.migrate_on_start)
 

@@ -9,6 +9,7 @@ republished) is sought back to its beginning; tracking makes the replays harmles
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Sequence
@@ -33,13 +34,16 @@ from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
-from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID
+from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID, SESSION_OPTIONS
 from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
 
-FETCH_RECORDS_MAX = 1000
+# One fetched batch is one transaction, applied with a fixed number of statements
+# (projection_store.apply_batch): when a projection lags, the bigger the batch the
+# sooner it catches up. When it keeps up, batches hold only what arrived meanwhile.
+FETCH_RECORDS_MAX = 5000
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -170,7 +174,7 @@ class ProjectionWorker:
         await consumer.start()
         try:
             async with await psycopg.AsyncConnection.connect(
-                self.settings.resolved_database_url(), autocommit=True
+                self.settings.resolved_database_url(), autocommit=True, options=SESSION_OPTIONS
             ) as conn:
                 if self.alerts is not None:
                     await self.alerts.prepare(conn)
@@ -201,14 +205,15 @@ class ProjectionWorker:
         EVENTS_APPLIED.labels(self.projection).inc(result.applied)
         EVENTS_DUPLICATE.labels(self.projection).inc(result.duplicates)
         POSITION.labels(self.projection).set(result.position)
-        for event in events:
-            log.debug(
-                "event_projected",
-                projection=self.projection,
-                notification_id=event.notification_id,
-                correlation_id=event.correlation_id,
-                account_id=str(event.aggregate_id),
-            )
+        if log.is_enabled_for(logging.DEBUG):  # thousands of events a second otherwise
+            for event in events:
+                log.debug(
+                    "event_projected",
+                    projection=self.projection,
+                    notification_id=event.notification_id,
+                    correlation_id=event.correlation_id,
+                    account_id=str(event.aggregate_id),
+                )
         if self.projection == "balances" and result.touched_versions and self.cache is not None:
             await cache_account_rows(
                 conn, self.cache, self.settings.redis_key_prefix, list(result.touched_versions)

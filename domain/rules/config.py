@@ -7,6 +7,7 @@ floats anywhere. `describe()` is the canonical form whose hash names a configura
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -77,9 +78,20 @@ class RulesConfig:
 
     def minor(self, major: int | Fraction, currency: str) -> int:
         """A reference amount in this currency's minor units (rounded up: never lower)."""
-        factor = self.currency_factors.get(currency, Fraction(1))
-        exact = Fraction(major) * factor * 10 ** exponent_of(currency)
-        return int(-(-exact.numerator // exact.denominator))
+        key = (major, currency)
+        minor = self._minor_cache.get(key)
+        if minor is None:
+            factor = self.currency_factors.get(currency, Fraction(1))
+            exact = Fraction(major) * factor * 10 ** exponent_of(currency)
+            minor = self._minor_cache[key] = int(-(-exact.numerator // exact.denominator))
+        return minor
+
+    @functools.cached_property
+    def _minor_cache(self) -> dict[tuple[int | Fraction, str], int]:
+        # Every movement asks for several thresholds, always the same few: each is worked
+        # out once. Bounded by the parameters times the currencies (exponent_of refuses
+        # unknown ones); not a field, so describe() and the hash never see it.
+        return {}
 
     @property
     def keep_s(self) -> int:

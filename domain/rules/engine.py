@@ -74,12 +74,14 @@ def evaluate(
     """Score one movement; return the alerts it completes and the window after it."""
     assert version > window.version, "an account's events are scored in order"
     before = window.last_movement_at or window.opened_at
-    with_movement = replace(window, movements=(*window.movements, movement))
-    context = Context(config, with_movement, movement, counterparty_watchlisted, before)
     hits: list[Hit] = []
-    used = dict(with_movement.used)
+    # One context for all rules: its window holds `used` itself, so each rule sees the
+    # evidence the rules before it took.
+    used = dict(window.used)
+    with_movement = replace(window, movements=(*window.movements, movement), used=used)
+    context = Context(config, with_movement, movement, counterparty_watchlisted, before)
     for rule, check in RULE_CHECKS:
-        found = check(replace(context, window=replace(with_movement, used=used)))
+        found = check(context)
         if found is None:
             continue
         evidence, explanation = found
@@ -96,7 +98,7 @@ def evaluate(
             )
         )
         used[rule] = used.get(rule, frozenset()) | {m.notification_id for m in evidence}
-    after = replace(with_movement, used=used, last_movement_at=movement.at, version=version)
+    after = replace(with_movement, last_movement_at=movement.at, version=version)
     return hits, after.pruned(movement.at, config.keep_s, config.new_account_window_s)
 
 

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from application.commands import Deposit, OpenAccount, Transfer
+from application.compliance import Compliance
 from application.ledger import Ledger
 from domain.ids import alert_id
 from domain.integrity import Actor
@@ -29,6 +30,7 @@ from tests.integration.support import Clock, rows, run, stored_envelopes
 pytestmark = pytest.mark.integration
 
 TELLER = Actor("alice", "teller")
+OFFICER = Actor("olivia", "compliance")
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 
@@ -134,3 +136,32 @@ def test_a_lower_threshold_is_another_stored_configuration_version(settings: Set
     first, second, again = asyncio.run(versions())
     assert first != second
     assert again == first
+
+
+def test_one_batch_scores_each_transfer_against_the_watchlist_as_it_was_then(
+    ledger: Ledger, settings: Settings
+) -> None:
+    payer, payee = uuid4(), uuid4()
+    run(ledger, OpenAccount(payer, "A", "001", "GBP", 0), OpenAccount(payee, "B", "001", "GBP", 0))
+    run(ledger, Deposit(payer, Money(100_000, "GBP"), uuid4(), channel="wire"))
+    run(ledger, Transfer(payer, payee, Money(1_000, "GBP"), uuid4()))
+    Compliance(ledger).add_to_watchlist(payee, "sanctions hit", OFFICER, "w1")
+    run(ledger, Transfer(payer, payee, Money(1_000, "GBP"), uuid4()))
+    run(ledger, Transfer(payer, payee, Money(1_000, "GBP"), uuid4()))
+    events = stored_envelopes(ledger)
+    after_listing = [
+        e.notification_id
+        for e in events
+        if e.event_type == "TransferredOut" and e.aggregate_id == payer
+    ][1:]
+    result, hits = asyncio.run(score(settings, events, RulesConfig()))
+    assert [(h.rule, h.notification_id) for h in hits] == [("watchlist", n) for n in after_listing]
+    assert result.applied == len(events)
+    assert rows(
+        settings, "SELECT rule, notification_id FROM readmodel.alerts ORDER BY notification_id"
+    ) == [("watchlist", n) for n in after_listing]
+    outbox = rows(settings, "SELECT alert_id, payload FROM readmodel.alerts_outbox ORDER BY id")
+    assert [payload["scored_at_position"] for _, payload in outbox] == after_listing
+    assert [alert for alert, _ in outbox] == [
+        alert_id("watchlist", str(payer), n) for n in after_listing
+    ]

@@ -11,16 +11,17 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Transfer, Withdraw
+from application.commands import ChangeStatus, Deposit, OpenAccount, Transfer, Withdraw
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
+from infrastructure.replay import SHADOW_SCHEMA
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from projections.envelope import Envelope
-from tests.integration.support import rows, run, stored_envelopes
+from tests.integration.support import rows, run, run_group, stored_envelopes
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +55,13 @@ def seed(ledger: Ledger) -> list[UUID]:
     return [a, b]
 
 
-async def apply_all(settings: Settings, projection: str, events: list[Envelope]) -> Any:
+async def apply_all(
+    settings: Settings, projection: str, events: list[Envelope], schema: str = "readmodel"
+) -> Any:
     async with await psycopg.AsyncConnection.connect(
         settings.resolved_database_url(), autocommit=True
     ) as conn:
-        return await apply_batch(conn, projection, events)
+        return await apply_batch(conn, projection, events, schema)
 
 
 def position(settings: Settings, projection: str) -> int:
@@ -175,3 +178,115 @@ def test_a_balance_event_that_arrives_before_its_predecessor_waits_for_it(
         opened.aggregate_id,
     )
     assert (balance, version) == (10_000, 2)
+
+
+def busy_history(ledger: Ledger) -> list[UUID]:
+    """Three accounts of two branches; several movements and status changes of each one
+    close together, so that one batch holds many rows of the same account."""
+    a, b, c = uuid4(), uuid4(), uuid4()
+    gbp = lambda minor: Money(minor, "GBP")  # noqa: E731
+    run_group(
+        ledger,
+        OpenAccount(a, "Ada", "001", "GBP", 500),
+        OpenAccount(b, "Bob", "002", "GBP", 0),
+        OpenAccount(c, "Cy", "002", "GBP", 0),
+    )
+    run_group(ledger, Deposit(a, gbp(10_000), uuid4()), Deposit(b, gbp(700), uuid4()))
+    run(ledger, Transfer(a, b, gbp(2_500), uuid4()), Transfer(b, c, gbp(1_000), uuid4()))
+    run(ledger, ChangeStatus(a, "freeze", "check"), ChangeStatus(a, "unfreeze", "cleared"))
+    run(ledger, Withdraw(a, gbp(600), uuid4(), channel="card"), Deposit(c, gbp(5), uuid4()))
+    run(ledger, Transfer(c, a, gbp(105), uuid4()), ChangeStatus(b, "freeze", "check"))
+    return [a, b, c]
+
+
+LEDGER_TABLES = {
+    "balances": ("accounts",),
+    "statements": ("transactions",),
+    "kpis": ("kpis_hourly", "kpis_branch", "kpi_account_branches"),
+}
+
+
+def test_one_batch_leaves_the_same_read_models_as_one_event_per_batch(
+    ledger: Ledger, settings: Settings
+) -> None:
+    accounts = busy_history(ledger)
+    events = stored_envelopes(ledger)
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn, SHADOW_SCHEMA)
+    for projection, tables in LEDGER_TABLES.items():
+        whole = asyncio.run(apply_all(settings, projection, events))
+        assert (whole.applied, whole.deferred) == (len(events), 0)
+        for event in events:
+            asyncio.run(apply_all(settings, projection, [event], SHADOW_SCHEMA))
+        for table in tables:
+            # Sorted by key (the leading columns): no two rows tie on it.
+            live = sorted(rows(settings, f"SELECT * FROM readmodel.{table}"))
+            shadow = sorted(rows(settings, f"SELECT * FROM {SHADOW_SCHEMA}.{table}"))
+            assert live == shadow, table
+            assert live, table
+    for account_id in accounts:
+        aggregate = ledger.get_account(account_id)
+        [(balance, version, status, moved_at)] = rows(
+            settings,
+            "SELECT balance_minor, version, status, last_transaction_at FROM readmodel.accounts "
+            "WHERE account_id = %s",
+            account_id,
+        )
+        assert (balance, version, status, moved_at) == (
+            aggregate.balance_minor,
+            aggregate.version,
+            aggregate.status.value,
+            aggregate.last_transaction_at,
+        )
+    assert rows(settings, "SELECT count(*) FROM readmodel.transactions") == [(10,)]
+    assert sorted(
+        rows(settings, "SELECT branch, count, sum_minor FROM readmodel.kpis_branch "
+             "WHERE metric = 'transfers'")
+    ) == [("001", 1, 2_500), ("002", 2, 1_105)]  # fmt: skip
+
+
+def test_an_early_event_in_a_batch_is_deferred_while_the_rest_of_it_applies(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _, _ = busy_history(ledger)
+    events = stored_envelopes(ledger)
+    own = [e for e in events if e.aggregate_id == a]
+    opened, deposited, moved_out = own[:3]
+    assert (opened.version, deposited.version, moved_out.version) == (1, 2, 3)
+    first = asyncio.run(apply_all(settings, "balances", [e for e in events if e != deposited]))
+    later = own[2:]  # each comes before its predecessor now
+    assert (first.applied, first.deferred) == (len(events) - 1 - len(later), len(later))
+    assert position(settings, "balances") == opened.notification_id + 2  # b and c opened
+    tracked = [
+        n
+        for (n,) in rows(
+            settings,
+            "SELECT notification_id FROM readmodel.projection_tracking "
+            "WHERE projection = 'balances'",
+        )
+    ]
+    assert moved_out.notification_id not in tracked
+    assert rows(
+        settings, "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s", a
+    ) == [(0, 1)]
+    redelivered = own[1:]
+    again = asyncio.run(apply_all(settings, "balances", redelivered))
+    assert (again.applied, again.deferred) == (len(redelivered), 0)
+    aggregate = ledger.get_account(a)
+    assert rows(
+        settings, "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s", a
+    ) == [(aggregate.balance_minor, aggregate.version)]
+    assert position(settings, "balances") == events[-1].notification_id
+    assert rows(settings, "SELECT 1 FROM readmodel.projection_tracking") == []
+
+
+def test_a_batch_notifies_each_account_once_with_its_latest_version(
+    ledger: Ledger, settings: Settings
+) -> None:
+    accounts = busy_history(ledger)
+    events = stored_envelopes(ledger)
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as listener:
+        listener.execute("LISTEN readmodel_accounts")
+        asyncio.run(apply_all(settings, "balances", events))
+        payloads = [n.payload for n in listener.notifies(timeout=2, stop_after=len(accounts))]
+    assert sorted(payloads) == sorted(f"{a}:{ledger.get_account(a).version}" for a in accounts)

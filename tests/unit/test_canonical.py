@@ -12,10 +12,7 @@ from domain.integrity import canonical, stdlib_canonical, use_canonical_encoder
 from infrastructure.canonical import orjson_canonical
 
 scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.text()
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text()
 )
 values = st.recursive(
     scalars,

@@ -70,31 +70,33 @@ class GroupCommitter:
 
     def execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
         """The outcomes of these commands, in order, once their group is committed."""
-        if self._closed:
-            raise Unavailable("the command service is stopping; retry")
         if not submissions:
             return []
-        request = _Request(submissions)
-        self._queue.put(request)
+        request = self._enqueue(_Request(submissions))
         if not request.done.wait(CALLER_WAIT_S_MAX):
             raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry")
         return request.result()
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Outcome]:
         """`execute` for coroutines: the event loop goes on serving while this waits."""
-        if self._closed:
-            raise Unavailable("the command service is stopping; retry")
         if not submissions:
             return []
         loop = asyncio.get_running_loop()
         settled = asyncio.Event()
-        request = _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(settled.set))
-        self._queue.put(request)
+        request = self._enqueue(
+            _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(settled.set))
+        )
         try:
             await asyncio.wait_for(settled.wait(), CALLER_WAIT_S_MAX)
         except TimeoutError:
             raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry") from None
         return request.result()
+
+    def _enqueue(self, request: _Request) -> _Request:
+        if self._closed:
+            raise Unavailable("the command service is stopping; retry")
+        self._queue.put(request)
+        return request
 
     def close(self) -> None:
         self._closed = True

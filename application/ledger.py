@@ -165,21 +165,19 @@ class Ledger(Application[UUID]):
                     contended |= {i for i, v in stored.items() if v > tried.get(i, 0)}
                 tried = stored
                 return group.commit(submissions, held_back=contended if last else set())
-            except IntegrityError:
-                # Another writer took a version or a command id first. Nothing of ours
-                # was written; what we hold of these accounts is not what is stored.
+            except BaseException as error:
+                # Nothing of this attempt was written, so what we hold of these accounts
+                # may be ahead of the store: the next attempt or group reloads them.
                 self._accounts.drop(involved)
+                if isinstance(error, (OperationalError, InterfaceError)):
+                    raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
+                if isinstance(error, PersistenceError) and not isinstance(error, IntegrityError):
+                    raise Unavailable(f"event store refused the write: {error}") from error
+                if not isinstance(error, IntegrityError):
+                    raise
+                # Another writer took a version or a command id first: try again.
                 backoff_s = min(self.options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
                 time.sleep(backoff_s * (0.5 + random.random()))
-            except (OperationalError, InterfaceError) as error:
-                self._accounts.drop(involved)
-                raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
-            except PersistenceError as error:
-                self._accounts.drop(involved)
-                raise Unavailable(f"event store refused the write: {error}") from error
-            except BaseException:
-                self._accounts.drop(involved)
-                raise
         raise Unavailable(f"gave up after {self.options.retries_max} conflicting attempts")
 
     def _stored_replies(self, ids: list[UUID]) -> tuple[dict[UUID, ReplyRecord], list[UUID]]:

@@ -3,14 +3,14 @@ structurally, without importing them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from application.commands import Outcome, ReplyRecord, Submission
+from application.commands import ReplyRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,6 @@ class GroupState:
 
 class ReplyStore(Protocol):
     """Replies kept in PostgreSQL, written in the same transaction as the events."""
-
-    def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]: ...
 
     def select_group_state(
         self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
@@ -48,9 +46,3 @@ class NoReplyCache:
 
     def put_many(self, replies: Mapping[UUID, ReplyRecord]) -> None:
         return None
-
-
-class CommandExecutor(Protocol):
-    """Runs commands in order, each atomic on its own: the ledger, or its group committer."""
-
-    def execute(self, submissions: Sequence[Submission]) -> list[Outcome]: ...

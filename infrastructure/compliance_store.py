@@ -14,6 +14,7 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from infrastructure.sql_arrays import column_arrays
 from projections.rows import CaseEventRow, WatchlistChanged
 
 INSERT_HISTORY: Final = (
@@ -57,6 +58,17 @@ ON CONFLICT (case_id) DO UPDATE SET branch = coalesce(c.branch, EXCLUDED.branch)
     closed_at = EXCLUDED.closed_at, notification_id = EXCLUDED.notification_id
 """
 
+# UPSERT_WATCHLIST's unnest arrays, in order, by the row attribute each is read from.
+WATCHLIST_COLUMNS: Final = (
+    "account_id",
+    "listed",
+    "reason",
+    "at",
+    "actor_subject",
+    "actor_role",
+    "version",
+    "notification_id",
+)
 UPSERT_WATCHLIST: Final = (
     "INSERT INTO watchlist AS w (account_id, listed, reason, changed_at, changed_by, "
     "changed_by_role, version, notification_id) SELECT * FROM unnest(%b::uuid[], "
@@ -73,19 +85,7 @@ UPSERT_WATCHLIST: Final = (
 async def apply_watchlist(conn: AsyncConnection[Any], rows: list[WatchlistChanged]) -> None:
     """At most one row per account (its highest version): one upsert may not touch a row twice."""
     assert len({r.account_id for r in rows}) == len(rows), "one row per account"
-    await conn.execute(
-        UPSERT_WATCHLIST,
-        (
-            [r.account_id for r in rows],
-            [r.listed for r in rows],
-            [r.reason for r in rows],
-            [r.at for r in rows],
-            [r.actor_subject for r in rows],
-            [r.actor_role for r in rows],
-            [r.version for r in rows],
-            [r.notification_id for r in rows],
-        ),
-    )
+    await conn.execute(UPSERT_WATCHLIST, column_arrays(rows, WATCHLIST_COLUMNS))
 
 
 async def apply_case_events(conn: AsyncConnection[Any], rows: list[CaseEventRow]) -> None:

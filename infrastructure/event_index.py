@@ -29,6 +29,7 @@ from eventsourcing.persistence import StoredEvent
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from application.envelope import IndexRow, index_row
+from infrastructure.sql_arrays import column_arrays
 
 if TYPE_CHECKING:
     from application.ledger import Ledger
@@ -138,7 +139,7 @@ def append_only_statements(schema: str, tables: Sequence[str]) -> list[Composed]
 
 def index_columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
     """Column-wise, in COLUMNS order, for the unnest of the insert statements."""
-    return [[getattr(row, column) for row in rows] for column in COLUMNS]
+    return column_arrays(rows, COLUMNS)
 
 
 # Rebuilding ---------------------------------------------------------------------------

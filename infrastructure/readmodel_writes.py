@@ -16,8 +16,48 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 
 from infrastructure.compliance_store import apply_case_events, apply_watchlist
+from infrastructure.sql_arrays import column_arrays
 from projections.batch import AccountChange, BatchWrites, KpiTotal
 from projections.rows import AccountOpenedRow, StatementLine
+
+# Each statement's unnest arrays, in order, by the attribute each is read from.
+OPENED_COLUMNS: Final = (
+    "account_id",
+    "owner",
+    "branch",
+    "currency",
+    "overdraft_limit_minor",
+    "version",
+    "at",
+    "notification_id",
+)
+ACCOUNT_COLUMNS: Final = (
+    "account_id",
+    "version",
+    "at",
+    "notification_id",
+    "balance_minor",
+    "last_transaction_at",
+    "status",
+)
+LINE_COLUMNS: Final = (
+    "account_id",
+    "version",
+    "transaction_id",
+    "counterparty_account_id",
+    "direction",
+    "kind",
+    "amount_minor",
+    "balance_after_minor",
+    "currency",
+    "reference",
+    "channel",
+    "actor_subject",
+    "actor_role",
+    "occurred_at",
+    "correlation_id",
+    "notification_id",
+)
 
 INSERT_OPENED: Final = (
     "INSERT INTO accounts (account_id, owner, branch, currency, status, balance_minor, "
@@ -104,50 +144,16 @@ async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> None:
         await apply_watchlist(conn, list(writes.watchlist.values()))
 
 
-def _opened_columns(rows: list[AccountOpenedRow]) -> tuple[list[Any], ...]:
-    return (
-        [r.account_id for r in rows],
-        [r.owner for r in rows],
-        [r.branch for r in rows],
-        [r.currency for r in rows],
-        [r.overdraft_limit_minor for r in rows],
-        [r.version for r in rows],
-        [r.at for r in rows],
-        [r.notification_id for r in rows],
-    )
+def _opened_columns(rows: list[AccountOpenedRow]) -> list[list[Any]]:
+    return column_arrays(rows, OPENED_COLUMNS)
 
 
-def _account_columns(changes: list[AccountChange]) -> tuple[list[Any], ...]:
-    return (
-        [c.account_id for c in changes],
-        [c.version for c in changes],
-        [c.at for c in changes],
-        [c.notification_id for c in changes],
-        [c.balance_minor for c in changes],
-        [c.last_transaction_at for c in changes],
-        [c.status for c in changes],
-    )
+def _account_columns(changes: list[AccountChange]) -> list[list[Any]]:
+    return column_arrays(changes, ACCOUNT_COLUMNS)
 
 
-def _line_columns(lines: list[StatementLine]) -> tuple[list[Any], ...]:
-    return (
-        [r.account_id for r in lines],
-        [r.version for r in lines],
-        [r.transaction_id for r in lines],
-        [r.counterparty_account_id for r in lines],
-        [r.direction for r in lines],
-        [r.kind for r in lines],
-        [r.amount_minor for r in lines],
-        [r.balance_after_minor for r in lines],
-        [r.currency for r in lines],
-        [r.reference for r in lines],
-        [r.channel for r in lines],
-        [r.actor_subject for r in lines],
-        [r.actor_role for r in lines],
-        [r.occurred_at for r in lines],
-        [r.correlation_id for r in lines],
-        [r.notification_id for r in lines],
-    )
+def _line_columns(lines: list[StatementLine]) -> list[list[Any]]:
+    return column_arrays(lines, LINE_COLUMNS)
 
 
 def _kpi_columns(totals: Mapping[tuple[Any, str, str], KpiTotal]) -> tuple[list[Any], ...]:

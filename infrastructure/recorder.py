@@ -24,9 +24,11 @@ from infrastructure.event_index import (
     index_columns,
     index_create_statements,
 )
+from infrastructure.sql_arrays import column_arrays
 
 REPLIES_TABLE = "command_replies"
 REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
+EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
 
 
 class VigilRecorder(PostgresApplicationRecorder):
@@ -65,7 +67,7 @@ class VigilRecorder(PostgresApplicationRecorder):
             )
         )
         events = Identifier(self.datastore.schema, self.events_table_name)
-        index_columns = SQL(", ").join(Identifier(c) for c in COLUMNS)
+        index_names = SQL(", ").join(Identifier(c) for c in COLUMNS)
         # Events and their index rows in one statement; the index takes each event's
         # notification id from the rows just inserted. Arrays go over the wire in binary
         # (%b): no text escaping of thousands of values.
@@ -81,14 +83,10 @@ class VigilRecorder(PostgresApplicationRecorder):
         ).format(
             events=events,
             index=Identifier(self.datastore.schema, INDEX_TABLE),
-            columns=index_columns,
+            columns=index_names,
             v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
             index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
         )
-        self.insert_events_only_statement = SQL(
-            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[])"
-        ).format(events=events)
         self.insert_replies_statement = SQL(
             "INSERT INTO {schema}.{replies} ({columns}) "
             "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])"
@@ -128,13 +126,8 @@ class VigilRecorder(PostgresApplicationRecorder):
             return []
         replies: Sequence[ReplyRecord] = kwargs.get("replies") or ()
         index_rows: Sequence[IndexRow] = kwargs.get("index_rows") or ()
-        assert not index_rows or len(index_rows) == len(stored_events), "one index row each"
-        event_columns = [
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-        ]
+        # The ledger's `_record` gives every event it saves its index row.
+        assert len(index_rows) == len(stored_events), "one index row per stored event"
         # A failure propagates through the transaction block, which rolls back (nothing
         # of the group is written), and leaves as an IntegrityError when it was a lost
         # race: the datastore translates psycopg's errors.
@@ -146,14 +139,11 @@ class VigilRecorder(PostgresApplicationRecorder):
         ):
             self._lock_table(curs)
             self._notify_channel(curs)
-            if index_rows:
-                curs.execute(
-                    self.insert_events_and_index_statement,
-                    [*event_columns, *index_columns(index_rows)],
-                    prepare=True,
-                )
-            else:
-                curs.execute(self.insert_events_only_statement, event_columns, prepare=True)
+            curs.execute(
+                self.insert_events_and_index_statement,
+                [*column_arrays(stored_events, EVENT_COLUMNS), *index_columns(index_rows)],
+                prepare=True,
+            )
             if replies:
                 curs.execute(self.insert_replies_statement, reply_columns(replies), prepare=True)
             # Sync here, so a unique violation (a lost race) is raised as itself, not as
@@ -196,23 +186,11 @@ class VigilRecorder(PostgresApplicationRecorder):
             replies={row["command_id"]: _reply(row) for row in reply_rows},
         )
 
-    def select_replies(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]:
-        ids = list(command_ids)
-        if not ids:
-            return {}
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.select_replies_statement, (ids,), prepare=True)
-            return {row["command_id"]: _reply(row) for row in curs.fetchall()}
-
 
 def reply_columns(replies: Sequence[ReplyRecord]) -> list[list[Any]]:
-    return [
-        [r.command_id for r in replies],
-        [r.kind for r in replies],
-        [r.subject for r in replies],
-        [r.fingerprint for r in replies],
-        [orjson.dumps(r.body).decode() for r in replies],
-    ]
+    """REPLY_COLUMNS' arrays, the body as the JSON text the table keeps."""
+    bodies = [orjson.dumps(r.body).decode() for r in replies]
+    return [*column_arrays(replies, REPLY_COLUMNS[:-1]), bodies]
 
 
 def _reply(row: DictRow) -> ReplyRecord:

@@ -79,7 +79,7 @@ class CaseOut(BaseModel):
     closed_at: str | None
 
 
-def _compliance(request: Request) -> Compliance:
+async def _compliance(request: Request) -> Compliance:
     compliance: Compliance = request.app.state.compliance
     return compliance
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal, cast
 from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, OperationalError
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow
 from pydantic import AwareDatetime, BaseModel
@@ -26,7 +26,7 @@ from infrastructure.evidence import rebuild_evidence
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.recorder import VigilRecorder
 from interfaces.api.problems import problem_responses
-from interfaces.api.query.deps import ReadSide, ReadSideDep
+from interfaces.api.query.deps import LedgerDep, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,
     Cursor,
@@ -133,13 +133,6 @@ class EvidenceOut(BaseModel):
     chain_head_matches: bool
     verdict: Verdict
 
-
-def _ledger(request: Request) -> Ledger:
-    ledger: Ledger = request.app.state.ledger
-    return ledger
-
-
-LedgerDep = Annotated[Ledger, Depends(_ledger)]
 
 From = Annotated[
     AwareDatetime | None,

@@ -24,13 +24,12 @@ from pydantic import AwareDatetime, BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from application.audit import account_state, state_view
-from application.ledger import Ledger
 from domain.errors import AccountNotFound, Unavailable
 from infrastructure.audit_log import AccessLog, AccessRecord
 from infrastructure.store import EVENTS_TABLE
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
-from interfaces.api.query.deps import VERSION_MAX, ReadSideDep
+from interfaces.api.query.deps import VERSION_MAX, LedgerDep, ReadSideDep
 from interfaces.api.query.event_stream import StorePage, decoded
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,
@@ -155,14 +154,6 @@ class AccessEntry(BaseModel):
 class AccessPage(BaseModel):
     items: list[AccessEntry]
     next_cursor: str | None
-
-
-def _ledger(request: Request) -> Ledger:
-    ledger: Ledger = request.app.state.ledger
-    return ledger
-
-
-LedgerDep = Annotated[Ledger, Depends(_ledger)]
 
 
 async def record_access(

@@ -7,6 +7,8 @@ from typing import Annotated, Final
 
 from fastapi import Depends, Query, Request
 
+from application.ledger import Ledger
+from infrastructure.settings import Settings
 from interfaces.api.query.cache import AccountCache
 from interfaces.api.query.freshness import ChangeWaiters
 from interfaces.api.query.readstore import ReadStore
@@ -22,12 +24,26 @@ class ReadSide:
     waiters: ChangeWaiters
 
 
-def _read_side(request: Request) -> ReadSide:
+# Dependencies are coroutines: FastAPI would run plain functions in its thread pool.
+async def _read_side(request: Request) -> ReadSide:
     read_side: ReadSide = request.app.state.read_side
     return read_side
 
 
+async def _ledger(request: Request) -> Ledger:
+    """The event store, for the routes that read it rather than the read models."""
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 ReadSideDep = Annotated[ReadSide, Depends(_read_side)]
+LedgerDep = Annotated[Ledger, Depends(_ledger)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
 
 MinVersion = Annotated[
     int | None,

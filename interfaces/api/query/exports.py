@@ -22,11 +22,10 @@ from starlette.responses import Response
 
 from domain.errors import Unavailable, ValidationFailed
 from infrastructure.export import ExportError, default_export_root, export_events
-from infrastructure.settings import Settings
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
-from interfaces.api.query.audit import LedgerDep, record_access
-from interfaces.api.query.deps import ReadSideDep
+from interfaces.api.query.audit import record_access
+from interfaces.api.query.deps import LedgerDep, ReadSideDep, SettingsDep
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,
     Cursor,
@@ -89,14 +88,6 @@ class ExportItem(BaseModel):
 class ExportPage(BaseModel):
     items: list[ExportItem]
     next_cursor: str | None
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 @router.post(

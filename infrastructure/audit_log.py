@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from domain.errors import Unavailable
 from infrastructure.event_index import append_only_statements
 from infrastructure.settings import Settings
-from infrastructure.store import MIGRATION_LOCK_ID
+from infrastructure.store import migration_lock
 
 AUDIT_TABLES: Final = ("audit_access_log", "audit_exports")
 # A detail is a few filters and ids; anything far larger is a bug, not a record.
@@ -104,16 +104,15 @@ def prepare_audit_tables(settings: Settings) -> None:
     """`ensure_audit_tables` under the lock every migrating process takes."""
     if not settings.migrate_on_start:
         return
-    with psycopg.connect(
-        settings.resolved_database_url(),
-        autocommit=True,
-        connect_timeout=settings.db_connect_timeout_s,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            ensure_audit_tables(conn)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    with (
+        psycopg.connect(
+            settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=settings.db_connect_timeout_s,
+        ) as conn,
+        migration_lock(conn),
+    ):
+        ensure_audit_tables(conn)
 
 
 def record_access_sync(conn: psycopg.Connection[Any], record: AccessRecord) -> None:

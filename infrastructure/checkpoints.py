@@ -43,7 +43,7 @@ from domain.integrity import canonical, format_timestamp
 from infrastructure.event_index import append_only_statements
 from infrastructure.settings import Settings
 from infrastructure.signing import Signer
-from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID, open_ledger
+from infrastructure.store import EVENTS_TABLE, migration_lock, open_ledger
 
 log = structlog.get_logger("vigil.checkpoints")
 
@@ -127,13 +127,10 @@ def checkpoint_file(settings: Settings) -> Path:
 def migrate(conn: psycopg.Connection[Any]) -> None:
     """Create the checkpoints table, append-only like the events (for `vigil migrate`
     and services that migrate on start)."""
-    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-    try:
+    with migration_lock(conn):
         conn.execute(DDL)
         for statement in append_only_statements("public", [CHECKPOINTS_TABLE]):
             conn.execute(statement)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
 
 
 def stored_checkpoints(

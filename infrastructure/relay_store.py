@@ -17,7 +17,7 @@ import structlog
 
 from infrastructure.readmodel_schema import SCHEMA as READMODEL_SCHEMA
 from infrastructure.settings import Settings
-from infrastructure.store import MIGRATION_LOCK_ID, SESSION_OPTIONS
+from infrastructure.store import SESSION_OPTIONS, migration_lock_async
 
 log = structlog.get_logger("vigil.relay")
 
@@ -95,11 +95,8 @@ class RelayStore:
     async def migrate(self) -> None:
         if not self.migrate_on_start:
             return  # `vigil migrate` made the tables, as the owning role
-        await self.conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
+        async with migration_lock_async(self.conn):
             await self.conn.execute(DDL)
-        finally:
-            await self.conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
 
     async def load(self) -> RelayState:
         """The recorded state; a topic never published to starts at 0 in the first epoch."""

@@ -26,7 +26,7 @@ from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.store import MIGRATION_LOCK_ID, envelope_pages, open_ledger
+from infrastructure.store import envelope_pages, migration_lock, open_ledger
 
 SHADOW_SCHEMA = "readmodel_shadow"
 PAGE_EVENTS = 1_000
@@ -86,17 +86,16 @@ def replay(
 
 
 def _prepare(settings: Settings, projections: Sequence[str], schema: str) -> None:
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            ensure_read_models(conn, schema)
-            conn.execute(RULE_CONFIGS_DDL)
-            conn.execute(alerts_ddl(schema))
-            with conn.transaction():
-                for projection in projections:
-                    _empty(conn, schema, projection)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    with (
+        psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn,
+        migration_lock(conn),
+    ):
+        ensure_read_models(conn, schema)
+        conn.execute(RULE_CONFIGS_DDL)
+        conn.execute(alerts_ddl(schema))
+        with conn.transaction():
+            for projection in projections:
+                _empty(conn, schema, projection)
 
 
 def _empty(conn: psycopg.Connection[Any], schema: str, projection: str) -> None:

@@ -3,7 +3,8 @@ migrations under an advisory lock, the Redis reply cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,26 @@ SESSION_OPTIONS = "-c jit=off"
 # Any fixed number: all Vigil processes that migrate take this lock first, so two
 # starting at once do not race on CREATE TABLE / CREATE TYPE.
 MIGRATION_LOCK_ID = 7_270_401
+
+
+@contextlib.contextmanager
+def migration_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Hold the migration lock (a session advisory lock) on `conn` for the block."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+
+@contextlib.asynccontextmanager
+async def migration_lock_async(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """`migration_lock` on an async connection."""
+    await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
 
 
 def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]:
@@ -84,11 +105,8 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
         if not settings.migrate_on_start:
             ledger = Ledger(env=event_store_env(settings, create_table=False), options=options)
         else:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-            try:
+            with migration_lock(conn):
                 ledger = Ledger(env=event_store_env(settings, create_table=True), options=options)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
         # Derived data: warn, never rebuild at start (`vigil audit reindex` does).
         warn_if_behind(conn, *store_names(ledger))
         return ledger

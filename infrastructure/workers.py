@@ -34,7 +34,7 @@ from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
-from infrastructure.store import EVENTS_TABLE, MIGRATION_LOCK_ID, SESSION_OPTIONS
+from infrastructure.store import EVENTS_TABLE, SESSION_OPTIONS, migration_lock_async
 from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
 
@@ -122,14 +122,13 @@ def group_id(settings: Settings, projection: str) -> str:
 async def migrate_read_models(settings: Settings) -> None:
     if not settings.migrate_on_start:
         return  # `vigil migrate` made them, as the owning role
-    async with await psycopg.AsyncConnection.connect(
-        settings.resolved_database_url(), autocommit=True
-    ) as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            await asyncio.to_thread(_ensure_sync, settings)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    async with (
+        await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn,
+        migration_lock_async(conn),
+    ):
+        await asyncio.to_thread(_ensure_sync, settings)
 
 
 def _ensure_sync(settings: Settings) -> None:

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from domain.errors import Unavailable
 from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import MIGRATION_LOCK_ID
+from infrastructure.store import migration_lock
 
 # A query slower than this is a bug or an overload; cut it off rather than pile up.
 STATEMENT_TIMEOUT_MS: Final = 5_000
@@ -38,16 +38,15 @@ def prepare_read_models(settings: Settings) -> None:
     """Create missing read-model tables, under the lock every migrating process takes."""
     if not settings.migrate_on_start:
         return  # `vigil migrate` made them, as the owning role
-    with psycopg.connect(
-        settings.resolved_database_url(),
-        autocommit=True,
-        connect_timeout=settings.db_connect_timeout_s,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            ensure_read_models(conn)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    with (
+        psycopg.connect(
+            settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=settings.db_connect_timeout_s,
+        ) as conn,
+        migration_lock(conn),
+    ):
+        ensure_read_models(conn)
 
 
 class ReadStore:

@@ -26,7 +26,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
+    equal_to,
     page_reply,
+    where_all,
 )
 from interfaces.api.query.views import (
     AccountPage,
@@ -153,23 +155,14 @@ def _account_after(cursor: str | None) -> UUID | None:
 def _accounts_page_query(
     filters: dict[str, str | None], after: UUID | None, limit: int
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    # Built from the filters given, not `(%s IS NULL OR ...)`: a prepared statement's
-    # generic plan would then ignore the (branch, account_id) index.
-    conditions: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": limit + 1}
-    for column, value in filters.items():
-        if value is not None:
-            conditions.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = value
+    conditions = equal_to(filters, params)  # so the (branch, account_id) index serves
     if after is not None:
         conditions.append(sql.SQL("account_id > %(after)s"))
         params["after"] = after
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL(
         "SELECT {columns} FROM {schema}.accounts{where} ORDER BY account_id LIMIT %(limit)s"
-    ).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA), where=where)
+    ).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA), where=where_all(conditions))
     return query, params
 
 

@@ -34,7 +34,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
+    equal_to,
     page_reply,
+    where_all,
 )
 from interfaces.api.query.readstore import STATEMENT_TIMEOUT_MS
 from interfaces.api.query.views import Actor, iso_utc, json_reply
@@ -290,15 +292,9 @@ def _alerts_query(
     after: tuple[datetime, UUID] | None,
     limit: int,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    # Only the filters given: a generic plan of `(%s IS NULL OR ...)` ignores the indexes.
-    conditions: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": limit + 1}
-    for column in ("severity", "rule", "account_id", "branch"):
-        if filters[column] is not None:
-            conditions.append(
-                sql.SQL("a.{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = filters[column]
+    equal = {c: filters[c] for c in ("severity", "rule", "account_id", "branch")}
+    conditions = equal_to(equal, params, table="a")
     if filters["from"] is not None:
         conditions.append(sql.SQL("a.raised_at >= %(from)s"))
         params["from"] = filters["from"]
@@ -318,11 +314,10 @@ def _alerts_query(
             )
         )
         params["after_at"], params["after_id"] = after
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL(
         "SELECT {columns}, {status} FROM {schema}.alerts a{join}{where} "
         "ORDER BY a.raised_at DESC, a.alert_id LIMIT %(limit)s"
-    ).format(**_case_parts(cases), where=where)
+    ).format(**_case_parts(cases), where=where_all(conditions))
     return query, params
 
 

@@ -26,7 +26,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
+    equal_to,
     page_reply,
+    where_all,
 )
 from interfaces.api.query.views import Actor, iso_utc, json_reply
 from interfaces.auth import BRANCH_PATTERN, Principal, require
@@ -251,15 +253,8 @@ def _cases_page_query(
     after: tuple[datetime, UUID] | None,
     limit: int,
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    # Built from the filters given (as accounts.py does), so the plan uses the indexes.
-    conditions: list[sql.Composable] = []
     params: dict[str, Any] = {"limit": limit + 1}
-    for column, value in filters.items():
-        if value is not None:
-            conditions.append(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
-            )
-            params[column] = value
+    conditions = equal_to(filters, params)
     if from_ is not None:
         conditions.append(sql.SQL("opened_at >= %(from)s"))
         params["from"] = from_
@@ -270,11 +265,10 @@ def _cases_page_query(
         # Newest first: the next page holds what sorts strictly below the last case shown.
         conditions.append(sql.SQL("(opened_at, case_id) < (%(after_at)s, %(after_id)s)"))
         params["after_at"], params["after_id"] = after
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     query = sql.SQL(
         "SELECT {columns} FROM {schema}.cases{where} "
         "ORDER BY opened_at DESC, case_id DESC LIMIT %(limit)s"
-    ).format(columns=CASE_COLUMNS, schema=_schema, where=where)
+    ).format(columns=CASE_COLUMNS, schema=_schema, where=where_all(conditions))
     return query, params
 
 

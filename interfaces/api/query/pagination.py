@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import Query
+from psycopg import sql
 
 from domain.errors import ValidationFailed
 
@@ -60,6 +61,25 @@ def decode_cursor(cursor: str, kind: str, arity: int) -> list[Any]:
     if not isinstance(data, list) or len(data) != arity + 1 or data[0] != kind:
         raise QueryInvalid("cursor", "not a cursor of this list")
     return data[1:]
+
+
+def equal_to(
+    filters: Mapping[str, Any], params: dict[str, Any], table: str | None = None
+) -> list[sql.Composable]:
+    """`column = %(column)s` for each filter given (None: not given), its value put in
+    `params`. Only the filters given: a prepared statement's generic plan of
+    `(%s IS NULL OR column = %s)` would ignore the indexes."""
+    conditions: list[sql.Composable] = []
+    for column, value in filters.items():
+        if value is not None:
+            name = sql.Identifier(column) if table is None else sql.Identifier(table, column)
+            conditions.append(sql.SQL("{} = {}").format(name, sql.Placeholder(column)))
+            params[column] = value
+    return conditions
+
+
+def where_all(conditions: Sequence[sql.Composable]) -> sql.Composable:
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
 
 
 def page_reply(

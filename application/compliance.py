@@ -9,8 +9,6 @@ bounded number of times, like `Ledger.execute`.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,13 +17,11 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import (
     IntegrityError,
-    InterfaceError,
-    OperationalError,
     PersistenceError,
 )
 
 from application.commands import ChangeStatus, Submission
-from application.ledger import RETRY_BACKOFF_S_MAX, Ledger
+from application.ledger import Ledger, back_off, unavailable
 from application.locks import StripedLocks
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
@@ -237,12 +233,9 @@ class Compliance:
                     return attempt()
                 except IntegrityError:
                     # Another writer took the version first; nothing of ours was written.
-                    backoff_s = min(options.retry_backoff_s * 2**number, RETRY_BACKOFF_S_MAX)
-                    time.sleep(backoff_s * (0.5 + random.random()))
-                except (OperationalError, InterfaceError) as error:
-                    raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
+                    back_off(options, number)
                 except PersistenceError as error:
-                    raise Unavailable(f"event store refused the write: {error}") from error
+                    raise unavailable(error) from error
         raise Unavailable(f"gave up after {options.retries_max} conflicting attempts")
 
 

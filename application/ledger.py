@@ -169,15 +169,12 @@ class Ledger(Application[UUID]):
                 # Nothing of this attempt was written, so what we hold of these accounts
                 # may be ahead of the store: the next attempt or group reloads them.
                 self._accounts.drop(involved)
-                if isinstance(error, (OperationalError, InterfaceError)):
-                    raise Unavailable(f"event store unreachable: {type(error).__name__}") from error
-                if isinstance(error, PersistenceError) and not isinstance(error, IntegrityError):
-                    raise Unavailable(f"event store refused the write: {error}") from error
-                if not isinstance(error, IntegrityError):
+                if not isinstance(error, PersistenceError):
                     raise
+                if not isinstance(error, IntegrityError):
+                    raise unavailable(error) from error
                 # Another writer took a version or a command id first: try again.
-                backoff_s = min(self.options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
-                time.sleep(backoff_s * (0.5 + random.random()))
+                back_off(self.options, attempt)
         raise Unavailable(f"gave up after {self.options.retries_max} conflicting attempts")
 
     def _stored_replies(self, ids: list[UUID]) -> tuple[dict[UUID, ReplyRecord], list[UUID]]:
@@ -186,6 +183,19 @@ class Ledger(Application[UUID]):
             return {}, []
         found = self.options.reply_cache.get_many(ids)
         return found, [i for i in ids if i not in found]
+
+
+def unavailable(error: PersistenceError) -> Unavailable:
+    """What a caller hears when the store failed otherwise than by a lost race: retry."""
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return Unavailable(f"event store unreachable: {type(error).__name__}")
+    return Unavailable(f"event store refused the write: {error}")
+
+
+def back_off(options: LedgerOptions, attempt: int) -> None:
+    """Sleep before another attempt: exponential, capped, jittered."""
+    backoff_s = min(options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
+    time.sleep(backoff_s * (0.5 + random.random()))
 
 
 class _AccountMemory:

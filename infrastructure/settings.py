@@ -176,19 +176,24 @@ class Settings(BaseSettings):
             "jwt_secret": secrets.token_urlsafe(48),
             "audit_mac_key": secrets.token_urlsafe(48),
         }
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        try:
-            # Another process may have won the race; keep whichever file landed first.
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        write_once(path, json.dumps(data).encode())
         winner: dict[str, str] = json.loads(path.read_text())
         return winner
+
+
+def write_once(path: Path, content: bytes) -> None:
+    """Create `path` (mode 0600) with `content`, unless it exists: of processes racing to
+    make it, whichever file lands first is kept, whole (written aside, then linked)."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.settings import ConfigurationError, Settings, write_once
 
 DEV_SIGNING_KEY_FILE: Final = "signing-key.pem"
 PUBLIC_KEYS_DIR: Final = "signing-keys"
@@ -138,16 +138,7 @@ def _dev_signing_key(settings: Settings) -> Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        write_once(path, pem)
     key = _load_private_key(path)
     _publish_dev_public_key(settings, key.public_key())
     return key

@@ -111,10 +111,13 @@ async def apply_alerts_batch(
     raised: list[tuple[Hit, str | None, Envelope]] = []
     async with conn.transaction():
         await use_schema(conn, schema)
-        mark = await lock_position(conn, PROJECTION)
-        fresh = await track(
-            conn, PROJECTION, [e.notification_id for e in events if e.notification_id > mark]
+        position = await lock_position(conn, PROJECTION)
+        tracked = await track(
+            conn,
+            PROJECTION,
+            [e.notification_id for e in events if e.notification_id > position.mark],
         )
+        fresh = set(tracked)
         windows = await _load_windows(conn, events)
         watchlist = await _watchlist_history(conn, events)
         changed: set[UUID] = set()
@@ -142,7 +145,7 @@ async def apply_alerts_batch(
         result.deferred = await _untrack(conn, deferred)
         await _save_windows(conn, {a: windows[a] for a in changed})
         await _record_alerts(conn, raised, config_version)
-        result.position = await advance_mark(conn, PROJECTION, mark, result.applied)
+        result.position = await advance_mark(conn, PROJECTION, position, tracked, result.applied)
         if raised:
             await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
     return result, [hit for hit, _, _ in raised]

@@ -7,7 +7,7 @@ and keeps a contiguous high-water mark, compacting the rows at or below it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -52,10 +52,13 @@ async def apply_batch(
     result = BatchResult()
     async with conn.transaction():
         await use_schema(conn, schema)
-        mark = await lock_position(conn, projection)
-        fresh = await track(
-            conn, projection, [e.notification_id for e in events if e.notification_id > mark]
+        position = await lock_position(conn, projection)
+        tracked = await track(
+            conn,
+            projection,
+            [e.notification_id for e in events if e.notification_id > position.mark],
         )
+        fresh = set(tracked)
         versions = await _projected_versions(conn, projection, events)
         rows: list[Row] = []
         deferred: list[tuple[Envelope, int]] = []  # with the version projected then
@@ -77,7 +80,7 @@ async def apply_batch(
                 result.touched_versions[event.aggregate_id] = max(previous, event.version)
         result.deferred = await _untrack(conn, projection, deferred)
         await write_batch(conn, fold(rows))
-        result.position = await advance_mark(conn, projection, mark, result.applied)
+        result.position = await advance_mark(conn, projection, position, tracked, result.applied)
         channel = NOTIFY_CHANNELS.get(projection)
         if channel and result.touched_versions:
             await conn.execute(
@@ -148,11 +151,19 @@ async def _untrack(
     return len(deferred)
 
 
-async def lock_position(conn: AsyncConnection[Any], projection: str) -> int:
+@dataclass(frozen=True, slots=True)
+class Position:
+    mark: int
+    # The stored id above the mark that the last walk found untracked (None: unknown).
+    # Until a batch tracks it the mark cannot move, so there is nothing to walk.
+    blocked_at: int | None = None
+
+
+async def lock_position(conn: AsyncConnection[Any], projection: str) -> Position:
     # FOR UPDATE: workers of one projection on other partitions wait here, so the
     # mark only ever moves forward and compaction never races an insert.
     cursor = await conn.execute(
-        "SELECT position FROM projection_positions WHERE projection = %s FOR UPDATE",
+        "SELECT position, blocked_at FROM projection_positions WHERE projection = %s FOR UPDATE",
         (projection,),
     )
     row = await cursor.fetchone()
@@ -160,8 +171,8 @@ async def lock_position(conn: AsyncConnection[Any], projection: str) -> int:
         await conn.execute(
             "INSERT INTO projection_positions (projection) VALUES (%s)", (projection,)
         )
-        return 0
-    return int(row[0])
+        return Position(0)
+    return Position(int(row[0]), None if row[1] is None else int(row[1]))
 
 
 async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> set[int]:
@@ -189,31 +200,47 @@ WITH stored AS (
     SELECT s.notification_id, t.notification_id IS NULL AS missing FROM stored s
     LEFT JOIN projection_tracking t
         ON t.projection = %(projection)s AND t.notification_id = s.notification_id
+), first_missing AS (
+    SELECT min(notification_id) AS id FROM walk WHERE missing
 )
-SELECT max(notification_id) FROM walk WHERE notification_id
-    < coalesce((SELECT min(notification_id) FROM walk WHERE missing), %(beyond)s)
+SELECT (SELECT max(notification_id) FROM walk
+        WHERE notification_id < coalesce((SELECT id FROM first_missing), %(beyond)s)),
+    (SELECT id FROM first_missing)
 """
 BIGINT_MAX = 2**63 - 1  # beyond every notification id: no untracked one was walked
 
 
-async def advance_mark(conn: AsyncConnection[Any], projection: str, mark: int, applied: int) -> int:
+async def advance_mark(
+    conn: AsyncConnection[Any],
+    projection: str,
+    position: Position,
+    tracked: Collection[int],
+    applied: int,
+) -> int:
     """Move the mark over every stored id that is tracked, compact the tracking rows at or
-    below it, and record it."""
-    cursor = await conn.execute(
-        ADVANCE_MARK,
-        {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection, "beyond": BIGINT_MAX},
-    )
-    row = await cursor.fetchone()
-    new_mark = mark if row is None or row[0] is None else int(row[0])
-    assert new_mark >= mark, (new_mark, mark)
-    if new_mark > mark:
-        await conn.execute(
-            "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
-            (projection, new_mark),
+    below it, and record it. Walked only when this batch tracked the id the mark last
+    stopped at: otherwise that id is still missing and the mark cannot move (a slow
+    partition would have every other batch walk thousands of ids for nothing)."""
+    mark, blocked_at = position.mark, position.blocked_at
+    if blocked_at is None or blocked_at in tracked:
+        cursor = await conn.execute(
+            ADVANCE_MARK,
+            {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection, "beyond": BIGINT_MAX},
         )
+        row = await cursor.fetchone()
+        assert row is not None
+        new_mark = mark if row[0] is None else int(row[0])
+        blocked_at = None if row[1] is None else int(row[1])
+        assert new_mark >= mark, (new_mark, mark)
+        if new_mark > mark:
+            await conn.execute(
+                "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
+                (projection, new_mark),
+            )
+        mark = new_mark
     await conn.execute(
-        "UPDATE projection_positions SET position = %s, "
+        "UPDATE projection_positions SET position = %s, blocked_at = %s, "
         "applied_events = applied_events + %s, updated_at = now() WHERE projection = %s",
-        (new_mark, applied, projection),
+        (mark, blocked_at, applied, projection),
     )
-    return new_mark
+    return mark

@@ -84,13 +84,23 @@ CREATE TABLE IF NOT EXISTS {schema}.kpi_account_branches (
 );
 
 -- What each projection has applied: a contiguous high-water mark (every stored
--- notification id at or below it is applied) plus sparse rows above it.
+-- notification id at or below it is applied) plus sparse rows above it. `blocked_at`:
+-- the stored id the mark last stopped at (not yet tracked), or NULL if not known.
 CREATE TABLE IF NOT EXISTS {schema}.projection_positions (
     projection text PRIMARY KEY,
     position bigint NOT NULL DEFAULT 0,
     applied_events bigint NOT NULL DEFAULT 0,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    blocked_at bigint
 );
+-- Read models made before `blocked_at` existed: add it, without locking the table if
+-- it is there.
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'projection_positions' AND column_name = 'blocked_at') THEN
+        ALTER TABLE {schema}.projection_positions ADD COLUMN blocked_at bigint;
+    END IF;
+END $do$;
 CREATE TABLE IF NOT EXISTS {schema}.projection_tracking (
     projection text NOT NULL,
     notification_id bigint NOT NULL,

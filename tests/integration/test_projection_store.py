@@ -139,6 +139,26 @@ def test_the_mark_waits_for_missing_ids_then_jumps_and_compacts(
     assert rows(settings, TRACKED_STATEMENTS) == []
 
 
+def test_batches_that_leave_the_blocking_id_missing_keep_the_mark_and_the_rows(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    first, rest = events[0], events[1:]
+    for event in rest:  # one batch each, while the first id's partition is behind
+        asyncio.run(apply_all(settings, "statements", [event]))
+        assert position(settings, "statements") == 0
+    blocked = rows(
+        settings,
+        "SELECT blocked_at FROM readmodel.projection_positions WHERE projection = 'statements'",
+    )
+    assert blocked == [(first.notification_id,)]
+    assert len(rows(settings, TRACKED_STATEMENTS)) == len(rest)
+    asyncio.run(apply_all(settings, "statements", [first]))
+    assert position(settings, "statements") == events[-1].notification_id
+    assert rows(settings, TRACKED_STATEMENTS) == []
+
+
 def test_the_mark_skips_gaps_the_store_will_never_fill(ledger: Ledger, settings: Settings) -> None:
     seed(ledger)
     # A rolled-back insert burns sequence values: a permanent gap in notification ids.

@@ -44,6 +44,8 @@ log = structlog.get_logger("vigil.workers")
 # (projection_store.apply_batch): when a projection lags, the bigger the batch the
 # sooner it catches up. When it keeps up, batches hold only what arrived meanwhile.
 FETCH_RECORDS_MAX = 5000
+# Envelopes kept decoded for the other projections of the process (~1 KiB each).
+DECODED_ENVELOPES_MAX = 50_000
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -143,13 +145,35 @@ def _ensure_sync(settings: Settings) -> None:
         )
 
 
+class EnvelopeDecoder:
+    """Kafka values to envelopes, each decoded once for all the projections of a process
+    (they read the same records, each at its own pace). Envelopes are immutable, so one
+    object serves every projection; the oldest are forgotten past `size_max`."""
+
+    def __init__(self, size_max: int = DECODED_ENVELOPES_MAX) -> None:
+        self._size_max = size_max
+        self._decoded: dict[bytes, Envelope] = {}
+
+    def __call__(self, value: bytes) -> Envelope:
+        envelope = self._decoded.get(value)
+        if envelope is None:
+            envelope = Envelope.from_json(orjson.loads(value))
+            if len(self._decoded) >= self._size_max:
+                del self._decoded[next(iter(self._decoded))]
+            self._decoded[value] = envelope
+        return envelope
+
+
 class ProjectionWorker:
     """One projection's consumer: fetch a batch, apply it, commit offsets, repeat."""
 
-    def __init__(self, projection: str, settings: Settings) -> None:
+    def __init__(
+        self, projection: str, settings: Settings, decode: EnvelopeDecoder | None = None
+    ) -> None:
         assert projection in ALL_PROJECTIONS, projection
         self.projection = projection
         self.settings = settings
+        self.decode = decode or EnvelopeDecoder()
         self.epochs = EpochGuard(f"projection-{projection}")
         self.cache: aioredis.Redis | None = None
         # Rules are validated here, at start: a bad file stops the worker at once.
@@ -194,7 +218,7 @@ class ProjectionWorker:
     async def _apply(
         self, conn: psycopg.AsyncConnection[Any], records: list[ConsumerRecord]
     ) -> None:
-        events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
+        events = [self.decode(record.value) for record in records]
         started = time.perf_counter()
         if self.alerts is not None:
             result = await self.alerts.apply(conn, events)
@@ -257,7 +281,8 @@ async def run_projections(
     settings: Settings, projections: Sequence[str], stop: asyncio.Event
 ) -> None:
     await migrate_read_models(settings)
-    workers = [ProjectionWorker(name, settings) for name in projections]
+    decode = EnvelopeDecoder()
+    workers = [ProjectionWorker(name, settings, decode) for name in projections]
     await asyncio.gather(*(worker.run(stop) for worker in workers))
 
 

@@ -21,8 +21,8 @@ from domain.rules.window import AccountWindow
 from infrastructure.projection_store import (
     BatchResult,
     advance_mark,
-    lock_position,
-    track,
+    start_batch,
+    untrack,
     use_schema,
 )
 from infrastructure.readmodel_schema import SCHEMA
@@ -111,12 +111,7 @@ async def apply_alerts_batch(
     raised: list[tuple[Hit, str | None, Envelope]] = []
     async with conn.transaction():
         await use_schema(conn, schema)
-        position = await lock_position(conn, PROJECTION)
-        tracked = await track(
-            conn,
-            PROJECTION,
-            [e.notification_id for e in events if e.notification_id > position.mark],
-        )
+        position, tracked = await start_batch(conn, PROJECTION, events)
         fresh = set(tracked)
         windows = await _load_windows(conn, events)
         watchlist = await _watchlist_history(conn, events)
@@ -155,12 +150,7 @@ async def _untrack(conn: AsyncConnection[Any], deferred: list[int]) -> int:
     """Early events (a partially failed relay batch, retried) are untracked again, so the
     mark stays below them and their redelivery, after their predecessors, scores them in
     order."""
-    if deferred:
-        await conn.execute(
-            "DELETE FROM projection_tracking WHERE projection = %s "
-            "AND notification_id = ANY(%b::bigint[])",
-            (PROJECTION, deferred),
-        )
+    await untrack(conn, PROJECTION, deferred)
     return len(deferred)
 
 

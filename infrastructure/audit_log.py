@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from domain.errors import Unavailable
 from infrastructure.event_index import append_only_statements
 from infrastructure.settings import Settings
-from infrastructure.store import migration_lock
+from infrastructure.store import migrating
 
 AUDIT_TABLES: Final = ("audit_access_log", "audit_exports")
 # A detail is a few filters and ids; anything far larger is a bug, not a record.
@@ -104,14 +104,7 @@ def prepare_audit_tables(settings: Settings) -> None:
     """`ensure_audit_tables` under the lock every migrating process takes."""
     if not settings.migrate_on_start:
         return
-    with (
-        psycopg.connect(
-            settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=settings.db_connect_timeout_s,
-        ) as conn,
-        migration_lock(conn),
-    ):
+    with migrating(settings) as conn:
         ensure_audit_tables(conn)
 
 

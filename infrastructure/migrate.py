@@ -31,7 +31,7 @@ from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.recorder import REPLIES_TABLE
 from infrastructure.relay_store import DDL as RELAY_DDL
 from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.store import EVENTS_TABLE, event_store_env, migration_lock
+from infrastructure.store import EVENTS_TABLE, event_store_env, migrating
 
 Connection = psycopg.Connection[Any]
 Say = Callable[[str], None]
@@ -109,14 +109,7 @@ STEPS: tuple[tuple[str, Callable[[Connection, Settings], None]], ...] = (
 def migrate(settings: Settings, *, grant_to: str | None = None, say: Say = print) -> None:
     """Create (or complete) every table under the migration advisory lock; then, with
     `grant_to`, make that role's privileges exactly what the services need."""
-    with (
-        psycopg.connect(
-            settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=settings.db_connect_timeout_s,
-        ) as conn,
-        migration_lock(conn),
-    ):
+    with migrating(settings) as conn:
         for label, step in STEPS:
             started = time.monotonic()
             step(conn, settings)

@@ -52,12 +52,7 @@ async def apply_batch(
     result = BatchResult()
     async with conn.transaction():
         await use_schema(conn, schema)
-        position = await lock_position(conn, projection)
-        tracked = await track(
-            conn,
-            projection,
-            [e.notification_id for e in events if e.notification_id > position.mark],
-        )
+        position, tracked = await start_batch(conn, projection, events)
         fresh = set(tracked)
         versions = await _projected_versions(conn, projection, events)
         rows: list[Row] = []
@@ -133,13 +128,7 @@ def _order_of(event: Envelope, versions: dict[UUID, int]) -> Order:
 async def _untrack(
     conn: AsyncConnection[Any], projection: str, deferred: list[tuple[Envelope, int]]
 ) -> int:
-    if not deferred:
-        return 0
-    await conn.execute(
-        "DELETE FROM projection_tracking WHERE projection = %s "
-        "AND notification_id = ANY(%b::bigint[])",
-        (projection, [event.notification_id for event, _ in deferred]),
-    )
+    await untrack(conn, projection, [event.notification_id for event, _ in deferred])
     for event, projected in deferred:
         log.warning(
             "projection_event_deferred",
@@ -173,6 +162,27 @@ async def lock_position(conn: AsyncConnection[Any], projection: str) -> Position
         )
         return Position(0)
     return Position(int(row[0]), None if row[1] is None else int(row[1]))
+
+
+async def start_batch(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
+) -> tuple[Position, set[int]]:
+    """Lock the projection's position; track the batch's ids above its mark. Returns the
+    position and the ids that were new (the events to apply)."""
+    position = await lock_position(conn, projection)
+    above = [e.notification_id for e in events if e.notification_id > position.mark]
+    return position, await track(conn, projection, above)
+
+
+async def untrack(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> None:
+    """Forget ids tracked by this batch (deferred events): the mark stays below them and
+    their redelivery applies them."""
+    if ids:
+        await conn.execute(
+            "DELETE FROM projection_tracking WHERE projection = %s "
+            "AND notification_id = ANY(%b::bigint[])",
+            (projection, ids),
+        )
 
 
 async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> set[int]:

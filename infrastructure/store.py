@@ -42,6 +42,20 @@ def migration_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
 
 
+@contextlib.contextmanager
+def migrating(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own, holding the migration lock, for creating tables."""
+    with (
+        psycopg.connect(
+            settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=settings.db_connect_timeout_s,
+        ) as conn,
+        migration_lock(conn),
+    ):
+        yield conn
+
+
 @contextlib.asynccontextmanager
 async def migration_lock_async(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     """`migration_lock` on an async connection."""

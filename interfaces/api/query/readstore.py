@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from domain.errors import Unavailable
 from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import migration_lock
+from infrastructure.store import migrating
 
 # A query slower than this is a bug or an overload; cut it off rather than pile up.
 STATEMENT_TIMEOUT_MS: Final = 5_000
@@ -38,14 +38,7 @@ def prepare_read_models(settings: Settings) -> None:
     """Create missing read-model tables, under the lock every migrating process takes."""
     if not settings.migrate_on_start:
         return  # `vigil migrate` made them, as the owning role
-    with (
-        psycopg.connect(
-            settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=settings.db_connect_timeout_s,
-        ) as conn,
-        migration_lock(conn),
-    ):
+    with migrating(settings) as conn:
         ensure_read_models(conn)
 
 

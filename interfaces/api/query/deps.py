@@ -8,7 +8,6 @@ from typing import Annotated, Final
 from fastapi import Depends, Query, Request
 
 from application.ledger import Ledger
-from infrastructure.settings import Settings
 from interfaces.api.query.cache import AccountCache
 from interfaces.api.query.freshness import ChangeWaiters
 from interfaces.api.query.readstore import ReadStore
@@ -36,14 +35,8 @@ async def _ledger(request: Request) -> Ledger:
     return ledger
 
 
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 ReadSideDep = Annotated[ReadSide, Depends(_read_side)]
 LedgerDep = Annotated[Ledger, Depends(_ledger)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 MinVersion = Annotated[
     int | None,

@@ -22,10 +22,11 @@ from starlette.responses import Response
 
 from domain.errors import Unavailable, ValidationFailed
 from infrastructure.export import ExportError, default_export_root, export_events
+from interfaces.api.deps import SettingsDep
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
 from interfaces.api.query.audit import record_access
-from interfaces.api.query.deps import LedgerDep, ReadSideDep, SettingsDep
+from interfaces.api.query.deps import LedgerDep, ReadSideDep
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,
     Cursor,

@@ -20,9 +20,8 @@ from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.projection_store import (
     BatchResult,
-    advance_mark,
+    finish_batch,
     start_batch,
-    untrack,
     use_schema,
 )
 from infrastructure.readmodel_schema import SCHEMA
@@ -111,8 +110,8 @@ async def apply_alerts_batch(
     raised: list[tuple[Hit, str | None, Envelope]] = []
     async with conn.transaction():
         await use_schema(conn, schema)
-        position, tracked = await start_batch(conn, PROJECTION, events)
-        fresh = set(tracked)
+        position, fresh = await start_batch(conn, PROJECTION, events)
+        received: set[int] = set()
         windows = await _load_windows(conn, events)
         watchlist = await _watchlist_history(conn, events)
         changed: set[UUID] = set()
@@ -123,35 +122,33 @@ async def apply_alerts_batch(
                 continue
             fresh.discard(event.notification_id)
             if not event.is_account_event:
+                received.add(event.notification_id)
                 result.applied += 1
                 continue
             window = windows.get(event.aggregate_id) or AccountWindow(str(event.aggregate_id))
             if event.version != window.version + 1:
                 if event.version <= window.version:
+                    received.add(event.notification_id)
                     result.duplicates += 1  # already scored: the window has moved past it
                 else:
                     deferred.append(event.notification_id)
                 continue
+            received.add(event.notification_id)
             watchlisted = watchlist.listed_before(event)
             hits, windows[event.aggregate_id] = step(config, window, event, watchlisted)
             changed.add(event.aggregate_id)
             raised.extend((hit, window.branch, event) for hit in hits)
             result.applied += 1
-        result.deferred = await _untrack(conn, deferred)
+        # Early events (a partially failed relay batch, retried) are not tracked, so the
+        # mark stays below them and their redelivery, after their predecessors, scores
+        # them in order.
+        result.deferred = len(deferred)
         await _save_windows(conn, {a: windows[a] for a in changed})
         await _record_alerts(conn, raised, config_version)
-        result.position = await advance_mark(conn, PROJECTION, position, tracked, result.applied)
+        result.position = await finish_batch(conn, PROJECTION, position, received, result.applied)
         if raised:
             await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
     return result, [hit for hit, _, _ in raised]
-
-
-async def _untrack(conn: AsyncConnection[Any], deferred: list[int]) -> int:
-    """Early events (a partially failed relay batch, retried) are untracked again, so the
-    mark stays below them and their redelivery, after their predecessors, scores them in
-    order."""
-    await untrack(conn, PROJECTION, deferred)
-    return len(deferred)
 
 
 class WatchlistHistory:

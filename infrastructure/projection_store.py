@@ -52,8 +52,8 @@ async def apply_batch(
     result = BatchResult()
     async with conn.transaction():
         await use_schema(conn, schema)
-        position, tracked = await start_batch(conn, projection, events)
-        fresh = set(tracked)
+        position, fresh = await start_batch(conn, projection, events)
+        received: set[int] = set()
         versions = await _projected_versions(conn, projection, events)
         rows: list[Row] = []
         deferred: list[tuple[Envelope, int]] = []  # with the version projected then
@@ -67,15 +67,16 @@ async def apply_batch(
                 assert versions is not None
                 deferred.append((event, versions.get(event.aggregate_id, 0)))
                 continue
+            received.add(event.notification_id)
             if order is Order.NEXT:
                 rows.extend(project(event))
             result.applied += 1
             if event.is_account_event:
                 previous = result.touched_versions.get(event.aggregate_id, 0)
                 result.touched_versions[event.aggregate_id] = max(previous, event.version)
-        result.deferred = await _untrack(conn, projection, deferred)
+        result.deferred = _log_deferred(projection, deferred)
         await write_batch(conn, fold(rows))
-        result.position = await advance_mark(conn, projection, position, tracked, result.applied)
+        result.position = await finish_batch(conn, projection, position, received, result.applied)
         channel = NOTIFY_CHANNELS.get(projection)
         if channel and result.touched_versions:
             await conn.execute(
@@ -113,9 +114,9 @@ class Order(Enum):
 
 def _order_of(event: Envelope, versions: dict[UUID, int]) -> Order:
     """Where a balances event stands against the account's projected version, which it
-    moves on. An early one (a batch the relay retried after a partial failure) is
-    untracked again: the mark stays below it, and its redelivery, after its
-    predecessor, applies it."""
+    moves on. An early one (a batch the relay retried after a partial failure) is not
+    tracked: the mark stays below it, and its redelivery, after its predecessor,
+    applies it."""
     if not event.is_account_event:
         return Order.NEXT
     projected = versions.get(event.aggregate_id, 0)
@@ -125,10 +126,7 @@ def _order_of(event: Envelope, versions: dict[UUID, int]) -> Order:
     return Order.NEXT if event.version > projected else Order.PAST
 
 
-async def _untrack(
-    conn: AsyncConnection[Any], projection: str, deferred: list[tuple[Envelope, int]]
-) -> int:
-    await untrack(conn, projection, [event.notification_id for event, _ in deferred])
+def _log_deferred(projection: str, deferred: list[tuple[Envelope, int]]) -> int:
     for event, projected in deferred:
         log.warning(
             "projection_event_deferred",
@@ -167,49 +165,41 @@ async def lock_position(conn: AsyncConnection[Any], projection: str) -> Position
 async def start_batch(
     conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
 ) -> tuple[Position, set[int]]:
-    """Lock the projection's position; track the batch's ids above its mark. Returns the
-    position and the ids that were new (the events to apply)."""
+    """Lock the projection's position; returns it and the batch's ids that are new (above
+    its mark and not tracked yet): the events to apply. Under the position's lock no other
+    batch of the projection can track an id meanwhile, so reading is enough here: the
+    batch's ids are tracked by `finish_batch`, in this same transaction."""
     position = await lock_position(conn, projection)
-    above = [e.notification_id for e in events if e.notification_id > position.mark]
-    return position, await track(conn, projection, above)
-
-
-async def untrack(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> None:
-    """Forget ids tracked by this batch (deferred events): the mark stays below them and
-    their redelivery applies them."""
-    if ids:
-        await conn.execute(
-            "DELETE FROM projection_tracking WHERE projection = %s "
-            "AND notification_id = ANY(%b::bigint[])",
-            (projection, ids),
-        )
-
-
-async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> set[int]:
-    if not ids:
-        return set()
+    above = {e.notification_id for e in events if e.notification_id > position.mark}
+    if not above:
+        return position, set()
     cursor = await conn.execute(
-        "INSERT INTO projection_tracking (projection, notification_id) "
-        "SELECT %s, unnest(%b::bigint[]) ON CONFLICT DO NOTHING RETURNING notification_id",
-        (projection, ids),
+        "SELECT notification_id FROM projection_tracking WHERE projection = %s "
+        "AND notification_id = ANY(%b::bigint[])",
+        (projection, list(above)),
     )
-    return {int(row[0]) for row in await cursor.fetchall()}
+    return position, above - {int(row[0]) for row in await cursor.fetchall()}
 
 
-# The mark moves over the stored ids above it for as long as each is tracked: the
-# store's gaps are skipped because only ids that exist in the store are walked. With k
-# ids tracked above the mark it can move over k stored ids at most, so the walk looks at
-# k + 1 of them (and never more than MARK_SCAN_MAX; the next batch goes on).
+# The mark moves over the stored ids above it for as long as each is tracked or received
+# by this batch: the store's gaps are skipped because only ids that exist in the store are
+# walked. With k ids tracked or received above the mark it can move over k stored ids at
+# most, so the walk looks at k + 1 of them (and never more than MARK_SCAN_MAX; the next
+# batch goes on).
 ADVANCE_MARK: Final = f"""
-WITH stored AS (
+WITH received AS (
+    SELECT unnest(%(received)b::bigint[]) AS notification_id
+), stored AS (
     SELECT notification_id FROM {EVENTS_TABLE} WHERE notification_id > %(mark)s
     ORDER BY notification_id
-    LIMIT least(%(scan)s,
-        (SELECT count(*) + 1 FROM projection_tracking WHERE projection = %(projection)s))
+    LIMIT least(%(scan)s, %(received_count)s + 1
+        + (SELECT count(*) FROM projection_tracking WHERE projection = %(projection)s))
 ), walk AS (
-    SELECT s.notification_id, t.notification_id IS NULL AS missing FROM stored s
+    SELECT s.notification_id, t.notification_id IS NULL AND r.notification_id IS NULL AS missing
+    FROM stored s
     LEFT JOIN projection_tracking t
         ON t.projection = %(projection)s AND t.notification_id = s.notification_id
+    LEFT JOIN received r ON r.notification_id = s.notification_id
 ), first_missing AS (
     SELECT min(notification_id) AS id FROM walk WHERE missing
 )
@@ -220,22 +210,36 @@ SELECT (SELECT max(notification_id) FROM walk
 BIGINT_MAX = 2**63 - 1  # beyond every notification id: no untracked one was walked
 
 
-async def advance_mark(
+async def finish_batch(
     conn: AsyncConnection[Any],
     projection: str,
     position: Position,
-    tracked: Collection[int],
+    received: Collection[int],
     applied: int,
 ) -> int:
-    """Move the mark over every stored id that is tracked, compact the tracking rows at or
-    below it, and record it. Walked only when this batch tracked the id the mark last
-    stopped at: otherwise that id is still missing and the mark cannot move (a slow
-    partition would have every other batch walk thousands of ids for nothing)."""
+    """Record the batch's received ids (the new ones, less any deferred), move the mark
+    and store it; returns the mark.
+
+    The mark moves over every stored id that is tracked or received here. Only the
+    received ids it does not reach get a tracking row: a row at or below the mark would
+    be compacted away in this same transaction, and the mark already says those ids were
+    applied. Tracking rows that the mark passes are deleted. The walk runs only when this
+    batch received the id the mark last stopped at: otherwise that id is still missing
+    and the mark cannot move (a slow partition would have every other batch walk
+    thousands of ids for nothing)."""
     mark, blocked_at = position.mark, position.blocked_at
-    if blocked_at is None or blocked_at in tracked:
+    ids = list(received)
+    if blocked_at is None or blocked_at in received:
         cursor = await conn.execute(
             ADVANCE_MARK,
-            {"mark": mark, "scan": MARK_SCAN_MAX, "projection": projection, "beyond": BIGINT_MAX},
+            {
+                "received": ids,
+                "received_count": len(ids),
+                "mark": mark,
+                "scan": MARK_SCAN_MAX,
+                "projection": projection,
+                "beyond": BIGINT_MAX,
+            },
         )
         row = await cursor.fetchone()
         assert row is not None
@@ -247,10 +251,21 @@ async def advance_mark(
                 "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
                 (projection, new_mark),
             )
+            ids = [i for i in ids if i > new_mark]
         mark = new_mark
+    await track(conn, projection, ids)
     await conn.execute(
         "UPDATE projection_positions SET position = %s, blocked_at = %s, "
         "applied_events = applied_events + %s, updated_at = now() WHERE projection = %s",
         (mark, blocked_at, applied, projection),
     )
     return mark
+
+
+async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> None:
+    if ids:
+        await conn.execute(
+            "INSERT INTO projection_tracking (projection, notification_id) "
+            "SELECT %s, unnest(%b::bigint[]) ON CONFLICT DO NOTHING",
+            (projection, ids),
+        )

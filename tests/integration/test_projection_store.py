@@ -139,6 +139,31 @@ def test_the_mark_waits_for_missing_ids_then_jumps_and_compacts(
     assert rows(settings, TRACKED_STATEMENTS) == []
 
 
+def test_only_ids_beyond_the_mark_keep_a_tracking_row_and_both_kinds_are_duplicates(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    before, missing, after = events[:3], events[3], events[4:]
+    first = asyncio.run(apply_all(settings, "statements", before + after))
+    assert first.applied == len(events) - 1
+    assert position(settings, "statements") == before[-1].notification_id
+    tracked = rows(
+        settings,
+        "SELECT notification_id FROM readmodel.projection_tracking "
+        "WHERE projection = 'statements' ORDER BY notification_id",
+    )
+    assert tracked == [(e.notification_id,) for e in after]  # none at or below the mark
+    again = asyncio.run(apply_all(settings, "statements", [before[0], after[0]]))
+    assert (again.applied, again.duplicates) == (0, 2)
+    last = asyncio.run(apply_all(settings, "statements", [missing, *after]))
+    assert (last.applied, last.duplicates) == (1, len(after))
+    assert position(settings, "statements") == events[-1].notification_id
+    assert rows(settings, TRACKED_STATEMENTS) == []
+    lines = rows(settings, "SELECT count(*) FROM readmodel.transactions")
+    assert lines == [(sum(e.event_type != "AccountOpened" for e in events),)]
+
+
 def test_batches_that_leave_the_blocking_id_missing_keep_the_mark_and_the_rows(
     ledger: Ledger, settings: Settings
 ) -> None:

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from domain.account import Account
 from domain.errors import DomainError
-from domain.integrity import Actor
+from domain.integrity import Actor, canonical
 from domain.money import Money, format_amount
 
 
@@ -157,8 +157,19 @@ def fingerprint(submission: Submission) -> str:
             }
         case ChangeStatus():
             raise AssertionError("status changes carry no command id")
-    encoded = json.dumps(described, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    return hashlib.sha256(_escaped_json(described)).hexdigest()
+
+
+def _escaped_json(described: dict[str, Any]) -> bytes:
+    """Sorted compact JSON with non-ASCII escaped. The canonical encoder (orjson on the
+    command path) writes exactly these bytes whenever they come out ASCII."""
+    try:
+        encoded = canonical(described)
+        if encoded.isascii():
+            return encoded
+    except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
+        pass
+    return json.dumps(described, sort_keys=True, separators=(",", ":")).encode()
 
 
 def account_body(account: Account) -> dict[str, Any]:

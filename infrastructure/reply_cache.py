@@ -73,7 +73,10 @@ class RedisReplyCache:
                         "body": reply.body,
                     }
                 )
-                pipe.set(self._key(command_id), value, ex=self.ttl_s)
+                # The raw command: redis-py's `set` inspects its arguments on every call.
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "SET", self._key(command_id), value, "EX", self.ttl_s
+                )
             pipe.execute()
         except redis.RedisError as error:
             self._mark_down(error)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
+from uuid import UUID
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.integrity import canonical, stdlib_canonical, use_canonical_encoder
-from infrastructure.canonical import orjson_canonical
+from application.commands import Deposit, OpenAccount, Submission, fingerprint
+from domain.integrity import Actor, canonical, stdlib_canonical, use_canonical_encoder
+from domain.money import Money
+from infrastructure.canonical import install, orjson_canonical
 
 scalars = (
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text()
@@ -45,3 +50,34 @@ def test_an_encoder_that_disagrees_with_the_definition_is_refused() -> None:
     with pytest.raises(ValueError, match="canonical form"):
         use_canonical_encoder(spaced)
     assert canonical({"a": 1}) == b'{"a":1}'
+
+
+@given(owner=st.text(), reference=st.none() | st.text(), subject=st.text())
+def test_command_fingerprints_are_the_escaped_json_whatever_encoder_runs(
+    owner: str, reference: str | None, subject: str
+) -> None:
+    actor = Actor(subject, "teller")
+    opening = OpenAccount(UUID(int=1), owner, "001", "GBP", 0)
+    deposit = Deposit(UUID(int=2), Money(150, "GBP"), UUID(int=3), "wire", reference)
+    definition = {
+        "kind": "open_account",
+        "subject": subject,
+        "owner": owner,
+        "branch": "001",
+        "currency": "GBP",
+        "overdraft_limit_minor": 0,
+    }
+    deposited = {
+        "kind": "deposit",
+        "subject": subject,
+        "account_id": str(UUID(int=2)),
+        "amount_minor": 150,
+        "currency": "GBP",
+        "channel": "wire",
+        "reference": reference,
+    }
+    install()  # orjson, as on the command path
+    for command, described in ((opening, definition), (deposit, deposited)):
+        expected = json.dumps(described, sort_keys=True, separators=(",", ":")).encode()
+        submission = Submission(command, actor, "corr")
+        assert fingerprint(submission) == hashlib.sha256(expected).hexdigest()

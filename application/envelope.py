@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,10 @@ AGGREGATE_TYPES: dict[type[Any], str] = {
 
 
 def aggregate_type_of(event: object) -> str:
-    event_class = type(event)
+    return aggregate_type_of_class(type(event))
+
+
+def aggregate_type_of_class(event_class: type) -> str:
     name = _AGGREGATE_TYPE_OF_CLASS.get(event_class)
     if name is None:
         name = next((n for b, n in AGGREGATE_TYPES.items() if issubclass(event_class, b)), None)
@@ -36,31 +40,53 @@ _AGGREGATE_TYPE_OF_CLASS: dict[type, str] = {}
 
 
 def envelope(notification_id: int, event: Account.Event) -> dict[str, Any]:
-    aggregate_type = aggregate_type_of(event)
-    aggregate_id = str(event.originator_id)
+    return envelope_of(
+        notification_id,
+        type(event),
+        event.originator_id,
+        event.originator_version,
+        event.timestamp,
+        vars(event),
+    )
+
+
+def envelope_of(
+    notification_id: int,
+    event_class: type[ChainedAggregate.Event],
+    aggregate_id: UUID | str,
+    version: int,
+    timestamp: datetime,
+    fields: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The envelope of an event given by its class and fields: from the event itself, or
+    from its stored state without building the event (infrastructure/store.py)."""
+    aggregate_type = aggregate_type_of_class(event_class)
+    payload = {name: fields[name] for name in event_class.PAYLOAD}
     return {
         "notification_id": notification_id,
         "aggregate_type": aggregate_type,
-        "aggregate_id": aggregate_id,
-        "account_id": _account_id(aggregate_type, aggregate_id, event),
-        "version": event.originator_version,
-        "event_type": type(event).__name__,
-        "timestamp": format_timestamp(event.timestamp),
-        "actor": event.actor,
-        "correlation_id": event.correlation_id,
-        "transaction_id": event.transaction_id,
-        "payload": event.payload(),
-        "hash": event.hash,
-        "previous_hash": event.previous_hash,
-        "mac": event.mac,
+        "aggregate_id": str(aggregate_id),
+        "account_id": _account_id(aggregate_type, aggregate_id, payload),
+        "version": version,
+        "event_type": event_class.__name__,
+        "timestamp": format_timestamp(timestamp),
+        "actor": fields["actor"],
+        "correlation_id": fields["correlation_id"],
+        "transaction_id": fields["transaction_id"],
+        "payload": payload,
+        "hash": fields["hash"],
+        "previous_hash": fields["previous_hash"],
+        "mac": fields["mac"],
     }
 
 
-def _account_id(aggregate_type: str, aggregate_id: str, event: Account.Event) -> str | None:
+def _account_id(
+    aggregate_type: str, aggregate_id: UUID | str, payload: dict[str, Any]
+) -> str | None:
     if aggregate_type == "account":
-        return aggregate_id
+        return str(aggregate_id)
     # Case and watchlist events name their account in every payload.
-    account_id = event.payload().get("account_id")
+    account_id = payload.get("account_id")
     return None if account_id is None else str(account_id)
 
 

@@ -21,15 +21,13 @@ from eventsourcing.persistence import StoredEvent
 from psycopg import Connection
 from psycopg.rows import dict_row, tuple_row
 
-from application.envelope import envelope
 from application.ledger import Ledger
-from domain.account import Account
 from domain.ids import watchlist_entry_id
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.alerts_store import LISTED_EVENTS
 from infrastructure.rules_config import config_from_parameters
-from infrastructure.store import EVENTS_TABLE
+from infrastructure.store import EVENTS_TABLE, stored_envelope
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
@@ -100,9 +98,9 @@ def stored_envelopes(
                 topic=row["topic"],
                 state=bytes(row["state"]),
             )
-            event = ledger.mapper.to_domain_event(stored)
-            assert isinstance(event, Account.Event), "an account's stream holds account events"
-            yield envelope(int(row["notification_id"]), event)
+            body = stored_envelope(ledger, int(row["notification_id"]), stored)
+            assert body["aggregate_type"] == "account", "an account's stream holds account events"
+            yield body
         if len(rows) < EVENTS_PAGE_SIZE:
             return
         after = rows[-1]["originator_version"]

@@ -36,7 +36,6 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 
-from application.envelope import envelope
 from application.ledger import Ledger
 from domain.integrity import canonical, format_timestamp
 from infrastructure.audit_log import (
@@ -56,7 +55,7 @@ from infrastructure.export_verify import (
 )
 from infrastructure.settings import Settings
 from infrastructure.signing import Signer, public_key_pem, public_keys
-from infrastructure.store import EVENTS_TABLE, open_ledger
+from infrastructure.store import EVENTS_TABLE, open_ledger, stored_envelope
 
 __all__ = ["ExportError", "Manifest", "export_events", "verify_export"]
 
@@ -237,8 +236,7 @@ def _stored_items(
                 topic=topic,
                 state=bytes(state),
             )
-            event: Any = ledger.mapper.to_domain_event(stored)
-            yield envelope(int(notification_id), event)
+            yield stored_envelope(ledger, int(notification_id), stored)
 
 
 def _jsonl_writer(out: IO[str]) -> Callable[[Mapping[str, Any]], None]:

@@ -21,7 +21,7 @@ import itertools
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import orjson
 import psycopg
@@ -34,7 +34,6 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from prometheus_client import start_http_server
 from psycopg import sql
 
-from application.envelope import envelope
 from application.ledger import Ledger
 from infrastructure import relay_metrics as metrics
 from infrastructure.checkpoints import Checkpointer
@@ -42,7 +41,7 @@ from infrastructure.outbox_relay import AlertsOutboxRelay
 from infrastructure.relay_broker import RelayBroker, TopicsNotReady
 from infrastructure.relay_store import RelayState, RelayStore
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
+from infrastructure.store import open_ledger, stored_envelope
 from infrastructure.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 
 log = structlog.get_logger("vigil.relay")
@@ -218,10 +217,9 @@ class Relay:
 
     def _encode(self, notification: Notification) -> Outgoing:
         assert self._ledger is not None
-        event = self._ledger.mapper.to_domain_event(notification)
-        # envelope() names the aggregate type itself and refuses a type it does not know:
-        # better to stop loudly than to skip an event.
-        body = envelope(notification.id, cast(Any, event))
+        # The envelope names the aggregate type itself and refuses a type it does not
+        # know: better to stop loudly than to skip an event.
+        body = stored_envelope(self._ledger, notification.id, notification)
         return Outgoing(
             notification_id=notification.id,
             key=str(body["aggregate_id"]).encode(),

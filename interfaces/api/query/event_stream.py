@@ -17,9 +17,8 @@ from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncServerCursor, sql
 from psycopg.rows import DictRow
 
-from application.envelope import envelope
 from application.ledger import Ledger
-from infrastructure.store import EVENTS_TABLE
+from infrastructure.store import EVENTS_TABLE, stored_envelope
 from interfaces.api.query.pagination import encode_cursor
 from interfaces.api.query.readstore import ReadStore
 
@@ -44,8 +43,7 @@ def decoded(ledger: Ledger, row: Mapping[str, Any]) -> dict[str, Any]:
         topic=row["topic"],
         state=bytes(row["state"]),
     )
-    event: Any = ledger.mapper.to_domain_event(stored)
-    return envelope(int(row["notification_id"]), event)
+    return stored_envelope(ledger, int(row["notification_id"]), stored)
 
 
 def store_query(

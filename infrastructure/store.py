@@ -22,6 +22,7 @@ from infrastructure import canonical
 from infrastructure.event_index import store_names, warn_if_behind
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.transcoder import OrjsonTranscoder
 from projections.envelope import Envelope
 
 # The library names the table after the application ("Ledger").
@@ -77,6 +78,7 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "APPLICATION_RECORDER_TOPIC": get_topic(VigilRecorder),
+        "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
         "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "vigil",
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(url.port or 5432),

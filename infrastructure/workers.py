@@ -1,5 +1,7 @@
-"""Projection workers: consume `vigil.ledger.events`, apply each fetched batch in one
-PostgreSQL transaction with its tracking rows (exactly once by notification id).
+"""Projection workers: one Kafka consumer per process reads `vigil.ledger.events`; each
+fetched batch is decoded once, then every projection of the process applies it at once,
+each on its own PostgreSQL connection, in one transaction with its tracking rows (exactly
+once by notification id). Offsets are committed when every projection has the batch.
 
 Kafka offsets are never the dedupe key: committed offsets are only a head start. A
 partition whose `relay_epoch` header changes (the broker lost its log and the relay
@@ -13,13 +15,14 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
 import psycopg
 import redis.asyncio as aioredis
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.account_cache import cache_account_rows
@@ -40,12 +43,10 @@ from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
 
-# One fetched batch is one transaction, applied with a fixed number of statements
-# (projection_store.apply_batch): when a projection lags, the bigger the batch the
-# sooner it catches up. When it keeps up, batches hold only what arrived meanwhile.
+# One fetched batch is one transaction per projection, applied with a fixed number of
+# statements (projection_store.apply_batch): when the projections lag, the bigger the batch
+# the sooner they catch up. When they keep up, batches hold only what arrived meanwhile.
 FETCH_RECORDS_MAX = 5000
-# Envelopes kept decoded for the other projections of the process (~1 KiB each).
-DECODED_ENVELOPES_MAX = 50_000
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -117,8 +118,14 @@ class AlertsApplier:
         return result
 
 
-def group_id(settings: Settings, projection: str) -> str:
-    return f"{settings.topic_prefix}vigil.projection.{projection}"
+def group_id(settings: Settings, projections: Sequence[str]) -> str:
+    """`vigil project NAME` keeps the group of its one projection; a process running
+    several has one group for the set, named in the order given. Committed offsets are only
+    a head start: a new group (say, another set of projections) reads the topic from
+    `earliest` once, and tracking skips what each projection has already."""
+    if len(projections) == 1:
+        return f"{settings.topic_prefix}vigil.projection.{projections[0]}"
+    return f"{settings.topic_prefix}vigil.projections.{'+'.join(projections)}"
 
 
 async def migrate_read_models(settings: Settings) -> None:
@@ -145,120 +152,160 @@ def _ensure_sync(settings: Settings) -> None:
         )
 
 
-class EnvelopeDecoder:
-    """Kafka values to envelopes, each decoded once for all the projections of a process
-    (they read the same records, each at its own pace). Envelopes are immutable, so one
-    object serves every projection; the oldest are forgotten past `size_max`."""
+class Projection:
+    """One projection of the process: applies each batch on its own connection, in its own
+    transaction, and keeps its metrics."""
 
-    def __init__(self, size_max: int = DECODED_ENVELOPES_MAX) -> None:
-        self._size_max = size_max
-        self._decoded: dict[bytes, Envelope] = {}
-
-    def __call__(self, value: bytes) -> Envelope:
-        envelope = self._decoded.get(value)
-        if envelope is None:
-            envelope = Envelope.from_json(orjson.loads(value))
-            if len(self._decoded) >= self._size_max:
-                del self._decoded[next(iter(self._decoded))]
-            self._decoded[value] = envelope
-        return envelope
-
-
-class ProjectionWorker:
-    """One projection's consumer: fetch a batch, apply it, commit offsets, repeat."""
-
-    def __init__(
-        self, projection: str, settings: Settings, decode: EnvelopeDecoder | None = None
-    ) -> None:
-        assert projection in ALL_PROJECTIONS, projection
-        self.projection = projection
+    def __init__(self, name: str, settings: Settings) -> None:
+        assert name in ALL_PROJECTIONS, name
+        self.name = name
         self.settings = settings
-        self.decode = decode or EnvelopeDecoder()
-        self.epochs = EpochGuard(f"projection-{projection}")
-        self.cache: aioredis.Redis | None = None
         # Rules are validated here, at start: a bad file stops the worker at once.
-        self.alerts = AlertsApplier(settings) if projection == ALERTS else None
+        self.alerts = AlertsApplier(settings) if name == ALERTS else None
+
+    async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self.alerts is not None:
+            await self.alerts.prepare(conn)
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], cache: aioredis.Redis, events: list[Envelope]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if self.alerts is not None:
+                result = await self.alerts.apply(conn, events)
+            else:
+                result = await apply_batch(conn, self.name, events)
+        except Exception as error:
+            # Every projection of the process restarts with it: say which one failed.
+            log.warning("projection_apply_failed", projection=self.name, error=repr(error))
+            raise
+        APPLY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        EVENTS_APPLIED.labels(self.name).inc(result.applied)
+        EVENTS_DUPLICATE.labels(self.name).inc(result.duplicates)
+        POSITION.labels(self.name).set(result.position)
+        if log.is_enabled_for(logging.DEBUG):  # thousands of events a second otherwise
+            for event in events:
+                log.debug(
+                    "event_projected",
+                    projection=self.name,
+                    notification_id=event.notification_id,
+                    correlation_id=event.correlation_id,
+                    account_id=str(event.aggregate_id),
+                )
+        if self.name == "balances" and result.touched_versions:
+            await cache_account_rows(
+                conn, cache, self.settings.redis_key_prefix, list(result.touched_versions)
+            )
+
+
+class ProjectionConsumer:
+    """The process's one consumer: fetch a batch, decode it once, have every projection
+    apply it, commit offsets, repeat."""
+
+    def __init__(self, settings: Settings, projections: Sequence[str]) -> None:
+        assert projections, "at least one projection"
+        assert len(set(projections)) == len(projections), projections
+        self.settings = settings
+        self.projections = [Projection(name, settings) for name in projections]
+        self.name = "projection-" + "+".join(projections)
+        self.group = group_id(settings, projections)
+        self.epochs = EpochGuard(self.name)
         self._observed_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await run_with_restarts(stop, self._consume, f"projection-{self.projection}")
+        await run_with_restarts(stop, self._consume, self.name)
 
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = new_consumer(
             self.settings,
             ledger_events_topic(self.settings),
-            group_id(self.settings, self.projection),
-            f"vigil-{self.projection}",
+            self.group,
+            f"vigil-{self.name}",
             FETCH_RECORDS_MAX,
-        )
-        self.cache = aioredis.Redis.from_url(
-            self.settings.resolved_redis_url(), socket_timeout=self.settings.redis_timeout_s
         )
         await consumer.start()
         try:
-            async with await psycopg.AsyncConnection.connect(
-                self.settings.resolved_database_url(), autocommit=True, options=SESSION_OPTIONS
-            ) as conn:
-                if self.alerts is not None:
-                    await self.alerts.prepare(conn)
-                log.info("projection_worker_started", projection=self.projection)
-                while not stop.is_set():
-                    fetched = await consumer.getmany(
-                        timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
+            async with AsyncExitStack() as stack:
+                cache = await stack.enter_async_context(
+                    aioredis.Redis.from_url(
+                        self.settings.resolved_redis_url(),
+                        socket_timeout=self.settings.redis_timeout_s,
                     )
-                    records = await self.epochs.records(consumer, fetched)
-                    if records:
-                        await self._apply(conn, records)
-                        await _commit_offsets(consumer)
-                    await self._observe_lag(conn)
+                )
+                conns = [
+                    await stack.enter_async_context(await self._connect()) for _ in self.projections
+                ]
+                for projection, conn in zip(self.projections, conns, strict=True):
+                    await projection.prepare(conn)
+                log.info(
+                    "projection_worker_started",
+                    projections=[projection.name for projection in self.projections],
+                    group=self.group,
+                )
+                await self._fetch_and_apply(stop, consumer, conns, cache)
         finally:
             await consumer.stop()
-            await self.cache.aclose()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.settings.resolved_database_url(), autocommit=True, options=SESSION_OPTIONS
+        )
+
+    async def _fetch_and_apply(
+        self,
+        stop: asyncio.Event,
+        consumer: AIOKafkaConsumer,
+        conns: list[psycopg.AsyncConnection[Any]],
+        cache: aioredis.Redis,
+    ) -> None:
+        while not stop.is_set():
+            fetched = await consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
+            )
+            records = await self.epochs.records(consumer, fetched)
+            if records:
+                events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
+                await self._apply(conns, cache, events)
+                # Only once every projection has the batch: a failure reads it again.
+                await _commit_offsets(consumer)
+            # The connections are idle between batches: any one can read the gauges.
+            await self._observe_lag(conns[0])
 
     async def _apply(
-        self, conn: psycopg.AsyncConnection[Any], records: list[ConsumerRecord]
+        self,
+        conns: list[psycopg.AsyncConnection[Any]],
+        cache: aioredis.Redis,
+        events: list[Envelope],
     ) -> None:
-        events = [self.decode(record.value) for record in records]
-        started = time.perf_counter()
-        if self.alerts is not None:
-            result = await self.alerts.apply(conn, events)
-        else:
-            result = await apply_batch(conn, self.projection, events)
-        APPLY_SECONDS.labels(self.projection).observe(time.perf_counter() - started)
-        EVENTS_APPLIED.labels(self.projection).inc(result.applied)
-        EVENTS_DUPLICATE.labels(self.projection).inc(result.duplicates)
-        POSITION.labels(self.projection).set(result.position)
-        if log.is_enabled_for(logging.DEBUG):  # thousands of events a second otherwise
-            for event in events:
-                log.debug(
-                    "event_projected",
-                    projection=self.projection,
-                    notification_id=event.notification_id,
-                    correlation_id=event.correlation_id,
-                    account_id=str(event.aggregate_id),
-                )
-        if self.projection == "balances" and result.touched_versions and self.cache is not None:
-            await cache_account_rows(
-                conn, self.cache, self.settings.redis_key_prefix, list(result.touched_versions)
-            )
+        """Every projection applies the batch at once, each in its own transaction. The
+        first failure cancels the others (their queries are cancelled in the server) and is
+        raised as itself, so the consume loop restarts; what the others committed comes
+        again and is skipped by tracking."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for projection, conn in zip(self.projections, conns, strict=True):
+                    group.create_task(projection.apply(conn, cache, events), name=projection.name)
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     async def _observe_lag(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Gauges, not a hot path: at most once per interval, however fast batches come.
         if time.monotonic() < self._observed_until:
             return
         self._observed_until = time.monotonic() + OBSERVE_INTERVAL_S
-        if self.projection == "cases":
+        names = [projection.name for projection in self.projections]
+        if "cases" in names:
             await _observe_open_cases(conn)
         cursor = await conn.execute(
-            "SELECT coalesce(max(notification_id), 0), "
-            f"(SELECT position FROM {SCHEMA}.projection_positions WHERE projection = %s) "
-            f"FROM {EVENTS_TABLE}",
-            (self.projection,),
+            "SELECT name, coalesce(p.position, 0), "
+            f"(SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}) "
+            "FROM unnest(%s::text[]) AS name "
+            f"LEFT JOIN {SCHEMA}.projection_positions p ON p.projection = name",
+            (names,),
         )
-        row = await cursor.fetchone()
-        if row is not None:
-            head, position = int(row[0]), int(row[1] or 0)
-            LAG_EVENTS.labels(self.projection).set(max(0, head - position))
+        for name, position, head in await cursor.fetchall():
+            LAG_EVENTS.labels(name).set(max(0, int(head) - int(position)))
 
 
 async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -281,9 +328,7 @@ async def run_projections(
     settings: Settings, projections: Sequence[str], stop: asyncio.Event
 ) -> None:
     await migrate_read_models(settings)
-    decode = EnvelopeDecoder()
-    workers = [ProjectionWorker(name, settings, decode) for name in projections]
-    await asyncio.gather(*(worker.run(stop) for worker in workers))
+    await ProjectionConsumer(settings, projections).run(stop)
 
 
 def serve_workers(settings: Settings, projections: Sequence[str], metrics_port: int) -> int:

@@ -4,6 +4,7 @@ in read models equal to what the event store says."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import time
@@ -14,17 +15,27 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from domain.money import format_amount
 from infrastructure.embedded import start_broker
 from infrastructure.settings import Settings
+from infrastructure.topics import ledger_events_topic
+from infrastructure.workers import ALL_PROJECTIONS, group_id
 from tests.conftest import Databases
-from tests.e2e.system import System, running_system
+from tests.e2e.system import System, eventually, running_system
 
 pytestmark = pytest.mark.e2e
 
 CONVERGE_TIMEOUT_S = 60.0
 MOVEMENTS = ("Deposited", "Withdrawn", "TransferredIn", "TransferredOut")
+# The KPI each event type counts in (projections/ledger.py; a transfer counts once).
+KPI_EVENTS = {
+    "AccountOpened": "accounts_opened",
+    "Deposited": "deposits",
+    "Withdrawn": "withdrawals",
+    "TransferredOut": "transfers",
+}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +107,12 @@ def read_models_agree_with_the_store(settings: Settings) -> dict[str, Any]:
             "SELECT count(*) FROM ledger_events WHERE topic LIKE ANY(%s)",
             ([f"%.{name}" for name in MOVEMENTS],),
         ).fetchone()
+        kpi_events = {
+            metric: conn.execute(
+                "SELECT count(*) FROM ledger_events WHERE topic LIKE %s", (f"%.{event_type}",)
+            ).fetchone()
+            for event_type, metric in KPI_EVENTS.items()
+        }
     assert {a[0]: a[2] for a in accounts} == heads, "every account at its latest version"
     assert movement_events is not None
     assert len(lines) == movement_events[0], "one statement line per movement, none doubled"
@@ -106,6 +123,10 @@ def read_models_agree_with_the_store(settings: Settings) -> dict[str, Any]:
         by_account[account_id] = running
     for account_id, balance, _, _ in accounts:
         assert by_account.get(account_id, 0) == balance, "statement sums to the balance"
+    kpi_counts = {metric: count for metric, count, _ in kpis}
+    assert kpi_counts == {m: row[0] for m, row in kpi_events.items() if row and row[0]}, (
+        "every event counted once in the KPIs"
+    )
     return {"accounts": sorted(accounts), "lines": lines, "kpis": kpis}
 
 
@@ -177,6 +198,94 @@ def test_two_thousand_random_commands_end_with_projections_equal_to_the_store(
             assert reply.status_code == 200, reply.text
         wait_converged(pipeline, http)
     read_models_agree_with_the_store(pipeline.settings)
+
+
+def committed_offsets(settings: Settings, group: str) -> dict[int, int | None]:
+    """The group's committed offset per partition of the ledger events topic, asked by a
+    consumer of the group that subscribes to nothing (so it never joins the group)."""
+
+    async def fetch() -> dict[int, int | None]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.resolved_kafka_bootstrap(),
+            group_id=group,
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+        )
+        await consumer.start()
+        try:
+            topic = ledger_events_topic(settings)
+            await consumer.topics()  # loads the metadata partitions_for_topic reads
+            return {
+                number: await consumer.committed(TopicPartition(topic, number))
+                for number in consumer.partitions_for_topic(topic)
+            }
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(fetch())
+
+
+def relayed_end_offsets(settings: Settings) -> dict[int, int]:
+    """Where each partition ends, as the relay recorded the broker's acknowledgements."""
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        rows = conn.execute(
+            "SELECT partition, last_offset + 1 FROM relay_partition_offsets WHERE topic = %s",
+            (ledger_events_topic(settings),),
+        ).fetchall()
+    return dict(rows)
+
+
+def wait_committed_to_the_end(system: System, group: str) -> None:
+    ends = relayed_end_offsets(system.settings)
+
+    def at_the_end() -> bool | None:
+        committed = committed_offsets(system.settings, group)
+        return True if committed == {p: ends.get(p, 0) for p in committed} else None
+
+    eventually(at_the_end, CONVERGE_TIMEOUT_S, f"group {group} committed to the end", system)
+
+
+def test_the_workers_process_reads_with_one_consumer_group_for_all_its_projections(
+    pipeline: System,
+) -> None:
+    """Each record fetched once for all six projections, each of them applying every event
+    once: every mark at the store's head, the read models equal to the store."""
+    with httpx.Client(timeout=30) as http:
+        accounts = [open_account(pipeline, http) for _ in range(5)]
+        items = [
+            {"type": "deposit", "account_id": str(a), "amount": "2.00", "currency": "GBP"}
+            for a in accounts * 100
+        ]
+        reply = http.post(
+            f"{pipeline.command.url}/v1/batches",
+            json={"items": items},
+            headers=pipeline.headers("teller"),
+        )
+        assert reply.status_code == 200, reply.text
+        state = wait_converged(pipeline, http)
+    assert {item["name"] for item in state["items"]} == set(ALL_PROJECTIONS)
+    read_models_agree_with_the_store(pipeline.settings)
+    settings = pipeline.settings
+    wait_committed_to_the_end(pipeline, group_id(settings, ALL_PROJECTIONS))
+    for name in ALL_PROJECTIONS:
+        assert set(committed_offsets(settings, group_id(settings, [name])).values()) == {None}
+
+
+def test_a_one_projection_process_keeps_its_group_and_its_replay_changes_nothing(
+    pipeline: System,
+) -> None:
+    """`vigil project balances` beside the workers: its group starts from the beginning of
+    the topic, and tracking makes everything it reads a duplicate."""
+    with httpx.Client(timeout=30) as http:
+        open_account(pipeline, http)
+        wait_converged(pipeline, http)
+    before = read_models_agree_with_the_store(pipeline.settings)
+    pipeline.start("project_balances", ("project", "balances"))
+    try:
+        wait_committed_to_the_end(pipeline, group_id(pipeline.settings, ["balances"]))
+    finally:
+        pipeline.kill("project_balances")
+    assert read_models_agree_with_the_store(pipeline.settings) == before
 
 
 def test_killed_workers_and_relay_restart_into_the_same_read_models(pipeline: System) -> None:

@@ -7,29 +7,40 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import orjson
 import redis
 import redis.asyncio as aioredis
 import structlog
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 
-from domain.integrity import format_timestamp
 from infrastructure.readmodel_schema import SCHEMA
 
 log = structlog.get_logger("vigil.account_cache")
 
 CACHE_TTL_S = 3600
+# Accounts written by one script call: Redis runs a script alone, so keep each one short.
+SCRIPT_KEYS_MAX = 500
 
-# Replace only with a newer version: two workers (or a replay) never move it back.
+# Each key is replaced only with a newer version: two workers (or a replay) never move it
+# back. An entry that does not parse is replaced. KEYS[i] takes ARGV[2i-1] at version
+# ARGV[2i]; the last ARGV is the TTL. Returns how many were written.
 _SET_IF_NEWER = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local cached = cjson.decode(current)
-  if tonumber(cached['version']) >= tonumber(ARGV[2]) then return 0 end
+local ttl = ARGV[#ARGV]
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local current = redis.call('GET', key)
+  local newer = true
+  if current then
+    local ok, cached = pcall(cjson.decode, current)
+    local cached_version = ok and type(cached) == 'table' and tonumber(cached['version'])
+    if cached_version and cached_version >= version then newer = false end
+  end
+  if newer then
+    redis.call('SET', key, ARGV[2 * i - 1], 'EX', ttl)
+    written = written + 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-return 1
+return written
 """
 
 
@@ -37,44 +48,36 @@ def account_cache_key(prefix: str, account_id: UUID | str) -> str:
     return f"{prefix}account:{account_id}"
 
 
-def cached_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "account_id": str(row["account_id"]),
-        "owner": row["owner"],
-        "branch": row["branch"],
-        "currency": row["currency"],
-        "status": row["status"],
-        "balance_minor": row["balance_minor"],
-        "overdraft_limit_minor": row["overdraft_limit_minor"],
-        "version": row["version"],
-        "opened_at": format_timestamp(row["opened_at"]),
-        "updated_at": format_timestamp(row["updated_at"]),
-        "last_transaction_at": (
-            format_timestamp(row["last_transaction_at"]) if row["last_transaction_at"] else None
-        ),
-    }
+def _utc_text(column: str) -> str:
+    """A timestamp as `format_timestamp` writes it (domain/integrity.py)."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+# The cached entry, written by PostgreSQL: the query API reads it as it reads a row
+# (AccountRecord.from_mapping).
+CACHED_ROWS = f"""
+SELECT account_id::text, version, json_build_object(
+    'account_id', account_id, 'owner', owner, 'branch', branch, 'currency', currency,
+    'status', status, 'balance_minor', balance_minor,
+    'overdraft_limit_minor', overdraft_limit_minor, 'version', version,
+    'opened_at', {_utc_text("opened_at")}, 'updated_at', {_utc_text("updated_at")},
+    'last_transaction_at', {_utc_text("last_transaction_at")})::text
+FROM {SCHEMA}.accounts WHERE account_id = ANY(%b::uuid[])
+"""
 
 
 async def cache_account_rows(
     conn: AsyncConnection[Any], cache: aioredis.Redis, prefix: str, account_ids: list[UUID]
 ) -> None:
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(
-            f"SELECT * FROM {SCHEMA}.accounts WHERE account_id = ANY(%s)", (account_ids,)
-        )
-        rows = await cursor.fetchall()
+    cursor = await conn.execute(CACHED_ROWS, (account_ids,))
+    rows = await cursor.fetchall()
+    set_if_newer = cache.register_script(_SET_IF_NEWER)  # EVALSHA, loaded when missing
     try:
-        pipe = cache.pipeline(transaction=False)
-        for row in rows:
-            pipe.eval(
-                _SET_IF_NEWER,
-                1,
-                account_cache_key(prefix, row["account_id"]),
-                orjson.dumps(cached_row(row)),
-                row["version"],
-                CACHE_TTL_S,
-            )
-        await pipe.execute()
+        for start in range(0, len(rows), SCRIPT_KEYS_MAX):
+            chunk = rows[start : start + SCRIPT_KEYS_MAX]
+            keys = [account_cache_key(prefix, account_id) for account_id, _, _ in chunk]
+            args: list[Any] = [x for _, version, entry in chunk for x in (entry, version)]
+            await set_if_newer(keys=keys, args=[*args, CACHE_TTL_S])
     except (redis.RedisError, OSError) as error:
         # The cache is an optimisation: the query API reads PostgreSQL when it misses.
         log.warning("account_cache_write_failed", error=type(error).__name__)

@@ -1,0 +1,110 @@
+"""The balances projection's Redis entries on real PostgreSQL and Redis: each is the
+account's row as the query API reads it from PostgreSQL, and only a newer version
+replaces one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import orjson
+import psycopg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from psycopg.rows import dict_row
+
+from application.commands import OpenAccount
+from application.ledger import Ledger
+from domain.integrity import format_timestamp
+from infrastructure.account_cache import SCRIPT_KEYS_MAX, account_cache_key, cache_account_rows
+from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from interfaces.api.query.views import AccountRecord
+from tests.integration.support import run, stored_envelopes
+from tests.integration.test_projection_store import apply_all, busy_history, seed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    settings = settings_factory()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+    return settings
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()
+
+
+def write_cache(settings: Settings, account_ids: list[UUID]) -> None:
+    async def write() -> None:
+        cache = aioredis.Redis.from_url(settings.resolved_redis_url())
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                settings.resolved_database_url(), autocommit=True
+            ) as conn:
+                await cache_account_rows(conn, cache, settings.redis_key_prefix, account_ids)
+        finally:
+            await cache.aclose()
+
+    asyncio.run(write())
+
+
+def stored_rows(settings: Settings) -> dict[UUID, dict[str, Any]]:
+    with psycopg.connect(settings.resolved_database_url(), row_factory=dict_row) as conn:
+        return {r["account_id"]: r for r in conn.execute("SELECT * FROM readmodel.accounts")}
+
+
+def cached(settings: Settings, client: redis.Redis, account_id: UUID) -> Any:
+    raw = client.get(account_cache_key(settings.redis_key_prefix, account_id))
+    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
+
+
+def test_each_entry_reads_as_the_accounts_row(
+    ledger: Ledger, settings: Settings, redis_client: redis.Redis
+) -> None:
+    accounts = [*seed(ledger), *busy_history(ledger)]
+    asyncio.run(apply_all(settings, "balances", stored_envelopes(ledger)))
+    write_cache(settings, accounts)
+    rows = stored_rows(settings)
+    assert set(rows) == set(accounts)
+    for account_id, row in rows.items():
+        entry = cached(settings, redis_client, account_id)
+        assert AccountRecord.from_mapping(entry) == AccountRecord.from_mapping(row)
+        for column in ("opened_at", "updated_at", "last_transaction_at"):
+            moment = row[column]
+            assert entry[column] == (None if moment is None else format_timestamp(moment))
+
+
+def test_only_a_newer_version_replaces_an_entry_and_unreadable_ones_are_replaced(
+    ledger: Ledger, settings: Settings, redis_client: redis.Redis
+) -> None:
+    newer, older, broken = seed(ledger)[0], *busy_history(ledger)[:2]
+    asyncio.run(apply_all(settings, "balances", stored_envelopes(ledger)))
+    rows = stored_rows(settings)
+    ahead = {"version": rows[newer]["version"] + 1, "balance_minor": 1}
+    redis_client.set(account_cache_key(settings.redis_key_prefix, newer), orjson.dumps(ahead))
+    redis_client.set(account_cache_key(settings.redis_key_prefix, broken), b"{not json")
+    write_cache(settings, [newer, older, broken])
+    assert cached(settings, redis_client, newer) == ahead
+    for account_id in (older, broken):
+        assert cached(settings, redis_client, account_id)["version"] == rows[account_id]["version"]
+
+
+def test_many_accounts_are_written_in_several_script_calls(
+    ledger: Ledger, settings: Settings, redis_client: redis.Redis
+) -> None:
+    ids = [uuid4() for _ in range(SCRIPT_KEYS_MAX + 7)]
+    run(ledger, *(OpenAccount(i, "Many", "001", "GBP", 0) for i in ids))
+    asyncio.run(apply_all(settings, "balances", stored_envelopes(ledger)))
+    write_cache(settings, ids)
+    assert all(cached(settings, redis_client, i)["version"] == 1 for i in ids)

@@ -5,7 +5,8 @@ same event replayed never raises a second one (alert ids are deterministic)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from uuid import UUID
 
@@ -33,6 +34,8 @@ PROJECTION = "alerts"
 OUTBOX_CHANNEL = "alerts_outbox"
 # The event store's topics of watchlist entries end with the event class name.
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
+# Windows held between batches by a worker (each a few KiB at most: a day of movements).
+WINDOWS_CACHED_MAX = 50_000
 
 RULE_CONFIGS_DDL = """
 CREATE TABLE IF NOT EXISTS public.rule_configs (
@@ -103,16 +106,18 @@ async def apply_alerts_batch(
     config: RulesConfig,
     config_version: int,
     schema: str = SCHEMA,
+    cache: WindowCache | None = None,
 ) -> tuple[BatchResult, list[Hit]]:
     """Score the new events of a batch, in one transaction with a fixed number of
-    statements: the windows, the watchlist's history and the alerts each go in one."""
+    statements: the windows, the watchlist's history and the alerts each go in one.
+    `cache` holds the live projection's windows between batches (never a shadow's)."""
     result = BatchResult()
     raised: list[tuple[Hit, str | None, Envelope]] = []
     async with conn.transaction():
         await use_schema(conn, schema)
         position, fresh = await start_batch(conn, PROJECTION, events)
         received: set[int] = set()
-        windows = await _load_windows(conn, events)
+        windows = await _load_windows(conn, events, cache)
         watchlist = await _watchlist_history(conn, events)
         changed: set[UUID] = set()
         deferred: list[int] = []
@@ -143,11 +148,14 @@ async def apply_alerts_batch(
         # mark stays below them and their redelivery, after their predecessors, scores
         # them in order.
         result.deferred = len(deferred)
-        await _save_windows(conn, {a: windows[a] for a in changed})
+        saved = {a: windows[a] for a in changed}
+        await _save_windows(conn, saved)
         await _record_alerts(conn, raised, config_version)
         result.position = await finish_batch(conn, PROJECTION, position, received, result.applied)
         if raised:
             await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+    if cache is not None:
+        cache.keep(saved)
     return result, [hit for hit, _, _ in raised]
 
 
@@ -200,18 +208,50 @@ async def _watchlist_history(
     return WatchlistHistory(steps)
 
 
+class WindowCache:
+    """The windows this process last committed, by account. A batch still reads every
+    window's stored version, but the state only where that version is not the one held
+    (another worker scored the account since, or it was never held): parsing the states
+    was most of a batch's reading. Windows are immutable; the oldest go past `size_max`."""
+
+    def __init__(self, size_max: int = WINDOWS_CACHED_MAX) -> None:
+        self._size_max = size_max
+        self._windows: OrderedDict[UUID, AccountWindow] = OrderedDict()
+
+    def get(self, account_id: UUID) -> AccountWindow | None:
+        return self._windows.get(account_id)
+
+    def keep(self, windows: Mapping[UUID, AccountWindow]) -> None:
+        """After the transaction that stored them has committed, never before."""
+        for account_id, window in windows.items():
+            self._windows[account_id] = window
+            self._windows.move_to_end(account_id)
+        while len(self._windows) > self._size_max:
+            self._windows.popitem(last=False)
+
+
 async def _load_windows(
-    conn: AsyncConnection[Any], events: Sequence[Envelope]
+    conn: AsyncConnection[Any], events: Sequence[Envelope], cache: WindowCache | None
 ) -> dict[UUID, AccountWindow]:
     ids = list({e.aggregate_id for e in events if e.is_account_event})
-    # As text, parsed by orjson: the windows are the bulk of what a batch reads.
+    held = [cache.get(i) if cache else None for i in ids]
+    # The state as text, parsed by orjson, and only where the stored version is not held.
     cursor = await conn.execute(
-        "SELECT account_id, state::text FROM rule_windows WHERE account_id = ANY(%b::uuid[])",
-        (ids,),
+        "SELECT r.account_id, CASE WHEN r.version = k.version THEN NULL ELSE r.state::text END "
+        "FROM unnest(%b::uuid[], %b::bigint[]) AS k(account_id, version) "
+        "JOIN rule_windows r ON r.account_id = k.account_id",
+        (ids, [-1 if w is None else w.version for w in held]),
     )
-    return {
-        row[0]: AccountWindow.from_json(orjson.loads(row[1])) for row in await cursor.fetchall()
-    }
+    windows = dict(zip(ids, held, strict=True))
+    loaded: dict[UUID, AccountWindow] = {}
+    for account_id, state in await cursor.fetchall():
+        if state is None:
+            window = windows[account_id]
+            assert window is not None, "a state is left out only for a window held"
+        else:
+            window = AccountWindow.from_json(orjson.loads(state))
+        loaded[account_id] = window
+    return loaded
 
 
 async def _save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:

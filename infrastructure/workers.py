@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from infrastructure.account_cache import cache_account_rows
 from infrastructure.alerts_store import (
     RULE_CONFIGS_DDL,
+    WindowCache,
     alerts_ddl,
     apply_alerts_batch,
     register_config,
@@ -90,6 +91,7 @@ class AlertsApplier:
     def __init__(self, settings: Settings) -> None:
         self.config, self.source = load_rules(settings.rules_config)
         self.version = 0
+        self.windows = WindowCache()
 
     async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         digest = config_hash(self.config)
@@ -101,7 +103,9 @@ class AlertsApplier:
     ) -> BatchResult:
         assert self.version > 0, "prepare() first"
         started = time.perf_counter()
-        result, hits = await apply_alerts_batch(conn, events, self.config, self.version)
+        result, hits = await apply_alerts_batch(
+            conn, events, self.config, self.version, cache=self.windows
+        )
         if events:
             per_event_s = (time.perf_counter() - started) / len(events)
             for _ in events:

@@ -19,7 +19,7 @@ from domain.ids import alert_id
 from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
-from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.alerts_store import WindowCache, apply_alerts_batch, register_config
 from infrastructure.rules_config import config_hash
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 TELLER = Actor("alice", "teller")
 OFFICER = Actor("olivia", "compliance")
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+WINDOWS = "SELECT account_id, version, state FROM readmodel.rule_windows ORDER BY account_id"
 
 
 @pytest.fixture
@@ -49,12 +50,17 @@ def ledger(settings: Settings) -> Iterator[Ledger]:
     app.close()
 
 
-async def score(settings: Settings, events: list[Envelope], config: RulesConfig) -> Any:
+async def score(
+    settings: Settings,
+    events: list[Envelope],
+    config: RulesConfig,
+    cache: WindowCache | None = None,
+) -> Any:
     async with await psycopg.AsyncConnection.connect(
         settings.resolved_database_url(), autocommit=True
     ) as conn:
         version = await register_config(conn, config.describe(), config_hash(config), "")
-        return await apply_alerts_batch(conn, events, config, version)
+        return await apply_alerts_batch(conn, events, config, version, cache=cache)
 
 
 def structuring(ledger: Ledger) -> UUID:
@@ -120,6 +126,39 @@ def test_a_rebuild_from_zero_raises_exactly_the_same_alerts(
         )
     asyncio.run(score(settings, events, RulesConfig()))
     assert rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id") == before
+
+
+def test_workers_holding_windows_score_as_one_that_reads_them_all_from_the_store(
+    ledger: Ledger, settings: Settings
+) -> None:
+    structuring(ledger)
+    source, target = uuid4(), uuid4()
+    run(
+        ledger, OpenAccount(source, "A", "001", "GBP", 0), OpenAccount(target, "B", "001", "GBP", 0)
+    )
+    run(ledger, Deposit(source, Money(6_000_000, "GBP"), uuid4(), channel="wire"))
+    run(ledger, Transfer(source, target, Money(5_900_000, "GBP"), uuid4()))
+    events = stored_envelopes(ledger)
+    for chunk in (events[:5], events[5:9], events[9:]):
+        asyncio.run(score(settings, chunk, RulesConfig()))
+    expected = rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id")
+    windows = rows(settings, WINDOWS)
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
+        conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
+        conn.execute(
+            "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"
+        )
+    first, second = WindowCache(), WindowCache()
+    # Two workers take turns on the same accounts (a rebalance): each must read what the
+    # other stored, not the window it held from before.
+    for k, chunk in enumerate((events[:3], events[3:5], events[5:8], events[8:9], events[9:])):
+        asyncio.run(score(settings, chunk, RulesConfig(), first if k % 2 == 0 else second))
+    assert rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id") == expected
+    assert rows(settings, WINDOWS) == windows
+    held = first.get(source)
+    assert held is not None
+    assert held.version == max(e.version for e in events if e.aggregate_id == source)
 
 
 def test_a_lower_threshold_is_another_stored_configuration_version(settings: Settings) -> None:

@@ -20,11 +20,14 @@ log = structlog.get_logger("vigil.consumer")
 FETCH_TIMEOUT_MS = 500
 # tansu answers a fetch only when its wait runs out: keep it short, for lag.
 FETCH_WAIT_MS = 20
-# What one fetch may bring: enough that a lagging projection's batch (workers.py's
-# FETCH_RECORDS_MAX, envelopes of about 1 KiB) fills from one round of fetches over its
-# partitions, so one transaction covers thousands of events; bounded so a consumer's
-# buffer stays a few MiB per partition.
-FETCH_PARTITION_BYTES_MAX = 4 * 1024 * 1024
+# What one fetch may bring from each partition (envelopes are about 1 KiB): a few hundred
+# events, so that one round of fetches over the topic's partitions (12 by default) fills a
+# projection batch (workers.py's FETCH_RECORDS_MAX) with about as many events of each.
+# The relay publishes in notification order, so such a batch covers one stretch of ids
+# from every partition, and the projections' marks can move over nearly all of it: only
+# ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
+# partitions each, half their ids tracked row by row.
+FETCH_PARTITION_BYTES_MAX = 512 * 1024
 FETCH_BYTES_MAX = 32 * 1024 * 1024
 RETRY_BACKOFF_S_MIN = 0.1
 RETRY_BACKOFF_S_MAX = 5.0

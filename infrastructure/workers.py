@@ -47,7 +47,8 @@ log = structlog.get_logger("vigil.workers")
 # One fetched batch is one transaction per projection, applied with a fixed number of
 # statements (projection_store.apply_batch): when the projections lag, the bigger the batch
 # the sooner they catch up. When they keep up, batches hold only what arrived meanwhile.
-FETCH_RECORDS_MAX = 5000
+# Enough for a whole round of fetches over the partitions (consumer.py), taken together.
+FETCH_RECORDS_MAX = 10_000
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]

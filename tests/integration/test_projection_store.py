@@ -15,6 +15,7 @@ from application.commands import ChangeStatus, Deposit, OpenAccount, Transfer, W
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
+from infrastructure import projection_store
 from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
 from infrastructure.replay import SHADOW_SCHEMA
@@ -180,6 +181,24 @@ def test_batches_that_leave_the_blocking_id_missing_keep_the_mark_and_the_rows(
     assert blocked == [(first.notification_id,)]
     assert len(rows(settings, TRACKED_STATEMENTS)) == len(rest)
     asyncio.run(apply_all(settings, "statements", [first]))
+    assert position(settings, "statements") == events[-1].notification_id
+    assert rows(settings, TRACKED_STATEMENTS) == []
+
+
+def test_one_walk_moves_the_mark_at_most_the_scan_limit_and_later_batches_go_on(
+    ledger: Ledger, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    monkeypatch.setattr(projection_store, "MARK_SCAN_MAX", 3)
+    first = asyncio.run(apply_all(settings, "statements", events))
+    assert first.applied == len(events)
+    assert position(settings, "statements") == events[2].notification_id
+    assert len(rows(settings, TRACKED_STATEMENTS)) == len(events) - 3
+    again = asyncio.run(apply_all(settings, "statements", events[:1]))  # nothing new
+    assert (again.applied, again.duplicates) == (0, 1)
+    assert position(settings, "statements") == events[5].notification_id
+    asyncio.run(apply_all(settings, "statements", events[:1]))
     assert position(settings, "statements") == events[-1].notification_id
     assert rows(settings, TRACKED_STATEMENTS) == []
 

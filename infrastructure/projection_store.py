@@ -197,22 +197,32 @@ STORED_ABOVE: Final = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Walk:
+    mark: int
+    # The first stored id above the mark that is neither tracked nor received (None: the
+    # walk reached its end without one).
+    blocked_at: int | None
+    passed_tracked: bool  # whether the mark moved over tracking rows (to compact)
+
+
 async def walk_mark(
     conn: AsyncConnection[Any], projection: str, mark: int, received: Collection[int]
-) -> tuple[int, int | None]:
-    """The new mark, and the first stored id above it that is neither tracked nor received
-    (None: the walk reached its end without one)."""
+) -> Walk:
     # The walk passes at most MARK_SCAN_MAX ids, all tracked ones among the lowest tracked.
     cursor = await conn.execute(TRACKED_ABOVE, (projection, mark, MARK_SCAN_MAX), binary=True)
-    present = {int(row[0]) for row in await cursor.fetchall()}
+    tracked = [int(row[0]) for row in await cursor.fetchall()]
+    present = set(tracked)
     present.update(received)
     scan = min(MARK_SCAN_MAX, len(present) + 1)
     cursor = await conn.execute(STORED_ABOVE, (mark, scan), binary=True)
+    blocked_at = None
     for (notification_id,) in await cursor.fetchall():
         if notification_id not in present:
-            return mark, int(notification_id)
+            blocked_at = int(notification_id)
+            break
         mark = int(notification_id)
-    return mark, None
+    return Walk(mark, blocked_at, passed_tracked=bool(tracked) and tracked[0] <= mark)
 
 
 async def finish_batch(
@@ -235,15 +245,15 @@ async def finish_batch(
     mark, blocked_at = position.mark, position.blocked_at
     ids = list(received)
     if blocked_at is None or blocked_at in received:
-        new_mark, blocked_at = await walk_mark(conn, projection, mark, received)
-        assert new_mark >= mark, (new_mark, mark)
-        if new_mark > mark:
+        walk = await walk_mark(conn, projection, mark, received)
+        assert walk.mark >= mark, (walk.mark, mark)
+        if walk.passed_tracked:  # rows at or below the old mark were compacted before
             await conn.execute(
                 "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
-                (projection, new_mark),
+                (projection, walk.mark),
             )
-            ids = [i for i in ids if i > new_mark]
-        mark = new_mark
+        ids = [i for i in ids if i > walk.mark]
+        mark, blocked_at = walk.mark, walk.blocked_at
     await track(conn, projection, ids)
     await conn.execute(
         "UPDATE projection_positions SET position = %s, blocked_at = %s, "

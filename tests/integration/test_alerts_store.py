@@ -103,9 +103,12 @@ def test_replayed_events_raise_no_second_alert(ledger: Ledger, settings: Setting
     assert len(rows(settings, "SELECT 1 FROM readmodel.alerts_outbox")) == 1
 
 
-def test_a_rebuild_from_zero_raises_exactly_the_same_alerts(
-    ledger: Ledger, settings: Settings
-) -> None:
+ALERTS = "SELECT * FROM readmodel.alerts ORDER BY alert_id"
+
+
+def scored_history(ledger: Ledger, settings: Settings) -> tuple[list[Envelope], UUID]:
+    """Structuring, a large deposit and its pass-through, scored in three batches; returns
+    the events and the pass-through's source account."""
     structuring(ledger)
     source, target = uuid4(), uuid4()
     run(
@@ -116,45 +119,42 @@ def test_a_rebuild_from_zero_raises_exactly_the_same_alerts(
     events = stored_envelopes(ledger)
     for chunk in (events[:5], events[5:9], events[9:]):
         asyncio.run(score(settings, chunk, RulesConfig()))
-    before = rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id")
-    assert {r[1] for r in before} >= {"structuring", "large_transaction", "pass_through"}
+    return events, source
+
+
+def forget_alerts(settings: Settings) -> None:
+    """The alerts projection back to nothing scored."""
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
         conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
         conn.execute(
             "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"
         )
+
+
+def test_a_rebuild_from_zero_raises_exactly_the_same_alerts(
+    ledger: Ledger, settings: Settings
+) -> None:
+    events, _ = scored_history(ledger, settings)
+    before = rows(settings, ALERTS)
+    assert {r[1] for r in before} >= {"structuring", "large_transaction", "pass_through"}
+    forget_alerts(settings)
     asyncio.run(score(settings, events, RulesConfig()))
-    assert rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id") == before
+    assert rows(settings, ALERTS) == before
 
 
 def test_workers_holding_windows_score_as_one_that_reads_them_all_from_the_store(
     ledger: Ledger, settings: Settings
 ) -> None:
-    structuring(ledger)
-    source, target = uuid4(), uuid4()
-    run(
-        ledger, OpenAccount(source, "A", "001", "GBP", 0), OpenAccount(target, "B", "001", "GBP", 0)
-    )
-    run(ledger, Deposit(source, Money(6_000_000, "GBP"), uuid4(), channel="wire"))
-    run(ledger, Transfer(source, target, Money(5_900_000, "GBP"), uuid4()))
-    events = stored_envelopes(ledger)
-    for chunk in (events[:5], events[5:9], events[9:]):
-        asyncio.run(score(settings, chunk, RulesConfig()))
-    expected = rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id")
-    windows = rows(settings, WINDOWS)
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
-        conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
-        conn.execute(
-            "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"
-        )
+    events, source = scored_history(ledger, settings)
+    expected, windows = rows(settings, ALERTS), rows(settings, WINDOWS)
+    forget_alerts(settings)
     first, second = WindowCache(), WindowCache()
     # Two workers take turns on the same accounts (a rebalance): each must read what the
     # other stored, not the window it held from before.
     for k, chunk in enumerate((events[:3], events[3:5], events[5:8], events[8:9], events[9:])):
         asyncio.run(score(settings, chunk, RulesConfig(), first if k % 2 == 0 else second))
-    assert rows(settings, "SELECT * FROM readmodel.alerts ORDER BY alert_id") == expected
+    assert rows(settings, ALERTS) == expected
     assert rows(settings, WINDOWS) == windows
     held = first.get(source)
     assert held is not None

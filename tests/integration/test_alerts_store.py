@@ -19,7 +19,12 @@ from domain.ids import alert_id
 from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
-from infrastructure.alerts_store import WindowCache, apply_alerts_batch, register_config
+from infrastructure.alerts_store import (
+    WindowCache,
+    alerts_ddl,
+    apply_alerts_batch,
+    register_config,
+)
 from infrastructure.rules_config import config_hash
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
@@ -204,3 +209,23 @@ def test_one_batch_scores_each_transfer_against_the_watchlist_as_it_was_then(
     assert [alert for alert, _ in outbox] == [
         alert_id("watchlist", str(payer), n) for n in after_listing
     ]
+
+
+def test_windows_stored_as_jsonb_by_an_earlier_version_become_text_and_still_score(
+    ledger: Ledger, settings: Settings
+) -> None:
+    account = structuring(ledger)
+    events = stored_envelopes(ledger)
+    asyncio.run(score(settings, events[:-1], RulesConfig()))  # two deposits scored
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE readmodel.rule_windows ALTER COLUMN state TYPE jsonb USING state::jsonb"
+        )
+        conn.execute(alerts_ddl())
+        [(kind,)] = conn.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = 'readmodel' "
+            "AND table_name = 'rule_windows' AND column_name = 'state'"
+        ).fetchall()
+    assert kind == "text"
+    _, hits = asyncio.run(score(settings, events[-1:], RulesConfig()))
+    assert [(h.rule, h.account_id) for h in hits] == [("structuring", str(account))]

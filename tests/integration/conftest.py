@@ -1,7 +1,8 @@
-"""A real Kafka-protocol broker (tansu, memory only) for the integration tests.
-
-Started from the main thread (its child process must outlive no thread of ours) once per
-session; tests keep apart by topic prefix. A test that restarts a broker starts its own.
+"""What the integration tests share: a real Kafka-protocol broker (tansu, memory only),
+started from the main thread (its child process must outlive no thread of ours) once per
+session, tests keeping apart by topic prefix (a test that restarts a broker starts its
+own); and by default a fresh store with the read models and a ledger on it (a module that
+needs other settings or another clock defines its own `settings` or `ledger`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from application.ledger import Ledger
 from infrastructure.embedded import EmbeddedBroker, start_broker
+from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +29,18 @@ def broker() -> Iterator[EmbeddedBroker]:
     yield server
     server.stop()
     shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
+    settings = settings_factory()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+    return settings  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[Ledger]:
+    app = open_ledger(settings)
+    yield app
+    app.close()

@@ -5,7 +5,6 @@ replaces one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,29 +19,12 @@ from application.commands import OpenAccount
 from application.ledger import Ledger
 from domain.integrity import format_timestamp
 from infrastructure.account_cache import SCRIPT_KEYS_MAX, account_cache_key, cache_account_rows
-from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 from interfaces.api.query.views import AccountRecord
 from tests.integration.support import run, stored_envelopes
 from tests.integration.test_projection_store import apply_all, busy_history, seed
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
-    settings = settings_factory()
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        ensure_read_models(conn)
-    return settings
-
-
-@pytest.fixture
-def ledger(settings: Settings) -> Iterator[Ledger]:
-    app = open_ledger(settings)
-    yield app
-    app.close()
 
 
 def write_cache(settings: Settings, account_ids: list[UUID]) -> None:

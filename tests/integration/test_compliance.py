@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID, uuid4
@@ -37,7 +36,6 @@ from domain.watchlist import watchlist_entry_id
 from infrastructure.case_opener import CaseOpener
 from infrastructure.embedded import EmbeddedBroker
 from infrastructure.projection_store import apply_batch
-from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from infrastructure.topics import alerts_topic
@@ -49,21 +47,6 @@ TELLER = Actor("alice", "teller")
 OFFICER = Actor("olivia", "compliance")
 OPENERS = 10
 OPENER_WAIT_S = 30.0
-
-
-@pytest.fixture
-def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
-    settings = settings_factory()
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        ensure_read_models(conn)
-    return settings
-
-
-@pytest.fixture
-def ledger(settings: Settings) -> Iterator[Ledger]:
-    app = open_ledger(settings)
-    yield app
-    app.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ skips the store's gaps, read models that agree with the aggregates."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,7 +19,6 @@ from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
 from infrastructure.replay import SHADOW_SCHEMA
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 from projections.envelope import Envelope
 from tests.integration.support import rows, run, run_group, stored_envelopes
 
@@ -29,21 +27,6 @@ pytestmark = pytest.mark.integration
 TRACKED_STATEMENTS = "SELECT 1 FROM readmodel.projection_tracking WHERE projection = 'statements'"
 
 TELLER = Actor("alice", "teller")
-
-
-@pytest.fixture
-def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
-    settings = settings_factory()
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        ensure_read_models(conn)
-    return settings
-
-
-@pytest.fixture
-def ledger(settings: Settings) -> Iterator[Ledger]:
-    app = open_ledger(settings)
-    yield app
-    app.close()
 
 
 def seed(ledger: Ledger) -> list[UUID]:

@@ -65,6 +65,11 @@ APPLY_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 POSITION = Gauge("vigil_projection_position", "High-water mark, by projection.", ["projection"])
+# 0 until the consumer has joined its group: `vigil up` waits for it before saying "up".
+PARTITIONS_ASSIGNED = Gauge(
+    "vigil_projection_partitions_assigned",
+    "Partitions of the ledger topic this process's consumer holds.",
+)
 LAG_EVENTS = Gauge(
     "vigil_projection_lag_events", "Store head minus the projection's mark.", ["projection"]
 )
@@ -268,6 +273,7 @@ class ProjectionConsumer:
             fetched = await consumer.getmany(
                 timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
             )
+            PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
             records = await self.epochs.records(consumer, fetched)
             if records:
                 events = [Envelope.from_json(orjson.loads(record.value)) for record in records]

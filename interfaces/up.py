@@ -72,6 +72,8 @@ class ChildSpec:
     argv: tuple[str, ...]
     url: str | None = None  # written to up.json under `name`
     ready_url: str | None = None  # 200 means ready; None: ready once started
+    # And, if set, this gauge in the ready URL's Prometheus text is above 0.
+    ready_gauge: str | None = None
     port: int | None = None  # must be free before we start
     port_variable: str | None = None  # the setting that moves it
 
@@ -96,13 +98,20 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
             port_variable=variable,
         )
 
-    def worker(name: str, argv: tuple[str, ...], port_setting: int, variable: str) -> ChildSpec:
+    def worker(
+        name: str,
+        argv: tuple[str, ...],
+        port_setting: int,
+        variable: str,
+        ready_gauge: str | None = None,
+    ) -> ChildSpec:
         # Ready once its /metrics answers: it has started and its settings loaded.
         port = port_setting or free_port(host)
         return ChildSpec(
             name=name,
             argv=_vigil(*argv, "--metrics-port", str(port)),
             ready_url=f"http://{host}:{port}/metrics",
+            ready_gauge=ready_gauge,
             port=port,
             port_variable=variable,
         )
@@ -111,8 +120,14 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
         api("command_api", "command", settings.command_port, "VIGIL_COMMAND_PORT"),
         api("query_api", "query", settings.query_port, "VIGIL_QUERY_PORT"),
         worker("relay", ("relay",), settings.relay_metrics_port, "VIGIL_RELAY_METRICS_PORT"),
+        # The workers are ready once their consumer holds partitions (joining the group
+        # takes a few seconds): a read right after "up" then sees its own writes.
         worker(
-            "workers", ("workers",), settings.workers_metrics_port, "VIGIL_WORKERS_METRICS_PORT"
+            "workers",
+            ("workers",),
+            settings.workers_metrics_port,
+            "VIGIL_WORKERS_METRICS_PORT",
+            ready_gauge="vigil_projection_partitions_assigned",
         ),
         worker(
             "case_opener",
@@ -121,6 +136,18 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
             "VIGIL_CASE_OPENER_METRICS_PORT",
         ),
     ]
+
+
+def gauge_above_zero(metrics: str, gauge: str) -> bool:
+    """Whether Prometheus text gives `gauge` (unlabelled) a value above 0."""
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name == gauge:
+            try:
+                return float(value) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _client_host(host: str) -> str:
@@ -296,12 +323,12 @@ class _Supervisor:
         child = spawn(spec.name, spec.argv, self.var_dir / f"{spec.name}.log", env)
         self.children.append((spec, child))
         if spec.ready_url is not None:
-            self._wait_ready(spec.ready_url, child)
+            self._wait_ready(spec.ready_url, child, spec.ready_gauge)
         where = f"on {spec.url} " if spec.url else ""
         elapsed_s = time.monotonic() - started_at_s
         _say(f"  {spec.name} ready {where}(pid {child.pid}, {elapsed_s:.1f} s)")
 
-    def _wait_ready(self, url: str, child: ManagedProcess) -> None:
+    def _wait_ready(self, url: str, child: ManagedProcess, gauge: str | None) -> None:
         deadline_s = time.monotonic() + READY_TIMEOUT_S
         with httpx.Client(trust_env=False, timeout=READY_PROBE_TIMEOUT_S) as http:
             while not self.stop_requested.is_set():
@@ -312,7 +339,10 @@ class _Supervisor:
                         f" {child.log_path}:\n{log_tail(child.log_path)}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
-                    if http.get(url).status_code == 200:
+                    reply = http.get(url)
+                    if reply.status_code == 200 and (
+                        gauge is None or gauge_above_zero(reply.text, gauge)
+                    ):
                         return
                 if time.monotonic() >= deadline_s:
                     raise StartupFailed(

@@ -26,7 +26,8 @@ FETCH_WAIT_MS = 20
 # The relay publishes in notification order, so such a batch covers one stretch of ids
 # from every partition, and the projections' marks can move over nearly all of it: only
 # ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
-# partitions each, half their ids tracked row by row.
+# partitions each, half their ids tracked row by row. Above the relay's producer batches
+# (relay_broker.py, 256 KiB), so a fetch always holds whole record batches.
 FETCH_PARTITION_BYTES_MAX = 512 * 1024
 FETCH_BYTES_MAX = 32 * 1024 * 1024
 RETRY_BACKOFF_S_MIN = 0.1

@@ -144,24 +144,25 @@ def stored_envelope(ledger: Ledger, notification_id: int, stored: StoredEvent) -
     event_class = resolve_topic(stored.topic)
     fields = stored_fields(ledger, stored)
     timestamp = fields.get("timestamp")
-    if not (
+    if (
         isinstance(timestamp, dict)
         and timestamp.get("_type_") == DATETIME_TRANSCODING
         and getattr(event_class, "class_version", 1) == 1
         and "class_version" not in fields
         and issubclass(event_class, ChainedAggregate.Event)
     ):
-        event: Any = ledger.mapper.to_domain_event(stored)
-        return envelope(notification_id, event)
-    moment = datetime.fromisoformat(timestamp["_data_"])
-    return envelope_of(
-        notification_id,
-        event_class,
-        stored.originator_id,
-        stored.originator_version,
-        moment,
-        fields,
-    )
+        # KeyError: a field the state lacks, that the event class would give its default.
+        with contextlib.suppress(KeyError):
+            return envelope_of(
+                notification_id,
+                event_class,
+                stored.originator_id,
+                stored.originator_version,
+                datetime.fromisoformat(timestamp["_data_"]),
+                fields,
+            )
+    event: Any = ledger.mapper.to_domain_event(stored)
+    return envelope(notification_id, event)
 
 
 # The library's transcoding of datetimes: {"_type_": "datetime_iso", "_data_": isoformat()}.

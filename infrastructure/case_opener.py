@@ -15,7 +15,7 @@ import signal
 import orjson
 import structlog
 from aiokafka import ConsumerRecord
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 from application.compliance import Compliance
 from domain.errors import Unavailable, ValidationFailed
@@ -39,6 +39,11 @@ CASES_OPENED = Counter(
     "vigil_cases_opened_total",
     "Cases opened from alerts, by rule and severity.",
     ["rule", "severity"],
+)
+# 0 until the consumer has joined its group: `vigil up` waits for it before saying "up".
+PARTITIONS_ASSIGNED = Gauge(
+    "vigil_case_opener_partitions_assigned",
+    "Partitions of the alerts topic this process's consumer holds.",
 )
 ALERTS_CONSUMED = Counter(
     "vigil_case_opener_alerts_total",
@@ -80,6 +85,7 @@ class CaseOpener:
                 fetched = await consumer.getmany(
                     timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
                 )
+                PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
                 records = await self.epochs.records(consumer, fetched)
                 for record in records:
                     await self._handle(record)

@@ -120,8 +120,8 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
         api("command_api", "command", settings.command_port, "VIGIL_COMMAND_PORT"),
         api("query_api", "query", settings.query_port, "VIGIL_QUERY_PORT"),
         worker("relay", ("relay",), settings.relay_metrics_port, "VIGIL_RELAY_METRICS_PORT"),
-        # The workers are ready once their consumer holds partitions (joining the group
-        # takes a few seconds): a read right after "up" then sees its own writes.
+        # The consumers are ready once they hold partitions (joining a group takes a few
+        # seconds): a read right after "up" then sees its own writes, and alerts open cases.
         worker(
             "workers",
             ("workers",),
@@ -134,6 +134,7 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
             ("case-opener",),
             settings.case_opener_metrics_port,
             "VIGIL_CASE_OPENER_METRICS_PORT",
+            ready_gauge="vigil_case_opener_partitions_assigned",
         ),
     ]
 

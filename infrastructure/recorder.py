@@ -30,18 +30,22 @@ REPLIES_TABLE = "command_replies"
 REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
 EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
 
+# For the services' own connections: PostgreSQL's JIT compiles statements over big arrays
+# (a group's or a batch's thousands of ids look expensive) for ~70 ms, to run them in a few.
+SESSION_OPTIONS = "-c jit=off"
+
 
 class VigilRecorder(PostgresApplicationRecorder):
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        # No JIT (store.SESSION_OPTIONS says why). The connections the pool already made
-        # are replaced by ones carrying the option.
+        # SESSION_OPTIONS on the library's pool too. The connections the pool already made
+        # are replaced by ones carrying them.
         pool_kwargs = self.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
         options = str(pool_kwargs.get("options") or "")
-        pool_kwargs["options"] = f"{options} -c jit=off".strip()
+        pool_kwargs["options"] = f"{options} {SESSION_OPTIONS}".strip()
         self.datastore.pool.drain()
         schema = Identifier(self.datastore.schema)
         replies = Identifier(REPLIES_TABLE)

@@ -16,8 +16,9 @@ import psycopg
 import structlog
 
 from infrastructure.readmodel_schema import SCHEMA as READMODEL_SCHEMA
+from infrastructure.recorder import SESSION_OPTIONS
 from infrastructure.settings import Settings
-from infrastructure.store import SESSION_OPTIONS, migration_lock_async
+from infrastructure.store import migration_lock_async
 
 log = structlog.get_logger("vigil.relay")
 

@@ -28,10 +28,6 @@ from projections.envelope import Envelope
 # The library names the table after the application ("Ledger").
 EVENTS_TABLE = "ledger_events"
 
-# For the services' own connections: PostgreSQL's JIT compiles statements over big arrays
-# (a group's or a batch's thousands of ids look expensive) for ~70 ms, to run them in a few.
-SESSION_OPTIONS = "-c jit=off"
-
 # Any fixed number: all Vigil processes that migrate take this lock first, so two
 # starting at once do not race on CREATE TABLE / CREATE TYPE.
 MIGRATION_LOCK_ID = 7_270_401

@@ -36,9 +36,10 @@ from infrastructure.alerts_store import (
 from infrastructure.consumer import FETCH_TIMEOUT_MS, EpochGuard, new_consumer, run_with_restarts
 from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
+from infrastructure.recorder import SESSION_OPTIONS
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
-from infrastructure.store import EVENTS_TABLE, SESSION_OPTIONS, migration_lock_async
+from infrastructure.store import EVENTS_TABLE, migration_lock_async
 from infrastructure.topics import ledger_events_topic
 from projections.envelope import Envelope
 

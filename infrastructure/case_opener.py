@@ -15,13 +15,13 @@ import signal
 import orjson
 import structlog
 from aiokafka import ConsumerRecord
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, start_http_server
 
 from application.compliance import Compliance
 from domain.errors import Unavailable, ValidationFailed
 from infrastructure.consumer import (
-    FETCH_TIMEOUT_MS,
     EpochGuard,
+    fetch,
     header,
     new_consumer,
     run_with_restarts,
@@ -39,11 +39,6 @@ CASES_OPENED = Counter(
     "vigil_cases_opened_total",
     "Cases opened from alerts, by rule and severity.",
     ["rule", "severity"],
-)
-# 0 until the consumer has joined its group: `vigil up` waits for it before saying "up".
-PARTITIONS_ASSIGNED = Gauge(
-    "vigil_case_opener_partitions_assigned",
-    "Partitions of the alerts topic this process's consumer holds.",
 )
 ALERTS_CONSUMED = Counter(
     "vigil_case_opener_alerts_total",
@@ -82,11 +77,7 @@ class CaseOpener:
         try:
             log.info("case_opener_started", topic=alerts_topic(self.settings))
             while not stop.is_set():
-                fetched = await consumer.getmany(
-                    timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
-                )
-                PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
-                records = await self.epochs.records(consumer, fetched)
+                records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
                 for record in records:
                     await self._handle(record)
                 if records:

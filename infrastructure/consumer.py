@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Gauge
 
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.topics import EPOCH_HEADER
@@ -30,6 +31,12 @@ FETCH_WAIT_MS = 20
 # (relay_broker.py, 256 KiB), so a fetch always holds whole record batches.
 FETCH_PARTITION_BYTES_MAX = 512 * 1024
 FETCH_BYTES_MAX = 32 * 1024 * 1024
+# 0 until the process's consumer has joined its group (a few seconds after it starts):
+# `vigil up` calls the workers and the case opener ready only once it is above 0.
+PARTITIONS_ASSIGNED_GAUGE = "vigil_consumer_partitions_assigned"
+PARTITIONS_ASSIGNED = Gauge(
+    PARTITIONS_ASSIGNED_GAUGE, "Partitions of its topic this process's consumer holds."
+)
 RETRY_BACKOFF_S_MIN = 0.1
 RETRY_BACKOFF_S_MAX = 5.0
 
@@ -80,6 +87,15 @@ async def run_with_restarts(
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def fetch(
+    consumer: AIOKafkaConsumer, epochs: EpochGuard, records_max: int
+) -> list[ConsumerRecord]:
+    """One round of fetching: the records that pass the epoch rule, in partition order."""
+    fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=records_max)
+    PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
+    return await epochs.records(consumer, fetched)
 
 
 class EpochGuard:

@@ -33,7 +33,7 @@ from infrastructure.alerts_store import (
     apply_alerts_batch,
     register_config,
 )
-from infrastructure.consumer import FETCH_TIMEOUT_MS, EpochGuard, new_consumer, run_with_restarts
+from infrastructure.consumer import EpochGuard, fetch, new_consumer, run_with_restarts
 from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.recorder import SESSION_OPTIONS
@@ -66,11 +66,6 @@ APPLY_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 POSITION = Gauge("vigil_projection_position", "High-water mark, by projection.", ["projection"])
-# 0 until the consumer has joined its group: `vigil up` waits for it before saying "up".
-PARTITIONS_ASSIGNED = Gauge(
-    "vigil_projection_partitions_assigned",
-    "Partitions of the ledger topic this process's consumer holds.",
-)
 LAG_EVENTS = Gauge(
     "vigil_projection_lag_events", "Store head minus the projection's mark.", ["projection"]
 )
@@ -271,11 +266,7 @@ class ProjectionConsumer:
         cache: aioredis.Redis,
     ) -> None:
         while not stop.is_set():
-            fetched = await consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX
-            )
-            PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
-            records = await self.epochs.records(consumer, fetched)
+            records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
             if records:
                 events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
                 await self._apply(conns, cache, events)

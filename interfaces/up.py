@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psutil
 
+from infrastructure.consumer import PARTITIONS_ASSIGNED_GAUGE
 from infrastructure.embedded import (
     EmbeddedBroker,
     EmbeddedPostgres,
@@ -127,14 +128,14 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
             ("workers",),
             settings.workers_metrics_port,
             "VIGIL_WORKERS_METRICS_PORT",
-            ready_gauge="vigil_projection_partitions_assigned",
+            ready_gauge=PARTITIONS_ASSIGNED_GAUGE,
         ),
         worker(
             "case_opener",
             ("case-opener",),
             settings.case_opener_metrics_port,
             "VIGIL_CASE_OPENER_METRICS_PORT",
-            ready_gauge="vigil_case_opener_partitions_assigned",
+            ready_gauge=PARTITIONS_ASSIGNED_GAUGE,
         ),
     ]
 

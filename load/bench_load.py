@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,41 +107,51 @@ async def _post_command(http: Http, path: str, body: dict[str, Any], tally: Tall
         tally.errors[reply_code(status, reply)] += 1
 
 
-async def batch_load(
-    url: str, token: str, ids: list[str], clients: int, deadline_s: float, tally: Tally
+async def _clients(
+    url: str,
+    token: str,
+    clients: int,
+    deadline_s: float,
+    send_one: Callable[[random.Random, Http], Awaitable[None]],
 ) -> None:
+    """`clients` closed-loop clients, each with its own connection, sending until the deadline."""
+
     async def client() -> None:
         rng, http = random.Random(), Http(url, token)
         try:
             while time.monotonic() < deadline_s:
-                await _post_batch(http, _transfers(rng, ids, BATCH_ITEMS), tally)
+                await send_one(rng, http)
         finally:
             http.close()
 
     await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def batch_load(
+    url: str, token: str, ids: list[str], clients: int, deadline_s: float, tally: Tally
+) -> None:
+    async def send_batch(rng: random.Random, http: Http) -> None:
+        await _post_batch(http, _transfers(rng, ids, BATCH_ITEMS), tally)
+
+    await _clients(url, token, clients, deadline_s, send_batch)
 
 
 async def single_load(
     url: str, token: str, ids: list[str], clients: int, deadline_s: float, tally: Tally
 ) -> None:
-    async def client() -> None:
-        rng, http = random.Random(), Http(url, token)
-        try:
-            while time.monotonic() < deadline_s:
-                kind = rng.randrange(3)  # deposits, withdrawals and transfers, a third each
-                body: dict[str, Any] = {"amount": _amount(rng), "currency": CURRENCY}
-                if kind == 2:
-                    source, destination = rng.sample(ids, 2)
-                    body |= {"from_account_id": source, "to_account_id": destination}
-                    await _post_command(http, "/v1/transfers", body, tally)
-                    continue
-                route = "deposits" if kind == 0 else "withdrawals"
-                path = f"/v1/accounts/{rng.choice(ids)}/{route}"
-                await _post_command(http, path, body | {"channel": "wire"}, tally)
-        finally:
-            http.close()
+    async def send_command(rng: random.Random, http: Http) -> None:
+        kind = rng.randrange(3)  # deposits, withdrawals and transfers, a third each
+        body: dict[str, Any] = {"amount": _amount(rng), "currency": CURRENCY}
+        if kind == 2:
+            source, destination = rng.sample(ids, 2)
+            body |= {"from_account_id": source, "to_account_id": destination}
+            await _post_command(http, "/v1/transfers", body, tally)
+            return
+        route = "deposits" if kind == 0 else "withdrawals"
+        path = f"/v1/accounts/{rng.choice(ids)}/{route}"
+        await _post_command(http, path, body | {"channel": "wire"}, tally)
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await _clients(url, token, clients, deadline_s, send_command)
 
 
 async def paced_load(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 from uuid import UUID
 
@@ -22,9 +23,11 @@ from domain.rules.window import AccountWindow
 from infrastructure.projection_store import (
     BatchResult,
     finish_batch,
+    quarantine_event,
     start_batch,
     use_schema,
 )
+from infrastructure.quarantine import apply_isolating, next_version, quarantined_versions
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.store import EVENTS_TABLE
 from projections.alerts import movement_of, step
@@ -36,61 +39,6 @@ OUTBOX_CHANNEL = "alerts_outbox"
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
 # Windows held between batches by a worker (each a few KiB at most: a day of movements).
 WINDOWS_CACHED_MAX = 50_000
-
-RULE_CONFIGS_DDL = """
-CREATE TABLE IF NOT EXISTS public.rule_configs (
-    version serial PRIMARY KEY,
-    sha256 text NOT NULL UNIQUE,
-    parameters jsonb NOT NULL,
-    source text NOT NULL,
-    loaded_at timestamptz NOT NULL DEFAULT now()
-);
-"""
-
-
-def alerts_ddl(schema: str = SCHEMA) -> str:
-    """The alerts projection's tables in `schema` (live, or a shadow for `vigil replay`)."""
-    return f"""
--- The window as orjson writes it: stored and read whole, never queried inside, and text
--- costs PostgreSQL a third of what jsonb does to write and to read back.
-CREATE TABLE IF NOT EXISTS {schema}.rule_windows (
-    account_id uuid PRIMARY KEY,
-    version bigint NOT NULL,
-    state text NOT NULL
-);
--- Read models made when the state was jsonb: the same JSON, as text.
-DO $do$ BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
-            AND table_name = 'rule_windows' AND column_name = 'state'
-            AND data_type = 'jsonb') THEN
-        ALTER TABLE {schema}.rule_windows ALTER COLUMN state TYPE text USING state::text;
-    END IF;
-END $do$;
-CREATE TABLE IF NOT EXISTS {schema}.alerts (
-    alert_id uuid PRIMARY KEY,
-    rule text NOT NULL,
-    severity text NOT NULL,
-    account_id uuid NOT NULL,
-    branch text,
-    transaction_ids jsonb NOT NULL,
-    positions jsonb NOT NULL,
-    explanation text NOT NULL,
-    raised_at timestamptz NOT NULL,
-    notification_id bigint NOT NULL,
-    chain_head text,
-    rule_config_version int NOT NULL,
-    case_id uuid NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_raised_idx ON {schema}.alerts (raised_at DESC, alert_id);
-CREATE INDEX IF NOT EXISTS alerts_account_idx ON {schema}.alerts (account_id);
-CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
-    id bigserial PRIMARY KEY,
-    alert_id uuid NOT NULL,
-    account_id uuid NOT NULL,
-    payload jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 
 async def register_config(
@@ -120,53 +68,108 @@ async def apply_alerts_batch(
 ) -> tuple[BatchResult, list[Hit]]:
     """Score the new events of a batch, in one transaction with a fixed number of
     statements: the windows, the watchlist's history and the alerts each go in one.
-    `cache` holds the live projection's windows between batches (never a shadow's)."""
-    result = BatchResult()
-    raised: list[tuple[Hit, str | None, Envelope]] = []
+    `cache` holds the live projection's windows between batches (never a shadow's). An
+    event the rules cannot score is quarantined and the rest scored around it."""
+
+    async def once(batch: Sequence[Envelope]) -> tuple[BatchResult, list[Hit]]:
+        return await _apply_once(conn, batch, config, config_version, schema, cache)
+
+    async def set_aside(event: Envelope, error: BaseException) -> None:
+        await quarantine_event(conn, PROJECTION, event, error, schema)
+
+    def merged(parts: list[tuple[BatchResult, list[Hit]]]) -> tuple[BatchResult, list[Hit]]:
+        return BatchResult.merged([r for r, _ in parts]), [h for _, hits in parts for h in hits]
+
+    return await apply_isolating(PROJECTION, events, once, set_aside, merged)
+
+
+@dataclass
+class Scored:
+    """A batch's events scored against the windows (pure; nothing written yet)."""
+
+    result: BatchResult
+    windows: dict[UUID, AccountWindow]
+    raised: list[tuple[Hit, str | None, Envelope]] = field(default_factory=list)
+    changed: set[UUID] = field(default_factory=set)
+    received: set[int] = field(default_factory=set)
+    deferred: list[Envelope] = field(default_factory=list)
+
+
+def _score(
+    events: Sequence[Envelope],
+    fresh: set[int],
+    loaded: Mapping[UUID, AccountWindow],
+    watchlist: WatchlistHistory,
+    config: RulesConfig,
+    skipped: Mapping[UUID, set[int]],
+) -> Scored:
+    """Every new event through the rules, in order; early ones deferred. `fresh` and
+    `loaded` are not changed (a second scoring, with `skipped` known, starts over)."""
+    fresh = set(fresh)
+    out = Scored(BatchResult(), dict(loaded))
+    for event in events:
+        if event.notification_id not in fresh:
+            out.result.duplicates += 1
+            continue
+        fresh.discard(event.notification_id)
+        if not event.is_account_event:
+            out.received.add(event.notification_id)
+            out.result.applied += 1
+            continue
+        window = out.windows.get(event.aggregate_id) or AccountWindow(str(event.aggregate_id))
+        if event.version != next_version(window.version, skipped.get(event.aggregate_id)):
+            if event.version <= window.version:
+                out.received.add(event.notification_id)
+                out.result.duplicates += 1  # already scored: the window has moved past it
+            else:
+                out.deferred.append(event)
+            continue
+        out.received.add(event.notification_id)
+        hits, out.windows[event.aggregate_id] = step(
+            config, window, event, watchlist.listed_before(event)
+        )
+        out.changed.add(event.aggregate_id)
+        out.raised.extend((hit, window.branch, event) for hit in hits)
+        out.result.applied += 1
+    return out
+
+
+async def _apply_once(
+    conn: AsyncConnection[Any],
+    events: Sequence[Envelope],
+    config: RulesConfig,
+    config_version: int,
+    schema: str,
+    cache: WindowCache | None,
+) -> tuple[BatchResult, list[Hit]]:
     async with conn.transaction():
         await use_schema(conn, schema)
         position, fresh = await start_batch(conn, PROJECTION, events)
-        received: set[int] = set()
         windows = await _load_windows(conn, events, cache)
         watchlist = await _watchlist_history(conn, events)
-        changed: set[UUID] = set()
-        deferred: list[int] = []
-        for event in events:
-            if event.notification_id not in fresh:
-                result.duplicates += 1
-                continue
-            fresh.discard(event.notification_id)
-            if not event.is_account_event:
-                received.add(event.notification_id)
-                result.applied += 1
-                continue
-            window = windows.get(event.aggregate_id) or AccountWindow(str(event.aggregate_id))
-            if event.version != window.version + 1:
-                if event.version <= window.version:
-                    received.add(event.notification_id)
-                    result.duplicates += 1  # already scored: the window has moved past it
-                else:
-                    deferred.append(event.notification_id)
-                continue
-            received.add(event.notification_id)
-            watchlisted = watchlist.listed_before(event)
-            hits, windows[event.aggregate_id] = step(config, window, event, watchlisted)
-            changed.add(event.aggregate_id)
-            raised.extend((hit, window.branch, event) for hit in hits)
-            result.applied += 1
+        scored = _score(events, fresh, windows, watchlist, config, {})
+        if scored.deferred:
+            # Rare: an account's next version may be one set aside; step over those.
+            accounts = list({e.aggregate_id for e in scored.deferred})
+            skipped = await quarantined_versions(conn, PROJECTION, accounts)
+            if skipped:
+                scored = _score(events, fresh, windows, watchlist, config, skipped)
         # Early events (a partially failed relay batch, retried) are not tracked, so the
         # mark stays below them and their redelivery, after their predecessors, scores
         # them in order.
-        result.deferred = len(deferred)
-        saved = {a: windows[a] for a in changed}
+        result = scored.result
+        result.deferred = len(scored.deferred)
+        saved = {a: scored.windows[a] for a in scored.changed}
         await _save_windows(conn, saved)
-        await _record_alerts(conn, raised, config_version)
-        result.position = await finish_batch(conn, PROJECTION, position, received, result.applied)
-        if raised:
+        await _record_alerts(conn, scored.raised, config_version)
+        result.position = await finish_batch(
+            conn, PROJECTION, position, scored.received, result.applied
+        )
+        if scored.raised:
             await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
     if cache is not None:
         cache.keep(saved)
-    return result, [hit for hit, _, _ in raised]
+    return result, [hit for hit, _, _ in scored.raised]
 
 
 class WatchlistHistory:

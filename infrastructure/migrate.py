@@ -21,11 +21,10 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from application.ledger import Ledger, LedgerOptions
 from infrastructure import checkpoints
-from infrastructure.alerts_store import PROJECTION as ALERTS
-from infrastructure.alerts_store import RULE_CONFIGS_DDL, alerts_ddl
 from infrastructure.audit_log import ensure_audit_tables
 from infrastructure.backtest import SHADOW_DDL
 from infrastructure.event_index import INDEX_TABLE, index_heads
+from infrastructure.quarantine import RELAY_QUARANTINE_DDL
 from infrastructure.readmodel_schema import SCHEMA as READMODEL
 from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.recorder import REPLIES_TABLE
@@ -44,6 +43,7 @@ PUBLIC_GRANTS: tuple[tuple[str, str], ...] = (
     (INDEX_TABLE, "SELECT, INSERT"),
     ("relay_state", "SELECT, INSERT, UPDATE, DELETE"),
     ("relay_partition_offsets", "SELECT, INSERT, UPDATE, DELETE"),
+    ("relay_quarantine", "SELECT, INSERT, UPDATE"),
     ("rule_configs", "SELECT, INSERT"),
     # Append-only too (their own triggers): the query API and the relay only add rows.
     ("audit_access_log", "SELECT, INSERT"),
@@ -75,19 +75,13 @@ def _event_store(conn: Connection, settings: Settings) -> None:
 def _read_models(conn: Connection, settings: Settings) -> None:
     del settings
     ensure_read_models(conn)
-    conn.execute(RULE_CONFIGS_DDL)
-    conn.execute(alerts_ddl())
-    conn.execute(
-        f"INSERT INTO {READMODEL}.projection_positions (projection) VALUES (%s) "
-        "ON CONFLICT DO NOTHING",
-        (ALERTS,),
-    )
     conn.execute(SHADOW_DDL)
 
 
 def _relay(conn: Connection, settings: Settings) -> None:
     del settings
     conn.execute(RELAY_DDL)
+    conn.execute(RELAY_QUARANTINE_DDL)
 
 
 def _audit(conn: Connection, settings: Settings) -> None:

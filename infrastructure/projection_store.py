@@ -16,13 +16,18 @@ from uuid import UUID
 import structlog
 from psycopg import AsyncConnection
 
+from infrastructure.quarantine import (
+    apply_isolating,
+    next_version,
+    quarantined_versions,
+    record_quarantine,
+)
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.readmodel_writes import write_batch
 from infrastructure.store import EVENTS_TABLE
 from projections.batch import fold
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
-from projections.rows import Row
 
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
@@ -39,6 +44,20 @@ class BatchResult:
     position: int = 0
     touched_versions: dict[UUID, int] = field(default_factory=dict)
 
+    @staticmethod
+    def merged(parts: list[BatchResult]) -> BatchResult:
+        """The parts of a batch applied one after the other, as one result."""
+        whole = BatchResult()
+        for part in parts:
+            whole.applied += part.applied
+            whole.duplicates += part.duplicates
+            whole.deferred += part.deferred
+            whole.position = max(whole.position, part.position)
+            for account_id, version in part.touched_versions.items():
+                previous = whole.touched_versions.get(account_id, 0)
+                whole.touched_versions[account_id] = max(previous, version)
+        return whole
+
 
 async def apply_batch(
     conn: AsyncConnection[Any],
@@ -47,36 +66,58 @@ async def apply_batch(
     schema: str = SCHEMA,
 ) -> BatchResult:
     """Apply the new events of a batch and advance the mark, all in one transaction, with
-    a fixed number of statements whatever the batch's size (`projections/batch.py`)."""
+    a fixed number of statements whatever the batch's size (`projections/batch.py`). An
+    event whose content the projection cannot apply is quarantined (`quarantine.py`) and
+    the rest of the batch applied around it."""
+
+    async def once(batch: Sequence[Envelope]) -> BatchResult:
+        return await _apply_once(conn, projection, batch, schema)
+
+    async def set_aside(event: Envelope, error: BaseException) -> None:
+        await quarantine_event(conn, projection, event, error, schema)
+
+    return await apply_isolating(projection, events, once, set_aside, BatchResult.merged)
+
+
+async def quarantine_event(
+    conn: AsyncConnection[Any],
+    projection: str,
+    event: Envelope,
+    error: BaseException,
+    schema: str = SCHEMA,
+) -> None:
+    """Record the event as quarantined and track it as done, in one transaction."""
+    async with conn.transaction():
+        await use_schema(conn, schema)
+        position, fresh = await start_batch(conn, projection, [event])
+        if event.notification_id in fresh:
+            await record_quarantine(conn, projection, event, error)
+            await finish_batch(conn, projection, position, {event.notification_id}, 0)
+
+
+async def _apply_once(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope], schema: str
+) -> BatchResult:
     project = PROJECTORS[projection]
-    result = BatchResult()
     async with conn.transaction():
         await use_schema(conn, schema)
         position, fresh = await start_batch(conn, projection, events)
-        received: set[int] = set()
         versions = await _projected_versions(conn, projection, events)
-        rows: list[Row] = []
-        deferred: list[tuple[Envelope, int]] = []  # with the version projected then
-        for event in events:
-            if event.notification_id not in fresh:
-                result.duplicates += 1
-                continue
-            fresh.discard(event.notification_id)  # a batch may hold one id twice
-            order = Order.NEXT if versions is None else _order_of(event, versions)
-            if order is Order.EARLY:
-                assert versions is not None
-                deferred.append((event, versions.get(event.aggregate_id, 0)))
-                continue
-            received.add(event.notification_id)
-            if order is Order.NEXT:
-                rows.extend(project(event))
-            result.applied += 1
-            if event.is_account_event:
-                previous = result.touched_versions.get(event.aggregate_id, 0)
-                result.touched_versions[event.aggregate_id] = max(previous, event.version)
-        result.deferred = _log_deferred(projection, deferred)
+        sorted_out = _sort(events, fresh, versions, {})
+        if sorted_out.deferred and versions is not None:
+            # Rare: an account's next version may be one set aside; step over those.
+            skipped = await quarantined_versions(
+                conn, projection, list({e.aggregate_id for e, _ in sorted_out.deferred})
+            )
+            if skipped:
+                sorted_out = _sort(events, fresh, versions, skipped)
+        result = sorted_out.result
+        result.deferred = _log_deferred(projection, sorted_out.deferred)
+        rows = [row for event in sorted_out.to_project for row in project(event)]
         await write_batch(conn, fold(rows))
-        result.position = await finish_batch(conn, projection, position, received, result.applied)
+        result.position = await finish_batch(
+            conn, projection, position, sorted_out.received, result.applied
+        )
         channel = NOTIFY_CHANNELS.get(projection)
         if channel and result.touched_versions:
             await conn.execute(
@@ -84,6 +125,48 @@ async def apply_batch(
                 (channel, [f"{a}:{v}" for a, v in result.touched_versions.items()]),
             )
     return result
+
+
+@dataclass
+class Sorted:
+    """A batch's events sorted out against tracking and the projected versions."""
+
+    result: BatchResult
+    to_project: list[Envelope] = field(default_factory=list)
+    received: set[int] = field(default_factory=set)
+    deferred: list[tuple[Envelope, int]] = field(default_factory=list)  # with the version
+
+
+def _sort(
+    events: Sequence[Envelope],
+    fresh: set[int],
+    projected: dict[UUID, int] | None,
+    skipped: dict[UUID, set[int]],
+) -> Sorted:
+    """Pure: which events to project, which to track, which to defer. `fresh` and
+    `projected` are not changed (a second sort, with `skipped` known, starts over)."""
+    fresh = set(fresh)
+    versions = None if projected is None else dict(projected)
+    out = Sorted(BatchResult())
+    result = out.result
+    for event in events:
+        if event.notification_id not in fresh:
+            result.duplicates += 1
+            continue
+        fresh.discard(event.notification_id)  # a batch may hold one id twice
+        order = Order.NEXT if versions is None else _order_of(event, versions, skipped)
+        if order is Order.EARLY:
+            assert versions is not None
+            out.deferred.append((event, versions.get(event.aggregate_id, 0)))
+            continue
+        out.received.add(event.notification_id)
+        if order is Order.NEXT:
+            out.to_project.append(event)
+        result.applied += 1
+        if event.is_account_event:
+            previous = result.touched_versions.get(event.aggregate_id, 0)
+            result.touched_versions[event.aggregate_id] = max(previous, event.version)
+    return out
 
 
 async def use_schema(conn: AsyncConnection[Any], schema: str) -> None:
@@ -112,15 +195,15 @@ class Order(Enum):
     EARLY = "early"  # a version is missing before it: defer it
 
 
-def _order_of(event: Envelope, versions: dict[UUID, int]) -> Order:
+def _order_of(event: Envelope, versions: dict[UUID, int], skipped: dict[UUID, set[int]]) -> Order:
     """Where a balances event stands against the account's projected version, which it
     moves on. An early one (a batch the relay retried after a partial failure) is not
     tracked: the mark stays below it, and its redelivery, after its predecessor,
-    applies it."""
+    applies it. A version quarantined (`skipped`) is never coming: it is stepped over."""
     if not event.is_account_event:
         return Order.NEXT
     projected = versions.get(event.aggregate_id, 0)
-    if event.version > projected + 1:
+    if event.version > next_version(projected, skipped.get(event.aggregate_id)):
         return Order.EARLY
     versions[event.aggregate_id] = max(projected, event.version)
     return Order.NEXT if event.version > projected else Order.PAST
@@ -187,9 +270,13 @@ async def start_batch(
 # most, so the walk looks at k + 1 of them (and never more than MARK_SCAN_MAX; the next
 # batch goes on). Both lists are read as plain index scans and walked here: joining them
 # in SQL cost PostgreSQL a few microseconds per walked id.
+# Ids the relay quarantined were never published and never will be: done for every
+# projection, like the store's gaps (that table is almost always empty).
 TRACKED_ABOVE: Final = (
-    "SELECT notification_id FROM projection_tracking WHERE projection = %s "
-    "AND notification_id > %s ORDER BY notification_id LIMIT %s"
+    "(SELECT notification_id, true FROM projection_tracking WHERE projection = %s "
+    "AND notification_id > %s ORDER BY notification_id LIMIT %s) UNION ALL "
+    "(SELECT notification_id, false FROM public.relay_quarantine WHERE notification_id > %s "
+    "ORDER BY notification_id LIMIT %s)"
 )
 STORED_ABOVE: Final = (
     f"SELECT notification_id FROM {EVENTS_TABLE} WHERE notification_id > %s "
@@ -210,9 +297,12 @@ async def walk_mark(
     conn: AsyncConnection[Any], projection: str, mark: int, received: Collection[int]
 ) -> Walk:
     # The walk passes at most MARK_SCAN_MAX ids, all tracked ones among the lowest tracked.
-    cursor = await conn.execute(TRACKED_ABOVE, (projection, mark, MARK_SCAN_MAX), binary=True)
-    tracked = [int(row[0]) for row in await cursor.fetchall()]
-    present = set(tracked)
+    cursor = await conn.execute(
+        TRACKED_ABOVE, (projection, mark, MARK_SCAN_MAX, mark, MARK_SCAN_MAX), binary=True
+    )
+    done = await cursor.fetchall()
+    tracked = [int(row[0]) for row in done if row[1]]
+    present = {int(row[0]) for row in done}
     present.update(received)
     scan = min(MARK_SCAN_MAX, len(present) + 1)
     cursor = await conn.execute(STORED_ABOVE, (mark, scan), binary=True)

@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from infrastructure.quarantine import quarantine_ddl
+
 SCHEMA = "readmodel"
 
 # Projection names (CONTRACT.md): `balances` is the accounts read model.
@@ -156,11 +158,71 @@ CREATE TABLE IF NOT EXISTS {schema}.watchlist (
 """
 
 
+RULE_CONFIGS_DDL = """
+CREATE TABLE IF NOT EXISTS public.rule_configs (
+    version serial PRIMARY KEY,
+    sha256 text NOT NULL UNIQUE,
+    parameters jsonb NOT NULL,
+    source text NOT NULL,
+    loaded_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def alerts_ddl(schema: str = SCHEMA) -> str:
+    """The alerts projection's tables in `schema` (live, or a shadow for `vigil replay`)."""
+    return f"""
+-- The window as orjson writes it: stored and read whole, never queried inside, and text
+-- costs PostgreSQL a third of what jsonb does to write and to read back.
+CREATE TABLE IF NOT EXISTS {schema}.rule_windows (
+    account_id uuid PRIMARY KEY,
+    version bigint NOT NULL,
+    state text NOT NULL
+);
+-- Read models made when the state was jsonb: the same JSON, as text.
+DO $do$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'rule_windows' AND column_name = 'state'
+            AND data_type = 'jsonb') THEN
+        ALTER TABLE {schema}.rule_windows ALTER COLUMN state TYPE text USING state::text;
+    END IF;
+END $do$;
+CREATE TABLE IF NOT EXISTS {schema}.alerts (
+    alert_id uuid PRIMARY KEY,
+    rule text NOT NULL,
+    severity text NOT NULL,
+    account_id uuid NOT NULL,
+    branch text,
+    transaction_ids jsonb NOT NULL,
+    positions jsonb NOT NULL,
+    explanation text NOT NULL,
+    raised_at timestamptz NOT NULL,
+    notification_id bigint NOT NULL,
+    chain_head text,
+    rule_config_version int NOT NULL,
+    case_id uuid NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_raised_idx ON {schema}.alerts (raised_at DESC, alert_id);
+CREATE INDEX IF NOT EXISTS alerts_account_idx ON {schema}.alerts (account_id);
+CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
+    id bigserial PRIMARY KEY,
+    alert_id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    payload jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
 def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
-    """Create what is missing. Callers hold the migration advisory lock."""
+    """Create what is missing: every projection's tables (the alerts' and the rules
+    configurations' too), positions and quarantine. Callers hold the migration lock."""
     with conn.transaction():
         conn.execute(ddl(schema))
-        for name in PROJECTIONS:
+        conn.execute(RULE_CONFIGS_DDL)
+        conn.execute(alerts_ddl(schema))
+        conn.execute(quarantine_ddl(schema))
+        for name in (*PROJECTIONS, "alerts"):
             conn.execute(
                 f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
                 "ON CONFLICT DO NOTHING",

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import orjson
@@ -39,7 +39,7 @@ from infrastructure import relay_metrics as metrics
 from infrastructure.checkpoints import Checkpointer
 from infrastructure.outbox_relay import AlertsOutboxRelay
 from infrastructure.relay_broker import RelayBroker, TopicsNotReady
-from infrastructure.relay_store import RelayState, RelayStore
+from infrastructure.relay_store import RelayState, RelayStore, Undecodable
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger, stored_envelope
 from infrastructure.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
@@ -83,6 +83,15 @@ class ReadBatch:
     events: list[Outgoing]
     head: int  # the store's highest notification id when the batch was read
     read_at: float  # time.monotonic()
+    # Stored events that could not be decoded: quarantined, never published.
+    undecodable: list[Undecodable] = field(default_factory=list)
+
+    @property
+    def last_id(self) -> int | None:
+        """The highest notification id the batch covers, published or set aside."""
+        ids = [e.notification_id for e in self.events[-1:]]
+        ids += [u.notification_id for u in self.undecodable[-1:]]
+        return max(ids) if ids else None
 
 
 class BrokerLostLog(Exception):
@@ -190,6 +199,7 @@ class Relay:
     async def _publish_next(self) -> int:
         """Read, send and record one batch; the number of events published."""
         batch = await asyncio.to_thread(self._read_batch, self.state.position)
+        acknowledged: dict[int, int] = {}
         if batch.events:
             producer = await self._producer_started()
             try:
@@ -197,9 +207,10 @@ class Relay:
             except BrokerLostLog:
                 await self._rewind("offsets_went_backwards")
                 return self.limits.batch_events_max  # go again at once, from the new position
+        if batch.last_id is not None:
             await self._record(batch, acknowledged)
         metrics.LAG_EVENTS.labels(self.topic).set(max(0, batch.head - self.state.position))
-        return len(batch.events)
+        return len(batch.events) + len(batch.undecodable)
 
     def _read_batch(self, position: int) -> ReadBatch:
         # In a worker thread: the library's recorder is synchronous, and decoding a
@@ -210,15 +221,22 @@ class Relay:
             position, self.limits.batch_events_max, inclusive_of_start=False
         )
         head = self._ledger.recorder.max_notification_id() or 0
-        events = [self._encode(n) for n in notifications]
+        events: list[Outgoing] = []
+        undecodable: list[Undecodable] = []
+        for notification in notifications:
+            try:
+                events.append(self._encode(notification))
+            except Exception as error:
+                # Not this event's reader's fault to stop on: set it aside, loudly.
+                undecodable.append(Undecodable.of(notification, error))
         assert all(a.notification_id < b.notification_id for a, b in itertools.pairwise(events))
         assert not events or events[0].notification_id > position
-        return ReadBatch(events=events, head=max(head, position), read_at=read_at)
+        return ReadBatch(events, max(head, position), read_at, undecodable)
 
     def _encode(self, notification: Notification) -> Outgoing:
         assert self._ledger is not None
         # The envelope names the aggregate type itself and refuses a type it does not
-        # know: better to stop loudly than to skip an event.
+        # know (or bytes it cannot decrypt): such an event is quarantined, not skipped.
         body = stored_envelope(self._ledger, notification.id, notification)
         return Outgoing(
             notification_id=notification.id,
@@ -263,9 +281,11 @@ class Relay:
 
     async def _record(self, batch: ReadBatch, acknowledged: dict[int, int]) -> None:
         assert self._store is not None
-        position = batch.events[-1].notification_id
+        position = batch.last_id
+        assert position is not None
+        assert position > self.state.position
         state = RelayState(position, self.state.epoch, {**self.state.offsets, **acknowledged})
-        await self._store.record(state, acknowledged)
+        await self._store.record(state, acknowledged, batch.undecodable)
         self.state = state
         self.batches_published += 1
         metrics.EVENTS_PUBLISHED.labels(self.topic).inc(len(batch.events))

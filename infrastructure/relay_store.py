@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import structlog
+from eventsourcing.persistence import Notification
 
+from infrastructure.quarantine import (
+    MOVEMENT_EVENTS,
+    QUARANTINED,
+    RELAY,
+    RELAY_QUARANTINE_DDL,
+    QuarantinedMovement,
+    describe,
+    raise_quarantine_alert,
+)
 from infrastructure.readmodel_schema import SCHEMA as READMODEL_SCHEMA
 from infrastructure.recorder import SESSION_OPTIONS
 from infrastructure.settings import Settings
@@ -26,6 +38,7 @@ log = structlog.get_logger("vigil.relay")
 # topic's hash), so a second relay for the same topic waits instead of double-publishing.
 RELAY_LOCK_CLASS = 7_270_402
 EPOCH_FIRST = 1
+ACCOUNT_TOPIC = "domain.account:"
 
 DDL = """
 CREATE TABLE IF NOT EXISTS public.relay_state (
@@ -41,6 +54,36 @@ CREATE TABLE IF NOT EXISTS public.relay_partition_offsets (
     PRIMARY KEY (topic, partition)
 );
 """
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A stored event the relay could not turn into its envelope (say, written with
+    another cipher key): what the store tells of it without decoding it."""
+
+    notification_id: int
+    topic: str
+    originator_id: UUID
+    originator_version: int
+    error: str
+
+    @classmethod
+    def of(cls, stored: Notification, error: BaseException) -> Undecodable:
+        return cls(
+            stored.id,
+            stored.topic,
+            UUID(str(stored.originator_id)),
+            stored.originator_version,
+            describe(error),
+        )
+
+    @property
+    def event_type(self) -> str:
+        return self.topic.rsplit(".", 1)[-1]
+
+    @property
+    def is_movement(self) -> bool:
+        return self.topic.startswith(ACCOUNT_TOPIC) and self.event_type in MOVEMENT_EVENTS
 
 
 @dataclass
@@ -98,6 +141,7 @@ class RelayStore:
             return  # `vigil migrate` made the tables, as the owning role
         async with migration_lock_async(self.conn):
             await self.conn.execute(DDL)
+            await self.conn.execute(RELAY_QUARANTINE_DDL)
 
     async def load(self) -> RelayState:
         """The recorded state; a topic never published to starts at 0 in the first epoch."""
@@ -118,9 +162,17 @@ class RelayStore:
         offsets = {int(p): int(o) for p, o in await cursor.fetchall()}
         return RelayState(position=int(row[0]), epoch=int(row[1]), offsets=offsets)
 
-    async def record(self, state: RelayState, acknowledged: dict[int, int]) -> None:
-        """Record what the broker acknowledged: position and offsets in one transaction."""
+    async def record(
+        self,
+        state: RelayState,
+        acknowledged: dict[int, int],
+        undecodable: Sequence[Undecodable] = (),
+    ) -> None:
+        """Record what the broker acknowledged: position and offsets in one transaction,
+        with the batch's events that could not be decoded, quarantined."""
         async with self.conn.transaction():
+            for event in undecodable:
+                await self._quarantine(event)
             cursor = await self.conn.execute(
                 "UPDATE public.relay_state SET position = %s, updated_at = now() "
                 "WHERE topic = %s AND epoch = %s",
@@ -135,6 +187,61 @@ class RelayStore:
                     "DO UPDATE SET last_offset = EXCLUDED.last_offset",
                     [(self.topic, p, o) for p, o in sorted(acknowledged.items())],
                 )
+
+    async def _quarantine(self, event: Undecodable) -> None:
+        cursor = await self.conn.execute(
+            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
+            "originator_version, error) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            (
+                event.notification_id,
+                event.topic,
+                event.originator_id,
+                event.originator_version,
+                event.error,
+            ),
+        )
+        if await cursor.fetchone() is None:
+            return  # quarantined before this batch was published again
+        QUARANTINED.labels(RELAY).inc()
+        log.error(
+            "event_quarantined",
+            consumer=RELAY,
+            notification_id=event.notification_id,
+            topic=event.topic,
+            aggregate_id=str(event.originator_id),
+            version=event.originator_version,
+            error=event.error,
+        )
+        if not await self._read_models_present():
+            log.error("quarantine_alert_not_raised", reason="no read models yet")
+            return
+        # A projection whose mark stopped at this id would wait for it forever.
+        await self.conn.execute(
+            f"UPDATE {READMODEL_SCHEMA}.projection_positions SET blocked_at = NULL "
+            "WHERE blocked_at = %s",
+            (event.notification_id,),
+        )
+        if event.is_movement:
+            await self.conn.execute(f"SET LOCAL search_path TO {READMODEL_SCHEMA}, public")
+            movement = QuarantinedMovement(
+                account_id=event.originator_id,
+                notification_id=event.notification_id,
+                event_type=event.event_type,
+                version=event.originator_version,
+                transaction_id=None,
+                occurred_at=None,
+                chain_head=None,
+            )
+            await raise_quarantine_alert(self.conn, movement, "the relay", event.error)
+
+    async def _read_models_present(self) -> bool:
+        cursor = await self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            (f"{READMODEL_SCHEMA}.projection_positions", f"{READMODEL_SCHEMA}.alerts"),
+        )
+        row = await cursor.fetchone()
+        return bool(row and row[0])
 
     async def rewind(self, position: int, epoch: int) -> None:
         """A new epoch from `position`: the old offsets belong to a log that is gone."""

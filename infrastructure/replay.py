@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from application.ledger import Ledger
-from infrastructure.alerts_store import RULE_CONFIGS_DDL, alerts_ddl, apply_alerts_batch
+from infrastructure.alerts_store import apply_alerts_batch
 from infrastructure.alerts_store import register_config as register_rules
 from infrastructure.projection_store import apply_batch
 from infrastructure.readmodel_schema import SCHEMA, ensure_read_models
@@ -91,8 +91,6 @@ def _prepare(settings: Settings, projections: Sequence[str], schema: str) -> Non
         migration_lock(conn),
     ):
         ensure_read_models(conn, schema)
-        conn.execute(RULE_CONFIGS_DDL)
-        conn.execute(alerts_ddl(schema))
         with conn.transaction():
             for projection in projections:
                 _empty(conn, schema, projection)
@@ -101,7 +99,7 @@ def _prepare(settings: Settings, projections: Sequence[str], schema: str) -> Non
 def _empty(conn: psycopg.Connection[Any], schema: str, projection: str) -> None:
     tables = [sql.Identifier(schema, table) for table in TABLES[projection]]
     conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
-    for table in ("projection_tracking", "projection_positions"):
+    for table in ("projection_tracking", "projection_positions", "quarantined_events"):
         conn.execute(
             sql.SQL("DELETE FROM {} WHERE projection = %s").format(sql.Identifier(schema, table)),
             (projection,),

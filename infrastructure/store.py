@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import psycopg
+import structlog
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
@@ -24,6 +25,8 @@ from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.transcoder import OrjsonTranscoder
 from projections.envelope import Envelope
+
+log = structlog.get_logger("vigil.store")
 
 # The library names the table after the application ("Ledger").
 EVENTS_TABLE = "ledger_events"
@@ -192,10 +195,20 @@ def envelope_pages(ledger: Ledger, page_events: int) -> Iterator[list[Envelope]]
             return
         page: list[Envelope] = []
         for notification in notifications:
-            if notification.topic.startswith(ENVELOPE_TOPICS):
-                page.append(
-                    Envelope.from_json(stored_envelope(ledger, notification.id, notification))
+            if not notification.topic.startswith(ENVELOPE_TOPICS):
+                continue
+            try:
+                body = stored_envelope(ledger, notification.id, notification)
+            except Exception as error:
+                # The relay quarantines such an event and every projection steps over its
+                # id; a replay does the same rather than stop on it.
+                log.error(
+                    "event_undecodable",
+                    notification_id=notification.id,
+                    error=f"{type(error).__name__}: {str(error)[:200]!r}",
                 )
+                continue
+            page.append(Envelope.from_json(body))
         if page:
             yield page
         position = notifications[-1].id

@@ -22,19 +22,18 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.account_cache import cache_account_rows
 from infrastructure.alerts_store import (
-    RULE_CONFIGS_DDL,
     WindowCache,
-    alerts_ddl,
     apply_alerts_batch,
     register_config,
 )
-from infrastructure.consumer import EpochGuard, fetch, new_consumer, run_with_restarts
+from infrastructure.consumer import EpochGuard, fetch, header, new_consumer, run_with_restarts
 from infrastructure.projection_store import BatchResult, apply_batch
+from infrastructure.quarantine import describe
 from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.recorder import SESSION_OPTIONS
 from infrastructure.rules_config import config_hash, load_rules
@@ -64,6 +63,10 @@ APPLY_SECONDS = Histogram(
     "Time to apply one fetched batch, by projection.",
     ["projection"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+MESSAGES_UNDECODABLE = Counter(
+    "vigil_projection_messages_undecodable_total",
+    "Messages on the ledger events topic that are not an event envelope (skipped).",
 )
 POSITION = Gauge("vigil_projection_position", "High-water mark, by projection.", ["projection"])
 LAG_EVENTS = Gauge(
@@ -149,13 +152,6 @@ async def migrate_read_models(settings: Settings) -> None:
 def _ensure_sync(settings: Settings) -> None:
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         ensure_read_models(conn)
-        conn.execute(RULE_CONFIGS_DDL)
-        conn.execute(alerts_ddl())
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.projection_positions (projection) VALUES (%s) "
-            "ON CONFLICT DO NOTHING",
-            (ALERTS,),
-        )
 
 
 class Projection:
@@ -268,8 +264,9 @@ class ProjectionConsumer:
         while not stop.is_set():
             records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
             if records:
-                events = [Envelope.from_json(orjson.loads(record.value)) for record in records]
-                await self._apply(conns, cache, events)
+                events = [e for e in map(_decoded, records) if e is not None]
+                if events:
+                    await self._apply(conns, cache, events)
                 # Only once every projection has the batch: a failure reads it again.
                 await _commit_offsets(consumer)
             # The connections are idle between batches: any one can read the gauges.
@@ -309,6 +306,24 @@ class ProjectionConsumer:
         )
         for name, position, head in await cursor.fetchall():
             LAG_EVENTS.labels(name).set(max(0, int(head) - int(position)))
+
+
+def _decoded(record: ConsumerRecord) -> Envelope | None:
+    """The record's envelope; None for a message that is not one (the relay publishes
+    only what it decoded from the store, so this is a corrupt or foreign message): it is
+    counted and logged, never applied, and never stops the batch."""
+    try:
+        return Envelope.from_json(orjson.loads(record.value))
+    except Exception as error:
+        MESSAGES_UNDECODABLE.inc()
+        log.error(
+            "projection_message_undecodable",
+            partition=record.partition,
+            offset=record.offset,
+            notification_id=header(record, "notification_id"),
+            error=describe(error),
+        )
+        return None
 
 
 async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:

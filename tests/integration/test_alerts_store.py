@@ -21,10 +21,10 @@ from domain.money import Money
 from domain.rules.config import RulesConfig
 from infrastructure.alerts_store import (
     WindowCache,
-    alerts_ddl,
     apply_alerts_batch,
     register_config,
 )
+from infrastructure.readmodel_schema import alerts_ddl
 from infrastructure.rules_config import config_hash
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger

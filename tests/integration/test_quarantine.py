@@ -1,0 +1,270 @@
+"""Quarantine on real PostgreSQL (and a real broker for the relay): an event a projection
+cannot apply, or the relay cannot decode, is set aside with its error, raises one
+`quarantined_event` alert, and every other event is applied around it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import os
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from application.commands import Deposit, OpenAccount, Transfer, Withdraw
+from application.envelope import envelope
+from application.ledger import Ledger
+from domain.ids import alert_id
+from domain.money import Money
+from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.embedded import EmbeddedBroker
+from infrastructure.projection_store import apply_batch
+from infrastructure.quarantine import QUARANTINED_RULE
+from infrastructure.relay import Relay, RelayLimits
+from infrastructure.rules_config import config_hash, load_rules
+from infrastructure.settings import Settings
+from infrastructure.store import open_ledger
+from projections.envelope import Envelope
+from tests.integration.support import rows, run, stored_envelopes
+from tests.integration.test_relay import RelayThread, caught_up, wait_until
+
+pytestmark = pytest.mark.integration
+
+GBP = lambda minor: Money(minor, "GBP")  # noqa: E731
+
+
+def seed(ledger: Ledger) -> tuple[UUID, UUID]:
+    a, b = uuid4(), uuid4()
+    run(ledger, OpenAccount(a, "Ada", "001", "GBP", 0), OpenAccount(b, "Bob", "002", "GBP", 0))
+    run(ledger, Deposit(a, GBP(10_000), uuid4()), Deposit(b, GBP(500), uuid4()))
+    run(ledger, Transfer(a, b, GBP(2_500), uuid4()))
+    run(ledger, Withdraw(b, GBP(1_000), uuid4(), channel="card"))
+    run(ledger, Deposit(a, GBP(700), uuid4()))
+    return a, b
+
+
+def spoiled(events: list[Envelope], notification_id: int, **payload: Any) -> list[Envelope]:
+    """The events, with one event's payload changed as if it had been stored so."""
+    return [
+        dataclasses.replace(e, payload={**e.payload, **payload})
+        if e.notification_id == notification_id
+        else e
+        for e in events
+    ]
+
+
+def apply(settings: Settings, projection: str, events: list[Envelope]) -> Any:
+    async def go() -> Any:
+        async with await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn:
+            if projection != "alerts":
+                return await apply_batch(conn, projection, events)
+            config, source = load_rules(None)
+            version = await register_config(conn, config.describe(), config_hash(config), source)
+            return await apply_alerts_batch(conn, events, config, version)
+
+    return asyncio.run(go())
+
+
+def position(settings: Settings, projection: str) -> int:
+    [(value,)] = rows(
+        settings,
+        "SELECT position FROM readmodel.projection_positions WHERE projection = %s",
+        projection,
+    )
+    return int(value)
+
+
+def quarantined(settings: Settings, projection: str) -> list[tuple[int, str]]:
+    return [
+        (int(n), str(error))
+        for n, error in rows(
+            settings,
+            "SELECT notification_id, error FROM readmodel.quarantined_events "
+            "WHERE projection = %s ORDER BY notification_id",
+            projection,
+        )
+    ]
+
+
+def quarantine_alerts(settings: Settings) -> list[tuple[UUID, str, UUID, int]]:
+    return [
+        (r[0], r[1], r[2], int(r[3]))
+        for r in rows(
+            settings,
+            "SELECT a.alert_id, a.severity, a.account_id, a.notification_id "
+            "FROM readmodel.alerts a JOIN readmodel.alerts_outbox o USING (alert_id) "
+            "WHERE a.rule = %s ORDER BY a.notification_id",
+            QUARANTINED_RULE,
+        )
+    ]
+
+
+def test_a_statement_line_postgres_refuses_is_quarantined_and_the_rest_applied(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _ = seed(ledger)
+    events = stored_envelopes(ledger)
+    bad = next(e for e in events if e.event_type == "Deposited" and e.aggregate_id == a)
+    events = spoiled(events, bad.notification_id, reference="a\x00b")
+
+    result = apply(settings, "statements", events)
+
+    assert position(settings, "statements") == events[-1].notification_id
+    [(notification_id, error)] = quarantined(settings, "statements")
+    assert notification_id == bad.notification_id
+    assert "0x00" in error
+    assert "\x00" not in error
+    movements = [e for e in events if e.event_type in {"Deposited", "Withdrawn"}]
+    movements += [e for e in events if e.event_type.startswith("Transferred")]
+    lines = rows(settings, "SELECT notification_id FROM readmodel.transactions")
+    assert sorted(n for (n,) in lines) == sorted(
+        e.notification_id for e in movements if e.notification_id != bad.notification_id
+    )
+    assert result.applied == len(events) - 1
+    assert quarantine_alerts(settings) == [
+        (
+            alert_id(QUARANTINED_RULE, str(a), bad.notification_id),
+            "critical",
+            a,
+            bad.notification_id,
+        )
+    ]
+
+
+def test_a_redelivered_or_twice_quarantined_event_raises_one_alert(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _ = seed(ledger)
+    events = stored_envelopes(ledger)
+    bad = next(e for e in events if e.event_type == "Deposited" and e.aggregate_id == a)
+    events = spoiled(events, bad.notification_id, reference="a\x00b", amount_minor=10**20)
+
+    apply(settings, "statements", events)
+    apply(settings, "statements", events)  # Kafka redelivers the whole batch
+    apply(settings, "kpis", events)  # another projection cannot apply it either
+
+    assert [n for n, _ in quarantined(settings, "statements")] == [bad.notification_id]
+    assert [n for n, _ in quarantined(settings, "kpis")] == [bad.notification_id]
+    assert len(quarantine_alerts(settings)) == 1
+
+
+def test_balances_step_over_a_quarantined_version_and_take_the_next_balance(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, b = seed(ledger)
+    events = stored_envelopes(ledger)
+    withdrawal = next(e for e in events if e.event_type == "Withdrawn")
+    apply(
+        settings,
+        "balances",
+        spoiled(events, withdrawal.notification_id, balance_after_minor=10**20),
+    )
+    assert [n for n, _ in quarantined(settings, "balances")] == [withdrawal.notification_id]
+
+    run(ledger, Deposit(b, GBP(250), uuid4()))  # b's next version, in a later batch
+    apply(settings, "balances", stored_envelopes(ledger)[len(events) :])
+
+    assert position(settings, "balances") == ledger.recorder.max_notification_id()
+    for account_id in (a, b):
+        aggregate = ledger.get_account(account_id)
+        [(balance, version)] = rows(
+            settings,
+            "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s",
+            account_id,
+        )
+        assert (balance, version) == (aggregate.balance_minor, aggregate.version)
+
+
+def test_an_event_the_rules_cannot_read_is_quarantined_and_later_events_still_scored(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _ = seed(ledger)
+    events = stored_envelopes(ledger)
+    first_deposit = next(e for e in events if e.event_type == "Deposited")
+    events = spoiled(events, first_deposit.notification_id, amount_minor="not a number")
+    later = [uuid4() for _ in range(3)]
+    for transaction_id in later:  # three cash deposits just under the threshold
+        run(ledger, Deposit(a, GBP(950_000), transaction_id))
+    more = stored_envelopes(ledger)[len(events) :]
+
+    apply(settings, "alerts", events + more)
+
+    assert position(settings, "alerts") == more[-1].notification_id
+    assert [n for n, _ in quarantined(settings, "alerts")] == [first_deposit.notification_id]
+    structuring = rows(
+        settings, "SELECT account_id FROM readmodel.alerts WHERE rule = 'structuring'"
+    )
+    assert structuring == [(a,)]
+
+
+def test_ids_the_relay_quarantined_count_as_done_in_every_projection(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    missing = events[3]
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
+            "originator_version, error) VALUES (%s, 'domain.account:Account.Deposited', %s, "
+            "%s, 'test')",
+            (missing.notification_id, missing.aggregate_id, missing.version),
+        )
+    delivered = [e for e in events if e is not missing]
+
+    for projection in ("balances", "statements", "kpis", "alerts"):
+        apply(settings, projection, delivered)
+        assert position(settings, projection) == events[-1].notification_id, projection
+
+
+def test_the_relay_quarantines_an_event_it_cannot_decode_and_publishes_the_rest(
+    ledger: Ledger, settings: Settings, broker: EmbeddedBroker
+) -> None:
+    relay_settings = settings.model_copy(
+        update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": f"q{uuid4().hex[:8]}."}
+    )
+    a, _ = seed(ledger)
+    # Another process, with a cipher key this relay does not have, writes an account.
+    key = base64.b64encode(os.urandom(32)).decode()
+    other = open_ledger(settings.model_copy(update={"cipher_key": SecretStr(key)}))
+    c = uuid4()
+    try:
+        run(other, OpenAccount(c, "Cy", "001", "GBP", 0), Deposit(c, GBP(5_000), uuid4()))
+    finally:
+        other.close()
+    run(ledger, Deposit(a, GBP(300), uuid4()))
+
+    with RelayThread(Relay(relay_settings, RelayLimits(poll_interval_s=0.1))):
+        wait_until(caught_up(relay_settings, ledger), "the relay reached the head")
+
+    quarantined_ids = rows(
+        settings,
+        "SELECT notification_id, originator_id, error FROM public.relay_quarantine "
+        "ORDER BY notification_id",
+    )
+    assert [r[1] for r in quarantined_ids] == [c, c]
+    deposit_id = int(quarantined_ids[1][0])
+    alerts = quarantine_alerts(settings)
+    assert alerts == [(alert_id(QUARANTINED_RULE, str(c), deposit_id), "critical", c, deposit_id)]
+    # Every projection's mark passes the two ids it will never receive.
+    delivered = stored_envelopes_decodable(ledger)
+    apply(settings, "balances", delivered)
+    assert position(settings, "balances") == ledger.recorder.max_notification_id()
+
+
+def stored_envelopes_decodable(ledger: Ledger) -> list[Envelope]:
+    """The stored events this ledger's settings can decode, as projections receive them."""
+    found: list[Envelope] = []
+    for notification in ledger.recorder.select_notifications(start=None, limit=100_000):
+        try:
+            event: Any = ledger.mapper.to_domain_event(notification)
+        except Exception:  # noqa: S112  # written with another key: the point of the test
+            continue
+        found.append(Envelope.from_json(envelope(notification.id, event)))
+    return found

@@ -95,7 +95,7 @@ class Scored:
     deferred: list[Envelope] = field(default_factory=list)
 
 
-def _score(
+def score_events(
     events: Sequence[Envelope],
     fresh: set[int],
     loaded: Mapping[UUID, AccountWindow],
@@ -145,23 +145,23 @@ async def _apply_once(
     async with conn.transaction():
         await use_schema(conn, schema)
         position, fresh = await start_batch(conn, PROJECTION, events)
-        windows = await _load_windows(conn, events, cache)
-        watchlist = await _watchlist_history(conn, events)
-        scored = _score(events, fresh, windows, watchlist, config, {})
+        windows = await load_windows(conn, events, cache)
+        watchlist = await watchlist_history(conn, events)
+        scored = score_events(events, fresh, windows, watchlist, config, {})
         if scored.deferred:
             # Rare: an account's next version may be one set aside; step over those.
             accounts = list({e.aggregate_id for e in scored.deferred})
             skipped = await quarantined_versions(conn, PROJECTION, accounts)
             if skipped:
-                scored = _score(events, fresh, windows, watchlist, config, skipped)
+                scored = score_events(events, fresh, windows, watchlist, config, skipped)
         # Early events (a partially failed relay batch, retried) are not tracked, so the
         # mark stays below them and their redelivery, after their predecessors, scores
         # them in order.
         result = scored.result
         result.deferred = len(scored.deferred)
         saved = {a: scored.windows[a] for a in scored.changed}
-        await _save_windows(conn, saved)
-        await _record_alerts(conn, scored.raised, config_version)
+        await save_windows(conn, saved)
+        await record_alerts(conn, scored.raised, config_version)
         result.position = await finish_batch(
             conn, PROJECTION, position, scored.received, result.applied
         )
@@ -201,7 +201,7 @@ def _counterparty(event: Envelope) -> str | None:
     return None if movement is None else movement.counterparty_account_id
 
 
-async def _watchlist_history(
+async def watchlist_history(
     conn: AsyncConnection[Any], events: Sequence[Envelope]
 ) -> WatchlistHistory:
     counterparties = {a for a in map(_counterparty, events) if a is not None}
@@ -243,7 +243,7 @@ class WindowCache:
             self._windows.popitem(last=False)
 
 
-async def _load_windows(
+async def load_windows(
     conn: AsyncConnection[Any], events: Sequence[Envelope], cache: WindowCache | None
 ) -> dict[UUID, AccountWindow]:
     ids = list({e.aggregate_id for e in events if e.is_account_event})
@@ -267,7 +267,7 @@ async def _load_windows(
     return loaded
 
 
-async def _save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:
+async def save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:
     if not windows:
         return
     await conn.execute(
@@ -333,7 +333,7 @@ ORDER BY o.position
 """
 
 
-async def _record_alerts(
+async def record_alerts(
     conn: AsyncConnection[Any], raised: list[tuple[Hit, str | None, Envelope]], version: int
 ) -> None:
     if not raised:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from infrastructure.settings import ConfigurationError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+T = TypeVar("T")
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,6 +118,66 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.replay import run_replay_cli
 
     return run_replay_cli(args, settings)
+
+
+def _cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import json
+
+    from infrastructure.quarantine_ops import list_quarantined
+
+    items = asyncio.run(_with_connection(settings, lambda c: list_quarantined(c, args.all)))
+    if args.json:
+        for item in items:
+            print(json.dumps({**vars(item)}, default=str))
+        return 0
+    if not items:
+        print("no quarantined events" + ("" if args.all else " waiting"))
+        return 0
+    for item in items:
+        state = "resolved" if item.resolved_at else "waiting"
+        where = f"notification {item.notification_id}" if item.notification_id else "message"
+        print(
+            f"{item.quarantined_at:%Y-%m-%dT%H:%M:%SZ}  {item.consumer:<12} {where}  "
+            f"{item.event_type}  {item.aggregate_id or '-'} v{item.version or '-'}  {state}"
+        )
+        print(f"    {item.error}")
+    print(f"{len(items)} quarantined event(s); `vigil quarantine retry` once the cause is fixed")
+    return 0
+
+
+def _cmd_quarantine_retry(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from infrastructure.quarantine_ops import RetryOutcome, retry_quarantined
+    from infrastructure.store import open_ledger
+
+    def say(outcome: RetryOutcome) -> None:
+        verdict = "applied" if outcome.resolved else f"still failing: {outcome.error}"
+        print(f"{outcome.consumer} notification {outcome.notification_id}: {verdict}", flush=True)
+
+    ledger = open_ledger(settings)
+    try:
+        outcomes = asyncio.run(
+            _with_connection(
+                settings,
+                lambda c: retry_quarantined(settings, ledger, c, args.consumer, args.id, say),
+            )
+        )
+    finally:
+        ledger.close()
+    failed = sum(1 for o in outcomes if not o.resolved)
+    print(f"{len(outcomes) - failed} applied, {failed} still quarantined")
+    return 1 if failed else 0
+
+
+async def _with_connection(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        return await use(conn)
 
 
 def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,6 +289,25 @@ def _add_audit_commands(commands: Commands) -> None:
     replay.add_argument("--to-shadow", action="store_true", help="into a shadow schema")
     replay.add_argument("--diff", action="store_true", help="compare shadow and live")
     replay.set_defaults(handler=_cmd_replay)
+
+    quarantine = commands.add_parser(
+        "quarantine", help="events a projection or the relay could not apply, set aside"
+    )
+    quarantine_commands = quarantine.add_subparsers(
+        dest="quarantine_command", required=True, metavar="ACTION"
+    )
+    listing = quarantine_commands.add_parser("list", help="show the quarantined events")
+    listing.add_argument("--all", action="store_true", help="resolved ones too")
+    listing.add_argument("--json", action="store_true", help="one JSON object a line")
+    listing.set_defaults(handler=_cmd_quarantine_list)
+    retry = quarantine_commands.add_parser(
+        "retry", help="apply the quarantined events again, after the cause is fixed"
+    )
+    retry.add_argument(
+        "--consumer", default=None, help="only this projection's (or `relay`) events"
+    )
+    retry.add_argument("--id", type=int, default=None, help="only this notification id")
+    retry.set_defaults(handler=_cmd_quarantine_retry)
 
 
 def _add_token_commands(commands: Commands) -> None:

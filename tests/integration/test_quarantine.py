@@ -24,6 +24,7 @@ from infrastructure.alerts_store import apply_alerts_batch, register_config
 from infrastructure.embedded import EmbeddedBroker
 from infrastructure.projection_store import apply_batch
 from infrastructure.quarantine import QUARANTINED_RULE
+from infrastructure.quarantine_ops import RetryOutcome, retry_quarantined
 from infrastructure.relay import Relay, RelayLimits
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
@@ -143,7 +144,7 @@ def test_a_redelivered_or_twice_quarantined_event_raises_one_alert(
     a, _ = seed(ledger)
     events = stored_envelopes(ledger)
     bad = next(e for e in events if e.event_type == "Deposited" and e.aggregate_id == a)
-    events = spoiled(events, bad.notification_id, reference="a\x00b", amount_minor=10**20)
+    events = spoiled(events, bad.notification_id, reference="a\x00b", amount_minor="x")
 
     apply(settings, "statements", events)
     apply(settings, "statements", events)  # Kafka redelivers the whole batch
@@ -268,3 +269,107 @@ def stored_envelopes_decodable(ledger: Ledger) -> list[Envelope]:
             continue
         found.append(Envelope.from_json(envelope(notification.id, event)))
     return found
+
+
+# Retrying, once the cause is fixed ------------------------------------------------------
+
+
+def retry(settings: Settings, ledger: Ledger, **only: Any) -> list[RetryOutcome]:
+    async def go() -> list[RetryOutcome]:
+        async with await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn:
+            return await retry_quarantined(settings, ledger, conn, **only)
+
+    return asyncio.run(go())
+
+
+def test_a_retried_event_is_applied_once_however_often_it_is_retried(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _ = seed(ledger)
+    events = stored_envelopes(ledger)
+    bad = next(e for e in events if e.event_type == "Deposited" and e.aggregate_id == a)
+    spoilt = spoiled(events, bad.notification_id, reference="a\x00b", amount_minor="x")
+    for projection in ("statements", "kpis"):
+        apply(settings, projection, spoilt)
+
+    # The store holds the event as it was written: read from there, it applies.
+    outcomes = retry(settings, ledger)
+    again = retry(settings, ledger)
+
+    assert {(o.consumer, o.resolved) for o in outcomes} == {("kpis", True), ("statements", True)}
+    assert again == []
+    [(line,)] = rows(
+        settings,
+        "SELECT count(*) FROM readmodel.transactions WHERE notification_id = %s",
+        bad.notification_id,
+    )
+    assert line == 1
+    deposits = sum(e.payload["amount_minor"] for e in events if e.event_type == "Deposited")
+    [(total,)] = rows(
+        settings, "SELECT sum(sum_minor) FROM readmodel.kpis_hourly WHERE metric = 'deposits'"
+    )
+    assert int(total) == deposits
+    assert (
+        rows(settings, "SELECT 1 FROM readmodel.quarantined_events WHERE resolved_at IS NULL") == []
+    )
+
+
+def test_a_retried_event_rebuilds_the_account_from_its_whole_stream_in_order(
+    ledger: Ledger, settings: Settings
+) -> None:
+    a, _ = seed(ledger)
+    events = stored_envelopes(ledger)
+    opened = next(e for e in events if e.event_type == "AccountOpened" and e.aggregate_id == a)
+    deposit = next(e for e in events if e.event_type == "Deposited" and e.aggregate_id == a)
+    apply(settings, "balances", spoiled(events, opened.notification_id, owner="A\x00da"))
+    apply(settings, "alerts", spoiled(events, deposit.notification_id, amount_minor="x"))
+    assert rows(settings, "SELECT 1 FROM readmodel.accounts WHERE account_id = %s", a) == []
+    assert position(settings, "balances") == events[-1].notification_id
+
+    outcomes = retry(settings, ledger)
+
+    assert {(o.consumer, o.resolved) for o in outcomes} == {("balances", True), ("alerts", True)}
+    aggregate = ledger.get_account(a)
+    [(balance, version, owner)] = rows(
+        settings,
+        "SELECT balance_minor, version, owner FROM readmodel.accounts WHERE account_id = %s",
+        a,
+    )
+    assert (balance, version, owner) == (aggregate.balance_minor, aggregate.version, "Ada")
+    [(window_version,)] = rows(
+        settings, "SELECT version FROM readmodel.rule_windows WHERE account_id = %s", a
+    )
+    assert window_version == aggregate.version
+
+
+def test_an_event_the_relay_set_aside_is_retried_in_every_projection(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    missing = next(e for e in events if e.event_type == "TransferredOut")
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
+            "originator_version, error) VALUES (%s, 'domain.account:Account.TransferredOut', "
+            "%s, %s, 'test')",
+            (missing.notification_id, missing.aggregate_id, missing.version),
+        )
+    delivered = [e for e in events if e is not missing]
+    for projection in ("balances", "statements", "kpis", "alerts"):
+        apply(settings, projection, delivered)
+
+    [outcome] = retry(settings, ledger, consumer="relay")
+
+    assert outcome.resolved
+    assert rows(
+        settings,
+        "SELECT 1 FROM readmodel.transactions WHERE notification_id = %s",
+        missing.notification_id,
+    ) == [(1,)]
+    [(transfers,)] = rows(
+        settings, "SELECT sum(count) FROM readmodel.kpis_hourly WHERE metric = 'transfers'"
+    )
+    assert transfers == 1

@@ -13,6 +13,7 @@ a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 from uuid import UUID
@@ -26,6 +27,7 @@ from domain.ids import watchlist_entry_id
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.alerts_store import LISTED_EVENTS
+from infrastructure.quarantine import QUARANTINED_RULE
 from infrastructure.rules_config import config_from_parameters
 from infrastructure.store import EVENTS_TABLE, stored_envelope
 from projections.alerts import movement_of, step
@@ -119,6 +121,8 @@ def rebuild_evidence(
     `public.rule_configs.parameters`. Returns the rule configuration, the stored events
     the alert names as its evidence, whether the chain head matches, and the verdict.
     """
+    if alert_row["rule"] == QUARANTINED_RULE:
+        return _quarantine_evidence(ledger, conn, alert_row, parameters)
     config = config_from_parameters(parameters)
     account_id = UUID(str(alert_row["account_id"]))
     scored_at = int(alert_row["notification_id"])
@@ -147,6 +151,47 @@ def rebuild_evidence(
         "chain_head_matches": completing is not None
         and completing["hash"] == alert_row["chain_head"],
         "verdict": verdict(alert_row, hit),
+    }
+
+
+def _quarantine_evidence(
+    ledger: Ledger, conn: Connection[Any], alert_row: Mapping[str, Any], parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """No rule raised it: its evidence is the one event a consumer set aside, as the store
+    holds it (nothing, if it still cannot be decoded), and its verdict whether that event
+    is where the alert says."""
+    scored_at = int(alert_row["notification_id"])
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(
+            f"SELECT originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+            "WHERE notification_id = %s",
+            (scored_at,),
+        )
+        row = cursor.fetchone()
+    shown: list[dict[str, Any]] = []
+    if row is not None:
+        stored = StoredEvent(
+            originator_id=row["originator_id"],
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        with contextlib.suppress(Exception):  # still undecodable: shown as missing
+            body = stored_envelope(ledger, scored_at, stored)
+            shown.append({name: body[name] for name in EVIDENCE_FIELDS})
+    present = row is not None and str(row["originator_id"]) == str(alert_row["account_id"])
+    return {
+        "rule_config_version": int(alert_row["rule_config_version"]),
+        "rule_config": parameters,
+        "evidence": shown,
+        "chain_head_matches": bool(shown) and shown[0]["hash"] == alert_row["chain_head"],
+        "verdict": {
+            "reproduced": present,
+            "rule": QUARANTINED_RULE,
+            "positions": [scored_at] if present else [],
+            "transaction_ids": list(alert_row["transaction_ids"]) if present else [],
+            "explanation": alert_row["explanation"] if present else None,
+        },
     }
 
 

@@ -21,7 +21,7 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from application.ledger import Ledger
 from infrastructure.alerts_store import PROJECTION as ALERTS
@@ -78,39 +78,65 @@ LIST_CASE_OPENER: Final = (
 )
 
 
-async def _present(conn: AsyncConnection[Any], table: str) -> bool:
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    row = await cursor.fetchone()
-    return bool(row and row[0])
+QUARANTINE_TABLES: Final = (
+    (LIST_PROJECTIONS, f"{SCHEMA}.quarantined_events"),
+    (LIST_RELAY, "public.relay_quarantine"),
+    (LIST_CASE_OPENER, "public.case_opener_quarantine"),
+)
+PRESENT: Final = "SELECT " + ", ".join(
+    f"to_regclass('{table}') IS NOT NULL" for _, table in QUARANTINE_TABLES
+)
+
+
+def _listing(present: tuple[bool, ...], include_resolved: bool) -> str | None:
+    """One query over the quarantine tables that exist (a consumer that never ran has
+    not made its own), oldest first; None if none does."""
+    where = "" if include_resolved else " WHERE resolved_at IS NULL"
+    parts = [
+        f"({query}{where})"
+        for (query, _), exists in zip(QUARANTINE_TABLES, present, strict=True)
+        if exists
+    ]
+    return f"{' UNION ALL '.join(parts)} ORDER BY 7, 2" if parts else None
 
 
 async def list_quarantined(
     conn: AsyncConnection[Any], include_resolved: bool = False
 ) -> list[Quarantined]:
     """Every quarantined event of every consumer, oldest first."""
-    parts = [
-        query
-        for query, table in (
-            (LIST_PROJECTIONS, f"{SCHEMA}.quarantined_events"),
-            (LIST_RELAY, "public.relay_quarantine"),
-            (LIST_CASE_OPENER, "public.case_opener_quarantine"),
-        )
-        if await _present(conn, table)
-    ]
-    if not parts:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(PRESENT)
+        present = await cursor.fetchone()
+        assert present is not None
+        query = _listing(tuple(present), include_resolved)
+        if query is None:
+            return []
+        await cursor.execute(query)
+        return [Quarantined(*row) for row in await cursor.fetchall()]
+
+
+def list_quarantined_sync(conn: psycopg.Connection[Any]) -> list[Quarantined]:
+    """`list_quarantined` (unresolved only) on a synchronous connection."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        cursor.execute(PRESENT)
+        present = cursor.fetchone()
+        assert present is not None
+        query = _listing(tuple(present), include_resolved=False)
+        if query is None:
+            return []
+        cursor.execute(query)
+        return [Quarantined(*row) for row in cursor.fetchall()]
+
+
+def reasons(items: list[Quarantined]) -> list[str]:
+    """What `/health/ready` says of unresolved quarantined events (nothing if none)."""
+    if not items:
         return []
-    where = "" if include_resolved else " WHERE resolved_at IS NULL"
-    union = " UNION ALL ".join(f"({query}{where})" for query in parts)
-    cursor = await conn.execute(f"{union} ORDER BY 7, 2")
-    return [Quarantined(*row) for row in await cursor.fetchall()]
-
-
-async def unresolved_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
-    """Unresolved quarantined events by consumer (none: an empty dict)."""
     counts: dict[str, int] = {}
-    for item in await list_quarantined(conn):
+    for item in items:
         counts[item.consumer] = counts.get(item.consumer, 0) + 1
-    return counts
+    by = ", ".join(f"{n} by {consumer}" for consumer, n in sorted(counts.items()))
+    return [f"{len(items)} event(s) quarantined ({by}): see `vigil quarantine list`"]
 
 
 # Retrying ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from application.compliance import Compliance
 from application.group_commit import GroupCommitter
 from application.ledger import Ledger
+from infrastructure.quarantine_ops import list_quarantined_sync, reasons
 from infrastructure.reply_cache import RedisReplyCache
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
@@ -51,6 +52,9 @@ def create_command_app(settings: Settings) -> FastAPI:
             ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
             ("redis", lambda: asyncio.to_thread(cache.ping), False),
         ]
+        app.state.degradations = [
+            ("quarantine", lambda: asyncio.to_thread(_quarantine_reasons, ledger))
+        ]
         log.info("command_api_started")
         try:
             yield
@@ -83,6 +87,11 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.include_router(cases.router)
     app.include_router(watchlist.router)
     return app
+
+
+def _quarantine_reasons(ledger: Ledger) -> list[str]:
+    with ledger.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        return reasons(list_quarantined_sync(conn))
 
 
 def _store_answers(ledger: Ledger) -> bool:

@@ -2,7 +2,9 @@
 
 Readiness runs `app.state.readiness_checks`, a list of `(name, async check, critical)`.
 A failing critical check (the event store) makes the process unready (503); a failing
-non-critical one (the reply cache) only degrades it (200, `"degraded"`).
+non-critical one (the reply cache) only degrades it (200, `"degraded"`), and so do the
+`app.state.degradations` that find something to say (events set aside in quarantine).
+Every answer lists its `"reasons"` (empty when all is well).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from starlette.responses import Response
 from infrastructure.metrics import metrics_response
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[bool]], bool]
+# What the process serves but works around (quarantined events): each a list of reasons.
+DegradationCheck = tuple[str, Callable[[], Awaitable[list[str]]]]
 CheckOutcome = Literal["ok", "failed", "timeout"]
 
 # A probe that hangs is worse than one that fails: the orchestrator's own timeout fires
@@ -41,7 +45,7 @@ async def live() -> dict[str, str]:
     responses={503: {"description": "A critical dependency is not reachable"}},
 )
 async def ready(request: Request) -> JSONResponse:
-    """Whether the dependencies answer: `ok`, `degraded` (non-critical down) or 503."""
+    """Whether the dependencies answer: `ok`, `degraded` (with reasons) or 503."""
     checks: Sequence[ReadinessCheck] = getattr(request.app.state, "readiness_checks", ())
     outcomes = await asyncio.gather(*(_run_check(name, check) for name, check, _ in checks))
     results = {name: outcome for (name, _, _), outcome in zip(checks, outcomes, strict=True)}
@@ -51,8 +55,20 @@ async def ready(request: Request) -> JSONResponse:
     )
     if critical_down:
         return JSONResponse({"status": "unavailable", "checks": results}, status_code=503)
-    status = "ok" if all(outcome == "ok" for outcome in outcomes) else "degraded"
-    return JSONResponse({"status": status, "checks": results}, status_code=200)
+    reasons = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
+    degradations: Sequence[DegradationCheck] = getattr(request.app.state, "degradations", ())
+    for found in await asyncio.gather(*(_run_degradation(n, c) for n, c in degradations)):
+        reasons.extend(found)
+    status = "degraded" if reasons else "ok"
+    return JSONResponse({"status": status, "checks": results, "reasons": reasons})
+
+
+async def _run_degradation(name: str, check: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    try:
+        return await asyncio.wait_for(check(), timeout=CHECK_TIMEOUT_S)
+    except Exception as error:
+        log.warning("degradation_check_failed", check=name, error=type(error).__name__)
+        return [f"{name}: could not be checked"]
 
 
 async def _run_check(name: str, check: Callable[[], Awaitable[bool]]) -> CheckOutcome:

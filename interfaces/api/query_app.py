@@ -11,6 +11,7 @@ import structlog
 from fastapi import FastAPI
 
 from infrastructure.audit_log import AccessLog, prepare_audit_tables
+from infrastructure.quarantine_ops import list_quarantined, reasons
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
 from interfaces.api.health import health_router
@@ -35,6 +36,11 @@ from interfaces.api.query.readstore import ReadStore, prepare_read_models
 from interfaces.auth import TokenVerifier
 
 log = structlog.get_logger("vigil.query_api")
+
+
+async def quarantine_reasons(store: ReadStore) -> list[str]:
+    async with store.connection() as conn:
+        return reasons(await list_quarantined(conn))
 
 
 def create_query_app(settings: Settings) -> FastAPI:
@@ -67,6 +73,7 @@ def create_query_app(settings: Settings) -> FastAPI:
             # Without it `min_version` waits fall back to polling: slower, still right.
             ("notifications", listener.is_connected, False),
         ]
+        app.state.degradations = [("quarantine", lambda: quarantine_reasons(store))]
         log.info("query_api_started")
         try:
             yield

@@ -57,6 +57,8 @@ RuleName = Literal[
     "new_account_outflow",
     "dormant_reactivation",
     "watchlist",
+    # Not a rule: an event a consumer could not apply, so the rules never saw it.
+    "quarantined_event",
 ]
 
 ALERTS_CURSOR: Final = "alerts"

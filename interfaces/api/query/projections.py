@@ -32,7 +32,12 @@ HEAD: Final = sql.SQL("SELECT coalesce(max(notification_id), 0) AS head FROM {ev
 POSITIONS: Final = sql.SQL(
     "SELECT p.projection, p.position, p.updated_at, now() AS now, "
     "  (SELECT count(*) FROM (SELECT 1 FROM {events} e WHERE e.notification_id > p.position "
-    "    LIMIT %(count_max)s) pending) AS lag_events "
+    "    LIMIT %(count_max)s) pending) AS lag_events, "
+    # Set aside by the projection, or never published by the relay: missed either way.
+    "  (SELECT count(*) FROM {schema}.quarantined_events q WHERE q.projection = p.projection "
+    "    AND q.resolved_at IS NULL) "
+    "  + (SELECT count(*) FROM public.relay_quarantine r WHERE r.resolved_at IS NULL) "
+    "  AS quarantined "
     "FROM {schema}.projection_positions p ORDER BY p.projection"
 ).format(**_identifiers)
 
@@ -42,6 +47,7 @@ class ProjectionLag(BaseModel):
     position: int
     lag_events: int
     lag_s: float
+    quarantined: int
 
 
 class ProjectionsOut(BaseModel):
@@ -77,4 +83,5 @@ def _lag(row: dict[str, Any]) -> dict[str, Any]:
         "position": int(row["position"]),
         "lag_events": lag_events,
         "lag_s": round(lag_s, 3),
+        "quarantined": int(row["quarantined"]),
     }

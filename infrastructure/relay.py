@@ -94,6 +94,10 @@ class ReadBatch:
         return max(ids) if ids else None
 
 
+class CannotDecode(Exception):
+    """No event of a batch could be decoded: a configuration error, never quarantined."""
+
+
 class BrokerLostLog(Exception):
     """The broker acknowledged at an offset below one it acknowledged before."""
 
@@ -229,6 +233,14 @@ class Relay:
             except Exception as error:
                 # Not this event's reader's fault to stop on: set it aside, loudly.
                 undecodable.append(Undecodable.of(notification, error))
+        if undecodable and not events and len(undecodable) > 1:
+            # Not one event decodes: the relay's settings are wrong (another cipher key),
+            # not the events. Quarantining them all would bury the log; stop instead.
+            raise CannotDecode(
+                f"none of the {len(undecodable)} events from notification id "
+                f"{undecodable[0].notification_id} decodes ({undecodable[0].error}); "
+                "check that VIGIL_CIPHER_KEY is the one the writers use"
+            )
         assert all(a.notification_id < b.notification_id for a, b in itertools.pairwise(events))
         assert not events or events[0].notification_id > position
         return ReadBatch(events, max(head, position), read_at, undecodable)

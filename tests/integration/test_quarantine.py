@@ -25,7 +25,7 @@ from infrastructure.embedded import EmbeddedBroker
 from infrastructure.projection_store import apply_batch
 from infrastructure.quarantine import QUARANTINED_RULE
 from infrastructure.quarantine_ops import RetryOutcome, retry_quarantined
-from infrastructure.relay import Relay, RelayLimits
+from infrastructure.relay import CannotDecode, Relay, RelayLimits
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
@@ -373,3 +373,24 @@ def test_an_event_the_relay_set_aside_is_retried_in_every_projection(
         settings, "SELECT sum(count) FROM readmodel.kpis_hourly WHERE metric = 'transfers'"
     )
     assert transfers == 1
+
+
+def test_a_relay_that_can_decode_nothing_stops_instead_of_quarantining_everything(
+    settings: Settings, broker: EmbeddedBroker
+) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    writer = open_ledger(settings.model_copy(update={"cipher_key": SecretStr(key)}))
+    try:
+        seed(writer)
+    finally:
+        writer.close()
+    relay_settings = settings.model_copy(  # the relay forgot the cipher key
+        update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": f"q{uuid4().hex[:8]}."}
+    )
+    relay = RelayThread(Relay(relay_settings, RelayLimits(poll_interval_s=0.1)))
+    with relay:
+        wait_until(lambda: relay.error is not None, "the relay stopped")
+
+    assert isinstance(relay.error, CannotDecode)
+    assert "VIGIL_CIPHER_KEY" in str(relay.error)
+    assert rows(settings, "SELECT count(*) FROM public.relay_quarantine") == [(0,)]

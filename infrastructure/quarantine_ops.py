@@ -35,7 +35,7 @@ from infrastructure.alerts_store import (
 )
 from infrastructure.projection_store import use_schema
 from infrastructure.quarantine import RELAY, describe, quarantined_versions
-from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA
+from infrastructure.readmodel_schema import ALL_PROJECTIONS, SCHEMA
 from infrastructure.readmodel_writes import write_batch
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
@@ -47,7 +47,6 @@ from projections.ledger import PROJECTORS
 CASE_OPENER: Final = "case_opener"
 # Projections whose rows depend on every earlier version of the account.
 IN_VERSION_ORDER: Final = frozenset({"balances", ALERTS})
-ALL_PROJECTIONS: Final = (*PROJECTIONS, ALERTS)
 
 
 @dataclass(frozen=True)

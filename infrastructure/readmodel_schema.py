@@ -16,6 +16,8 @@ SCHEMA = "readmodel"
 
 # Projection names (CONTRACT.md): `balances` is the accounts read model.
 PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
+# With the alerts projection, whose tables and SQL are its own (`alerts_store.py`).
+ALL_PROJECTIONS = (*PROJECTIONS, "alerts")
 
 
 def ddl(schema: str = SCHEMA) -> str:
@@ -222,7 +224,7 @@ def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> N
         conn.execute(RULE_CONFIGS_DDL)
         conn.execute(alerts_ddl(schema))
         conn.execute(quarantine_ddl(schema))
-        for name in (*PROJECTIONS, "alerts"):
+        for name in ALL_PROJECTIONS:
             conn.execute(
                 f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
                 "ON CONFLICT DO NOTHING",

@@ -34,7 +34,7 @@ from infrastructure.alerts_store import (
 from infrastructure.consumer import EpochGuard, fetch, header, new_consumer, run_with_restarts
 from infrastructure.projection_store import BatchResult, apply_batch
 from infrastructure.quarantine import describe
-from infrastructure.readmodel_schema import PROJECTIONS, SCHEMA, ensure_read_models
+from infrastructure.readmodel_schema import ALL_PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.recorder import SESSION_OPTIONS
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
@@ -75,7 +75,7 @@ LAG_EVENTS = Gauge(
 
 
 ALERTS = "alerts"
-ALL_PROJECTIONS = (*PROJECTIONS, ALERTS)
+assert ALL_PROJECTIONS[-1] == ALERTS
 
 OBSERVE_INTERVAL_S = 1.0
 SEVERITY_NAMES = ("critical", "high", "medium", "low")

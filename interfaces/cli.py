@@ -29,7 +29,8 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.logging import configure_logging
-    from infrastructure.workers import ALL_PROJECTIONS, serve_workers
+    from infrastructure.readmodel_schema import ALL_PROJECTIONS
+    from infrastructure.workers import serve_workers
 
     configure_logging(settings.log_level, service="workers")
     port = settings.workers_metrics_port if args.metrics_port is None else args.metrics_port

@@ -19,9 +19,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from domain.money import format_amount
 from infrastructure.embedded import start_broker
+from infrastructure.readmodel_schema import ALL_PROJECTIONS
 from infrastructure.settings import Settings
 from infrastructure.topics import ledger_events_topic
-from infrastructure.workers import ALL_PROJECTIONS, group_id
+from infrastructure.workers import group_id
 from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infrastructure.readmodel_schema import PROJECTIONS
+from infrastructure.readmodel_schema import ALL_PROJECTIONS
 from tests.e2e.query_support import QueryEnv
 
 pytestmark = pytest.mark.e2e
@@ -25,9 +25,15 @@ def test_projections_show_the_store_head_positions_and_lag(query_env: QueryEnv) 
     head = query_env.seed.head
     assert body["head"] == head
     items = {item["name"]: item for item in body["items"]}
-    assert set(items) == set(PROJECTIONS)
+    assert set(items) == set(ALL_PROJECTIONS)
     for name in ("balances", "statements"):
-        assert items[name] == {"name": name, "position": head, "lag_events": 0, "lag_s": 0.0}
+        assert items[name] == {
+            "name": name,
+            "position": head,
+            "lag_events": 0,
+            "lag_s": 0.0,
+            "quarantined": 0,
+        }
     assert (items["kpis"]["position"], items["kpis"]["lag_events"]) == (head - 4, 4)
     assert 10.0 <= items["kpis"]["lag_s"] < 600
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ import psutil
 import pytest
 
 from infrastructure.settings import Settings
+from interfaces.supervise import START_FAILURES_MAX
 from interfaces.tokens import issue_token
-from tests.conftest import ROOT, Databases, settings_env
+from tests.conftest import ROOT, Databases, free_port, settings_env
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +33,8 @@ UP_READY_TIMEOUT_S = 120.0
 # Backoff (1 s), a new process, and its consumer rejoining the group the killed one left.
 RESTART_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+# The crash, then five failed starts: 1 + 2 + 4 + 8 + 16 s of backoff, each start a second.
+GIVE_UP_TIMEOUT_S = 90.0
 POLL_S = 0.2
 
 
@@ -69,19 +74,23 @@ def _wait(up: Up, probe: Any, timeout_s: float, what: str) -> Any:
         time.sleep(POLL_S)
 
 
-@pytest.fixture(scope="module")
-def up(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    work = tmp_path_factory.mktemp("up")
+@contextmanager
+def running_up(databases: Databases, work: Path, **overrides: Any) -> Iterator[Up]:
+    """`vigil up` on a fresh database, the machine's Redis, any free ports; returns once
+    var/up.json is written, and stops it (SIGTERM) at the end if it still runs."""
+    ports: dict[str, Any] = {
+        "command_port": 0,
+        "query_port": 0,
+        "relay_metrics_port": 0,
+        "workers_metrics_port": 0,
+        "case_opener_metrics_port": 0,
+    }
     settings = databases.settings_for(
         databases.fresh(),
         work / "var",
         topic_prefix=f"up{uuid4().hex[:6]}.",
         topic_partitions=4,
-        command_port=0,
-        query_port=0,
-        relay_metrics_port=0,
-        workers_metrics_port=0,
-        case_opener_metrics_port=0,
+        **{**ports, **overrides},
     )
     env = settings_env(settings)
     env["VIGIL_LOG_LEVEL"] = "INFO"  # up.log's restart lines are at INFO and WARNING
@@ -106,6 +115,12 @@ def up(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def up(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    with running_up(databases, tmp_path_factory.mktemp("up")) as running:
+        yield running
 
 
 def _balance_seen(up: Up, http: httpx.Client, account_id: str, version: int) -> str | None:
@@ -188,7 +203,47 @@ def test_stopping_vigil_up_with_sigterm_stops_everything_and_removes_up_json(up:
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(STOP_TIMEOUT_S) == 0, up.output()
     assert not up.settings.up_file().exists()
-    survivors = [name for name, pid in pids.items() if psutil.pid_exists(pid)]
-    assert not [name for name in survivors if psutil.Process(pids[name]).status() != "zombie"], (
-        survivors
-    )
+    assert not [name for name, pid in pids.items() if _alive(pid)], pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _hold_port(port: int, timeout_s: float) -> socket.socket:
+    """Listen on the port a killed process held, as soon as the kernel has freed it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", port))
+        except OSError:
+            holder.close()
+            assert time.monotonic() < deadline, f"port {port} not freed"
+            time.sleep(0.01)
+            continue
+        holder.listen()
+        return holder
+
+
+def test_a_process_that_keeps_failing_at_start_makes_vigil_up_stop_everything(
+    databases: Databases, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    with running_up(databases, tmp_path, workers_metrics_port=metrics_port) as up:
+        pids = up.up_file()["pids"]
+        os.kill(pids["workers"], signal.SIGKILL)
+        # Its metrics port taken, every new workers process exits while starting.
+        with _hold_port(metrics_port, timeout_s=5.0):
+            code = up.process.wait(GIVE_UP_TIMEOUT_S)
+        output = up.output_path.read_text(errors="replace")
+    assert code == 1, output
+    assert output.count("exited with code 1 while starting") == START_FAILURES_MAX, output
+    assert f"workers failed to start {START_FAILURES_MAX} times in a row" in output, output
+    assert "Address already in use" in output, "the tail of its log says why"
+    assert not up.settings.up_file().exists()
+    assert not [name for name, pid in pids.items() if _alive(pid)], pids

@@ -38,7 +38,7 @@ RESTART_BACKOFF_S_MAX = 30.0
 # Up this long after becoming ready: the process is healthy, and its backoff and count of
 # failed starts begin again.
 HEALTHY_AFTER_S = 60.0
-# Five failed starts in a row is about 15 s of backoff (1 + 2 + 4 + 8) plus five starts: a
+# Five failed starts in a row take at least 15 s of backoff (1 + 2 + 4 + 8) and five starts: a
 # passing cause (the database restarting, a port still held, a group rebalancing) clears
 # within that; one that does not (a bad setting, a schema it cannot migrate, code that fails
 # on import) will not clear by itself, and restarting it forever would hide it behind a
@@ -145,6 +145,8 @@ class Child:
 
     spec: ChildSpec
     process: ManagedProcess | None = None
+    # The last one started: up.json keeps naming it while the next waits to start.
+    pid: int | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     started_at_s: float = 0.0
     ready_at_s: float | None = None
@@ -167,13 +169,14 @@ class Children:
         return self.var_dir / f"{spec.name}.log"
 
     def pids(self) -> dict[str, int]:
-        return {c.spec.name: c.process.pid for c in self.children if c.process is not None}
+        return {c.spec.name: c.pid for c in self.children if c.pid is not None}
 
     def start(self, spec: ChildSpec) -> None:
         """Start `spec` and wait until it is ready: StartupFailed if it exits or times out."""
         say(f"starting {spec.name}…")
         child = Child(spec, started_at_s=time.monotonic())
         child.process = spawn(spec.name, spec.argv, self.log_path(spec), self.env)
+        child.pid = child.process.pid
         self.children.append(child)
         with httpx.Client(trust_env=False, timeout=READY_PROBE_TIMEOUT_S) as http:
             while not self.stop_requested.is_set():
@@ -258,6 +261,7 @@ class Children:
             out.write(f"--- vigil up: restart {child.restarts} of {spec.name} at {stamp} ---\n")
         child.started_at_s = time.monotonic()
         child.process = spawn(spec.name, spec.argv, log_path, self.env, append=True)
+        child.pid = child.process.pid
         log.info("process_restarted", process=spec.name, pid=child.process.pid)
         say(f"restarted {spec.name} (pid {child.process.pid}); waiting until it is ready…")
         self.on_pids_changed()

@@ -155,7 +155,7 @@ def run_up(settings: Settings) -> int:
         _clear_previous_up_file(settings)
         if settings.env == "development":
             settings.dev_keys()  # made now, so the APIs and the printed tokens share them
-        with (var_dir / LOG_FILE).open("a", buffering=1) as log_stream:
+        with (var_dir / LOG_FILE).open("w", buffering=1) as log_stream:  # as children's logs
             _log_to(settings, log_stream)
             return _Supervisor(settings, var_dir).run()
 

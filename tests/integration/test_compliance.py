@@ -432,3 +432,36 @@ def test_the_case_opener_quarantines_what_it_cannot_handle_once_and_goes_on(
             f"UPDATE public.{QUARANTINE_TABLE} SET resolved_at = now() WHERE kafka_offset = 0"
         )
     assert asyncio.run(unresolved_quarantined(settings)) == 1, "resolved rows are not counted"
+
+
+def test_a_lost_database_connection_makes_the_case_opener_retry_and_skip_nothing(
+    settings_factory: Any, broker: EmbeddedBroker
+) -> None:
+    settings = settings_factory(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=f"it{uuid4().hex[:6]}.", topic_partitions=4
+    )
+    ledger = open_ledger(settings)
+    try:
+        valid = alert(open_account(ledger))
+        asyncio.run(publish(settings, orjson.dumps(valid), epoch=1))
+        opener = CaseOpener(settings, Compliance(ledger))
+        with OpenerThread(opener):
+            wait_handled(opener, 1)
+            with psycopg.connect(settings.resolved_database_url(), autocommit=True) as admin:
+                (ended,) = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'vigil-case-opener' AND datname = current_database()"
+                ).fetchone() or (0,)
+            assert ended == 1, "the case opener's quarantine connection"
+            asyncio.run(publish(settings, b"not json", epoch=1))
+            deadline = time.monotonic() + OPENER_WAIT_S
+            while asyncio.run(unresolved_quarantined(settings)) == 0:
+                assert time.monotonic() < deadline, "quarantined after the reconnection"
+                time.sleep(0.1)
+        assert opener.handled >= 3, "the failed attempt, then the message again"
+        with psycopg.connect(settings.resolved_database_url()) as conn:
+            offsets = conn.execute(f"SELECT kafka_offset FROM public.{QUARANTINE_TABLE}").fetchall()
+        assert offsets == [(1,)]
+        assert len(stored_events(ledger, case_id_for(valid["alert_id"]))) == 1
+    finally:
+        ledger.close()

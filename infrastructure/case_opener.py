@@ -3,22 +3,32 @@ side (CONTRACT.md, "Alerts and cases"), as the system actor.
 
 Opening is idempotent by case id (derived from the alert id), so a redelivered or
 republished alert changes nothing; offsets are committed only after the cases of a
-fetched batch are saved, so a crash redelivers rather than skips. A message that is not
-an alert is logged and skipped: retrying it would never succeed.
+fetched batch are saved, so a crash redelivers rather than skips. A message it cannot
+handle (not JSON, not an alert, an alert the command side refuses) would fail the same way
+on every delivery: it is quarantined (case_opener_store.py), logged and counted, and the
+consumer goes on past it. Only the store being unavailable (`Unavailable`, a lost
+connection) makes the consumer start over from the committed offsets: nothing is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import orjson
+import psycopg
 import structlog
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
 from application.compliance import Compliance
-from domain.errors import Unavailable, ValidationFailed
+from domain.errors import DomainError, Unavailable, ValidationFailed
+from infrastructure.case_opener_store import (
+    Quarantined,
+    prepare_quarantine_table,
+    record_quarantined,
+)
 from infrastructure.consumer import (
     EpochGuard,
     fetch,
@@ -42,9 +52,16 @@ CASES_OPENED = Counter(
 )
 ALERTS_CONSUMED = Counter(
     "vigil_case_opener_alerts_total",
-    "Alert messages handled, by outcome (`opened`, `existing`, `rejected`).",
+    "Alert messages handled, by outcome (`opened`, `existing`, `quarantined`).",
     ["outcome"],
 )
+QUARANTINED = Counter(
+    "vigil_case_opener_quarantined",
+    "Alert messages recorded in the quarantine table (each offset once, redeliveries not).",
+)
+# What a message the case opener cannot handle raises: the same on every delivery.
+# `Unavailable` is a DomainError too, but it passes (the store is down): it is not here.
+UNHANDLEABLE = (DomainError, KeyError, TypeError, ValueError)  # ValueError: JSON errors too
 
 
 def group_id(settings: Settings) -> str:
@@ -66,27 +83,39 @@ class CaseOpener:
         await run_with_restarts(stop, self._consume, "case-opener")
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        consumer = new_consumer(
-            self.settings,
-            alerts_topic(self.settings),
-            group_id(self.settings),
-            "vigil-case-opener",
-            FETCH_RECORDS_MAX,
+        # A connection of its own for the quarantine; lost, it restarts the consumer.
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=self.settings.db_connect_timeout_s,
+            application_name="vigil-case-opener",
         )
-        await consumer.start()
         try:
-            log.info("case_opener_started", topic=alerts_topic(self.settings))
-            while not stop.is_set():
-                records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
-                for record in records:
-                    await self._handle(record)
-                if records:
-                    await consumer.commit()
+            await prepare_quarantine_table(conn, self.settings)
+            consumer = new_consumer(
+                self.settings,
+                alerts_topic(self.settings),
+                group_id(self.settings),
+                "vigil-case-opener",
+                FETCH_RECORDS_MAX,
+            )
+            await consumer.start()
+            try:
+                log.info("case_opener_started", topic=alerts_topic(self.settings))
+                while not stop.is_set():
+                    records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+                    for record in records:
+                        await self._handle(record, conn)
+                    if records:
+                        await consumer.commit()
+            finally:
+                await consumer.stop()
         finally:
-            await consumer.stop()
+            await conn.close()
 
-    async def _handle(self, record: ConsumerRecord) -> None:
+    async def _handle(self, record: ConsumerRecord, conn: psycopg.AsyncConnection[Any]) -> None:
         self.handled += 1
+        alert: Any = None
         try:
             alert = orjson.loads(record.value)
             if not isinstance(alert, dict):
@@ -95,17 +124,11 @@ class CaseOpener:
             case, created = await asyncio.to_thread(
                 self.compliance.open_case, alert, correlation_id
             )
-        except (orjson.JSONDecodeError, ValidationFailed) as error:
-            ALERTS_CONSUMED.labels("rejected").inc()
-            log.error(
-                "alert_rejected",
-                partition=record.partition,
-                offset=record.offset,
-                error=f"{type(error).__name__}: {error}",
-            )
-            return
         except Unavailable:
             raise  # not saved: the consumer restarts from the last committed offset
+        except UNHANDLEABLE as error:
+            await self._quarantine(record, alert, error, conn)
+            return
         outcome = "opened" if created else "existing"
         ALERTS_CONSUMED.labels(outcome).inc()
         if created:
@@ -120,6 +143,42 @@ class CaseOpener:
             severity=case.severity,
             correlation_id=correlation_id,
         )
+
+    async def _quarantine(
+        self,
+        record: ConsumerRecord,
+        alert: Any,
+        error: Exception,
+        conn: psycopg.AsyncConnection[Any],
+    ) -> None:
+        fields = alert if isinstance(alert, dict) else {}
+        key = bytes(record.key).decode(errors="replace") if record.key else None
+        row = Quarantined(
+            topic=record.topic,
+            partition=record.partition,
+            kafka_offset=record.offset,
+            alert_id=_optional_text(fields.get("alert_id")),
+            account_id=_optional_text(fields.get("account_id")) or key,  # key: account id
+            error=f"{type(error).__name__}: {error}",
+            value=record.value,
+        )
+        recorded = await record_quarantined(conn, row)
+        ALERTS_CONSUMED.labels("quarantined").inc()
+        if recorded:
+            QUARANTINED.inc()
+        log.error(
+            "alert_quarantined",
+            partition=record.partition,
+            offset=record.offset,
+            alert_id=row.alert_id,
+            account_id=row.account_id,
+            error=row.error,
+            already_recorded=not recorded,
+        )
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def run_case_opener(settings: Settings, metrics_port: int) -> int:

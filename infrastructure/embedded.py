@@ -199,10 +199,13 @@ def spawn(
     argv: Sequence[str],
     log_path: Path,
     env: Mapping[str, str] | None = None,
+    *,
+    append: bool = False,
 ) -> ManagedProcess:
-    """Start argv as a supervised child: own process group, output to log_path (truncated)."""
+    """Start argv as a supervised child: own process group, output to log_path (truncated,
+    or with `append` kept, as for a restart after a crash whose lines are worth reading)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open("ab" if append else "wb") as log:
         process = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -23,6 +23,7 @@ from application.ledger import Ledger, LedgerOptions
 from infrastructure import checkpoints
 from infrastructure.audit_log import ensure_audit_tables
 from infrastructure.backtest import SHADOW_DDL
+from infrastructure.case_opener_store import QUARANTINE_TABLE, ensure_quarantine_table
 from infrastructure.event_index import INDEX_TABLE, index_heads
 from infrastructure.quarantine import RELAY_QUARANTINE_DDL
 from infrastructure.readmodel_schema import SCHEMA as READMODEL
@@ -49,12 +50,15 @@ PUBLIC_GRANTS: tuple[tuple[str, str], ...] = (
     ("audit_access_log", "SELECT, INSERT"),
     ("audit_exports", "SELECT, INSERT"),
     ("audit_checkpoints", "SELECT, INSERT"),
+    # The case opener records what it cannot handle; resolving a row is an operator's.
+    (QUARANTINE_TABLE, "SELECT, INSERT"),
 )
 # (table, column) of the serial columns those inserts draw from.
 PUBLIC_SEQUENCES: tuple[tuple[str, str], ...] = (
     (EVENTS_TABLE, "notification_id"),
     ("rule_configs", "version"),
     ("audit_access_log", "id"),
+    (QUARANTINE_TABLE, "id"),
 )
 READMODEL_GRANT = "SELECT, INSERT, UPDATE, DELETE"
 
@@ -90,6 +94,11 @@ def _audit(conn: Connection, settings: Settings) -> None:
     checkpoints.migrate(conn)  # takes the advisory lock again: it nests, per session
 
 
+def _case_opener(conn: Connection, settings: Settings) -> None:
+    del settings
+    ensure_quarantine_table(conn)
+
+
 # Every part's tables, in order. A part that adds tables adds its step here (and its
 # grants below), so `vigil migrate` stays the one place that creates everything.
 STEPS: tuple[tuple[str, Callable[[Connection, Settings], None]], ...] = (
@@ -97,6 +106,7 @@ STEPS: tuple[tuple[str, Callable[[Connection, Settings], None]], ...] = (
     ("read models, alerts, rule configurations", _read_models),
     ("relay state", _relay),
     ("audit access log, exports register, checkpoints", _audit),
+    ("case opener quarantine", _case_opener),
 )
 
 

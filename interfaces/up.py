@@ -1,11 +1,19 @@
 """`vigil up`: the whole system on one machine, until Ctrl-C.
 
 Starts PostgreSQL, Redis and the broker (embedded, unless `VIGIL_*` URLs name servers to use),
-then the Vigil processes in the order of `child_specs`, each waited for until ready. When all
-are ready it writes `var/up.json` (CONTRACT.md), so other `vigil` commands here find the
-servers, and prints URLs, development tokens and a first request to try. Ctrl-C or SIGTERM
-stops everything (Vigil processes first, then the servers) and removes `var/up.json`; a part
-that dies on its own stops everything with exit code 1.
+then the Vigil processes in the order of `child_specs`, each waited for until ready (a failure
+there stops everything: at start it is nearly always a setting or a port). When all are ready
+it writes `var/up.json` (CONTRACT.md), so other `vigil` commands here find the servers, and
+prints URLs, development tokens and a first request to try.
+
+While it runs, a Vigil process that exits is restarted after a backoff and waited for until
+ready again, and `var/up.json` is rewritten with its new pid (supervise.py); `vigil up` gives
+up, stopping everything with exit code 1, only on a process that keeps failing at start. An
+embedded server (PostgreSQL, Redis, the broker) that dies stops everything with exit code 1:
+restarting one under running clients is not safe in general (the broker comes back with its
+topics empty, PostgreSQL is a daemon we did not fork). Ctrl-C or SIGTERM stops everything
+(Vigil processes first, then the servers) and removes `var/up.json`. Its own events
+(`process_exited`, `process_restarted`, `process_ready`) are JSON lines in `var/up.log`.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -35,21 +44,25 @@ from infrastructure.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
-    ManagedProcess,
     Server,
     free_port,
     log_tail,
     port_is_free,
-    spawn,
     start_broker,
     start_postgres,
     start_redis,
 )
+from infrastructure.logging import configure_logging
 from infrastructure.settings import Settings
+from interfaces.supervise import (
+    READY_PROBE_TIMEOUT_S,
+    Children,
+    ChildSpec,
+    StartupFailed,
+    complain,
+    say,
+)
 
-READY_TIMEOUT_S = 60.0
-READY_POLL_S = 0.2
-READY_PROBE_TIMEOUT_S = 1.0
 WATCH_INTERVAL_S = 0.5
 CHILD_STOP_TIMEOUT_S = 10.0  # the APIs drain requests for up to 10 s (serve.py)
 TOKEN_TTL_S = 12 * 3600
@@ -61,22 +74,9 @@ DEV_TOKENS = (
     ("viewer", None),
 )
 LOCK_FILE = "up.lock"
+LOG_FILE = "up.log"
 
 EmbeddedServer = EmbeddedPostgres | EmbeddedRedis | EmbeddedBroker
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """One Vigil process `vigil up` runs. `name` is its key in up.json (URL and pid)."""
-
-    name: str
-    argv: tuple[str, ...]
-    url: str | None = None  # written to up.json under `name`
-    ready_url: str | None = None  # 200 means ready; None: ready once started
-    # And, if set, this gauge in the ready URL's Prometheus text is above 0.
-    ready_gauge: str | None = None
-    port: int | None = None  # must be free before we start
-    port_variable: str | None = None  # the setting that moves it
 
 
 def _vigil(*args: str) -> tuple[str, ...]:
@@ -140,25 +140,9 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
     ]
 
 
-def gauge_above_zero(metrics: str, gauge: str) -> bool:
-    """Whether Prometheus text gives `gauge` (unlabelled) a value above 0."""
-    for line in metrics.splitlines():
-        name, _, value = line.partition(" ")
-        if name == gauge:
-            try:
-                return float(value) > 0
-            except ValueError:
-                return False
-    return False
-
-
 def _client_host(host: str) -> str:
     # A server bound to every interface is reached, from here, on loopback.
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-
-
-class StartupFailed(RuntimeError):
-    """A part of the system could not start; the message says which and why."""
 
 
 def run_up(settings: Settings) -> int:
@@ -166,12 +150,21 @@ def run_up(settings: Settings) -> int:
     var_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(var_dir / LOCK_FILE) as locked:
         if not locked:
-            _complain(f"another `vigil up` is running with {var_dir}; stop it first.")
+            complain(f"another `vigil up` is running with {var_dir}; stop it first.")
             return 1
         _clear_previous_up_file(settings)
         if settings.env == "development":
             settings.dev_keys()  # made now, so the APIs and the printed tokens share them
-        return _Supervisor(settings, var_dir).run()
+        with (var_dir / LOG_FILE).open("w", buffering=1) as log_stream:  # as children's logs
+            _log_to(settings, log_stream)
+            return _Supervisor(settings, var_dir).run()
+
+
+def _log_to(settings: Settings, stream: TextIO) -> None:
+    # The terminal is for people; the structured lines go to var/up.log, beside the
+    # children's logs. httpx logs each request at INFO: every readiness probe, not wanted.
+    configure_logging(settings.log_level, service="up", stream=stream)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -203,9 +196,9 @@ def _clear_previous_up_file(settings: Settings) -> None:
         if name != "postgres" and _started_by(pid, written_at_s)
     ]
     path.unlink(missing_ok=True)
-    _say(f"removed {path.resolve()}, left by a `vigil up` that did not stop cleanly")
+    say(f"removed {path.resolve()}, left by a `vigil up` that did not stop cleanly")
     if survivors:
-        _say(f"  still running from it: {', '.join(survivors)}; stop them if they are in the way")
+        say(f"  still running from it: {', '.join(survivors)}; stop them if they are in the way")
 
 
 def _started_by(pid: object, time_s: float) -> bool:
@@ -220,14 +213,6 @@ def _started_by(pid: object, time_s: float) -> bool:
         return False
 
 
-def _say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def _complain(line: str) -> None:
-    print(f"vigil up: {line}", file=sys.stderr, flush=True)
-
-
 @dataclass
 class _Supervisor:
     settings: Settings
@@ -235,7 +220,7 @@ class _Supervisor:
     stop_requested: threading.Event = field(default_factory=threading.Event)
     signal_name: str = ""
     servers: list[tuple[str, Server]] = field(default_factory=list)  # in start order
-    children: list[tuple[ChildSpec, ManagedProcess]] = field(default_factory=list)
+    children: Children | None = None  # once the servers are up
     urls: dict[str, str] = field(default_factory=dict)
 
     def run(self) -> int:
@@ -246,7 +231,7 @@ class _Supervisor:
         try:
             return self._start_and_watch()
         except (StartupFailed, EmbeddedServerError) as error:
-            _complain(str(error))
+            complain(str(error))
             return 1
         finally:
             self._stop_all()
@@ -266,16 +251,22 @@ class _Supervisor:
         self._start_servers()
         if self.stop_requested.is_set():
             return self._stopping()
-        env = self._child_env()
+        children = Children(
+            self.var_dir,
+            self._child_env(),
+            self.stop_requested,
+            on_pids_changed=lambda: self._write_up_file(specs),
+        )
+        self.children = children
         for spec in specs:
             if self.stop_requested.is_set():
                 return self._stopping()
-            self._start_child(spec, env)
+            children.start(spec)
         if self.stop_requested.is_set():
             return self._stopping()
         self._write_up_file(specs)
         _print_summary(self.settings, specs, self.urls, self.var_dir)
-        return self._watch()
+        return self._watch(children)
 
     def _check_ports(self, specs: list[ChildSpec]) -> None:
         host = self.settings.host
@@ -298,15 +289,15 @@ class _Supervisor:
                 return
             if configured:
                 self.urls[key] = configured
-                _say(f"using {label} at {_redacted(configured)} (from VIGIL_{key.upper()})")
+                say(f"using {label} at {_redacted(configured)} (from VIGIL_{key.upper()})")
                 continue
-            _say(f"starting {label}…")
+            say(f"starting {label}…")
             started_at_s = time.monotonic()
             server = start(self.var_dir)
             self.servers.append((name, server))
             self.urls[key] = _address(server)
             elapsed_s = time.monotonic() - started_at_s
-            _say(f"  {label} ready on {self.urls[key]} (pid {server.pid}, {elapsed_s:.1f} s)")
+            say(f"  {label} ready on {self.urls[key]} (pid {server.pid}, {elapsed_s:.1f} s)")
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -319,45 +310,12 @@ class _Supervisor:
         )
         return env
 
-    def _start_child(self, spec: ChildSpec, env: dict[str, str]) -> None:
-        _say(f"starting {spec.name}…")
-        started_at_s = time.monotonic()
-        child = spawn(spec.name, spec.argv, self.var_dir / f"{spec.name}.log", env)
-        self.children.append((spec, child))
-        if spec.ready_url is not None:
-            self._wait_ready(spec.ready_url, child, spec.ready_gauge)
-        where = f"on {spec.url} " if spec.url else ""
-        elapsed_s = time.monotonic() - started_at_s
-        _say(f"  {spec.name} ready {where}(pid {child.pid}, {elapsed_s:.1f} s)")
-
-    def _wait_ready(self, url: str, child: ManagedProcess, gauge: str | None) -> None:
-        deadline_s = time.monotonic() + READY_TIMEOUT_S
-        with httpx.Client(trust_env=False, timeout=READY_PROBE_TIMEOUT_S) as http:
-            while not self.stop_requested.is_set():
-                code = child.process.poll()
-                if code is not None:
-                    raise StartupFailed(
-                        f"{child.name} exited with code {code} while starting; last lines of"
-                        f" {child.log_path}:\n{log_tail(child.log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    reply = http.get(url)
-                    if reply.status_code == 200 and (
-                        gauge is None or gauge_above_zero(reply.text, gauge)
-                    ):
-                        return
-                if time.monotonic() >= deadline_s:
-                    raise StartupFailed(
-                        f"{child.name} was not ready within {READY_TIMEOUT_S:.0f} s ({url});"
-                        f" last lines of {child.log_path}:\n{log_tail(child.log_path)}"
-                    )
-                self.stop_requested.wait(READY_POLL_S)
-
     def _write_up_file(self, specs: list[ChildSpec]) -> None:
         data: dict[str, Any] = {spec.name: spec.url for spec in specs if spec.url}
         data.update(self.urls)
         pids = {name: server.pid for name, server in self.servers}
-        pids.update({spec.name: child.pid for spec, child in self.children})
+        if self.children is not None:
+            pids.update(self.children.pids())
         data["pids"] = pids
         path = self.settings.up_file()
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -368,42 +326,46 @@ class _Supervisor:
             out.write("\n")
         os.replace(temporary, path)  # readers never see half a file
 
-    def _watch(self) -> int:
-        parts = [(name, server) for name, server in self.servers]
-        parts += [(spec.name, child) for spec, child in self.children]
-        while not self.stop_requested.wait(WATCH_INTERVAL_S):
-            for name, part in parts:
-                if not part.alive():
-                    _complain(
-                        f"{name} (pid {part.pid}) stopped unexpectedly; last lines of"
-                        f" {part.log_path}:\n{log_tail(part.log_path)}\nstopping everything."
-                    )
-                    return 1
+    def _watch(self, children: Children) -> int:
+        with httpx.Client(trust_env=False, timeout=READY_PROBE_TIMEOUT_S) as http:
+            while not self.stop_requested.wait(WATCH_INTERVAL_S):
+                for name, server in self.servers:
+                    if not server.alive():
+                        complain(
+                            f"{name} (pid {server.pid}) stopped unexpectedly; last lines of"
+                            f" {server.log_path}:\n{log_tail(server.log_path)}\n"
+                            "stopping everything."
+                        )
+                        return 1
+                children.check(http)  # StartupFailed: one keeps failing at start
         return self._stopping()
 
     def _stopping(self) -> int:
-        _say(f"\n{self.signal_name or 'stop'} received: stopping…")
+        say(f"\n{self.signal_name or 'stop'} received: stopping…")
         return 0
 
     def _stop_all(self) -> None:
         # A further Ctrl-C only sets the event again: every stop below is bounded.
-        if not self.children and not self.servers:
+        running = [] if self.children is None else self.children.children
+        if not running and not self.servers:
             return
-        for spec, child in self.children:
-            self._stop_one(spec.name, functools.partial(child.stop, CHILD_STOP_TIMEOUT_S))
+        for child in running:
+            if child.process is not None:  # None: it was waiting to be restarted
+                stop = functools.partial(child.process.stop, CHILD_STOP_TIMEOUT_S)
+                self._stop_one(child.spec.name, stop)
         for name, server in reversed(self.servers):
             self._stop_one(name, server.stop)
-        self.children.clear()
+        running.clear()
         self.servers.clear()
-        _say("stopped.")
+        say("stopped.")
 
     def _stop_one(self, name: str, stop: Callable[[], None]) -> None:
         try:
             stop()
         except (EmbeddedServerError, OSError) as error:
-            _complain(f"could not stop {name}: {error}")
+            complain(f"could not stop {name}: {error}")
         else:
-            _say(f"  stopped {name}")
+            say(f"  stopped {name}")
 
 
 def _address(server: EmbeddedServer) -> str:
@@ -441,7 +403,7 @@ def _print_summary(
     query_url = next(spec.url for spec in specs if spec.name == "query_api")
     lines += ["", "Try it (after the exports above):", *_curl_example(command_url, query_url)]
     lines += ["", "Press Ctrl-C to stop."]
-    _say("\n".join(lines))
+    say("\n".join(lines))
 
 
 def _curl_example(command_url: str | None, query_url: str | None) -> list[str]:

@@ -23,6 +23,12 @@ from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.alerts_store import register_config
+from infrastructure.case_opener_store import (
+    Quarantined,
+    case_opener_quarantine_count,
+    prepare_quarantine_table,
+    record_quarantined,
+)
 from infrastructure.migrate import run_migrate_cli
 from infrastructure.relay_store import RelayStore
 from infrastructure.settings import ConfigurationError, Settings
@@ -173,7 +179,7 @@ def test_the_service_role_runs_commands_without_migrating(deployment: Deployment
     assert row == (deployment.role, 7, 7, 5)
 
 
-def test_the_service_role_writes_relay_state_rule_configs_read_models_and_audit_rows(
+def test_the_service_role_writes_relay_state_rule_configs_read_models_audit_and_quarantine_rows(
     deployment: Deployment,
 ) -> None:
     async def write() -> None:
@@ -206,6 +212,10 @@ def test_the_service_role_writes_relay_state_rule_configs_read_models_and_audit_
                 "(notification_id, rolling_hash, time, key_id, signature) "
                 "VALUES (1, 'h', now(), 'k', 's')"
             )
+            await prepare_quarantine_table(conn, deployment.service)  # no DDL: none refused
+            row = Quarantined("t.vigil.alerts", 0, 7, None, None, "JSONDecodeError", b"x")
+            assert await record_quarantined(conn, row)
+            assert await case_opener_quarantine_count(conn) == 1
 
     asyncio.run(write())
 

@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from application.commands import Deposit, OpenAccount, Submission
 from application.compliance import SYSTEM_ACTOR, Compliance, case_body
@@ -34,11 +35,12 @@ from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
 from domain.money import Money
 from domain.watchlist import watchlist_entry_id
 from infrastructure.case_opener import CaseOpener
+from infrastructure.case_opener_store import QUARANTINE_TABLE, case_opener_quarantine_count
 from infrastructure.embedded import EmbeddedBroker
 from infrastructure.projection_store import apply_batch
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
-from infrastructure.topics import alerts_topic
+from infrastructure.topics import EPOCH_HEADER, alerts_topic
 from projections.envelope import Envelope
 
 pytestmark = pytest.mark.integration
@@ -353,19 +355,37 @@ class OpenerThread:
         self._thread.join(15)
 
 
-async def publish(settings: Settings, *messages: bytes) -> None:
+async def publish(settings: Settings, *messages: bytes, epoch: int) -> None:
+    """Onto the alerts topic, one partition (one key), as the outbox relay in `epoch` would."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.resolved_kafka_bootstrap(), acks="all", enable_idempotence=False
     )
     await producer.start()
     try:
         for message in messages:
-            await producer.send_and_wait(alerts_topic(settings), message, key=b"k")
+            await producer.send_and_wait(
+                alerts_topic(settings),
+                message,
+                key=b"k",
+                headers=[(EPOCH_HEADER, str(epoch).encode())],
+            )
     finally:
         await producer.stop()
 
 
-def test_the_case_opener_opens_one_case_per_alert_and_skips_what_is_not_one(
+def wait_handled(opener: CaseOpener, count: int) -> None:
+    deadline = time.monotonic() + OPENER_WAIT_S
+    while opener.handled < count:
+        assert time.monotonic() < deadline, f"handled {opener.handled} of {count} in time"
+        time.sleep(0.1)
+
+
+async def unresolved_quarantined(settings: Settings) -> int:
+    async with await psycopg.AsyncConnection.connect(settings.resolved_database_url()) as conn:
+        return await case_opener_quarantine_count(conn)
+
+
+def test_the_case_opener_quarantines_what_it_cannot_handle_once_and_goes_on(
     settings_factory: Any, broker: EmbeddedBroker
 ) -> None:
     settings = settings_factory(
@@ -373,18 +393,75 @@ def test_the_case_opener_opens_one_case_per_alert_and_skips_what_is_not_one(
     )
     ledger = open_ledger(settings)
     try:
-        message = alert(open_account(ledger))
-        encoded = orjson.dumps(message)
-        case_id = case_id_for(message["alert_id"])
-        asyncio.run(publish(settings, encoded, b"not json", b'{"alert_id": 1}', encoded))
+        account_id = open_account(ledger)
+        garbage = b"\x00\xffnot json"
+        refused = alert(account_id, severity="apocalyptic")  # JSON, but no alert we open
+        valid = alert(account_id)
+        quarantined_before = REGISTRY.get_sample_value("vigil_case_opener_quarantined_total")
+        asyncio.run(publish(settings, garbage, orjson.dumps(refused), orjson.dumps(valid), epoch=1))
         opener = CaseOpener(settings, Compliance(ledger))
         with OpenerThread(opener):
+            wait_handled(opener, 3)
+            # A republished log (the relay's next epoch) makes the consumer read the
+            # partition again from its start: every message is delivered a second time.
+            asyncio.run(publish(settings, orjson.dumps(valid), epoch=2))
+            wait_handled(opener, 3 + 4)
+        with psycopg.connect(settings.resolved_database_url()) as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, kafka_offset, alert_id, account_id, error, value "
+                f"FROM public.{QUARANTINE_TABLE} ORDER BY kafka_offset"
+            ).fetchall()
+        (opened,) = stored_events(ledger, case_id_for(valid["alert_id"]))
+    finally:
+        ledger.close()
+    assert opened.actor == SYSTEM_ACTOR.as_dict()
+    assert opener.opened == 1
+    assert [row[2] for row in rows] == [0, 1], "each quarantined once, redelivered or not"
+    first, second = rows
+    assert first[:5] == (alerts_topic(settings), first[1], 0, None, "k")
+    assert first[5].startswith("JSONDecodeError"), first
+    assert first[6] == "\ufffd\ufffdnot json", "NUL and invalid UTF-8 kept as replacements"
+    assert second[3:5] == (refused["alert_id"], str(account_id))
+    assert second[5].startswith("ValidationFailed: severity must be one of"), second
+    assert orjson.loads(second[6]) == refused
+    quarantined_after = REGISTRY.get_sample_value("vigil_case_opener_quarantined_total")
+    assert (quarantined_after or 0) - (quarantined_before or 0) == 2
+    assert asyncio.run(unresolved_quarantined(settings)) == 2
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        conn.execute(
+            f"UPDATE public.{QUARANTINE_TABLE} SET resolved_at = now() WHERE kafka_offset = 0"
+        )
+    assert asyncio.run(unresolved_quarantined(settings)) == 1, "resolved rows are not counted"
+
+
+def test_a_lost_database_connection_makes_the_case_opener_retry_and_skip_nothing(
+    settings_factory: Any, broker: EmbeddedBroker
+) -> None:
+    settings = settings_factory(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=f"it{uuid4().hex[:6]}.", topic_partitions=4
+    )
+    ledger = open_ledger(settings)
+    try:
+        valid = alert(open_account(ledger))
+        asyncio.run(publish(settings, orjson.dumps(valid), epoch=1))
+        opener = CaseOpener(settings, Compliance(ledger))
+        with OpenerThread(opener):
+            wait_handled(opener, 1)
+            with psycopg.connect(settings.resolved_database_url(), autocommit=True) as admin:
+                (ended,) = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'vigil-case-opener' AND datname = current_database()"
+                ).fetchone() or (0,)
+            assert ended == 1, "the case opener's quarantine connection"
+            asyncio.run(publish(settings, b"not json", epoch=1))
             deadline = time.monotonic() + OPENER_WAIT_S
-            while opener.handled < 4:
-                assert time.monotonic() < deadline, f"handled {opener.handled} of 4 in time"
+            while asyncio.run(unresolved_quarantined(settings)) == 0:
+                assert time.monotonic() < deadline, "quarantined after the reconnection"
                 time.sleep(0.1)
-        (opened,) = stored_events(ledger, case_id)
-        assert opened.actor == SYSTEM_ACTOR.as_dict()
-        assert opener.opened == 1
+        assert opener.handled >= 3, "the failed attempt, then the message again"
+        with psycopg.connect(settings.resolved_database_url()) as conn:
+            offsets = conn.execute(f"SELECT kafka_offset FROM public.{QUARANTINE_TABLE}").fetchall()
+        assert offsets == [(1,)]
+        assert len(stored_events(ledger, case_id_for(valid["alert_id"]))) == 1
     finally:
         ledger.close()

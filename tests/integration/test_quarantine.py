@@ -21,10 +21,17 @@ from application.ledger import Ledger
 from domain.ids import alert_id
 from domain.money import Money
 from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.case_opener_store import Quarantined as OpenerQuarantined
+from infrastructure.case_opener_store import prepare_quarantine_table, record_quarantined
 from infrastructure.embedded import EmbeddedBroker
 from infrastructure.projection_store import apply_batch
 from infrastructure.quarantine import QUARANTINED_RULE
-from infrastructure.quarantine_ops import RetryOutcome, retry_quarantined
+from infrastructure.quarantine_ops import (
+    RetryOutcome,
+    list_quarantined,
+    reasons,
+    retry_quarantined,
+)
 from infrastructure.relay import CannotDecode, Relay, RelayLimits
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
@@ -394,3 +401,34 @@ def test_a_relay_that_can_decode_nothing_stops_instead_of_quarantining_everythin
     assert isinstance(relay.error, CannotDecode)
     assert "VIGIL_CIPHER_KEY" in str(relay.error)
     assert rows(settings, "SELECT count(*) FROM public.relay_quarantine") == [(0,)]
+
+
+def test_the_list_and_health_show_every_consumers_set_aside_events(
+    ledger: Ledger, settings: Settings
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    deposit = next(e for e in events if e.event_type == "Deposited")
+    apply(settings, "statements", spoiled(events, deposit.notification_id, reference="\x00"))
+
+    async def listed() -> tuple[list[Any], list[str]]:
+        async with await psycopg.AsyncConnection.connect(
+            settings.resolved_database_url(), autocommit=True
+        ) as conn:
+            await prepare_quarantine_table(conn, settings)
+            await record_quarantined(
+                conn,
+                OpenerQuarantined("t.vigil.alerts", 0, 7, None, None, "ValueError: x", b"{"),
+            )
+            items = await list_quarantined(conn)
+            return items, reasons(items)
+
+    items, said = asyncio.run(listed())
+
+    assert [(i.consumer, i.notification_id) for i in items] == [
+        ("statements", deposit.notification_id),
+        ("case_opener", None),
+    ]
+    assert said == [
+        "2 event(s) quarantined (1 by case_opener, 1 by statements): see `vigil quarantine list`"
+    ]

@@ -14,6 +14,7 @@ from domain.account import Account, transfer
 from domain.errors import DomainError
 from domain.integrity import GENESIS_HASH, Actor, Stamp, chain_hash
 from domain.money import Money
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 ACCOUNTS = 4
 amounts = st.integers(min_value=1, max_value=20_000)
@@ -40,7 +41,13 @@ class Ledger(RuleBasedStateMachine):
         for number, overdraft in enumerate(overdrafts):
             account_id = UUID(int=number + 1)
             account = Account.open(
-                account_id, f"owner {number}", "001", "GBP", overdraft, self.stamp()
+                account_id,
+                f"owner {number}",
+                "001",
+                "GBP",
+                overdraft,
+                self.stamp(),
+                overdraft_max_minor=OVERDRAFT_MAX_MINOR,
             )
             self.accounts.append(account)
             self.keep(account)
@@ -59,7 +66,14 @@ class Ledger(RuleBasedStateMachine):
     def deposit(self, index: int, amount: int) -> None:
         account = self.accounts[index]
         if self.attempt(
-            lambda: account.deposit(Money(amount, "GBP"), "cash", None, self.stamp()), account
+            lambda: account.deposit(
+                Money(amount, "GBP"),
+                "cash",
+                None,
+                self.stamp(),
+                balance_max_minor=BALANCE_MAX_MINOR,
+            ),
+            account,
         ):
             self.external_net_minor += amount
 
@@ -74,7 +88,13 @@ class Ledger(RuleBasedStateMachine):
     @rule(source=indexes, destination=indexes, amount=amounts)
     def transfer(self, source: int, destination: int, amount: int) -> None:
         a, b = self.accounts[source], self.accounts[destination]
-        self.attempt(lambda: transfer(a, b, Money(amount, "GBP"), None, self.stamp()), a, b)
+        self.attempt(
+            lambda: transfer(
+                a, b, Money(amount, "GBP"), None, self.stamp(), balance_max_minor=BALANCE_MAX_MINOR
+            ),
+            a,
+            b,
+        )
 
     @rule(index=indexes, action=st.sampled_from(["freeze", "unfreeze"]))
     def change_status(self, index: int, action: str) -> None:

@@ -14,6 +14,7 @@ from domain.errors import (
     AccountFrozen,
     AccountNotEmpty,
     AccountNotFrozen,
+    BalanceLimitExceeded,
     CurrencyMismatch,
     DomainError,
     InsufficientFunds,
@@ -244,3 +245,68 @@ def test_every_event_records_who_when_why_and_its_chain_link() -> None:
     assert frozen.transaction_id is None
     assert frozen.timestamp == T0
     assert isinstance(account.id, UUID)
+
+
+# --- Ceilings (passed in by the application, from the settings) -------------------------
+
+
+def test_an_overdraft_up_to_the_ceiling_is_granted_and_above_it_refused() -> None:
+    for limit_minor in (0, 1, OVERDRAFT_MAX_MINOR):
+        account = Account.open(
+            uuid4(),
+            "Ada",
+            "001",
+            "GBP",
+            limit_minor,
+            stamp(),
+            overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+        )
+        assert account.overdraft_limit_minor == limit_minor
+    with pytest.raises(InvalidAmount, match="exceeds the ceiling"):
+        Account.open(
+            uuid4(),
+            "Ada",
+            "001",
+            "GBP",
+            OVERDRAFT_MAX_MINOR + 1,
+            stamp(),
+            overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+        )
+
+
+def test_a_deposit_up_to_the_balance_ceiling_is_taken_and_a_unit_more_is_refused() -> None:
+    account = opened(balance_minor=1_000)
+    account.deposit(gbp(4_000), "cash", None, stamp(), balance_max_minor=5_000)
+    assert account.balance_minor == 5_000
+    refuses(
+        account,
+        BalanceLimitExceeded,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=5_000),
+    )
+
+
+def test_an_overdrawn_account_may_take_credits_up_to_the_ceiling() -> None:
+    account = opened(overdraft_minor=2_000)
+    account.withdraw(gbp(2_000), "cash", None, stamp())
+    account.deposit(gbp(7_000), "cash", None, stamp(), balance_max_minor=5_000)
+    assert account.balance_minor == 5_000
+
+
+def test_a_transfer_above_the_targets_ceiling_changes_neither_account() -> None:
+    source, target = opened(balance_minor=5_000), opened(balance_minor=4_000)
+    before = (snapshot(source), snapshot(target))
+    with pytest.raises(BalanceLimitExceeded):
+        transfer(source, target, gbp(1_001), None, stamp(), balance_max_minor=5_000)
+    assert (snapshot(source), snapshot(target)) == before
+    transfer(source, target, gbp(1_000), None, stamp(), balance_max_minor=5_000)
+    assert (source.balance_minor, target.balance_minor) == (4_000, 5_000)
+
+
+def test_a_refusal_for_the_ceiling_comes_after_the_accounts_own_refusals() -> None:
+    account = opened(balance_minor=5_000)
+    account.freeze("check", stamp())
+    refuses(
+        account,
+        AccountFrozen,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=5_000),
+    )

@@ -1,6 +1,6 @@
 """Random command sequences against accounts, checking the invariants after every step:
-money is conserved across transfers, no balance goes below its overdraft limit, and
-each account rebuilt from its events equals the live one."""
+money is conserved across transfers, no balance goes below its overdraft limit nor above
+the ceiling, and each account rebuilt from its events equals the live one."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from domain.account import Account, transfer
 from domain.errors import DomainError
 from domain.integrity import GENESIS_HASH, Actor, Stamp, chain_hash
 from domain.money import Money
-from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 ACCOUNTS = 4
+# Ceilings a few movements reach, so that sequences run into them.
+BALANCE_MAX_MINOR = 50_000
+OVERDRAFT_MAX_MINOR = 5_000
 amounts = st.integers(min_value=1, max_value=20_000)
 indexes = st.integers(min_value=0, max_value=ACCOUNTS - 1)
 
@@ -36,7 +38,11 @@ class Ledger(RuleBasedStateMachine):
     def keep(self, account: Account) -> None:
         self.events.setdefault(account.id, []).extend(account.collect_events())
 
-    @initialize(overdrafts=st.lists(st.integers(0, 5_000), min_size=ACCOUNTS, max_size=ACCOUNTS))
+    @initialize(
+        overdrafts=st.lists(
+            st.integers(0, OVERDRAFT_MAX_MINOR), min_size=ACCOUNTS, max_size=ACCOUNTS
+        )
+    )
     def open_accounts(self, overdrafts: list[int]) -> None:
         for number, overdraft in enumerate(overdrafts):
             account_id = UUID(int=number + 1)
@@ -110,6 +116,11 @@ class Ledger(RuleBasedStateMachine):
     def no_balance_below_its_overdraft_limit(self) -> None:
         for account in self.accounts:
             assert account.balance_minor >= -account.overdraft_limit_minor
+
+    @invariant()
+    def no_balance_above_the_ceiling(self) -> None:
+        for account in self.accounts:
+            assert account.balance_minor <= BALANCE_MAX_MINOR
 
     @invariant()
     def rebuilt_from_events_equals_live(self) -> None:

@@ -65,6 +65,7 @@ from domain.errors import (
     Unavailable,
 )
 from domain.integrity import Stamp
+from domain.money import format_amount, minor_units
 
 ACCOUNT_LOCK_STRIPES = 1024
 RETRY_BACKOFF_S_MAX = 0.25
@@ -74,9 +75,33 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class MoneyCeilings:
+    """The operator's ceilings in major units of any currency (from the settings). The
+    domain reads no settings: each command gets them as arguments, in minor units."""
+
+    balance_max_major: int
+    overdraft_max_major: int
+    teller_overdraft_max_major: int
+
+    def __post_init__(self) -> None:
+        assert self.balance_max_major > 0, self.balance_max_major
+        assert 0 <= self.teller_overdraft_max_major <= self.overdraft_max_major
+
+    def balance_max_minor(self, currency: str) -> int:
+        return minor_units(self.balance_max_major, currency)
+
+    def overdraft_max_minor(self, currency: str) -> int:
+        return minor_units(self.overdraft_max_major, currency)
+
+    def teller_overdraft_max_minor(self, currency: str) -> int:
+        return minor_units(self.teller_overdraft_max_major, currency)
+
+
 @dataclass
 class LedgerOptions:
     mac_key: bytes
+    ceilings: MoneyCeilings
     retries_max: int = 8
     retry_backoff_s: float = 0.01
     # Accounts held in memory between groups (least recently used dropped first).
@@ -293,7 +318,7 @@ class _Group:
 
     def _decide(self, submission: Submission) -> Outcome:
         # Auth first: a teller of another branch learns nothing, not even a replay.
-        self._check_branch(submission)
+        self._check_authority(submission)
         cid = command_id(submission.command)
         if cid is None:
             return Outcome(body=self._apply(submission, None))
@@ -313,7 +338,8 @@ class _Group:
         )
         return Outcome(body=body)
 
-    def _check_branch(self, submission: Submission) -> None:
+    def _check_authority(self, submission: Submission) -> None:
+        """A teller acts on its own branch only, and grants overdrafts up to its ceiling."""
         scope = submission.branch_scope
         if scope is None:
             return
@@ -331,6 +357,14 @@ class _Group:
                 branch = self.account(account_id).branch
         if branch != scope:
             raise Forbidden(f"branch {scope} may not act on branch {branch}")
+        if isinstance(command, OpenAccount):
+            limit_minor = self.ledger.options.ceilings.teller_overdraft_max_minor(command.currency)
+            if command.overdraft_limit_minor > limit_minor:
+                raise Forbidden(
+                    f"a teller may grant an overdraft of at most "
+                    f"{format_amount(limit_minor, command.currency)} {command.currency}; "
+                    "an admin may grant more"
+                )
 
     def _apply(self, submission: Submission, cid: UUID | None) -> dict[str, Any]:
         # An opening moves no money: its id is the account's, not a transaction's.
@@ -343,12 +377,19 @@ class _Group:
             mac_key=self.ledger.options.mac_key,
         )
         command = submission.command
+        ceilings = self.ledger.options.ceilings
         match command:
             case OpenAccount():
                 return self._open(command, stamp)
             case Deposit():
                 account = self.account(command.account_id)
-                account.deposit(command.money, command.channel, command.reference, stamp)
+                account.deposit(
+                    command.money,
+                    command.channel,
+                    command.reference,
+                    stamp,
+                    balance_max_minor=ceilings.balance_max_minor(account.currency),
+                )
                 self.touched[account.id] = account
                 return movement_body(command.transaction_id, account)
             case Withdraw():
@@ -359,7 +400,14 @@ class _Group:
             case Transfer():
                 source = self.account(command.from_account_id)
                 target = self.account(command.to_account_id)
-                transfer(source, target, command.money, command.reference, stamp)
+                transfer(
+                    source,
+                    target,
+                    command.money,
+                    command.reference,
+                    stamp,
+                    balance_max_minor=ceilings.balance_max_minor(target.currency),
+                )
                 self.touched[source.id] = source
                 self.touched[target.id] = target
                 return transfer_body(command.transaction_id, source, target)
@@ -380,6 +428,7 @@ class _Group:
             command.currency,
             command.overdraft_limit_minor,
             stamp,
+            overdraft_max_minor=self.ledger.options.ceilings.overdraft_max_minor(command.currency),
         )
         # A new account exists for later items of this group, and a second
         # opening under the same id loses on the primary key, as it should.

@@ -14,6 +14,7 @@ from domain.errors import (
     AccountFrozen,
     AccountNotEmpty,
     AccountNotFrozen,
+    BalanceLimitExceeded,
     CurrencyMismatch,
     InsufficientFunds,
     InvalidAmount,
@@ -135,10 +136,20 @@ class Account(ChainedAggregate):
         currency: str,
         overdraft_limit_minor: int,
         stamp: Stamp,
+        *,
+        overdraft_max_minor: int,
     ) -> Account:
+        """`overdraft_max_minor`: the operator's ceiling in this currency (the domain reads
+        no settings), so no balance can go below it and the read models can hold it."""
         exponent_of(currency)  # refuses unknown currencies
+        assert overdraft_max_minor >= 0, overdraft_max_minor
         if overdraft_limit_minor < 0:
             raise InvalidAmount("overdraft limit must not be negative")
+        if overdraft_limit_minor > overdraft_max_minor:
+            raise InvalidAmount(
+                f"overdraft limit {format_amount(overdraft_limit_minor, currency)} {currency} "
+                f"exceeds the ceiling of {format_amount(overdraft_max_minor, currency)} {currency}"
+            )
         fields: dict[str, Any] = {
             "owner": owner,
             "branch": branch,
@@ -147,8 +158,16 @@ class Account(ChainedAggregate):
         }
         return cls._start(cls.AccountOpened, account_id, fields, stamp)
 
-    def deposit(self, money: Money, channel: str, reference: str | None, stamp: Stamp) -> None:
-        self._check_movement(money)
+    def deposit(
+        self,
+        money: Money,
+        channel: str,
+        reference: str | None,
+        stamp: Stamp,
+        *,
+        balance_max_minor: int,
+    ) -> None:
+        self.check_can_receive(money, balance_max_minor=balance_max_minor)
         assert channel in CHANNELS, channel
         self._trigger(
             self.Deposited,
@@ -178,8 +197,11 @@ class Account(ChainedAggregate):
         self._check_movement(money)
         self._check_funds(money)
 
-    def check_can_receive(self, money: Money) -> None:
+    def check_can_receive(self, money: Money, *, balance_max_minor: int) -> None:
+        """`balance_max_minor`: the operator's ceiling in this currency, passed in (the
+        domain reads no settings); it keeps every balance inside what the read models hold."""
         self._check_movement(money)
+        self._check_ceiling(money, balance_max_minor)
 
     def transfer_out(
         self, money: Money, to_account_id: UUID, reference: str | None, stamp: Stamp
@@ -196,9 +218,15 @@ class Account(ChainedAggregate):
         )
 
     def transfer_in(
-        self, money: Money, from_account_id: UUID, reference: str | None, stamp: Stamp
+        self,
+        money: Money,
+        from_account_id: UUID,
+        reference: str | None,
+        stamp: Stamp,
+        *,
+        balance_max_minor: int,
     ) -> None:
-        self.check_can_receive(money)
+        self.check_can_receive(money, balance_max_minor=balance_max_minor)
         self._trigger(
             self.TransferredIn,
             stamp,
@@ -256,9 +284,24 @@ class Account(ChainedAggregate):
                 f"{self.currency} available, {money} requested"
             )
 
+    def _check_ceiling(self, money: Money, balance_max_minor: int) -> None:
+        assert balance_max_minor > 0, balance_max_minor
+        if self.balance_minor + money.amount_minor > balance_max_minor:
+            raise BalanceLimitExceeded(
+                f"account {self.id} holds {format_amount(self.balance_minor, self.currency)} "
+                f"{self.currency}; {money} more would exceed the ceiling of "
+                f"{format_amount(balance_max_minor, self.currency)} {self.currency}"
+            )
+
 
 def transfer(
-    source: Account, target: Account, money: Money, reference: str | None, stamp: Stamp
+    source: Account,
+    target: Account,
+    money: Money,
+    reference: str | None,
+    stamp: Stamp,
+    *,
+    balance_max_minor: int,
 ) -> None:
     """Move money between two accounts: both sides are checked before either changes."""
     if source.id == target.id:
@@ -266,8 +309,8 @@ def transfer(
             "a transfer needs two different accounts", field="body.to_account_id"
         )
     source.check_can_send(money)
-    target.check_can_receive(money)
+    target.check_can_receive(money, balance_max_minor=balance_max_minor)
     before = source.balance_minor + target.balance_minor
     source.transfer_out(money, target.id, reference, stamp)
-    target.transfer_in(money, source.id, reference, stamp)
+    target.transfer_in(money, source.id, reference, stamp, balance_max_minor=balance_max_minor)
     assert source.balance_minor + target.balance_minor == before, "transfers conserve money"

@@ -49,6 +49,13 @@ class InsufficientFunds(DomainError):
     title = "Insufficient funds"
 
 
+class BalanceLimitExceeded(DomainError):
+    """A credit that would take a balance above the operator's ceiling (`BALANCE_MAX`)."""
+
+    code = "balance_limit_exceeded"
+    title = "Balance limit exceeded"
+
+
 class AccountFrozen(DomainError):
     code = "account_frozen"
     title = "Account frozen"

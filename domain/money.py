@@ -56,9 +56,23 @@ class Money:
 def parse_money(text: str, currency: str, *, amount_max_major: int) -> Money:
     """A positive amount with exactly the currency's decimal places, at most the ceiling."""
     money = parse_amount(text, currency, zero_allowed=False)
-    if money.amount_minor > amount_max_major * 10 ** exponent_of(currency):
+    if money.amount_minor > minor_units(amount_max_major, currency):
         raise InvalidAmount(f"amount {text} exceeds the ceiling of {amount_max_major} {currency}")
     return money
+
+
+def parse_limit(text: str, currency: str, *, limit_max_major: int) -> Money:
+    """A limit (an overdraft): like an amount, but zero is allowed."""
+    money = parse_amount(text, currency, zero_allowed=True)
+    if money.amount_minor > minor_units(limit_max_major, currency):
+        raise InvalidAmount(f"limit {text} exceeds the ceiling of {limit_max_major} {currency}")
+    return money
+
+
+def minor_units(amount_major: int, currency: str) -> int:
+    """A whole number of major units (a ceiling from the settings) in minor units."""
+    scale: int = 10 ** exponent_of(currency)
+    return amount_major * scale
 
 
 def parse_amount(text: str, currency: str, *, zero_allowed: bool) -> Money:

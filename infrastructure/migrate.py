@@ -31,7 +31,7 @@ from infrastructure.readmodel_schema import ensure_read_models
 from infrastructure.recorder import REPLIES_TABLE
 from infrastructure.relay_store import DDL as RELAY_DDL
 from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.store import EVENTS_TABLE, event_store_env, migrating
+from infrastructure.store import EVENTS_TABLE, event_store_env, migrating, money_ceilings
 
 Connection = psycopg.Connection[Any]
 Say = Callable[[str], None]
@@ -71,7 +71,7 @@ def _event_store(conn: Connection, settings: Settings) -> None:
     ledger = Ledger(
         env=event_store_env(settings, create_table=True),
         # Writes no event, so signs nothing: no MAC key needed to migrate.
-        options=LedgerOptions(mac_key=b""),
+        options=LedgerOptions(mac_key=b"", ceilings=money_ceilings(settings)),
     )
     ledger.close()
 

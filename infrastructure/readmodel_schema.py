@@ -63,12 +63,14 @@ CREATE TABLE IF NOT EXISTS {schema}.transactions (
 CREATE INDEX IF NOT EXISTS transactions_time_idx
     ON {schema}.transactions (account_id, occurred_at DESC, version DESC);
 
+-- KPI sums grow without bound over time (a balance is bounded by BALANCE_MAX, a sum of
+-- movements is not): numeric, so no volume of business can overflow them.
 CREATE TABLE IF NOT EXISTS {schema}.kpis_hourly (
     hour timestamptz NOT NULL,
     currency text NOT NULL,
     metric text NOT NULL,
     count bigint NOT NULL,
-    sum_minor bigint NOT NULL,
+    sum_minor numeric NOT NULL,
     PRIMARY KEY (hour, currency, metric)
 );
 
@@ -77,9 +79,19 @@ CREATE TABLE IF NOT EXISTS {schema}.kpis_branch (
     currency text NOT NULL,
     metric text NOT NULL,
     count bigint NOT NULL,
-    sum_minor bigint NOT NULL,
+    sum_minor numeric NOT NULL,
     PRIMARY KEY (branch, currency, metric)
 );
+
+-- Read models made when the sums were bigint: the same values, as numeric.
+DO $do$ DECLARE kpi_table text; BEGIN
+    FOR kpi_table IN SELECT table_name FROM information_schema.columns
+            WHERE table_schema = '{schema}' AND table_name IN ('kpis_hourly', 'kpis_branch')
+            AND column_name = 'sum_minor' AND data_type = 'bigint' LOOP
+        EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN sum_minor TYPE numeric',
+            '{schema}', kpi_table);
+    END LOOP;
+END $do$;
 
 -- The kpis projection's own memory of each account's branch (from AccountOpened).
 CREATE TABLE IF NOT EXISTS {schema}.kpi_account_branches (

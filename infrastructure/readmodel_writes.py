@@ -100,7 +100,7 @@ INSERT_BRANCHES: Final = (
 ADD_KPIS_HOURLY: Final = (
     "INSERT INTO kpis_hourly (hour, currency, metric, count, sum_minor) "
     "SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::text[], %b::bigint[], "
-    "%b::bigint[]) ON CONFLICT (hour, currency, metric) DO UPDATE SET "
+    "%b::numeric[]) ON CONFLICT (hour, currency, metric) DO UPDATE SET "
     "count = kpis_hourly.count + EXCLUDED.count, "
     "sum_minor = kpis_hourly.sum_minor + EXCLUDED.sum_minor"
 )
@@ -109,8 +109,8 @@ ADD_KPIS_HOURLY: Final = (
 # single increment's lookup would find nothing.
 ADD_KPIS_BRANCH: Final = (
     "INSERT INTO kpis_branch (branch, currency, metric, count, sum_minor) "
-    "SELECT b.branch, k.currency, k.metric, sum(k.count)::bigint, sum(k.sum_minor)::bigint "
-    "FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::bigint[]) "
+    "SELECT b.branch, k.currency, k.metric, sum(k.count)::bigint, sum(k.sum_minor) "
+    "FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::numeric[]) "
     "AS k(account_id, currency, metric, count, sum_minor) "
     "JOIN kpi_account_branches b ON b.account_id = k.account_id "
     "GROUP BY b.branch, k.currency, k.metric "

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infrastructure.limits import check_money_ceilings
+
 DEV_KEYS_FILE = "dev-keys.json"
 UP_FILE = "up.json"
 
@@ -50,7 +52,11 @@ class Settings(BaseSettings):
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
     token_ttl_s_default: int = Field(default=3600, gt=0)
 
+    # Ceilings in major units of any currency; `limits` says how they must relate.
     amount_max: int = Field(default=100_000_000, gt=0)
+    overdraft_max: int = Field(default=100_000_000, ge=0)
+    teller_overdraft_max: int = Field(default=10_000, ge=0)
+    balance_max: int = Field(default=1_000_000_000_000, gt=0)
     body_max_bytes: int = Field(default=1_048_576, gt=0)
     batch_items_max: int = Field(default=1000, gt=0, le=10_000)
 
@@ -89,6 +95,13 @@ class Settings(BaseSettings):
         if any(c.isspace() for c in value):
             raise ValueError("topic prefix must not contain whitespace")
         return value
+
+    @model_validator(mode="after")
+    def _money_ceilings_relate(self) -> Settings:
+        check_money_ceilings(
+            self.amount_max, self.overdraft_max, self.teller_overdraft_max, self.balance_max
+        )
+        return self
 
     @model_validator(mode="after")
     def _production_refuses_dev_keys(self) -> Settings:

@@ -16,7 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
 from application.envelope import envelope, envelope_of
-from application.ledger import Ledger, LedgerOptions
+from application.ledger import Ledger, LedgerOptions, MoneyCeilings
 from application.ports import NoReplyCache, ReplyCache
 from domain.chained import ChainedAggregate
 from infrastructure import canonical
@@ -112,6 +112,7 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
     canonical.install()
     options = LedgerOptions(
         mac_key=settings.audit_mac_key_resolved(),
+        ceilings=money_ceilings(settings),
         retries_max=settings.command_retries_max,
         accounts_in_memory_max=settings.aggregate_cache_max,
         reply_cache=reply_cache or NoReplyCache(),
@@ -129,6 +130,14 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
         # Derived data: warn, never rebuild at start (`vigil audit reindex` does).
         warn_if_behind(conn, *store_names(ledger))
         return ledger
+
+
+def money_ceilings(settings: Settings) -> MoneyCeilings:
+    return MoneyCeilings(
+        balance_max_major=settings.balance_max,
+        overdraft_max_major=settings.overdraft_max,
+        teller_overdraft_max_major=settings.teller_overdraft_max,
+    )
 
 
 # The store's topics whose events are decoded into envelopes (accounts, cases, watchlist).

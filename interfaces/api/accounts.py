@@ -39,6 +39,7 @@ Closer = Annotated[Principal, Depends(require("account.close"))]
 MONEY_PROBLEMS = (
     "account_not_found",
     "insufficient_funds",
+    "balance_limit_exceeded",
     "account_frozen",
     "account_closed",
     "transaction_conflict",
@@ -59,10 +60,12 @@ async def open_account(
     body: OpenAccountIn,
     who: Opener,
     commands: CommandsDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     account_id = resolve_id(None, idempotency_key, who.subject)
-    outcome = await execute(commands, "account.open", submission(body.to_command(account_id), who))
+    command = body.to_command(account_id, settings.overdraft_max)
+    outcome = await execute(commands, "account.open", submission(command, who))
     return outcome_reply(outcome, 201)
 
 

@@ -34,6 +34,7 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "alert_not_found": 404,
     "watchlist_entry_not_found": 404,
     "insufficient_funds": 409,
+    "balance_limit_exceeded": 409,
     "account_frozen": 409,
     "account_closed": 409,
     "account_not_frozen": 409,

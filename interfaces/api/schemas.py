@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from application.commands import Deposit, OpenAccount, Transfer, Withdraw
 from domain.errors import ValidationFailed
 from domain.ids import batch_item_id, id_from_idempotency_key
-from domain.money import exponent_of, parse_amount, parse_money
+from domain.money import exponent_of, parse_limit, parse_money
 
 Amount = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 Currency = Annotated[str, StringConstraints(min_length=1, max_length=8)]
@@ -36,11 +36,11 @@ class OpenAccountIn(Body):
     currency: Currency
     overdraft_limit: Amount | None = None
 
-    def to_command(self, account_id: UUID) -> OpenAccount:
+    def to_command(self, account_id: UUID, overdraft_max_major: int) -> OpenAccount:
         overdraft_minor = 0
         if self.overdraft_limit is not None:
-            overdraft_minor = parse_amount(
-                self.overdraft_limit, self.currency, zero_allowed=True
+            overdraft_minor = parse_limit(
+                self.overdraft_limit, self.currency, limit_max_major=overdraft_max_major
             ).amount_minor
         else:
             exponent_of(self.currency)

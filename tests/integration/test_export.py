@@ -28,6 +28,7 @@ from infrastructure.export import ExportError, export_events, verify_export
 from infrastructure.settings import Settings
 from infrastructure.signing import Signer
 from infrastructure.store import open_ledger
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 from tests.conftest import ROOT, settings_env
 from tests.integration.support import Clock, run_group
 
@@ -327,13 +328,18 @@ def bulk_load(ledger: Ledger, events: int) -> tuple[datetime, datetime]:
         return Stamp(TELLER, moment[0], "corr-bulk", str(uuid4()), ledger.options.mac_key)
 
     accounts = [
-        Account.open(uuid4(), f"bulk-{i}", "001", "GBP", 0, stamp()) for i in range(BULK_ACCOUNTS)
+        Account.open(
+            uuid4(), f"bulk-{i}", "001", "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+        )
+        for i in range(BULK_ACCOUNTS)
     ]
     written = BULK_ACCOUNTS
     rounds = 0
     while written < events:
         for account in accounts[: min(BULK_ACCOUNTS, events - written)]:
-            account.deposit(Money(100, "GBP"), "cash", None, stamp())
+            account.deposit(
+                Money(100, "GBP"), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR
+            )
             written += 1
         rounds += 1
         if rounds % BULK_ROUNDS_PER_SAVE == 0:

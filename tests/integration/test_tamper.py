@@ -32,6 +32,7 @@ from infrastructure.settings import Settings
 from infrastructure.signing import DEV_SIGNING_KEY_FILE, Signer
 from infrastructure.store import EVENTS_TABLE, open_ledger
 from infrastructure.verify import Finding, VerifyReport, run_verify_cli, verify_store
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 pytestmark = pytest.mark.integration
 
@@ -263,7 +264,9 @@ def test_a_forged_event_without_the_mac_key_is_reported_as_inserted(
     # mac made with a key other than the audit MAC key.
     account = ledger.get_account(history.c)
     forged_stamp = Stamp(TELLER, datetime.now(UTC), "corr-forged", str(uuid4()), b"not-the-key")
-    account.deposit(gbp(1_000_000), "cash", "forged", forged_stamp)
+    account.deposit(
+        gbp(1_000_000), "cash", "forged", forged_stamp, balance_max_minor=BALANCE_MAX_MINOR
+    )
     (event,) = account.collect_events()
     stored = ledger.mapper.to_stored_event(event)
     tamper(
@@ -488,7 +491,15 @@ def bulk_load(settings: Settings, ledger: Ledger, events: int, accounts: int) ->
     mac_key = settings.audit_mac_key_resolved()
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     opened = [
-        Account.open(uuid4(), "Ada", "001", "GBP", 0, Stamp(TELLER, moment, "bulk", None, mac_key))
+        Account.open(
+            uuid4(),
+            "Ada",
+            "001",
+            "GBP",
+            0,
+            Stamp(TELLER, moment, "bulk", None, mac_key),
+            overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+        )
         for _ in range(accounts)
     ]
     columns = "originator_id, originator_version, topic, state"
@@ -502,7 +513,9 @@ def bulk_load(settings: Settings, ledger: Ledger, events: int, accounts: int) ->
                 if round_number:
                     moment += timedelta(microseconds=1)
                     stamp = Stamp(TELLER, moment, "bulk", str(uuid4()), mac_key)
-                    account.deposit(gbp(100 + index), "cash", None, stamp)
+                    account.deposit(
+                        gbp(100 + index), "cash", None, stamp, balance_max_minor=BALANCE_MAX_MINOR
+                    )
                 (event,) = account.collect_events()
                 stored = ledger.mapper.to_stored_event(event)
                 copy.write_row(

@@ -14,6 +14,7 @@ from domain.errors import (
     AccountFrozen,
     AccountNotEmpty,
     AccountNotFrozen,
+    BalanceLimitExceeded,
     CurrencyMismatch,
     DomainError,
     InsufficientFunds,
@@ -23,6 +24,7 @@ from domain.errors import (
 )
 from domain.integrity import Actor, Stamp
 from domain.money import Money
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -38,9 +40,23 @@ def gbp(minor: int) -> Money:
 
 
 def opened(currency: str = "GBP", overdraft_minor: int = 0, balance_minor: int = 0) -> Account:
-    account = Account.open(uuid4(), "Ada Lovelace", "001", currency, overdraft_minor, stamp())
+    account = Account.open(
+        uuid4(),
+        "Ada Lovelace",
+        "001",
+        currency,
+        overdraft_minor,
+        stamp(),
+        overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+    )
     if balance_minor:
-        account.deposit(Money(balance_minor, currency), "cash", None, stamp(1))
+        account.deposit(
+            Money(balance_minor, currency),
+            "cash",
+            None,
+            stamp(1),
+            balance_max_minor=BALANCE_MAX_MINOR,
+        )
     return account
 
 
@@ -67,17 +83,21 @@ def test_an_opened_account_is_open_and_empty_at_the_given_time() -> None:
 
 def test_opening_in_an_unknown_currency_is_refused() -> None:
     with pytest.raises(UnknownCurrency):
-        Account.open(uuid4(), "Ada", "001", "XYZ", 0, stamp())
+        Account.open(
+            uuid4(), "Ada", "001", "XYZ", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+        )
 
 
 def test_a_negative_overdraft_limit_is_refused() -> None:
     with pytest.raises(InvalidAmount):
-        Account.open(uuid4(), "Ada", "001", "GBP", -1, stamp())
+        Account.open(
+            uuid4(), "Ada", "001", "GBP", -1, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+        )
 
 
 def test_deposits_and_withdrawals_move_the_balance_and_record_the_time() -> None:
     account = opened()
-    account.deposit(gbp(10_000), "cash", "salary", stamp(5))
+    account.deposit(gbp(10_000), "cash", "salary", stamp(5), balance_max_minor=BALANCE_MAX_MINOR)
     account.withdraw(gbp(2_500), "card", None, stamp(6))
     assert account.balance_minor == 7_500
     assert account.version == 3
@@ -98,21 +118,33 @@ def test_withdrawal_may_use_the_overdraft_down_to_its_limit_and_no_further() -> 
 
 def test_zero_and_negative_amounts_are_refused() -> None:
     account = opened(balance_minor=1_000)
-    refuses(account, InvalidAmount, lambda: account.deposit(gbp(0), "cash", None, stamp()))
+    refuses(
+        account,
+        InvalidAmount,
+        lambda: account.deposit(gbp(0), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR),
+    )
     refuses(account, InvalidAmount, lambda: account.withdraw(gbp(-5), "cash", None, stamp()))
 
 
 def test_a_deposit_in_another_currency_is_refused() -> None:
     account = opened()
     refuses(
-        account, CurrencyMismatch, lambda: account.deposit(Money(100, "EUR"), "cash", None, stamp())
+        account,
+        CurrencyMismatch,
+        lambda: account.deposit(
+            Money(100, "EUR"), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR
+        ),
     )
 
 
 def test_a_frozen_account_moves_no_money_until_unfrozen() -> None:
     account = opened(balance_minor=1_000)
     account.freeze("suspected fraud", stamp())
-    refuses(account, AccountFrozen, lambda: account.deposit(gbp(1), "cash", None, stamp()))
+    refuses(
+        account,
+        AccountFrozen,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR),
+    )
     refuses(account, AccountFrozen, lambda: account.withdraw(gbp(1), "cash", None, stamp()))
     refuses(account, AccountFrozen, lambda: account.freeze("again", stamp()))
     account.unfreeze("cleared", stamp())
@@ -131,7 +163,11 @@ def test_closing_needs_a_zero_balance_and_then_nothing_moves() -> None:
     account.withdraw(gbp(1_000), "cash", None, stamp())
     account.close("customer left", stamp())
     assert account.status is AccountStatus.CLOSED
-    refuses(account, AccountClosed, lambda: account.deposit(gbp(1), "cash", None, stamp()))
+    refuses(
+        account,
+        AccountClosed,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR),
+    )
     refuses(account, AccountClosed, lambda: account.freeze("late", stamp()))
     refuses(account, AccountClosed, lambda: account.unfreeze("late", stamp()))
     refuses(account, AccountClosed, lambda: account.close("again", stamp()))
@@ -145,7 +181,7 @@ def test_an_overdrawn_account_cannot_be_closed() -> None:
 
 def test_a_transfer_moves_money_between_two_accounts_and_conserves_it() -> None:
     source, target = opened(balance_minor=5_000), opened()
-    transfer(source, target, gbp(1_500), "rent", stamp())
+    transfer(source, target, gbp(1_500), "rent", stamp(), balance_max_minor=BALANCE_MAX_MINOR)
     assert (source.balance_minor, target.balance_minor) == (3_500, 1_500)
     out_event, in_event = source.pending_events[-1], target.pending_events[-1]
     assert isinstance(out_event, Account.TransferredOut)
@@ -176,14 +212,14 @@ def test_a_refused_transfer_changes_neither_account(setup: str, error: type[Doma
         source.freeze("x", stamp())
     before = (snapshot(source), snapshot(target))
     with pytest.raises(error):
-        transfer(source, target, gbp(1_000), None, stamp())
+        transfer(source, target, gbp(1_000), None, stamp(), balance_max_minor=BALANCE_MAX_MINOR)
     assert (snapshot(source), snapshot(target)) == before
 
 
 def test_a_transfer_to_the_same_account_is_refused() -> None:
     account = opened(balance_minor=1_000)
     with pytest.raises(ValidationFailed):
-        transfer(account, account, gbp(1), None, stamp())
+        transfer(account, account, gbp(1), None, stamp(), balance_max_minor=BALANCE_MAX_MINOR)
 
 
 def test_the_aggregate_rebuilt_from_its_events_equals_the_live_one() -> None:
@@ -209,3 +245,68 @@ def test_every_event_records_who_when_why_and_its_chain_link() -> None:
     assert frozen.transaction_id is None
     assert frozen.timestamp == T0
     assert isinstance(account.id, UUID)
+
+
+# --- Ceilings (passed in by the application, from the settings) -------------------------
+
+
+def test_an_overdraft_up_to_the_ceiling_is_granted_and_above_it_refused() -> None:
+    for limit_minor in (0, 1, OVERDRAFT_MAX_MINOR):
+        account = Account.open(
+            uuid4(),
+            "Ada",
+            "001",
+            "GBP",
+            limit_minor,
+            stamp(),
+            overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+        )
+        assert account.overdraft_limit_minor == limit_minor
+    with pytest.raises(InvalidAmount, match="exceeds the ceiling"):
+        Account.open(
+            uuid4(),
+            "Ada",
+            "001",
+            "GBP",
+            OVERDRAFT_MAX_MINOR + 1,
+            stamp(),
+            overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+        )
+
+
+def test_a_deposit_up_to_the_balance_ceiling_is_taken_and_a_unit_more_is_refused() -> None:
+    account = opened(balance_minor=1_000)
+    account.deposit(gbp(4_000), "cash", None, stamp(), balance_max_minor=5_000)
+    assert account.balance_minor == 5_000
+    refuses(
+        account,
+        BalanceLimitExceeded,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=5_000),
+    )
+
+
+def test_an_overdrawn_account_may_take_credits_up_to_the_ceiling() -> None:
+    account = opened(overdraft_minor=2_000)
+    account.withdraw(gbp(2_000), "cash", None, stamp())
+    account.deposit(gbp(7_000), "cash", None, stamp(), balance_max_minor=5_000)
+    assert account.balance_minor == 5_000
+
+
+def test_a_transfer_above_the_targets_ceiling_changes_neither_account() -> None:
+    source, target = opened(balance_minor=5_000), opened(balance_minor=4_000)
+    before = (snapshot(source), snapshot(target))
+    with pytest.raises(BalanceLimitExceeded):
+        transfer(source, target, gbp(1_001), None, stamp(), balance_max_minor=5_000)
+    assert (snapshot(source), snapshot(target)) == before
+    transfer(source, target, gbp(1_000), None, stamp(), balance_max_minor=5_000)
+    assert (source.balance_minor, target.balance_minor) == (4_000, 5_000)
+
+
+def test_a_refusal_for_the_ceiling_comes_after_the_accounts_own_refusals() -> None:
+    account = opened(balance_minor=5_000)
+    account.freeze("check", stamp())
+    refuses(
+        account,
+        AccountFrozen,
+        lambda: account.deposit(gbp(1), "cash", None, stamp(), balance_max_minor=5_000),
+    )

@@ -1,6 +1,6 @@
 """Random command sequences against accounts, checking the invariants after every step:
-money is conserved across transfers, no balance goes below its overdraft limit, and
-each account rebuilt from its events equals the live one."""
+money is conserved across transfers, no balance goes below its overdraft limit nor above
+the ceiling, and each account rebuilt from its events equals the live one."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from domain.integrity import GENESIS_HASH, Actor, Stamp, chain_hash
 from domain.money import Money
 
 ACCOUNTS = 4
+# Ceilings a few movements reach, so that sequences run into them.
+BALANCE_MAX_MINOR = 50_000
+OVERDRAFT_MAX_MINOR = 5_000
 amounts = st.integers(min_value=1, max_value=20_000)
 indexes = st.integers(min_value=0, max_value=ACCOUNTS - 1)
 
@@ -35,12 +38,22 @@ class Ledger(RuleBasedStateMachine):
     def keep(self, account: Account) -> None:
         self.events.setdefault(account.id, []).extend(account.collect_events())
 
-    @initialize(overdrafts=st.lists(st.integers(0, 5_000), min_size=ACCOUNTS, max_size=ACCOUNTS))
+    @initialize(
+        overdrafts=st.lists(
+            st.integers(0, OVERDRAFT_MAX_MINOR), min_size=ACCOUNTS, max_size=ACCOUNTS
+        )
+    )
     def open_accounts(self, overdrafts: list[int]) -> None:
         for number, overdraft in enumerate(overdrafts):
             account_id = UUID(int=number + 1)
             account = Account.open(
-                account_id, f"owner {number}", "001", "GBP", overdraft, self.stamp()
+                account_id,
+                f"owner {number}",
+                "001",
+                "GBP",
+                overdraft,
+                self.stamp(),
+                overdraft_max_minor=OVERDRAFT_MAX_MINOR,
             )
             self.accounts.append(account)
             self.keep(account)
@@ -59,7 +72,14 @@ class Ledger(RuleBasedStateMachine):
     def deposit(self, index: int, amount: int) -> None:
         account = self.accounts[index]
         if self.attempt(
-            lambda: account.deposit(Money(amount, "GBP"), "cash", None, self.stamp()), account
+            lambda: account.deposit(
+                Money(amount, "GBP"),
+                "cash",
+                None,
+                self.stamp(),
+                balance_max_minor=BALANCE_MAX_MINOR,
+            ),
+            account,
         ):
             self.external_net_minor += amount
 
@@ -74,7 +94,13 @@ class Ledger(RuleBasedStateMachine):
     @rule(source=indexes, destination=indexes, amount=amounts)
     def transfer(self, source: int, destination: int, amount: int) -> None:
         a, b = self.accounts[source], self.accounts[destination]
-        self.attempt(lambda: transfer(a, b, Money(amount, "GBP"), None, self.stamp()), a, b)
+        self.attempt(
+            lambda: transfer(
+                a, b, Money(amount, "GBP"), None, self.stamp(), balance_max_minor=BALANCE_MAX_MINOR
+            ),
+            a,
+            b,
+        )
 
     @rule(index=indexes, action=st.sampled_from(["freeze", "unfreeze"]))
     def change_status(self, index: int, action: str) -> None:
@@ -90,6 +116,11 @@ class Ledger(RuleBasedStateMachine):
     def no_balance_below_its_overdraft_limit(self) -> None:
         for account in self.accounts:
             assert account.balance_minor >= -account.overdraft_limit_minor
+
+    @invariant()
+    def no_balance_above_the_ceiling(self) -> None:
+        for account in self.accounts:
+            assert account.balance_minor <= BALANCE_MAX_MINOR
 
     @invariant()
     def rebuilt_from_events_equals_live(self) -> None:

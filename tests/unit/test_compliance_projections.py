@@ -15,6 +15,7 @@ from projections.compliance import cases, watchlist
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
 from projections.rows import CaseEventRow, WatchlistChanged
+from tests.ceilings import OVERDRAFT_MAX_MINOR
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 OFFICER = Actor("olivia", "compliance")
@@ -53,7 +54,9 @@ def test_case_and_watchlist_envelopes_name_their_type_and_account() -> None:
 
 
 def test_account_envelopes_are_as_before() -> None:
-    account = Account.open(uuid4(), "Ada", "001", "GBP", 0, stamp(0))
+    account = Account.open(
+        uuid4(), "Ada", "001", "GBP", 0, stamp(0), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
     (body,) = [envelope(7, e) for e in account.collect_events()]
     assert body["aggregate_type"] == "account"
     assert body["account_id"] == body["aggregate_id"] == str(account.id)
@@ -98,7 +101,9 @@ def test_the_watchlist_projector_carries_each_entry_state() -> None:
 
 
 def test_each_projection_ignores_the_other_aggregates() -> None:
-    account = Account.open(uuid4(), "Ada", "001", "GBP", 0, stamp(0))
+    account = Account.open(
+        uuid4(), "Ada", "001", "GBP", 0, stamp(0), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
     case = worked_case(account.id)
     entry = WatchlistEntry.add(account.id, "adverse media", stamp(0))
     events = envelopes(account, case, entry)

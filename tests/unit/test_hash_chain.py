@@ -20,6 +20,7 @@ from domain.integrity import (
     mac_matches,
 )
 from domain.money import Money
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 ACCOUNT_ID = UUID("6f1c2a0e-8a4b-4f5e-9a51-2f8d1c3b7e90")
 MAC_KEY = b"test-mac-key"
@@ -57,7 +58,15 @@ def _golden_account() -> Account:
         None,
         MAC_KEY,
     )
-    account = Account.open(ACCOUNT_ID, "Zoë Åberg", "001", "GBP", 50_000, opened)
+    account = Account.open(
+        ACCOUNT_ID,
+        "Zoë Åberg",
+        "001",
+        "GBP",
+        50_000,
+        opened,
+        overdraft_max_minor=OVERDRAFT_MAX_MINOR,
+    )
     deposited = Stamp(
         Actor("alice", "teller"),
         datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC),
@@ -65,7 +74,9 @@ def _golden_account() -> Account:
         "2b7e1f3c-4d5a-4e6b-8c9d-0e1f2a3b4c5d",
         MAC_KEY,
     )
-    account.deposit(Money(125_000, "GBP"), "cash", "Café rent", deposited)
+    account.deposit(
+        Money(125_000, "GBP"), "cash", "Café rent", deposited, balance_max_minor=BALANCE_MAX_MINOR
+    )
     return account
 
 

@@ -19,6 +19,7 @@ from projections.rows import (
     StatementLine,
     StatusChanged,
 )
+from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 T0 = datetime(2026, 2, 3, 14, 25, 7, 123456, tzinfo=UTC)
 
@@ -38,7 +39,9 @@ def envelopes(*accounts: Account) -> list[Envelope]:
 
 
 def test_an_opening_gives_an_account_row_a_branch_and_a_kpi() -> None:
-    account = Account.open(uuid4(), "Ada", "007", "EUR", 500, stamp())
+    account = Account.open(
+        uuid4(), "Ada", "007", "EUR", 500, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
     [opened] = envelopes(account)
     assert balances(opened) == [AccountOpenedRow(account.id, "Ada", "007", "EUR", 500, 1, T0, 1)]
     assert statements(opened) == []
@@ -50,10 +53,16 @@ def test_an_opening_gives_an_account_row_a_branch_and_a_kpi() -> None:
 
 
 def test_a_transfer_gives_two_statement_lines_and_counts_once_in_kpis() -> None:
-    source = Account.open(uuid4(), "Ada", "001", "GBP", 0, stamp())
-    target = Account.open(uuid4(), "Bob", "001", "GBP", 0, stamp())
-    source.deposit(Money(10_000, "GBP"), "cash", None, stamp())
-    transfer(source, target, Money(2_500, "GBP"), "rent", stamp())
+    source = Account.open(
+        uuid4(), "Ada", "001", "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
+    target = Account.open(
+        uuid4(), "Bob", "001", "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
+    source.deposit(Money(10_000, "GBP"), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR)
+    transfer(
+        source, target, Money(2_500, "GBP"), "rent", stamp(), balance_max_minor=BALANCE_MAX_MINOR
+    )
     events = envelopes(source, target)
     lines = [line for event in events for line in statements(event)]
     assert [
@@ -77,8 +86,10 @@ def test_a_transfer_gives_two_statement_lines_and_counts_once_in_kpis() -> None:
 
 
 def test_balances_follow_each_movement_and_status_change() -> None:
-    account = Account.open(uuid4(), "Ada", "001", "GBP", 0, stamp())
-    account.deposit(Money(700, "GBP"), "cash", None, stamp())
+    account = Account.open(
+        uuid4(), "Ada", "001", "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
+    account.deposit(Money(700, "GBP"), "cash", None, stamp(), balance_max_minor=BALANCE_MAX_MINOR)
     account.freeze("check", stamp())
     _, deposited, frozen = envelopes(account)
     assert balances(deposited) == [BalanceChanged(account.id, 2, 700, T0, 2)]

@@ -33,7 +33,7 @@ CASES_TABLE: Final = "cases"
 
 _schema: Final = sql.Identifier(SCHEMA)
 TOTALS: Final = sql.SQL(
-    "SELECT currency, metric, sum(count)::bigint AS count, sum(sum_minor)::bigint AS sum_minor "
+    "SELECT currency, metric, sum(count)::bigint AS count, sum(sum_minor) AS sum_minor "
     "FROM {schema}.kpis_hourly GROUP BY currency, metric"
 ).format(schema=_schema)
 SERIES: Final = sql.SQL(
@@ -135,7 +135,10 @@ def _by_currency(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
     for row in rows:
         metrics = counts.setdefault(row["currency"], {})
         count, sum_minor = metrics.get(row["metric"], (0, 0))
-        metrics[row["metric"]] = (count + int(row["count"]), sum_minor + int(row["sum_minor"]))
+        metrics[row["metric"]] = (
+            count + int(row["count"]),
+            sum_minor + whole_minor(row["sum_minor"]),
+        )
     return {
         currency: {
             metric: {
@@ -146,6 +149,14 @@ def _by_currency(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         }
         for currency, metrics in sorted(counts.items())
     }
+
+
+def whole_minor(value: Any) -> int:
+    """A sum column (numeric, unbounded: psycopg gives a Decimal) as an int, exactly: never
+    through a float, and never a fraction of a minor unit silently dropped."""
+    minor = int(value)
+    assert minor == value, f"a sum of minor units must be whole, not {value!r}"
+    return minor
 
 
 def _hourly(rows: Iterable[Mapping[str, Any]], first_hour: datetime) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ FastAPI; `require(action)` adapts it into a typed route parameter:
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from domain.errors import Forbidden
+from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
 
 if TYPE_CHECKING:
     from infrastructure.settings import Settings
@@ -31,7 +31,6 @@ REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 # Headers beyond this are not tokens we issue; refuse before spending time parsing them.
 TOKEN_CHARS_MAX = 8192
 SUBJECT_CHARS_MAX = 256
-BRANCH_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Role(StrEnum):
@@ -234,9 +233,18 @@ class TokenVerifier:
                 self._cache.popitem(last=False)
 
 
+def _acceptable_subject(subject: str) -> bool:
+    """The subject goes into every event the token's holder causes: it must be text the
+    record can keep, exactly as sent (already NFC, no surrounding space)."""
+    try:
+        return acceptable_text(subject, chars_max=SUBJECT_CHARS_MAX) == subject
+    except TextRefused:
+        return False
+
+
 def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject or len(subject) > SUBJECT_CHARS_MAX:
+    if not isinstance(subject, str) or not _acceptable_subject(subject):
         raise Unauthorized("token subject is invalid")
     raw_role = claims.get("role")
     if not isinstance(raw_role, str) or raw_role not in TOKEN_ROLES:

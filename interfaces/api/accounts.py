@@ -16,6 +16,7 @@ from interfaces.api.deps import (
     outcome_reply,
     submission,
 )
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.problems import problem_responses
 from interfaces.api.responses import AccountOut, MovementOut
 from interfaces.api.schemas import (
@@ -27,7 +28,7 @@ from interfaces.api.schemas import (
 )
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=JsonBodyRoute)
 
 Opener = Annotated[Principal, Depends(require("account.open"))]
 Depositor = Annotated[Principal, Depends(require("account.deposit"))]

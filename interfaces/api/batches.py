@@ -18,6 +18,7 @@ from interfaces.api.deps import (
     json_reply,
     submission,
 )
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.problems import problem_responses
 from interfaces.api.responses import BatchOut
 from interfaces.api.schemas import (
@@ -30,7 +31,7 @@ from interfaces.api.schemas import (
 )
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=JsonBodyRoute)
 
 BatchSubmitter = Annotated[Principal, Depends(require("batch.submit"))]
 

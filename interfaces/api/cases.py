@@ -9,21 +9,23 @@ from typing import Annotated, Literal, TypeVar, get_args
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Request, Response
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel
 
 from application.compliance import Compliance, case_body
-from domain.case import ASSIGNEE_CHARS_MAX, NOTE_CHARS_MAX, RESOLUTIONS, CaseAction
+from domain.case import RESOLUTIONS, CaseAction
 from domain.errors import DomainError
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
 from interfaces.api.deps import json_reply
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
 from interfaces.api.responses import AccountOut
 from interfaces.api.schemas import Body as StrictBody
+from interfaces.api.text import Assignee, Note
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/cases", tags=["cases"])
+router = APIRouter(prefix="/v1/cases", tags=["cases"], route_class=JsonBodyRoute)
 
 Acknowledger = Annotated[Principal, Depends(require("case.acknowledge"))]
 Assigner = Annotated[Principal, Depends(require("case.assign"))]
@@ -32,12 +34,6 @@ Closer = Annotated[Principal, Depends(require("case.close"))]
 Commenter = Annotated[Principal, Depends(require("case.comment"))]
 AccountFreezer = Annotated[Principal, Depends(require("case.freeze_account"))]
 
-Note = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NOTE_CHARS_MAX)
-]
-Assignee = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ASSIGNEE_CHARS_MAX)
-]
 Resolution = Literal["false_positive", "suspicious_activity_reported", "no_action"]
 assert set(get_args(Resolution)) == set(RESOLUTIONS), "one list of resolutions"
 

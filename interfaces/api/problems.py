@@ -43,6 +43,7 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "invalid_transition": 409,
     "already_listed": 409,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "validation_error": 422,
     "invalid_amount": 422,
     "currency_mismatch": 422,

@@ -16,13 +16,10 @@ from application.commands import Deposit, OpenAccount, Transfer, Withdraw
 from domain.errors import ValidationFailed
 from domain.ids import batch_item_id, id_from_idempotency_key
 from domain.money import exponent_of, parse_limit, parse_money
+from interfaces.api.text import Branch, Owner, Reference, StatusReason
 
 Amount = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 Currency = Annotated[str, StringConstraints(min_length=1, max_length=8)]
-Reference = Annotated[str, StringConstraints(max_length=140)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,16}$")]
-Owner = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -71,7 +68,7 @@ class TransferIn(Body):
 
 
 class StatusChangeIn(Body):
-    reason: Reason
+    reason: StatusReason
 
 
 class DepositItem(MovementIn):

@@ -15,12 +15,13 @@ from interfaces.api.deps import (
     outcome_reply,
     submission,
 )
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.problems import problem_responses
 from interfaces.api.responses import TransferOut
 from interfaces.api.schemas import TransferIn, resolve_id
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/transfers", tags=["transfers"])
+router = APIRouter(prefix="/v1/transfers", tags=["transfers"], route_class=JsonBodyRoute)
 
 Transferrer = Annotated[Principal, Depends(require("transfer.create"))]
 

@@ -8,35 +8,32 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel
 
 from application.compliance import watchlist_body
 from domain.errors import ValidationFailed
 from domain.integrity import Actor
-from domain.watchlist import REASON_CHARS_MAX
 from interfaces.api.cases import ComplianceDep, counted
 from interfaces.api.deps import json_reply
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
 from interfaces.api.schemas import Body as StrictBody
+from interfaces.api.text import WatchlistReason
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/watchlist", tags=["watchlist"])
+router = APIRouter(prefix="/v1/watchlist", tags=["watchlist"], route_class=JsonBodyRoute)
 
 Manager = Annotated[Principal, Depends(require("watchlist.manage"))]
-
-Reason = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=REASON_CHARS_MAX)
-]
 
 
 class WatchlistAddIn(StrictBody):
     account_id: UUID
-    reason: Reason
+    reason: WatchlistReason
 
 
 class WatchlistRemoveIn(StrictBody):
-    reason: Reason
+    reason: WatchlistReason
     account_id: UUID | None = None
 
 
@@ -79,7 +76,7 @@ def remove(
     who: Manager,
     compliance: ComplianceDep,
     body: Annotated[WatchlistRemoveIn | None, Body()] = None,
-    reason: Annotated[Reason | None, Query(description="When no body is sent.")] = None,
+    reason: Annotated[WatchlistReason | None, Query(description="When no body is sent.")] = None,
 ) -> Response:
     if body is not None and body.account_id not in (None, account_id):
         raise ValidationFailed(

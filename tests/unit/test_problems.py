@@ -32,6 +32,7 @@ CONTRACT_STATUS = {
     "invalid_transition": 409,
     "already_listed": 409,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "validation_error": 422,
     "invalid_amount": 422,
     "currency_mismatch": 422,

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from domain.errors import AccountNotFound
 from domain.money import CURRENCY_EXPONENTS
+from domain.text import BRANCH_PATTERN
 from infrastructure.readmodel_schema import SCHEMA
 from interfaces.api.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
@@ -37,7 +38,7 @@ from interfaces.api.query.views import (
     AccountView,
     json_reply,
 )
-from interfaces.auth import BRANCH_PATTERN, Principal, Role, check_branch, require
+from interfaces.auth import Principal, Role, check_branch, require
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 

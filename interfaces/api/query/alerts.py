@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from application.ledger import Ledger
 from domain.errors import DomainError, Unavailable
+from domain.text import BRANCH_PATTERN
 from infrastructure.evidence import rebuild_evidence
 from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.recorder import VigilRecorder
@@ -40,7 +41,7 @@ from interfaces.api.query.pagination import (
 )
 from interfaces.api.query.readstore import STATEMENT_TIMEOUT_MS
 from interfaces.api.query.views import Actor, iso_utc, json_reply
-from interfaces.auth import BRANCH_PATTERN, Principal, require
+from interfaces.auth import Principal, require
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from domain.case import CaseStatus
 from domain.errors import CaseNotFound
+from domain.text import BRANCH_PATTERN
 from infrastructure.readmodel_schema import SCHEMA
 from interfaces.api.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSideDep
@@ -31,7 +32,7 @@ from interfaces.api.query.pagination import (
     where_all,
 )
 from interfaces.api.query.views import Actor, iso_utc, json_reply
-from interfaces.auth import BRANCH_PATTERN, Principal, require
+from interfaces.auth import Principal, require
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 

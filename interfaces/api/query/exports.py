@@ -23,6 +23,7 @@ from starlette.responses import Response
 from domain.errors import Unavailable, ValidationFailed
 from infrastructure.export import ExportError, default_export_root, export_events
 from interfaces.api.deps import SettingsDep
+from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
 from interfaces.api.query.audit import record_access
@@ -39,7 +40,7 @@ from interfaces.api.query.pagination import (
 from interfaces.api.query.views import Actor, iso_utc, json_reply
 from interfaces.auth import Principal, require
 
-router = APIRouter(prefix="/v1/audit/exports", tags=["audit"])
+router = APIRouter(prefix="/v1/audit/exports", tags=["audit"], route_class=JsonBodyRoute)
 
 Exporter = Annotated[Principal, Depends(require("audit.export"))]
 

@@ -1,0 +1,101 @@
+"""Request bodies are JSON, strictly: `JsonBodyRoute` parses a body once, before FastAPI
+does, and refuses what the standard library would let through.
+
+- A body that is not declared `application/json` (or `+json`) is 415
+  `unsupported_media_type`: the client learns which header is wrong, not that its
+  dictionary is invalid.
+- Malformed JSON is a 422 `validation_error` on the field `body`, saying where it broke.
+- A key twice in one object is refused: parsers disagree on which value wins (the first,
+  the last, an error), so what a signing proxy checked and what we store could differ.
+- `NaN` and `Infinity` are not JSON.
+
+The parsed value is left where Starlette caches it, so FastAPI does not parse it again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from domain.errors import DomainError, ValidationFailed
+
+BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class UnsupportedMediaType(DomainError):
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def _no_constants(name: str) -> Any:
+    raise ValidationFailed(f"the body is not valid JSON: {name} is not a JSON value")
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def parse_json_body(request: Request) -> None:
+    """Parse the body into Starlette's cache, or raise the problem it deserves."""
+    if request.method not in BODY_METHODS:
+        return
+    body = await request.body()
+    if not body:
+        return
+    if not _is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType(
+            "the body must be JSON, sent with the header Content-Type: application/json"
+        )
+    try:
+        parsed = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except _DuplicateKey as duplicate:
+        # The key as JSON would write it: a control character in it stays escaped.
+        name = json.dumps(duplicate.key)
+        raise ValidationFailed(
+            f"the key {name} appears more than once in one object", field="body"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValidationFailed(
+            f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
+            field="body",
+        ) from None
+    except UnicodeDecodeError:
+        raise ValidationFailed("the body is not valid UTF-8", field="body") from None
+    request._json = parsed  # Starlette's cache, which FastAPI reads
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose body is parsed by `parse_json_body` first."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            await parse_json_body(request)
+            return await handle(request)
+
+        return handler

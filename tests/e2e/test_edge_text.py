@@ -1,0 +1,163 @@
+"""The edge refuses text and bodies the record cannot hold, over real HTTP: each refusal
+is a 422 (415 for a body that is not JSON, 401 for a token whose subject is not text)
+naming the field, and the account is probed afterwards to show nothing changed."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Bank, TokenMaker, assert_problem, bearer
+
+pytestmark = pytest.mark.e2e
+
+
+def deposit_raw(
+    http: httpx.Client, bank: Bank, account_id: str, content: str | bytes, **headers: str
+) -> httpx.Response:
+    return http.post(
+        f"/v1/accounts/{account_id}/deposits",
+        content=content,
+        headers={**bank.teller(), "Content-Type": "application/json", **headers},
+    )
+
+
+def field_errors(response: httpx.Response) -> dict[str, str]:
+    body: dict[str, Any] = response.json()
+    return {error["field"]: error["message"] for error in body["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("reference", "says"),
+    [
+        ("a\x00b", "control character (U+0000)"),
+        ("pay\u202eevil", "bidirectional control character (U+202E)"),
+        ("\u200b\u200b", "empty or invisible"),
+        ("line\nbreak", "line break (U+000A)"),
+        ("x\ud800", "unicode string"),  # pydantic refuses lone surrogates itself
+        ("\U0001f600" * 140, "bytes of UTF-8"),
+    ],
+)
+def test_a_deposit_reference_the_record_cannot_hold_is_refused_and_changes_nothing(
+    http: httpx.Client, bank: Bank, reference: str, says: str
+) -> None:
+    account = bank.funded_account()
+    body = {"amount": "1.00", "currency": "GBP", "reference": reference}
+
+    # ensure_ascii: a lone surrogate can only travel as a JSON escape.
+    response = deposit_raw(http, bank, account.account_id, json.dumps(body))
+
+    assert_problem(response, 422, "validation_error")
+    assert says in field_errors(response)["body.reference"]
+    bank.assert_unchanged(account)
+
+
+@pytest.mark.parametrize("owner", ["Ad\x00a", "\u202eAda", "\u200d\ufeff", "   "])
+def test_an_owner_the_record_cannot_hold_is_refused(
+    http: httpx.Client, bank: Bank, owner: str
+) -> None:
+    body = {"owner": owner, "branch": "001", "currency": "GBP"}
+    response = http.post(
+        "/v1/accounts",
+        content=json.dumps(body),
+        headers={**bank.admin(), "Content-Type": "application/json"},
+    )
+    assert_problem(response, 422, "validation_error")
+    assert "body.owner" in field_errors(response)
+
+
+def test_owner_and_reference_are_stored_as_nfc_and_a_decomposed_retry_replays(
+    http: httpx.Client, bank: Bank
+) -> None:
+    account = bank.funded_account()
+    transaction_id = str(uuid.uuid4())
+    composed = "Caf\u00e9 Zo\u00eb"
+    body = {"amount": "2.00", "currency": "GBP", "transaction_id": transaction_id}
+    first = deposit_raw(
+        http, bank, account.account_id, json.dumps({**body, "reference": f"  {composed} "})
+    )
+    assert first.status_code == 201, first.text
+
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    retry = deposit_raw(
+        http, bank, account.account_id, json.dumps({**body, "reference": decomposed})
+    )
+
+    assert retry.status_code == 201, retry.text
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.json() == first.json()
+
+
+def test_a_body_with_a_key_twice_is_refused_and_changes_nothing(
+    http: httpx.Client, bank: Bank
+) -> None:
+    account = bank.funded_account()
+    content = '{"amount": "1.00", "currency": "GBP", "amount": "9000.00"}'
+
+    response = deposit_raw(http, bank, account.account_id, content)
+
+    problem = assert_problem(response, 422, "validation_error")
+    assert 'the key "amount" appears more than once' in problem["detail"]
+    bank.assert_unchanged(account)
+
+
+def test_a_batch_item_with_a_key_twice_refuses_the_whole_batch(
+    http: httpx.Client, bank: Bank
+) -> None:
+    account = bank.funded_account()
+    item = (
+        f'{{"type": "deposit", "account_id": "{account.account_id}", "amount": "1.00", '
+        '"currency": "GBP", "reference": "a", "reference": "b"}'
+    )
+    response = http.post(
+        "/v1/batches",
+        content=f'{{"items": [{item}]}}',
+        headers={**bank.teller(), "Content-Type": "application/json"},
+    )
+    problem = assert_problem(response, 422, "validation_error")
+    assert '"reference"' in problem["detail"]
+    bank.assert_unchanged(account)
+
+
+def test_a_body_not_sent_as_json_is_415_naming_the_header(http: httpx.Client, bank: Bank) -> None:
+    account = bank.funded_account()
+    body = json.dumps({"amount": "1.00", "currency": "GBP"})
+    for headers in ({"Content-Type": "text/plain"}, {"Content-Type": ""}):
+        response = http.post(
+            f"/v1/accounts/{account.account_id}/deposits",
+            content=body,
+            headers={**bank.teller(), **headers},
+        )
+        problem = assert_problem(response, 415, "unsupported_media_type")
+        assert "Content-Type: application/json" in problem["detail"]
+    bank.assert_unchanged(account)
+
+
+def test_malformed_json_says_where_it_broke(http: httpx.Client, bank: Bank) -> None:
+    account = bank.funded_account()
+    response = deposit_raw(http, bank, account.account_id, '{"amount": "1.00" "currency"}')
+    problem = assert_problem(response, 422, "validation_error")
+    assert "not valid JSON" in problem["detail"]
+    assert "column 19" in problem["detail"]
+    assert field_errors(response) == {"body": problem["detail"]}
+    bank.assert_unchanged(account)
+
+
+@pytest.mark.parametrize("subject", ["alice\x00", "\u202ealice", " alice", "Zoe\u0308"])
+def test_a_token_whose_subject_the_record_cannot_hold_is_refused(
+    http: httpx.Client, bank: Bank, token: TokenMaker, subject: str
+) -> None:
+    account = bank.funded_account()
+    response = http.post(
+        f"/v1/accounts/{account.account_id}/deposits",
+        json={"amount": "1.00", "currency": "GBP"},
+        headers=bearer(token("teller", subject=subject)),
+    )
+    assert_problem(response, 401, "unauthorized")
+    bank.assert_unchanged(account)

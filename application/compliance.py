@@ -17,6 +17,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import (
     IntegrityError,
+    MapperDeserialisationError,
     PersistenceError,
 )
 
@@ -219,8 +220,13 @@ class Compliance:
         return aggregate if isinstance(aggregate, kind) else None
 
     def _branch_of(self, account_id: UUID) -> str | None:
-        """The account's branch from its first event alone (not the whole history)."""
-        first = next(iter(self.ledger.repository.event_store.get(account_id, lte=1)), None)
+        """The account's branch from its first event alone (not the whole history); None
+        if it cannot be read (an event this process cannot decode, which is what a
+        `quarantined_event` alert reports: its case must still open)."""
+        try:
+            first = next(iter(self.ledger.repository.event_store.get(account_id, lte=1)), None)
+        except MapperDeserialisationError:
+            return None
         if isinstance(first, Account.AccountOpened):
             return first.branch
         return None

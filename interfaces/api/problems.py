@@ -199,12 +199,19 @@ def _field_name(location: Sequence[Any]) -> str:
     return ".".join(str(part) for part in location)
 
 
+def _message(error: Mapping[str, Any]) -> str:
+    """Pydantic's message; for our own validators' refusals, their words alone (without
+    pydantic's "Value error, " before them)."""
+    cause = error.get("ctx", {}).get("error") if error.get("type") == "value_error" else None
+    return str(cause) if isinstance(cause, ValueError) else str(error.get("msg", "invalid"))
+
+
 async def _request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Only location and message: pydantic's `input` and `ctx` may echo secrets back.
     raw = list(exc.errors())
     errors = [
-        {"field": _field_name(error.get("loc", ())), "message": str(error.get("msg", "invalid"))}
+        {"field": _field_name(error.get("loc", ())), "message": _message(error)}
         for error in raw[:FIELD_ERRORS_MAX]
     ]
     detail = f"{len(raw)} invalid field(s)"

@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from application.commands import Deposit, OpenAccount, Transfer, Withdraw
+from application.compliance import Compliance
 from application.envelope import envelope
 from application.ledger import Ledger
 from domain.ids import alert_id
@@ -260,6 +261,13 @@ def test_the_relay_quarantines_an_event_it_cannot_decode_and_publishes_the_rest(
     deposit_id = int(quarantined_ids[1][0])
     alerts = quarantine_alerts(settings)
     assert alerts == [(alert_id(QUARANTINED_RULE, str(c), deposit_id), "critical", c, deposit_id)]
+    # Its case opens, though the account cannot be read to find its branch.
+    [(payload,)] = rows(
+        settings, "SELECT payload FROM readmodel.alerts_outbox WHERE alert_id = %s", alerts[0][0]
+    )
+    case, opened = Compliance(ledger).open_case(payload, "test")
+    assert opened
+    assert (case.rule, case.severity, case.branch) == (QUARANTINED_RULE, "critical", None)
     # Every projection's mark passes the two ids it will never receive.
     delivered = stored_envelopes_decodable(ledger)
     apply(settings, "balances", delivered)

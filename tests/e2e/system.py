@@ -86,6 +86,18 @@ class System:
         """Straight onto `vigil.alerts`, key = account id, as the alerts outbox does."""
         asyncio.run(_publish(self.settings, alerts))
 
+    def vigil(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        """A `vigil` command (`audit verify`, `quarantine list`, ...) against this system."""
+        return subprocess.run(
+            [sys.executable, "-m", "interfaces.cli", *args],
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}"

@@ -12,8 +12,6 @@ and the checks, the export and `vigil audit verify` run once.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, Databases, settings_env
+from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 
 pytestmark = pytest.mark.e2e
@@ -411,16 +409,15 @@ def shown(run: Run, sent: Sent) -> str | None:
 
 
 def check_audit(run: Run, started: datetime, tmp_path: Path) -> None:
-    verified = vigil(run.system, "audit", "verify")
+    verified = run.system.vigil("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     until = datetime.now(UTC) + timedelta(minutes=1)
     out = tmp_path / "export"
-    exported = vigil(
-        run.system, "audit", "export", "--from", iso(started), "--to", iso(until), "--out",
-        str(out),
-    )  # fmt: skip
+    exported = run.system.vigil(
+        "audit", "export", "--from", iso(started), "--to", iso(until), "--out", str(out)
+    )
     assert exported.returncode == 0, exported.stdout + exported.stderr
-    checked = vigil(run.system, "audit", "verify-export", str(out))
+    checked = run.system.vigil("audit", "verify-export", str(out))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = (out / "events.jsonl").read_text(encoding="utf-8").splitlines()
     payload_texts = {
@@ -436,15 +433,3 @@ def check_audit(run: Run, started: datetime, tmp_path: Path) -> None:
 
 def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def vigil(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "interfaces.cli", *args],
-        cwd=ROOT,
-        env=settings_env(system.settings),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )

@@ -5,8 +5,6 @@ the monitoring goes on (a structuring pattern after it still raises its alert)."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +17,7 @@ from domain.account import Account
 from domain.integrity import Actor, Stamp
 from infrastructure.quarantine import QUARANTINED_RULE
 from infrastructure.store import open_ledger
-from tests.conftest import ROOT, Databases, settings_env
+from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 
 pytestmark = pytest.mark.e2e
@@ -132,24 +130,12 @@ def test_an_unappliable_event_is_quarantined_alerted_and_the_monitoring_goes_on(
     assert shown["payload"]["reference"] == "a\x00b"
     assert evidence["chain_head_matches"] is True
 
-    listing = vigil(system, "quarantine", "list")
+    listing = system.vigil("quarantine", "list")
     assert listing.returncode == 0, listing.stderr
     assert "statements" in listing.stdout
     assert "0x00" in listing.stdout
     # Nothing was fixed: a retry fails again, says so, and changes nothing.
-    retried = vigil(system, "quarantine", "retry")
+    retried = system.vigil("quarantine", "retry")
     assert retried.returncode == 1, retried.stdout + retried.stderr
     assert "still failing" in retried.stdout
     assert len(get(system, f"/v1/accounts/{account_id}/transactions")["items"]) == 4
-
-
-def vigil(system: System, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "interfaces.cli", *args],
-        cwd=ROOT,
-        env=settings_env(system.settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )

@@ -212,19 +212,28 @@ def test_an_event_the_rules_cannot_read_is_quarantined_and_later_events_still_sc
     assert structuring == [(a,)]
 
 
+def set_aside_by_relay(settings: Settings, event: Envelope) -> None:
+    """As the relay records an event it could not decode (this one it could)."""
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
+            "originator_version, error) VALUES (%s, %s, %s, %s, 'test')",
+            (
+                event.notification_id,
+                f"domain.account:Account.{event.event_type}",
+                event.aggregate_id,
+                event.version,
+            ),
+        )
+
+
 def test_ids_the_relay_quarantined_count_as_done_in_every_projection(
     ledger: Ledger, settings: Settings
 ) -> None:
     seed(ledger)
     events = stored_envelopes(ledger)
     missing = events[3]
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
-            "originator_version, error) VALUES (%s, 'domain.account:Account.Deposited', %s, "
-            "%s, 'test')",
-            (missing.notification_id, missing.aggregate_id, missing.version),
-        )
+    set_aside_by_relay(settings, missing)
     delivered = [e for e in events if e is not missing]
 
     for projection in ("balances", "statements", "kpis", "alerts"):
@@ -365,13 +374,7 @@ def test_an_event_the_relay_set_aside_is_retried_in_every_projection(
     seed(ledger)
     events = stored_envelopes(ledger)
     missing = next(e for e in events if e.event_type == "TransferredOut")
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO public.relay_quarantine (notification_id, topic, originator_id, "
-            "originator_version, error) VALUES (%s, 'domain.account:Account.TransferredOut', "
-            "%s, %s, 'test')",
-            (missing.notification_id, missing.aggregate_id, missing.version),
-        )
+    set_aside_by_relay(settings, missing)
     delivered = [e for e in events if e is not missing]
     for projection in ("balances", "statements", "kpis", "alerts"):
         apply(settings, projection, delivered)

@@ -41,4 +41,8 @@ WatchlistReason = Annotated[str, _raw(REASON_CHARS_MAX), AfterValidator(_rule(RE
 # Notes and comments are the only text that may run over several lines.
 Note = Annotated[str, _raw(NOTE_CHARS_MAX), AfterValidator(_rule(NOTE_CHARS_MAX, multiline=True))]
 Assignee = Annotated[str, _raw(ASSIGNEE_CHARS_MAX), AfterValidator(_rule(ASSIGNEE_CHARS_MAX))]
+# Query filters compared with stored text (an actor, an assignee): a NUL byte in one would
+# reach PostgreSQL, which refuses it with an error instead of finding nothing.
+FILTER_CHARS_MAX = 256
+FilterText = Annotated[str, _raw(FILTER_CHARS_MAX), AfterValidator(_rule(FILTER_CHARS_MAX))]
 Branch = Annotated[str, StringConstraints(pattern=f"^{BRANCH_PATTERN.pattern}$")]

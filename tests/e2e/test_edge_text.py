@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Bank, TokenMaker, assert_problem, bearer
+from tests.e2e.query_support import QueryEnv
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +162,18 @@ def test_a_token_whose_subject_the_record_cannot_hold_is_refused(
     )
     assert_problem(response, 401, "unauthorized")
     bank.assert_unchanged(account)
+
+
+@pytest.mark.parametrize(
+    ("path", "role"),
+    [
+        ("/v1/cases?assignee=a%00b", "compliance"),
+        ("/v1/cases?rule=%E2%80%AE", "compliance"),
+        ("/v1/audit/events?actor=%00", "auditor"),
+    ],
+)
+def test_a_query_filter_the_store_cannot_compare_is_refused_not_an_error(
+    query_env: QueryEnv, path: str, role: str
+) -> None:
+    response = query_env.get(path, role)
+    assert_problem(response, 422, "validation_error")

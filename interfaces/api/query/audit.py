@@ -41,6 +41,7 @@ from interfaces.api.query.pagination import (
     page_reply,
 )
 from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.text import FilterText
 from interfaces.auth import Principal, require
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -80,9 +81,7 @@ ACCESS_LOG_PAGE: Final = (
 EventType = Annotated[
     str | None, Query(alias="type", pattern=r"^[A-Za-z]{1,64}$", description="`Deposited`, ...")
 ]
-ActorFilter = Annotated[
-    str | None, Query(min_length=1, max_length=256, description="The actor's subject.")
-]
+ActorFilter = Annotated[FilterText | None, Query(description="The actor's subject.")]
 From = Annotated[
     AwareDatetime | None,
     Query(alias="from", description="ISO 8601 with a zone; events stamped at or after it."),

@@ -32,6 +32,7 @@ from interfaces.api.query.pagination import (
     where_all,
 )
 from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.text import FilterText
 from interfaces.auth import Principal, require
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
@@ -45,7 +46,6 @@ CASES_CURSOR: Final = "cases"
 CASES_CHANNEL: Final = "readmodel_cases"
 # A case's history is its steps; thousands of comments would be abuse, not work.
 HISTORY_ENTRIES_MAX: Final = 10_000
-TEXT_FILTER_CHARS_MAX: Final = 256
 
 _schema: Final = sql.Identifier(SCHEMA)
 CASE_COLUMNS: Final = sql.SQL(
@@ -74,7 +74,7 @@ From = Annotated[
 To = Annotated[
     AwareDatetime | None, Query(description="ISO 8601 with a zone; cases opened before this.")
 ]
-TextFilter = Annotated[str | None, Query(min_length=1, max_length=TEXT_FILTER_CHARS_MAX)]
+TextFilter = Annotated[FilterText | None, Query()]
 
 
 class CaseView(BaseModel):

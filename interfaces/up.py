@@ -36,7 +36,6 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psutil
 
 from infrastructure.consumer import PARTITIONS_ASSIGNED_GAUGE
 from infrastructure.embedded import (
@@ -54,6 +53,7 @@ from infrastructure.embedded import (
 )
 from infrastructure.logging import configure_logging
 from infrastructure.settings import Settings
+from interfaces.clean import alive_since
 from interfaces.supervise import (
     READY_PROBE_TIMEOUT_S,
     Children,
@@ -193,24 +193,12 @@ def _clear_previous_up_file(settings: Settings) -> None:
     survivors = [
         f"{name} (pid {pid})"
         for name, pid in pids.items()
-        if name != "postgres" and _started_by(pid, written_at_s)
+        if name != "postgres" and alive_since(pid, written_at_s)
     ]
     path.unlink(missing_ok=True)
     say(f"removed {path.resolve()}, left by a `vigil up` that did not stop cleanly")
     if survivors:
         say(f"  still running from it: {', '.join(survivors)}; stop them if they are in the way")
-
-
-def _started_by(pid: object, time_s: float) -> bool:
-    # A process created after up.json was written holds a recycled pid, not one of ours.
-    if not isinstance(pid, int):
-        return False
-    try:
-        process = psutil.Process(pid)
-        created_s = float(process.create_time())
-        return bool(process.status() != psutil.STATUS_ZOMBIE and created_s <= time_s + 1)
-    except psutil.Error:
-        return False
 
 
 @dataclass

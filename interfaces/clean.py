@@ -27,9 +27,13 @@ def runs_on(var_dir: Path) -> list[str]:
     """What still runs on `var_dir`, each as a sentence saying how to stop it."""
     found: list[str] = []
     for directory in [var_dir, *sorted(var_dir.glob("bench/run-*"))]:
-        found += _up_holding_lock(directory)
-        found += _children_left(directory)
-        found += _postgres_left(directory)
+        holding = _up_holding_lock(directory)
+        if holding:
+            found += holding  # stopping it stops its processes and servers too
+            continue
+        postgres = _postgres_left(directory)
+        found += [line for name, line in _children_left(directory) if name != "postgres"]
+        found += postgres
     return found
 
 
@@ -49,7 +53,7 @@ def _up_holding_lock(directory: Path) -> list[str]:
     return []
 
 
-def _children_left(directory: Path) -> list[str]:
+def _children_left(directory: Path) -> list[tuple[str, str]]:
     path = directory / UP_FILE
     try:
         pids = json.loads(path.read_text()).get("pids", {})
@@ -57,7 +61,7 @@ def _children_left(directory: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [
-        f"{name} (pid {pid}), named in {path}, still runs: stop it with `kill -TERM {pid}`"
+        (name, f"{name} (pid {pid}), named in {path}, still runs: stop it with `kill -TERM {pid}`")
         for name, pid in sorted(pids.items())
         if alive_since(pid, written_at_s)
     ]

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """`count` and the noun that agrees with it, with thousands separators."""
-    return f"{count:,} {noun if count == 1 else (nouns or noun + 's')}"
+def plural(count: int, noun: str) -> str:
+    """`count` and the noun that agrees with it (every noun we count takes an s)."""
+    return f"{count:,} {noun if count == 1 else noun + 's'}"

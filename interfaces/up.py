@@ -3,7 +3,7 @@
 Starts PostgreSQL, Redis and the broker (embedded, unless `VIGIL_*` URLs name servers to use),
 then the Vigil processes in the order of `child_specs`, each waited for until ready (a failure
 there stops everything: at start it is nearly always a setting or a port). When all are ready
-it writes `var/up.json` (CONTRACT.md), so other `vigil` commands here find the servers, and
+it writes `var/up.json` (fields in the README), so other `vigil` commands here find the servers, and
 prints URLs, development tokens and a first request to try.
 
 While it runs, a Vigil process that exits is restarted after a backoff and waited for until

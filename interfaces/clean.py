@@ -45,12 +45,26 @@ def _up_holding_lock(directory: Path) -> list[str]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return [
-                f"a `vigil up` holds {path}: stop it with Ctrl-C in its terminal "
-                f"(or `kill -TERM` its pid)"
-            ]
+            holder = _lock_holder(path)
+            how = f"`kill -TERM {holder}`" if holder else "`kill -TERM` its pid"
+            who = f"a `vigil up` (pid {holder})" if holder else "a `vigil up`"
+            return [f"{who} holds {path}: stop it with Ctrl-C in its terminal, or {how}"]
         fcntl.flock(handle, fcntl.LOCK_UN)
     return []
+
+
+def _lock_holder(path: Path) -> int | None:
+    # Linux lists every lock with its holder's pid and the file's inode; elsewhere, unknown.
+    inode = path.stat().st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+            return int(fields[4])
+    return None
 
 
 def _children_left(directory: Path) -> list[tuple[str, str]]:

@@ -36,7 +36,8 @@ CLEAN_TIMEOUT_S = 30.0
 POLL_S = 0.1
 MARK = "<!-- run-against-vigil-up -->"
 BLOCK = re.compile(
-    re.escape(MARK) + r"\n```sh\n(?P<code>.*?)```\n<!-- prints: (?P<prints>.*?) -->", re.DOTALL
+    "^" + re.escape(MARK) + r"\n```sh\n(?P<code>.*?)```\n<!-- prints: (?P<prints>.*?) -->",
+    re.DOTALL | re.MULTILINE,
 )
 TOKEN_LINE = re.compile(r"export (?P<name>[A-Z]+_TOKEN)=(?P<token>\S+)")
 BLOCK_START = "@@@ README block {index} @@@"
@@ -77,7 +78,8 @@ def readme_blocks() -> list[Block]:
         Block(m["code"], [p.strip() for p in m["prints"].split(" | ")])
         for m in BLOCK.finditer(text)
     ]
-    assert len(blocks) == text.count(MARK), "every marked block has its `prints:` line"
+    marks = text.splitlines().count(MARK)
+    assert len(blocks) == marks, "every marked block has its `prints:` line"
     return blocks
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from infrastructure.settings import ConfigurationError, Settings, load_settings
 from infrastructure.wording import plural
+from interfaces.cli_parsing import Parser, UsageError, add_range, one_line
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 T = TypeVar("T")
@@ -79,42 +79,6 @@ def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("\n".join(describe(report, args.examples)))
     return 0
-
-
-TIMESTAMP_EXAMPLE = "2026-11-01T00:00:00Z"
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 timestamp (expected e.g. {TIMESTAMP_EXAMPLE})"
-        ) from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (e.g. a trailing Z)")
-    return moment
-
-
-def _add_range(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    parser.add_argument(
-        "--from",
-        dest="since",
-        type=_timestamp,
-        required=required,
-        default=None,
-        metavar="TIME",
-        help=f"ISO 8601 timestamp with a time zone, e.g. {TIMESTAMP_EXAMPLE} (inclusive)",
-    )
-    parser.add_argument(
-        "--to",
-        dest="until",
-        type=_timestamp,
-        required=required,
-        default=None,
-        metavar="TIME",
-        help=f"ISO 8601 timestamp with a time zone, e.g. {TIMESTAMP_EXAMPLE} (exclusive)",
-    )
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -240,18 +204,8 @@ def _cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     return clean(settings.var_dir)
 
 
-class UsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit 2, as argparse's own."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints the whole usage first; one line says what is wrong and where to look.
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vigil", description="Vigil ledger and monitoring")
+    parser = Parser(prog="vigil", description="Vigil ledger and monitoring")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_process_commands(commands)
     _add_rules_commands(commands)
@@ -261,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # A string: argparse's action class is not subscriptable at run time on Python 3.11.
-Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def _add_process_commands(commands: Commands) -> None:
@@ -301,7 +255,7 @@ def _add_rules_commands(commands: Commands) -> None:
         "backtest", help="run a candidate rule configuration over the event history"
     )
     backtest.add_argument("--config", type=Path, required=True, help="candidate TOML file")
-    _add_range(backtest)
+    add_range(backtest)
     backtest.add_argument("--examples", type=int, default=5, help="examples per difference")
     backtest.set_defaults(handler=_cmd_rules_backtest)
 
@@ -320,13 +274,13 @@ def _add_audit_commands(commands: Commands) -> None:
     verify = audit_commands.add_parser(
         "verify", help="recompute every hash chain, MAC and checkpoint; exit 1 if tampered"
     )
-    _add_range(verify)
+    add_range(verify)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_cmd_audit_verify)
     reindex = audit_commands.add_parser("reindex", help="rebuild the event index from the store")
     reindex.set_defaults(handler=_cmd_audit_reindex)
     export = audit_commands.add_parser("export", help="a signed, complete export of events")
-    _add_range(export, required=True)
+    add_range(export, required=True)
     export.add_argument("--account", default=None, help="only this account's events")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--out", type=Path, required=True, help="directory to create")
@@ -391,18 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigurationError as error:
-        print(f"vigil: configuration error: {_one_line(error)}", file=sys.stderr)
+        print(f"vigil: configuration error: {one_line(error)}", file=sys.stderr)
         return 2
     except UsageError as error:
-        print(f"{parser.prog}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def _one_line(error: Exception) -> str:
-    # pydantic's messages span lines; the terminal gets one.
-    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

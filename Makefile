@@ -30,13 +30,16 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Only what the tools and `vigil up` made. Refuses while `vigil up` runs: var/ holds its data.
+# Only what the tools and `vigil up` made. `vigil clean` removes var/, and refuses while
+# `vigil up`, a process it started or the PostgreSQL it left behind still runs on it.
+# Without the venv nothing here can check that, so var/ stays.
 clean:
-	@if [ -f var/up.json ]; then echo "var/up.json exists: stop vigil up first (or delete it if none runs)"; exit 1; fi
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	@if [ -x $(VENV)/bin/vigil ]; then $(VENV)/bin/vigil clean; \
+	elif [ -e var ]; then echo "make clean: run make install first, so that vigil clean can check nothing runs on var/" >&2; exit 1; fi
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
-# The throughput benchmark (issue 6): a fresh system of its own under var/bench/run-*/;
+# The throughput benchmark: a fresh system of its own under var/bench/run-*/;
 # prints a table and writes var/bench/latest.json.
 bench: install
 	$(VENV)/bin/python load/bench.py

@@ -31,6 +31,7 @@ from infrastructure.readmodel_schema import SCHEMA
 from infrastructure.rules_config import load_rules
 from infrastructure.settings import Settings
 from infrastructure.store import envelope_pages, open_ledger
+from infrastructure.wording import plural
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
@@ -170,8 +171,8 @@ def describe(report: Report, examples_max: int = 5) -> list[str]:
     rate = report.events / report.seconds if report.seconds else float(report.events)
     lines = [
         f"scored {report.events:,} events in {report.seconds:.1f} s ({rate:,.0f} events/s)",
-        f"live configuration: {len(report.live):,} alerts; "
-        f"candidate: {len(report.candidate):,} alerts (in {SCHEMA}.alerts_shadow)",
+        f"live configuration: {plural(len(report.live), 'alert')}; "
+        f"candidate: {plural(len(report.candidate), 'alert')} (in {SCHEMA}.alerts_shadow)",
     ]
     for title, hits in (
         ("raised by the candidate only", report.only_candidate),

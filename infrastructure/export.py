@@ -56,6 +56,7 @@ from infrastructure.export_verify import (
 from infrastructure.settings import Settings
 from infrastructure.signing import Signer, public_key_pem, public_keys
 from infrastructure.store import EVENTS_TABLE, open_ledger, stored_envelope
+from infrastructure.wording import plural
 
 __all__ = ["ExportError", "Manifest", "export_events", "verify_export"]
 
@@ -372,7 +373,7 @@ def run_verify_export_cli(args: argparse.Namespace, settings: Settings) -> int:
     if problems:
         for problem in problems:
             print(f"PROBLEM {problem}")
-        print(f"FAILED: {len(problems)} problem(s) in {args.directory}")
+        print(f"FAILED: {plural(len(problems), 'problem')} in {args.directory}")
         return 1
     manifest = orjson.loads((args.directory / MANIFEST_FILE).read_bytes())
     print(

@@ -21,6 +21,7 @@ import orjson
 from domain.integrity import GENESIS_HASH, canonical, chain_hash, chain_record
 from infrastructure.checkpoints import Checkpoint
 from infrastructure.signing import PublicKeys, key_id, public_key_from_pem, verify_signature
+from infrastructure.wording import plural
 
 MANIFEST_FILE: Final = "manifest.json"
 KEYS_FILE: Final = "public-keys.pem"
@@ -85,7 +86,7 @@ class Problems:
             self.dropped += 1
 
     def result(self) -> list[str]:
-        extra = [f"... and {self.dropped} more problem(s)"] if self.dropped else []
+        extra = [f"... and {plural(self.dropped, 'more problem')}"] if self.dropped else []
         return [*self.items, *extra]
 
 

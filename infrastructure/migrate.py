@@ -192,9 +192,21 @@ def _check_service_role(conn: Connection, role: str) -> None:
         )
 
 
+def _check_role_exists(settings: Settings, role: str) -> None:
+    # Before any DDL: a typo in the role should not cost a whole migration first.
+    with psycopg.connect(
+        settings.resolved_database_url(), connect_timeout=settings.db_connect_timeout_s
+    ) as conn:
+        row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if row is None:
+        raise ConfigurationError(f"--grant-to: role {role!r} does not exist; create it first")
+
+
 def run_migrate_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil migrate [--grant-to ROLE]`, run as the owning (migration) role."""
     grant_to: str | None = args.grant_to
+    if grant_to is not None:
+        _check_role_exists(settings, grant_to)
     print("migrating: every table of every part, under the migration lock…", flush=True)
     started = time.monotonic()
     migrate(settings, grant_to=grant_to, say=lambda line: print(line, flush=True))

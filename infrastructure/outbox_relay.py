@@ -20,10 +20,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from infrastructure.alerts_store import OUTBOX_CHANNEL
-from infrastructure.readmodel_schema import SCHEMA
+from infrastructure.readmodel_schema import SCHEMA, ensure_read_models
 from infrastructure.relay_broker import RelayBroker
 from infrastructure.relay_store import RelayState, RelayStore
 from infrastructure.settings import Settings
+from infrastructure.store import migrating
 from infrastructure.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 
 log = structlog.get_logger("vigil.outbox_relay")
@@ -46,6 +47,11 @@ class AlertsOutboxRelay:
             try:
                 await self._session(stop)
                 backoff_s = 0.1
+            except psycopg.errors.UndefinedTable:
+                # Production (no DDL at start) before `vigil migrate`: nothing to publish yet.
+                log.info("outbox_relay_waiting_for_read_models")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=BACKOFF_S_MAX)
             except Exception as error:  # broker or database away: retry from the record
                 log.warning("outbox_relay_failed", error=f"{type(error).__name__}: {error}")
                 with contextlib.suppress(TimeoutError):
@@ -66,6 +72,9 @@ class AlertsOutboxRelay:
             if not await store.acquire_lock(stop, retry_s=1.0):
                 return
             await store.migrate()
+            if self.settings.migrate_on_start:
+                # The relay may start before the workers that otherwise make the outbox.
+                await asyncio.to_thread(_ensure_read_models, self.settings)
             self.state = await store.load()
             await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
             await broker.ensure_topics()  # never let a send auto-create it wrongly sized
@@ -125,6 +134,11 @@ class AlertsOutboxRelay:
         await store.rewind(0, epoch)
         log.warning("outbox_relay_rewound", topic=self.topic, epoch=epoch)
         self.state = RelayState(position=0, epoch=epoch)
+
+
+def _ensure_read_models(settings: Settings) -> None:
+    with migrating(settings) as conn:
+        ensure_read_models(conn)
 
 
 async def _wait_for_notify(

@@ -40,6 +40,7 @@ from infrastructure.readmodel_writes import write_batch
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import Settings
 from infrastructure.store import EVENTS_TABLE, stored_envelope
+from infrastructure.wording import plural
 from projections.batch import fold
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
@@ -135,7 +136,7 @@ def reasons(items: list[Quarantined]) -> list[str]:
     for item in items:
         counts[item.consumer] = counts.get(item.consumer, 0) + 1
     by = ", ".join(f"{n} by {consumer}" for consumer, n in sorted(counts.items()))
-    return [f"{len(items)} event(s) quarantined ({by}): see `vigil quarantine list`"]
+    return [f"{plural(len(items), 'event')} quarantined ({by}): see `vigil quarantine list`"]
 
 
 # Retrying ------------------------------------------------------------------------------

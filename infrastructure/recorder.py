@@ -114,6 +114,25 @@ class VigilRecorder(PostgresApplicationRecorder):
             "WHERE command_id = ANY(%b::uuid[])"
         ).format(schema=schema, replies=replies)
 
+    def create_table(self) -> None:
+        # The library runs CREATE TYPE every time and swallows the DuplicateObject error;
+        # PostgreSQL still logs that ERROR, at every process start. A type that exists is
+        # left alone instead (the caller holds the migration lock, so none appears between).
+        statements = self.sql_create_statements
+        type_name = f"{self.datastore.schema}.{self.stored_event_type_name}"
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT to_regtype(%s) IS NOT NULL AS found", (type_name,))
+            row = curs.fetchone()
+        assert row is not None, "SELECT returns one row"
+        if row["found"]:
+            self.sql_create_statements = [
+                s for s in statements if "CREATE TYPE" not in s.as_string()
+            ]
+        try:
+            super().create_table()
+        finally:
+            self.sql_create_statements = statements
+
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:

@@ -27,6 +27,7 @@ from infrastructure.readmodel_schema import SCHEMA, ensure_read_models
 from infrastructure.rules_config import config_hash, load_rules
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.store import envelope_pages, migration_lock, open_ledger
+from infrastructure.wording import plural
 
 SHADOW_SCHEMA = "readmodel_shadow"
 PAGE_EVENTS = 1_000
@@ -158,7 +159,7 @@ def diff(settings: Settings, projections: Sequence[str], say: Callable[[str], No
         for projection in projections:
             for table, keys in TABLES[projection].items():
                 differences += _diff_table(conn, table, keys, say)
-    say("no difference" if differences == 0 else f"{differences} difference(s)")
+    say("no difference" if differences == 0 else plural(differences, "difference"))
     return differences
 
 

@@ -157,12 +157,23 @@ class Settings(BaseSettings):
     def _resolved_url(self, value: str | None, key: str, variable: str) -> str:
         if value:
             return value
-        up = self.read_up_file()
-        if up and up.get(key):
+        up = self.require_up(variable)
+        if up.get(key):
             return str(up[key])
-        raise ConfigurationError(
-            f"{variable} is not set and no `vigil up` is running here ({self.up_file()} missing)"
-        )
+        raise ConfigurationError(f"{variable} is not set and {self.up_file()} names no {key}")
+
+    def require_up(self, variable: str) -> dict[str, Any]:
+        """The running `vigil up`'s up.json, for a setting left unset; refused without one."""
+        up = self.read_up_file()
+        if up is None:
+            raise ConfigurationError(
+                f"{variable} is not set and no `vigil up` is running here "
+                f"({self.up_file()} missing)"
+            )
+        return up
+
+    def jwt_keys_given(self) -> bool:
+        return bool(self._jwt_secrets())
 
     def jwt_keys_resolved(self) -> dict[str, str]:
         """kid -> secret. Development falls back to the dev key `vigil up` keeps in var/."""

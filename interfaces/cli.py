@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from infrastructure.settings import ConfigurationError, Settings, load_settings
+from infrastructure.wording import plural
+from interfaces.cli_parsing import Parser, UsageError, add_range, one_line
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 T = TypeVar("T")
@@ -66,6 +67,8 @@ def _cmd_case_opener(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.backtest import describe, run_backtest
 
+    if not args.config.is_file():
+        raise UsageError(f"--config {args.config}: no such file")
     print(f"back-testing {args.config} against the event store…", flush=True)
     report = run_backtest(
         settings,
@@ -76,13 +79,6 @@ def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("\n".join(describe(report, args.examples)))
     return 0
-
-
-def _timestamp(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (e.g. a trailing Z)")
-    return moment
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -112,6 +108,8 @@ def _cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_audit_verify_export(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.export import run_verify_export_cli
 
+    if not args.directory.is_dir():
+        raise UsageError(f"{args.directory}: no such directory (give the export's directory)")
     return run_verify_export_cli(args, settings)
 
 
@@ -143,7 +141,8 @@ def _cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
             f"{item.event_type}  {item.aggregate_id or '-'} v{item.version or '-'}  {state}"
         )
         print(f"    {item.error}")
-    print(f"{len(items)} quarantined event(s); `vigil quarantine retry` once the cause is fixed")
+    waiting = plural(len(items), "quarantined event")
+    print(f"{waiting}; `vigil quarantine retry` once the cause is fixed")
     return 0
 
 
@@ -182,21 +181,31 @@ async def _with_connection(settings: Settings, use: Callable[[Any], Awaitable[T]
 
 
 def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
-    from interfaces.tokens import issue_token
+    from interfaces.tokens import check_claims, issue_token
 
+    try:
+        check_claims(args.role, args.branch, args.ttl_s)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if not settings.jwt_keys_given():
+        # The dev key of a `vigil up` that is not running would sign tokens nobody accepts
+        # (and, with no var/ here, a fresh key would be made for nothing).
+        settings.require_up("VIGIL_JWT_SECRET")
     token = issue_token(
-        settings,
-        role=args.role,
-        subject=args.subject,
-        branch=args.branch,
-        ttl_s=args.ttl_s,
+        settings, role=args.role, subject=args.subject, branch=args.branch, ttl_s=args.ttl_s
     )
     print(token)
     return 0
 
 
+def _cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    from interfaces.clean import clean
+
+    return clean(settings.var_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description="Vigil ledger and monitoring")
+    parser = Parser(prog="vigil", description="Vigil ledger and monitoring")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_process_commands(commands)
     _add_rules_commands(commands)
@@ -206,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # A string: argparse's action class is not subscriptable at run time on Python 3.11.
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def _add_process_commands(commands: Commands) -> None:
@@ -246,8 +255,7 @@ def _add_rules_commands(commands: Commands) -> None:
         "backtest", help="run a candidate rule configuration over the event history"
     )
     backtest.add_argument("--config", type=Path, required=True, help="candidate TOML file")
-    backtest.add_argument("--from", dest="since", type=_timestamp, default=None)
-    backtest.add_argument("--to", dest="until", type=_timestamp, default=None)
+    add_range(backtest)
     backtest.add_argument("--examples", type=int, default=5, help="examples per difference")
     backtest.set_defaults(handler=_cmd_rules_backtest)
 
@@ -266,15 +274,13 @@ def _add_audit_commands(commands: Commands) -> None:
     verify = audit_commands.add_parser(
         "verify", help="recompute every hash chain, MAC and checkpoint; exit 1 if tampered"
     )
-    verify.add_argument("--from", dest="since", type=_timestamp, default=None)
-    verify.add_argument("--to", dest="until", type=_timestamp, default=None)
+    add_range(verify)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_cmd_audit_verify)
     reindex = audit_commands.add_parser("reindex", help="rebuild the event index from the store")
     reindex.set_defaults(handler=_cmd_audit_reindex)
     export = audit_commands.add_parser("export", help="a signed, complete export of events")
-    export.add_argument("--from", dest="since", type=_timestamp, required=True)
-    export.add_argument("--to", dest="until", type=_timestamp, required=True)
+    add_range(export, required=True)
     export.add_argument("--account", default=None, help="only this account's events")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--out", type=Path, required=True, help="directory to create")
@@ -287,8 +293,10 @@ def _add_audit_commands(commands: Commands) -> None:
 
     replay = commands.add_parser("replay", help="rebuild a read model from the event store")
     replay.add_argument("projection", nargs="?", default=None)
-    replay.add_argument("--to-shadow", action="store_true", help="into a shadow schema")
-    replay.add_argument("--diff", action="store_true", help="compare shadow and live")
+    # One or the other: a diff compares what an earlier --to-shadow built.
+    mode = replay.add_mutually_exclusive_group()
+    mode.add_argument("--to-shadow", action="store_true", help="into a shadow schema")
+    mode.add_argument("--diff", action="store_true", help="compare shadow and live")
     replay.set_defaults(handler=_cmd_replay)
 
     quarantine = commands.add_parser(
@@ -312,6 +320,11 @@ def _add_audit_commands(commands: Commands) -> None:
 
 
 def _add_token_commands(commands: Commands) -> None:
+    clean = commands.add_parser(
+        "clean", help="remove var/, refused while anything still runs on it"
+    )
+    clean.set_defaults(handler=_cmd_clean)
+
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     issue = token_commands.add_parser("issue", help="print a signed token")
@@ -332,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigurationError as error:
-        print(f"vigil: configuration error: {error}", file=sys.stderr)
+        print(f"vigil: configuration error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except UsageError as error:
+        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

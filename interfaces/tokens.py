@@ -20,14 +20,8 @@ def issue_token(
     now: float | None = None,
 ) -> str:
     """An HS256 token signed with the key `settings.jwt_kid` names, carrying that kid."""
-    if role not in TOKEN_ROLES:
-        allowed = ", ".join(sorted(TOKEN_ROLES))
-        raise ValueError(f"role must be one of {allowed}, not {role!r}")
-    if role == Role.TELLER and not branch:
-        raise ValueError("a teller token needs a branch (e.g. --branch 001)")
+    check_claims(role, branch, ttl_s)
     lifetime_s = settings.token_ttl_s_default if ttl_s is None else ttl_s
-    if lifetime_s <= 0:
-        raise ValueError("token lifetime must be positive")
     keys = settings.jwt_keys_resolved()
     key = keys.get(settings.jwt_kid)
     if key is None:
@@ -47,3 +41,14 @@ def issue_token(
     if branch:
         claims["branch"] = branch
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": settings.jwt_kid})
+
+
+def check_claims(role: str, branch: str | None, ttl_s: int | None) -> None:
+    """ValueError, in the words of `vigil token issue`'s options, for a token not to issue."""
+    if role not in TOKEN_ROLES:
+        allowed = ", ".join(sorted(TOKEN_ROLES))
+        raise ValueError(f"role must be one of {allowed}, not {role!r}")
+    if role == Role.TELLER and not branch:
+        raise ValueError("a teller token needs a branch (e.g. --branch 001)")
+    if ttl_s is not None and ttl_s <= 0:
+        raise ValueError(f"--ttl-s must be a positive number of seconds, not {ttl_s}")

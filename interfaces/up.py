@@ -3,7 +3,7 @@
 Starts PostgreSQL, Redis and the broker (embedded, unless `VIGIL_*` URLs name servers to use),
 then the Vigil processes in the order of `child_specs`, each waited for until ready (a failure
 there stops everything: at start it is nearly always a setting or a port). When all are ready
-it writes `var/up.json` (CONTRACT.md), so other `vigil` commands here find the servers, and
+it writes `var/up.json` (fields in the README), so other `vigil` commands here find the servers, and
 prints URLs, development tokens and a first request to try.
 
 While it runs, a Vigil process that exits is restarted after a backoff and waited for until
@@ -36,7 +36,6 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psutil
 
 from infrastructure.consumer import PARTITIONS_ASSIGNED_GAUGE
 from infrastructure.embedded import (
@@ -54,6 +53,7 @@ from infrastructure.embedded import (
 )
 from infrastructure.logging import configure_logging
 from infrastructure.settings import Settings
+from interfaces.clean import alive_since
 from interfaces.supervise import (
     READY_PROBE_TIMEOUT_S,
     Children,
@@ -193,24 +193,12 @@ def _clear_previous_up_file(settings: Settings) -> None:
     survivors = [
         f"{name} (pid {pid})"
         for name, pid in pids.items()
-        if name != "postgres" and _started_by(pid, written_at_s)
+        if name != "postgres" and alive_since(pid, written_at_s)
     ]
     path.unlink(missing_ok=True)
     say(f"removed {path.resolve()}, left by a `vigil up` that did not stop cleanly")
     if survivors:
         say(f"  still running from it: {', '.join(survivors)}; stop them if they are in the way")
-
-
-def _started_by(pid: object, time_s: float) -> bool:
-    # A process created after up.json was written holds a recycled pid, not one of ours.
-    if not isinstance(pid, int):
-        return False
-    try:
-        process = psutil.Process(pid)
-        created_s = float(process.create_time())
-        return bool(process.status() != psutil.STATUS_ZOMBIE and created_s <= time_s + 1)
-    except psutil.Error:
-        return False
 
 
 @dataclass

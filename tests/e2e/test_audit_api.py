@@ -5,6 +5,8 @@ notification order with filters, point-in-time state, exports, and the access lo
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,7 @@ from domain.money import Money
 from infrastructure.export import verify_export
 from infrastructure.settings import Settings
 from infrastructure.store import open_ledger
-from tests.conftest import ApiServer, Databases, start_query_api
+from tests.conftest import ApiServer, Databases, settings_env, start_query_api
 from tests.e2e.conftest import assert_problem, bearer, make_token
 
 pytestmark = pytest.mark.e2e
@@ -274,6 +276,58 @@ def test_an_export_made_over_http_verifies_and_is_listed(env: AuditEnv) -> None:
     bad = {"from": body["to"], "to": body["from"]}
     response = env.client.post("/v1/audit/exports", json=bad, headers=env.headers("auditor"))
     assert_problem(response, 422, "validation_error")
+
+
+def test_an_export_is_fetched_over_http_as_one_archive_that_verify_export_accepts(
+    env: AuditEnv, tmp_path: Path
+) -> None:
+    body = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat()}
+    reply = env.client.post("/v1/audit/exports", json=body, headers=env.headers("auditor"))
+    assert reply.status_code == 201, reply.text
+    export_id = reply.json()["export_id"]
+    listed = env.get("/v1/audit/exports", role="compliance", limit=500).json()["items"]
+    assert export_id in [item["export_id"] for item in listed]
+    manifest = env.get(f"/v1/audit/exports/{export_id}", role="compliance")
+    assert manifest.status_code == 200, manifest.text
+    assert manifest.json() == reply.json()["manifest"]
+
+    archive = env.get(f"/v1/audit/exports/{export_id}/archive", role="auditor")
+
+    assert archive.status_code == 200, archive.text
+    assert archive.headers["content-type"] == "application/gzip"
+    assert f"export-{export_id}.tar.gz" in archive.headers["content-disposition"]
+    (tmp_path / "trail.tar.gz").write_bytes(archive.content)
+    subprocess.run(["tar", "xzf", "trail.tar.gz"], cwd=tmp_path, check=True)
+    unpacked = tmp_path / f"export-{export_id}"
+    assert sorted(p.name for p in unpacked.iterdir()) == [
+        "events.jsonl",
+        "manifest.json",
+        "public-keys.pem",
+    ]
+    verified = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", "audit", "verify-export", str(unpacked)],
+        capture_output=True,
+        text=True,
+        env={**settings_env(env.settings)},
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith(f"OK: {manifest.json()['total']} events")
+    log = env.get("/v1/audit/access-log", limit=20).json()["items"]
+    actions = {(e["action"], e["detail"].get("export_id")) for e in log}
+    assert ("audit.export_manifest", export_id) in actions
+    assert ("audit.export_archive", export_id) in actions
+
+
+@pytest.mark.parametrize("role", ["teller", "viewer", "admin"])
+def test_only_auditors_and_compliance_fetch_exports(env: AuditEnv, role: str) -> None:
+    for path in (f"/v1/audit/exports/{uuid4()}", f"/v1/audit/exports/{uuid4()}/archive"):
+        assert_problem(env.get(path, role=role), 403, "forbidden")
+
+
+def test_an_unknown_export_is_404_not_found(env: AuditEnv) -> None:
+    for path in (f"/v1/audit/exports/{uuid4()}", f"/v1/audit/exports/{uuid4()}/archive"):
+        assert_problem(env.get(path, role="auditor"), 404, "not_found")
 
 
 def test_the_access_log_lists_the_audit_reads(env: AuditEnv) -> None:

@@ -441,5 +441,5 @@ def test_the_list_and_health_show_every_consumers_set_aside_events(
         ("case_opener", None),
     ]
     assert said == [
-        "2 event(s) quarantined (1 by case_opener, 1 by statements): see `vigil quarantine list`"
+        "2 events quarantined (1 by case_opener, 1 by statements): see `vigil quarantine list`"
     ]

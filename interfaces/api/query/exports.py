@@ -1,16 +1,22 @@
-"""Export routes of the query API: make a signed export, list those made.
+"""Export routes of the query API: make a signed export, list those made, fetch one.
 
 An export is written under `VIGIL_EXPORT_DIR/<export id>/` (default `var/exports`) by the
 same code as `vigil audit export`, recorded in `public.audit_exports` and in the access
 log. The request waits for the whole export (about 10^4-10^5 events/s, see the README);
-files, not the reply, carry the events.
+files, not the reply, carry the events. A remote auditor fetches them as one `.tar.gz`
+(`export-<id>/` with the manifest, which holds the signature, the events and the public
+keys), which `vigil audit verify-export` checks once unpacked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tarfile
+import tempfile
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -18,16 +24,19 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Request
 from psycopg import Error as PsycopgError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, Response
 
-from domain.errors import Unavailable, ValidationFailed
+from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.export import ExportError, default_export_root, export_events
+from infrastructure.export_verify import MANIFEST_FILE
+from infrastructure.settings import Settings
 from interfaces.api.deps import SettingsDep
 from interfaces.api.json_body import JsonBodyRoute
 from interfaces.api.middleware import current_correlation_id
 from interfaces.api.problems import problem_responses
 from interfaces.api.query.audit import record_access
-from interfaces.api.query.deps import LedgerDep, ReadSideDep
+from interfaces.api.query.deps import LedgerDep, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,
     Cursor,
@@ -51,11 +60,19 @@ EXPORTS_PAGE: Final = (
     "WHERE (exported_at, export_id) < (%(at)s, %(id)s) "
     "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
 )
+EXPORT_EXISTS: Final = "SELECT 1 FROM public.audit_exports WHERE export_id = %(id)s"
+ARCHIVE_MEDIA_TYPE: Final = "application/gzip"
 EXPORTS_FIRST_PAGE: Final = (
     "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
     "exported_by_role, exported_at FROM public.audit_exports "
     "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
 )
+
+
+class ExportNotFound(DomainError):
+    # The generic 404 code: an export is not a domain object with a code of its own.
+    code = "not_found"
+    title = "Not found"
 
 
 class ExportIn(BaseModel):
@@ -178,3 +195,67 @@ def _export_after(cursor: str) -> tuple[datetime, uuid.UUID]:
     if moment.tzinfo is None:
         raise QueryInvalid("cursor", "not a cursor of this list")
     return moment, identifier
+
+
+@router.get(
+    "/{export_id}",
+    responses=problem_responses("not_found"),
+    summary="The signed manifest of one export",
+)
+async def get_manifest(
+    export_id: uuid.UUID,
+    request: Request,
+    who: Exporter,
+    read_side: ReadSideDep,
+    settings: SettingsDep,
+) -> Response:
+    directory = await _export_directory(export_id, read_side, settings)
+    await record_access(request, who, "audit.export_manifest", {"export_id": str(export_id)})
+    manifest = await asyncio.to_thread((directory / MANIFEST_FILE).read_bytes)
+    return Response(manifest, media_type="application/json")
+
+
+@router.get(
+    "/{export_id}/archive",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {ARCHIVE_MEDIA_TYPE: {}}},
+        **problem_responses("not_found"),
+    },
+    summary="One export as a .tar.gz: its manifest (with the signature), events and keys",
+)
+async def get_archive(
+    export_id: uuid.UUID,
+    request: Request,
+    who: Exporter,
+    read_side: ReadSideDep,
+    settings: SettingsDep,
+) -> Response:
+    directory = await _export_directory(export_id, read_side, settings)
+    await record_access(request, who, "audit.export_archive", {"export_id": str(export_id)})
+    name = f"export-{export_id}"
+    path = await asyncio.to_thread(_pack, directory, name)
+    return FileResponse(
+        path,
+        media_type=ARCHIVE_MEDIA_TYPE,
+        filename=f"{name}.tar.gz",
+        background=BackgroundTask(os.unlink, path),
+    )
+
+
+async def _export_directory(export_id: uuid.UUID, read_side: ReadSide, settings: Settings) -> Path:
+    rows = await read_side.store.fetch_all(EXPORT_EXISTS, {"id": export_id})
+    directory = default_export_root(settings) / str(export_id)
+    if not rows or not (directory / MANIFEST_FILE).is_file():
+        # Registered but its files gone (another host, cleaned) is as absent to a client.
+        raise ExportNotFound(f"no export {export_id} on this server")
+    return directory
+
+
+def _pack(directory: Path, name: str) -> str:
+    # On disk, not in memory: an export may hold millions of events.
+    handle, path = tempfile.mkstemp(prefix="vigil-export-", suffix=".tar.gz")
+    with os.fdopen(handle, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for child in sorted(directory.iterdir()):
+            archive.add(child, arcname=f"{name}/{child.name}", recursive=False)
+    return path

@@ -36,7 +36,7 @@ from domain.ids import case_id_for, watchlist_entry_id
 from domain.integrity import Actor, Stamp, format_timestamp
 from domain.watchlist import WatchlistEntry, list_account
 
-# CONTRACT.md: the case opener acts as this actor.
+# The API contract: the case opener acts as this actor.
 SYSTEM_ACTOR = Actor("system:rules", "system")
 CASE_LOCK_STRIPES = 256
 
@@ -46,7 +46,7 @@ A = TypeVar("A")
 
 @dataclass(frozen=True, slots=True)
 class AlertSummary:
-    """What a case keeps of an alert message (CONTRACT.md's alert fields)."""
+    """What a case keeps of an alert message (the API contract's alert fields)."""
 
     alert_id: UUID
     rule: str
@@ -246,7 +246,7 @@ class Compliance:
 
 
 def case_body(case: AlertCase) -> dict[str, Any]:
-    """The command API's reply for a case (CONTRACT.md's case fields)."""
+    """The command API's reply for a case (the API contract's case fields)."""
     return {
         "case_id": str(case.id),
         "alert_id": case.alert_id,

@@ -1,4 +1,4 @@
-"""The event envelope clients see on Kafka (CONTRACT.md), built from a stored event."""
+"""The event envelope clients see on Kafka (the API contract), built from a stored event."""
 
 from __future__ import annotations
 

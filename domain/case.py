@@ -1,7 +1,7 @@
 """The alert case: how compliance works one alert, event-sourced and hash-chained.
 
 Every alert opens one case (its id is `case_id_for(alert_id)`, so opening twice is the
-same case). The workflow (CONTRACT.md, "Alerts and cases"):
+same case). The workflow (the API contract, "Alerts and cases"):
 
     open -> acknowledged -> escalated -> closed,  plus  open -> closed, acknowledged -> closed
 

@@ -1,4 +1,4 @@
-"""Aggregates whose events form a hash chain (CONTRACT.md): accounts, cases, watchlist.
+"""Aggregates whose events form a hash chain (the API contract): accounts, cases, watchlist.
 
 Every event carries who (actor), why (transaction and correlation ids), when, and the
 SHA-256 link to the event before it, sealed with a MAC. Commands check, then trigger;

@@ -1,4 +1,4 @@
-"""Expected refusals. Each carries the stable `code` clients see (CONTRACT.md's table)."""
+"""Expected refusals. Each carries the stable `code` clients see (the API contract's table)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ def batch_item_id(subject: str, key: str, index: int) -> UUID:
 
 
 def alert_id(rule: str, account_id: str, notification_id: int) -> UUID:
-    """CONTRACT.md: named by the rule, the account and the event that completed the pattern."""
+    """The API contract: named by the rule, the account and the event that completed the pattern."""
     return uuid5(NAMESPACE, f"{rule}:{account_id}:{notification_id}")
 
 

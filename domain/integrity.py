@@ -1,4 +1,4 @@
-"""The per-aggregate hash chain, in exactly CONTRACT.md's canonical form.
+"""The per-aggregate hash chain, in exactly the contract's canonical form.
 
 An outside auditor recomputes `hash` from the stored fields with nothing but
 SHA-256 and JSON; `mac` adds a key the database does not hold, so an event

@@ -2,7 +2,7 @@
 
 An entry is added once, then removed and restored as often as compliance decides; its
 events are the watchlist's history, so the rules can ask what it was at any moment
-(DESIGN.md: "watchlist changes event-sourced"). Every event's payload names the account.
+(by design: "watchlist changes event-sourced"). Every event's payload names the account.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Who read or exported what, when: the audit-access log and the register of exports.
 
-The only tables the query side writes (CONTRACT.md: it "may append to its own
+The only tables the query side writes (the API contract: it "may append to its own
 audit-access log and write export files"). Rows are appended, never changed: the event
 tables' own trigger refuses UPDATE, DELETE and TRUNCATE. An audit read that cannot be
 recorded is refused (503), so no read of the history goes unrecorded.

@@ -1,5 +1,5 @@
 """The case opener: consumes `vigil.alerts` and opens each alert's case on the command
-side (CONTRACT.md, "Alerts and cases"), as the system actor.
+side (the API contract, "Alerts and cases"), as the system actor.
 
 Opening is idempotent by case id (derived from the alert id), so a redelivered or
 republished alert changes nothing; offsets are committed only after the cases of a

@@ -1,4 +1,4 @@
-"""Signed checkpoints over the whole event store (CONTRACT.md), written by `vigil relay`.
+"""Signed checkpoints over the whole event store (the API contract), written by `vigil relay`.
 
 A checkpoint says: the events up to `notification_id`, in notification order, fold to
 `rolling_hash`, and this key said so at `time`:

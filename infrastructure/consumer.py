@@ -1,5 +1,5 @@
 """What every Kafka consumer of Vigil shares: the same explicit client options, a restart
-loop with bounded backoff, and the epoch rule (DESIGN.md: a partition whose
+loop with bounded backoff, and the epoch rule (by design: a partition whose
 `relay_epoch` goes up was republished after the broker lost its log, so it is read again
 from its beginning; consumers dedupe, so the replays are harmless)."""
 

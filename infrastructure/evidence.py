@@ -35,7 +35,7 @@ from projections.envelope import Envelope
 
 # Events read per round trip: memory stays bounded however long the account's history.
 EVENTS_PAGE_SIZE: Final = 1_000
-# The envelope fields an evidence item shows (CONTRACT.md: audit events carry the chain).
+# The envelope fields an evidence item shows (the API contract: audit events carry the chain).
 EVIDENCE_FIELDS: Final = (
     "notification_id",
     "version",
@@ -79,7 +79,7 @@ def stored_envelopes(
     ledger: Ledger, conn: Connection[Any], account_id: UUID, upto_notification_id: int
 ) -> Iterator[dict[str, Any]]:
     """The account's events with notification ids up to `upto_notification_id`, in version
-    order, as envelopes (CONTRACT.md's Kafka value), decoded by the ledger's mapper."""
+    order, as envelopes (the API contract's Kafka value), decoded by the ledger's mapper."""
     after = 0
     while True:
         with conn.cursor(row_factory=dict_row) as cursor:

@@ -286,7 +286,7 @@ def _check_scope(
 
 
 def _record(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The canonical record CONTRACT.md hashes, from the exported fields alone."""
+    """The canonical record the API contract hashes, from the exported fields alone."""
     actor = event["actor"]
     if not isinstance(actor, dict) or not isinstance(event["payload"], dict):
         raise TypeError("actor and payload must be objects")

@@ -36,7 +36,7 @@ from infrastructure.store import EVENTS_TABLE, event_store_env, migrating, money
 Connection = psycopg.Connection[Any]
 Say = Callable[[str], None]
 
-# Tables in `public` the services write, and what each needs (DESIGN.md: append-only).
+# Tables in `public` the services write, and what each needs (by design: append-only).
 PUBLIC_GRANTS: tuple[tuple[str, str], ...] = (
     # UPDATE only for the library's LOCK TABLE ... IN EXCLUSIVE MODE; triggers refuse UPDATEs.
     (EVENTS_TABLE, "SELECT, INSERT, UPDATE"),

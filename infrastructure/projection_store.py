@@ -1,6 +1,6 @@
 """Applies projection rows and tracking in PostgreSQL: one transaction per fetched batch.
 
-Exactly once by tracking (DESIGN.md): each projection records every notification id it
+Exactly once by tracking (by design): each projection records every notification id it
 receives (one row each, `ON CONFLICT DO NOTHING`), applies only the ids that were new,
 and keeps a contiguous high-water mark, compacting the rows at or below it.
 """

@@ -14,7 +14,7 @@ from infrastructure.quarantine import quarantine_ddl
 
 SCHEMA = "readmodel"
 
-# Projection names (CONTRACT.md): `balances` is the accounts read model.
+# Projection names (the API contract): `balances` is the accounts read model.
 PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
 # With the alerts projection, whose tables and SQL are its own (`alerts_store.py`).
 ALL_PROJECTIONS = (*PROJECTIONS, "alerts")

@@ -52,8 +52,8 @@ class RelayBroker:
         self._admin: AIOKafkaAdminClient | None = None
 
     def new_producer(self) -> AIOKafkaProducer:
-        # Not idempotent, not transactional: tansu refuses both (DESIGN.md). Delivery is
-        # at least once; consumers dedupe by notification id.
+        # Not idempotent, not transactional: the test broker (tansu) refuses both. Delivery
+        # is at least once; consumers dedupe by notification id.
         return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             client_id="vigil-relay",

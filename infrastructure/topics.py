@@ -1,4 +1,4 @@
-"""Kafka topic names (CONTRACT.md): `VIGIL_TOPIC_PREFIX` is prepended as is."""
+"""Kafka topic names (the API contract): `VIGIL_TOPIC_PREFIX` is prepended as is."""
 
 from __future__ import annotations
 

@@ -54,11 +54,11 @@ class Principal:
 
     @property
     def actor(self) -> dict[str, str]:
-        """The `actor` every event records (CONTRACT.md: `{"subject", "role"}`)."""
+        """The `actor` every event records (the API contract: `{"subject", "role"}`)."""
         return {"subject": self.subject, "role": self.role.value}
 
 
-# The case opener acts as this actor (CONTRACT.md, "Alerts and cases").
+# The case opener acts as this actor (the API contract, "Alerts and cases").
 RULES_PRINCIPAL = Principal(subject="system:rules", role=Role.SYSTEM, branch=None)
 
 
@@ -70,7 +70,7 @@ class Unauthorized(Exception):
         self.reason = reason
 
 
-# --- RBAC: the one table (CONTRACT.md's matrix). Deny by default. ---------------------
+# --- RBAC: the one table (the API contract's matrix). Deny by default. ---------------------
 
 _T, _A, _U, _C, _V = Role.TELLER, Role.ADMIN, Role.AUDITOR, Role.COMPLIANCE, Role.VIEWER
 

@@ -12,7 +12,7 @@ projection workers, the case opener) under `var/bench/run-<time>/` on free ports
 5. batch: --batch-clients clients, each sending `POST /v1/batches` of 1,000 random transfers.
 
 Each phase lasts --seconds and then waits, at most --catch-up-max-s, for the projections to
-catch up. It prints a table, writes JSON in CONTRACT.md's shape to --out, and stops everything
+catch up. It prints a table, writes JSON in the API contract's shape to --out, and stops everything
 it started, also on Ctrl-C, SIGTERM or an error. Loopback only.
 
     python load/bench.py [--seconds 60] [--out var/bench/latest.json]

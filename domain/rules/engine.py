@@ -1,7 +1,7 @@
 """The monitoring rules: pure functions of an account's window and one movement.
 
 Time is the event's time, never the wall clock, so a replay raises the same alerts.
-Bounds follow CONTRACT.md: "at or above" is inclusive; structuring's "just under" is
+Bounds follow the API contract: "at or above" is inclusive; structuring's "just under" is
 from 90% (inclusive) to 100% (exclusive); "more than" is strict. A movement already in
 an alert's evidence never counts toward a second alert of the same rule.
 """

@@ -25,7 +25,7 @@ CORRELATION_HEADER: Final = "X-Correlation-ID"
 # A batch of 1,000 malformed items must not become a megabyte of errors.
 FIELD_ERRORS_MAX: Final = 100
 
-# CONTRACT.md's table (code -> HTTP status), plus the codes the HTTP layer itself needs.
+# The API contract's table (code -> HTTP status), plus the codes the HTTP layer itself needs.
 PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "unauthorized": 401,
     "forbidden": 403,

@@ -412,7 +412,7 @@ def test_a_malformed_batch_item_is_that_items_validation_error(
 def test_validation_errors_raised_by_the_app_still_name_the_offending_field(
     bank: Bank, http: httpx.Client
 ) -> None:
-    """CONTRACT.md: a validation_error carries `errors` listing fields, whoever raised it."""
+    """The API contract: a validation_error carries `errors` listing fields, whoever raised it."""
     account = bank.open_account()
     mismatched_ids = http.post(
         f"/v1/accounts/{account.account_id}/deposits",

@@ -53,7 +53,7 @@ async def _produce_and_consume(bootstrap: str, topic: str) -> bytes:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
-    # The broker rejects idempotent producers (DESIGN.md): a plain acks=all one.
+    # The broker rejects idempotent producers (a known limit of tansu): a plain acks=all one.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     await producer.start()
     try:

@@ -278,7 +278,7 @@ def test_the_cache_keeps_at_most_its_bound_of_entries() -> None:
 
 T, A, U, C, V = "teller", "admin", "auditor", "compliance", "viewer"
 
-# Written out from CONTRACT.md, not derived from PERMISSIONS, so a slip in one shows.
+# Written out from the API contract, not derived from PERMISSIONS, so a slip in one shows.
 EXPECTED_MATRIX: dict[str, set[str]] = {
     "account.open": {T, A},
     "account.deposit": {T},

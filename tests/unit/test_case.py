@@ -81,7 +81,7 @@ def refuses(case: AlertCase, error: type[DomainError], command: Callable[[], Non
     assert len(case.pending_events) == pending
 
 
-# The whole state x action matrix, written out from CONTRACT.md: the state after the
+# The whole state x action matrix, written out from the API contract: the state after the
 # action, or None where the action is refused with `invalid_transition`.
 MATRIX = [
     ("open", "acknowledge", "acknowledged"),

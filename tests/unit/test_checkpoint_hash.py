@@ -1,4 +1,4 @@
-"""Checkpoints in CONTRACT.md's exact form, with golden vectors an outside auditor can
+"""Checkpoints in the API contract's exact form, with golden vectors an outside auditor can
 recompute with nothing but SHA-256, JSON and Ed25519."""
 
 from __future__ import annotations

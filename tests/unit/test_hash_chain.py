@@ -1,4 +1,4 @@
-"""The hash chain in CONTRACT.md's exact canonical form, with golden vectors an outside
+"""The hash chain in the API contract's exact canonical form, with golden vectors an outside
 auditor can recompute with nothing but SHA-256 and JSON."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from interfaces.api.problems import (
     problem_responses,
 )
 
-# CONTRACT.md's "Errors" table, written out by hand.
+# the API contract's "Errors" table, written out by hand.
 CONTRACT_STATUS = {
     "unauthorized": 401,
     "forbidden": 403,

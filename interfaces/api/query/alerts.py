@@ -1,5 +1,5 @@
 """Alert routes of the query API: the list, one alert, and its evidence re-run from the
-event store (CONTRACT.md, "Alerts and cases").
+event store (the API contract, "Alerts and cases").
 
 An alert's `status` is its case's: `closed` once the case is closed, else `open` (an
 alert exists before the case opener has opened its case, and before the cases read

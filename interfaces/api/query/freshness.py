@@ -25,7 +25,7 @@ ACCOUNTS_CHANNEL: Final = "readmodel_accounts"
 TRANSACTIONS_CHANNEL: Final = "readmodel_transactions"
 CHANNELS: Final = (ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL)
 
-# CONTRACT.md: `min_version` waits up to 2 s, then 503 `projection_lagging`.
+# The API contract: `min_version` waits up to 2 s, then 503 `projection_lagging`.
 FRESHNESS_WAIT_S: Final = 2.0
 # Re-check the read model this often even without a NOTIFY.
 RECHECK_INTERVAL_S: Final = 0.1

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from domain.errors import ValidationFailed
 
-# CONTRACT.md: default 50, at most 500, more is 422.
+# The API contract: default 50, at most 500, more is 422.
 PAGE_SIZE_DEFAULT: Final = 50
 PAGE_SIZE_MAX: Final = 500
 # Our cursors are a few dozen characters; anything far longer is not one of ours.

@@ -2,7 +2,7 @@
 
 Connections default to read-only transactions (`default_transaction_read_only`), so a
 query that tried to write would fail loudly: the query side never changes domain state
-or read models (DESIGN.md). Driver failures leave as 503 `unavailable`, never a 500.
+or read models (by design). Driver failures leave as 503 `unavailable`, never a 500.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the query API answers: read-model records, their JSON shapes, and the reply models
 published in the OpenAPI document. Amounts leave as the currency's decimal strings and
-times as ISO 8601 UTC with `Z` (CONTRACT.md, "Money and ids")."""
+times as ISO 8601 UTC with `Z` (the API contract, "Money and ids")."""
 
 from __future__ import annotations
 

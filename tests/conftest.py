@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +136,18 @@ def settings_factory(databases: Databases, tmp_path: Path, redis_client: redis.R
         return databases.settings_for(databases.fresh(), tmp_path / "var", **overrides)
 
     return make
+
+
+def stop_gracefully(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, as Ctrl-C's sibling would, then SIGKILL if it is still there after the bound."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def free_port() -> int:

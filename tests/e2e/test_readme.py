@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_gracefully
 
 pytestmark = pytest.mark.e2e
 
@@ -145,13 +145,7 @@ def first_hour() -> Iterator[FirstHour]:
             time.sleep(POLL_S)
         yield first
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_gracefully(process, STOP_TIMEOUT_S)
         _stop_postgres_left(work / "var")
         shutil.rmtree(work, ignore_errors=True)
 

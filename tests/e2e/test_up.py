@@ -25,7 +25,7 @@ import pytest
 from infrastructure.settings import Settings
 from interfaces.supervise import START_FAILURES_MAX
 from interfaces.tokens import issue_token
-from tests.conftest import ROOT, Databases, free_port, settings_env
+from tests.conftest import ROOT, Databases, free_port, settings_env, stop_gracefully
 
 pytestmark = pytest.mark.e2e
 
@@ -108,13 +108,7 @@ def running_up(databases: Databases, work: Path, **overrides: Any) -> Iterator[U
         _wait(running, settings.up_file().exists, UP_READY_TIMEOUT_S, "var/up.json written")
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_gracefully(process, STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

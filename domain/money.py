@@ -65,7 +65,10 @@ def parse_limit(text: str, currency: str, *, limit_max_major: int) -> Money:
     """A limit (an overdraft): like an amount, but zero is allowed."""
     money = parse_amount(text, currency, zero_allowed=True)
     if money.amount_minor > minor_units(limit_max_major, currency):
-        raise InvalidAmount(f"limit {text} exceeds the ceiling of {limit_max_major} {currency}")
+        ceiling = format_amount(minor_units(limit_max_major, currency), currency)
+        raise InvalidAmount(
+            f"overdraft limit {text} {currency} exceeds the ceiling of {ceiling} {currency}"
+        )
     return money
 
 

@@ -107,7 +107,7 @@ async def deposit(
     "/{account_id}/withdrawals",
     status_code=201,
     response_model=MovementOut,
-    responses=problem_responses(*MONEY_PROBLEMS),
+    responses=problem_responses(*(p for p in MONEY_PROBLEMS if p != "balance_limit_exceeded")),
     summary="Withdraw from an account",
 )
 async def withdraw(

@@ -8,6 +8,7 @@ does, and refuses what the standard library would let through.
 - A key twice in one object is refused: parsers disagree on which value wins (the first,
   the last, an error), so what a signing proxy checked and what we store could differ.
 - `NaN` and `Infinity` are not JSON.
+- JSON nested deeper than the parser's recursion limit is refused, not a 500.
 
 The parsed value is left where Starlette caches it, so FastAPI does not parse it again.
 """
@@ -85,6 +86,9 @@ async def parse_json_body(request: Request) -> None:
         ) from None
     except UnicodeDecodeError:
         raise ValidationFailed("the body is not valid UTF-8", field="body") from None
+    except RecursionError:
+        # Thousands of nested brackets: no body of ours nests more than a few levels.
+        raise ValidationFailed("the body's JSON is nested too deeply", field="body") from None
     request._json = parsed  # Starlette's cache, which FastAPI reads
 
 

@@ -140,6 +140,17 @@ def test_a_body_not_sent_as_json_is_415_naming_the_header(http: httpx.Client, ba
     bank.assert_unchanged(account)
 
 
+def test_a_body_nested_thousands_deep_is_refused_not_an_error(
+    http: httpx.Client, bank: Bank
+) -> None:
+    account = bank.funded_account()
+    for nested in ("[" * 100_000 + "]" * 100_000, '{"a":' * 5_000 + "1" + "}" * 5_000):
+        response = deposit_raw(http, bank, account.account_id, nested)
+        problem = assert_problem(response, 422, "validation_error")
+        assert "nested too deeply" in problem["detail"]
+    bank.assert_unchanged(account)
+
+
 def test_malformed_json_says_where_it_broke(http: httpx.Client, bank: Bank) -> None:
     account = bank.funded_account()
     response = deposit_raw(http, bank, account.account_id, '{"amount": "1.00" "currency"}')

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
@@ -290,19 +291,49 @@ def _jsonb(value: Any) -> Jsonb:
 def alert_body(
     hit: Hit, branch: str | None, chain_head: str | None, version: int
 ) -> dict[str, Any]:
-    """The alert as the contract shows it (and as `vigil.alerts` carries it)."""
-    identifier = alert_id(hit.rule, hit.account_id, hit.notification_id)
+    """The alert a rule raised, as the contract shows it (and as `vigil.alerts` carries it)."""
+    return alert_record(
+        rule=hit.rule,
+        severity=hit.severity,
+        account_id=hit.account_id,
+        notification_id=hit.notification_id,
+        transaction_ids=hit.transaction_ids,
+        positions=hit.notification_ids,
+        explanation=hit.explanation,
+        raised_at=hit.raised_at,
+        branch=branch,
+        chain_head=chain_head,
+        version=version,
+    )
+
+
+def alert_record(
+    *,
+    rule: str,
+    severity: str,
+    account_id: str,
+    notification_id: int,
+    transaction_ids: list[str],
+    positions: list[int],
+    explanation: str,
+    raised_at: datetime,
+    branch: str | None,
+    chain_head: str | None,
+    version: int,
+) -> dict[str, Any]:
+    """Any alert as the contract shows it, a rule's or not (`quarantined_event`)."""
+    identifier = alert_id(rule, account_id, notification_id)
     return {
         "alert_id": str(identifier),
-        "rule": hit.rule,
-        "severity": hit.severity,
-        "account_id": hit.account_id,
+        "rule": rule,
+        "severity": severity,
+        "account_id": account_id,
         "branch": branch,
-        "transaction_ids": hit.transaction_ids,
-        "positions": hit.notification_ids,
-        "explanation": hit.explanation,
-        "raised_at": format_timestamp(hit.raised_at),
-        "scored_at_position": hit.notification_id,
+        "transaction_ids": transaction_ids,
+        "positions": positions,
+        "explanation": explanation,
+        "raised_at": format_timestamp(raised_at),
+        "scored_at_position": notification_id,
         "chain_head": chain_head,
         "status": "open",
         "case_id": str(case_id_for(identifier)),
@@ -336,24 +367,38 @@ ORDER BY o.position
 async def record_alerts(
     conn: AsyncConnection[Any], raised: list[tuple[Hit, str | None, Envelope]], version: int
 ) -> None:
-    if not raised:
+    await insert_alerts(
+        conn,
+        [
+            (alert_body(hit, branch, event.hash, version), hit.raised_at)
+            for hit, branch, event in raised
+        ],
+    )
+
+
+async def insert_alerts(
+    conn: AsyncConnection[Any], alerts: list[tuple[dict[str, Any], datetime]]
+) -> None:
+    """Alerts (`alert_record`'s form, with the time they were raised) into `alerts`, and
+    those not there before into the outbox, in the transaction's schema."""
+    if not alerts:
         return
-    bodies = [alert_body(hit, branch, event.hash, version) for hit, branch, event in raised]
+    bodies = [body for body, _ in alerts]
     await conn.execute(
         RECORD_ALERTS,
         {
             "alert_id": [UUID(b["alert_id"]) for b in bodies],
-            "rule": [hit.rule for hit, _, _ in raised],
-            "severity": [hit.severity for hit, _, _ in raised],
-            "account_id": [hit.account_id for hit, _, _ in raised],
-            "branch": [branch for _, branch, _ in raised],
-            "transaction_ids": [_jsonb(hit.transaction_ids) for hit, _, _ in raised],
-            "positions": [_jsonb(hit.notification_ids) for hit, _, _ in raised],
-            "explanation": [hit.explanation for hit, _, _ in raised],
-            "raised_at": [hit.raised_at for hit, _, _ in raised],
-            "notification_id": [hit.notification_id for hit, _, _ in raised],
-            "chain_head": [event.hash for _, _, event in raised],
-            "version": [version for _ in raised],
+            "rule": [b["rule"] for b in bodies],
+            "severity": [b["severity"] for b in bodies],
+            "account_id": [b["account_id"] for b in bodies],
+            "branch": [b["branch"] for b in bodies],
+            "transaction_ids": [_jsonb(b["transaction_ids"]) for b in bodies],
+            "positions": [_jsonb(b["positions"]) for b in bodies],
+            "explanation": [b["explanation"] for b in bodies],
+            "raised_at": [raised_at for _, raised_at in alerts],
+            "notification_id": [b["scored_at_position"] for b in bodies],
+            "chain_head": [b["chain_head"] for b in bodies],
+            "version": [b["rule_config_version"] for b in bodies],
             "case_id": [UUID(b["case_id"]) for b in bodies],
             "payload": [_jsonb(b) for b in bodies],
         },

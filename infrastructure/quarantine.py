@@ -27,15 +27,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-import orjson
 import psycopg
 import structlog
 from prometheus_client import Counter
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
-from domain.ids import alert_id, case_id_for
-from domain.integrity import format_timestamp
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.quarantine")
@@ -145,6 +141,13 @@ async def apply_isolating(
     return merge([first, second])
 
 
+def announce(consumer: str, notification_id: int, **fields: Any) -> None:
+    """What operators see of an event set aside, whichever consumer set it aside: the
+    metric and one error line naming the notification id."""
+    QUARANTINED.labels(consumer).inc()
+    log.error("event_quarantined", consumer=consumer, notification_id=notification_id, **fields)
+
+
 async def record_quarantine(
     conn: AsyncConnection[Any], projection: str, event: Envelope, error: BaseException
 ) -> bool:
@@ -166,11 +169,9 @@ async def record_quarantine(
     )
     if await cursor.fetchone() is None:
         return False
-    QUARANTINED.labels(projection).inc()
-    log.error(
-        "event_quarantined",
-        consumer=projection,
-        notification_id=event.notification_id,
+    announce(
+        projection,
+        event.notification_id,
         event_type=event.event_type,
         account_id=str(event.aggregate_id) if event.is_account_event else None,
         version=event.version,
@@ -211,53 +212,29 @@ async def raise_quarantine_alert(
 ) -> None:
     """The `quarantined_event` alert, in `alerts` and the outbox of the transaction's
     schema; once per notification id, whoever quarantines it first."""
-    from infrastructure.alerts_store import RECORD_ALERTS  # alerts_store imports us
+    from infrastructure.alerts_store import OUTBOX_CHANNEL, alert_record, insert_alerts
 
-    identifier = alert_id(QUARANTINED_RULE, str(movement.account_id), movement.notification_id)
     raised_at = movement.occurred_at or datetime.now(UTC)
     explanation = (
         f"event {movement.notification_id} ({movement.event_type}, version "
         f"{movement.version}) could not be applied by {consumer} and was set aside; the "
         f"monitoring did not see it ({reason[:200]})"
     )
-    transaction_ids = [movement.transaction_id] if movement.transaction_id else []
-    version = await _rules_version(conn)
-    body = {
-        "alert_id": str(identifier),
-        "rule": QUARANTINED_RULE,
-        "severity": QUARANTINED_SEVERITY,
-        "account_id": str(movement.account_id),
-        "branch": None,
-        "transaction_ids": transaction_ids,
-        "positions": [movement.notification_id],
-        "explanation": explanation,
-        "raised_at": format_timestamp(raised_at),
-        "scored_at_position": movement.notification_id,
-        "chain_head": movement.chain_head,
-        "status": "open",
-        "case_id": str(case_id_for(identifier)),
-        "rule_config_version": version,
-    }
-    await conn.execute(
-        RECORD_ALERTS,
-        {
-            "alert_id": [identifier],
-            "rule": [QUARANTINED_RULE],
-            "severity": [QUARANTINED_SEVERITY],
-            "account_id": [movement.account_id],
-            "branch": [None],
-            "transaction_ids": [_jsonb(transaction_ids)],
-            "positions": [_jsonb([movement.notification_id])],
-            "explanation": [explanation],
-            "raised_at": [raised_at],
-            "notification_id": [movement.notification_id],
-            "chain_head": [movement.chain_head],
-            "version": [version],
-            "case_id": [case_id_for(identifier)],
-            "payload": [_jsonb(body)],
-        },
+    body = alert_record(
+        rule=QUARANTINED_RULE,
+        severity=QUARANTINED_SEVERITY,
+        account_id=str(movement.account_id),
+        notification_id=movement.notification_id,
+        transaction_ids=[movement.transaction_id] if movement.transaction_id else [],
+        positions=[movement.notification_id],
+        explanation=explanation,
+        raised_at=raised_at,
+        branch=None,
+        chain_head=movement.chain_head,
+        version=await _rules_version(conn),
     )
-    await conn.execute("SELECT pg_notify('alerts_outbox', '')")
+    await insert_alerts(conn, [(body, raised_at)])
+    await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
 
 
 async def _rules_version(conn: AsyncConnection[Any]) -> int:
@@ -265,10 +242,6 @@ async def _rules_version(conn: AsyncConnection[Any]) -> int:
     cursor = await conn.execute("SELECT coalesce(max(version), 0) FROM public.rule_configs")
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
-
-
-def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=orjson.dumps)
 
 
 async def quarantined_versions(

@@ -20,10 +20,10 @@ from eventsourcing.persistence import Notification
 
 from infrastructure.quarantine import (
     MOVEMENT_EVENTS,
-    QUARANTINED,
     RELAY,
     RELAY_QUARANTINE_DDL,
     QuarantinedMovement,
+    announce,
     describe,
     raise_quarantine_alert,
 )
@@ -203,11 +203,9 @@ class RelayStore:
         )
         if await cursor.fetchone() is None:
             return  # quarantined before this batch was published again
-        QUARANTINED.labels(RELAY).inc()
-        log.error(
-            "event_quarantined",
-            consumer=RELAY,
-            notification_id=event.notification_id,
+        announce(
+            RELAY,
+            event.notification_id,
             topic=event.topic,
             aggregate_id=str(event.originator_id),
             version=event.originator_version,

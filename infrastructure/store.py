@@ -21,6 +21,7 @@ from application.ports import NoReplyCache, ReplyCache
 from domain.chained import ChainedAggregate
 from infrastructure import canonical
 from infrastructure.event_index import store_names, warn_if_behind
+from infrastructure.quarantine import describe
 from infrastructure.recorder import VigilRecorder
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.transcoder import OrjsonTranscoder
@@ -212,9 +213,7 @@ def envelope_pages(ledger: Ledger, page_events: int) -> Iterator[list[Envelope]]
                 # The relay quarantines such an event and every projection steps over its
                 # id; a replay does the same rather than stop on it.
                 log.error(
-                    "event_undecodable",
-                    notification_id=notification.id,
-                    error=f"{type(error).__name__}: {str(error)[:200]!r}",
+                    "event_undecodable", notification_id=notification.id, error=describe(error)
                 )
                 continue
             page.append(Envelope.from_json(body))

@@ -8,11 +8,13 @@ import asyncio
 import base64
 import dataclasses
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from psycopg import AsyncConnection
 from pydantic import SecretStr
 
 from application.commands import Deposit, OpenAccount, Transfer, Withdraw
@@ -42,6 +44,7 @@ from tests.integration.support import rows, run, stored_envelopes
 from tests.integration.test_relay import RelayThread, caught_up, wait_until
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 GBP = lambda minor: Money(minor, "GBP")  # noqa: E731
 
@@ -66,18 +69,27 @@ def spoiled(events: list[Envelope], notification_id: int, **payload: Any) -> lis
     ]
 
 
-def apply(settings: Settings, projection: str, events: list[Envelope]) -> Any:
-    async def go() -> Any:
+def on_connection(settings: Settings, use: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """`use` on an autocommit connection of its own, run to the end."""
+
+    async def go() -> T:
         async with await psycopg.AsyncConnection.connect(
             settings.resolved_database_url(), autocommit=True
         ) as conn:
-            if projection != "alerts":
-                return await apply_batch(conn, projection, events)
-            config, source = load_rules(None)
-            version = await register_config(conn, config.describe(), config_hash(config), source)
-            return await apply_alerts_batch(conn, events, config, version)
+            return await use(conn)
 
     return asyncio.run(go())
+
+
+def apply(settings: Settings, projection: str, events: list[Envelope]) -> Any:
+    async def go(conn: AsyncConnection[Any]) -> Any:
+        if projection != "alerts":
+            return await apply_batch(conn, projection, events)
+        config, source = load_rules(None)
+        version = await register_config(conn, config.describe(), config_hash(config), source)
+        return await apply_alerts_batch(conn, events, config, version)
+
+    return on_connection(settings, go)
 
 
 def position(settings: Settings, projection: str) -> int:
@@ -299,13 +311,7 @@ def stored_envelopes_decodable(ledger: Ledger) -> list[Envelope]:
 
 
 def retry(settings: Settings, ledger: Ledger, **only: Any) -> list[RetryOutcome]:
-    async def go() -> list[RetryOutcome]:
-        async with await psycopg.AsyncConnection.connect(
-            settings.resolved_database_url(), autocommit=True
-        ) as conn:
-            return await retry_quarantined(settings, ledger, conn, **only)
-
-    return asyncio.run(go())
+    return on_connection(settings, lambda conn: retry_quarantined(settings, ledger, conn, **only))
 
 
 def test_a_retried_event_is_applied_once_however_often_it_is_retried(
@@ -422,19 +428,15 @@ def test_the_list_and_health_show_every_consumers_set_aside_events(
     deposit = next(e for e in events if e.event_type == "Deposited")
     apply(settings, "statements", spoiled(events, deposit.notification_id, reference="\x00"))
 
-    async def listed() -> tuple[list[Any], list[str]]:
-        async with await psycopg.AsyncConnection.connect(
-            settings.resolved_database_url(), autocommit=True
-        ) as conn:
-            await prepare_quarantine_table(conn, settings)
-            await record_quarantined(
-                conn,
-                OpenerQuarantined("t.vigil.alerts", 0, 7, None, None, "ValueError: x", b"{"),
-            )
-            items = await list_quarantined(conn)
-            return items, reasons(items)
+    async def listed(conn: AsyncConnection[Any]) -> tuple[list[Any], list[str]]:
+        await prepare_quarantine_table(conn, settings)
+        await record_quarantined(
+            conn, OpenerQuarantined("t.vigil.alerts", 0, 7, None, None, "ValueError: x", b"{")
+        )
+        items = await list_quarantined(conn)
+        return items, reasons(items)
 
-    items, said = asyncio.run(listed())
+    items, said = on_connection(settings, listed)
 
     assert [(i.consumer, i.notification_id) for i in items] == [
         ("statements", deposit.notification_id),

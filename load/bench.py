@@ -69,7 +69,7 @@ from bench_system import (
 )
 
 from infrastructure.settings import Settings, load_settings
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 
 SECONDS_DEFAULT, SECONDS_MIN, SECONDS_MAX = 60.0, 5.0, 300.0
 ACCOUNTS_DEFAULT, ACCOUNTS_MIN, ACCOUNTS_MAX = 10_000, 100, 100_000

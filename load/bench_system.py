@@ -27,7 +27,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from target import require_loopback
 
-from infrastructure.embedded import POSTGRES_SUPERUSER, ManagedProcess, log_tail, spawn
+from infrastructure.ops.embedded import POSTGRES_SUPERUSER, ManagedProcess, log_tail, spawn
 
 START_TIMEOUT_S = 180.0  # initdb, then `vigil up` waits for each of its five processes
 STOP_TIMEOUT_S = 90.0  # `vigil up` gives each child 10 s, then stops the servers

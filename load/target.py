@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from infrastructure.settings import Settings, load_settings
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 BRANCH = "001"

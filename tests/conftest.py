@@ -28,8 +28,8 @@ import redis
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings, load_settings
-from infrastructure.store import open_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 

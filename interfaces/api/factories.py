@@ -10,7 +10,7 @@ from infrastructure.settings import load_settings
 
 
 def command_app() -> FastAPI:
-    from interfaces.api.command_app import create_command_app
+    from interfaces.api.command.app import create_command_app
 
     settings = load_settings()
     configure_logging(settings.log_level, service="command-api")
@@ -18,7 +18,7 @@ def command_app() -> FastAPI:
 
 
 def query_app() -> FastAPI:
-    from interfaces.api.query_app import create_query_app
+    from interfaces.api.query.app import create_query_app
 
     settings = load_settings()
     configure_logging(settings.log_level, service="query-api")

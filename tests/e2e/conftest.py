@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from application.ledger import Ledger
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 from tests.conftest import ApiServer, Databases
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.settings import Settings
 from tests.conftest import ApiServer, Databases, start_query_api
 from tests.e2e.conftest import HTTP_TIMEOUT_S, bearer, make_token

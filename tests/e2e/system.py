@@ -19,10 +19,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from infrastructure.embedded import EmbeddedBroker, start_broker
+from infrastructure.kafka.topics import alerts_topic
+from infrastructure.ops.embedded import EmbeddedBroker, start_broker
 from infrastructure.settings import Settings
-from infrastructure.topics import alerts_topic
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 from tests.conftest import ROOT, ApiServer, Databases, settings_env, start_api
 
 # The CLI arguments of each background process `vigil up` runs.

@@ -29,11 +29,11 @@ from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
-from infrastructure.alerts_store import alert_body, apply_alerts_batch, register_config
-from infrastructure.rules_config import config_hash
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import alert_body, apply_alerts_batch, register_config
+from infrastructure.monitoring.rules_config import config_hash
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from projections.envelope import Envelope
 from tests.conftest import ApiServer, Databases, start_query_api
 from tests.e2e.conftest import assert_problem, bearer, make_token

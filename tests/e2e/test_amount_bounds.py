@@ -16,7 +16,7 @@ import redis
 from application.ledger import Ledger
 from domain.errors import AccountNotFound
 from domain.ids import id_from_idempotency_key
-from infrastructure.store import open_ledger
+from infrastructure.eventstore.ledger import open_ledger
 from tests.conftest import ApiServer, Databases, start_command_api
 from tests.e2e.conftest import HTTP_TIMEOUT_S, Bank, TokenMaker, assert_problem
 

@@ -21,9 +21,9 @@ import redis
 from application.commands import ChangeStatus, Deposit, OpenAccount, Submission, Transfer, Withdraw
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.export import verify_export
+from infrastructure.audit.export import verify_export
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 from tests.conftest import ApiServer, Databases, settings_env, start_query_api
 from tests.e2e.conftest import assert_problem, bearer, make_token
 

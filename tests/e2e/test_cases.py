@@ -14,7 +14,7 @@ import pytest
 
 from domain.account import Account
 from domain.case import case_id_for
-from infrastructure.store import open_ledger
+from infrastructure.eventstore.ledger import open_ledger
 from tests.conftest import Databases
 from tests.e2e.conftest import assert_problem
 from tests.e2e.system import System, eventually, running_system

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from infrastructure.topics import alerts_topic, ledger_events_topic
+from infrastructure.kafka.topics import alerts_topic, ledger_events_topic
 from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 

@@ -18,11 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from domain.money import format_amount
-from infrastructure.embedded import start_broker
-from infrastructure.readmodel_schema import ALL_PROJECTIONS
+from infrastructure.kafka.topics import ledger_events_topic
+from infrastructure.ops.embedded import start_broker
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.settings import Settings
-from infrastructure.topics import ledger_events_topic
-from infrastructure.workers import group_id
+from infrastructure.workers.projections import group_id
 from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 

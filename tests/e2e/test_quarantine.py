@@ -15,8 +15,8 @@ import pytest
 
 from domain.account import Account
 from domain.integrity import Actor, Stamp
-from infrastructure.quarantine import QUARANTINED_RULE
-from infrastructure.store import open_ledger
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.readmodels.quarantine import QUARANTINED_RULE
 from tests.conftest import Databases
 from tests.e2e.system import System, eventually, running_system
 

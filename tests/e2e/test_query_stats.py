@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infrastructure.readmodel_schema import ALL_PROJECTIONS
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from tests.e2e.query_support import QueryEnv
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
 """Who may call which command route, over real HTTP: the API contract's matrix, row by row.
 
-The matrix is written out here on purpose, not derived from `interfaces.auth.PERMISSIONS`:
+The matrix is written out here on purpose, not derived from `interfaces.api.http.auth.PERMISSIONS`:
 if the table in the code drifts from the contract, these tests say so.
 """
 

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from infrastructure.settings import Settings
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 from tests.conftest import ApiServer, start_command_api
 from tests.e2e.conftest import HTTP_TIMEOUT_S, assert_problem, bearer
 

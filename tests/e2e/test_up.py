@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from infrastructure.settings import Settings
-from interfaces.supervise import START_FAILURES_MAX
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
+from interfaces.cli.supervise import START_FAILURES_MAX
 from tests.conftest import ROOT, Databases, free_port, settings_env, stop_gracefully
 
 pytestmark = pytest.mark.e2e

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 
 from application.ledger import Ledger
-from infrastructure.embedded import EmbeddedBroker, start_broker
-from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.ops.embedded import EmbeddedBroker, start_broker
+from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,11 @@ from psycopg.rows import dict_row
 from application.commands import OpenAccount
 from application.ledger import Ledger
 from domain.integrity import format_timestamp
-from infrastructure.account_cache import SCRIPT_KEYS_MAX, account_cache_key, cache_account_rows
+from infrastructure.readmodels.balances_cache import (
+    SCRIPT_KEYS_MAX,
+    account_cache_key,
+    cache_account_rows,
+)
 from infrastructure.settings import Settings
 from interfaces.api.query.views import AccountRecord
 from tests.integration.support import run, stored_envelopes

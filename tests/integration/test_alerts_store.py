@@ -19,16 +19,16 @@ from domain.ids import alert_id
 from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
-from infrastructure.alerts_store import (
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import (
     WindowCache,
     apply_alerts_batch,
     register_config,
 )
-from infrastructure.readmodel_schema import alerts_ddl
-from infrastructure.rules_config import config_hash
+from infrastructure.monitoring.rules_config import config_hash
+from infrastructure.readmodels.schema import alerts_ddl
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from projections.envelope import Envelope
 from tests.integration.support import Clock, rows, run, stored_envelopes
 

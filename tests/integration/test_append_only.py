@@ -22,18 +22,18 @@ from application.compliance import Compliance
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.alerts_store import register_config
-from infrastructure.case_opener_store import (
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import register_config
+from infrastructure.ops.migrate import run_migrate_cli
+from infrastructure.relay.state import RelayStore
+from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.workers.case_opener_store import (
     Quarantined,
     case_opener_quarantine_count,
     prepare_quarantine_table,
     record_quarantined,
 )
-from infrastructure.migrate import run_migrate_cli
-from infrastructure.relay_store import RelayStore
-from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from interfaces.api.query.readstore import prepare_read_models
 from tests.conftest import RUN_ID, Databases, _admin_execute, database_url
 from tests.integration.support import run_group

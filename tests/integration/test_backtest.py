@@ -14,10 +14,10 @@ import pytest
 from application.commands import Deposit, OpenAccount
 from application.ledger import Ledger
 from domain.money import Money
-from infrastructure.backtest import describe, run_backtest
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.backtest import describe, run_backtest
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from tests.integration.support import Clock, run
 
 pytestmark = pytest.mark.integration

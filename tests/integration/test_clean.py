@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from interfaces.clean import clean, runs_on
+from interfaces.cli.clean import clean, runs_on
 
 pytestmark = pytest.mark.integration
 

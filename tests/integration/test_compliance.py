@@ -34,13 +34,13 @@ from domain.errors import (
 from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
 from domain.money import Money
 from domain.watchlist import watchlist_entry_id
-from infrastructure.case_opener import CaseOpener
-from infrastructure.case_opener_store import QUARANTINE_TABLE, case_opener_quarantine_count
-from infrastructure.embedded import EmbeddedBroker
-from infrastructure.projection_store import apply_batch
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic
+from infrastructure.ops.embedded import EmbeddedBroker
+from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.topics import EPOCH_HEADER, alerts_topic
+from infrastructure.workers.case_opener import CaseOpener
+from infrastructure.workers.case_opener_store import QUARANTINE_TABLE, case_opener_quarantine_count
 from projections.envelope import Envelope
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infrastructure.embedded import (
+from infrastructure.ops.embedded import (
     EmbeddedServerError,
     start_broker,
     start_postgres,

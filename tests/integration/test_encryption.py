@@ -14,8 +14,8 @@ from application.commands import Deposit, OpenAccount, Submission, Transfer
 from domain.account import Account
 from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
 from domain.money import Money
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 
 pytestmark = pytest.mark.integration
 

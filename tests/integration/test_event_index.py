@@ -24,9 +24,9 @@ from domain.errors import Unavailable
 from domain.integrity import Actor
 from domain.money import Money
 from domain.watchlist import WatchlistEntry
-from infrastructure.event_index import index_heads, run_reindex_cli
+from infrastructure.eventstore.index import index_heads, run_reindex_cli
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,12 @@ from domain.account import Account
 from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
-from infrastructure.alerts_store import apply_alerts_batch, register_config
-from infrastructure.evidence import rebuild_evidence
-from infrastructure.rules_config import config_hash
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.evidence import rebuild_evidence
+from infrastructure.monitoring.rules_config import config_hash
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from projections.envelope import Envelope
 from tests.integration.support import Clock, run
 

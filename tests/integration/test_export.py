@@ -23,11 +23,11 @@ from application.ledger import Ledger
 from domain.account import Account
 from domain.integrity import Actor, Stamp
 from domain.money import Money
-from infrastructure.checkpoints import CheckpointWriter
-from infrastructure.export import ExportError, export_events, verify_export
+from infrastructure.audit.checkpoints import CheckpointWriter
+from infrastructure.audit.export import ExportError, export_events, verify_export
+from infrastructure.audit.signing import Signer
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.signing import Signer
-from infrastructure.store import open_ledger
 from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 from tests.conftest import ROOT, settings_env
 from tests.integration.support import Clock, run_group
@@ -353,7 +353,7 @@ MEASURE = textwrap.dedent(
     import json, resource, sys, time
     from datetime import datetime
     from pathlib import Path
-    from infrastructure.export import export_events
+    from infrastructure.audit.export import export_events
     from infrastructure.settings import load_settings
 
     settings = load_settings()

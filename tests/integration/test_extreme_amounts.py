@@ -30,15 +30,15 @@ from domain.integrity import Actor
 from domain.money import CURRENCY_EXPONENTS, Money, format_amount, minor_units
 from domain.rules.config import RulesConfig
 from domain.rules.window import AccountWindow
-from infrastructure.alerts_store import apply_alerts_batch, register_config
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.limits import BALANCE_RANGE_MINOR_MAX, BIGINT_MAX, CURRENCY_EXPONENT_MAX
-from infrastructure.projection_store import apply_batch
-from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
-from infrastructure.rules_config import config_hash
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.rules_config import config_hash
+from infrastructure.readmodels.schema import PROJECTIONS, ensure_read_models
+from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
-from interfaces.tokens import issue_token
+from infrastructure.workers.projections import migrate_read_models
+from interfaces.api.http.tokens import issue_token
 from projections.envelope import Envelope
 from tests.conftest import start_query_api
 from tests.integration.support import Clock, rows, run_group, stored_envelopes

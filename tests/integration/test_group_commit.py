@@ -18,8 +18,8 @@ from domain.account import Account
 from domain.errors import InsufficientFunds, Unavailable
 from domain.integrity import GENESIS_HASH, Actor, chain_hash
 from domain.money import Money
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 from tests.conftest import _admin_execute
 from tests.integration.support import run
 

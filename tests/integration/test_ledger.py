@@ -30,9 +30,9 @@ from domain.errors import (
 )
 from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
 from domain.money import Money
-from infrastructure.reply_cache import RedisReplyCache
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.reply_cache import RedisReplyCache
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 
 pytestmark = pytest.mark.integration
 

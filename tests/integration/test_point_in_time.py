@@ -17,8 +17,8 @@ from application.ledger import Ledger
 from domain.errors import AccountNotFound, ValidationFailed
 from domain.integrity import Actor
 from domain.money import Money
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from application.commands import ChangeStatus, Deposit, OpenAccount, Transfer, W
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure import projection_store
-from infrastructure.projection_store import apply_batch
-from infrastructure.readmodel_schema import PROJECTIONS, ensure_read_models
-from infrastructure.replay import SHADOW_SCHEMA
+from infrastructure.ops.replay import SHADOW_SCHEMA
+from infrastructure.readmodels import tracking as projection_store
+from infrastructure.readmodels.schema import PROJECTIONS, ensure_read_models
+from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
 from projections.envelope import Envelope
 from tests.integration.support import rows, run, run_group, stored_envelopes

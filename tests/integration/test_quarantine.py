@@ -23,22 +23,22 @@ from application.envelope import envelope
 from application.ledger import Ledger
 from domain.ids import alert_id
 from domain.money import Money
-from infrastructure.alerts_store import apply_alerts_batch, register_config
-from infrastructure.case_opener_store import Quarantined as OpenerQuarantined
-from infrastructure.case_opener_store import prepare_quarantine_table, record_quarantined
-from infrastructure.embedded import EmbeddedBroker
-from infrastructure.projection_store import apply_batch
-from infrastructure.quarantine import QUARANTINED_RULE
-from infrastructure.quarantine_ops import (
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.ops.embedded import EmbeddedBroker
+from infrastructure.ops.quarantine import (
     RetryOutcome,
     list_quarantined,
     reasons,
     retry_quarantined,
 )
-from infrastructure.relay import CannotDecode, Relay, RelayLimits
-from infrastructure.rules_config import config_hash, load_rules
+from infrastructure.readmodels.quarantine import QUARANTINED_RULE
+from infrastructure.readmodels.tracking import apply_batch
+from infrastructure.relay.events import CannotDecode, Relay, RelayLimits
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
+from infrastructure.workers.case_opener_store import Quarantined as OpenerQuarantined
+from infrastructure.workers.case_opener_store import prepare_quarantine_table, record_quarantined
 from projections.envelope import Envelope
 from tests.integration.support import rows, run, stored_envelopes
 from tests.integration.test_relay import RelayThread, caught_up, wait_until

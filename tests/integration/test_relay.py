@@ -25,12 +25,12 @@ from application.envelope import envelope
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.embedded import EmbeddedBroker, free_port, start_broker
-from infrastructure.readmodel_schema import ensure_read_models
-from infrastructure.relay import ReadBatch, Relay, RelayLimits
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.topics import ledger_events_topic
+from infrastructure.ops.embedded import EmbeddedBroker, free_port, start_broker
+from infrastructure.readmodels.schema import ensure_read_models
+from infrastructure.relay.events import ReadBatch, Relay, RelayLimits
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.topics import ledger_events_topic
 
 pytestmark = pytest.mark.integration
 

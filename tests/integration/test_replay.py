@@ -19,13 +19,13 @@ from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
-from infrastructure.alerts_store import apply_alerts_batch, register_config
-from infrastructure.projection_store import apply_batch
-from infrastructure.replay import SHADOW_SCHEMA, TABLES, run_replay_cli
-from infrastructure.rules_config import config_hash
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.rules_config import config_hash
+from infrastructure.ops.replay import SHADOW_SCHEMA, TABLES, run_replay_cli
+from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger
-from infrastructure.workers import migrate_read_models
+from infrastructure.workers.projections import migrate_read_models
 from projections.envelope import Envelope
 
 pytestmark = pytest.mark.integration

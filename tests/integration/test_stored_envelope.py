@@ -17,9 +17,9 @@ from application.envelope import envelope
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.checkpoints import decoded_hash
+from infrastructure.audit.checkpoints import decoded_hash
+from infrastructure.eventstore.ledger import open_ledger, stored_envelope
 from infrastructure.settings import Settings
-from infrastructure.store import open_ledger, stored_envelope
 from tests.integration.test_compliance import alert
 
 pytestmark = pytest.mark.integration

@@ -22,16 +22,16 @@ from application.ledger import Ledger
 from domain.account import Account
 from domain.integrity import Actor, Stamp
 from domain.money import Money
-from infrastructure.checkpoints import (
+from infrastructure.audit.checkpoints import (
     Checkpoint,
     Checkpointer,
     CheckpointWriter,
     checkpoint_file,
 )
+from infrastructure.audit.signing import DEV_SIGNING_KEY_FILE, Signer
+from infrastructure.audit.verify import Finding, VerifyReport, run_verify_cli, verify_store
+from infrastructure.eventstore.ledger import EVENTS_TABLE, open_ledger
 from infrastructure.settings import Settings
-from infrastructure.signing import DEV_SIGNING_KEY_FILE, Signer
-from infrastructure.store import EVENTS_TABLE, open_ledger
-from infrastructure.verify import Finding, VerifyReport, run_verify_cli, verify_store
 from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 from domain.errors import Forbidden
 from infrastructure.settings import ConfigurationError, Settings
-from interfaces.auth import (
+from interfaces.api.http.auth import (
     PERMISSIONS,
     Principal,
     Role,
@@ -23,7 +23,7 @@ from interfaces.auth import (
     check_branch,
     require,
 )
-from interfaces.tokens import issue_token
+from interfaces.api.http.tokens import issue_token
 
 # 64 bytes: PyJWT warns about shorter HMAC keys for HS512, which one test signs with.
 KEY = "k" * 64

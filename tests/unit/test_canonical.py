@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from application.commands import Deposit, OpenAccount, Submission, fingerprint
 from domain.integrity import Actor, canonical, stdlib_canonical, use_canonical_encoder
 from domain.money import Money
-from infrastructure.canonical import install, orjson_canonical
+from infrastructure.eventstore.canonical import install, orjson_canonical
 
 scalars = (
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text()

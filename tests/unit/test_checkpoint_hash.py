@@ -10,13 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from infrastructure.checkpoints import (
+from infrastructure.audit.checkpoints import (
     ROLLING_GENESIS,
     Checkpoint,
     checkpoint_payload,
     fold,
 )
-from infrastructure.signing import (
+from infrastructure.audit.signing import (
     Signer,
     key_id,
     public_key_from_pem,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from interfaces.api.problems import (
+from interfaces.api.http.problems import (
     DEFAULT_PROBLEM_CODES,
     PROBLEM_MEDIA_TYPE,
     PROBLEM_STATUS,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from domain.rules.config import RulesConfig
-from infrastructure.rules_config import config_from_parameters, config_hash, parse_rules
+from infrastructure.monitoring.rules_config import config_from_parameters, config_hash, parse_rules
 from infrastructure.settings import ConfigurationError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "rules.example.toml"

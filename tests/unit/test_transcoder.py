@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infrastructure.transcoder import OrjsonTranscoder
+from infrastructure.eventstore.transcoder import OrjsonTranscoder
 
 
 def with_transcodings(transcoder: JSONTranscoder) -> JSONTranscoder:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interfaces.supervise import gauge_above_zero
+from interfaces.cli.supervise import gauge_above_zero
 
 METRICS = """# HELP vigil_projection_partitions_assigned Partitions of the ledger topic.
 # TYPE vigil_projection_partitions_assigned gauge

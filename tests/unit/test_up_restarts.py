@@ -3,7 +3,7 @@ keeps failing at start, and starting over once a process has been healthy for a 
 
 from __future__ import annotations
 
-from interfaces.supervise import RestartPolicy, describe_exit
+from interfaces.cli.supervise import RestartPolicy, describe_exit
 
 NEVER_READY = None
 

@@ -25,7 +25,7 @@ from interfaces.api.query.views import AccountRecord
 # socket timeout while Redis is down).
 CACHE_BACKOFF_S: Final = 2.0
 
-from infrastructure.account_cache import account_cache_key  # noqa: E402
+from infrastructure.readmodels.balances_cache import account_cache_key  # noqa: E402
 
 log = structlog.get_logger("vigil.query.cache")
 

@@ -8,8 +8,8 @@ from typing import Annotated, Final
 from fastapi import Depends, Query, Request
 
 from application.ledger import Ledger
+from infrastructure.readmodels.freshness import ChangeWaiters
 from interfaces.api.query.cache import AccountCache
-from interfaces.api.query.freshness import ChangeWaiters
 from interfaces.api.query.readstore import ReadStore
 
 # Aggregate versions are bigint in the store.

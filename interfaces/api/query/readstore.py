@@ -19,9 +19,9 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from domain.errors import Unavailable
-from infrastructure.readmodel_schema import ensure_read_models
+from infrastructure.eventstore.ledger import migrating
+from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.settings import Settings
-from infrastructure.store import migrating
 
 # A query slower than this is a bug or an overload; cut it off rather than pile up.
 STATEMENT_TIMEOUT_MS: Final = 5_000

@@ -1,0 +1,226 @@
+"""Vigil's event-store recorder: the library's PostgreSQL recorder plus the command
+replies table, written in the same transaction as the events it answers for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from application.commands import ReplyRecord
+from application.envelope import IndexRow
+from application.ports import GroupState
+from infrastructure.eventstore.index import (
+    COLUMN_TYPES,
+    COLUMNS,
+    INDEX_TABLE,
+    append_only_statements,
+    index_columns,
+    index_create_statements,
+)
+from infrastructure.postgres.arrays import column_arrays
+
+REPLIES_TABLE = "command_replies"
+REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
+EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
+
+# For the services' own connections: PostgreSQL's JIT compiles statements over big arrays
+# (a group's or a batch's thousands of ids look expensive) for ~70 ms, to run them in a few.
+SESSION_OPTIONS = "-c jit=off"
+
+
+class VigilRecorder(PostgresApplicationRecorder):
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        # SESSION_OPTIONS on the library's pool too. The connections the pool already made
+        # are replaced by ones carrying them.
+        pool_kwargs = self.datastore.pool.kwargs
+        assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
+        options = str(pool_kwargs.get("options") or "")
+        pool_kwargs["options"] = f"{options} {SESSION_OPTIONS}".strip()
+        self.datastore.pool.drain()
+        schema = Identifier(self.datastore.schema)
+        replies = Identifier(REPLIES_TABLE)
+        # The primary key is what makes a command id unique: a second writer of
+        # the same id fails here and its events roll back with it.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{replies} ("
+                "command_id uuid PRIMARY KEY, "
+                "kind text NOT NULL, "
+                "subject text NOT NULL, "
+                "fingerprint text NOT NULL, "
+                "body text NOT NULL, "
+                "recorded_at timestamptz NOT NULL DEFAULT now())"
+            ).format(schema=schema, replies=replies)
+        )
+        # The event index, and the append-only guards on all three tables: part of every
+        # migration of the store, so no store exists without them.
+        self.sql_create_statements.extend(index_create_statements(self.datastore.schema))
+        self.sql_create_statements.extend(
+            append_only_statements(
+                self.datastore.schema, [self.events_table_name, REPLIES_TABLE, INDEX_TABLE]
+            )
+        )
+        events = Identifier(self.datastore.schema, self.events_table_name)
+        index_names = SQL(", ").join(Identifier(c) for c in COLUMNS)
+        # Events and their index rows in one statement; the index takes each event's
+        # notification id from the rows just inserted. Arrays go over the wire in binary
+        # (%b): no text escaping of thousands of values.
+        self.insert_events_and_index_statement = SQL(
+            "WITH inserted AS ("
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id, originator_id, originator_version) "
+            "INSERT INTO {index} (notification_id, {columns}) "
+            "SELECT inserted.notification_id, {v_columns} FROM inserted "
+            "JOIN unnest({index_arrays}) AS v({columns}) "
+            "ON v.aggregate_id = inserted.originator_id AND v.version = inserted.originator_version"
+        ).format(
+            events=events,
+            index=Identifier(self.datastore.schema, INDEX_TABLE),
+            columns=index_names,
+            v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
+            index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
+        )
+        self.insert_replies_statement = SQL(
+            "INSERT INTO {schema}.{replies} ({columns}) "
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])"
+        ).format(
+            schema=schema,
+            replies=replies,
+            columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
+        )
+        # One index range scan per aggregate: the lateral subquery, fenced by OFFSET 0, is
+        # not flattened into a join the planner may turn into a scan of the whole table.
+        self.select_after_versions_statement = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%b::uuid[], %b::int8[]) AS known(id, version) "
+            "CROSS JOIN LATERAL (SELECT s.originator_id, s.originator_version, s.topic, s.state "
+            "FROM {events} s WHERE s.originator_id = known.id "
+            "AND s.originator_version > known.version "
+            "ORDER BY s.originator_version OFFSET 0) e"
+        ).format(events=events)
+        self.select_replies_statement = SQL(
+            "SELECT command_id, kind, subject, fingerprint, body FROM {schema}.{replies} "
+            "WHERE command_id = ANY(%b::uuid[])"
+        ).format(schema=schema, replies=replies)
+
+    def create_table(self) -> None:
+        # The library runs CREATE TYPE every time and swallows the DuplicateObject error;
+        # PostgreSQL still logs that ERROR, at every process start. A type that exists is
+        # left alone instead (the caller holds the migration lock, so none appears between).
+        statements = self.sql_create_statements
+        type_name = f"{self.datastore.schema}.{self.stored_event_type_name}"
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT to_regtype(%s) IS NOT NULL AS found", (type_name,))
+            row = curs.fetchone()
+        assert row is not None, "SELECT returns one row"
+        if row["found"]:
+            self.sql_create_statements = [
+                s for s in statements if "CREATE TYPE" not in s.as_string()
+            ]
+        try:
+            super().create_table()
+        finally:
+            self.sql_create_statements = statements
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Events, index rows and replies in one transaction, sent in one round trip.
+
+        The library's table lock comes first, as in its own insert: writers take turns,
+        so notification ids are issued in commit order (a reader tailing the log never
+        passes a gap that fills later). Events first, replies after: every writer takes
+        its locks in the same order, so two writers of one command id cannot deadlock.
+        A lost optimistic-concurrency race or a command id already taken fails the
+        whole transaction with an IntegrityError, and nothing of it is written.
+        """
+        if not stored_events:
+            return []
+        replies: Sequence[ReplyRecord] = kwargs.get("replies") or ()
+        index_rows: Sequence[IndexRow] = kwargs.get("index_rows") or ()
+        # The ledger's `_record` gives every event it saves its index row.
+        assert len(index_rows) == len(stored_events), "one index row per stored event"
+        # A failure propagates through the transaction block, which rolls back (nothing
+        # of the group is written), and leaves as an IntegrityError when it was a lost
+        # race: the datastore translates psycopg's errors.
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline() as pipeline,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(
+                self.insert_events_and_index_statement,
+                [*column_arrays(stored_events, EVENT_COLUMNS), *index_columns(index_rows)],
+                prepare=True,
+            )
+            if replies:
+                curs.execute(self.insert_replies_statement, reply_columns(replies), prepare=True)
+            # Sync here, so a unique violation (a lost race) is raised as itself, not as
+            # "pipeline aborted" from the commit that would follow.
+            pipeline.sync()
+        return None
+
+    def select_group_state(
+        self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
+    ) -> GroupState:
+        """In one round trip: every stored event of these aggregates after the given
+        version (0: all of them), in order, and the replies already given to these ids."""
+        ids = list(versions)
+        reply_ids = list(command_ids)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.cursor() as events_cursor,
+            conn.cursor() as replies_cursor,
+        ):
+            events_cursor.execute(
+                self.select_after_versions_statement,
+                (ids, [versions[i] for i in ids]),
+                prepare=True,
+            )
+            if reply_ids:
+                replies_cursor.execute(self.select_replies_statement, (reply_ids,), prepare=True)
+            event_rows = events_cursor.fetchall()
+            reply_rows = replies_cursor.fetchall() if reply_ids else []
+        return GroupState(
+            events=[
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in event_rows
+            ],
+            replies={row["command_id"]: _reply(row) for row in reply_rows},
+        )
+
+
+def reply_columns(replies: Sequence[ReplyRecord]) -> list[list[Any]]:
+    """REPLY_COLUMNS' arrays, the body as the JSON text the table keeps."""
+    bodies = [orjson.dumps(r.body).decode() for r in replies]
+    return [*column_arrays(replies, REPLY_COLUMNS[:-1]), bodies]
+
+
+def _reply(row: DictRow) -> ReplyRecord:
+    return ReplyRecord(
+        command_id=row["command_id"],
+        kind=row["kind"],
+        subject=row["subject"],
+        fingerprint=row["fingerprint"],
+        body=orjson.loads(row["body"]),
+    )

@@ -1,0 +1,142 @@
+"""What every Kafka consumer of Vigil shares: the same explicit client options, a restart
+loop with bounded backoff, and the epoch rule (by design: a partition whose
+`relay_epoch` goes up was republished after the broker lost its log, so it is read again
+from its beginning; consumers dedupe, so the replays are harmless)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Gauge
+
+from infrastructure.kafka.topics import EPOCH_HEADER
+from infrastructure.settings import ConfigurationError, Settings
+
+log = structlog.get_logger("vigil.consumer")
+
+FETCH_TIMEOUT_MS = 500
+# tansu answers a fetch only when its wait runs out: keep it short, for lag.
+FETCH_WAIT_MS = 20
+# What one fetch may bring from each partition (envelopes are about 1 KiB): a few hundred
+# events, so that one round of fetches over the topic's partitions (12 by default) fills a
+# projection batch (workers.py's FETCH_RECORDS_MAX) with about as many events of each.
+# The relay publishes in notification order, so such a batch covers one stretch of ids
+# from every partition, and the projections' marks can move over nearly all of it: only
+# ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
+# partitions each, half their ids tracked row by row. Above the relay's producer batches
+# (relay_broker.py, 256 KiB), so a fetch always holds whole record batches.
+FETCH_PARTITION_BYTES_MAX = 512 * 1024
+FETCH_BYTES_MAX = 32 * 1024 * 1024
+# 0 until the process's consumer has joined its group (a few seconds after it starts):
+# `vigil up` calls the workers and the case opener ready only once it is above 0.
+PARTITIONS_ASSIGNED_GAUGE = "vigil_consumer_partitions_assigned"
+PARTITIONS_ASSIGNED = Gauge(
+    PARTITIONS_ASSIGNED_GAUGE, "Partitions of its topic this process's consumer holds."
+)
+RETRY_BACKOFF_S_MIN = 0.1
+RETRY_BACKOFF_S_MAX = 5.0
+
+
+def new_consumer(
+    settings: Settings, topic: str, group_id: str, client_id: str, records_max: int
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        group_id=group_id,
+        client_id=client_id,
+        # Committed offsets are a head start, never the truth: start from the beginning.
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=records_max,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX,
+        fetch_max_bytes=FETCH_BYTES_MAX,
+        request_timeout_ms=30_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        metadata_max_age_ms=5_000,
+    )
+
+
+async def run_with_restarts(
+    stop: asyncio.Event, consume: Callable[[asyncio.Event], Awaitable[None]], name: str
+) -> None:
+    """`consume(stop)` until `stop` is set, starting it over after any failure (the broker
+    or the database went away; what was not committed is read again)."""
+    backoff_s = RETRY_BACKOFF_S_MIN
+    while not stop.is_set():
+        try:
+            await consume(stop)
+        except ConfigurationError:
+            raise  # wrong settings do not fix themselves
+        except Exception as error:
+            log.warning(
+                "consumer_restarting", consumer=name, error=f"{type(error).__name__}: {error}"
+            )
+            await sleep_or_stop(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
+        else:
+            backoff_s = RETRY_BACKOFF_S_MIN
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def fetch(
+    consumer: AIOKafkaConsumer, epochs: EpochGuard, records_max: int
+) -> list[ConsumerRecord]:
+    """One round of fetching: the records that pass the epoch rule, in partition order."""
+    fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=records_max)
+    PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
+    return await epochs.records(consumer, fetched)
+
+
+class EpochGuard:
+    """Follows each partition's relay epoch; seeks a partition back when it goes up."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.epochs: dict[TopicPartition, int] = {}
+
+    async def records(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> list[ConsumerRecord]:
+        records: list[ConsumerRecord] = []
+        for partition, batch in fetched.items():
+            epoch = epoch_of(batch[0]) if batch else None
+            if epoch is not None and self.epochs.get(partition, epoch) < epoch:
+                # Our offset means nothing in the republished log: read it again.
+                log.warning(
+                    "consumer_partition_rewound",
+                    consumer=self.name,
+                    partition=partition.partition,
+                    epoch=epoch,
+                )
+                self.epochs[partition] = epoch
+                await consumer.seek_to_beginning(partition)
+                continue
+            for record in batch:
+                record_epoch = epoch_of(record)
+                if record_epoch is not None:
+                    self.epochs[partition] = max(self.epochs.get(partition, 0), record_epoch)
+                records.append(record)
+        return records
+
+
+def header(record: ConsumerRecord, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name and value:
+            return bytes(value).decode(errors="replace")
+    return None
+
+
+def epoch_of(record: ConsumerRecord) -> int | None:
+    value = header(record, EPOCH_HEADER)
+    return None if value is None else int(value)

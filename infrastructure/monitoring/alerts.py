@@ -1,0 +1,405 @@
+"""The alerts projection: scores every movement with the rules, keeping each account's
+window in PostgreSQL, and writes alerts and their outbox rows in the same transaction
+as the window and the tracking rows. A crash neither loses nor invents an alert; the
+same event replayed never raises a second one (alert ids are deterministic)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from domain.ids import alert_id, case_id_for, watchlist_entry_id
+from domain.integrity import format_timestamp
+from domain.rules.config import RulesConfig
+from domain.rules.engine import Hit
+from domain.rules.window import AccountWindow
+from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.readmodels.quarantine import apply_isolating, next_version, quarantined_versions
+from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.tracking import (
+    BatchResult,
+    finish_batch,
+    quarantine_event,
+    start_batch,
+    use_schema,
+)
+from projections.alerts import movement_of, step
+from projections.envelope import Envelope
+
+PROJECTION = "alerts"
+OUTBOX_CHANNEL = "alerts_outbox"
+# The event store's topics of watchlist entries end with the event class name.
+LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
+# Windows held between batches by a worker (each a few KiB at most: a day of movements).
+WINDOWS_CACHED_MAX = 50_000
+
+
+async def register_config(
+    conn: AsyncConnection[Any], parameters: dict[str, Any], digest: str, source: str
+) -> int:
+    """The version number of this configuration, stored on first sight."""
+    await conn.execute(
+        "INSERT INTO public.rule_configs (sha256, parameters, source) VALUES (%s, %s, %s) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        (digest, Jsonb(parameters), source),
+    )
+    cursor = await conn.execute(
+        "SELECT version FROM public.rule_configs WHERE sha256 = %s", (digest,)
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def apply_alerts_batch(
+    conn: AsyncConnection[Any],
+    events: Sequence[Envelope],
+    config: RulesConfig,
+    config_version: int,
+    schema: str = SCHEMA,
+    cache: WindowCache | None = None,
+) -> tuple[BatchResult, list[Hit]]:
+    """Score the new events of a batch, in one transaction with a fixed number of
+    statements: the windows, the watchlist's history and the alerts each go in one.
+    `cache` holds the live projection's windows between batches (never a shadow's). An
+    event the rules cannot score is quarantined and the rest scored around it."""
+
+    async def once(batch: Sequence[Envelope]) -> tuple[BatchResult, list[Hit]]:
+        return await _apply_once(conn, batch, config, config_version, schema, cache)
+
+    async def set_aside(event: Envelope, error: BaseException) -> None:
+        await quarantine_event(conn, PROJECTION, event, error, schema)
+
+    def merged(parts: list[tuple[BatchResult, list[Hit]]]) -> tuple[BatchResult, list[Hit]]:
+        return BatchResult.merged([r for r, _ in parts]), [h for _, hits in parts for h in hits]
+
+    return await apply_isolating(PROJECTION, events, once, set_aside, merged)
+
+
+@dataclass
+class Scored:
+    """A batch's events scored against the windows (pure; nothing written yet)."""
+
+    result: BatchResult
+    windows: dict[UUID, AccountWindow]
+    raised: list[tuple[Hit, str | None, Envelope]] = field(default_factory=list)
+    changed: set[UUID] = field(default_factory=set)
+    received: set[int] = field(default_factory=set)
+    deferred: list[Envelope] = field(default_factory=list)
+
+
+def score_events(
+    events: Sequence[Envelope],
+    fresh: set[int],
+    loaded: Mapping[UUID, AccountWindow],
+    watchlist: WatchlistHistory,
+    config: RulesConfig,
+    skipped: Mapping[UUID, set[int]],
+) -> Scored:
+    """Every new event through the rules, in order; early ones deferred. `fresh` and
+    `loaded` are not changed (a second scoring, with `skipped` known, starts over)."""
+    fresh = set(fresh)
+    out = Scored(BatchResult(), dict(loaded))
+    for event in events:
+        if event.notification_id not in fresh:
+            out.result.duplicates += 1
+            continue
+        fresh.discard(event.notification_id)
+        if not event.is_account_event:
+            out.received.add(event.notification_id)
+            out.result.applied += 1
+            continue
+        window = out.windows.get(event.aggregate_id) or AccountWindow(str(event.aggregate_id))
+        if event.version != next_version(window.version, skipped.get(event.aggregate_id)):
+            if event.version <= window.version:
+                out.received.add(event.notification_id)
+                out.result.duplicates += 1  # already scored: the window has moved past it
+            else:
+                out.deferred.append(event)
+            continue
+        out.received.add(event.notification_id)
+        hits, out.windows[event.aggregate_id] = step(
+            config, window, event, watchlist.listed_before(event)
+        )
+        out.changed.add(event.aggregate_id)
+        out.raised.extend((hit, window.branch, event) for hit in hits)
+        out.result.applied += 1
+    return out
+
+
+async def _apply_once(
+    conn: AsyncConnection[Any],
+    events: Sequence[Envelope],
+    config: RulesConfig,
+    config_version: int,
+    schema: str,
+    cache: WindowCache | None,
+) -> tuple[BatchResult, list[Hit]]:
+    async with conn.transaction():
+        await use_schema(conn, schema)
+        position, fresh = await start_batch(conn, PROJECTION, events)
+        windows = await load_windows(conn, events, cache)
+        watchlist = await watchlist_history(conn, events)
+        scored = score_events(events, fresh, windows, watchlist, config, {})
+        if scored.deferred:
+            # Rare: an account's next version may be one set aside; step over those.
+            accounts = list({e.aggregate_id for e in scored.deferred})
+            skipped = await quarantined_versions(conn, PROJECTION, accounts)
+            if skipped:
+                scored = score_events(events, fresh, windows, watchlist, config, skipped)
+        # Early events (a partially failed relay batch, retried) are not tracked, so the
+        # mark stays below them and their redelivery, after their predecessors, scores
+        # them in order.
+        result = scored.result
+        result.deferred = len(scored.deferred)
+        saved = {a: scored.windows[a] for a in scored.changed}
+        await save_windows(conn, saved)
+        await record_alerts(conn, scored.raised, config_version)
+        result.position = await finish_batch(
+            conn, PROJECTION, position, scored.received, result.applied
+        )
+        if scored.raised:
+            await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+    if cache is not None:
+        cache.keep(saved)
+    return result, [hit for hit, _, _ in scored.raised]
+
+
+class WatchlistHistory:
+    """The watchlist entries of a batch's counterparties, as the store has them up to the
+    batch's last event: enough to tell whether an account was listed just before any event
+    of the batch, by the store's order of notification ids (never by Kafka's order of
+    arrival)."""
+
+    def __init__(self, steps: dict[UUID, list[tuple[int, int, str]]]) -> None:
+        self.steps = steps  # entry id -> (notification id, version, topic)
+
+    def listed_before(self, event: Envelope) -> bool:
+        """Whether the counterparty of this movement was listed just before it."""
+        if not self.steps:
+            return False  # most batches: no counterparty was ever on the watchlist
+        account_id = _counterparty(event)
+        if account_id is None:
+            return False
+        earlier = [
+            (version, topic)
+            for step_id, version, topic in self.steps.get(watchlist_entry_id(account_id), ())
+            if step_id < event.notification_id
+        ]
+        return bool(earlier) and max(earlier)[1].endswith(LISTED_EVENTS)
+
+
+def _counterparty(event: Envelope) -> str | None:
+    movement = movement_of(event)
+    return None if movement is None else movement.counterparty_account_id
+
+
+async def watchlist_history(
+    conn: AsyncConnection[Any], events: Sequence[Envelope]
+) -> WatchlistHistory:
+    counterparties = {a for a in map(_counterparty, events) if a is not None}
+    if not counterparties:
+        return WatchlistHistory({})
+    cursor = await conn.execute(
+        f"SELECT originator_id, notification_id, originator_version, topic FROM {EVENTS_TABLE} "
+        "WHERE originator_id = ANY(%b::uuid[]) AND notification_id < %s",
+        (
+            [watchlist_entry_id(a) for a in counterparties],
+            max(e.notification_id for e in events),
+        ),
+    )
+    steps: dict[UUID, list[tuple[int, int, str]]] = {}
+    for entry_id, step_id, version, topic in await cursor.fetchall():
+        steps.setdefault(entry_id, []).append((int(step_id), int(version), str(topic)))
+    return WatchlistHistory(steps)
+
+
+class WindowCache:
+    """The windows this process last committed, by account. A batch still reads every
+    window's stored version, but the state only where that version is not the one held
+    (another worker scored the account since, or it was never held): parsing the states
+    was most of a batch's reading. Windows are immutable; the oldest go past `size_max`."""
+
+    def __init__(self, size_max: int = WINDOWS_CACHED_MAX) -> None:
+        self._size_max = size_max
+        self._windows: OrderedDict[UUID, AccountWindow] = OrderedDict()
+
+    def get(self, account_id: UUID) -> AccountWindow | None:
+        return self._windows.get(account_id)
+
+    def keep(self, windows: Mapping[UUID, AccountWindow]) -> None:
+        """After the transaction that stored them has committed, never before."""
+        for account_id, window in windows.items():
+            self._windows[account_id] = window
+            self._windows.move_to_end(account_id)
+        while len(self._windows) > self._size_max:
+            self._windows.popitem(last=False)
+
+
+async def load_windows(
+    conn: AsyncConnection[Any], events: Sequence[Envelope], cache: WindowCache | None
+) -> dict[UUID, AccountWindow]:
+    ids = list({e.aggregate_id for e in events if e.is_account_event})
+    held = [cache.get(i) if cache else None for i in ids]
+    # The state, parsed by orjson, only where the stored version is not the one held.
+    cursor = await conn.execute(
+        "SELECT r.account_id, CASE WHEN r.version = k.version THEN NULL ELSE r.state END "
+        "FROM unnest(%b::uuid[], %b::bigint[]) AS k(account_id, version) "
+        "JOIN rule_windows r ON r.account_id = k.account_id",
+        (ids, [-1 if w is None else w.version for w in held]),
+    )
+    windows = dict(zip(ids, held, strict=True))
+    loaded: dict[UUID, AccountWindow] = {}
+    for account_id, state in await cursor.fetchall():
+        if state is None:
+            window = windows[account_id]
+            assert window is not None, "a state is left out only for a window held"
+        else:
+            window = AccountWindow.from_json(orjson.loads(state))
+        loaded[account_id] = window
+    return loaded
+
+
+async def save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:
+    if not windows:
+        return
+    await conn.execute(
+        "INSERT INTO rule_windows (account_id, version, state) "
+        "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[]) "
+        "ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, "
+        "state = EXCLUDED.state",
+        (
+            list(windows),
+            [w.version for w in windows.values()],
+            [orjson.dumps(w.to_json()).decode() for w in windows.values()],
+        ),
+    )
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=orjson.dumps)
+
+
+def alert_body(
+    hit: Hit, branch: str | None, chain_head: str | None, version: int
+) -> dict[str, Any]:
+    """The alert a rule raised, as the contract shows it (and as `vigil.alerts` carries it)."""
+    return alert_record(
+        rule=hit.rule,
+        severity=hit.severity,
+        account_id=hit.account_id,
+        notification_id=hit.notification_id,
+        transaction_ids=hit.transaction_ids,
+        positions=hit.notification_ids,
+        explanation=hit.explanation,
+        raised_at=hit.raised_at,
+        branch=branch,
+        chain_head=chain_head,
+        version=version,
+    )
+
+
+def alert_record(
+    *,
+    rule: str,
+    severity: str,
+    account_id: str,
+    notification_id: int,
+    transaction_ids: list[str],
+    positions: list[int],
+    explanation: str,
+    raised_at: datetime,
+    branch: str | None,
+    chain_head: str | None,
+    version: int,
+) -> dict[str, Any]:
+    """Any alert as the contract shows it, a rule's or not (`quarantined_event`)."""
+    identifier = alert_id(rule, account_id, notification_id)
+    return {
+        "alert_id": str(identifier),
+        "rule": rule,
+        "severity": severity,
+        "account_id": account_id,
+        "branch": branch,
+        "transaction_ids": transaction_ids,
+        "positions": positions,
+        "explanation": explanation,
+        "raised_at": format_timestamp(raised_at),
+        "scored_at_position": notification_id,
+        "chain_head": chain_head,
+        "status": "open",
+        "case_id": str(case_id_for(identifier)),
+        "rule_config_version": version,
+    }
+
+
+# Only the alerts not there yet get an outbox row, in the order they were raised.
+RECORD_ALERTS: Final = """
+WITH recorded AS (
+    INSERT INTO alerts (alert_id, rule, severity, account_id, branch, transaction_ids,
+        positions, explanation, raised_at, notification_id, chain_head, rule_config_version,
+        case_id)
+    SELECT * FROM unnest(%(alert_id)b::uuid[], %(rule)b::text[], %(severity)b::text[],
+        %(account_id)b::uuid[], %(branch)b::text[], %(transaction_ids)b::jsonb[],
+        %(positions)b::jsonb[], %(explanation)b::text[], %(raised_at)b::timestamptz[],
+        %(notification_id)b::bigint[], %(chain_head)b::text[], %(version)b::int[],
+        %(case_id)b::uuid[])
+    ON CONFLICT (alert_id) DO NOTHING
+    RETURNING alert_id
+)
+INSERT INTO alerts_outbox (alert_id, account_id, payload)
+SELECT o.alert_id, o.account_id, o.payload
+FROM unnest(%(alert_id)b::uuid[], %(account_id)b::uuid[], %(payload)b::jsonb[])
+    WITH ORDINALITY AS o(alert_id, account_id, payload, position)
+JOIN recorded USING (alert_id)
+ORDER BY o.position
+"""
+
+
+async def record_alerts(
+    conn: AsyncConnection[Any], raised: list[tuple[Hit, str | None, Envelope]], version: int
+) -> None:
+    await insert_alerts(
+        conn,
+        [
+            (alert_body(hit, branch, event.hash, version), hit.raised_at)
+            for hit, branch, event in raised
+        ],
+    )
+
+
+async def insert_alerts(
+    conn: AsyncConnection[Any], alerts: list[tuple[dict[str, Any], datetime]]
+) -> None:
+    """Alerts (`alert_record`'s form, with the time they were raised) into `alerts`, and
+    those not there before into the outbox, in the transaction's schema."""
+    if not alerts:
+        return
+    bodies = [body for body, _ in alerts]
+    await conn.execute(
+        RECORD_ALERTS,
+        {
+            "alert_id": [UUID(b["alert_id"]) for b in bodies],
+            "rule": [b["rule"] for b in bodies],
+            "severity": [b["severity"] for b in bodies],
+            "account_id": [b["account_id"] for b in bodies],
+            "branch": [b["branch"] for b in bodies],
+            "transaction_ids": [_jsonb(b["transaction_ids"]) for b in bodies],
+            "positions": [_jsonb(b["positions"]) for b in bodies],
+            "explanation": [b["explanation"] for b in bodies],
+            "raised_at": [raised_at for _, raised_at in alerts],
+            "notification_id": [b["scored_at_position"] for b in bodies],
+            "chain_head": [b["chain_head"] for b in bodies],
+            "version": [b["rule_config_version"] for b in bodies],
+            "case_id": [UUID(b["case_id"]) for b in bodies],
+            "payload": [_jsonb(b) for b in bodies],
+        },
+    )

@@ -1,0 +1,180 @@
+"""`vigil replay`: rebuild read models from the event store, in place or into a shadow
+schema, and compare a shadow with the live read models.
+
+The replay reads the store itself (not Kafka) in notification order and applies each
+page with the very code the workers use (`apply_batch`, `apply_alerts_batch`), so what
+it builds is what the projections should have built. In place, it empties the
+projection's tables and tracking first: stop that projection's workers while it runs.
+A shadow is built in `readmodel_shadow`, beside the live schema, touching nothing live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from application.ledger import Ledger
+from infrastructure.eventstore.ledger import envelope_pages, migration_lock, open_ledger
+from infrastructure.monitoring.alerts import apply_alerts_batch
+from infrastructure.monitoring.alerts import register_config as register_rules
+from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
+from infrastructure.readmodels.tracking import apply_batch
+from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.wording import plural
+
+SHADOW_SCHEMA = "readmodel_shadow"
+PAGE_EVENTS = 1_000
+PROGRESS_EVERY_S = 2.0
+
+# Each projection's own tables, with the columns that identify a row (for --diff).
+TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "balances": {"accounts": ("account_id",)},
+    "statements": {"transactions": ("account_id", "version")},
+    "kpis": {
+        "kpis_hourly": ("hour", "currency", "metric"),
+        "kpis_branch": ("branch", "currency", "metric"),
+        "kpi_account_branches": ("account_id",),
+    },
+    "alerts": {"alerts": ("alert_id",), "rule_windows": ("account_id",)},
+    "cases": {"cases": ("case_id",), "case_history": ("case_id", "version")},
+    "watchlist": {"watchlist": ("account_id",)},
+}
+
+
+def run_replay_cli(args: argparse.Namespace, settings: Settings) -> int:
+    say = _printer()
+    if args.diff:
+        differences = diff(settings, _chosen(args.projection), say)
+        return 1 if differences else 0
+    schema = SHADOW_SCHEMA if args.to_shadow else SCHEMA
+    replay(settings, _chosen(args.projection), schema, say)
+    return 0
+
+
+def _chosen(projection: str | None) -> list[str]:
+    """The named projection, or all of them."""
+    if projection is None:
+        return list(TABLES)
+    if projection not in TABLES:
+        raise ConfigurationError(f"unknown projection {projection!r}: one of {', '.join(TABLES)}")
+    return [projection]
+
+
+def _printer() -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return say
+
+
+def replay(
+    settings: Settings, projections: Sequence[str], schema: str, say: Callable[[str], None]
+) -> int:
+    """Rebuild `projections` into `schema` from the store; the number of events read."""
+    _prepare(settings, projections, schema)
+    ledger = open_ledger(settings)
+    try:
+        return asyncio.run(_apply_all(settings, ledger, projections, schema, say))
+    finally:
+        ledger.close()
+
+
+def _prepare(settings: Settings, projections: Sequence[str], schema: str) -> None:
+    with (
+        psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn,
+        migration_lock(conn),
+    ):
+        ensure_read_models(conn, schema)
+        with conn.transaction():
+            for projection in projections:
+                _empty(conn, schema, projection)
+
+
+def _empty(conn: psycopg.Connection[Any], schema: str, projection: str) -> None:
+    tables = [sql.Identifier(schema, table) for table in TABLES[projection]]
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
+    for table in ("projection_tracking", "projection_positions", "quarantined_events"):
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE projection = %s").format(sql.Identifier(schema, table)),
+            (projection,),
+        )
+    conn.execute(
+        sql.SQL("INSERT INTO {} (projection) VALUES (%s)").format(
+            sql.Identifier(schema, "projection_positions")
+        ),
+        (projection,),
+    )
+
+
+async def _apply_all(
+    settings: Settings,
+    ledger: Ledger,
+    projections: Sequence[str],
+    schema: str,
+    say: Callable[[str], None],
+) -> int:
+    head = ledger.recorder.max_notification_id() or 0
+    say(f"replaying {', '.join(projections)} into {schema} from {head:,} stored events…")
+    started = last_said = time.monotonic()
+    count = 0
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        rules = await _rules(settings, conn) if "alerts" in projections else None
+        for page in envelope_pages(ledger, PAGE_EVENTS):
+            for projection in projections:
+                if projection == "alerts":
+                    assert rules is not None
+                    await apply_alerts_batch(conn, page, rules[0], rules[1], schema)
+                else:
+                    await apply_batch(conn, projection, page, schema)
+            count += len(page)
+            if time.monotonic() - last_said >= PROGRESS_EVERY_S:
+                last_said = time.monotonic()
+                rate = count / (last_said - started)
+                say(f"  {page[-1].notification_id:,} of {head:,} ({rate:,.0f} events/s)")
+    seconds = time.monotonic() - started
+    rate = count / seconds if seconds else float(count)
+    say(f"replayed {count:,} events in {seconds:.1f} s ({rate:,.0f} events/s)")
+    return count
+
+
+async def _rules(settings: Settings, conn: psycopg.AsyncConnection[Any]) -> tuple[Any, int]:
+    config, source = load_rules(settings.rules_config)
+    version = await register_rules(conn, config.describe(), config_hash(config), source)
+    return config, version
+
+
+def diff(settings: Settings, projections: Sequence[str], say: Callable[[str], None]) -> int:
+    """Every row that differs between the shadow and the live read models."""
+    differences = 0
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        for projection in projections:
+            for table, keys in TABLES[projection].items():
+                differences += _diff_table(conn, table, keys, say)
+    say("no difference" if differences == 0 else plural(differences, "difference"))
+    return differences
+
+
+def _diff_table(
+    conn: psycopg.Connection[Any], table: str, keys: tuple[str, ...], say: Callable[[str], None]
+) -> int:
+    live, shadow = sql.Identifier(SCHEMA, table), sql.Identifier(SHADOW_SCHEMA, table)
+    key_list = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
+    found = 0
+    for label, left, right in (("live only", live, shadow), ("shadow only", shadow, live)):
+        query = sql.SQL(
+            "SELECT to_jsonb(d) FROM (SELECT * FROM {} EXCEPT SELECT * FROM {}) d ORDER BY {}"
+        ).format(left, right, key_list)
+        for (row,) in conn.execute(query):
+            found += 1
+            ident = ", ".join(f"{k}={row[k]}" for k in keys)
+            say(f"{table} [{ident}] {label}: {row}")
+    return found

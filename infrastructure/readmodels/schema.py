@@ -1,0 +1,244 @@
+"""The read models' tables, in their own schema beside the event store.
+
+Written only by projection workers (each change in the same transaction as its
+tracking rows), read by the query API. All can be dropped and rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from infrastructure.readmodels.quarantine import quarantine_ddl
+
+SCHEMA = "readmodel"
+
+# Projection names (the API contract): `balances` is the accounts read model.
+PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
+# With the alerts projection, whose tables and SQL are its own (`alerts_store.py`).
+ALL_PROJECTIONS = (*PROJECTIONS, "alerts")
+
+
+def ddl(schema: str = SCHEMA) -> str:
+    """The read models' tables in `schema` (the live one, or a shadow for `vigil replay`)."""
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.accounts (
+    account_id uuid PRIMARY KEY,
+    owner text NOT NULL,
+    branch text NOT NULL,
+    currency text NOT NULL,
+    status text NOT NULL,
+    balance_minor bigint NOT NULL,
+    overdraft_limit_minor bigint NOT NULL,
+    version bigint NOT NULL,
+    opened_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    last_transaction_at timestamptz,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS accounts_branch_idx ON {schema}.accounts (branch, account_id);
+
+CREATE TABLE IF NOT EXISTS {schema}.transactions (
+    account_id uuid NOT NULL,
+    version bigint NOT NULL,
+    transaction_id uuid,
+    counterparty_account_id uuid,
+    direction text NOT NULL CHECK (direction IN ('credit', 'debit')),
+    kind text NOT NULL,
+    amount_minor bigint NOT NULL CHECK (amount_minor > 0),
+    balance_after_minor bigint NOT NULL,
+    currency text NOT NULL,
+    reference text,
+    channel text,
+    actor_subject text NOT NULL,
+    actor_role text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    correlation_id text,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (account_id, version)
+);
+CREATE INDEX IF NOT EXISTS transactions_time_idx
+    ON {schema}.transactions (account_id, occurred_at DESC, version DESC);
+
+-- KPI sums grow without bound over time (a balance is bounded by BALANCE_MAX, a sum of
+-- movements is not): numeric, so no volume of business can overflow them.
+CREATE TABLE IF NOT EXISTS {schema}.kpis_hourly (
+    hour timestamptz NOT NULL,
+    currency text NOT NULL,
+    metric text NOT NULL,
+    count bigint NOT NULL,
+    sum_minor numeric NOT NULL,
+    PRIMARY KEY (hour, currency, metric)
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.kpis_branch (
+    branch text NOT NULL,
+    currency text NOT NULL,
+    metric text NOT NULL,
+    count bigint NOT NULL,
+    sum_minor numeric NOT NULL,
+    PRIMARY KEY (branch, currency, metric)
+);
+
+-- Read models made when the sums were bigint: the same values, as numeric.
+DO $do$ DECLARE kpi_table text; BEGIN
+    FOR kpi_table IN SELECT table_name FROM information_schema.columns
+            WHERE table_schema = '{schema}' AND table_name IN ('kpis_hourly', 'kpis_branch')
+            AND column_name = 'sum_minor' AND data_type = 'bigint' LOOP
+        EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN sum_minor TYPE numeric',
+            '{schema}', kpi_table);
+    END LOOP;
+END $do$;
+
+-- The kpis projection's own memory of each account's branch (from AccountOpened).
+CREATE TABLE IF NOT EXISTS {schema}.kpi_account_branches (
+    account_id uuid PRIMARY KEY,
+    branch text NOT NULL
+);
+
+-- What each projection has applied: a contiguous high-water mark (every stored
+-- notification id at or below it is applied) plus sparse rows above it. `blocked_at`:
+-- the stored id the mark last stopped at (not yet tracked), or NULL if not known.
+CREATE TABLE IF NOT EXISTS {schema}.projection_positions (
+    projection text PRIMARY KEY,
+    position bigint NOT NULL DEFAULT 0,
+    applied_events bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    blocked_at bigint
+);
+-- Read models made before `blocked_at` existed: add it, without locking the table if
+-- it is there.
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'projection_positions' AND column_name = 'blocked_at') THEN
+        ALTER TABLE {schema}.projection_positions ADD COLUMN blocked_at bigint;
+    END IF;
+END $do$;
+CREATE TABLE IF NOT EXISTS {schema}.projection_tracking (
+    projection text NOT NULL,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (projection, notification_id)
+);
+
+-- The cases projection: each step of each case, and each case as its steps make it.
+CREATE TABLE IF NOT EXISTS {schema}.case_history (
+    case_id uuid NOT NULL,
+    version bigint NOT NULL,
+    event_type text NOT NULL,
+    status text,
+    actor_subject text NOT NULL,
+    actor_role text NOT NULL,
+    note text,
+    details jsonb NOT NULL,
+    at timestamptz NOT NULL,
+    notification_id bigint NOT NULL,
+    PRIMARY KEY (case_id, version)
+);
+CREATE TABLE IF NOT EXISTS {schema}.cases (
+    case_id uuid PRIMARY KEY,
+    alert_id uuid NOT NULL UNIQUE,
+    account_id uuid NOT NULL,
+    branch text,
+    rule text NOT NULL,
+    severity text NOT NULL,
+    status text NOT NULL,
+    assignee text,
+    resolution text,
+    explanation text NOT NULL,
+    version bigint NOT NULL,
+    opened_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    closed_at timestamptz,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_opened_idx ON {schema}.cases (opened_at DESC, case_id DESC);
+CREATE INDEX IF NOT EXISTS cases_account_idx ON {schema}.cases (account_id);
+CREATE INDEX IF NOT EXISTS cases_status_idx ON {schema}.cases (status, severity);
+
+-- The watchlist projection: each account's entry as its latest event left it.
+CREATE TABLE IF NOT EXISTS {schema}.watchlist (
+    account_id uuid PRIMARY KEY,
+    listed boolean NOT NULL,
+    reason text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    changed_by text NOT NULL,
+    changed_by_role text NOT NULL,
+    version bigint NOT NULL,
+    notification_id bigint NOT NULL
+);
+"""
+
+
+RULE_CONFIGS_DDL = """
+CREATE TABLE IF NOT EXISTS public.rule_configs (
+    version serial PRIMARY KEY,
+    sha256 text NOT NULL UNIQUE,
+    parameters jsonb NOT NULL,
+    source text NOT NULL,
+    loaded_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def alerts_ddl(schema: str = SCHEMA) -> str:
+    """The alerts projection's tables in `schema` (live, or a shadow for `vigil replay`)."""
+    return f"""
+-- The window as orjson writes it: stored and read whole, never queried inside, and text
+-- costs PostgreSQL a third of what jsonb does to write and to read back.
+CREATE TABLE IF NOT EXISTS {schema}.rule_windows (
+    account_id uuid PRIMARY KEY,
+    version bigint NOT NULL,
+    state text NOT NULL
+);
+-- Read models made when the state was jsonb: the same JSON, as text.
+DO $do$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'rule_windows' AND column_name = 'state'
+            AND data_type = 'jsonb') THEN
+        ALTER TABLE {schema}.rule_windows ALTER COLUMN state TYPE text USING state::text;
+    END IF;
+END $do$;
+CREATE TABLE IF NOT EXISTS {schema}.alerts (
+    alert_id uuid PRIMARY KEY,
+    rule text NOT NULL,
+    severity text NOT NULL,
+    account_id uuid NOT NULL,
+    branch text,
+    transaction_ids jsonb NOT NULL,
+    positions jsonb NOT NULL,
+    explanation text NOT NULL,
+    raised_at timestamptz NOT NULL,
+    notification_id bigint NOT NULL,
+    chain_head text,
+    rule_config_version int NOT NULL,
+    case_id uuid NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_raised_idx ON {schema}.alerts (raised_at DESC, alert_id);
+CREATE INDEX IF NOT EXISTS alerts_account_idx ON {schema}.alerts (account_id);
+CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
+    id bigserial PRIMARY KEY,
+    alert_id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    payload jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
+    """Create what is missing: every projection's tables (the alerts' and the rules
+    configurations' too), positions and quarantine. Callers hold the migration lock."""
+    with conn.transaction():
+        conn.execute(ddl(schema))
+        conn.execute(RULE_CONFIGS_DDL)
+        conn.execute(alerts_ddl(schema))
+        conn.execute(quarantine_ddl(schema))
+        for name in ALL_PROJECTIONS:
+            conn.execute(
+                f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
+                "ON CONFLICT DO NOTHING",
+                (name,),
+            )

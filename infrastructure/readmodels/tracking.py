@@ -1,0 +1,367 @@
+"""Applies projection rows and tracking in PostgreSQL: one transaction per fetched batch.
+
+Exactly once by tracking (by design): each projection records every notification id it
+receives (one row each, `ON CONFLICT DO NOTHING`), applies only the ids that were new,
+and keeps a contiguous high-water mark, compacting the rows at or below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final
+from uuid import UUID
+
+import structlog
+from psycopg import AsyncConnection
+
+from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.readmodels.quarantine import (
+    apply_isolating,
+    next_version,
+    quarantined_versions,
+    record_quarantine,
+)
+from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.writes import write_batch
+from projections.batch import fold
+from projections.envelope import Envelope
+from projections.ledger import PROJECTORS
+
+# How far one advance of the mark looks ahead in the store; the next batch goes on.
+MARK_SCAN_MAX = 10_000
+log = structlog.get_logger("vigil.projections")
+
+NOTIFY_CHANNELS = {"balances": "readmodel_accounts", "statements": "readmodel_transactions"}
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    deferred: int = 0
+    position: int = 0
+    touched_versions: dict[UUID, int] = field(default_factory=dict)
+
+    @staticmethod
+    def merged(parts: list[BatchResult]) -> BatchResult:
+        """The parts of a batch applied one after the other, as one result."""
+        whole = BatchResult()
+        for part in parts:
+            whole.applied += part.applied
+            whole.duplicates += part.duplicates
+            whole.deferred += part.deferred
+            whole.position = max(whole.position, part.position)
+            for account_id, version in part.touched_versions.items():
+                previous = whole.touched_versions.get(account_id, 0)
+                whole.touched_versions[account_id] = max(previous, version)
+        return whole
+
+
+async def apply_batch(
+    conn: AsyncConnection[Any],
+    projection: str,
+    events: Sequence[Envelope],
+    schema: str = SCHEMA,
+) -> BatchResult:
+    """Apply the new events of a batch and advance the mark, all in one transaction, with
+    a fixed number of statements whatever the batch's size (`projections/batch.py`). An
+    event whose content the projection cannot apply is quarantined (`quarantine.py`) and
+    the rest of the batch applied around it."""
+
+    async def once(batch: Sequence[Envelope]) -> BatchResult:
+        return await _apply_once(conn, projection, batch, schema)
+
+    async def set_aside(event: Envelope, error: BaseException) -> None:
+        await quarantine_event(conn, projection, event, error, schema)
+
+    return await apply_isolating(projection, events, once, set_aside, BatchResult.merged)
+
+
+async def quarantine_event(
+    conn: AsyncConnection[Any],
+    projection: str,
+    event: Envelope,
+    error: BaseException,
+    schema: str = SCHEMA,
+) -> None:
+    """Record the event as quarantined and track it as done, in one transaction."""
+    async with conn.transaction():
+        await use_schema(conn, schema)
+        position, fresh = await start_batch(conn, projection, [event])
+        if event.notification_id in fresh:
+            await record_quarantine(conn, projection, event, error)
+            await finish_batch(conn, projection, position, {event.notification_id}, 0)
+
+
+async def _apply_once(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope], schema: str
+) -> BatchResult:
+    project = PROJECTORS[projection]
+    async with conn.transaction():
+        await use_schema(conn, schema)
+        position, fresh = await start_batch(conn, projection, events)
+        versions = await _projected_versions(conn, projection, events)
+        sorted_out = _sort(events, fresh, versions, {})
+        if sorted_out.deferred and versions is not None:
+            # Rare: an account's next version may be one set aside; step over those.
+            skipped = await quarantined_versions(
+                conn, projection, list({e.aggregate_id for e, _ in sorted_out.deferred})
+            )
+            if skipped:
+                sorted_out = _sort(events, fresh, versions, skipped)
+        result = sorted_out.result
+        result.deferred = _log_deferred(projection, sorted_out.deferred)
+        rows = [row for event in sorted_out.to_project for row in project(event)]
+        await write_batch(conn, fold(rows))
+        result.position = await finish_batch(
+            conn, projection, position, sorted_out.received, result.applied
+        )
+        channel = NOTIFY_CHANNELS.get(projection)
+        if channel and result.touched_versions:
+            await conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
+                (channel, [f"{a}:{v}" for a, v in result.touched_versions.items()]),
+            )
+    return result
+
+
+@dataclass
+class Sorted:
+    """A batch's events sorted out against tracking and the projected versions."""
+
+    result: BatchResult
+    to_project: list[Envelope] = field(default_factory=list)
+    received: set[int] = field(default_factory=set)
+    deferred: list[tuple[Envelope, int]] = field(default_factory=list)  # with the version
+
+
+def _sort(
+    events: Sequence[Envelope],
+    fresh: set[int],
+    projected: dict[UUID, int] | None,
+    skipped: dict[UUID, set[int]],
+) -> Sorted:
+    """Pure: which events to project, which to track, which to defer. `fresh` and
+    `projected` are not changed (a second sort, with `skipped` known, starts over)."""
+    fresh = set(fresh)
+    versions = None if projected is None else dict(projected)
+    out = Sorted(BatchResult())
+    result = out.result
+    for event in events:
+        if event.notification_id not in fresh:
+            result.duplicates += 1
+            continue
+        fresh.discard(event.notification_id)  # a batch may hold one id twice
+        order = Order.NEXT if versions is None else _order_of(event, versions, skipped)
+        if order is Order.EARLY:
+            assert versions is not None
+            out.deferred.append((event, versions.get(event.aggregate_id, 0)))
+            continue
+        out.received.add(event.notification_id)
+        if order is Order.NEXT:
+            out.to_project.append(event)
+        result.applied += 1
+        if event.is_account_event:
+            previous = result.touched_versions.get(event.aggregate_id, 0)
+            result.touched_versions[event.aggregate_id] = max(previous, event.version)
+    return out
+
+
+async def use_schema(conn: AsyncConnection[Any], schema: str) -> None:
+    """Projection SQL names its tables unqualified: this transaction writes to `schema`
+    (the live read models, or a shadow that `vigil replay` builds beside them)."""
+    assert schema.isidentifier(), schema
+    await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+
+
+async def _projected_versions(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
+) -> dict[UUID, int] | None:
+    """The accounts' projected versions, for the one projection that needs strict order."""
+    if projection != "balances":
+        return None  # statements and KPIs come out the same in any order
+    ids = list({e.aggregate_id for e in events if e.is_account_event})
+    cursor = await conn.execute(
+        "SELECT account_id, version FROM accounts WHERE account_id = ANY(%b::uuid[])", (ids,)
+    )
+    return {row[0]: int(row[1]) for row in await cursor.fetchall()}
+
+
+class Order(Enum):
+    NEXT = "next"  # the account's next version (or not an account event): apply it
+    PAST = "past"  # at or below the projected version: its rows would change nothing
+    EARLY = "early"  # a version is missing before it: defer it
+
+
+def _order_of(event: Envelope, versions: dict[UUID, int], skipped: dict[UUID, set[int]]) -> Order:
+    """Where a balances event stands against the account's projected version, which it
+    moves on. An early one (a batch the relay retried after a partial failure) is not
+    tracked: the mark stays below it, and its redelivery, after its predecessor,
+    applies it. A version quarantined (`skipped`) is never coming: it is stepped over."""
+    if not event.is_account_event:
+        return Order.NEXT
+    projected = versions.get(event.aggregate_id, 0)
+    set_aside = skipped.get(event.aggregate_id)
+    if projected == 0 and set_aside and 1 in set_aside:
+        # Its opening was set aside, so it has no row to keep in order: its events change
+        # nothing until a retry rebuilds the account from its whole stream.
+        return Order.NEXT
+    if event.version > next_version(projected, set_aside):
+        return Order.EARLY
+    versions[event.aggregate_id] = max(projected, event.version)
+    return Order.NEXT if event.version > projected else Order.PAST
+
+
+def _log_deferred(projection: str, deferred: list[tuple[Envelope, int]]) -> int:
+    for event, projected in deferred:
+        log.warning(
+            "projection_event_deferred",
+            projection=projection,
+            account_id=str(event.aggregate_id),
+            version=event.version,
+            projected_version=projected,
+        )
+    return len(deferred)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    mark: int
+    # The stored id above the mark that the last walk found untracked (None: unknown).
+    # Until a batch tracks it the mark cannot move, so there is nothing to walk.
+    blocked_at: int | None = None
+
+
+async def lock_position(conn: AsyncConnection[Any], projection: str) -> Position:
+    # FOR UPDATE: workers of one projection on other partitions wait here, so the
+    # mark only ever moves forward and compaction never races an insert.
+    cursor = await conn.execute(
+        "SELECT position, blocked_at FROM projection_positions WHERE projection = %s FOR UPDATE",
+        (projection,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        await conn.execute(
+            "INSERT INTO projection_positions (projection) VALUES (%s)", (projection,)
+        )
+        return Position(0)
+    return Position(int(row[0]), None if row[1] is None else int(row[1]))
+
+
+async def start_batch(
+    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope]
+) -> tuple[Position, set[int]]:
+    """Lock the projection's position; returns it and the batch's ids that are new (above
+    its mark and not tracked yet): the events to apply. Under the position's lock no other
+    batch of the projection can track an id meanwhile, so reading is enough here: the
+    batch's ids are tracked by `finish_batch`, in this same transaction."""
+    position = await lock_position(conn, projection)
+    above = {e.notification_id for e in events if e.notification_id > position.mark}
+    if not above:
+        return position, set()
+    cursor = await conn.execute(
+        "SELECT notification_id FROM projection_tracking WHERE projection = %s "
+        "AND notification_id = ANY(%b::bigint[])",
+        (projection, list(above)),
+    )
+    return position, above - {int(row[0]) for row in await cursor.fetchall()}
+
+
+# The mark moves over the stored ids above it for as long as each is tracked or received
+# by this batch: the store's gaps are skipped because only ids that exist in the store are
+# walked. With k ids tracked or received above the mark it can move over k stored ids at
+# most, so the walk looks at k + 1 of them (and never more than MARK_SCAN_MAX; the next
+# batch goes on). Both lists are read as plain index scans and walked here: joining them
+# in SQL cost PostgreSQL a few microseconds per walked id.
+# Ids the relay quarantined were never published and never will be: done for every
+# projection, like the store's gaps (that table is almost always empty).
+TRACKED_ABOVE: Final = (
+    "(SELECT notification_id, true FROM projection_tracking WHERE projection = %s "
+    "AND notification_id > %s ORDER BY notification_id LIMIT %s) UNION ALL "
+    "(SELECT notification_id, false FROM public.relay_quarantine WHERE notification_id > %s "
+    "ORDER BY notification_id LIMIT %s)"
+)
+STORED_ABOVE: Final = (
+    f"SELECT notification_id FROM {EVENTS_TABLE} WHERE notification_id > %s "
+    "ORDER BY notification_id LIMIT %s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Walk:
+    mark: int
+    # The first stored id above the mark that is neither tracked nor received (None: the
+    # walk reached its end without one).
+    blocked_at: int | None
+    passed_tracked: bool  # whether the mark moved over tracking rows (to compact)
+
+
+async def walk_mark(
+    conn: AsyncConnection[Any], projection: str, mark: int, received: Collection[int]
+) -> Walk:
+    # The walk passes at most MARK_SCAN_MAX ids, all tracked ones among the lowest tracked.
+    cursor = await conn.execute(
+        TRACKED_ABOVE, (projection, mark, MARK_SCAN_MAX, mark, MARK_SCAN_MAX), binary=True
+    )
+    done = await cursor.fetchall()
+    tracked = [int(row[0]) for row in done if row[1]]
+    present = {int(row[0]) for row in done}
+    present.update(received)
+    scan = min(MARK_SCAN_MAX, len(present) + 1)
+    cursor = await conn.execute(STORED_ABOVE, (mark, scan), binary=True)
+    blocked_at = None
+    for (notification_id,) in await cursor.fetchall():
+        if notification_id not in present:
+            blocked_at = int(notification_id)
+            break
+        mark = int(notification_id)
+    return Walk(mark, blocked_at, passed_tracked=bool(tracked) and tracked[0] <= mark)
+
+
+async def finish_batch(
+    conn: AsyncConnection[Any],
+    projection: str,
+    position: Position,
+    received: Collection[int],
+    applied: int,
+) -> int:
+    """Record the batch's received ids (the new ones, less any deferred), move the mark
+    and store it; returns the mark.
+
+    The mark moves over every stored id that is tracked or received here. Only the
+    received ids it does not reach get a tracking row: a row at or below the mark would
+    be compacted away in this same transaction, and the mark already says those ids were
+    applied. Tracking rows that the mark passes are deleted. The walk runs only when this
+    batch received the id the mark last stopped at: otherwise that id is still missing
+    and the mark cannot move (a slow partition would have every other batch walk
+    thousands of ids for nothing)."""
+    mark, blocked_at = position.mark, position.blocked_at
+    ids = list(received)
+    if blocked_at is None or blocked_at in received:
+        walk = await walk_mark(conn, projection, mark, received)
+        assert walk.mark >= mark, (walk.mark, mark)
+        if walk.passed_tracked:  # rows at or below the old mark were compacted before
+            await conn.execute(
+                "DELETE FROM projection_tracking WHERE projection = %s AND notification_id <= %s",
+                (projection, walk.mark),
+            )
+        ids = [i for i in ids if i > walk.mark]
+        mark, blocked_at = walk.mark, walk.blocked_at
+    await track(conn, projection, ids)
+    await conn.execute(
+        "UPDATE projection_positions SET position = %s, blocked_at = %s, "
+        "applied_events = applied_events + %s, updated_at = now() WHERE projection = %s",
+        (mark, blocked_at, applied, projection),
+    )
+    return mark
+
+
+async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> None:
+    if ids:
+        await conn.execute(
+            "INSERT INTO projection_tracking (projection, notification_id) "
+            "SELECT %s, unnest(%b::bigint[]) ON CONFLICT DO NOTHING",
+            (projection, ids),
+        )

@@ -1,0 +1,435 @@
+"""The relay (`vigil relay`): tails the event store's notification log and publishes
+every event, in notification-id order, to `vigil.ledger.events`, key = aggregate id.
+
+At least once, never skipping: a batch's position is recorded in PostgreSQL only after
+the broker acknowledged every event of it (`acks=all`), so a crash in between publishes
+the batch again. Reading `notification_id > position` cannot pass over a gap that fills
+later: the recorder's table lock makes commit order equal id order.
+
+The test broker keeps topics in memory only. When the relay sees its topic gone (or
+recreated with another partition count) or an acknowledged offset go backwards, it
+recreates the topics, starts a new epoch and republishes from the lowest position any
+projection still needs. Every message carries `relay_epoch`, so a consumer that sees
+it rise on a partition seeks back to the partition's beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import cast
+
+import orjson
+import psycopg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
+from eventsourcing.postgres import PostgresApplicationRecorder
+from prometheus_client import start_http_server
+from psycopg import sql
+
+from application.ledger import Ledger
+from infrastructure.audit.checkpoints import Checkpointer
+from infrastructure.eventstore.ledger import open_ledger, stored_envelope
+from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.relay import metrics
+from infrastructure.relay.broker import RelayBroker, TopicsNotReady
+from infrastructure.relay.outbox import AlertsOutboxRelay
+from infrastructure.relay.state import RelayState, RelayStore, Undecodable
+from infrastructure.settings import Settings
+
+log = structlog.get_logger("vigil.relay")
+
+# What the broker, or the network to it, throws at us: back off and retry the batch.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaError,
+    TopicsNotReady,
+    OSError,
+    TimeoutError,
+)
+# The event store or the relay's session went away (and with it the relay's lock).
+STORE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, OperationalError, InterfaceError)
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    batch_events_max: int = 1_000  # read, sent and recorded together
+    poll_interval_s: float = 1.0  # the wait when a NOTIFY was missed
+    health_interval_s: float = 2.0  # how often to check the broker still has our log
+    backoff_s_min: float = 0.1
+    backoff_s_max: float = 2.0  # a broker or store outage is retried at least this often
+    lock_retry_s: float = 1.0  # a second relay polls for the lock this often
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One event ready for the producer."""
+
+    notification_id: int
+    key: bytes
+    value: bytes
+    event_type: bytes
+    correlation_id: bytes
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    events: list[Outgoing]
+    head: int  # the store's highest notification id when the batch was read
+    read_at: float  # time.monotonic()
+    # Stored events that could not be decoded: quarantined, never published.
+    undecodable: list[Undecodable] = field(default_factory=list)
+
+    @property
+    def last_id(self) -> int | None:
+        """The highest notification id the batch covers, published or set aside."""
+        ids = [e.notification_id for e in self.events[-1:]]
+        ids += [u.notification_id for u in self.undecodable[-1:]]
+        return max(ids) if ids else None
+
+
+class CannotDecode(Exception):
+    """No event of a batch could be decoded: a configuration error, never quarantined."""
+
+
+class BrokerLostLog(Exception):
+    """The broker acknowledged at an offset below one it acknowledged before."""
+
+
+class Relay:
+    """Publishes the ledger's events until `stop` is set. Usable in-process by tests:
+    run `run_until(stop)` in a loop of their own; cancelling it is a crash."""
+
+    def __init__(self, settings: Settings, limits: RelayLimits | None = None) -> None:
+        self.settings = settings
+        self.limits = limits or RelayLimits()
+        self.topic = ledger_events_topic(settings)
+        self.state = RelayState(position=0, epoch=0)
+        self.batches_published = 0
+        self._wakeup = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._ledger: Ledger | None = None
+        self._store: RelayStore | None = None
+        self._broker: RelayBroker | None = None
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        self._wakeup = asyncio.Event()  # bound to the running loop, not the constructor's
+        self._ledger = await asyncio.to_thread(open_ledger, self.settings)
+        tasks = [
+            asyncio.create_task(self._listen(stop), name="relay-listen"),
+            asyncio.create_task(self._wake_on(stop), name="relay-stop"),
+        ]
+        try:
+            await self._run_sessions(stop)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(self._ledger.close)
+
+    async def _run_sessions(self, stop: asyncio.Event) -> None:
+        backoff_s = self.limits.backoff_s_min
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except STORE_ERRORS as error:
+                # The session held our lock: it is gone, so take it again before publishing.
+                log.warning("relay_store_failed", error=_describe(error), backoff_s=backoff_s)
+                await _sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, self.limits.backoff_s_max)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        self._broker = RelayBroker(
+            self.settings, self.topic, [self.topic, alerts_topic(self.settings)]
+        )
+        self._store = await RelayStore.connect(self.settings, self.topic)
+        try:
+            if not await self._store.acquire_lock(stop, self.limits.lock_retry_s):
+                return
+            await self._store.migrate()
+            self.state = await self._store.load()
+            self._observe_state()
+            log.info(
+                "relay_started",
+                topic=self.topic,
+                position=self.state.position,
+                epoch=self.state.epoch,
+                partitions=self.settings.topic_partitions,
+            )
+            await self._publish_until(stop)
+        finally:
+            await self._close_producer()
+            await self._broker.close()
+            await self._store.close()
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
+        backoff_s = self.limits.backoff_s_min
+        health_due = 0.0  # check the broker before the first send
+        while not stop.is_set():
+            # Cleared before reading: a NOTIFY that lands during the read wakes the next wait.
+            self._wakeup.clear()
+            try:
+                if time.monotonic() >= health_due:
+                    await self._check_broker()
+                    health_due = time.monotonic() + self.limits.health_interval_s
+                published = await self._publish_next()
+            except BROKER_ERRORS as error:
+                metrics.SEND_FAILURES.labels(self.topic).inc()
+                log.warning(
+                    "relay_send_failed",
+                    error=_describe(error),
+                    position=self.state.position,
+                    backoff_s=backoff_s,
+                )
+                await self._close_producer()
+                health_due = 0.0  # the broker may have restarted: check before resending
+                await _sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, self.limits.backoff_s_max)
+                continue
+            backoff_s = self.limits.backoff_s_min
+            if published < self.limits.batch_events_max:
+                idle_s = min(self.limits.poll_interval_s, max(0.0, health_due - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=idle_s)
+
+    # Publishing ------------------------------------------------------------------------
+
+    async def _publish_next(self) -> int:
+        """Read, send and record one batch; the number of events published."""
+        batch = await asyncio.to_thread(self._read_batch, self.state.position)
+        acknowledged: dict[int, int] = {}
+        if batch.events:
+            producer = await self._producer_started()
+            try:
+                acknowledged = await self._send(producer, batch.events)
+            except BrokerLostLog:
+                await self._rewind("offsets_went_backwards")
+                return self.limits.batch_events_max  # go again at once, from the new position
+        if batch.last_id is not None:
+            await self._record(batch, acknowledged)
+        metrics.LAG_EVENTS.labels(self.topic).set(max(0, batch.head - self.state.position))
+        return len(batch.events) + len(batch.undecodable)
+
+    def _read_batch(self, position: int) -> ReadBatch:
+        # In a worker thread: the library's recorder is synchronous, and decoding a
+        # thousand events should not stall the producer's I/O on the loop.
+        assert self._ledger is not None
+        read_at = time.monotonic()
+        notifications = self._ledger.recorder.select_notifications(
+            position, self.limits.batch_events_max, inclusive_of_start=False
+        )
+        head = self._ledger.recorder.max_notification_id() or 0
+        events: list[Outgoing] = []
+        undecodable: list[Undecodable] = []
+        for notification in notifications:
+            try:
+                events.append(self._encode(notification))
+            except Exception as error:
+                # Not this event's reader's fault to stop on: set it aside, loudly.
+                undecodable.append(Undecodable.of(notification, error))
+        if undecodable and not events and len(undecodable) > 1:
+            # Not one event decodes: the relay's settings are wrong (another cipher key),
+            # not the events. Quarantining them all would bury the log; stop instead.
+            raise CannotDecode(
+                f"none of the {len(undecodable)} events from notification id "
+                f"{undecodable[0].notification_id} decodes ({undecodable[0].error}); "
+                "check that VIGIL_CIPHER_KEY is the one the writers use"
+            )
+        assert all(a.notification_id < b.notification_id for a, b in itertools.pairwise(events))
+        assert not events or events[0].notification_id > position
+        return ReadBatch(events, max(head, position), read_at, undecodable)
+
+    def _encode(self, notification: Notification) -> Outgoing:
+        assert self._ledger is not None
+        # The envelope names the aggregate type itself and refuses a type it does not
+        # know (or bytes it cannot decrypt): such an event is quarantined, not skipped.
+        body = stored_envelope(self._ledger, notification.id, notification)
+        return Outgoing(
+            notification_id=notification.id,
+            key=str(body["aggregate_id"]).encode(),
+            value=orjson.dumps(body),
+            event_type=str(body["event_type"]).encode(),
+            correlation_id=(body["correlation_id"] or "").encode(),
+        )
+
+    async def _send(self, producer: AIOKafkaProducer, events: list[Outgoing]) -> dict[int, int]:
+        """Send all, await all; the highest acknowledged offset per partition."""
+        epoch = str(self.state.epoch).encode()
+        futures: list[asyncio.Future[RecordMetadata]] = []
+        try:
+            for event in events:
+                headers = [
+                    ("notification_id", str(event.notification_id).encode()),
+                    ("event_type", event.event_type),
+                    ("correlation_id", event.correlation_id),
+                    (EPOCH_HEADER, epoch),
+                ]
+                future = await producer.send(
+                    self.topic, value=event.value, key=event.key, headers=headers
+                )
+                futures.append(future)
+        except BROKER_ERRORS:
+            # Settle what was already handed over, so no future is left unretrieved.
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        acknowledged: dict[int, int] = {}
+        for metadata in cast(list[RecordMetadata], results):
+            if metadata.offset <= self.state.offsets.get(metadata.partition, -1):
+                raise BrokerLostLog(f"partition {metadata.partition} at {metadata.offset}")
+            acknowledged[metadata.partition] = max(
+                metadata.offset, acknowledged.get(metadata.partition, -1)
+            )
+        return acknowledged
+
+    async def _record(self, batch: ReadBatch, acknowledged: dict[int, int]) -> None:
+        assert self._store is not None
+        position = batch.last_id
+        assert position is not None
+        assert position > self.state.position
+        state = RelayState(position, self.state.epoch, {**self.state.offsets, **acknowledged})
+        await self._store.record(state, acknowledged, batch.undecodable)
+        self.state = state
+        self.batches_published += 1
+        metrics.EVENTS_PUBLISHED.labels(self.topic).inc(len(batch.events))
+        metrics.PUBLISH_LATENCY_SECONDS.labels(self.topic).observe(time.monotonic() - batch.read_at)
+        self._observe_state()
+        log.debug("relay_published", count=len(batch.events), position=position)
+
+    async def _producer_started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            assert self._broker is not None
+            producer = self._broker.new_producer()
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await producer.stop()
+
+    # The broker's log ------------------------------------------------------------------
+
+    async def _check_broker(self) -> None:
+        assert self._broker is not None
+        # A lost log shows as a missing (or wrongly sized) topic here, or as a send
+        # acknowledged at an offset we already had (`_send`). Not as the end offsets a
+        # probe reads: tansu reports the start of a partition's last batch there, which
+        # looked like a lost log after every batch and rewound the relay every few seconds.
+        recreated = await self._broker.ensure_topics()
+        if recreated and self.state.position > 0:
+            await self._rewind("topic_recreated")
+
+    async def _rewind(self, reason: str) -> None:
+        """New epoch, from the lowest position a projection still needs."""
+        assert self._broker is not None
+        assert self._store is not None
+        # A new producer: the old one's metadata (partition count) may be stale.
+        await self._close_producer()
+        await self._broker.ensure_topics()
+        needed = await self._store.projections_position_min()
+        # Never past our own position: events above it were never acknowledged.
+        target = min(self.state.position, needed if needed is not None else 0)
+        epoch = self.state.epoch + 1
+        await self._store.rewind(target, epoch)
+        log.warning(
+            "relay_rewound",
+            reason=reason,
+            from_position=self.state.position,
+            to_position=target,
+            epoch=epoch,
+        )
+        self.state = RelayState(position=target, epoch=epoch)
+        metrics.REWINDS.labels(self.topic).inc()
+        self._observe_state()
+
+    def _observe_state(self) -> None:
+        metrics.POSITION.labels(self.topic).set(self.state.position)
+        metrics.EPOCH.labels(self.topic).set(self.state.epoch)
+
+    # Waking up -------------------------------------------------------------------------
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Set the wake-up on every NOTIFY of the events table; reconnect on failure."""
+        assert self._ledger is not None
+        recorder = cast(PostgresApplicationRecorder, self._ledger.recorder)
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(recorder.channel_name))
+        backoff_s = self.limits.backoff_s_min
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.resolved_database_url(),
+                    autocommit=True,
+                    connect_timeout=self.settings.db_connect_timeout_s,
+                    application_name="vigil-relay-listen",
+                ) as conn:
+                    await conn.execute(listen)
+                    self._wakeup.set()  # anything committed while we were not listening
+                    backoff_s = self.limits.backoff_s_min
+                    async for _ in conn.notifies():
+                        self._wakeup.set()
+            except psycopg.Error as error:
+                # The fallback poll covers the gap; only latency suffers meanwhile.
+                log.warning("relay_listen_failed", error=_describe(error), backoff_s=backoff_s)
+                await _sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, self.limits.backoff_s_max)
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wakeup.set()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def run_relay(settings: Settings, metrics_port: int = 0) -> int:
+    """`vigil relay`: publish until SIGINT or SIGTERM (exit 0), or a fatal error (exit 1).
+    Logging is the caller's to configure. `metrics_port` 0 serves no /metrics."""
+    server = None
+    if metrics_port:
+        server, _ = start_http_server(metrics_port, addr=settings.host)
+    try:
+        return asyncio.run(_serve(settings))
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+async def _serve(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await asyncio.gather(
+            Relay(settings).run_until(stop),
+            AlertsOutboxRelay(settings).run_until(stop),
+            Checkpointer(settings).run_until(stop),
+        )
+    except Exception:
+        log.exception("relay_crashed")
+        return 1
+    log.info("relay_stopped")
+    return 0

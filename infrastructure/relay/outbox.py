@@ -1,0 +1,158 @@
+"""Publishes the alerts outbox (`readmodel.alerts_outbox`, written by the alerts
+projection in the same transaction as the alerts) to `vigil.alerts`, key = account id.
+
+Like the ledger relay: `acks=all`, the position (the last outbox id sent) recorded only
+after the broker acknowledged, so a crash republishes and never skips; consumers dedupe
+by `alert_id` (a case's id is derived from it). If the broker lost its log (offsets went
+backwards), the whole outbox is published again. Runs in the `vigil relay` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from infrastructure.eventstore.ledger import migrating
+from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.monitoring.alerts import OUTBOX_CHANNEL
+from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
+from infrastructure.relay.broker import RelayBroker
+from infrastructure.relay.state import RelayState, RelayStore
+from infrastructure.settings import Settings
+
+log = structlog.get_logger("vigil.outbox_relay")
+
+BATCH_MAX = 500
+POLL_S = 1.0
+BACKOFF_S_MAX = 2.0
+
+
+class AlertsOutboxRelay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = alerts_topic(settings)
+        self.state = RelayState(position=0, epoch=0)
+        self.published = 0
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff_s = 0.1
+            except psycopg.errors.UndefinedTable:
+                # Production (no DDL at start) before `vigil migrate`: nothing to publish yet.
+                log.info("outbox_relay_waiting_for_read_models")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=BACKOFF_S_MAX)
+            except Exception as error:  # broker or database away: retry from the record
+                log.warning("outbox_relay_failed", error=f"{type(error).__name__}: {error}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        store = await RelayStore.connect(self.settings, self.topic)
+        broker = RelayBroker(
+            self.settings, ledger_events_topic(self.settings),
+            [ledger_events_topic(self.settings), self.topic],
+        )  # fmt: skip
+        producer = broker.new_producer()
+        listener = await psycopg.AsyncConnection.connect(
+            self.settings.resolved_database_url(), autocommit=True
+        )
+        try:
+            if not await store.acquire_lock(stop, retry_s=1.0):
+                return
+            await store.migrate()
+            if self.settings.migrate_on_start:
+                # The relay may start before the workers that otherwise make the outbox.
+                await asyncio.to_thread(_ensure_read_models, self.settings)
+            self.state = await store.load()
+            await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            await broker.ensure_topics()  # never let a send auto-create it wrongly sized
+            await producer.start()
+            log.info("outbox_relay_started", topic=self.topic, position=self.state.position)
+            while not stop.is_set():
+                if await self._publish_next(store, producer) < BATCH_MAX:
+                    await _wait_for_notify(listener, stop, POLL_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await broker.close()
+            await listener.close()
+            await store.close()
+
+    async def _publish_next(self, store: RelayStore, producer: AIOKafkaProducer) -> int:
+        cursor = await store.conn.execute(
+            f"SELECT id, account_id, alert_id, payload FROM {SCHEMA}.alerts_outbox "
+            "WHERE id > %s ORDER BY id LIMIT %s",
+            (self.state.position, BATCH_MAX),
+        )
+        rows = await cursor.fetchall()
+        if not rows:
+            return 0
+        futures = [
+            await producer.send(
+                self.topic,
+                key=str(account_id).encode(),
+                value=orjson.dumps(payload),
+                headers=[
+                    ("alert_id", str(alert).encode()),
+                    (EPOCH_HEADER, str(self.state.epoch).encode()),
+                ],
+            )
+            for _, account_id, alert, payload in rows
+        ]
+        results: list[RecordMetadata] = list(await asyncio.gather(*futures))
+        acknowledged: dict[int, int] = {}
+        for metadata in results:
+            if metadata.offset <= self.state.offsets.get(metadata.partition, -1):
+                await self._republish_all(store)
+                return BATCH_MAX
+            acknowledged[metadata.partition] = max(
+                metadata.offset, acknowledged.get(metadata.partition, -1)
+            )
+        state = RelayState(
+            int(rows[-1][0]), self.state.epoch, {**self.state.offsets, **acknowledged}
+        )
+        await store.record(state, acknowledged)
+        self.state = state
+        self.published += len(rows)
+        return len(rows)
+
+    async def _republish_all(self, store: RelayStore) -> None:
+        # The broker lost its log: every alert again; the case opener is idempotent.
+        epoch = self.state.epoch + 1
+        await store.rewind(0, epoch)
+        log.warning("outbox_relay_rewound", topic=self.topic, epoch=epoch)
+        self.state = RelayState(position=0, epoch=epoch)
+
+
+def _ensure_read_models(settings: Settings) -> None:
+    with migrating(settings) as conn:
+        ensure_read_models(conn)
+
+
+async def _wait_for_notify(
+    conn: psycopg.AsyncConnection[Any], stop: asyncio.Event, timeout_s: float
+) -> None:
+    async def first_notify() -> None:
+        async for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+            return
+
+    waiter = asyncio.create_task(first_notify())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, stopper):
+            task.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)

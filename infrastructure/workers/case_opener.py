@@ -1,0 +1,203 @@
+"""The case opener: consumes `vigil.alerts` and opens each alert's case on the command
+side (the API contract, "Alerts and cases"), as the system actor.
+
+Opening is idempotent by case id (derived from the alert id), so a redelivered or
+republished alert changes nothing; offsets are committed only after the cases of a
+fetched batch are saved, so a crash redelivers rather than skips. A message it cannot
+handle (not JSON, not an alert, an alert the command side refuses) would fail the same way
+on every delivery: it is quarantined (case_opener_store.py), logged and counted, and the
+consumer goes on past it. Only the store being unavailable (`Unavailable`, a lost
+connection) makes the consumer start over from the committed offsets: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from aiokafka import ConsumerRecord
+from prometheus_client import Counter, start_http_server
+
+from application.compliance import Compliance
+from domain.errors import DomainError, Unavailable, ValidationFailed
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.consumer import (
+    EpochGuard,
+    fetch,
+    header,
+    new_consumer,
+    run_with_restarts,
+)
+from infrastructure.kafka.topics import alerts_topic
+from infrastructure.settings import Settings
+from infrastructure.workers.case_opener_store import (
+    Quarantined,
+    prepare_quarantine_table,
+    record_quarantined,
+)
+
+log = structlog.get_logger("vigil.case_opener")
+
+FETCH_RECORDS_MAX = 500
+# tansu answers a fetch only when its wait runs out: keep it short, for latency.
+
+CASES_OPENED = Counter(
+    "vigil_cases_opened_total",
+    "Cases opened from alerts, by rule and severity.",
+    ["rule", "severity"],
+)
+ALERTS_CONSUMED = Counter(
+    "vigil_case_opener_alerts_total",
+    "Alert messages handled, by outcome (`opened`, `existing`, `quarantined`).",
+    ["outcome"],
+)
+QUARANTINED = Counter(
+    "vigil_case_opener_quarantined",
+    "Alert messages recorded in the quarantine table (each offset once, redeliveries not).",
+)
+# What a message the case opener cannot handle raises: the same on every delivery.
+# `Unavailable` is a DomainError too, but it passes (the store is down): it is not here.
+UNHANDLEABLE = (DomainError, KeyError, TypeError, ValueError)  # ValueError: JSON errors too
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}vigil.case-opener"
+
+
+class CaseOpener:
+    """One consumer of the alerts topic. `run(stop)` until `stop` is set; restarts its
+    consumer (from the committed offsets) after any failure, with a bounded backoff."""
+
+    def __init__(self, settings: Settings, compliance: Compliance) -> None:
+        self.settings = settings
+        self.compliance = compliance
+        self.epochs = EpochGuard("case-opener")
+        self.opened = 0
+        self.handled = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await run_with_restarts(stop, self._consume, "case-opener")
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        # A connection of its own for the quarantine; lost, it restarts the consumer.
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.resolved_database_url(),
+            autocommit=True,
+            connect_timeout=self.settings.db_connect_timeout_s,
+            application_name="vigil-case-opener",
+        )
+        try:
+            await prepare_quarantine_table(conn, self.settings)
+            consumer = new_consumer(
+                self.settings,
+                alerts_topic(self.settings),
+                group_id(self.settings),
+                "vigil-case-opener",
+                FETCH_RECORDS_MAX,
+            )
+            await consumer.start()
+            try:
+                log.info("case_opener_started", topic=alerts_topic(self.settings))
+                while not stop.is_set():
+                    records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+                    for record in records:
+                        await self._handle(record, conn)
+                    if records:
+                        await consumer.commit()
+            finally:
+                await consumer.stop()
+        finally:
+            await conn.close()
+
+    async def _handle(self, record: ConsumerRecord, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.handled += 1
+        alert: Any = None
+        try:
+            alert = orjson.loads(record.value)
+            if not isinstance(alert, dict):
+                raise ValidationFailed("an alert message is a JSON object")
+            correlation_id = header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
+            case, created = await asyncio.to_thread(
+                self.compliance.open_case, alert, correlation_id
+            )
+        except Unavailable:
+            raise  # not saved: the consumer restarts from the last committed offset
+        except UNHANDLEABLE as error:
+            await self._quarantine(record, alert, error, conn)
+            return
+        outcome = "opened" if created else "existing"
+        ALERTS_CONSUMED.labels(outcome).inc()
+        if created:
+            self.opened += 1
+            CASES_OPENED.labels(case.rule, case.severity).inc()
+        log.info(
+            "case_opened" if created else "case_already_open",
+            case_id=str(case.id),
+            alert_id=case.alert_id,
+            account_id=case.account_id,
+            rule=case.rule,
+            severity=case.severity,
+            correlation_id=correlation_id,
+        )
+
+    async def _quarantine(
+        self,
+        record: ConsumerRecord,
+        alert: Any,
+        error: Exception,
+        conn: psycopg.AsyncConnection[Any],
+    ) -> None:
+        fields = alert if isinstance(alert, dict) else {}
+        key = bytes(record.key).decode(errors="replace") if record.key else None
+        row = Quarantined(
+            topic=record.topic,
+            partition=record.partition,
+            kafka_offset=record.offset,
+            alert_id=_optional_text(fields.get("alert_id")),
+            account_id=_optional_text(fields.get("account_id")) or key,  # key: account id
+            error=f"{type(error).__name__}: {error}",
+            value=record.value,
+        )
+        recorded = await record_quarantined(conn, row)
+        ALERTS_CONSUMED.labels("quarantined").inc()
+        if recorded:
+            QUARANTINED.inc()
+        log.error(
+            "alert_quarantined",
+            partition=record.partition,
+            offset=record.offset,
+            alert_id=row.alert_id,
+            account_id=row.account_id,
+            error=row.error,
+            already_recorded=not recorded,
+        )
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def run_case_opener(settings: Settings, metrics_port: int) -> int:
+    """`vigil case-opener`: run until SIGINT or SIGTERM."""
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.host)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    ledger = await asyncio.to_thread(open_ledger, settings)
+    try:
+        log.info("case_opener_starting", group=group_id(settings))
+        await CaseOpener(settings, Compliance(ledger)).run(stop)
+    finally:
+        ledger.close()
+    log.info("case_opener_stopped")
+    return 0

@@ -1,0 +1,100 @@
+"""The command API: the only way money moves. Separate app, process and port from queries."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from application.compliance import Compliance
+from application.group_commit import GroupCommitter
+from application.ledger import Ledger
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.reply_cache import RedisReplyCache
+from infrastructure.ops.quarantine import list_quarantined_sync, reasons
+from infrastructure.settings import Settings
+from interfaces.api.command.routes import accounts, batches, cases, transfers, watchlist
+from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.health import health_router
+from interfaces.api.http.middleware import install_middleware
+from interfaces.api.http.problems import install_problem_handlers
+
+log = structlog.get_logger("vigil.command_api")
+
+# The committer thread waits on PostgreSQL a dozen times per group; each time it needs the
+# interpreter back from the thread serving HTTP, which by default keeps it up to 5 ms.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def create_command_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        cache = RedisReplyCache.from_url(
+            settings.resolved_redis_url(),
+            prefix=settings.redis_key_prefix,
+            ttl_s=settings.reply_cache_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+        ledger = await asyncio.to_thread(open_ledger, settings, cache)
+        app.state.ledger = ledger
+        app.state.committer = GroupCommitter(
+            ledger,
+            window_s=settings.group_commit_window_ms / 1000,
+            max_commands=settings.group_commit_max,
+        )
+        app.state.compliance = Compliance(ledger)
+        app.state.readiness_checks = [
+            ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
+            ("redis", lambda: asyncio.to_thread(cache.ping), False),
+        ]
+        app.state.degradations = [
+            ("quarantine", lambda: asyncio.to_thread(_quarantine_reasons, ledger))
+        ]
+        log.info("command_api_started")
+        try:
+            yield
+        finally:
+            app.state.committer.close()
+            ledger.close()
+            cache.client.close()
+            log.info("command_api_stopped")
+
+    app = FastAPI(
+        title="Vigil command API",
+        version="1",
+        description="Open accounts and move money. Every error is application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier(
+        keys=settings.jwt_keys_resolved(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+    )
+    app.state.readiness_checks = []
+    install_problem_handlers(app)
+    install_middleware(app, app_name="command", body_max_bytes=settings.body_max_bytes)
+    app.include_router(health_router)
+    app.include_router(accounts.router)
+    app.include_router(transfers.router)
+    app.include_router(batches.router)
+    app.include_router(cases.router)
+    app.include_router(watchlist.router)
+    return app
+
+
+def _quarantine_reasons(ledger: Ledger) -> list[str]:
+    with ledger.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        return reasons(list_quarantined_sync(conn))
+
+
+def _store_answers(ledger: Ledger) -> bool:
+    with ledger.recorder.datastore.transaction(commit=False) as curs:  # type: ignore[attr-defined]
+        curs.execute("SELECT 1")
+        return curs.fetchone() is not None

@@ -1,0 +1,67 @@
+"""Shared dependencies and reply helpers of the command API's routers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Header, Request, Response
+
+from application.commands import Command, Outcome, Submission
+from application.group_commit import GroupCommitter
+from domain.integrity import Actor
+from infrastructure.metrics import record_command_outcome
+from infrastructure.settings import Settings
+from interfaces.api.command.schemas import IdempotencyKey
+from interfaces.api.http.auth import Principal, Role
+from interfaces.api.http.middleware import current_correlation_id
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+# Dependencies are coroutines: FastAPI would run plain functions in its thread pool.
+async def _commands(request: Request) -> GroupCommitter:
+    # The group committer: this request's commands share a transaction with others'.
+    commands: GroupCommitter = request.app.state.committer
+    return commands
+
+
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+CommandsDep = Annotated[GroupCommitter, Depends(_commands)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+IdempotencyKeyHeader = Annotated[IdempotencyKey | None, Header(alias="Idempotency-Key")]
+
+
+def submission(command: Command, principal: Principal) -> Submission:
+    """The command with who sent it; tellers act only within their own branch."""
+    return Submission(
+        command=command,
+        actor=Actor(principal.subject, principal.role.value),
+        correlation_id=current_correlation_id() or str(uuid.uuid4()),
+        branch_scope=principal.branch if principal.role is Role.TELLER else None,
+    )
+
+
+async def execute(commands: GroupCommitter, action: str, sub: Submission) -> Outcome:
+    """Run one command; count its outcome; refusals leave through the problem handler."""
+    outcome = (await commands.submit([sub]))[0]
+    record_command_outcome(action, outcome.error.code if outcome.error else "ok")
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome
+
+
+def json_reply(body: Any, status_code: int, *, replayed: bool = False) -> Response:
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return Response(
+        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
+    )
+
+
+def outcome_reply(outcome: Outcome, status_code: int) -> Response:
+    return json_reply(outcome.body, status_code, replayed=outcome.replayed)

@@ -1,0 +1,215 @@
+"""Pure ASGI middlewares: correlation id, body size limit, access log and metrics.
+
+Pure ASGI rather than `BaseHTTPMiddleware`: no extra task and no body re-buffering per
+request, which matters at the request rates the group commit is built for.
+`install_middleware` adds them in the one order that works (outermost first):
+correlation id -> access log -> body limit -> the app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Final
+
+import structlog
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from infrastructure import metrics
+from interfaces.api.http.problems import CORRELATION_HEADER, problem_response
+
+CORRELATION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CORRELATION_HEADER_RAW: Final = CORRELATION_HEADER.lower().encode("latin-1")
+# Probes and scrapes every few seconds would drown the access log at info level.
+_QUIET_ROUTES: Final = frozenset({"/health/live", "/health/ready", "/metrics"})
+UNMATCHED_ROUTE: Final = "unmatched"
+
+correlation_id_var: ContextVar[str | None] = ContextVar("vigil_correlation_id", default=None)
+
+log = structlog.get_logger("vigil.access")
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id of the request being served (for events the command records)."""
+    return correlation_id_var.get()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _sane_correlation_id(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if CORRELATION_ID_PATTERN.fullmatch(text) else None
+
+
+class CorrelationIdMiddleware:
+    """Accept a sane `X-Correlation-ID` or make one; log with it; send it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        correlation_id = _sane_correlation_id(_header(scope, _CORRELATION_HEADER_RAW))
+        if correlation_id is None:
+            correlation_id = str(uuid.uuid4())
+        # In place: the 500 handler outside us reads it from this same dict.
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        header = (_CORRELATION_HEADER_RAW, correlation_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        var_token = correlation_id_var.set(correlation_id)
+        log_tokens = structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**log_tokens)
+            correlation_id_var.reset(var_token)
+
+
+class _BodyTooLarge(Exception):
+    """Raised from `receive` once a streamed body passes the limit."""
+
+
+class BodySizeLimitMiddleware:
+    """413 `payload_too_large` past `body_max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, *, body_max_bytes: int) -> None:
+        assert body_max_bytes > 0
+        self.app = app
+        self.body_max_bytes = body_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.body_max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received_bytes = 0
+        exceeded = False
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received_bytes, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received_bytes += len(message.get("body", b""))
+                if received_bytes > self.body_max_bytes:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            # The app may turn our exception into its own error reply (FastAPI makes body
+            # read failures a 400); once the limit was passed, only our 413 goes out.
+            if exceeded and not response_started:
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+        if exceeded and not response_started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            "payload_too_large",
+            f"the request body exceeds {self.body_max_bytes} bytes",
+            # The rest of the body is not read; the connection cannot be reused.
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None  # The server rejects malformed lengths before we see them.
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (`/v1/accounts/{account_id}`), bounding label values."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class AccessLogMiddleware:
+    """One `request_completed` line and the HTTP metrics for every request."""
+
+    def __init__(self, app: ASGIApp, *, app_name: str) -> None:
+        self.app = app
+        self.app_name = app_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_s = time.perf_counter()
+        status = 500  # If the app raises before answering, the outer handler sends a 500.
+
+        async def send_recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            self._record(scope, status, time.perf_counter() - started_s)
+
+    def _record(self, scope: Scope, status: int, duration_s: float) -> None:
+        route = route_template(scope)
+        method = str(scope.get("method", ""))
+        metrics.observe_http_request(self.app_name, method, route, status, duration_s)
+        principal = scope.get("state", {}).get("principal")
+        subject = getattr(principal, "subject", None)
+        emit = log.debug if route in _QUIET_ROUTES else log.info
+        emit(
+            "request_completed",
+            app=self.app_name,
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=round(duration_s * 1000, 3),
+            correlation_id=scope.get("state", {}).get("correlation_id"),
+            subject=subject,
+        )
+
+
+def install_middleware(app: Starlette, *, app_name: str, body_max_bytes: int) -> None:
+    """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need."""
+    # add_middleware puts each new one outermost, so add innermost first.
+    app.add_middleware(BodySizeLimitMiddleware, body_max_bytes=body_max_bytes)
+    app.add_middleware(AccessLogMiddleware, app_name=app_name)
+    app.add_middleware(CorrelationIdMiddleware)

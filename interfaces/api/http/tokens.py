@@ -1,0 +1,54 @@
+"""Signing tokens that `TokenVerifier` accepts: for `vigil token issue`, tests and load runs."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from infrastructure.settings import ConfigurationError, Settings
+from interfaces.api.http.auth import ALGORITHM, TOKEN_ROLES, Role
+
+
+def issue_token(
+    settings: Settings,
+    *,
+    role: str,
+    subject: str | None = None,
+    branch: str | None = None,
+    ttl_s: int | None = None,
+    now: float | None = None,
+) -> str:
+    """An HS256 token signed with the key `settings.jwt_kid` names, carrying that kid."""
+    check_claims(role, branch, ttl_s)
+    lifetime_s = settings.token_ttl_s_default if ttl_s is None else ttl_s
+    keys = settings.jwt_keys_resolved()
+    key = keys.get(settings.jwt_kid)
+    if key is None:
+        raise ConfigurationError(
+            f"VIGIL_JWT_KID names {settings.jwt_kid!r}, which is not among the configured keys"
+        )
+    issued_at_s = int(time.time() if now is None else now)
+    claims: dict[str, str | int] = {
+        "sub": subject or f"{role}-dev",
+        "role": role,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": issued_at_s,
+        "nbf": issued_at_s,
+        "exp": issued_at_s + lifetime_s,
+    }
+    if branch:
+        claims["branch"] = branch
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": settings.jwt_kid})
+
+
+def check_claims(role: str, branch: str | None, ttl_s: int | None) -> None:
+    """ValueError, in the words of `vigil token issue`'s options, for a token not to issue."""
+    if role not in TOKEN_ROLES:
+        allowed = ", ".join(sorted(TOKEN_ROLES))
+        raise ValueError(f"role must be one of {allowed}, not {role!r}")
+    if role == Role.TELLER and not branch:
+        raise ValueError("a teller token needs a branch (e.g. --branch 001)")
+    if ttl_s is not None and ttl_s <= 0:
+        raise ValueError(f"--ttl-s must be a positive number of seconds, not {ttl_s}")

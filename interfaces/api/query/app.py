@@ -1,0 +1,111 @@
+"""The query API: reads the read models, never changes domain state. Separate app,
+process and port from the command API, with the same auth, errors and health probes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from infrastructure.audit.access_log import AccessLog, prepare_audit_tables
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.ops.quarantine import list_quarantined, reasons
+from infrastructure.readmodels.freshness import ChangeWaiters, NotificationListener
+from infrastructure.settings import Settings
+from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.health import health_router
+from interfaces.api.http.middleware import install_middleware
+from interfaces.api.http.problems import install_problem_handlers
+from interfaces.api.query.cache import AccountCache
+from interfaces.api.query.deps import ReadSide
+from interfaces.api.query.readstore import ReadStore, prepare_read_models
+from interfaces.api.query.routes import (
+    accounts,
+    alerts,
+    audit,
+    audit_verify,
+    cases,
+    exports,
+    projections,
+    stats,
+    transactions,
+    watchlist,
+)
+
+log = structlog.get_logger("vigil.query_api")
+
+
+async def quarantine_reasons(store: ReadStore) -> list[str]:
+    async with store.connection() as conn:
+        return reasons(await list_quarantined(conn))
+
+
+def create_query_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(prepare_read_models, settings)
+        # The evidence route re-runs rules over the event store, decoded by the ledger's
+        # mapper; it only reads through it. First, so a failure here leaves nothing open.
+        app.state.ledger = await asyncio.to_thread(open_ledger, settings)
+        await asyncio.to_thread(prepare_audit_tables, settings)
+        # The one writable pool of the query side: audit reads append to the access log.
+        app.state.access_log = await AccessLog.open(settings)
+        store = await ReadStore.open(settings)
+        cache = AccountCache.from_url(
+            settings.resolved_redis_url(),
+            prefix=settings.redis_key_prefix,
+            timeout_s=settings.redis_timeout_s,
+        )
+        waiters = ChangeWaiters()
+        listener = NotificationListener(
+            settings.resolved_database_url(),
+            waiters,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        )
+        listener.start()
+        app.state.read_side = ReadSide(store=store, cache=cache, waiters=waiters)
+        app.state.readiness_checks = [
+            ("postgres", store.answers, True),
+            ("redis", cache.ping, False),
+            # Without it `min_version` waits fall back to polling: slower, still right.
+            ("notifications", listener.is_connected, False),
+        ]
+        app.state.degradations = [("quarantine", lambda: quarantine_reasons(store))]
+        log.info("query_api_started")
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(app.state.ledger.close)
+            await app.state.access_log.close()
+            await listener.stop()
+            await cache.close()
+            await store.close()
+            log.info("query_api_stopped")
+
+    app = FastAPI(
+        title="Vigil query API",
+        version="1",
+        description="Balances, statements, KPIs and projection lag; read-only. "
+        "Every error is application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier.from_settings(settings)
+    app.state.readiness_checks = []
+    install_problem_handlers(app)
+    install_middleware(app, app_name="query", body_max_bytes=settings.body_max_bytes)
+    app.include_router(health_router)
+    app.include_router(accounts.router)
+    app.include_router(transactions.router)
+    app.include_router(stats.router)
+    app.include_router(projections.router)
+    app.include_router(alerts.router)
+    app.include_router(cases.router)
+    app.include_router(watchlist.router)
+    app.include_router(audit.router)
+    app.include_router(audit_verify.router)
+    app.include_router(exports.router)
+    return app

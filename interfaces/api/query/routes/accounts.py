@@ -1,0 +1,175 @@
+"""Account routes of the query API: one account, the list, and an account's statement."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query
+from psycopg import sql
+from starlette.responses import Response
+
+from domain.errors import AccountNotFound
+from domain.money import CURRENCY_EXPONENTS
+from domain.text import BRANCH_PATTERN
+from infrastructure.readmodels.freshness import (
+    ACCOUNTS_CHANNEL,
+    freshness_deadline,
+    wait_for_projection,
+)
+from infrastructure.readmodels.schema import SCHEMA
+from interfaces.api.http.auth import Principal, Role, check_branch, require
+from interfaces.api.http.problems import problem_responses
+from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
+from interfaces.api.query.pagination import (
+    PAGE_SIZE_DEFAULT,
+    Cursor,
+    Limit,
+    QueryInvalid,
+    decode_cursor,
+    encode_cursor,
+    equal_to,
+    page_reply,
+    where_all,
+)
+from interfaces.api.query.views import (
+    AccountPage,
+    AccountRecord,
+    AccountStatus,
+    AccountView,
+    json_reply,
+)
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+
+Reader = Annotated[Principal, Depends(require("account.read"))]
+
+BranchFilter = Annotated[
+    str | None,
+    Query(pattern=f"^{BRANCH_PATTERN.pattern}$", description="Tellers: their own branch only."),
+]
+StatusFilter = Annotated[AccountStatus | None, Query()]
+CurrencyFilter = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217")]
+
+ACCOUNTS_CURSOR: Final = "accounts"
+ACCOUNT_COLUMNS: Final = sql.SQL(
+    "account_id, owner, branch, currency, status, balance_minor, overdraft_limit_minor, "
+    "version, opened_at, updated_at, last_transaction_at"
+)
+ACCOUNT_BY_ID: Final = sql.SQL(
+    "SELECT {columns} FROM {schema}.accounts WHERE account_id = %(account_id)s"
+).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA))
+
+
+@router.get(
+    "/{account_id}",
+    response_model=AccountView,
+    responses=problem_responses("account_not_found", "projection_lagging"),
+    summary="One account's read model, with `projected_version`",
+)
+async def get_account(
+    account_id: UUID, who: Reader, read_side: ReadSideDep, min_version: MinVersion = None
+) -> Response:
+    record = await read_account(read_side, who, account_id, min_version)
+    return json_reply(record.view())
+
+
+@router.get(
+    "",
+    response_model=AccountPage,
+    responses=problem_responses(),
+    summary="Accounts, filtered by branch, status and currency; tellers see their branch only",
+)
+async def list_accounts(
+    who: Reader,
+    read_side: ReadSideDep,
+    branch: BranchFilter = None,
+    status: StatusFilter = None,
+    currency: CurrencyFilter = None,
+    limit: Limit = PAGE_SIZE_DEFAULT,
+    cursor: Cursor = None,
+) -> Response:
+    if currency is not None and currency not in CURRENCY_EXPONENTS:
+        raise QueryInvalid("currency", f"unknown currency {currency}")
+    filters = {"branch": scoped_branch(who, branch), "status": status, "currency": currency}
+    after = _account_after(cursor)
+    rows = await read_side.store.fetch_all(*_accounts_page_query(filters, after, limit))
+    return json_reply(page_reply(rows, limit, _account_item, _account_cursor))
+
+
+async def read_account(
+    read_side: ReadSide, who: Principal, account_id: UUID, min_version: int | None
+) -> AccountRecord:
+    """The account from the cache or PostgreSQL, at `min_version` at least (waiting if
+    needed); 403 for a teller of another branch, 404 if unknown (without `min_version`)."""
+    cached = await read_side.cache.get(account_id)
+    if cached is not None:
+        check_branch(who, cached.branch)
+        if min_version is None or cached.version >= min_version:
+            return cached
+    if min_version is None:
+        record = await fetch_account(read_side, account_id)
+        if record is None:
+            raise AccountNotFound(f"account {account_id} not found")
+        check_branch(who, record.branch)
+        return record
+    wanted = min_version
+
+    async def caught_up() -> AccountRecord | None:
+        record = await fetch_account(read_side, account_id)
+        if record is None:
+            return None
+        # Refuse a teller of another branch at once instead of after the wait.
+        check_branch(who, record.branch)
+        return record if record.version >= wanted else None
+
+    return await wait_for_projection(
+        read_side.waiters, ACCOUNTS_CHANNEL, account_id, caught_up, deadline=freshness_deadline()
+    )
+
+
+async def fetch_account(read_side: ReadSide, account_id: UUID) -> AccountRecord | None:
+    row = await read_side.store.fetch_one(ACCOUNT_BY_ID, {"account_id": account_id})
+    return None if row is None else AccountRecord.from_mapping(row)
+
+
+def scoped_branch(who: Principal, branch: str | None) -> str | None:
+    """Tellers list their own branch: implicitly without a filter, 403 for another."""
+    if who.role is not Role.TELLER:
+        return branch
+    if branch is None:
+        return who.branch
+    check_branch(who, branch)
+    return branch
+
+
+def _account_after(cursor: str | None) -> UUID | None:
+    if cursor is None:
+        return None
+    (last,) = decode_cursor(cursor, ACCOUNTS_CURSOR, 1)
+    try:
+        return UUID(str(last))
+    except ValueError:
+        raise QueryInvalid("cursor", "not a cursor of this list") from None
+
+
+def _accounts_page_query(
+    filters: dict[str, str | None], after: UUID | None, limit: int
+) -> tuple[sql.Composed, dict[str, Any]]:
+    params: dict[str, Any] = {"limit": limit + 1}
+    conditions = equal_to(filters, params)  # so the (branch, account_id) index serves
+    if after is not None:
+        conditions.append(sql.SQL("account_id > %(after)s"))
+        params["after"] = after
+    query = sql.SQL(
+        "SELECT {columns} FROM {schema}.accounts{where} ORDER BY account_id LIMIT %(limit)s"
+    ).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA), where=where_all(conditions))
+    return query, params
+
+
+def _account_item(row: Any) -> dict[str, Any]:
+    return AccountRecord.from_mapping(row).view()
+
+
+def _account_cursor(row: Any) -> str:
+    return encode_cursor(ACCOUNTS_CURSOR, [str(row["account_id"])])

@@ -33,11 +33,9 @@ from domain.errors import (
     WatchlistEntryNotFound,
 )
 from domain.ids import case_id_for, watchlist_entry_id
-from domain.integrity import Actor, Stamp, format_timestamp
+from domain.integrity import SYSTEM_ACTOR, Actor, Stamp, format_timestamp
 from domain.watchlist import WatchlistEntry, list_account
 
-# The API contract: the case opener acts as this actor.
-SYSTEM_ACTOR = Actor("system:rules", "system")
 CASE_LOCK_STRIPES = 256
 
 T = TypeVar("T")

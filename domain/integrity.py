@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 GENESIS_HASH = "0" * 64
 
@@ -25,6 +25,12 @@ class Actor:
 
     def as_dict(self) -> dict[str, str]:
         return {"subject": self.subject, "role": self.role}
+
+
+# The role of Vigil's own actors, which no token may claim, and the one actor that has it
+# (the API contract): the case opener opens every alert's case as `system:rules`.
+SYSTEM_ROLE: Final = "system"
+SYSTEM_ACTOR: Final = Actor("system:rules", SYSTEM_ROLE)
 
 
 @dataclass(frozen=True, slots=True)

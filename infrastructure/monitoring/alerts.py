@@ -8,20 +8,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Final
+from typing import Any
 from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from domain.ids import alert_id, case_id_for, watchlist_entry_id
-from domain.integrity import format_timestamp
+from domain.ids import watchlist_entry_id
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
 from infrastructure.readmodels.quarantine import apply_isolating, next_version, quarantined_versions
 from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.readmodels.tracking import (
@@ -35,7 +34,6 @@ from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
 PROJECTION = "alerts"
-OUTBOX_CHANNEL = "alerts_outbox"
 # The event store's topics of watchlist entries end with the event class name.
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
 # Windows held between batches by a worker (each a few KiB at most: a day of movements).
@@ -167,7 +165,7 @@ async def _apply_once(
             conn, PROJECTION, position, scored.received, result.applied
         )
         if scored.raised:
-            await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+            await notify_outbox(conn)
     if cache is not None:
         cache.keep(saved)
     return result, [hit for hit, _, _ in scored.raised]
@@ -284,10 +282,6 @@ async def save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWi
     )
 
 
-def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=orjson.dumps)
-
-
 def alert_body(
     hit: Hit, branch: str | None, chain_head: str | None, version: int
 ) -> dict[str, Any]:
@@ -307,63 +301,6 @@ def alert_body(
     )
 
 
-def alert_record(
-    *,
-    rule: str,
-    severity: str,
-    account_id: str,
-    notification_id: int,
-    transaction_ids: list[str],
-    positions: list[int],
-    explanation: str,
-    raised_at: datetime,
-    branch: str | None,
-    chain_head: str | None,
-    version: int,
-) -> dict[str, Any]:
-    """Any alert as the contract shows it, a rule's or not (`quarantined_event`)."""
-    identifier = alert_id(rule, account_id, notification_id)
-    return {
-        "alert_id": str(identifier),
-        "rule": rule,
-        "severity": severity,
-        "account_id": account_id,
-        "branch": branch,
-        "transaction_ids": transaction_ids,
-        "positions": positions,
-        "explanation": explanation,
-        "raised_at": format_timestamp(raised_at),
-        "scored_at_position": notification_id,
-        "chain_head": chain_head,
-        "status": "open",
-        "case_id": str(case_id_for(identifier)),
-        "rule_config_version": version,
-    }
-
-
-# Only the alerts not there yet get an outbox row, in the order they were raised.
-RECORD_ALERTS: Final = """
-WITH recorded AS (
-    INSERT INTO alerts (alert_id, rule, severity, account_id, branch, transaction_ids,
-        positions, explanation, raised_at, notification_id, chain_head, rule_config_version,
-        case_id)
-    SELECT * FROM unnest(%(alert_id)b::uuid[], %(rule)b::text[], %(severity)b::text[],
-        %(account_id)b::uuid[], %(branch)b::text[], %(transaction_ids)b::jsonb[],
-        %(positions)b::jsonb[], %(explanation)b::text[], %(raised_at)b::timestamptz[],
-        %(notification_id)b::bigint[], %(chain_head)b::text[], %(version)b::int[],
-        %(case_id)b::uuid[])
-    ON CONFLICT (alert_id) DO NOTHING
-    RETURNING alert_id
-)
-INSERT INTO alerts_outbox (alert_id, account_id, payload)
-SELECT o.alert_id, o.account_id, o.payload
-FROM unnest(%(alert_id)b::uuid[], %(account_id)b::uuid[], %(payload)b::jsonb[])
-    WITH ORDINALITY AS o(alert_id, account_id, payload, position)
-JOIN recorded USING (alert_id)
-ORDER BY o.position
-"""
-
-
 async def record_alerts(
     conn: AsyncConnection[Any], raised: list[tuple[Hit, str | None, Envelope]], version: int
 ) -> None:
@@ -373,33 +310,4 @@ async def record_alerts(
             (alert_body(hit, branch, event.hash, version), hit.raised_at)
             for hit, branch, event in raised
         ],
-    )
-
-
-async def insert_alerts(
-    conn: AsyncConnection[Any], alerts: list[tuple[dict[str, Any], datetime]]
-) -> None:
-    """Alerts (`alert_record`'s form, with the time they were raised) into `alerts`, and
-    those not there before into the outbox, in the transaction's schema."""
-    if not alerts:
-        return
-    bodies = [body for body, _ in alerts]
-    await conn.execute(
-        RECORD_ALERTS,
-        {
-            "alert_id": [UUID(b["alert_id"]) for b in bodies],
-            "rule": [b["rule"] for b in bodies],
-            "severity": [b["severity"] for b in bodies],
-            "account_id": [b["account_id"] for b in bodies],
-            "branch": [b["branch"] for b in bodies],
-            "transaction_ids": [_jsonb(b["transaction_ids"]) for b in bodies],
-            "positions": [_jsonb(b["positions"]) for b in bodies],
-            "explanation": [b["explanation"] for b in bodies],
-            "raised_at": [raised_at for _, raised_at in alerts],
-            "notification_id": [b["scored_at_position"] for b in bodies],
-            "chain_head": [b["chain_head"] for b in bodies],
-            "version": [b["rule_config_version"] for b in bodies],
-            "case_id": [UUID(b["case_id"]) for b in bodies],
-            "payload": [_jsonb(b) for b in bodies],
-        },
     )

@@ -31,9 +31,8 @@ from infrastructure.eventstore.ledger import (
 )
 from infrastructure.eventstore.recorder import REPLIES_TABLE
 from infrastructure.monitoring.backtest import SHADOW_DDL
-from infrastructure.readmodels.quarantine import RELAY_QUARANTINE_DDL
+from infrastructure.readmodels.schema import RELAY_QUARANTINE_DDL, ensure_read_models
 from infrastructure.readmodels.schema import SCHEMA as READMODEL
-from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.relay.state import DDL as RELAY_DDL
 from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.workers.case_opener_store import QUARANTINE_TABLE, ensure_quarantine_table

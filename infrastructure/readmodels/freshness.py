@@ -19,10 +19,9 @@ import structlog
 from psycopg import sql
 
 from domain.errors import DomainError
+from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL
 
-# The channels the projections NOTIFY after each commit (infrastructure/readmodels/tracking.py).
-ACCOUNTS_CHANNEL: Final = "readmodel_accounts"
-TRANSACTIONS_CHANNEL: Final = "readmodel_transactions"
+# The channels the projections NOTIFY after each commit, with their payloads.
 CHANNELS: Final = (ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL)
 
 # The API contract: `min_version` waits up to 2 s, then 503 `projection_lagging`.

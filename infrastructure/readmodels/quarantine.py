@@ -51,44 +51,6 @@ QUARANTINED = Counter(
 )
 
 
-def quarantine_ddl(schema: str) -> str:
-    """The projections' quarantine in `schema` (the live read models, or a replay's
-    shadow), and the relay's, which is the store's (in `public`: replays keep it)."""
-    return f"""
-CREATE TABLE IF NOT EXISTS {schema}.quarantined_events (
-    projection text NOT NULL,
-    notification_id bigint NOT NULL,
-    event_type text NOT NULL,
-    aggregate_id uuid NOT NULL,
-    version bigint NOT NULL,
-    error text NOT NULL,
-    quarantined_at timestamptz NOT NULL DEFAULT now(),
-    retried_at timestamptz,
-    resolved_at timestamptz,
-    PRIMARY KEY (projection, notification_id)
-);
-CREATE INDEX IF NOT EXISTS quarantined_events_aggregate_idx
-    ON {schema}.quarantined_events (projection, aggregate_id);
-{RELAY_QUARANTINE_DDL}
-"""
-
-
-RELAY_QUARANTINE_DDL: Final = """
-CREATE TABLE IF NOT EXISTS public.relay_quarantine (
-    notification_id bigint PRIMARY KEY,
-    topic text NOT NULL,
-    originator_id uuid NOT NULL,
-    originator_version bigint NOT NULL,
-    error text NOT NULL,
-    quarantined_at timestamptz NOT NULL DEFAULT now(),
-    retried_at timestamptz,
-    resolved_at timestamptz
-);
-CREATE INDEX IF NOT EXISTS relay_quarantine_originator_idx
-    ON public.relay_quarantine (originator_id);
-"""
-
-
 def is_event_fault(error: BaseException) -> bool:
     """Whether applying failed because of what the events hold, so that setting one aside
     lets the rest through. A value PostgreSQL refuses (DataError: a NUL byte, a number out
@@ -212,7 +174,7 @@ async def raise_quarantine_alert(
 ) -> None:
     """The `quarantined_event` alert, in `alerts` and the outbox of the transaction's
     schema; once per notification id, whoever quarantines it first."""
-    from infrastructure.monitoring.alerts import OUTBOX_CHANNEL, alert_record, insert_alerts
+    from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
 
     raised_at = movement.occurred_at or datetime.now(UTC)
     explanation = (
@@ -234,7 +196,7 @@ async def raise_quarantine_alert(
         version=await _rules_version(conn),
     )
     await insert_alerts(conn, [(body, raised_at)])
-    await conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+    await notify_outbox(conn)
 
 
 async def _rules_version(conn: AsyncConnection[Any]) -> int:

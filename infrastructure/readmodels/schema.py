@@ -6,17 +6,23 @@ tracking rows), read by the query API. All can be dropped and rebuilt from the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
-from infrastructure.readmodels.quarantine import quarantine_ddl
-
 SCHEMA = "readmodel"
+
+# The channels the read models NOTIFY after a commit: the query API's read-your-writes
+# waits hear the first two (payload: account id, version); the outbox relay the third.
+ACCOUNTS_CHANNEL: Final = "readmodel_accounts"
+TRANSACTIONS_CHANNEL: Final = "readmodel_transactions"
+OUTBOX_CHANNEL: Final = "alerts_outbox"
+# Which projection's commits NOTIFY which channel.
+NOTIFY_CHANNELS: Final = {"balances": ACCOUNTS_CHANNEL, "statements": TRANSACTIONS_CHANNEL}
 
 # Projection names (the API contract): `balances` is the accounts read model.
 PROJECTIONS = ("balances", "statements", "kpis", "cases", "watchlist")
-# With the alerts projection, whose tables and SQL are its own (`alerts_store.py`).
+# With the alerts projection, whose tables and SQL are its own (`monitoring/alerts.py`).
 ALL_PROJECTIONS = (*PROJECTIONS, "alerts")
 
 
@@ -242,3 +248,41 @@ def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> N
                 "ON CONFLICT DO NOTHING",
                 (name,),
             )
+
+
+def quarantine_ddl(schema: str) -> str:
+    """The projections' quarantine in `schema` (the live read models, or a replay's
+    shadow), and the relay's, which is the store's (in `public`: replays keep it)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {schema}.quarantined_events (
+    projection text NOT NULL,
+    notification_id bigint NOT NULL,
+    event_type text NOT NULL,
+    aggregate_id uuid NOT NULL,
+    version bigint NOT NULL,
+    error text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    retried_at timestamptz,
+    resolved_at timestamptz,
+    PRIMARY KEY (projection, notification_id)
+);
+CREATE INDEX IF NOT EXISTS quarantined_events_aggregate_idx
+    ON {schema}.quarantined_events (projection, aggregate_id);
+{RELAY_QUARANTINE_DDL}
+"""
+
+
+RELAY_QUARANTINE_DDL: Final = """
+CREATE TABLE IF NOT EXISTS public.relay_quarantine (
+    notification_id bigint PRIMARY KEY,
+    topic text NOT NULL,
+    originator_id uuid NOT NULL,
+    originator_version bigint NOT NULL,
+    error text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    retried_at timestamptz,
+    resolved_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS relay_quarantine_originator_idx
+    ON public.relay_quarantine (originator_id);
+"""

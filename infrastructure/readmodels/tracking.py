@@ -23,7 +23,7 @@ from infrastructure.readmodels.quarantine import (
     quarantined_versions,
     record_quarantine,
 )
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.schema import NOTIFY_CHANNELS, SCHEMA
 from infrastructure.readmodels.writes import write_batch
 from projections.batch import fold
 from projections.envelope import Envelope
@@ -32,8 +32,6 @@ from projections.ledger import PROJECTORS
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
 log = structlog.get_logger("vigil.projections")
-
-NOTIFY_CHANNELS = {"balances": "readmodel_accounts", "statements": "readmodel_transactions"}
 
 
 @dataclass

@@ -21,8 +21,7 @@ from aiokafka.structs import RecordMetadata
 
 from infrastructure.eventstore.ledger import migrating
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
-from infrastructure.monitoring.alerts import OUTBOX_CHANNEL
-from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
+from infrastructure.readmodels.schema import OUTBOX_CHANNEL, SCHEMA, ensure_read_models
 from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.state import RelayState, RelayStore
 from infrastructure.settings import Settings

@@ -23,12 +23,12 @@ from infrastructure.eventstore.recorder import SESSION_OPTIONS
 from infrastructure.readmodels.quarantine import (
     MOVEMENT_EVENTS,
     RELAY,
-    RELAY_QUARANTINE_DDL,
     QuarantinedMovement,
     announce,
     describe,
     raise_quarantine_alert,
 )
+from infrastructure.readmodels.schema import RELAY_QUARANTINE_DDL
 from infrastructure.readmodels.schema import SCHEMA as READMODEL_SCHEMA
 from infrastructure.settings import Settings
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from application.commands import Deposit, OpenAccount, Submission
-from application.compliance import SYSTEM_ACTOR, Compliance, case_body
+from application.compliance import Compliance, case_body
 from application.envelope import envelope
 from application.ledger import Ledger
 from domain.account import Account, AccountStatus
@@ -31,7 +31,7 @@ from domain.errors import (
     ValidationFailed,
     WatchlistEntryNotFound,
 )
-from domain.integrity import GENESIS_HASH, Actor, chain_hash, mac_matches
+from domain.integrity import GENESIS_HASH, SYSTEM_ACTOR, Actor, chain_hash, mac_matches
 from domain.money import Money
 from domain.watchlist import watchlist_entry_id
 from infrastructure.eventstore.ledger import open_ledger

@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from domain.errors import Forbidden
+from domain.integrity import SYSTEM_ROLE
 from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Role(StrEnum):
     COMPLIANCE = "compliance"
     VIEWER = "viewer"
     # Internal actors (the case opener); a token claiming it is refused.
-    SYSTEM = "system"
+    SYSTEM = SYSTEM_ROLE
 
 
 TOKEN_ROLES = frozenset(role for role in Role if role is not Role.SYSTEM)
@@ -56,10 +57,6 @@ class Principal:
     def actor(self) -> dict[str, str]:
         """The `actor` every event records (the API contract: `{"subject", "role"}`)."""
         return {"subject": self.subject, "role": self.role.value}
-
-
-# The case opener acts as this actor (the API contract, "Alerts and cases").
-RULES_PRINCIPAL = Principal(subject="system:rules", role=Role.SYSTEM, branch=None)
 
 
 class Unauthorized(Exception):

@@ -12,12 +12,8 @@ from starlette.responses import Response
 from domain.errors import AccountNotFound
 from domain.money import CURRENCY_EXPONENTS
 from domain.text import BRANCH_PATTERN
-from infrastructure.readmodels.freshness import (
-    ACCOUNTS_CHANNEL,
-    freshness_deadline,
-    wait_for_projection,
-)
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
+from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, SCHEMA
 from interfaces.api.http.auth import Principal, Role, check_branch, require
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep

@@ -13,13 +13,8 @@ from starlette.responses import Response
 
 from domain.errors import AccountNotFound
 from infrastructure.eventstore.ledger import EVENTS_TABLE
-from infrastructure.readmodels.freshness import (
-    ACCOUNTS_CHANNEL,
-    TRANSACTIONS_CHANNEL,
-    freshness_deadline,
-    wait_for_projection,
-)
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
+from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, SCHEMA, TRANSACTIONS_CHANNEL
 from interfaces.api.http.auth import check_branch
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep

@@ -21,14 +21,13 @@ from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.eventstore.ledger import EVENTS_TABLE
 from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
-from infrastructure.readmodels.quarantine import apply_isolating, next_version, quarantined_versions
+from infrastructure.readmodels.quarantine import next_version
 from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.readmodels.tracking import (
     BatchResult,
-    finish_batch,
-    quarantine_event,
-    start_batch,
-    use_schema,
+    Decided,
+    apply_or_set_aside,
+    apply_tracked,
 )
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
@@ -70,28 +69,46 @@ async def apply_alerts_batch(
     `cache` holds the live projection's windows between batches (never a shadow's). An
     event the rules cannot score is quarantined and the rest scored around it."""
 
-    async def once(batch: Sequence[Envelope]) -> tuple[BatchResult, list[Hit]]:
-        return await _apply_once(conn, batch, config, config_version, schema, cache)
+    async def load(batch: Sequence[Envelope]) -> tuple[dict[UUID, AccountWindow], WatchlistHistory]:
+        return await load_windows(conn, batch, cache), await watchlist_history(conn, batch)
 
-    async def set_aside(event: Envelope, error: BaseException) -> None:
-        await quarantine_event(conn, PROJECTION, event, error, schema)
+    def decide(
+        batch: Sequence[Envelope],
+        state: tuple[dict[UUID, AccountWindow], WatchlistHistory],
+        fresh: set[int],
+        skipped: Mapping[UUID, set[int]],
+    ) -> Scored:
+        windows, watchlist = state
+        return score_events(batch, fresh, windows, watchlist, config, skipped)
+
+    async def write(scored: Scored) -> None:
+        await save_windows(conn, scored.changed_windows())
+        await record_alerts(conn, scored.raised, config_version)
+        if scored.raised:
+            await notify_outbox(conn)
+
+    async def once(batch: Sequence[Envelope]) -> tuple[BatchResult, list[Hit]]:
+        scored = await apply_tracked(conn, PROJECTION, batch, schema, load, decide, write)
+        if cache is not None:
+            cache.keep(scored.changed_windows())
+        return scored.result, [hit for hit, _, _ in scored.raised]
 
     def merged(parts: list[tuple[BatchResult, list[Hit]]]) -> tuple[BatchResult, list[Hit]]:
         return BatchResult.merged([r for r, _ in parts]), [h for _, hits in parts for h in hits]
 
-    return await apply_isolating(PROJECTION, events, once, set_aside, merged)
+    return await apply_or_set_aside(conn, PROJECTION, events, schema, once, merged)
 
 
 @dataclass
-class Scored:
+class Scored(Decided):
     """A batch's events scored against the windows (pure; nothing written yet)."""
 
-    result: BatchResult
-    windows: dict[UUID, AccountWindow]
+    windows: dict[UUID, AccountWindow] = field(default_factory=dict)
     raised: list[tuple[Hit, str | None, Envelope]] = field(default_factory=list)
     changed: set[UUID] = field(default_factory=set)
-    received: set[int] = field(default_factory=set)
-    deferred: list[Envelope] = field(default_factory=list)
+
+    def changed_windows(self) -> dict[UUID, AccountWindow]:
+        return {account_id: self.windows[account_id] for account_id in self.changed}
 
 
 def score_events(
@@ -105,7 +122,7 @@ def score_events(
     """Every new event through the rules, in order; early ones deferred. `fresh` and
     `loaded` are not changed (a second scoring, with `skipped` known, starts over)."""
     fresh = set(fresh)
-    out = Scored(BatchResult(), dict(loaded))
+    out = Scored(windows=dict(loaded))
     for event in events:
         if event.notification_id not in fresh:
             out.result.duplicates += 1
@@ -121,7 +138,7 @@ def score_events(
                 out.received.add(event.notification_id)
                 out.result.duplicates += 1  # already scored: the window has moved past it
             else:
-                out.deferred.append(event)
+                out.deferred.append((event, window.version))
             continue
         out.received.add(event.notification_id)
         hits, out.windows[event.aggregate_id] = step(
@@ -131,44 +148,6 @@ def score_events(
         out.raised.extend((hit, window.branch, event) for hit in hits)
         out.result.applied += 1
     return out
-
-
-async def _apply_once(
-    conn: AsyncConnection[Any],
-    events: Sequence[Envelope],
-    config: RulesConfig,
-    config_version: int,
-    schema: str,
-    cache: WindowCache | None,
-) -> tuple[BatchResult, list[Hit]]:
-    async with conn.transaction():
-        await use_schema(conn, schema)
-        position, fresh = await start_batch(conn, PROJECTION, events)
-        windows = await load_windows(conn, events, cache)
-        watchlist = await watchlist_history(conn, events)
-        scored = score_events(events, fresh, windows, watchlist, config, {})
-        if scored.deferred:
-            # Rare: an account's next version may be one set aside; step over those.
-            accounts = list({e.aggregate_id for e in scored.deferred})
-            skipped = await quarantined_versions(conn, PROJECTION, accounts)
-            if skipped:
-                scored = score_events(events, fresh, windows, watchlist, config, skipped)
-        # Early events (a partially failed relay batch, retried) are not tracked, so the
-        # mark stays below them and their redelivery, after their predecessors, scores
-        # them in order.
-        result = scored.result
-        result.deferred = len(scored.deferred)
-        saved = {a: scored.windows[a] for a in scored.changed}
-        await save_windows(conn, saved)
-        await record_alerts(conn, scored.raised, config_version)
-        result.position = await finish_batch(
-            conn, PROJECTION, position, scored.received, result.applied
-        )
-        if scored.raised:
-            await notify_outbox(conn)
-    if cache is not None:
-        cache.keep(saved)
-    return result, [hit for hit, _, _ in scored.raised]
 
 
 class WatchlistHistory:

@@ -291,7 +291,7 @@ class _Retrier:
         watchlist: WatchlistHistory = await watchlist_history(self.conn, stream)
         fresh = {e.notification_id for e in stream}
         scored = score_events(stream, fresh, {}, watchlist, config, {retried.aggregate_id: still})
-        await save_windows(self.conn, {a: scored.windows[a] for a in scored.changed})
+        await save_windows(self.conn, scored.changed_windows())
         await record_alerts(self.conn, scored.raised, version)
 
     async def _rules_config(self) -> tuple[Any, int]:

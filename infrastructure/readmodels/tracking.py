@@ -7,10 +7,10 @@ and keeps a contiguous high-water mark, compacting the rows at or below it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 import structlog
@@ -28,6 +28,10 @@ from infrastructure.readmodels.writes import write_batch
 from projections.batch import fold
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
+
+R = TypeVar("R")
+S = TypeVar("S")
+D = TypeVar("D", bound="Decided")
 
 # How far one advance of the mark looks ahead in the store; the next batch goes on.
 MARK_SCAN_MAX = 10_000
@@ -67,14 +71,52 @@ async def apply_batch(
     a fixed number of statements whatever the batch's size (`projections/batch.py`). An
     event whose content the projection cannot apply is quarantined (`quarantine.py`) and
     the rest of the batch applied around it."""
+    project = PROJECTORS[projection]
+
+    async def load(batch: Sequence[Envelope]) -> dict[UUID, int] | None:
+        return await _projected_versions(conn, projection, batch)
+
+    def decide(
+        batch: Sequence[Envelope],
+        versions: dict[UUID, int] | None,
+        fresh: set[int],
+        skipped: Mapping[UUID, set[int]],
+    ) -> Sorted:
+        return _sort(batch, fresh, versions, skipped)
+
+    async def write(sorted_out: Sorted) -> None:
+        rows = [row for event in sorted_out.to_project for row in project(event)]
+        await write_batch(conn, fold(rows))
+        channel = NOTIFY_CHANNELS.get(projection)
+        touched = sorted_out.result.touched_versions
+        if channel and touched:
+            await conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
+                (channel, [f"{a}:{v}" for a, v in touched.items()]),
+            )
 
     async def once(batch: Sequence[Envelope]) -> BatchResult:
-        return await _apply_once(conn, projection, batch, schema)
+        decided = await apply_tracked(conn, projection, batch, schema, load, decide, write)
+        return decided.result
+
+    return await apply_or_set_aside(conn, projection, events, schema, once, BatchResult.merged)
+
+
+async def apply_or_set_aside(
+    conn: AsyncConnection[Any],
+    projection: str,
+    events: Sequence[Envelope],
+    schema: str,
+    once: Callable[[Sequence[Envelope]], Awaitable[R]],
+    merge: Callable[[list[R]], R],
+) -> R:
+    """`once(events)`, or, if an event's content makes it fail, the events around the
+    ones that fail alone, which are quarantined and tracked as done (`quarantine.py`)."""
 
     async def set_aside(event: Envelope, error: BaseException) -> None:
         await quarantine_event(conn, projection, event, error, schema)
 
-    return await apply_isolating(projection, events, once, set_aside, BatchResult.merged)
+    return await apply_isolating(projection, events, once, set_aside, merge)
 
 
 async def quarantine_event(
@@ -93,59 +135,69 @@ async def quarantine_event(
             await finish_batch(conn, projection, position, {event.notification_id}, 0)
 
 
-async def _apply_once(
-    conn: AsyncConnection[Any], projection: str, events: Sequence[Envelope], schema: str
-) -> BatchResult:
-    project = PROJECTORS[projection]
+@dataclass
+class Decided:
+    """A batch's new events sorted out by a projection (pure; nothing written yet)."""
+
+    result: BatchResult = field(default_factory=BatchResult)
+    received: set[int] = field(default_factory=set)  # the ids to track as done
+    # Early events (a version is missing before them), with the version they wait behind.
+    deferred: list[tuple[Envelope, int]] = field(default_factory=list)
+
+
+async def apply_tracked(
+    conn: AsyncConnection[Any],
+    projection: str,
+    events: Sequence[Envelope],
+    schema: str,
+    load: Callable[[Sequence[Envelope]], Awaitable[S]],
+    decide: Callable[[Sequence[Envelope], S, set[int], Mapping[UUID, set[int]]], D],
+    write: Callable[[D], Awaitable[None]],
+) -> D:
+    """One batch of one projection, exactly once, in one transaction: lock the position,
+    find the new ids, `load` what the projection needs, `decide` (pure) which events to
+    apply, `write` the rows, then track the ids received and move the mark. Every
+    projection applies its batches through here."""
     async with conn.transaction():
         await use_schema(conn, schema)
         position, fresh = await start_batch(conn, projection, events)
-        versions = await _projected_versions(conn, projection, events)
-        sorted_out = _sort(events, fresh, versions, {})
-        if sorted_out.deferred and versions is not None:
+        state = await load(events)
+        decided = decide(events, state, fresh, {})
+        if decided.deferred:
             # Rare: an account's next version may be one set aside; step over those.
-            skipped = await quarantined_versions(
-                conn, projection, list({e.aggregate_id for e, _ in sorted_out.deferred})
-            )
+            accounts = list({event.aggregate_id for event, _ in decided.deferred})
+            skipped = await quarantined_versions(conn, projection, accounts)
             if skipped:
-                sorted_out = _sort(events, fresh, versions, skipped)
-        result = sorted_out.result
-        result.deferred = _log_deferred(projection, sorted_out.deferred)
-        rows = [row for event in sorted_out.to_project for row in project(event)]
-        await write_batch(conn, fold(rows))
-        result.position = await finish_batch(
-            conn, projection, position, sorted_out.received, result.applied
+                decided = decide(events, state, fresh, skipped)
+        # Early events (a partially failed relay batch, retried) are not tracked, so the
+        # mark stays below them and their redelivery, after their predecessors, applies
+        # them in order.
+        decided.result.deferred = _log_deferred(projection, decided.deferred)
+        await write(decided)
+        decided.result.position = await finish_batch(
+            conn, projection, position, decided.received, decided.result.applied
         )
-        channel = NOTIFY_CHANNELS.get(projection)
-        if channel and result.touched_versions:
-            await conn.execute(
-                "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
-                (channel, [f"{a}:{v}" for a, v in result.touched_versions.items()]),
-            )
-    return result
+    return decided
 
 
 @dataclass
-class Sorted:
+class Sorted(Decided):
     """A batch's events sorted out against tracking and the projected versions."""
 
-    result: BatchResult
     to_project: list[Envelope] = field(default_factory=list)
-    received: set[int] = field(default_factory=set)
-    deferred: list[tuple[Envelope, int]] = field(default_factory=list)  # with the version
 
 
 def _sort(
     events: Sequence[Envelope],
     fresh: set[int],
     projected: dict[UUID, int] | None,
-    skipped: dict[UUID, set[int]],
+    skipped: Mapping[UUID, set[int]],
 ) -> Sorted:
     """Pure: which events to project, which to track, which to defer. `fresh` and
     `projected` are not changed (a second sort, with `skipped` known, starts over)."""
     fresh = set(fresh)
     versions = None if projected is None else dict(projected)
-    out = Sorted(BatchResult())
+    out = Sorted()
     result = out.result
     for event in events:
         if event.notification_id not in fresh:
@@ -193,7 +245,9 @@ class Order(Enum):
     EARLY = "early"  # a version is missing before it: defer it
 
 
-def _order_of(event: Envelope, versions: dict[UUID, int], skipped: dict[UUID, set[int]]) -> Order:
+def _order_of(
+    event: Envelope, versions: dict[UUID, int], skipped: Mapping[UUID, set[int]]
+) -> Order:
     """Where a balances event stands against the account's projected version, which it
     moves on. An early one (a batch the relay retried after a partial failure) is not
     tracked: the mark stays below it, and its redelivery, after its predecessor,

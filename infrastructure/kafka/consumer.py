@@ -13,24 +13,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from prometheus_client import Gauge
 
+from infrastructure.kafka.clients import FETCH_TIMEOUT_MS
 from infrastructure.kafka.topics import EPOCH_HEADER
-from infrastructure.settings import ConfigurationError, Settings
+from infrastructure.settings import ConfigurationError
 
 log = structlog.get_logger("vigil.consumer")
 
-FETCH_TIMEOUT_MS = 500
-# tansu answers a fetch only when its wait runs out: keep it short, for lag.
-FETCH_WAIT_MS = 20
-# What one fetch may bring from each partition (envelopes are about 1 KiB): a few hundred
-# events, so that one round of fetches over the topic's partitions (12 by default) fills a
-# projection batch (workers.py's FETCH_RECORDS_MAX) with about as many events of each.
-# The relay publishes in notification order, so such a batch covers one stretch of ids
-# from every partition, and the projections' marks can move over nearly all of it: only
-# ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
-# partitions each, half their ids tracked row by row. Above the relay's producer batches
-# (relay_broker.py, 256 KiB), so a fetch always holds whole record batches.
-FETCH_PARTITION_BYTES_MAX = 512 * 1024
-FETCH_BYTES_MAX = 32 * 1024 * 1024
 # 0 until the process's consumer has joined its group (a few seconds after it starts):
 # `vigil up` calls the workers and the case opener ready only once it is above 0.
 PARTITIONS_ASSIGNED_GAUGE = "vigil_consumer_partitions_assigned"
@@ -39,28 +27,6 @@ PARTITIONS_ASSIGNED = Gauge(
 )
 RETRY_BACKOFF_S_MIN = 0.1
 RETRY_BACKOFF_S_MAX = 5.0
-
-
-def new_consumer(
-    settings: Settings, topic: str, group_id: str, client_id: str, records_max: int
-) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.resolved_kafka_bootstrap(),
-        group_id=group_id,
-        client_id=client_id,
-        # Committed offsets are a head start, never the truth: start from the beginning.
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_poll_records=records_max,
-        fetch_max_wait_ms=FETCH_WAIT_MS,
-        max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX,
-        fetch_max_bytes=FETCH_BYTES_MAX,
-        request_timeout_ms=30_000,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
-        metadata_max_age_ms=5_000,
-    )
 
 
 async def run_with_restarts(

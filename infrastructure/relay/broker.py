@@ -17,21 +17,15 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
-from aiokafka.partitioner import DefaultPartitioner
 
+from infrastructure.kafka.clients import new_admin, new_producer
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.relay")
 
-REQUEST_TIMEOUT_MS = 5_000  # a broker that is down costs at most this per attempt
-PRODUCER_LINGER_MS = 5  # small: latency matters more than batching a few more events
-PRODUCER_BATCH_BYTES_MAX = 256 * 1024  # per partition batch; envelopes are ~1 KiB
-PRODUCER_REQUEST_BYTES_MAX = 1_048_576  # the broker's default message.max.bytes
-METADATA_MAX_AGE_MS = 30_000
 TOPIC_ATTEMPTS_MAX = 10  # delete/create rounds lost to clients auto-creating the topic
 TOPIC_RETRY_S = 0.1
 REPLICATION_FACTOR = 1
-PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
 UNKNOWN_TOPIC = 3  # Kafka error codes
 TOPIC_ALREADY_EXISTS = 36
 
@@ -45,29 +39,14 @@ class RelayBroker:
 
     def __init__(self, settings: Settings, ledger_topic: str, topics: Sequence[str]) -> None:
         assert ledger_topic in topics
-        self.bootstrap = settings.resolved_kafka_bootstrap()
+        self.settings = settings
         self.partitions = settings.topic_partitions
         self.ledger_topic = ledger_topic
         self.topics = tuple(topics)
         self._admin: AIOKafkaAdminClient | None = None
 
     def new_producer(self) -> AIOKafkaProducer:
-        # Not idempotent, not transactional: the test broker (tansu) refuses both. Delivery
-        # is at least once; consumers dedupe by notification id.
-        return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="vigil-relay",
-            acks="all",
-            enable_idempotence=False,
-            compression_type=None,
-            linger_ms=PRODUCER_LINGER_MS,
-            max_batch_size=PRODUCER_BATCH_BYTES_MAX,
-            max_request_size=PRODUCER_REQUEST_BYTES_MAX,
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-            retry_backoff_ms=100,
-            metadata_max_age_ms=METADATA_MAX_AGE_MS,
-            partitioner=CachedPartitioner(),
-        )
+        return new_producer(self.settings, "vigil-relay")
 
     async def close(self) -> None:
         admin, self._admin = self._admin, None
@@ -124,11 +103,7 @@ class RelayBroker:
 
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
-                client_id="vigil-relay-admin",
-                request_timeout_ms=REQUEST_TIMEOUT_MS,
-            )
+            admin = new_admin(self.settings, "vigil-relay-admin")
             try:
                 await admin.start()
             except BaseException:
@@ -143,25 +118,3 @@ def _raise_errors(codes: Iterable[tuple[str, int]], tolerated: Container[int] = 
     for topic, code in codes:
         if code != 0 and code not in tolerated:
             raise for_code(code)(f"topic {topic}")
-
-
-class CachedPartitioner:
-    """Kafka's default partitioner (murmur2 of the key, as the Java client), remembered per
-    key: aiokafka computes murmur2 in Python, a tenth of the relay's time under load. The
-    same key always lands on the same partition, whichever of the two computed it."""
-
-    def __init__(self) -> None:
-        self._default = DefaultPartitioner()
-        self._partitions: dict[tuple[bytes, int], int] = {}
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(self._default(key, all_partitions, available))
-        cache_key = (key, len(all_partitions))
-        partition = self._partitions.get(cache_key)
-        if partition is None:
-            if len(self._partitions) >= PARTITION_CACHE_MAX:
-                self._partitions.clear()
-            partition = int(self._default(key, all_partitions, available))
-            self._partitions[cache_key] = partition
-        return partition

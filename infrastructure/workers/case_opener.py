@@ -25,11 +25,11 @@ from prometheus_client import Counter, start_http_server
 from application.compliance import Compliance
 from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import (
     EpochGuard,
     fetch,
     header,
-    new_consumer,
     run_with_restarts,
 )
 from infrastructure.kafka.topics import alerts_topic

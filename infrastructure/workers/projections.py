@@ -27,7 +27,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infrastructure.eventstore.ledger import EVENTS_TABLE, migration_lock_async
 from infrastructure.eventstore.recorder import SESSION_OPTIONS
-from infrastructure.kafka.consumer import EpochGuard, fetch, header, new_consumer, run_with_restarts
+from infrastructure.kafka.clients import new_consumer
+from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.monitoring.alerts import (
     WindowCache,

@@ -8,7 +8,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infrastructure.relay.broker import CachedPartitioner
+from infrastructure.kafka.clients import CachedPartitioner
 
 
 @given(st.lists(st.uuids(), min_size=1, max_size=50), st.integers(min_value=1, max_value=64))

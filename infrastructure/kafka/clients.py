@@ -1,0 +1,105 @@
+"""Every Kafka client Vigil makes, with its options spelled out: the consumers of the
+workers and the case opener, the relay's producer and admin client. One place, so that
+what the broker must be reached with (addresses, and later its security settings) is
+set once for all of them."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+
+from infrastructure.settings import Settings
+
+FETCH_TIMEOUT_MS = 500
+# tansu answers a fetch only when its wait runs out: keep it short, for lag.
+FETCH_WAIT_MS = 20
+# What one fetch may bring from each partition (envelopes are about 1 KiB): a few hundred
+# events, so that one round of fetches over the topic's partitions (12 by default) fills a
+# projection batch (the projection workers' FETCH_RECORDS_MAX) with about as many events of each.
+# The relay publishes in notification order, so such a batch covers one stretch of ids
+# from every partition, and the projections' marks can move over nearly all of it: only
+# ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
+# partitions each, half their ids tracked row by row. Above the relay's producer batches
+# (PRODUCER_BATCH_BYTES_MAX, 256 KiB), so a fetch always holds whole record batches.
+FETCH_PARTITION_BYTES_MAX = 512 * 1024
+FETCH_BYTES_MAX = 32 * 1024 * 1024
+REQUEST_TIMEOUT_MS = 5_000  # a broker that is down costs a producer at most this an attempt
+PRODUCER_LINGER_MS = 5  # small: latency matters more than batching a few more events
+PRODUCER_BATCH_BYTES_MAX = 256 * 1024  # per partition batch; envelopes are ~1 KiB
+PRODUCER_REQUEST_BYTES_MAX = 1_048_576  # the broker's default message.max.bytes
+METADATA_MAX_AGE_MS = 30_000
+PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
+
+
+def new_consumer(
+    settings: Settings, topic: str, group_id: str, client_id: str, records_max: int
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        group_id=group_id,
+        client_id=client_id,
+        # Committed offsets are a head start, never the truth: start from the beginning.
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=records_max,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX,
+        fetch_max_bytes=FETCH_BYTES_MAX,
+        request_timeout_ms=30_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        metadata_max_age_ms=5_000,
+    )
+
+
+def new_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    """A producer keyed by account: acks from all in-sync replicas, at least once."""
+    # Not idempotent, not transactional: the test broker (tansu) refuses both. Delivery
+    # is at least once; consumers dedupe by notification id.
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        compression_type=None,
+        linger_ms=PRODUCER_LINGER_MS,
+        max_batch_size=PRODUCER_BATCH_BYTES_MAX,
+        max_request_size=PRODUCER_REQUEST_BYTES_MAX,
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+        retry_backoff_ms=100,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        partitioner=CachedPartitioner(),
+    )
+
+
+def new_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
+    """An admin client (topics); not started."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        client_id=client_id,
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+    )
+
+
+class CachedPartitioner:
+    """Kafka's default partitioner (murmur2 of the key, as the Java client), remembered per
+    key: aiokafka computes murmur2 in Python, a tenth of the relay's time under load. The
+    same key always lands on the same partition, whichever of the two computed it."""
+
+    def __init__(self) -> None:
+        self._default = DefaultPartitioner()
+        self._partitions: dict[tuple[bytes, int], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        cache_key = (key, len(all_partitions))
+        partition = self._partitions.get(cache_key)
+        if partition is None:
+            if len(self._partitions) >= PARTITION_CACHE_MAX:
+                self._partitions.clear()
+            partition = int(self._default(key, all_partitions, available))
+            self._partitions[cache_key] = partition
+        return partition

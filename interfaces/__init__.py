@@ -1,0 +1,1 @@
+"""The ways in: the `vigil` command line and the two HTTP APIs."""

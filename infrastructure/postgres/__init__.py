@@ -1,0 +1,1 @@
+"""PostgreSQL as every part reaches it: connections, advisory locks, SQL helpers."""

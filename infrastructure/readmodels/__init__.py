@@ -1,0 +1,2 @@
+"""The read models: their schema, exactly-once tracking, the row writers, the balances
+cache in Redis, the quarantine, and what the query API reads (freshness waits)."""

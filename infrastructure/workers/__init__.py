@@ -1,0 +1,1 @@
+"""The consuming processes: the projection workers and the case opener."""

@@ -1,0 +1,1 @@
+"""The command API and the query API: separate apps, processes and ports."""

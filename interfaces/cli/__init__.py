@@ -1,0 +1,1 @@
+"""Every `vigil` command: argument parsing and printing only; the work is done below."""

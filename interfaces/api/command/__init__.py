@@ -1,0 +1,1 @@
+"""The command API: the only way money moves."""

@@ -1,0 +1,2 @@
+"""What both APIs share: tokens and RBAC, problems, middleware, health, strict JSON bodies,
+text fields, serving."""

@@ -1,0 +1,1 @@
+"""The command API's routes, one module per resource."""

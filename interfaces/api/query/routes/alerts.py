@@ -25,6 +25,7 @@ from domain.errors import DomainError, Unavailable
 from domain.text import BRANCH_PATTERN
 from infrastructure.eventstore.recorder import VigilRecorder
 from infrastructure.monitoring.evidence import rebuild_evidence
+from infrastructure.readmodels.readstore import STATEMENT_TIMEOUT_MS
 from infrastructure.readmodels.schema import SCHEMA
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.problems import problem_responses
@@ -40,7 +41,6 @@ from interfaces.api.query.pagination import (
     page_reply,
     where_all,
 )
-from interfaces.api.query.readstore import STATEMENT_TIMEOUT_MS
 from interfaces.api.query.views import Actor, iso_utc, json_reply
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])

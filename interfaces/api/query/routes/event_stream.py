@@ -19,8 +19,8 @@ from psycopg.rows import DictRow
 
 from application.ledger import Ledger
 from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
+from infrastructure.readmodels.readstore import ReadStore
 from interfaces.api.query.pagination import encode_cursor
-from interfaces.api.query.readstore import ReadStore
 
 # Rows per FETCH of a streamed page.
 STREAM_FETCH_ROWS: Final = 100

@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from application.audit import account_state, state_view
 from domain.errors import AccountNotFound, Unavailable
 from infrastructure.audit.access_log import AccessLog, AccessRecord
+from infrastructure.audit.event_stream import StorePage, decoded
 from infrastructure.eventstore.ledger import EVENTS_TABLE
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.middleware import current_correlation_id
@@ -41,7 +42,6 @@ from interfaces.api.query.pagination import (
     encode_cursor,
     page_reply,
 )
-from interfaces.api.query.routes.event_stream import StorePage, decoded
 from interfaces.api.query.views import Actor, iso_utc, json_reply
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])

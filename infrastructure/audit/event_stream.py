@@ -158,7 +158,12 @@ class StreamedPage:
                 shown += 1
                 self.last_position = item["notification_id"]
         finally:
-            await self._stack.aclose()
+            await self.close()
+
+    async def close(self) -> None:
+        """End the snapshot and give the connection back; again is a no-op. Call it even
+        when `items` was never started (a client gone before the first event)."""
+        await self._stack.aclose()
 
 
 async def _rows(

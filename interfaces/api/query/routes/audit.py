@@ -312,11 +312,14 @@ def _int_cursor(cursor: str, kind: str) -> int:
 async def _streamed(page: StreamedPage, indexed: bool) -> AsyncIterator[bytes]:
     """The page's JSON written item by item as the events are decoded."""
     shown = 0
-    yield b'{"items":['
-    async with contextlib.aclosing(page.items()) as items:
-        async for item in items:
-            yield (b"," if shown else b"") + orjson.dumps(item)
-            shown += 1
+    try:
+        yield b'{"items":['
+        async with contextlib.aclosing(page.items()) as items:
+            async for item in items:
+                yield (b"," if shown else b"") + orjson.dumps(item)
+                shown += 1
+    finally:
+        await page.close()
     last = page.last_position
     next_cursor = encode_cursor(EVENTS_CURSOR, [last]) if page.more and last is not None else None
     yield b'],"next_cursor":' + orjson.dumps(next_cursor)

@@ -1,4 +1,5 @@
-"""Who read or exported what, when: the audit-access log and the register of exports.
+"""Who read or exported what, when: the audit-access log and the register of exports,
+written here and read back for the query API.
 
 The only tables the query side writes (the API contract: it "may append to its own
 audit-access log and write export files"). Rows are appended, never changed: the event
@@ -11,7 +12,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, TypedDict, cast
+from uuid import UUID
 
 import orjson
 import psycopg
@@ -23,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from domain.errors import Unavailable
 from infrastructure.eventstore.index import append_only_statements
 from infrastructure.eventstore.ledger import migrating
+from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.settings import Settings
 
 AUDIT_TABLES: Final = ("audit_access_log", "audit_exports")
@@ -159,3 +163,73 @@ class AccessLog:
     async def record(self, record: AccessRecord) -> None:
         async with self._connection() as conn:
             await conn.execute(INSERT_ACCESS, record.params())
+
+
+# --- Reading them back (the query API's read-only store) ------------------------------
+
+ACCESS_LOG_PAGE: Final = (
+    "SELECT id, at, subject, role, action, detail, correlation_id FROM public.audit_access_log "
+    "WHERE id < %(before)s ORDER BY id DESC LIMIT %(limit)s"
+)
+EXPORTS_PAGE: Final = (
+    "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
+    "exported_by_role, exported_at FROM public.audit_exports "
+    "WHERE (exported_at, export_id) < (%(at)s, %(id)s) "
+    "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
+)
+EXPORT_EXISTS: Final = "SELECT 1 FROM public.audit_exports WHERE export_id = %(id)s"
+EXPORTS_FIRST_PAGE: Final = (
+    "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
+    "exported_by_role, exported_at FROM public.audit_exports "
+    "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
+)
+
+
+class AccessRow(TypedDict):
+    """One row of `public.audit_access_log`."""
+
+    id: int
+    at: datetime
+    subject: str
+    role: str
+    action: str
+    detail: dict[str, Any]
+    correlation_id: str | None
+
+
+class ExportRow(TypedDict):
+    """One row of `public.audit_exports`, without its directory and manifest."""
+
+    export_id: UUID
+    range_from: datetime
+    range_to: datetime
+    account_id: UUID | None
+    format: str
+    total: int
+    exported_by_subject: str
+    exported_by_role: str
+    exported_at: datetime
+
+
+async def access_log_page(store: ReadStore, before: int, limit: int) -> list[AccessRow]:
+    """Up to `limit + 1` entries, newest first, with ids below `before`."""
+    rows = await store.fetch_all(ACCESS_LOG_PAGE, {"before": before, "limit": limit + 1})
+    return cast(list[AccessRow], rows)
+
+
+async def exports_page(
+    store: ReadStore, after: tuple[datetime, UUID] | None, limit: int
+) -> list[ExportRow]:
+    """Up to `limit + 1` exports, newest first, strictly below `after` (time, id)."""
+    if after is None:
+        rows = await store.fetch_all(EXPORTS_FIRST_PAGE, {"limit": limit + 1})
+    else:
+        at, export_id = after
+        rows = await store.fetch_all(EXPORTS_PAGE, {"at": at, "id": export_id, "limit": limit + 1})
+    return cast(list[ExportRow], rows)
+
+
+async def export_registered(store: ReadStore, export_id: UUID) -> bool:
+    """Whether the export is in the register (its files may still be elsewhere)."""
+    rows = await store.fetch_all(EXPORT_EXISTS, {"id": export_id})
+    return bool(rows)

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from psycopg import Connection
 from psycopg.rows import dict_row, tuple_row
 
 from application.ledger import Ledger
+from domain.errors import Unavailable
 from domain.ids import watchlist_entry_id
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
+from infrastructure.eventstore.recorder import VigilRecorder
 from infrastructure.monitoring.alerts import LISTED_EVENTS
 from infrastructure.monitoring.rules_config import config_from_parameters
 from infrastructure.readmodels.quarantine import QUARANTINED_RULE
+from infrastructure.readmodels.readstore import STATEMENT_TIMEOUT_MS
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
@@ -216,3 +219,19 @@ def verdict(alert_row: Mapping[str, Any], hit: Hit | None) -> dict[str, Any]:
         "transaction_ids": hit.transaction_ids,
         "explanation": hit.explanation,
     }
+
+
+def rebuild_in_snapshot(
+    ledger: Ledger, alert_row: Mapping[str, Any], parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """`rebuild_evidence` in one read-only snapshot of the event store, from the ledger's
+    own pool (bounded), so the rebuild sees one consistent history; in a worker thread.
+    503 `unavailable` when the store cannot be reached."""
+    datastore = cast(VigilRecorder, ledger.recorder).datastore
+    try:
+        with datastore.get_connection() as conn, conn.transaction(force_rollback=True):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            return rebuild_evidence(ledger, conn, alert_row, parameters)
+    except (OperationalError, InterfaceError) as error:
+        raise Unavailable("the event store is not reachable; retry") from error

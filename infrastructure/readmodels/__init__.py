@@ -1,2 +1,3 @@
 """The read models: their schema, exactly-once tracking, the row writers, the balances
-cache in Redis, the quarantine, and what the query API reads (freshness waits)."""
+cache in Redis, the quarantine, and what the query API reads (the read-only store, the
+readers, freshness waits)."""

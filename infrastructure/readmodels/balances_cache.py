@@ -1,20 +1,33 @@
 """Hot account rows in Redis, written by the balances projection after its commit and
 only ever replaced by a newer version; read by the query API, which falls back to
-PostgreSQL when Redis is down or behind."""
+PostgreSQL when Redis is down or behind. This module owns the key format and the entry's
+encoding, both ways.
+
+Reading is best effort: a Redis error or timeout is a miss and never fails the request;
+after one, Redis is left alone briefly instead of paying its timeout on every request.
+An entry that does not parse is a miss.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import Any, Final
 from uuid import UUID
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 import structlog
 from psycopg import AsyncConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from infrastructure.readmodels.readers.accounts import AccountRecord
 from infrastructure.readmodels.schema import SCHEMA
 
 log = structlog.get_logger("vigil.account_cache")
+read_log = structlog.get_logger("vigil.query.cache")
 
 CACHE_TTL_S = 3600
 # Accounts written by one script call: Redis runs a script alone, so keep each one short.
@@ -44,7 +57,13 @@ return written
 """
 
 
+# After a failure, skip Redis for this long (each request would otherwise wait out the
+# socket timeout while Redis is down).
+CACHE_BACKOFF_S: Final = 2.0
+
+
 def account_cache_key(prefix: str, account_id: UUID | str) -> str:
+    """The Redis key of an account's entry."""
     return f"{prefix}account:{account_id}"
 
 
@@ -53,8 +72,7 @@ def _utc_text(column: str) -> str:
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-# The cached entry, written by PostgreSQL: the query API reads it as it reads a row
-# (AccountRecord.from_mapping).
+# The cached entry, written by PostgreSQL: read back as a row is (AccountRecord.from_mapping).
 CACHED_ROWS = f"""
 SELECT account_id::text, version, json_build_object(
     'account_id', account_id, 'owner', owner, 'branch', branch, 'currency', currency,
@@ -81,3 +99,60 @@ async def cache_account_rows(
     except (redis.RedisError, OSError) as error:
         # The cache is an optimisation: the query API reads PostgreSQL when it misses.
         log.warning("account_cache_write_failed", error=type(error).__name__)
+
+
+class AccountCache:
+    """The query API's reading side of the cache: an account's entry, or None for a miss."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._down_until_s = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str, timeout_s: float) -> AccountCache:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # The library retries three times by default: that would triple the wait
+            # on a dead cache that PostgreSQL can replace at once.
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+        )
+        return cls(client, prefix=prefix, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def get(self, account_id: UUID) -> AccountRecord | None:
+        if time.monotonic() < self._down_until_s:
+            return None
+        try:
+            raw = await asyncio.wait_for(
+                self.client.get(account_cache_key(self.prefix, account_id)), self.timeout_s
+            )
+        except (redis.RedisError, OSError, TimeoutError) as error:
+            self._down_until_s = time.monotonic() + CACHE_BACKOFF_S
+            read_log.warning("account_cache_unavailable", error=type(error).__name__)
+            return None
+        if raw is None:
+            return None
+        return _parse(raw, account_id)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+
+def _parse(raw: bytes | str, account_id: UUID) -> AccountRecord | None:
+    try:
+        data = orjson.loads(raw)
+        record = AccountRecord.from_mapping(data)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        read_log.warning("account_cache_entry_unreadable", error=type(error).__name__)
+        return None
+    if record.account_id != account_id:
+        read_log.warning("account_cache_entry_mismatched", account_id=str(account_id))
+        return None
+    return record

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis
 
-from interfaces.api.query.cache import account_cache_key
+from infrastructure.readmodels.balances_cache import account_cache_key
 from tests.conftest import start_query_api
 from tests.e2e.conftest import HTTP_TIMEOUT_S, assert_problem, bearer, make_token
 from tests.e2e.query_support import QueryEnv, insert_account, route_path

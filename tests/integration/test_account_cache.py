@@ -23,8 +23,8 @@ from infrastructure.readmodels.balances_cache import (
     account_cache_key,
     cache_account_rows,
 )
+from infrastructure.readmodels.readers.accounts import AccountRecord
 from infrastructure.settings import Settings
-from interfaces.api.query.views import AccountRecord
 from tests.integration.support import run, stored_envelopes
 from tests.integration.test_projection_store import apply_all, busy_history, seed
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import Depends, Header, Request, Response
 
 from application.commands import Command, Outcome, Submission
 from application.group_commit import GroupCommitter
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
-from infrastructure.settings import Settings
 from interfaces.api.command.schemas import IdempotencyKey
 from interfaces.api.http.auth import Principal, Role
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.middleware import current_correlation_id
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -27,13 +26,7 @@ async def _commands(request: Request) -> GroupCommitter:
     return commands
 
 
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 CommandsDep = Annotated[GroupCommitter, Depends(_commands)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
 IdempotencyKeyHeader = Annotated[IdempotencyKey | None, Header(alias="Idempotency-Key")]
 
 
@@ -56,12 +49,6 @@ async def execute(commands: GroupCommitter, action: str, sub: Submission) -> Out
     return outcome
 
 
-def json_reply(body: Any, status_code: int, *, replayed: bool = False) -> Response:
-    headers = {REPLAYED_HEADER: "true"} if replayed else None
-    return Response(
-        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
-    )
-
-
 def outcome_reply(outcome: Outcome, status_code: int) -> Response:
-    return json_reply(outcome.body, status_code, replayed=outcome.replayed)
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
+    return json_reply(outcome.body, status_code, headers=headers)

@@ -13,15 +13,15 @@ from fastapi import FastAPI
 from infrastructure.audit.access_log import AccessLog, prepare_audit_tables
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.ops.quarantine import list_quarantined, reasons
+from infrastructure.readmodels.balances_cache import AccountCache
 from infrastructure.readmodels.freshness import ChangeWaiters, NotificationListener
+from infrastructure.readmodels.readstore import ReadStore, prepare_read_models
 from infrastructure.settings import Settings
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import install_middleware
 from interfaces.api.http.problems import install_problem_handlers
-from interfaces.api.query.cache import AccountCache
 from interfaces.api.query.deps import ReadSide
-from interfaces.api.query.readstore import ReadStore, prepare_read_models
 from interfaces.api.query.routes import (
     accounts,
     alerts,

@@ -8,9 +8,9 @@ from typing import Annotated, Final
 from fastapi import Depends, Query, Request
 
 from application.ledger import Ledger
+from infrastructure.readmodels.balances_cache import AccountCache
 from infrastructure.readmodels.freshness import ChangeWaiters
-from interfaces.api.query.cache import AccountCache
-from interfaces.api.query.readstore import ReadStore
+from infrastructure.readmodels.readstore import ReadStore
 
 # Aggregate versions are bigint in the store.
 VERSION_MAX: Final = 2**63 - 1

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Final
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Final, TypeVar
 
 import orjson
 from fastapi import Query
-from psycopg import sql
 
 from domain.errors import ValidationFailed
 
@@ -22,6 +21,9 @@ PAGE_SIZE_DEFAULT: Final = 50
 PAGE_SIZE_MAX: Final = 500
 # Our cursors are a few dozen characters; anything far longer is not one of ours.
 CURSOR_CHARS_MAX: Final = 512
+
+# A record of a page: a reader's row or record, or an item already decoded.
+Row = TypeVar("Row")
 
 Limit = Annotated[
     int,
@@ -63,30 +65,11 @@ def decode_cursor(cursor: str, kind: str, arity: int) -> list[Any]:
     return data[1:]
 
 
-def equal_to(
-    filters: Mapping[str, Any], params: dict[str, Any], table: str | None = None
-) -> list[sql.Composable]:
-    """`column = %(column)s` for each filter given (None: not given), its value put in
-    `params`. Only the filters given: a prepared statement's generic plan of
-    `(%s IS NULL OR column = %s)` would ignore the indexes."""
-    conditions: list[sql.Composable] = []
-    for column, value in filters.items():
-        if value is not None:
-            name = sql.Identifier(column) if table is None else sql.Identifier(table, column)
-            conditions.append(sql.SQL("{} = {}").format(name, sql.Placeholder(column)))
-            params[column] = value
-    return conditions
-
-
-def where_all(conditions: Sequence[sql.Composable]) -> sql.Composable:
-    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-
-
 def page_reply(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Row],
     limit: int,
-    view: Callable[[Mapping[str, Any]], dict[str, Any]],
-    cursor_of: Callable[[Mapping[str, Any]], str],
+    view: Callable[[Row], dict[str, Any]],
+    cursor_of: Callable[[Row], str],
 ) -> dict[str, Any]:
     """A page from up to `limit + 1` rows: the extra row only says another page exists."""
     assert len(rows) <= limit + 1, "fetch at most one row beyond the page"

@@ -11,7 +11,6 @@ from application.commands import ChangeStatus
 from interfaces.api.command.deps import (
     CommandsDep,
     IdempotencyKeyHeader,
-    SettingsDep,
     execute,
     outcome_reply,
     submission,
@@ -25,6 +24,7 @@ from interfaces.api.command.schemas import (
     resolve_id,
 )
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import SettingsDep
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.problems import problem_responses
 

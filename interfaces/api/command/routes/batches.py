@@ -14,8 +14,6 @@ from infrastructure.metrics import record_command_outcome
 from interfaces.api.command.deps import (
     CommandsDep,
     IdempotencyKeyHeader,
-    SettingsDep,
-    json_reply,
     submission,
 )
 from interfaces.api.command.responses import BatchOut
@@ -28,6 +26,7 @@ from interfaces.api.command.schemas import (
     resolve_item_id,
 )
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import SettingsDep, json_reply
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.problems import problem_responses
 

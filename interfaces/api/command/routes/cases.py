@@ -16,10 +16,10 @@ from domain.case import RESOLUTIONS, CaseAction
 from domain.errors import DomainError
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
-from interfaces.api.command.deps import json_reply
 from interfaces.api.command.responses import AccountOut
 from interfaces.api.command.schemas import Body as StrictBody
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Response
 from interfaces.api.command.deps import (
     CommandsDep,
     IdempotencyKeyHeader,
-    SettingsDep,
     execute,
     outcome_reply,
     submission,
@@ -18,6 +17,7 @@ from interfaces.api.command.responses import TransferOut
 from interfaces.api.command.routes.accounts import MONEY_PROBLEMS
 from interfaces.api.command.schemas import TransferIn, resolve_id
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import SettingsDep
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.problems import problem_responses
 

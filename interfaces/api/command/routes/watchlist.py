@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from application.compliance import watchlist_body
 from domain.errors import ValidationFailed
 from domain.integrity import Actor
-from interfaces.api.command.deps import json_reply
 from interfaces.api.command.routes.cases import ComplianceDep, counted
 from interfaces.api.command.schemas import Body as StrictBody
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from psycopg import sql
 from starlette.responses import Response
 
 from domain.errors import AccountNotFound
 from domain.money import CURRENCY_EXPONENTS
 from domain.text import BRANCH_PATTERN
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
-from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, SCHEMA
+from infrastructure.readmodels.readers.accounts import (
+    AccountRecord,
+    accounts_page,
+    fetch_account,
+)
+from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL
 from interfaces.api.http.auth import Principal, Role, check_branch, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
@@ -24,17 +29,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
-    equal_to,
     page_reply,
-    where_all,
 )
-from interfaces.api.query.views import (
-    AccountPage,
-    AccountRecord,
-    AccountStatus,
-    AccountView,
-    json_reply,
-)
+from interfaces.api.query.views import AccountPage, AccountStatus, AccountView, account_view
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -48,13 +45,6 @@ StatusFilter = Annotated[AccountStatus | None, Query()]
 CurrencyFilter = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217")]
 
 ACCOUNTS_CURSOR: Final = "accounts"
-ACCOUNT_COLUMNS: Final = sql.SQL(
-    "account_id, owner, branch, currency, status, balance_minor, overdraft_limit_minor, "
-    "version, opened_at, updated_at, last_transaction_at"
-)
-ACCOUNT_BY_ID: Final = sql.SQL(
-    "SELECT {columns} FROM {schema}.accounts WHERE account_id = %(account_id)s"
-).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA))
 
 
 @router.get(
@@ -67,7 +57,7 @@ async def get_account(
     account_id: UUID, who: Reader, read_side: ReadSideDep, min_version: MinVersion = None
 ) -> Response:
     record = await read_account(read_side, who, account_id, min_version)
-    return json_reply(record.view())
+    return json_reply(account_view(record))
 
 
 @router.get(
@@ -89,8 +79,8 @@ async def list_accounts(
         raise QueryInvalid("currency", f"unknown currency {currency}")
     filters = {"branch": scoped_branch(who, branch), "status": status, "currency": currency}
     after = _account_after(cursor)
-    rows = await read_side.store.fetch_all(*_accounts_page_query(filters, after, limit))
-    return json_reply(page_reply(rows, limit, _account_item, _account_cursor))
+    records = await accounts_page(read_side.store, filters, after, limit)
+    return json_reply(page_reply(records, limit, account_view, _account_cursor))
 
 
 async def read_account(
@@ -104,7 +94,7 @@ async def read_account(
         if min_version is None or cached.version >= min_version:
             return cached
     if min_version is None:
-        record = await fetch_account(read_side, account_id)
+        record = await fetch_account(read_side.store, account_id)
         if record is None:
             raise AccountNotFound(f"account {account_id} not found")
         check_branch(who, record.branch)
@@ -112,7 +102,7 @@ async def read_account(
     wanted = min_version
 
     async def caught_up() -> AccountRecord | None:
-        record = await fetch_account(read_side, account_id)
+        record = await fetch_account(read_side.store, account_id)
         if record is None:
             return None
         # Refuse a teller of another branch at once instead of after the wait.
@@ -122,11 +112,6 @@ async def read_account(
     return await wait_for_projection(
         read_side.waiters, ACCOUNTS_CHANNEL, account_id, caught_up, deadline=freshness_deadline()
     )
-
-
-async def fetch_account(read_side: ReadSide, account_id: UUID) -> AccountRecord | None:
-    row = await read_side.store.fetch_one(ACCOUNT_BY_ID, {"account_id": account_id})
-    return None if row is None else AccountRecord.from_mapping(row)
 
 
 def scoped_branch(who: Principal, branch: str | None) -> str | None:
@@ -149,23 +134,5 @@ def _account_after(cursor: str | None) -> UUID | None:
         raise QueryInvalid("cursor", "not a cursor of this list") from None
 
 
-def _accounts_page_query(
-    filters: dict[str, str | None], after: UUID | None, limit: int
-) -> tuple[sql.Composed, dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit + 1}
-    conditions = equal_to(filters, params)  # so the (branch, account_id) index serves
-    if after is not None:
-        conditions.append(sql.SQL("account_id > %(after)s"))
-        params["after"] = after
-    query = sql.SQL(
-        "SELECT {columns} FROM {schema}.accounts{where} ORDER BY account_id LIMIT %(limit)s"
-    ).format(columns=ACCOUNT_COLUMNS, schema=sql.Identifier(SCHEMA), where=where_all(conditions))
-    return query, params
-
-
-def _account_item(row: Any) -> dict[str, Any]:
-    return AccountRecord.from_mapping(row).view()
-
-
-def _account_cursor(row: Any) -> str:
-    return encode_cursor(ACCOUNTS_CURSOR, [str(row["account_id"])])
+def _account_cursor(record: AccountRecord) -> str:
+    return encode_cursor(ACCOUNTS_CURSOR, [str(record.account_id)])

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Query
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
 from pydantic import AwareDatetime, BaseModel
 from starlette.responses import Response
 
-from application.ledger import Ledger
-from domain.errors import DomainError, Unavailable
+from domain.errors import DomainError
+from domain.integrity import format_timestamp
 from domain.text import BRANCH_PATTERN
-from infrastructure.eventstore.recorder import VigilRecorder
-from infrastructure.monitoring.evidence import rebuild_evidence
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.monitoring.evidence import rebuild_in_snapshot
+from infrastructure.readmodels.readers.alerts import (
+    AlertFilters,
+    AlertRow,
+    alerts_page,
+    rule_config,
+)
+from infrastructure.readmodels.readers.alerts import fetch_alert as read_alert
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import LedgerDep, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
@@ -36,12 +39,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
-    equal_to,
     page_reply,
-    where_all,
 )
-from interfaces.api.query.readstore import STATEMENT_TIMEOUT_MS
-from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.query.views import Actor
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -63,20 +63,6 @@ RuleName = Literal[
 ]
 
 ALERTS_CURSOR: Final = "alerts"
-ALERTS_TABLE: Final = f"{SCHEMA}.alerts"
-CASES_TABLE: Final = f"{SCHEMA}.cases"
-
-_schema: Final = sql.Identifier(SCHEMA)
-TABLES_PRESENT: Final = (
-    "SELECT to_regclass(%(alerts)s) IS NOT NULL AS alerts, "
-    "to_regclass(%(cases)s) IS NOT NULL AS cases"
-)
-ALERT_COLUMNS: Final = sql.SQL(
-    "a.alert_id, a.rule, a.severity, a.account_id, a.branch, a.transaction_ids, a.positions, "
-    "a.explanation, a.raised_at, a.notification_id, a.chain_head, a.rule_config_version, "
-    "a.case_id"
-)
-RULE_CONFIG: Final = "SELECT parameters FROM public.rule_configs WHERE version = %(version)s"
 
 
 class AlertNotFound(DomainError):
@@ -174,21 +160,15 @@ async def list_alerts(
     if from_ is not None and to is not None and from_ > to:
         raise QueryInvalid("from", "must not be after `to`")
     after = _alert_after(cursor)
-    filters = {
+    filters: AlertFilters = {
         "severity": severity,
         "rule": rule,
         "account_id": account_id,
         "branch": branch,
-        "from": from_,
+        "from_": from_,
         "to": to,
     }
-    async with read_side.store.connection() as conn:
-        alerts, cases = await _tables_present(conn)
-        if not alerts or (status == "closed" and not cases):
-            rows: list[dict[str, Any]] = []
-        else:
-            cursor_ = await conn.execute(*_alerts_query(cases, status, filters, after, limit))
-            rows = await cursor_.fetchall()
+    rows = await alerts_page(read_side.store, status, filters, after, limit)
     return json_reply(page_reply(rows, limit, alert_view, _alert_cursor))
 
 
@@ -212,36 +192,25 @@ async def get_evidence(
     alert_id: UUID, who: EvidenceReader, read_side: ReadSideDep, ledger: LedgerDep
 ) -> Response:
     row = await fetch_alert(read_side, alert_id)
-    config = await read_side.store.fetch_one(RULE_CONFIG, {"version": row["rule_config_version"]})
+    parameters = await rule_config(read_side.store, row["rule_config_version"])
     # Configurations are stored before any alert names them and never deleted.
-    assert config is not None, f"rule configuration {row['rule_config_version']} is missing"
-    evidence = await asyncio.to_thread(_rebuild, ledger, row, config["parameters"])
+    assert parameters is not None, f"rule configuration {row['rule_config_version']} is missing"
+    evidence = await asyncio.to_thread(rebuild_in_snapshot, ledger, row, parameters)
     return json_reply({"alert": alert_view(row), **evidence})
 
 
 # --- Helpers --------------------------------------------------------------------------
 
 
-async def fetch_alert(read_side: ReadSide, alert_id: UUID) -> dict[str, Any]:
+async def fetch_alert(read_side: ReadSide, alert_id: UUID) -> AlertRow:
     """The alert row with its case's status (`case_status`); 404 if there is none."""
-    async with read_side.store.connection() as conn:
-        alerts, cases = await _tables_present(conn)
-        row = None
-        if alerts:
-            query = sql.SQL("SELECT {columns}, {status} FROM {schema}.alerts a{join} {where}")
-            cursor = await conn.execute(
-                query.format(
-                    **_case_parts(cases), where=sql.SQL("WHERE a.alert_id = %(alert_id)s")
-                ),
-                {"alert_id": alert_id},
-            )
-            row = await cursor.fetchone()
+    row = await read_alert(read_side.store, alert_id)
     if row is None:
         raise AlertNotFound(f"alert {alert_id} not found")
     return row
 
 
-def alert_view(row: Any) -> dict[str, Any]:
+def alert_view(row: AlertRow) -> dict[str, Any]:
     """A `readmodel.alerts` row (with `case_status`) as the contract shows an alert."""
     return {
         "alert_id": str(row["alert_id"]),
@@ -252,76 +221,13 @@ def alert_view(row: Any) -> dict[str, Any]:
         "transaction_ids": row["transaction_ids"],
         "positions": row["positions"],
         "explanation": row["explanation"],
-        "raised_at": iso_utc(row["raised_at"]),
+        "raised_at": format_timestamp(row["raised_at"]),
         "status": "closed" if row["case_status"] == "closed" else "open",
         "case_id": str(row["case_id"]),
         "rule_config_version": row["rule_config_version"],
         "scored_at_position": row["notification_id"],
         "chain_head": row["chain_head"],
     }
-
-
-async def _tables_present(conn: AsyncConnection[DictRow]) -> tuple[bool, bool]:
-    # The query API may start before the alerts worker and the cases projection have
-    # created their tables: then there are no alerts, or none whose case is closed.
-    cursor = await conn.execute(TABLES_PRESENT, {"alerts": ALERTS_TABLE, "cases": CASES_TABLE})
-    row = await cursor.fetchone()
-    assert row is not None, "a SELECT without FROM returns one row"
-    return bool(row["alerts"]), bool(row["cases"])
-
-
-def _case_parts(cases: bool) -> dict[str, sql.Composable]:
-    if not cases:
-        return {
-            "columns": ALERT_COLUMNS,
-            "status": sql.SQL("NULL::text AS case_status"),
-            "schema": _schema,
-            "join": sql.SQL(""),
-        }
-    return {
-        "columns": ALERT_COLUMNS,
-        "status": sql.SQL("c.status AS case_status"),
-        "schema": _schema,
-        "join": sql.SQL(" LEFT JOIN {schema}.cases c ON c.case_id = a.case_id").format(
-            schema=_schema
-        ),
-    }
-
-
-def _alerts_query(
-    cases: bool,
-    status: str | None,
-    filters: dict[str, Any],
-    after: tuple[datetime, UUID] | None,
-    limit: int,
-) -> tuple[sql.Composed, dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit + 1}
-    equal = {c: filters[c] for c in ("severity", "rule", "account_id", "branch")}
-    conditions = equal_to(equal, params, table="a")
-    if filters["from"] is not None:
-        conditions.append(sql.SQL("a.raised_at >= %(from)s"))
-        params["from"] = filters["from"]
-    if filters["to"] is not None:
-        conditions.append(sql.SQL("a.raised_at < %(to)s"))
-        params["to"] = filters["to"]
-    if status == "closed":
-        conditions.append(sql.SQL("c.status = 'closed'"))
-    elif status == "open" and cases:
-        conditions.append(sql.SQL("c.status IS DISTINCT FROM 'closed'"))
-    if after is not None:
-        # Newest first, ties by id: the next page sorts strictly after the last row shown.
-        conditions.append(
-            sql.SQL(
-                "(a.raised_at < %(after_at)s OR (a.raised_at = %(after_at)s "
-                "AND a.alert_id > %(after_id)s))"
-            )
-        )
-        params["after_at"], params["after_id"] = after
-    query = sql.SQL(
-        "SELECT {columns}, {status} FROM {schema}.alerts a{join}{where} "
-        "ORDER BY a.raised_at DESC, a.alert_id LIMIT %(limit)s"
-    ).format(**_case_parts(cases), where=where_all(conditions))
-    return query, params
 
 
 def _alert_after(cursor: str | None) -> tuple[datetime, UUID] | None:
@@ -338,18 +244,5 @@ def _alert_after(cursor: str | None) -> tuple[datetime, UUID] | None:
     return moment, identifier
 
 
-def _alert_cursor(row: Any) -> str:
+def _alert_cursor(row: AlertRow) -> str:
     return encode_cursor(ALERTS_CURSOR, [row["raised_at"].isoformat(), str(row["alert_id"])])
-
-
-def _rebuild(ledger: Ledger, row: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
-    """In a worker thread: one read-only snapshot of the event store, from the ledger's
-    own pool (bounded), so the rebuild sees one consistent history."""
-    datastore = cast(VigilRecorder, ledger.recorder).datastore
-    try:
-        with datastore.get_connection() as conn, conn.transaction(force_rollback=True):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            return rebuild_evidence(ledger, conn, row, parameters)
-    except (OperationalError, InterfaceError) as error:
-        raise Unavailable("the event store is not reachable; retry") from error

@@ -13,21 +13,25 @@ then answers 503 `unavailable` (run `vigil audit reindex`) rather than ignore th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Final
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Query, Request
-from psycopg import sql
 from pydantic import AwareDatetime, BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from application.audit import account_state, state_view
 from domain.errors import AccountNotFound, Unavailable
-from infrastructure.audit.access_log import AccessLog, AccessRecord
-from infrastructure.eventstore.ledger import EVENTS_TABLE
+from domain.integrity import format_timestamp
+from infrastructure.audit.access_log import AccessLog, AccessRecord, AccessRow, access_log_page
+from infrastructure.audit.event_stream import StorePage, StreamedPage, index_present
+from infrastructure.audit.event_stream import account_events as read_account_events
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.http.text import FilterText
@@ -41,15 +45,13 @@ from interfaces.api.query.pagination import (
     encode_cursor,
     page_reply,
 )
-from interfaces.api.query.routes.event_stream import StorePage, decoded
-from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.query.views import Actor
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 AuditReader = Annotated[Principal, Depends(require("audit.read"))]
 AccessLogReader = Annotated[Principal, Depends(require("audit.access_log"))]
 
-INDEX_TABLE: Final = "public.event_index"
 ACCOUNT_EVENTS_CURSOR: Final = "audit_account_events"
 EVENTS_CURSOR: Final = "audit_events"
 ACCESS_LOG_CURSOR: Final = "audit_access_log"
@@ -65,17 +67,6 @@ HISTORY_FIELDS: Final = (
     "payload",
     "hash",
     "previous_hash",
-)
-
-ACCOUNT_EVENTS: Final = sql.SQL(
-    "SELECT notification_id, originator_id, originator_version, topic, state FROM {events} "
-    "WHERE originator_id = %(account_id)s AND originator_version > %(after)s "
-    "ORDER BY originator_version LIMIT %(limit)s"
-).format(events=sql.Identifier(EVENTS_TABLE))
-INDEX_PRESENT: Final = "SELECT to_regclass(%(index)s) IS NOT NULL AS present"
-ACCESS_LOG_PAGE: Final = (
-    "SELECT id, at, subject, role, action, detail, correlation_id FROM public.audit_access_log "
-    "WHERE id < %(before)s ORDER BY id DESC LIMIT %(limit)s"
 )
 
 EventType = Annotated[
@@ -193,9 +184,7 @@ async def account_events(
     await record_access(
         request, who, "audit.account_events", {"account_id": str(account_id), "after": after}
     )
-    params = {"account_id": account_id, "after": after, "limit": limit + 1}
-    rows = await read_side.store.fetch_all(ACCOUNT_EVENTS, params)
-    items = [decoded(ledger, row) for row in rows]
+    items = await read_account_events(read_side.store, ledger, account_id, after, limit)
     if after == 0 and (not items or items[0]["aggregate_type"] != "account"):
         raise AccountNotFound(f"account {account_id} not found")
     return json_reply(
@@ -237,22 +226,20 @@ async def store_events(
         "actor": actor,
         "account_id": account_id,
     }
-    row = await read_side.store.fetch_one(INDEX_PRESENT, {"index": INDEX_TABLE})
-    indexed = bool(row and row["present"])
+    indexed = await index_present(read_side.store)
     needs_index = [name for name in ("from", "to", "type", "actor") if filters[name] is not None]
     if not indexed and needs_index:
         raise Unavailable(f"the event index is not built yet; cannot filter by {needs_index}")
     detail = {
-        "from": None if from_ is None else iso_utc(from_),
-        "to": None if to is None else iso_utc(to),
+        "from": None if from_ is None else format_timestamp(from_),
+        "to": None if to is None else format_timestamp(to),
         "type": event_type,
         "actor": actor,
         "account_id": None if account_id is None else str(account_id),
     }
     await record_access(request, who, "audit.events", {**detail, "after": after})
-    page = StorePage(read_side.store, ledger, indexed, EVENTS_CURSOR)
-    body = await page.open(filters, after, limit)
-    return StreamingResponse(body, media_type="application/json")
+    page = await StorePage(read_side.store, ledger, indexed).open(filters, after, limit)
+    return StreamingResponse(_streamed(page, indexed), media_type="application/json")
 
 
 @router.get(
@@ -273,7 +260,7 @@ async def account_state_at(
         raise QueryInvalid("as_of", "give exactly one of `as_of` and `version`")
     detail = {
         "account_id": str(account_id),
-        "as_of": None if as_of is None else iso_utc(as_of),
+        "as_of": None if as_of is None else format_timestamp(as_of),
         "version": version,
     }
     await record_access(request, who, "audit.account_state", detail)
@@ -301,7 +288,7 @@ async def access_log(
 ) -> Response:
     before = VERSION_MAX if cursor is None else _int_cursor(cursor, ACCESS_LOG_CURSOR)
     await record_access(request, who, "audit.access_log", {"before": before})
-    rows = await read_side.store.fetch_all(ACCESS_LOG_PAGE, {"before": before, "limit": limit + 1})
+    rows = await access_log_page(read_side.store, before, limit)
     return json_reply(
         page_reply(
             rows,
@@ -322,10 +309,27 @@ def _int_cursor(cursor: str, kind: str) -> int:
     return int(value)
 
 
-def _access_view(row: Mapping[str, Any]) -> dict[str, Any]:
+async def _streamed(page: StreamedPage, indexed: bool) -> AsyncIterator[bytes]:
+    """The page's JSON written item by item as the events are decoded."""
+    shown = 0
+    try:
+        yield b'{"items":['
+        async with contextlib.aclosing(page.items()) as items:
+            async for item in items:
+                yield (b"," if shown else b"") + orjson.dumps(item)
+                shown += 1
+    finally:
+        await page.close()
+    last = page.last_position
+    next_cursor = encode_cursor(EVENTS_CURSOR, [last]) if page.more and last is not None else None
+    yield b'],"next_cursor":' + orjson.dumps(next_cursor)
+    yield b',"index":' + (b"true" if indexed else b"false") + b"}"
+
+
+def _access_view(row: AccessRow) -> dict[str, Any]:
     return {
         "id": row["id"],
-        "at": iso_utc(row["at"]),
+        "at": format_timestamp(row["at"]),
         "subject": row["subject"],
         "role": row["role"],
         "action": row["action"],

@@ -17,9 +17,9 @@ from starlette.responses import Response
 from application.ledger import Ledger
 from infrastructure.audit.verify import verify_store
 from infrastructure.settings import Settings
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.routes.audit import AuditReader, From, To, record_access
-from interfaces.api.query.views import json_reply
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

@@ -3,22 +3,31 @@ and counts for the dashboard; all from the `cases` projection."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from psycopg import sql
 from pydantic import AwareDatetime, BaseModel
 from starlette.responses import Response
 
 from domain.case import CaseStatus
 from domain.errors import CaseNotFound
+from domain.integrity import format_timestamp
 from domain.text import BRANCH_PATTERN
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.readers.cases import (
+    CaseRow,
+    CaseStepRow,
+    case_history,
+    cases_page,
+    fetch_case,
+)
+from infrastructure.readmodels.readers.cases import (
+    case_counts as read_case_counts,
+)
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.http.text import FilterText
 from interfaces.api.query.deps import MinVersion, ReadSideDep
@@ -29,11 +38,9 @@ from interfaces.api.query.pagination import (
     QueryInvalid,
     decode_cursor,
     encode_cursor,
-    equal_to,
     page_reply,
-    where_all,
 )
-from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.query.views import Actor
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 
@@ -47,25 +54,6 @@ CASES_CHANNEL: Final = "readmodel_cases"
 # A case's history is its steps; thousands of comments would be abuse, not work.
 HISTORY_ENTRIES_MAX: Final = 10_000
 
-_schema: Final = sql.Identifier(SCHEMA)
-CASE_COLUMNS: Final = sql.SQL(
-    "case_id, alert_id, account_id, branch, rule, severity, status, assignee, resolution, "
-    "explanation, version, opened_at, updated_at, closed_at"
-)
-CASE_BY_ID: Final = sql.SQL(
-    "SELECT {columns} FROM {schema}.cases WHERE case_id = %(case_id)s"
-).format(columns=CASE_COLUMNS, schema=_schema)
-HISTORY: Final = sql.SQL(
-    "SELECT version, event_type, actor_subject, actor_role, note, details, at "
-    "FROM {schema}.case_history WHERE case_id = %(case_id)s ORDER BY version LIMIT %(limit)s"
-).format(schema=_schema)
-OPEN_BY_SEVERITY: Final = sql.SQL(
-    "SELECT severity, count(*) AS count FROM {schema}.cases WHERE status <> 'closed' "
-    "GROUP BY severity"
-).format(schema=_schema)
-BY_STATUS: Final = sql.SQL(
-    "SELECT status, count(*) AS count FROM {schema}.cases GROUP BY status"
-).format(schema=_schema)
 
 From = Annotated[
     AwareDatetime | None,
@@ -117,7 +105,8 @@ class CaseCounts(BaseModel):
     by_status: dict[str, int]
 
 
-def case_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def case_view(row: CaseRow) -> dict[str, Any]:
+    """A case as the contract shows it."""
     closed_at = row["closed_at"]
     return {
         "case_id": str(row["case_id"]),
@@ -131,20 +120,21 @@ def case_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "resolution": row["resolution"],
         "explanation": row["explanation"],
         "version": int(row["version"]),
-        "opened_at": iso_utc(row["opened_at"]),
-        "updated_at": iso_utc(row["updated_at"]),
-        "closed_at": None if closed_at is None else iso_utc(closed_at),
+        "opened_at": format_timestamp(row["opened_at"]),
+        "updated_at": format_timestamp(row["updated_at"]),
+        "closed_at": None if closed_at is None else format_timestamp(closed_at),
     }
 
 
-def step_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def step_view(row: CaseStepRow) -> dict[str, Any]:
+    """One step of a case's history as the contract shows it."""
     return {
         "version": int(row["version"]),
         "event_type": row["event_type"],
         "actor": {"subject": row["actor_subject"], "role": row["actor_role"]},
         "note": row["note"],
         "details": row["details"],
-        "timestamp": iso_utc(row["at"]),
+        "timestamp": format_timestamp(row["at"]),
     }
 
 
@@ -156,13 +146,9 @@ def step_view(row: Mapping[str, Any]) -> dict[str, Any]:
     summary="Cases not closed by severity, and all cases by status, for the dashboard",
 )
 async def case_counts(who: CasesReader, read_side: ReadSideDep) -> Response:
-    async with read_side.store.snapshot() as conn:
-        open_rows = await (await conn.execute(OPEN_BY_SEVERITY)).fetchall()
-        status_rows = await (await conn.execute(BY_STATUS)).fetchall()
-    open_by_severity = dict.fromkeys(SEVERITIES, 0)
-    open_by_severity |= {str(r["severity"]): int(r["count"]) for r in open_rows}
-    by_status = dict.fromkeys((s.value for s in CaseStatus), 0)
-    by_status |= {str(r["status"]): int(r["count"]) for r in status_rows}
+    counts = await read_case_counts(read_side.store)
+    open_by_severity = dict.fromkeys(SEVERITIES, 0) | counts["open_by_severity"]
+    by_status = dict.fromkeys((s.value for s in CaseStatus), 0) | counts["by_status"]
     return json_reply({"open_by_severity": open_by_severity, "by_status": by_status})
 
 
@@ -197,8 +183,7 @@ async def list_cases(
         "branch": branch,
         "assignee": assignee,
     }
-    query, params = _cases_page_query(filters, from_, to, _case_after(cursor), limit)
-    rows = await read_side.store.fetch_all(query, params)
+    rows = await cases_page(read_side.store, filters, from_, to, _case_after(cursor), limit)
     return json_reply(page_reply(rows, limit, case_view, _case_cursor))
 
 
@@ -211,25 +196,22 @@ async def list_cases(
 async def get_case(
     case_id: UUID, who: CasesReader, read_side: ReadSideDep, min_version: MinVersion = None
 ) -> Response:
-    params = {"case_id": case_id}
-
-    async def found() -> dict[str, Any] | None:
-        row = await read_side.store.fetch_one(CASE_BY_ID, params)
+    async def found() -> CaseRow | None:
+        row = await fetch_case(read_side.store, case_id)
         if row is None or (min_version is not None and int(row["version"]) < min_version):
             return None
         return row
 
     if min_version is None:
-        row = await found()
-        if row is None:
+        current = await found()
+        if current is None:
             raise CaseNotFound(f"case {case_id} not found")
+        row = current
     else:
         row = await wait_for_projection(
             read_side.waiters, CASES_CHANNEL, case_id, found, deadline=freshness_deadline()
         )
-    history = await read_side.store.fetch_all(
-        HISTORY, {"case_id": case_id, "limit": HISTORY_ENTRIES_MAX}
-    )
+    history = await case_history(read_side.store, case_id, HISTORY_ENTRIES_MAX)
     return json_reply({**case_view(row), "history": [step_view(h) for h in history]})
 
 
@@ -247,31 +229,5 @@ def _case_after(cursor: str | None) -> tuple[datetime, UUID] | None:
     return moment, identifier
 
 
-def _cases_page_query(
-    filters: dict[str, Any],
-    from_: datetime | None,
-    to: datetime | None,
-    after: tuple[datetime, UUID] | None,
-    limit: int,
-) -> tuple[sql.Composed, dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit + 1}
-    conditions = equal_to(filters, params)
-    if from_ is not None:
-        conditions.append(sql.SQL("opened_at >= %(from)s"))
-        params["from"] = from_
-    if to is not None:
-        conditions.append(sql.SQL("opened_at < %(to)s"))
-        params["to"] = to
-    if after is not None:
-        # Newest first: the next page holds what sorts strictly below the last case shown.
-        conditions.append(sql.SQL("(opened_at, case_id) < (%(after_at)s, %(after_id)s)"))
-        params["after_at"], params["after_id"] = after
-    query = sql.SQL(
-        "SELECT {columns} FROM {schema}.cases{where} "
-        "ORDER BY opened_at DESC, case_id DESC LIMIT %(limit)s"
-    ).format(columns=CASE_COLUMNS, schema=_schema, where=where_all(conditions))
-    return query, params
-
-
-def _case_cursor(row: Mapping[str, Any]) -> str:
+def _case_cursor(row: CaseRow) -> str:
     return encode_cursor(CASES_CURSOR, [row["opened_at"].isoformat(), str(row["case_id"])])

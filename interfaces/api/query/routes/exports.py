@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Request
 from psycopg import Error as PsycopgError
@@ -28,11 +27,13 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
 from domain.errors import DomainError, Unavailable, ValidationFailed
+from domain.integrity import format_timestamp
+from infrastructure.audit.access_log import ExportRow, export_registered, exports_page
 from infrastructure.audit.export import ExportError, default_export_root, export_events
 from infrastructure.audit.export_verify import MANIFEST_FILE
 from infrastructure.settings import Settings
-from interfaces.api.command.deps import SettingsDep
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import SettingsDep, json_reply
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses
@@ -47,26 +48,14 @@ from interfaces.api.query.pagination import (
     page_reply,
 )
 from interfaces.api.query.routes.audit import record_access
-from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.query.views import Actor
 
 router = APIRouter(prefix="/v1/audit/exports", tags=["audit"], route_class=JsonBodyRoute)
 
 Exporter = Annotated[Principal, Depends(require("audit.export"))]
 
 EXPORTS_CURSOR: Final = "audit_exports"
-EXPORTS_PAGE: Final = (
-    "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
-    "exported_by_role, exported_at FROM public.audit_exports "
-    "WHERE (exported_at, export_id) < (%(at)s, %(id)s) "
-    "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
-)
-EXPORT_EXISTS: Final = "SELECT 1 FROM public.audit_exports WHERE export_id = %(id)s"
 ARCHIVE_MEDIA_TYPE: Final = "application/gzip"
-EXPORTS_FIRST_PAGE: Final = (
-    "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
-    "exported_by_role, exported_at FROM public.audit_exports "
-    "ORDER BY exported_at DESC, export_id DESC LIMIT %(limit)s"
-)
 
 
 class ExportNotFound(DomainError):
@@ -141,8 +130,7 @@ async def create_export(
         raise Unavailable(str(error)) from error
     except (OperationalError, InterfaceError, PsycopgError) as error:
         raise Unavailable("the event store is not reachable; retry") from error
-    reply = {"export_id": str(export_id), "manifest": manifest}
-    return Response(orjson.dumps(reply), status_code=201, media_type="application/json")
+    return json_reply({"export_id": str(export_id), "manifest": manifest}, 201)
 
 
 @router.get(
@@ -159,29 +147,28 @@ async def list_exports(
     cursor: Cursor = None,
 ) -> Response:
     await record_access(request, who, "audit.exports", {"cursor": cursor})
-    if cursor is None:
-        rows = await read_side.store.fetch_all(EXPORTS_FIRST_PAGE, {"limit": limit + 1})
-    else:
-        at, export_id = _export_after(cursor)
-        params = {"at": at, "id": export_id, "limit": limit + 1}
-        rows = await read_side.store.fetch_all(EXPORTS_PAGE, params)
+    after = None if cursor is None else _export_after(cursor)
+    rows = await exports_page(read_side.store, after, limit)
     return json_reply(page_reply(rows, limit, _export_item, _export_cursor))
 
 
-def _export_item(row: Any) -> dict[str, Any]:
+def _export_item(row: ExportRow) -> dict[str, Any]:
     account_id = row["account_id"]
     return {
         "export_id": str(row["export_id"]),
-        "range": {"from": iso_utc(row["range_from"]), "to": iso_utc(row["range_to"])},
+        "range": {
+            "from": format_timestamp(row["range_from"]),
+            "to": format_timestamp(row["range_to"]),
+        },
         "account_id": None if account_id is None else str(account_id),
         "format": row["format"],
         "total": row["total"],
         "exported_by": {"subject": row["exported_by_subject"], "role": row["exported_by_role"]},
-        "exported_at": iso_utc(row["exported_at"]),
+        "exported_at": format_timestamp(row["exported_at"]),
     }
 
 
-def _export_cursor(row: Any) -> str:
+def _export_cursor(row: ExportRow) -> str:
     return encode_cursor(EXPORTS_CURSOR, [row["exported_at"].isoformat(), str(row["export_id"])])
 
 
@@ -244,9 +231,9 @@ async def get_archive(
 
 
 async def _export_directory(export_id: uuid.UUID, read_side: ReadSide, settings: Settings) -> Path:
-    rows = await read_side.store.fetch_all(EXPORT_EXISTS, {"id": export_id})
+    registered = await export_registered(read_side.store, export_id)
     directory = default_export_root(settings) / str(export_id)
-    if not rows or not (directory / MANIFEST_FILE).is_file():
+    if not registered or not (directory / MANIFEST_FILE).is_file():
         # Registered but its files gone (another host, cleaned) is as absent to a client.
         raise ExportNotFound(f"no export {export_id} on this server")
     return directory

@@ -8,17 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends
-from psycopg import AsyncConnection, sql
-from psycopg.rows import DictRow
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from domain.integrity import format_timestamp
 from domain.money import format_amount
-from infrastructure.readmodels.schema import SCHEMA
+from infrastructure.readmodels.readers.stats import kpi_snapshot
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import ReadSideDep
-from interfaces.api.query.views import iso_utc, json_reply
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
 
@@ -27,36 +26,6 @@ StatsReader = Annotated[Principal, Depends(require("stats.read"))]
 # The kpis projection's metric names; each appears in every currency's totals, 0 if none.
 METRICS: Final = ("accounts_opened", "deposits", "withdrawals", "transfers")
 SERIES_HOURS: Final = 24
-# Written by the alerts projection and the cases projection; each counted once it exists.
-ALERTS_TABLE: Final = "alerts"
-CASES_TABLE: Final = "cases"
-
-_schema: Final = sql.Identifier(SCHEMA)
-TOTALS: Final = sql.SQL(
-    "SELECT currency, metric, sum(count)::bigint AS count, sum(sum_minor) AS sum_minor "
-    "FROM {schema}.kpis_hourly GROUP BY currency, metric"
-).format(schema=_schema)
-SERIES: Final = sql.SQL(
-    "SELECT hour, currency, metric, count, sum_minor FROM {schema}.kpis_hourly "
-    "WHERE hour >= %(since)s ORDER BY hour"
-).format(schema=_schema)
-BRANCHES: Final = sql.SQL(
-    "SELECT branch, currency, metric, count, sum_minor FROM {schema}.kpis_branch"
-).format(schema=_schema)
-ALERTS_PRESENT: Final = (
-    "SELECT to_regclass(%(alerts)s) IS NOT NULL AS present, "
-    "to_regclass(%(cases)s) IS NOT NULL AS cases_present"
-)
-# An alert is open until its case is closed (it exists before its case opens).
-OPEN_ALERTS: Final = sql.SQL(
-    "SELECT a.severity, count(*) AS count FROM {schema}.{alerts} a "
-    "LEFT JOIN {schema}.{cases} c ON c.case_id = a.case_id "
-    "WHERE c.status IS DISTINCT FROM 'closed' GROUP BY a.severity"
-).format(schema=_schema, alerts=sql.Identifier(ALERTS_TABLE), cases=sql.Identifier(CASES_TABLE))
-# Before the cases read model exists no case is closed: every alert is open.
-ALL_ALERTS: Final = sql.SQL(
-    "SELECT severity, count(*) AS count FROM {schema}.{alerts} GROUP BY severity"
-).format(schema=_schema, alerts=sql.Identifier(ALERTS_TABLE))
 
 
 class MetricTotal(BaseModel):
@@ -93,40 +62,16 @@ class StatsOverview(BaseModel):
 async def overview(who: StatsReader, read_side: ReadSideDep) -> Response:
     now = datetime.now(UTC)
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=SERIES_HOURS - 1)
-    # One snapshot: totals, series and branches agree with each other.
-    async with read_side.store.snapshot() as conn:
-        totals = await _rows(conn, TOTALS)
-        series = await _rows(conn, SERIES, {"since": first_hour})
-        branches = await _rows(conn, BRANCHES)
-        alerts = await _open_alerts(conn)
+    kpis = await kpi_snapshot(read_side.store, first_hour)
     return json_reply(
         {
-            "generated_at": iso_utc(now),
-            "totals": _by_currency(totals),
-            "hourly": _hourly(series, first_hour),
-            "branches": _by_branch(branches),
-            "open_alerts_by_severity": alerts,
+            "generated_at": format_timestamp(now),
+            "totals": _by_currency(kpis.totals),
+            "hourly": _hourly(kpis.series, first_hour),
+            "branches": _by_branch(kpis.branches),
+            "open_alerts_by_severity": kpis.open_alerts_by_severity,
         }
     )
-
-
-async def _rows(
-    conn: AsyncConnection[DictRow], query: sql.Composed, params: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    cursor = await conn.execute(query, params)
-    return await cursor.fetchall()
-
-
-async def _open_alerts(conn: AsyncConnection[DictRow]) -> dict[str, int]:
-    cursor = await conn.execute(
-        ALERTS_PRESENT,
-        {"alerts": f"{SCHEMA}.{ALERTS_TABLE}", "cases": f"{SCHEMA}.{CASES_TABLE}"},
-    )
-    present = await cursor.fetchone()
-    if present is None or not present["present"]:
-        return {}
-    rows = await _rows(conn, OPEN_ALERTS if present["cases_present"] else ALL_ALERTS)
-    return {str(row["severity"]): int(row["count"]) for row in rows}
 
 
 def _by_currency(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -166,7 +111,8 @@ def _hourly(rows: Iterable[Mapping[str, Any]], first_hour: datetime) -> list[dic
         by_hour.setdefault(row["hour"].astimezone(UTC), []).append(row)
     hours = [first_hour + timedelta(hours=offset) for offset in range(SERIES_HOURS)]
     return [
-        {"hour": iso_utc(hour), "currencies": _by_currency(by_hour.get(hour, ()))} for hour in hours
+        {"hour": format_timestamp(hour), "currencies": _by_currency(by_hour.get(hour, ()))}
+        for hour in hours
     ]
 
 

@@ -3,17 +3,17 @@ taken off it), from the `watchlist` projection."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from psycopg import sql
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from infrastructure.readmodels.schema import SCHEMA
+from domain.integrity import format_timestamp
+from infrastructure.readmodels.readers.watchlist import WatchlistRow, watchlist_page
 from interfaces.api.http.auth import Principal, require
+from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import ReadSideDep
 from interfaces.api.query.pagination import (
@@ -25,18 +25,13 @@ from interfaces.api.query.pagination import (
     encode_cursor,
     page_reply,
 )
-from interfaces.api.query.views import Actor, iso_utc, json_reply
+from interfaces.api.query.views import Actor
 
 router = APIRouter(prefix="/v1/watchlist", tags=["watchlist"])
 
 WatchlistReader = Annotated[Principal, Depends(require("watchlist.read"))]
 
 WATCHLIST_CURSOR: Final = "watchlist"
-PAGE: Final = sql.SQL(
-    "SELECT account_id, listed, reason, changed_at, changed_by, changed_by_role, version "
-    "FROM {schema}.watchlist WHERE listed = %(listed)s AND account_id > %(after)s "
-    "ORDER BY account_id LIMIT %(limit)s"
-).format(schema=sql.Identifier(SCHEMA))
 
 
 class WatchlistEntryView(BaseModel):
@@ -53,12 +48,13 @@ class WatchlistPage(BaseModel):
     next_cursor: str | None
 
 
-def entry_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def entry_view(row: WatchlistRow) -> dict[str, Any]:
+    """A watchlist entry as the contract shows it."""
     return {
         "account_id": str(row["account_id"]),
         "listed": bool(row["listed"]),
         "reason": row["reason"],
-        "changed_at": iso_utc(row["changed_at"]),
+        "changed_at": format_timestamp(row["changed_at"]),
         "changed_by": {"subject": row["changed_by"], "role": row["changed_by_role"]},
         "version": int(row["version"]),
     }
@@ -84,11 +80,9 @@ async def list_watchlist(
             after = UUID(str(last))
         except ValueError:
             raise QueryInvalid("cursor", "not a cursor of this list") from None
-    rows = await read_side.store.fetch_all(
-        PAGE, {"listed": listed, "after": after, "limit": limit + 1}
-    )
+    rows = await watchlist_page(read_side.store, listed, after, limit)
     return json_reply(page_reply(rows, limit, entry_view, _cursor))
 
 
-def _cursor(row: Mapping[str, Any]) -> str:
+def _cursor(row: WatchlistRow) -> str:
     return encode_cursor(WATCHLIST_CURSOR, [str(row["account_id"])])

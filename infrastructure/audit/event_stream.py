@@ -1,26 +1,27 @@
-"""A page of `GET /v1/audit/events`, streamed: a server-side cursor in one read-only
-snapshot, fetched a few rows at a time and written item by item, so a page never sits
-whole in memory (the bytes of up to 500 events, decoded and maybe decrypted).
+"""The event store read in notification order for the audit API: one page streamed from a
+server-side cursor in one read-only snapshot, fetched a few rows at a time, so a page never
+sits whole in memory (the bytes of up to 500 events, decoded and maybe decrypted); and an
+account's events in version order.
 
-The cursor is opened, and its first rows fetched, before the reply starts: a failure to
-start is still a problem reply (503), never a truncated 200.
+The cursor is opened, and its first rows fetched, before the caller starts its reply: a
+failure to start is still a problem reply (503), never a truncated 200. Positions are plain
+notification ids; how a client's cursor carries them is the API's business.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
+from uuid import UUID
 
-import orjson
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncServerCursor, sql
 from psycopg.rows import DictRow
 
 from application.ledger import Ledger
 from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
-from interfaces.api.query.pagination import encode_cursor
-from interfaces.api.query.readstore import ReadStore
+from infrastructure.readmodels.readstore import ReadStore
 
 # Rows per FETCH of a streamed page.
 STREAM_FETCH_ROWS: Final = 100
@@ -33,6 +34,13 @@ INDEX_CONDITIONS: Final = {
     "actor": sql.SQL("i.actor_subject = %(actor)s"),
     "account_id": sql.SQL("i.aggregate_id = %(account_id)s"),
 }
+INDEX_TABLE: Final = "public.event_index"
+INDEX_PRESENT: Final = "SELECT to_regclass(%(index)s) IS NOT NULL AS present"
+ACCOUNT_EVENTS: Final = sql.SQL(
+    "SELECT notification_id, originator_id, originator_version, topic, state FROM {events} "
+    "WHERE originator_id = %(account_id)s AND originator_version > %(after)s "
+    "ORDER BY originator_version LIMIT %(limit)s"
+).format(events=sql.Identifier(EVENTS_TABLE))
 
 
 def decoded(ledger: Ledger, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,18 +85,30 @@ def store_query(
     return query, params
 
 
-class StorePage:
-    """One page of the store, `{"items": [...], "next_cursor", "index"}`."""
+async def index_present(store: ReadStore) -> bool:
+    """Whether the event index exists yet (`vigil audit reindex` builds it)."""
+    row = await store.fetch_one(INDEX_PRESENT, {"index": INDEX_TABLE})
+    return bool(row and row["present"])
 
-    def __init__(self, store: ReadStore, ledger: Ledger, indexed: bool, cursor_kind: str) -> None:
+
+async def account_events(
+    store: ReadStore, ledger: Ledger, account_id: UUID, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit + 1` decoded events of one aggregate after version `after`, in order."""
+    params = {"account_id": account_id, "after": after, "limit": limit + 1}
+    rows = await store.fetch_all(ACCOUNT_EVENTS, params)
+    return [decoded(ledger, row) for row in rows]
+
+
+class StorePage:
+    """Opens one page of the store: `open` returns a `StreamedPage` to iterate."""
+
+    def __init__(self, store: ReadStore, ledger: Ledger, indexed: bool) -> None:
         self.store = store
         self.ledger = ledger
         self.indexed = indexed
-        self.cursor_kind = cursor_kind
 
-    async def open(
-        self, filters: Mapping[str, Any], after: int, limit: int
-    ) -> AsyncIterator[bytes]:
+    async def open(self, filters: Mapping[str, Any], after: int, limit: int) -> StreamedPage:
         query, params = store_query(self.indexed, filters, after, limit)
         stack = contextlib.AsyncExitStack()
         try:
@@ -102,33 +122,48 @@ class StorePage:
             # The pool's context turns a driver failure into 503 `unavailable`.
             await stack.__aexit__(type(error), error, error.__traceback__)
             raise
-        return self._write(stack, server_cursor, first, limit)
+        return StreamedPage(self.ledger, stack, server_cursor, first, limit)
 
-    async def _write(
+
+class StreamedPage:
+    """The events of an opened page, decoded one by one; once `items` is done, `more` says
+    whether another page follows and `last_position` is the last notification id given."""
+
+    def __init__(
         self,
+        ledger: Ledger,
         stack: contextlib.AsyncExitStack,
         server_cursor: AsyncServerCursor[DictRow],
         first: Sequence[DictRow],
         limit: int,
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
+        self.ledger = ledger
+        self._stack = stack
+        self._server_cursor = server_cursor
+        self._first = first
+        self.limit = limit
+        self.more = False
+        self.last_position: int | None = None
+
+    async def items(self) -> AsyncGenerator[dict[str, Any], None]:
+        """Up to `limit` decoded events; the snapshot closes when this ends or is closed."""
         shown = 0
-        last: int | None = None
-        more = False
         try:
-            yield b'{"items":['
-            async for row in _rows(server_cursor, first):
-                if shown == limit:
-                    more = True
+            async for row in _rows(self._server_cursor, self._first):
+                if shown == self.limit:
+                    self.more = True
                     break
                 item = decoded(self.ledger, row)
-                yield (b"," if shown else b"") + orjson.dumps(item)
+                yield item
                 shown += 1
-                last = item["notification_id"]
+                self.last_position = item["notification_id"]
         finally:
-            await stack.aclose()
-        next_cursor = encode_cursor(self.cursor_kind, [last]) if more and last is not None else None
-        yield b'],"next_cursor":' + orjson.dumps(next_cursor)
-        yield b',"index":' + (b"true" if self.indexed else b"false") + b"}"
+            await self.close()
+
+    async def close(self) -> None:
+        """End the snapshot and give the connection back; again is a no-op. Call it even
+        when `items` was never started (a client gone before the first event)."""
+        await self._stack.aclose()
 
 
 async def _rows(

@@ -36,8 +36,10 @@ from psycopg import sql
 
 from application.ledger import Ledger
 from infrastructure.audit.checkpoints import Checkpointer
-from infrastructure.eventstore.ledger import open_ledger, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.postgres.connect import connect_async
 from infrastructure.relay import metrics
 from infrastructure.relay.broker import RelayBroker, TopicsNotReady
 from infrastructure.relay.outbox import AlertsOutboxRelay
@@ -373,11 +375,8 @@ class Relay:
         backoff_s = self.limits.backoff_s_min
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.settings.resolved_database_url(),
-                    autocommit=True,
-                    connect_timeout=self.settings.db_connect_timeout_s,
-                    application_name="vigil-relay-listen",
+                async with await connect_async(
+                    self.settings, "relay-listen", autocommit=True
                 ) as conn:
                     await conn.execute(listen)
                     self._wakeup.set()  # anything committed while we were not listening

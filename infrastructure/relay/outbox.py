@@ -19,8 +19,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from infrastructure.eventstore.ledger import migrating
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.postgres.connect import connect_async
+from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.schema import OUTBOX_CHANNEL, SCHEMA, ensure_read_models
 from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.state import RelayState, RelayStore
@@ -64,9 +65,7 @@ class AlertsOutboxRelay:
             [ledger_events_topic(self.settings), self.topic],
         )  # fmt: skip
         producer = broker.new_producer()
-        listener = await psycopg.AsyncConnection.connect(
-            self.settings.resolved_database_url(), autocommit=True
-        )
+        listener = await connect_async(self.settings, "outbox-listen", autocommit=True)
         try:
             if not await store.acquire_lock(stop, retry_s=1.0):
                 return

@@ -33,6 +33,7 @@ from infrastructure.kafka.consumer import (
     run_with_restarts,
 )
 from infrastructure.kafka.topics import alerts_topic
+from infrastructure.postgres.connect import connect_async
 from infrastructure.settings import Settings
 from infrastructure.workers.case_opener_store import (
     Quarantined,
@@ -84,12 +85,7 @@ class CaseOpener:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         # A connection of its own for the quarantine; lost, it restarts the consumer.
-        conn = await psycopg.AsyncConnection.connect(
-            self.settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=self.settings.db_connect_timeout_s,
-            application_name="vigil-case-opener",
-        )
+        conn = await connect_async(self.settings, "case-opener", autocommit=True)
         try:
             await prepare_quarantine_table(conn, self.settings)
             consumer = new_consumer(

@@ -26,9 +26,6 @@ from infrastructure.settings import Settings
 
 # A query slower than this is a bug or an overload; cut it off rather than pile up.
 STATEMENT_TIMEOUT_MS: Final = 5_000
-# How long a request waits for a free connection, and how many may wait at all.
-POOL_WAIT_S: Final = 5.0
-POOL_WAITING_MAX: Final = 1_000
 
 Statement = LiteralString | sql.SQL | sql.Composed
 
@@ -56,8 +53,8 @@ class ReadStore:
             settings,
             "query",
             size_max=settings.db_pool_size,
-            wait_s=POOL_WAIT_S,
-            waiting_max=POOL_WAITING_MAX,
+            wait_s=settings.query_pool_wait_s,
+            waiting_max=settings.query_pool_waiting_max,
             options=options,
             row_factory=dict_row,
         )

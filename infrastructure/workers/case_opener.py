@@ -43,8 +43,6 @@ from infrastructure.workers.case_opener_store import (
 
 log = structlog.get_logger("vigil.case_opener")
 
-FETCH_RECORDS_MAX = 500
-# tansu answers a fetch only when its wait runs out: keep it short, for latency.
 
 CASES_OPENED = Counter(
     "vigil_cases_opened_total",
@@ -93,13 +91,15 @@ class CaseOpener:
                 alerts_topic(self.settings),
                 group_id(self.settings),
                 "vigil-case-opener",
-                FETCH_RECORDS_MAX,
+                self.settings.case_opener_fetch_records_max,
             )
             await consumer.start()
             try:
                 log.info("case_opener_started", topic=alerts_topic(self.settings))
                 while not stop.is_set():
-                    records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+                    records = await fetch(
+                        consumer, self.epochs, self.settings.case_opener_fetch_records_max
+                    )
                     for record in records:
                         await self._handle(record, conn)
                     if records:

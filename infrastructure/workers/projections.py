@@ -46,12 +46,6 @@ from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
 
-# One fetched batch is one transaction per projection, applied with a fixed number of
-# statements (projection_store.apply_batch): when the projections lag, the bigger the batch
-# the sooner they catch up. When they keep up, batches hold only what arrived meanwhile.
-# Enough for a whole round of fetches over the partitions (consumer.py), taken together.
-FETCH_RECORDS_MAX = 10_000
-
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
 )
@@ -224,7 +218,7 @@ class ProjectionConsumer:
             ledger_events_topic(self.settings),
             self.group,
             f"vigil-{self.name}",
-            FETCH_RECORDS_MAX,
+            self.settings.projections_fetch_records_max,
         )
         await consumer.start()
         try:
@@ -262,7 +256,9 @@ class ProjectionConsumer:
         cache: aioredis.Redis,
     ) -> None:
         while not stop.is_set():
-            records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+            records = await fetch(
+                consumer, self.epochs, self.settings.projections_fetch_records_max
+            )
             if records:
                 events = [e for e in map(_decoded, records) if e is not None]
                 if events:

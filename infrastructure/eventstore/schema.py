@@ -1,11 +1,11 @@
 """The event store's names and schema: its tables, the event index's DDL, the
 append-only guards, and whether the index has kept up with the store.
 
-The library names the events table after the application. The stored-events table holds
-only ids, a topic and (maybe encrypted) bytes, so filtering by time, type or actor needs
-an index: `public.event_index`, one row per stored event, written by the recorder in the
-same transaction as the events. It is derived data: if it is missing or behind, the
-services only warn at start (`warn_if_behind`); `vigil audit reindex` fills it.
+The stored-events table holds only ids, a topic and (maybe encrypted) bytes, so
+filtering by time, type or actor needs an index: `public.event_index`, one row per
+stored event, written by the recorder in the same transaction as the events. It is
+derived data: if it is missing or behind, the services only warn at start
+(`warn_if_behind`); `vigil audit reindex` fills it.
 
 Stored events, their command replies and the index are append-only: triggers refuse
 UPDATE, DELETE and TRUNCATE, for every role, owner and superuser included. Grants alone

@@ -59,7 +59,7 @@ def envelope_of(
     fields: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The envelope of an event given by its class and fields: from the event itself, or
-    from its stored state without building the event (infrastructure/eventstore/ledger.py)."""
+    from its stored state without building the event (infrastructure/eventstore/envelopes.py)."""
     aggregate_type = aggregate_type_of_class(event_class)
     payload = {name: fields[name] for name in event_class.PAYLOAD}
     return {

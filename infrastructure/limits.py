@@ -1,4 +1,5 @@
-"""Fixed bounds of money, and how the operator's ceilings must relate to them.
+"""Fixed bounds that must relate to one another, and the assertions that they do: money,
+Kafka's byte sizes, and how long a stopping process is given.
 
 The ceilings an operator tunes (`AMOUNT_MAX`, `OVERDRAFT_MAX`, `TELLER_OVERDRAFT_MAX`,
 `BALANCE_MAX`, all in major units) live in `Settings`, whose validation calls
@@ -26,6 +27,26 @@ BALANCE_RANGE_MINOR_MAX: Final = BIGINT_MAX // HEADROOM_FACTOR
 assert CURRENCY_EXPONENT_MAX >= 0
 assert BALANCE_RANGE_MINOR_MAX * HEADROOM_FACTOR <= BIGINT_MAX
 # Sums (KPIs) are unbounded over time: they are `numeric` columns, never bigint.
+
+
+# Kafka, in bytes. A producer batch (per partition) fits in one request (the broker's
+# default message.max.bytes); a consumer's fetch from one partition holds whole producer
+# batches; a fetch over every partition holds a partition's fetch. Envelopes are ~1 KiB.
+PRODUCER_BATCH_BYTES_MAX: Final = 256 * 1024
+PRODUCER_REQUEST_BYTES_MAX: Final = 1_048_576
+FETCH_PARTITION_BYTES_MAX: Final = 512 * 1024
+FETCH_BYTES_MAX: Final = 32 * 1024 * 1024
+
+assert PRODUCER_BATCH_BYTES_MAX <= PRODUCER_REQUEST_BYTES_MAX
+assert PRODUCER_BATCH_BYTES_MAX <= FETCH_PARTITION_BYTES_MAX
+assert FETCH_PARTITION_BYTES_MAX <= FETCH_BYTES_MAX
+
+# An API given the signal to stop drains its requests for up to this long (uvicorn's
+# graceful shutdown); `vigil up` waits at least as long before it kills the child.
+API_DRAIN_S: Final = 10
+CHILD_STOP_TIMEOUT_S: Final = 10.0
+
+assert API_DRAIN_S <= CHILD_STOP_TIMEOUT_S
 
 
 def check_money_ceilings(

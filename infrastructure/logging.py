@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from typing import Any, Final, TextIO
 
 import orjson
@@ -19,6 +20,8 @@ from structlog.types import EventDict, Processor, WrappedLogger
 _UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.asgi")
 _UVICORN_ACCESS_LOGGER: Final = "uvicorn.access"
 _HANDLER_MARK: Final = "_vigil_handler"
+# An error message is for people: bounded, and with no character PostgreSQL cannot hold.
+ERROR_CHARS_MAX: Final = 2_000
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
@@ -99,3 +102,11 @@ def _route_stdlib(
     access.handlers.clear()
     access.propagate = False
     access.disabled = True
+
+
+def describe(error: BaseException) -> str:
+    """The error in words a person can read, bounded, without control characters: for a
+    log line, or a row (a quarantined event's reason) that people will read."""
+    text = f"{type(error).__name__}: {error}"
+    safe = "".join(ch if unicodedata.category(ch)[0] != "C" else f"\\u{ord(ch):04x}" for ch in text)
+    return safe[:ERROR_CHARS_MAX]

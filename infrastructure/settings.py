@@ -68,10 +68,32 @@ class Settings(BaseSettings):
     command_retries_max: int = Field(default=8, ge=1, le=100)
 
     db_pool_size: int = Field(default=8, gt=0)
+    # The query API's pool: how long a request waits for a connection, how many may wait.
+    query_pool_wait_s: float = Field(default=5.0, gt=0, le=60)
+    query_pool_waiting_max: int = Field(default=1_000, ge=0, le=100_000)
     aggregate_cache_max: int = Field(default=50_000, gt=0)
     db_connect_timeout_s: int = Field(default=5, gt=0)
     redis_timeout_s: float = Field(default=0.25, gt=0)
     reply_cache_ttl_s: int = Field(default=86_400, gt=0)
+
+    # The relay: events read, sent and recorded together; the wait when a NOTIFY was
+    # missed; how often it checks the broker still has its log; the backoff of a broker
+    # or store outage; how often a second relay polls for the lock. The alerts outbox
+    # relay, in the same process, shares the backoff and the lock retry.
+    relay_batch_events_max: int = Field(default=1_000, ge=1, le=100_000)
+    relay_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    relay_health_interval_s: float = Field(default=2.0, gt=0, le=300)
+    relay_backoff_s_min: float = Field(default=0.1, gt=0, le=60)
+    relay_backoff_s_max: float = Field(default=2.0, gt=0, le=300)
+    relay_lock_retry_s: float = Field(default=1.0, gt=0, le=60)
+    outbox_batch_events_max: int = Field(default=500, ge=1, le=100_000)
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Records one fetch may bring. A projection batch is one transaction per projection,
+    # applied with a fixed number of statements: when the projections lag, the bigger the
+    # batch the sooner they catch up; when they keep up, batches hold only what arrived
+    # meanwhile. Enough for a whole round of fetches over the partitions, taken together.
+    projections_fetch_records_max: int = Field(default=10_000, ge=1, le=100_000)
+    case_opener_fetch_records_max: int = Field(default=500, ge=1, le=100_000)
 
     rules_config: Path | None = None
     checkpoint_interval_s: float = Field(default=1, gt=0)
@@ -95,6 +117,15 @@ class Settings(BaseSettings):
         if any(c.isspace() for c in value):
             raise ValueError("topic prefix must not contain whitespace")
         return value
+
+    @model_validator(mode="after")
+    def _relay_backoff_is_a_range(self) -> Settings:
+        if self.relay_backoff_s_min > self.relay_backoff_s_max:
+            raise ValueError(
+                f"VIGIL_RELAY_BACKOFF_S_MIN ({self.relay_backoff_s_min}) must be at most "
+                f"VIGIL_RELAY_BACKOFF_S_MAX ({self.relay_backoff_s_max})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _money_ceilings_relate(self) -> Settings:

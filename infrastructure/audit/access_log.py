@@ -24,8 +24,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from domain.errors import Unavailable
-from infrastructure.eventstore.index import append_only_statements
-from infrastructure.eventstore.ledger import migrating
+from infrastructure.eventstore.schema import append_only_statements
+from infrastructure.postgres.connect import open_async_pool, session_options
+from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.settings import Settings
 
@@ -131,21 +132,13 @@ class AccessLog:
 
     @classmethod
     async def open(cls, settings: Settings) -> AccessLog:
-        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            settings.resolved_database_url(),
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": settings.db_connect_timeout_s,
-                "options": f"-c statement_timeout={WRITER_STATEMENT_TIMEOUT_MS}",
-            },
-            min_size=1,
-            max_size=WRITER_POOL_MAX,
-            timeout=WRITER_WAIT_S,
-            check=AsyncConnectionPool.check_connection,
-            name="audit-log",
-            open=False,
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = await open_async_pool(
+            settings,
+            "audit-log",
+            size_max=WRITER_POOL_MAX,
+            wait_s=WRITER_WAIT_S,
+            options=session_options({"statement_timeout": WRITER_STATEMENT_TIMEOUT_MS}),
         )
-        await pool.open(wait=True, timeout=float(settings.db_connect_timeout_s))
         return cls(pool)
 
     async def close(self) -> None:

@@ -42,13 +42,11 @@ from application.ledger import Ledger
 from domain.chained import ChainedAggregate
 from domain.integrity import canonical, format_timestamp
 from infrastructure.audit.signing import Signer
-from infrastructure.eventstore.index import append_only_statements
-from infrastructure.eventstore.ledger import (
-    EVENTS_TABLE,
-    migration_lock,
-    open_ledger,
-    stored_fields,
-)
+from infrastructure.eventstore.envelopes import stored_fields
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.schema import EVENTS_TABLE, append_only_statements
+from infrastructure.postgres.connect import connect
+from infrastructure.postgres.locks import CHECKPOINT_LOCK_ID, migration_lock
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.checkpoints")
@@ -56,8 +54,6 @@ log = structlog.get_logger("vigil.checkpoints")
 ROLLING_GENESIS: Final = "0" * 64
 CHECKPOINT_FILE: Final = "checkpoints.jsonl"
 CHECKPOINT_FIELDS: Final = ("notification_id", "rolling_hash", "time", "key_id", "signature")
-# One checkpointer per database: a second one waits for this advisory lock.
-CHECKPOINT_LOCK_ID: Final = 7_270_404
 
 POSITION: Final = Gauge(
     "vigil_checkpoint_position", "Notification id of the last signed checkpoint."
@@ -218,12 +214,7 @@ class CheckpointWriter:
         self.limits = limits or CheckpointLimits()
         self.clock = clock
         self.path = checkpoint_file(settings)
-        self.conn = psycopg.connect(
-            settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=settings.db_connect_timeout_s,
-            application_name="vigil-checkpointer",
-        )
+        self.conn = connect(settings, "checkpointer", autocommit=True)
         self.position = 0
         self.rolling_hash = ROLLING_GENESIS
         self.blocked_at: int | None = None  # an event that cannot be decoded stops us here

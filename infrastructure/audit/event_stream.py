@@ -20,7 +20,8 @@ from psycopg import AsyncServerCursor, sql
 from psycopg.rows import DictRow
 
 from application.ledger import Ledger
-from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.readstore import ReadStore
 
 # Rows per FETCH of a streamed page.

@@ -54,7 +54,10 @@ from infrastructure.audit.export_verify import (
     verify_export,
 )
 from infrastructure.audit.signing import Signer, public_key_pem, public_keys
-from infrastructure.eventstore.ledger import EVENTS_TABLE, open_ledger, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.postgres.connect import connect
 from infrastructure.settings import Settings
 from infrastructure.wording import plural
 
@@ -195,9 +198,7 @@ def _write_events(
     """Stream the range from one REPEATABLE READ snapshot into the events file."""
     summary = _Summary()
     with (
-        psycopg.connect(
-            settings.resolved_database_url(), connect_timeout=settings.db_connect_timeout_s
-        ) as conn,
+        connect(settings, "export") as conn,
         conn.transaction(),
         (directory / EVENT_FILES[fmt]).open("w", encoding="utf-8", newline="") as out,
     ):
@@ -294,9 +295,7 @@ def _register(
         correlation_id=correlation_id,
     )
     with (
-        psycopg.connect(
-            settings.resolved_database_url(), connect_timeout=settings.db_connect_timeout_s
-        ) as conn,
+        connect(settings, "export") as conn,
         conn.transaction(),
     ):
         record_export_sync(

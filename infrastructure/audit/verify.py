@@ -38,6 +38,7 @@ from infrastructure.audit.verify_chains import (
 )
 from infrastructure.audit.verify_checkpoints import CheckpointPair, checkpoint_pairs
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.postgres.connect import connect
 from infrastructure.settings import Settings
 
 __all__ = ["Finding", "VerifyReport", "describe", "run_verify_cli", "verify_store"]
@@ -110,11 +111,7 @@ def _verify(settings: Settings, ledger: Ledger, window: TimeWindow) -> VerifyRep
     file_size = path.stat().st_size if path.exists() else 0
     audit = StoreAudit(ledger, settings.audit_mac_key_resolved(), public_keys(settings), window)
     page_size = settings.verify_page_events
-    with psycopg.connect(
-        settings.resolved_database_url(),
-        connect_timeout=settings.db_connect_timeout_s,
-        application_name="vigil-verify",
-    ) as conn:
+    with connect(settings, "verify") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():

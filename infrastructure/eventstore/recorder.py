@@ -16,7 +16,7 @@ from psycopg.sql import SQL, Identifier
 from application.commands import ReplyRecord
 from application.envelope import IndexRow
 from application.ports import GroupState
-from infrastructure.eventstore.index import (
+from infrastructure.eventstore.schema import (
     COLUMN_TYPES,
     COLUMNS,
     INDEX_TABLE,
@@ -25,14 +25,11 @@ from infrastructure.eventstore.index import (
     index_create_statements,
 )
 from infrastructure.postgres.arrays import column_arrays
+from infrastructure.postgres.connect import SESSION_OPTIONS
 
 REPLIES_TABLE = "command_replies"
 REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
 EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
-
-# For the services' own connections: PostgreSQL's JIT compiles statements over big arrays
-# (a group's or a batch's thousands of ids look expensive) for ~70 ms, to run them in a few.
-SESSION_OPTIONS = "-c jit=off"
 
 
 class VigilRecorder(PostgresApplicationRecorder):

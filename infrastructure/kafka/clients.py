@@ -9,25 +9,29 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from infrastructure.limits import (
+    FETCH_BYTES_MAX,
+    FETCH_PARTITION_BYTES_MAX,
+    PRODUCER_BATCH_BYTES_MAX,
+    PRODUCER_REQUEST_BYTES_MAX,
+)
 from infrastructure.settings import Settings
 
 FETCH_TIMEOUT_MS = 500
 # tansu answers a fetch only when its wait runs out: keep it short, for lag.
 FETCH_WAIT_MS = 20
-# What one fetch may bring from each partition (envelopes are about 1 KiB): a few hundred
-# events, so that one round of fetches over the topic's partitions (12 by default) fills a
-# projection batch (the projection workers' FETCH_RECORDS_MAX) with about as many events of each.
+# FETCH_PARTITION_BYTES_MAX, what one fetch may bring from each partition (envelopes are
+# about 1 KiB): a few hundred events, so that one round of fetches over the topic's
+# partitions (12 by default) fills a projection batch
+# (VIGIL_PROJECTIONS_FETCH_RECORDS_MAX) with about as many events of each.
 # The relay publishes in notification order, so such a batch covers one stretch of ids
 # from every partition, and the projections' marks can move over nearly all of it: only
 # ids beyond a mark need a tracking row. Bigger partition fetches gave batches of a few
 # partitions each, half their ids tracked row by row. Above the relay's producer batches
-# (PRODUCER_BATCH_BYTES_MAX, 256 KiB), so a fetch always holds whole record batches.
-FETCH_PARTITION_BYTES_MAX = 512 * 1024
-FETCH_BYTES_MAX = 32 * 1024 * 1024
+# (PRODUCER_BATCH_BYTES_MAX), so a fetch always holds whole record batches. The byte sizes
+# live in `infrastructure/limits.py`, which asserts how they relate.
 REQUEST_TIMEOUT_MS = 5_000  # a broker that is down costs a producer at most this an attempt
 PRODUCER_LINGER_MS = 5  # small: latency matters more than batching a few more events
-PRODUCER_BATCH_BYTES_MAX = 256 * 1024  # per partition batch; envelopes are ~1 KiB
-PRODUCER_REQUEST_BYTES_MAX = 1_048_576  # the broker's default message.max.bytes
 METADATA_MAX_AGE_MS = 30_000
 PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
 

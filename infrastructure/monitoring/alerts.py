@@ -19,7 +19,7 @@ from domain.ids import watchlist_entry_id
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
-from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
 from infrastructure.readmodels.quarantine import next_version
 from infrastructure.readmodels.schema import SCHEMA

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from application.ledger import Ledger
@@ -26,9 +25,11 @@ from domain.ids import alert_id, watchlist_entry_id
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
-from infrastructure.eventstore.ledger import envelope_pages, open_ledger
+from infrastructure.eventstore.envelopes import envelope_pages
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import LISTED_EVENTS
 from infrastructure.monitoring.rules_config import load_rules
+from infrastructure.postgres.connect import connect
 from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.settings import Settings
 from infrastructure.wording import plural
@@ -147,7 +148,7 @@ def walk(
 
 
 def write_shadow(settings: Settings, hits: Any) -> None:
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+    with connect(settings, "backtest", autocommit=True) as conn:
         conn.execute(SHADOW_DDL)
         with conn.transaction():
             conn.execute(f"TRUNCATE {SCHEMA}.alerts_shadow")

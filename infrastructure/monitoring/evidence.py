@@ -27,8 +27,9 @@ from domain.errors import Unavailable
 from domain.ids import watchlist_entry_id
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
-from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.recorder import VigilRecorder
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.monitoring.alerts import LISTED_EVENTS
 from infrastructure.monitoring.rules_config import config_from_parameters
 from infrastructure.readmodels.quarantine import QUARANTINED_RULE

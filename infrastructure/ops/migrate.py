@@ -22,15 +22,12 @@ from psycopg.sql import SQL, Composed, Identifier
 from application.ledger import Ledger, LedgerOptions
 from infrastructure.audit import checkpoints
 from infrastructure.audit.access_log import ensure_audit_tables
-from infrastructure.eventstore.index import INDEX_TABLE, index_heads
-from infrastructure.eventstore.ledger import (
-    EVENTS_TABLE,
-    event_store_env,
-    migrating,
-    money_ceilings,
-)
+from infrastructure.eventstore.ledger import event_store_env, money_ceilings
 from infrastructure.eventstore.recorder import REPLIES_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE, INDEX_TABLE, index_heads
 from infrastructure.monitoring.backtest import SHADOW_DDL
+from infrastructure.postgres.connect import connect
+from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.schema import RELAY_QUARANTINE_DDL, ensure_read_models
 from infrastructure.readmodels.schema import SCHEMA as READMODEL
 from infrastructure.relay.state import DDL as RELAY_DDL
@@ -198,9 +195,7 @@ def _check_service_role(conn: Connection, role: str) -> None:
 
 def _check_role_exists(settings: Settings, role: str) -> None:
     # Before any DDL: a typo in the role should not cost a whole migration first.
-    with psycopg.connect(
-        settings.resolved_database_url(), connect_timeout=settings.db_connect_timeout_s
-    ) as conn:
+    with connect(settings, "migrate") as conn:
         row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
         raise ConfigurationError(f"--grant-to: role {role!r} does not exist; create it first")
@@ -214,9 +209,7 @@ def run_migrate_cli(args: argparse.Namespace, settings: Settings) -> int:
     print("migrating: every table of every part, under the migration lock…", flush=True)
     started = time.monotonic()
     migrate(settings, grant_to=grant_to, say=lambda line: print(line, flush=True))
-    with psycopg.connect(
-        settings.resolved_database_url(), connect_timeout=settings.db_connect_timeout_s
-    ) as conn:
+    with connect(settings, "migrate") as conn:
         store_head, index_head = index_heads(conn, "public", EVENTS_TABLE)
     print(f"migrated in {time.monotonic() - started:.2f} s")
     if index_head is None or index_head < store_head:

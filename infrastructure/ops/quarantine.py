@@ -24,7 +24,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row, tuple_row
 
 from application.ledger import Ledger
-from infrastructure.eventstore.ledger import EVENTS_TABLE, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.logging import describe
 from infrastructure.monitoring.alerts import PROJECTION as ALERTS
 from infrastructure.monitoring.alerts import (
     WatchlistHistory,
@@ -35,7 +37,7 @@ from infrastructure.monitoring.alerts import (
     watchlist_history,
 )
 from infrastructure.monitoring.rules_config import config_hash, load_rules
-from infrastructure.readmodels.quarantine import RELAY, describe, quarantined_versions
+from infrastructure.readmodels.quarantine import RELAY, quarantined_versions
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA
 from infrastructure.readmodels.tracking import use_schema
 from infrastructure.readmodels.writes import write_batch

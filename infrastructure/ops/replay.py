@@ -20,10 +20,13 @@ import psycopg
 from psycopg import sql
 
 from application.ledger import Ledger
-from infrastructure.eventstore.ledger import envelope_pages, migration_lock, open_ledger
+from infrastructure.eventstore.envelopes import envelope_pages
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import apply_alerts_batch
 from infrastructure.monitoring.alerts import register_config as register_rules
 from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.postgres.connect import connect, connect_async
+from infrastructure.postgres.locks import migration_lock
 from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import ConfigurationError, Settings
@@ -88,7 +91,7 @@ def replay(
 
 def _prepare(settings: Settings, projections: Sequence[str], schema: str) -> None:
     with (
-        psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn,
+        connect(settings, "replay", autocommit=True) as conn,
         migration_lock(conn),
     ):
         ensure_read_models(conn, schema)
@@ -124,9 +127,7 @@ async def _apply_all(
     say(f"replaying {', '.join(projections)} into {schema} from {head:,} stored events…")
     started = last_said = time.monotonic()
     count = 0
-    async with await psycopg.AsyncConnection.connect(
-        settings.resolved_database_url(), autocommit=True
-    ) as conn:
+    async with await connect_async(settings, "replay", autocommit=True) as conn:
         rules = await _rules(settings, conn) if "alerts" in projections else None
         for page in envelope_pages(ledger, PAGE_EVENTS):
             for projection in projections:
@@ -155,7 +156,7 @@ async def _rules(settings: Settings, conn: psycopg.AsyncConnection[Any]) -> tupl
 def diff(settings: Settings, projections: Sequence[str], say: Callable[[str], None]) -> int:
     """Every row that differs between the shadow and the live read models."""
     differences = 0
-    with psycopg.connect(settings.resolved_database_url()) as conn:
+    with connect(settings, "replay-diff") as conn:
         for projection in projections:
             for table, keys in TABLES[projection].items():
                 differences += _diff_table(conn, table, keys, say)

@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, TypeVar
 from uuid import UUID
 
-import psycopg
 import structlog
 from psycopg import sql
 
 from domain.errors import DomainError
+from infrastructure.postgres.connect import connect_async
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL
+from infrastructure.settings import Settings
 
 # The channels the projections NOTIFY after each commit, with their payloads.
 CHANNELS: Final = (ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL)
@@ -128,10 +129,9 @@ async def wait_for_projection(
 class NotificationListener:
     """The process's one LISTEN connection; reconnects on its own, forever, until stopped."""
 
-    def __init__(self, conninfo: str, waiters: ChangeWaiters, *, connect_timeout_s: int) -> None:
-        self._conninfo = conninfo
+    def __init__(self, settings: Settings, waiters: ChangeWaiters) -> None:
+        self._settings = settings
         self._waiters = waiters
-        self._connect_timeout_s = connect_timeout_s
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -164,9 +164,7 @@ class NotificationListener:
             await asyncio.sleep(LISTENER_RECONNECT_S)
 
     async def _listen(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
-        ) as conn:
+        async with await connect_async(self._settings, "query-listen", autocommit=True) as conn:
             for channel in CHANNELS:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self.connected = True

@@ -20,7 +20,6 @@ quarantined version instead of waiting for it forever.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ import structlog
 from prometheus_client import Counter
 from psycopg import AsyncConnection
 
+from infrastructure.logging import describe
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.quarantine")
@@ -39,8 +39,6 @@ log = structlog.get_logger("vigil.quarantine")
 QUARANTINED_RULE: Final = "quarantined_event"
 QUARANTINED_SEVERITY: Final = "critical"
 RELAY: Final = "relay"
-# An error message is for people: bounded, and with no character PostgreSQL cannot hold.
-ERROR_CHARS_MAX: Final = 2_000
 # Account events that move money: the ones whose absence blinds the rules.
 MOVEMENT_EVENTS: Final = frozenset({"Deposited", "Withdrawn", "TransferredIn", "TransferredOut"})
 
@@ -61,13 +59,6 @@ def is_event_fault(error: BaseException) -> bool:
     if isinstance(error, psycopg.Error):
         return isinstance(error, psycopg.DataError | psycopg.IntegrityError)
     return not isinstance(error, OSError | TimeoutError)
-
-
-def describe(error: BaseException) -> str:
-    """The error in words a person can read, bounded, without control characters."""
-    text = f"{type(error).__name__}: {error}"
-    safe = "".join(ch if unicodedata.category(ch)[0] != "C" else f"\\u{ord(ch):04x}" for ch in text)
-    return safe[:ERROR_CHARS_MAX]
 
 
 R = TypeVar("R")

@@ -19,15 +19,13 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from domain.errors import Unavailable
-from infrastructure.eventstore.ledger import migrating
+from infrastructure.postgres.connect import open_async_pool, session_options
+from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.settings import Settings
 
 # A query slower than this is a bug or an overload; cut it off rather than pile up.
 STATEMENT_TIMEOUT_MS: Final = 5_000
-# How long a request waits for a free connection, and how many may wait at all.
-POOL_WAIT_S: Final = 5.0
-POOL_WAITING_MAX: Final = 1_000
 
 Statement = LiteralString | sql.SQL | sql.Composed
 
@@ -48,26 +46,18 @@ class ReadStore:
 
     @classmethod
     async def open(cls, settings: Settings) -> ReadStore:
-        options = f"-c default_transaction_read_only=on -c statement_timeout={STATEMENT_TIMEOUT_MS}"
-        pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
-            settings.resolved_database_url(),
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "connect_timeout": settings.db_connect_timeout_s,
-                "options": options,
-            },
-            min_size=1,
-            max_size=settings.db_pool_size,
-            timeout=POOL_WAIT_S,
-            max_waiting=POOL_WAITING_MAX,
-            # One round trip per checkout buys a clean 200 after a database restart
-            # instead of one 503 per stale connection.
-            check=AsyncConnectionPool.check_connection,
-            name="query",
-            open=False,
+        options = session_options(
+            {"default_transaction_read_only": "on", "statement_timeout": STATEMENT_TIMEOUT_MS}
         )
-        await pool.open(wait=True, timeout=float(settings.db_connect_timeout_s))
+        pool: AsyncConnectionPool[AsyncConnection[DictRow]] = await open_async_pool(
+            settings,
+            "query",
+            size_max=settings.db_pool_size,
+            wait_s=settings.query_pool_wait_s,
+            waiting_max=settings.query_pool_waiting_max,
+            options=options,
+            row_factory=dict_row,
+        )
         return cls(pool)
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ from uuid import UUID
 import structlog
 from psycopg import AsyncConnection
 
-from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.quarantine import (
     apply_isolating,
     next_version,

@@ -20,8 +20,8 @@ import contextlib
 import itertools
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -36,8 +36,10 @@ from psycopg import sql
 
 from application.ledger import Ledger
 from infrastructure.audit.checkpoints import Checkpointer
-from infrastructure.eventstore.ledger import open_ledger, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.postgres.connect import connect_async
 from infrastructure.relay import metrics
 from infrastructure.relay.broker import RelayBroker, TopicsNotReady
 from infrastructure.relay.outbox import AlertsOutboxRelay
@@ -59,12 +61,27 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, OperationalError
 
 @dataclass(frozen=True)
 class RelayLimits:
-    batch_events_max: int = 1_000  # read, sent and recorded together
-    poll_interval_s: float = 1.0  # the wait when a NOTIFY was missed
-    health_interval_s: float = 2.0  # how often to check the broker still has our log
-    backoff_s_min: float = 0.1
-    backoff_s_max: float = 2.0  # a broker or store outage is retried at least this often
-    lock_retry_s: float = 1.0  # a second relay polls for the lock this often
+    """The relay's bounds, from the `VIGIL_RELAY_*` settings (tests override a few)."""
+
+    batch_events_max: int  # read, sent and recorded together
+    poll_interval_s: float  # the wait when a NOTIFY was missed
+    health_interval_s: float  # how often to check the broker still has our log
+    backoff_s_min: float
+    backoff_s_max: float  # a broker or store outage is retried at least this often
+    lock_retry_s: float  # a second relay polls for the lock this often
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RelayLimits:
+        """The settings' bounds, with `overrides` (field name: value) in their place."""
+        limits = cls(
+            batch_events_max=settings.relay_batch_events_max,
+            poll_interval_s=settings.relay_poll_interval_s,
+            health_interval_s=settings.relay_health_interval_s,
+            backoff_s_min=settings.relay_backoff_s_min,
+            backoff_s_max=settings.relay_backoff_s_max,
+            lock_retry_s=settings.relay_lock_retry_s,
+        )
+        return replace(limits, **overrides)
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,7 @@ class Relay:
 
     def __init__(self, settings: Settings, limits: RelayLimits | None = None) -> None:
         self.settings = settings
-        self.limits = limits or RelayLimits()
+        self.limits = limits or RelayLimits.from_settings(settings)
         self.topic = ledger_events_topic(settings)
         self.state = RelayState(position=0, epoch=0)
         self.batches_published = 0
@@ -373,11 +390,8 @@ class Relay:
         backoff_s = self.limits.backoff_s_min
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.settings.resolved_database_url(),
-                    autocommit=True,
-                    connect_timeout=self.settings.db_connect_timeout_s,
-                    application_name="vigil-relay-listen",
+                async with await connect_async(
+                    self.settings, "relay-listen", autocommit=True
                 ) as conn:
                     await conn.execute(listen)
                     self._wakeup.set()  # anything committed while we were not listening

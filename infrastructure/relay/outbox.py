@@ -19,18 +19,15 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from infrastructure.eventstore.ledger import migrating
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.postgres.connect import connect_async
+from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.schema import OUTBOX_CHANNEL, SCHEMA, ensure_read_models
 from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.state import RelayState, RelayStore
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.outbox_relay")
-
-BATCH_MAX = 500
-POLL_S = 1.0
-BACKOFF_S_MAX = 2.0
 
 
 class AlertsOutboxRelay:
@@ -41,21 +38,22 @@ class AlertsOutboxRelay:
         self.published = 0
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        backoff_s = 0.1
+        backoff_s = self.settings.relay_backoff_s_min
+        backoff_s_max = self.settings.relay_backoff_s_max
         while not stop.is_set():
             try:
                 await self._session(stop)
-                backoff_s = 0.1
+                backoff_s = self.settings.relay_backoff_s_min
             except psycopg.errors.UndefinedTable:
                 # Production (no DDL at start) before `vigil migrate`: nothing to publish yet.
                 log.info("outbox_relay_waiting_for_read_models")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=BACKOFF_S_MAX)
+                    await asyncio.wait_for(stop.wait(), timeout=backoff_s_max)
             except Exception as error:  # broker or database away: retry from the record
                 log.warning("outbox_relay_failed", error=f"{type(error).__name__}: {error}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff_s)
-                backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+                backoff_s = min(backoff_s * 2, backoff_s_max)
 
     async def _session(self, stop: asyncio.Event) -> None:
         store = await RelayStore.connect(self.settings, self.topic)
@@ -64,11 +62,9 @@ class AlertsOutboxRelay:
             [ledger_events_topic(self.settings), self.topic],
         )  # fmt: skip
         producer = broker.new_producer()
-        listener = await psycopg.AsyncConnection.connect(
-            self.settings.resolved_database_url(), autocommit=True
-        )
+        listener = await connect_async(self.settings, "outbox-listen", autocommit=True)
         try:
-            if not await store.acquire_lock(stop, retry_s=1.0):
+            if not await store.acquire_lock(stop, retry_s=self.settings.relay_lock_retry_s):
                 return
             await store.migrate()
             if self.settings.migrate_on_start:
@@ -80,8 +76,9 @@ class AlertsOutboxRelay:
             await producer.start()
             log.info("outbox_relay_started", topic=self.topic, position=self.state.position)
             while not stop.is_set():
-                if await self._publish_next(store, producer) < BATCH_MAX:
-                    await _wait_for_notify(listener, stop, POLL_S)
+                batch_max = self.settings.outbox_batch_events_max
+                if await self._publish_next(store, producer) < batch_max:
+                    await _wait_for_notify(listener, stop, self.settings.outbox_poll_interval_s)
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -93,7 +90,7 @@ class AlertsOutboxRelay:
         cursor = await store.conn.execute(
             f"SELECT id, account_id, alert_id, payload FROM {SCHEMA}.alerts_outbox "
             "WHERE id > %s ORDER BY id LIMIT %s",
-            (self.state.position, BATCH_MAX),
+            (self.state.position, self.settings.outbox_batch_events_max),
         )
         rows = await cursor.fetchall()
         if not rows:
@@ -115,7 +112,7 @@ class AlertsOutboxRelay:
         for metadata in results:
             if metadata.offset <= self.state.offsets.get(metadata.partition, -1):
                 await self._republish_all(store)
-                return BATCH_MAX
+                return self.settings.outbox_batch_events_max
             acknowledged[metadata.partition] = max(
                 metadata.offset, acknowledged.get(metadata.partition, -1)
             )

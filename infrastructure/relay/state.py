@@ -18,14 +18,14 @@ import psycopg
 import structlog
 from eventsourcing.persistence import Notification
 
-from infrastructure.eventstore.ledger import migration_lock_async
-from infrastructure.eventstore.recorder import SESSION_OPTIONS
+from infrastructure.logging import describe
+from infrastructure.postgres.connect import SESSION_OPTIONS, connect_async
+from infrastructure.postgres.locks import RELAY_LOCK_CLASS, migration_lock_async
 from infrastructure.readmodels.quarantine import (
     MOVEMENT_EVENTS,
     RELAY,
     QuarantinedMovement,
     announce,
-    describe,
     raise_quarantine_alert,
 )
 from infrastructure.readmodels.schema import RELAY_QUARANTINE_DDL
@@ -34,9 +34,6 @@ from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.relay")
 
-# First key of the two-key advisory lock one relay holds per topic (second key: the
-# topic's hash), so a second relay for the same topic waits instead of double-publishing.
-RELAY_LOCK_CLASS = 7_270_402
 EPOCH_FIRST = 1
 ACCOUNT_TOPIC = "domain.account:"
 
@@ -105,13 +102,7 @@ class RelayStore:
 
     @classmethod
     async def connect(cls, settings: Settings, topic: str) -> RelayStore:
-        conn = await psycopg.AsyncConnection.connect(
-            settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=settings.db_connect_timeout_s,
-            application_name="vigil-relay",
-            options=SESSION_OPTIONS,
-        )
+        conn = await connect_async(settings, "relay", autocommit=True, options=SESSION_OPTIONS)
         return cls(conn, topic, migrate_on_start=settings.migrate_on_start)
 
     async def close(self) -> None:

@@ -33,6 +33,7 @@ from infrastructure.kafka.consumer import (
     run_with_restarts,
 )
 from infrastructure.kafka.topics import alerts_topic
+from infrastructure.postgres.connect import connect_async
 from infrastructure.settings import Settings
 from infrastructure.workers.case_opener_store import (
     Quarantined,
@@ -42,8 +43,6 @@ from infrastructure.workers.case_opener_store import (
 
 log = structlog.get_logger("vigil.case_opener")
 
-FETCH_RECORDS_MAX = 500
-# tansu answers a fetch only when its wait runs out: keep it short, for latency.
 
 CASES_OPENED = Counter(
     "vigil_cases_opened_total",
@@ -84,12 +83,7 @@ class CaseOpener:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         # A connection of its own for the quarantine; lost, it restarts the consumer.
-        conn = await psycopg.AsyncConnection.connect(
-            self.settings.resolved_database_url(),
-            autocommit=True,
-            connect_timeout=self.settings.db_connect_timeout_s,
-            application_name="vigil-case-opener",
-        )
+        conn = await connect_async(self.settings, "case-opener", autocommit=True)
         try:
             await prepare_quarantine_table(conn, self.settings)
             consumer = new_consumer(
@@ -97,13 +91,15 @@ class CaseOpener:
                 alerts_topic(self.settings),
                 group_id(self.settings),
                 "vigil-case-opener",
-                FETCH_RECORDS_MAX,
+                self.settings.case_opener_fetch_records_max,
             )
             await consumer.start()
             try:
                 log.info("case_opener_started", topic=alerts_topic(self.settings))
                 while not stop.is_set():
-                    records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+                    records = await fetch(
+                        consumer, self.epochs, self.settings.case_opener_fetch_records_max
+                    )
                     for record in records:
                         await self._handle(record, conn)
                     if records:

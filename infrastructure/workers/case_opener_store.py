@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from infrastructure.eventstore.ledger import migration_lock_async
+from infrastructure.postgres.locks import migration_lock_async
 from infrastructure.settings import Settings
 
 QUARANTINE_TABLE = "case_opener_quarantine"

@@ -25,31 +25,26 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from infrastructure.eventstore.ledger import EVENTS_TABLE, migration_lock_async
-from infrastructure.eventstore.recorder import SESSION_OPTIONS
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
+from infrastructure.logging import describe
 from infrastructure.monitoring.alerts import (
     WindowCache,
     apply_alerts_batch,
     register_config,
 )
 from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.postgres.connect import SESSION_OPTIONS, connect, connect_async
+from infrastructure.postgres.locks import migration_lock_async
 from infrastructure.readmodels.balances_cache import cache_account_rows
-from infrastructure.readmodels.quarantine import describe
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import BatchResult, apply_batch
 from infrastructure.settings import Settings
 from projections.envelope import Envelope
 
 log = structlog.get_logger("vigil.workers")
-
-# One fetched batch is one transaction per projection, applied with a fixed number of
-# statements (projection_store.apply_batch): when the projections lag, the bigger the batch
-# the sooner they catch up. When they keep up, batches hold only what arrived meanwhile.
-# Enough for a whole round of fetches over the partitions (consumer.py), taken together.
-FETCH_RECORDS_MAX = 10_000
 
 EVENTS_APPLIED = Counter(
     "vigil_projection_events_applied_total", "Events applied, by projection.", ["projection"]
@@ -142,16 +137,14 @@ async def migrate_read_models(settings: Settings) -> None:
     if not settings.migrate_on_start:
         return  # `vigil migrate` made them, as the owning role
     async with (
-        await psycopg.AsyncConnection.connect(
-            settings.resolved_database_url(), autocommit=True
-        ) as conn,
+        await connect_async(settings, "migrate", autocommit=True) as conn,
         migration_lock_async(conn),
     ):
         await asyncio.to_thread(_ensure_sync, settings)
 
 
 def _ensure_sync(settings: Settings) -> None:
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+    with connect(settings, "migrate", autocommit=True) as conn:
         ensure_read_models(conn)
 
 
@@ -225,7 +218,7 @@ class ProjectionConsumer:
             ledger_events_topic(self.settings),
             self.group,
             f"vigil-{self.name}",
-            FETCH_RECORDS_MAX,
+            self.settings.projections_fetch_records_max,
         )
         await consumer.start()
         try:
@@ -251,8 +244,8 @@ class ProjectionConsumer:
             await consumer.stop()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            self.settings.resolved_database_url(), autocommit=True, options=SESSION_OPTIONS
+        return await connect_async(
+            self.settings, "projections", autocommit=True, options=SESSION_OPTIONS
         )
 
     async def _fetch_and_apply(
@@ -263,7 +256,9 @@ class ProjectionConsumer:
         cache: aioredis.Redis,
     ) -> None:
         while not stop.is_set():
-            records = await fetch(consumer, self.epochs, FETCH_RECORDS_MAX)
+            records = await fetch(
+                consumer, self.epochs, self.settings.projections_fetch_records_max
+            )
             if records:
                 events = [e for e in map(_decoded, records) if e is not None]
                 if events:

@@ -172,11 +172,9 @@ def _cmd_quarantine_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _with_connection(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
-    import psycopg
+    from infrastructure.postgres.connect import connect_async
 
-    async with await psycopg.AsyncConnection.connect(
-        settings.resolved_database_url(), autocommit=True
-    ) as conn:
+    async with await connect_async(settings, "cli", autocommit=True) as conn:
         return await use(conn)
 
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from infrastructure.kafka.consumer import PARTITIONS_ASSIGNED_GAUGE
+from infrastructure.limits import CHILD_STOP_TIMEOUT_S
 from infrastructure.logging import configure_logging
 from infrastructure.ops.embedded import (
     EmbeddedBroker,
@@ -64,7 +65,6 @@ from interfaces.cli.supervise import (
 )
 
 WATCH_INTERVAL_S = 0.5
-CHILD_STOP_TIMEOUT_S = 10.0  # the APIs drain requests for up to 10 s (serve.py)
 TOKEN_TTL_S = 12 * 3600
 DEV_TOKENS = (
     ("teller", "001"),

@@ -24,8 +24,9 @@ from domain.errors import Unavailable
 from domain.integrity import Actor
 from domain.money import Money
 from domain.watchlist import WatchlistEntry
-from infrastructure.eventstore.index import index_heads, run_reindex_cli
+from infrastructure.eventstore.index import run_reindex_cli
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.schema import index_heads
 from infrastructure.settings import Settings
 
 pytestmark = pytest.mark.integration

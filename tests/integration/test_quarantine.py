@@ -270,7 +270,8 @@ def test_the_relay_quarantines_an_event_it_cannot_decode_and_publishes_the_rest(
         other.close()
     run(ledger, Deposit(a, GBP(300), uuid4()))
 
-    with RelayThread(Relay(relay_settings, RelayLimits(poll_interval_s=0.1))):
+    limits = RelayLimits.from_settings(relay_settings, poll_interval_s=0.1)
+    with RelayThread(Relay(relay_settings, limits)):
         wait_until(caught_up(relay_settings, ledger), "the relay reached the head")
 
     quarantined_ids = rows(
@@ -411,7 +412,8 @@ def test_a_relay_that_can_decode_nothing_stops_instead_of_quarantining_everythin
     relay_settings = settings.model_copy(  # the relay forgot the cipher key
         update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": f"q{uuid4().hex[:8]}."}
     )
-    relay = RelayThread(Relay(relay_settings, RelayLimits(poll_interval_s=0.1)))
+    limits = RelayLimits.from_settings(relay_settings, poll_interval_s=0.1)
+    relay = RelayThread(Relay(relay_settings, limits))
     with relay:
         wait_until(lambda: relay.error is not None, "the relay stopped")
 

@@ -291,7 +291,7 @@ def test_an_idle_relay_publishes_a_new_event_within_a_second_of_its_commit(
 ) -> None:
     [account] = open_accounts(ledger, 1)
     # Polls and health checks far apart: only the NOTIFY can wake the relay in time.
-    limits = RelayLimits(poll_interval_s=30.0, health_interval_s=30.0)
+    limits = RelayLimits.from_settings(settings, poll_interval_s=30.0, health_interval_s=30.0)
     bootstrap, topic = settings.resolved_kafka_bootstrap(), ledger_events_topic(settings)
 
     async def measure() -> tuple[float, float]:
@@ -325,7 +325,7 @@ def test_a_relay_that_dies_between_send_and_record_republishes_and_misses_nothin
     accounts = open_accounts(ledger, 4)
     move_money(ledger, accounts, 6)
     expected = stored_envelopes(ledger)
-    limits = RelayLimits(batch_events_max=7)
+    limits = RelayLimits.from_settings(settings, batch_events_max=7)
 
     crashing = RelayCrashingBeforeRecord(settings, limits, crash_at=3)
     with RelayThread(crashing) as thread:
@@ -352,7 +352,7 @@ def test_a_relay_killed_while_streaming_loses_nothing_on_restart(
     accounts = open_accounts(ledger, 10)
     move_money(ledger, accounts, 20)
     expected = stored_envelopes(ledger)
-    limits = RelayLimits(batch_events_max=3)
+    limits = RelayLimits.from_settings(settings, batch_events_max=3)
 
     with RelayThread(Relay(settings, limits)) as thread:
         wait_until(lambda: (relay_state(settings) or (0, 0))[0] > 0, "relay started publishing")
@@ -400,7 +400,8 @@ def test_after_a_broker_restart_the_relay_republishes_from_the_lowest_projection
                 "WHEN 'balances' THEN %s WHEN 'kpis' THEN %s ELSE %s END",
                 (ids[4], ids[6], needed),
             )
-        with RelayThread(Relay(settings, RelayLimits(health_interval_s=0.5))):
+        limits = RelayLimits.from_settings(settings, health_interval_s=0.5)
+        with RelayThread(Relay(settings, limits)):
             wait_until(caught_up(settings, ledger), "relay caught up before the restart")
             first.stop()
             move_money(ledger, accounts, 1)  # while the broker is down
@@ -426,7 +427,7 @@ def test_a_second_relay_waits_for_the_first_and_takes_over_when_it_stops(
     settings: Settings, ledger: Ledger
 ) -> None:
     accounts = open_accounts(ledger, 2)
-    limits = RelayLimits(lock_retry_s=0.1)
+    limits = RelayLimits.from_settings(settings, lock_retry_s=0.1)
     second = Relay(settings, limits)
 
     with RelayThread(Relay(settings, limits)) as first_thread:

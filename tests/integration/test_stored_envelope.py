@@ -18,7 +18,8 @@ from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.audit.checkpoints import decoded_hash
-from infrastructure.eventstore.ledger import open_ledger, stored_envelope
+from infrastructure.eventstore.envelopes import stored_envelope
+from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
 from tests.integration.test_compliance import alert
 

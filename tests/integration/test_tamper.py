@@ -30,7 +30,8 @@ from infrastructure.audit.checkpoints import (
 )
 from infrastructure.audit.signing import DEV_SIGNING_KEY_FILE, Signer
 from infrastructure.audit.verify import Finding, VerifyReport, run_verify_cli, verify_store
-from infrastructure.eventstore.ledger import EVENTS_TABLE, open_ledger
+from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.settings import Settings
 from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 

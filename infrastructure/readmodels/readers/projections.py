@@ -7,7 +7,7 @@ from typing import Final, TypedDict, cast
 
 from psycopg import sql
 
-from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.readmodels.schema import SCHEMA
 

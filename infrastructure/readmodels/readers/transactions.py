@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg import sql
 
-from infrastructure.eventstore.ledger import EVENTS_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.readmodels.schema import SCHEMA
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from infrastructure.limits import API_DRAIN_S
 from infrastructure.settings import Settings
 
 # Factories uvicorn imports by name in each worker process, and the setting of each port.
@@ -11,7 +12,6 @@ APPS = {
     "command": ("interfaces.api.factories:command_app", "command_port"),
     "query": ("interfaces.api.factories:query_app", "query_port"),
 }
-GRACEFUL_SHUTDOWN_S = 10
 
 
 def serve_api(which: str, settings: Settings, *, port: int | None, workers: int) -> int:
@@ -27,7 +27,7 @@ def serve_api(which: str, settings: Settings, *, port: int | None, workers: int)
         access_log=False,
         log_config=None,
         proxy_headers=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=API_DRAIN_S,
     )
     uvicorn.Server(config).run()
     return 0

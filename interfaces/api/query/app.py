@@ -60,11 +60,7 @@ def create_query_app(settings: Settings) -> FastAPI:
             timeout_s=settings.redis_timeout_s,
         )
         waiters = ChangeWaiters()
-        listener = NotificationListener(
-            settings.resolved_database_url(),
-            waiters,
-            connect_timeout_s=settings.db_connect_timeout_s,
-        )
+        listener = NotificationListener(settings, waiters)
         listener.start()
         app.state.read_side = ReadSide(store=store, cache=cache, waiters=waiters)
         app.state.readiness_checks = [

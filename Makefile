@@ -29,6 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # Only what the tools and `vigil up` made. `vigil clean` removes var/, and refuses while
 # `vigil up`, a process it started or the PostgreSQL it left behind still runs on it.
@@ -36,7 +37,7 @@ lint: install
 clean:
 	@if [ -x $(VENV)/bin/vigil ]; then $(VENV)/bin/vigil clean; \
 	elif [ -e var ]; then echo "make clean: run make install first, so that vigil clean can check nothing runs on var/" >&2; exit 1; fi
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
 # The throughput benchmark: a fresh system of its own under var/bench/run-*/;

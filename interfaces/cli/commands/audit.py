@@ -4,16 +4,49 @@ auditors. Exit 0 when all is well, 1 when something was found, 2 for a refused r
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
 from infrastructure.settings import Settings
 from interfaces.cli.parsing import UsageError
 
+if TYPE_CHECKING:
+    from infrastructure.audit.verify import VerifyReport
+
 
 def run_verify_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil audit verify [--from] [--to] [--json]`: exit 0 clean, 1 with findings."""
-    from infrastructure.audit.verify import run_verify_cli
+    from infrastructure.audit.verify import verify_store
 
-    return run_verify_cli(args, settings)
+    report = verify_store(settings, since=args.since, until=args.until)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(describe(report)))
+    return 0 if report.clean else 1
+
+
+def describe(report: VerifyReport) -> list[str]:
+    """The report for people: each finding, what the range leaves out, then the summary."""
+    lines = [
+        f"{f.kind}: aggregate {f.aggregate_id or '-'} version {f.version or '-'} "
+        f"notification {f.notification_id or '-'}: {f.detail}"
+        for f in report.findings
+    ]
+    if report.findings_total > len(report.findings):
+        lines.append(f"... and {report.findings_total - len(report.findings)} more")
+    if report.since or report.until:
+        lines.append(
+            f"reported: events and checkpoints from {report.since or 'the start'} "
+            f"to {report.until or 'the end'} (chains checked from the start)"
+        )
+    if report.events_after_last_checkpoint:
+        lines.append(
+            f"{report.events_after_last_checkpoint} events after the last checkpoint "
+            "are not yet covered by a signature"
+        )
+    lines.append(report.summary)
+    return lines
 
 
 def run_reindex_cli(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ from interfaces.cli.parsing import UsageError
 
 if TYPE_CHECKING:
     from infrastructure.audit.verify import VerifyReport
+    from infrastructure.eventstore.index import ReindexProgress
 
 
 def run_verify_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -51,9 +52,32 @@ def describe(report: VerifyReport) -> list[str]:
 
 def run_reindex_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil audit reindex`: fill the event index from the store; prints the rows added."""
-    from infrastructure.eventstore.index import run_reindex_cli
+    from infrastructure.eventstore.index import rebuild_index
 
-    return run_reindex_cli(args, settings)
+    rebuilt = rebuild_index(settings, progress=_say_reindex)
+    print(
+        f"added {rebuilt.rows_added:,} rows; store head {rebuilt.store_head:,}, "
+        f"index head {rebuilt.index_head or 0:,}"
+    )
+    return 0
+
+
+def _say_reindex(progress: ReindexProgress) -> None:
+    rate = progress.events_read / max(progress.elapsed_s, 1e-9)
+    if progress.stage == "started":
+        line = "rebuilding the event index from the event store…"
+    elif progress.stage == "running":
+        line = (
+            f"  indexed up to {progress.indexed_up_to:,} of {progress.head:,} "
+            f"({rate:,.0f} events/s)"
+        )
+    else:
+        line = (
+            f"reindex: {progress.events_read:,} events without a row, "
+            f"{progress.rows_added:,} rows added in {progress.elapsed_s:.1f} s "
+            f"({rate:,.0f} events/s)"
+        )
+    print(line, flush=True)
 
 
 def run_export_cli(args: argparse.Namespace, settings: Settings) -> int:

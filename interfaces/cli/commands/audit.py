@@ -4,15 +4,24 @@ auditors. Exit 0 when all is well, 1 when something was found, 2 for a refused r
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
+import sys
+import time
+import uuid
 from typing import TYPE_CHECKING
 
 from infrastructure.settings import Settings
+from infrastructure.wording import plural
 from interfaces.cli.parsing import UsageError
 
 if TYPE_CHECKING:
     from infrastructure.audit.verify import VerifyReport
     from infrastructure.eventstore.index import ReindexProgress
+
+# How often `vigil audit export` says how far it is, on stderr.
+EXPORT_PROGRESS_EVERY_S = 1.0
 
 
 def run_verify_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,17 +89,72 @@ def _say_reindex(progress: ReindexProgress) -> None:
     print(line, flush=True)
 
 
+def cli_actor() -> dict[str, str]:
+    """Who runs `vigil audit export` from a shell: the operating-system user."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return {"subject": f"cli:{user}", "role": "cli"}
+
+
 def run_export_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil audit export --from --to [--account] [--format] --out DIR`."""
-    from infrastructure.audit.export import run_export_cli
+    from infrastructure.audit.export import ExportError, export_events
 
-    return run_export_cli(args, settings)
+    started = time.monotonic()
+    last_said = [started]
+
+    def say(done: int) -> None:
+        now = time.monotonic()
+        if now - last_said[0] >= EXPORT_PROGRESS_EVERY_S:
+            last_said[0] = now
+            rate = done / max(now - started, 1e-9)
+            print(f"  exported {done:,} events ({rate:,.0f} events/s)", file=sys.stderr)
+
+    account_id = None if args.account is None else uuid.UUID(args.account)
+    try:
+        manifest = export_events(
+            settings,
+            args.since,
+            args.until,
+            account_id,
+            args.format,
+            args.out,
+            cli_actor(),
+            progress=say,
+        )
+    except ExportError as error:
+        print(f"export refused: {error}", file=sys.stderr)
+        return 2
+    elapsed_s = time.monotonic() - started
+    total = manifest["total"]
+    print(
+        f"exported {total:,} events to {args.out} in {elapsed_s:.1f} s "
+        f"({total / max(elapsed_s, 1e-9):,.0f} events/s); "
+        f"manifest signed by key {manifest['key_id']}"
+    )
+    return 0
 
 
 def run_verify_export_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil audit verify-export DIR`: OK and exit 0, or every problem and exit 1."""
-    from infrastructure.audit.export import run_verify_export_cli
+    from infrastructure.audit.export import verify_export
 
     if not args.directory.is_dir():
         raise UsageError(f"{args.directory}: no such directory (give the export's directory)")
-    return run_verify_export_cli(args, settings)
+    check = verify_export(args.directory)
+    if not check.verified:
+        unlisted = [f"... and {plural(check.unlisted, 'more problem')}"] if check.unlisted else []
+        problems = [*check.problems, *unlisted]
+        for problem in problems:
+            print(f"PROBLEM {problem}")
+        print(f"FAILED: {plural(len(problems), 'problem')} in {args.directory}")
+        return 1
+    assert check.manifest is not None, "an export that verifies has a manifest"
+    print(
+        f"OK: {check.manifest['total']:,} events, every file matches its SHA-256, every hash "
+        f"recomputes, the manifest signature verifies with key {check.manifest['key_id']} "
+        "(compare it with the bank's published key id)"
+    )
+    return 0

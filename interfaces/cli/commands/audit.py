@@ -13,8 +13,8 @@ import uuid
 from typing import TYPE_CHECKING
 
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
 from interfaces.cli.parsing import UsageError
+from interfaces.cli.wording import plural
 
 if TYPE_CHECKING:
     from infrastructure.audit.verify import VerifyReport

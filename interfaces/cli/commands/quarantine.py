@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
+from interfaces.cli.wording import plural
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.wording import plural
+from interfaces.cli.wording import plural
 
 if TYPE_CHECKING:
     from infrastructure.ops.replay import ReplayProgress, RowDifference

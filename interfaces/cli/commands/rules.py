@@ -8,8 +8,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
 from interfaces.cli.parsing import UsageError
+from interfaces.cli.wording import plural
 
 if TYPE_CHECKING:
     from infrastructure.monitoring.backtest import BacktestProgress, Report

@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.settings import ConfigurationError, Settings, load_settings
+from interfaces.api.http.auth import TOKEN_ROLES, Role
 from interfaces.cli.commands import processes
 from interfaces.cli.commands.audit import (
     run_export_cli,
@@ -57,9 +59,7 @@ def _add_process_commands(commands: Commands) -> None:
     workers.set_defaults(handler=processes.run_workers_cli)
 
     project = commands.add_parser("project", help="run one projection worker")
-    project.add_argument(
-        "name", choices=["balances", "statements", "kpis", "alerts", "cases", "watchlist"]
-    )
+    project.add_argument("name", choices=ALL_PROJECTIONS)
     project.add_argument("--metrics-port", type=int, default=None, help="/metrics port")
     project.set_defaults(handler=processes.run_project_cli)
 
@@ -152,9 +152,9 @@ def _add_token_commands(commands: Commands) -> None:
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     issue = token_commands.add_parser("issue", help="print a signed token")
-    issue.add_argument(
-        "--role", required=True, choices=["teller", "admin", "auditor", "compliance", "viewer"]
-    )
+    # The roles a token may carry, in the order of the RBAC table's role type.
+    roles = [role.value for role in Role if role in TOKEN_ROLES]
+    issue.add_argument("--role", required=True, choices=roles)
     issue.add_argument("--branch", default=None, help="branch code (required for tellers)")
     issue.add_argument("--subject", default=None, help="token subject (default: ROLE-dev)")
     issue.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")

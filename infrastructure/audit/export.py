@@ -16,13 +16,8 @@ the export, and strictly increasing notification ids. Any change to any file fai
 
 from __future__ import annotations
 
-import argparse
 import csv
-import getpass
-import os
 import shutil
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -50,6 +45,7 @@ from infrastructure.audit.export_verify import (
     EVENT_FILES,
     KEYS_FILE,
     MANIFEST_FILE,
+    ExportCheck,
     file_sha256,
     verify_export,
 )
@@ -59,16 +55,14 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.postgres.connect import connect
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
 
-__all__ = ["ExportError", "Manifest", "export_events", "verify_export"]
+__all__ = ["ExportCheck", "ExportError", "Manifest", "export_events", "verify_export"]
 
 Manifest = dict[str, Any]
 
 FORMATS: Final = ("jsonl", "csv")
 # Rows per FETCH from the server-side cursor; memory is this many events at most.
 FETCH_ROWS: Final = 2_000
-PROGRESS_EVERY_S: Final = 1.0
 EXPORTS_SUBDIR: Final = "exports"
 
 EXPORT_QUERY: Final = sql.SQL(
@@ -315,69 +309,3 @@ def _register(
             },
         )
         record_access_sync(conn, access)
-
-
-# --- CLI ------------------------------------------------------------------------------
-
-
-def cli_actor() -> dict[str, str]:
-    """Who runs `vigil audit export` from a shell: the operating-system user."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid-{os.getuid()}"
-    return {"subject": f"cli:{user}", "role": "cli"}
-
-
-def run_export_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil audit export --from --to [--account] [--format] --out DIR`."""
-    started = time.monotonic()
-    last_said = [started]
-
-    def say(done: int) -> None:
-        now = time.monotonic()
-        if now - last_said[0] >= PROGRESS_EVERY_S:
-            last_said[0] = now
-            rate = done / max(now - started, 1e-9)
-            print(f"  exported {done:,} events ({rate:,.0f} events/s)", file=sys.stderr)
-
-    account_id = None if args.account is None else uuid.UUID(args.account)
-    try:
-        manifest = export_events(
-            settings,
-            args.since,
-            args.until,
-            account_id,
-            args.format,
-            args.out,
-            cli_actor(),
-            progress=say,
-        )
-    except ExportError as error:
-        print(f"export refused: {error}", file=sys.stderr)
-        return 2
-    elapsed_s = time.monotonic() - started
-    total = manifest["total"]
-    print(
-        f"exported {total:,} events to {args.out} in {elapsed_s:.1f} s "
-        f"({total / max(elapsed_s, 1e-9):,.0f} events/s); "
-        f"manifest signed by key {manifest['key_id']}"
-    )
-    return 0
-
-
-def run_verify_export_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil audit verify-export DIR`: OK and exit 0, or every problem and exit 1."""
-    problems = verify_export(args.directory)
-    if problems:
-        for problem in problems:
-            print(f"PROBLEM {problem}")
-        print(f"FAILED: {plural(len(problems), 'problem')} in {args.directory}")
-        return 1
-    manifest = orjson.loads((args.directory / MANIFEST_FILE).read_bytes())
-    print(
-        f"OK: {manifest['total']:,} events, every file matches its SHA-256, every hash "
-        f"recomputes, the manifest signature verifies with key {manifest['key_id']} "
-        "(compare it with the bank's published key id)"
-    )
-    return 0

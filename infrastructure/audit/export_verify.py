@@ -12,6 +12,7 @@ import csv
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -21,7 +22,6 @@ import orjson
 from domain.integrity import GENESIS_HASH, canonical, chain_hash, chain_record
 from infrastructure.audit.checkpoints import Checkpoint
 from infrastructure.audit.signing import PublicKeys, key_id, public_key_from_pem, verify_signature
-from infrastructure.wording import plural
 
 MANIFEST_FILE: Final = "manifest.json"
 KEYS_FILE: Final = "public-keys.pem"
@@ -74,6 +74,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ExportCheck:
+    """What `verify_export` found: no problem means the export verifies."""
+
+    problems: list[str]  # at most PROBLEMS_MAX, in the order found
+    unlisted: int  # problems past PROBLEMS_MAX, counted only
+    manifest: dict[str, Any] | None  # as read, when it could be read and is well-formed
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems
+
+
 class Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -85,17 +98,16 @@ class Problems:
         else:
             self.dropped += 1
 
-    def result(self) -> list[str]:
-        extra = [f"... and {plural(self.dropped, 'more problem')}"] if self.dropped else []
-        return [*self.items, *extra]
+    def result(self, manifest: dict[str, Any] | None) -> ExportCheck:
+        return ExportCheck(self.items, self.dropped, manifest)
 
 
-def verify_export(directory: Path) -> list[str]:
-    """Every problem found in the export at `directory`; an empty list means it verifies."""
+def verify_export(directory: Path) -> ExportCheck:
+    """Every problem found in the export at `directory`; none means it verifies."""
     problems = Problems()
     manifest = _load_manifest(directory, problems)
     if manifest is None:
-        return problems.result()
+        return problems.result(None)
     _check_files(directory, manifest, problems)
     _check_signature(directory, manifest, problems)
     events_file = EVENT_FILES.get(manifest["format"])
@@ -103,7 +115,7 @@ def verify_export(directory: Path) -> list[str]:
         problems.add(f"{MANIFEST_FILE}: unknown format {manifest['format']!r}")
     elif (directory / events_file).is_file():
         _check_events(directory / events_file, manifest, problems)
-    return problems.result()
+    return problems.result(manifest)
 
 
 def _load_manifest(directory: Path, problems: Problems) -> dict[str, Any] | None:

@@ -17,8 +17,6 @@ always checked from the start, since a chain cannot be judged from its middle.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -41,7 +39,7 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.postgres.connect import connect
 from infrastructure.settings import Settings
 
-__all__ = ["Finding", "VerifyReport", "describe", "run_verify_cli", "verify_store"]
+__all__ = ["Finding", "VerifyReport", "verify_store"]
 
 EVENT_INDEX: Final = "public.event_index"
 
@@ -190,35 +188,3 @@ def _summary(report: VerifyReport) -> str:
         f"{report.checkpoints} checkpoints in {report.elapsed_s:.1f} s "
         f"({report.rate_events_per_s:,.0f} events/s): {verdict}"
     )
-
-
-def describe(report: VerifyReport) -> list[str]:
-    lines = [
-        f"{f.kind}: aggregate {f.aggregate_id or '-'} version {f.version or '-'} "
-        f"notification {f.notification_id or '-'}: {f.detail}"
-        for f in report.findings
-    ]
-    if report.findings_total > len(report.findings):
-        lines.append(f"... and {report.findings_total - len(report.findings)} more")
-    if report.since or report.until:
-        lines.append(
-            f"reported: events and checkpoints from {report.since or 'the start'} "
-            f"to {report.until or 'the end'} (chains checked from the start)"
-        )
-    if report.events_after_last_checkpoint:
-        lines.append(
-            f"{report.events_after_last_checkpoint} events after the last checkpoint "
-            "are not yet covered by a signature"
-        )
-    lines.append(report.summary)
-    return lines
-
-
-def run_verify_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil audit verify [--from] [--to] [--json]`: exit 0 clean, 1 with findings."""
-    report = verify_store(settings, since=args.since, until=args.until)
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print("\n".join(describe(report)))
-    return 0 if report.clean else 1

@@ -7,10 +7,10 @@ this fills every missing row from the store, idempotently, safe beside live writ
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import structlog
@@ -40,12 +40,24 @@ REINDEX_PAGE_EVENTS = 2_000
 PROGRESS_EVERY_S = 2.0
 
 
+@dataclass(frozen=True)
+class ReindexProgress:
+    """Where a rebuild of the index is: started, running (every few seconds), finished."""
+
+    stage: Literal["started", "running", "finished"]
+    head: int  # the store's last notification id when the rebuild began
+    indexed_up_to: int  # the last notification id looked at so far
+    events_read: int  # stored events without an index row, so far
+    rows_added: int
+    elapsed_s: float
+
+
 def reindex(
     ledger: Ledger,
     conn: psycopg.Connection[Any],
     *,
     page_events: int = REINDEX_PAGE_EVENTS,
-    say: Callable[[str], None] = print,
+    progress: Callable[[ReindexProgress], None] | None = None,
 ) -> int:
     """Add the index row of every stored event that has none; returns the rows added.
 
@@ -63,8 +75,10 @@ def reindex(
         columns=SQL(", ").join(Identifier(c) for c in COLUMNS),
         unnest=SQL(", ").join(SQL("%s::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
     )
+    if progress is not None:
+        progress(ReindexProgress("started", head, 0, 0, 0, 0.0))
     started = last_said = time.monotonic()
-    read = added = 0
+    read = added = last_id = 0
     for page in _missing_pages(conn, schema, events_table, page_events):
         ids = [notification_id for notification_id, _ in page]
         rows = [_decoded_row(ledger, n, stored) for n, stored in page]
@@ -72,16 +86,14 @@ def reindex(
             cursor = conn.execute(insert, [ids, *index_columns(rows)])
             added += max(cursor.rowcount, 0)
         read += len(page)
+        last_id = ids[-1]
         now = time.monotonic()
-        if now - last_said >= PROGRESS_EVERY_S:
+        if progress is not None and now - last_said >= PROGRESS_EVERY_S:
             last_said = now
-            rate = read / max(now - started, 1e-9)
-            say(f"  indexed up to {ids[-1]:,} of {head:,} ({rate:,.0f} events/s)")
-    elapsed_s = time.monotonic() - started
-    say(
-        f"reindex: {read:,} events without a row, {added:,} rows added in {elapsed_s:.1f} s "
-        f"({read / max(elapsed_s, 1e-9):,.0f} events/s)"
-    )
+            progress(ReindexProgress("running", head, last_id, read, added, now - started))
+    if progress is not None:
+        elapsed_s = time.monotonic() - started
+        progress(ReindexProgress("finished", head, last_id, read, added, elapsed_s))
     return added
 
 
@@ -116,15 +128,25 @@ def _missing_pages(
         after = int(rows[-1][0])
 
 
-def run_reindex_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil audit reindex`: fill the event index from the store; prints the rows added."""
+@dataclass(frozen=True)
+class IndexRebuild:
+    """What `rebuild_index` did: the rows added, and both heads afterwards."""
+
+    rows_added: int
+    store_head: int
+    index_head: int | None
+
+
+def rebuild_index(
+    settings: Settings, progress: Callable[[ReindexProgress], None] | None = None
+) -> IndexRebuild:
+    """`vigil audit reindex`: fill the event index from the store, with a ledger and a
+    connection of its own."""
     ledger = open_ledger(settings)
     try:
         with connect(settings, "reindex", autocommit=True) as conn:
-            print("rebuilding the event index from the event store…", flush=True)
-            added = reindex(ledger, conn, say=lambda line: print(line, flush=True))
+            added = reindex(ledger, conn, progress=progress)
             store_head, index_head = index_heads(conn, *store_names(ledger))
     finally:
         ledger.close()
-    print(f"added {added:,} rows; store head {store_head:,}, index head {index_head or 0:,}")
-    return 0
+    return IndexRebuild(added, store_head, index_head)

@@ -10,7 +10,6 @@ this notification id" is exact). The candidate's alerts go to a shadow table,
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,15 +31,16 @@ from infrastructure.monitoring.rules_config import load_rules
 from infrastructure.postgres.connect import connect
 from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
 
 PAGE_EVENTS = 2_000
 PROGRESS_EVERY_S = 2.0
+# Where the candidate's alerts go, for people to look at.
+SHADOW_TABLE = f"{SCHEMA}.alerts_shadow"
 
 SHADOW_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.alerts_shadow (
+CREATE TABLE IF NOT EXISTS {SHADOW_TABLE} (
     alert_id uuid PRIMARY KEY,
     rule text NOT NULL,
     account_id uuid NOT NULL,
@@ -70,6 +70,16 @@ class Side:
                 self.hits[(hit.rule, hit.account_id, hit.notification_id)] = hit
 
 
+@dataclass(frozen=True)
+class BacktestProgress:
+    """How far the walk is, every few seconds: the last notification id scored."""
+
+    scored_up_to: int
+    head: int  # the store's last notification id when the walk began
+    events: int  # events read so far
+    elapsed_s: float
+
+
 @dataclass
 class Report:
     events: int
@@ -92,13 +102,15 @@ def run_backtest(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
-    say: Callable[[str], None] = print,
+    progress: Callable[[BacktestProgress], None] | None = None,
 ) -> Report:
+    """Walk the store with the live configuration and the candidate at `candidate_path`;
+    the candidate's alerts are written to SHADOW_TABLE."""
     live_config, _ = load_rules(settings.rules_config)
     candidate_config, _ = load_rules(candidate_path)
     ledger = open_ledger(settings)
     try:
-        report = walk(ledger, live_config, candidate_config, since, until, say)
+        report = walk(ledger, live_config, candidate_config, since, until, progress)
     finally:
         ledger.close()
     write_shadow(settings, report.candidate.values())
@@ -111,7 +123,7 @@ def walk(
     candidate_config: RulesConfig,
     since: datetime | None,
     until: datetime | None,
-    say: Callable[[str], None],
+    progress: Callable[[BacktestProgress], None] | None,
 ) -> Report:
     live, candidate = Side(live_config), Side(candidate_config)
     listed: set[UUID] = set()  # watchlist entries listed so far, in store order
@@ -139,10 +151,9 @@ def walk(
         watchlisted = counterparty is not None and watchlist_entry_id(counterparty) in listed
         live.score(event, watchlisted, keep)
         candidate.score(event, watchlisted, keep)
-        if time.monotonic() - last_said >= PROGRESS_EVERY_S:
+        if progress is not None and time.monotonic() - last_said >= PROGRESS_EVERY_S:
             last_said = time.monotonic()
-            rate = count / (last_said - started)
-            say(f"  scored {event.notification_id:,} of {head:,} ({rate:,.0f} events/s)")
+            progress(BacktestProgress(event.notification_id, head, count, last_said - started))
     seconds = time.monotonic() - started
     return Report(count, seconds, live.hits, candidate.hits)
 
@@ -151,10 +162,10 @@ def write_shadow(settings: Settings, hits: Any) -> None:
     with connect(settings, "backtest", autocommit=True) as conn:
         conn.execute(SHADOW_DDL)
         with conn.transaction():
-            conn.execute(f"TRUNCATE {SCHEMA}.alerts_shadow")
+            conn.execute(f"TRUNCATE {SHADOW_TABLE}")
             with conn.cursor() as cursor:
                 cursor.executemany(
-                    f"INSERT INTO {SCHEMA}.alerts_shadow (alert_id, rule, account_id, "
+                    f"INSERT INTO {SHADOW_TABLE} (alert_id, rule, account_id, "
                     "notification_id, positions, explanation, raised_at) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [
@@ -166,27 +177,3 @@ def write_shadow(settings: Settings, hits: Any) -> None:
                         for h in hits
                     ],
                 )  # fmt: skip
-
-
-def describe(report: Report, examples_max: int = 5) -> list[str]:
-    rate = report.events / report.seconds if report.seconds else float(report.events)
-    lines = [
-        f"scored {report.events:,} events in {report.seconds:.1f} s ({rate:,.0f} events/s)",
-        f"live configuration: {plural(len(report.live), 'alert')}; "
-        f"candidate: {plural(len(report.candidate), 'alert')} (in {SCHEMA}.alerts_shadow)",
-    ]
-    for title, hits in (
-        ("raised by the candidate only", report.only_candidate),
-        ("raised by the live configuration only", report.only_live),
-    ):
-        per_rule = Counter(h.rule for h in hits)
-        summary = ", ".join(f"{rule} {n}" for rule, n in sorted(per_rule.items())) or "none"
-        lines.append(f"{title}: {len(hits)} ({summary})")
-        for hit in hits[:examples_max]:
-            lines.append(
-                f"  {hit.rule} account {hit.account_id} at #{hit.notification_id} "
-                f"({hit.raised_at:%Y-%m-%d %H:%M:%S}): {hit.explanation}"
-            )
-    if not report.only_candidate and not report.only_live:
-        lines.append("no difference")
-    return lines

@@ -11,9 +11,9 @@ UPDATE statement itself.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -35,7 +35,6 @@ from infrastructure.settings import ConfigurationError, Settings
 from infrastructure.workers.case_opener_store import QUARANTINE_TABLE, ensure_quarantine_table
 
 Connection = psycopg.Connection[Any]
-Say = Callable[[str], None]
 
 # Tables in `public` the services write, and what each needs (by design: append-only).
 PUBLIC_GRANTS: tuple[tuple[str, str], ...] = (
@@ -111,17 +110,32 @@ STEPS: tuple[tuple[str, Callable[[Connection, Settings], None]], ...] = (
 )
 
 
-def migrate(settings: Settings, *, grant_to: str | None = None, say: Say = print) -> None:
+@dataclass(frozen=True)
+class StepDone:
+    """One part of `migrate` done: a step of STEPS (timed), or the grants (not timed)."""
+
+    label: str
+    elapsed_s: float | None = None
+
+
+def migrate(
+    settings: Settings,
+    *,
+    grant_to: str | None = None,
+    progress: Callable[[StepDone], None] | None = None,
+) -> None:
     """Create (or complete) every table under the migration advisory lock; then, with
     `grant_to`, make that role's privileges exactly what the services need."""
     with migrating(settings) as conn:
         for label, step in STEPS:
             started = time.monotonic()
             step(conn, settings)
-            say(f"  {label}: ok ({time.monotonic() - started:.2f} s)")
+            if progress is not None:
+                progress(StepDone(label, elapsed_s=time.monotonic() - started))
         if grant_to is not None:
             grant(conn, grant_to)
-            say(f"  grants to {grant_to}: ok")
+            if progress is not None:
+                progress(StepDone(f"grants to {grant_to}"))
 
 
 def grant(conn: Connection, role: str) -> None:
@@ -193,30 +207,17 @@ def _check_service_role(conn: Connection, role: str) -> None:
         )
 
 
-def _check_role_exists(settings: Settings, role: str) -> None:
-    # Before any DDL: a typo in the role should not cost a whole migration first.
+def check_role_exists(settings: Settings, role: str) -> None:
+    """ConfigurationError unless `role` exists: before any DDL, a typo in the role should
+    not cost a whole migration first."""
     with connect(settings, "migrate") as conn:
         row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
         raise ConfigurationError(f"--grant-to: role {role!r} does not exist; create it first")
 
 
-def run_migrate_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil migrate [--grant-to ROLE]`, run as the owning (migration) role."""
-    grant_to: str | None = args.grant_to
-    if grant_to is not None:
-        _check_role_exists(settings, grant_to)
-    print("migrating: every table of every part, under the migration lock…", flush=True)
-    started = time.monotonic()
-    migrate(settings, grant_to=grant_to, say=lambda line: print(line, flush=True))
+def event_index_heads(settings: Settings) -> tuple[int, int | None]:
+    """(store head, index head) of the migrated store; the index head is None without
+    an index. Derived data is never rebuilt behind the operator's back: this only tells."""
     with connect(settings, "migrate") as conn:
-        store_head, index_head = index_heads(conn, "public", EVENTS_TABLE)
-    print(f"migrated in {time.monotonic() - started:.2f} s")
-    if index_head is None or index_head < store_head:
-        # Derived data is never rebuilt behind the operator's back.
-        print(
-            f"note: the event index ends at {index_head or 0:,}, the store at {store_head:,}: "
-            "run `vigil audit reindex`",
-            flush=True,
-        )
-    return 0
+        return index_heads(conn, "public", EVENTS_TABLE)

@@ -42,7 +42,6 @@ from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA
 from infrastructure.readmodels.tracking import use_schema
 from infrastructure.readmodels.writes import write_batch
 from infrastructure.settings import Settings
-from infrastructure.wording import plural
 from projections.batch import fold
 from projections.envelope import Envelope
 from projections.ledger import PROJECTORS
@@ -138,7 +137,9 @@ def reasons(items: list[Quarantined]) -> list[str]:
     for item in items:
         counts[item.consumer] = counts.get(item.consumer, 0) + 1
     by = ", ".join(f"{n} by {consumer}" for consumer, n in sorted(counts.items()))
-    return [f"{plural(len(items), 'event')} quarantined ({by}): see `vigil quarantine list`"]
+    # The readiness answer's own words (the command line's counting lives with the CLI).
+    events = f"{len(items):,} event{'' if len(items) == 1 else 's'}"
+    return [f"{events} quarantined ({by}): see `vigil quarantine list`"]
 
 
 # Retrying ------------------------------------------------------------------------------

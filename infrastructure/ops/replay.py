@@ -10,11 +10,11 @@ A shadow is built in `readmodel_shadow`, beside the live schema, touching nothin
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -29,8 +29,7 @@ from infrastructure.postgres.connect import connect, connect_async
 from infrastructure.postgres.locks import migration_lock
 from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import apply_batch
-from infrastructure.settings import ConfigurationError, Settings
-from infrastructure.wording import plural
+from infrastructure.settings import Settings
 
 SHADOW_SCHEMA = "readmodel_shadow"
 PAGE_EVENTS = 1_000
@@ -51,40 +50,41 @@ TABLES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def run_replay_cli(args: argparse.Namespace, settings: Settings) -> int:
-    say = _printer()
-    if args.diff:
-        differences = diff(settings, _chosen(args.projection), say)
-        return 1 if differences else 0
-    schema = SHADOW_SCHEMA if args.to_shadow else SCHEMA
-    replay(settings, _chosen(args.projection), schema, say)
-    return 0
+@dataclass(frozen=True)
+class ReplayProgress:
+    """Where a replay is: started, running (every few seconds), finished."""
+
+    stage: Literal["started", "running", "finished"]
+    projections: tuple[str, ...]
+    schema: str
+    head: int  # the store's last notification id when the replay began
+    position: int  # the last notification id applied so far
+    events: int  # events read so far
+    elapsed_s: float
 
 
-def _chosen(projection: str | None) -> list[str]:
-    """The named projection, or all of them."""
-    if projection is None:
-        return list(TABLES)
-    if projection not in TABLES:
-        raise ConfigurationError(f"unknown projection {projection!r}: one of {', '.join(TABLES)}")
-    return [projection]
+@dataclass(frozen=True)
+class RowDifference:
+    """A row of one read model's table that only the live schema or only the shadow has."""
 
-
-def _printer() -> Callable[[str], None]:
-    def say(line: str) -> None:
-        print(line, flush=True)
-
-    return say
+    table: str
+    keys: tuple[str, ...]  # the columns that identify the row
+    only_in: Literal["live", "shadow"]
+    row: dict[str, Any]
 
 
 def replay(
-    settings: Settings, projections: Sequence[str], schema: str, say: Callable[[str], None]
+    settings: Settings,
+    projections: Sequence[str],
+    schema: str,
+    progress: Callable[[ReplayProgress], None] | None = None,
 ) -> int:
     """Rebuild `projections` into `schema` from the store; the number of events read."""
     _prepare(settings, projections, schema)
     ledger = open_ledger(settings)
     try:
-        return asyncio.run(_apply_all(settings, ledger, projections, schema, say))
+        report = progress or (lambda _: None)
+        return asyncio.run(_apply_all(settings, ledger, tuple(projections), schema, report))
     finally:
         ledger.close()
 
@@ -119,14 +119,14 @@ def _empty(conn: psycopg.Connection[Any], schema: str, projection: str) -> None:
 async def _apply_all(
     settings: Settings,
     ledger: Ledger,
-    projections: Sequence[str],
+    projections: tuple[str, ...],
     schema: str,
-    say: Callable[[str], None],
+    progress: Callable[[ReplayProgress], None],
 ) -> int:
     head = ledger.recorder.max_notification_id() or 0
-    say(f"replaying {', '.join(projections)} into {schema} from {head:,} stored events…")
+    progress(ReplayProgress("started", projections, schema, head, 0, 0, 0.0))
     started = last_said = time.monotonic()
-    count = 0
+    count = position = 0
     async with await connect_async(settings, "replay", autocommit=True) as conn:
         rules = await _rules(settings, conn) if "alerts" in projections else None
         for page in envelope_pages(ledger, PAGE_EVENTS):
@@ -137,13 +137,15 @@ async def _apply_all(
                 else:
                     await apply_batch(conn, projection, page, schema)
             count += len(page)
+            position = page[-1].notification_id
             if time.monotonic() - last_said >= PROGRESS_EVERY_S:
                 last_said = time.monotonic()
-                rate = count / (last_said - started)
-                say(f"  {page[-1].notification_id:,} of {head:,} ({rate:,.0f} events/s)")
-    seconds = time.monotonic() - started
-    rate = count / seconds if seconds else float(count)
-    say(f"replayed {count:,} events in {seconds:.1f} s ({rate:,.0f} events/s)")
+                elapsed_s = last_said - started
+                progress(
+                    ReplayProgress("running", projections, schema, head, position, count, elapsed_s)
+                )
+    elapsed_s = time.monotonic() - started
+    progress(ReplayProgress("finished", projections, schema, head, position, count, elapsed_s))
     return count
 
 
@@ -153,29 +155,39 @@ async def _rules(settings: Settings, conn: psycopg.AsyncConnection[Any]) -> tupl
     return config, version
 
 
-def diff(settings: Settings, projections: Sequence[str], say: Callable[[str], None]) -> int:
-    """Every row that differs between the shadow and the live read models."""
+def diff(
+    settings: Settings,
+    projections: Sequence[str],
+    found: Callable[[RowDifference], None] | None = None,
+) -> int:
+    """How many rows differ between the shadow and the live read models; `found` hears
+    of each, table by table, in key order."""
     differences = 0
     with connect(settings, "replay-diff") as conn:
         for projection in projections:
             for table, keys in TABLES[projection].items():
-                differences += _diff_table(conn, table, keys, say)
-    say("no difference" if differences == 0 else plural(differences, "difference"))
+                differences += _diff_table(conn, table, keys, found or (lambda _: None))
     return differences
 
 
 def _diff_table(
-    conn: psycopg.Connection[Any], table: str, keys: tuple[str, ...], say: Callable[[str], None]
+    conn: psycopg.Connection[Any],
+    table: str,
+    keys: tuple[str, ...],
+    found: Callable[[RowDifference], None],
 ) -> int:
     live, shadow = sql.Identifier(SCHEMA, table), sql.Identifier(SHADOW_SCHEMA, table)
     key_list = sql.SQL(", ").join(sql.Identifier(k) for k in keys)
-    found = 0
-    for label, left, right in (("live only", live, shadow), ("shadow only", shadow, live)):
+    count = 0
+    sides: tuple[tuple[Literal["live", "shadow"], Any, Any], ...] = (
+        ("live", live, shadow),
+        ("shadow", shadow, live),
+    )
+    for only_in, left, right in sides:
         query = sql.SQL(
             "SELECT to_jsonb(d) FROM (SELECT * FROM {} EXCEPT SELECT * FROM {}) d ORDER BY {}"
         ).format(left, right, key_list)
         for (row,) in conn.execute(query):
-            found += 1
-            ident = ", ".join(f"{k}={row[k]}" for k in keys)
-            say(f"{table} [{ident}] {label}: {row}")
-    return found
+            count += 1
+            found(RowDifference(table, keys, only_in, row))
+    return count

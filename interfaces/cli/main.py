@@ -1,205 +1,33 @@
-"""The `vigil` command line. Each subcommand imports what it needs, so `vigil --help` is quick."""
+"""The `vigil` command line: the parser and the dispatch. Each command's handler lives in
+`interfaces/cli/commands/`, by command group, and imports what it needs when it runs, so
+`vigil --help` is quick."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TypeAlias
 
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.settings import ConfigurationError, Settings, load_settings
-from infrastructure.wording import plural
+from interfaces.api.http.auth import TOKEN_ROLES, Role
+from interfaces.cli.commands import processes
+from interfaces.cli.commands.audit import (
+    run_export_cli,
+    run_reindex_cli,
+    run_verify_cli,
+    run_verify_export_cli,
+)
+from interfaces.cli.commands.migrate import run_migrate_cli
+from interfaces.cli.commands.quarantine import run_list_cli, run_retry_cli
+from interfaces.cli.commands.replay import run_replay_cli
+from interfaces.cli.commands.rules import run_backtest_cli
+from interfaces.cli.commands.tokens import run_issue_cli
 from interfaces.cli.parsing import Parser, UsageError, add_range, one_line
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-T = TypeVar("T")
-
-
-def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from interfaces.cli.up import run_up
-
-    return run_up(settings)
-
-
-def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    from interfaces.api.http.serve import serve_api
-
-    return serve_api(args.which, settings, port=args.port, workers=args.workers)
-
-
-def _cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.logging import configure_logging
-    from infrastructure.readmodels.schema import ALL_PROJECTIONS
-    from infrastructure.workers.projections import serve_workers
-
-    configure_logging(settings.log_level, service="workers")
-    port = settings.workers_metrics_port if args.metrics_port is None else args.metrics_port
-    return serve_workers(settings, ALL_PROJECTIONS, port)
-
-
-def _cmd_project(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.logging import configure_logging
-    from infrastructure.workers.projections import serve_workers
-
-    configure_logging(settings.log_level, service=f"project-{args.name}")
-    return serve_workers(settings, [args.name], args.metrics_port or 0)
-
-
-def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.logging import configure_logging
-    from infrastructure.relay.events import run_relay
-
-    configure_logging(settings.log_level, service="relay")
-    port = settings.relay_metrics_port if args.metrics_port is None else args.metrics_port
-    return run_relay(settings, metrics_port=port)
-
-
-def _cmd_case_opener(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.logging import configure_logging
-    from infrastructure.workers.case_opener import run_case_opener
-
-    configure_logging(settings.log_level, service="case-opener")
-    port = settings.case_opener_metrics_port if args.metrics_port is None else args.metrics_port
-    return run_case_opener(settings, metrics_port=port)
-
-
-def _cmd_rules_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.monitoring.backtest import describe, run_backtest
-
-    if not args.config.is_file():
-        raise UsageError(f"--config {args.config}: no such file")
-    print(f"back-testing {args.config} against the event store…", flush=True)
-    report = run_backtest(
-        settings,
-        args.config,
-        since=args.since,
-        until=args.until,
-        say=lambda line: print(line, flush=True),
-    )
-    print("\n".join(describe(report, args.examples)))
-    return 0
-
-
-def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.ops.migrate import run_migrate_cli
-
-    return run_migrate_cli(args, settings)
-
-
-def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.audit.verify import run_verify_cli
-
-    return run_verify_cli(args, settings)
-
-
-def _cmd_audit_reindex(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.eventstore.index import run_reindex_cli
-
-    return run_reindex_cli(args, settings)
-
-
-def _cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.audit.export import run_export_cli
-
-    return run_export_cli(args, settings)
-
-
-def _cmd_audit_verify_export(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.audit.export import run_verify_export_cli
-
-    if not args.directory.is_dir():
-        raise UsageError(f"{args.directory}: no such directory (give the export's directory)")
-    return run_verify_export_cli(args, settings)
-
-
-def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from infrastructure.ops.replay import run_replay_cli
-
-    return run_replay_cli(args, settings)
-
-
-def _cmd_quarantine_list(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-    import json
-
-    from infrastructure.ops.quarantine import list_quarantined
-
-    items = asyncio.run(_with_connection(settings, lambda c: list_quarantined(c, args.all)))
-    if args.json:
-        for item in items:
-            print(json.dumps({**vars(item)}, default=str))
-        return 0
-    if not items:
-        print("no quarantined events" + ("" if args.all else " waiting"))
-        return 0
-    for item in items:
-        state = "resolved" if item.resolved_at else "waiting"
-        where = f"notification {item.notification_id}" if item.notification_id else "message"
-        print(
-            f"{item.quarantined_at:%Y-%m-%dT%H:%M:%SZ}  {item.consumer:<12} {where}  "
-            f"{item.event_type}  {item.aggregate_id or '-'} v{item.version or '-'}  {state}"
-        )
-        print(f"    {item.error}")
-    waiting = plural(len(items), "quarantined event")
-    print(f"{waiting}; `vigil quarantine retry` once the cause is fixed")
-    return 0
-
-
-def _cmd_quarantine_retry(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
-    from infrastructure.eventstore.ledger import open_ledger
-    from infrastructure.ops.quarantine import RetryOutcome, retry_quarantined
-
-    def say(outcome: RetryOutcome) -> None:
-        verdict = "applied" if outcome.resolved else f"still failing: {outcome.error}"
-        print(f"{outcome.consumer} notification {outcome.notification_id}: {verdict}", flush=True)
-
-    ledger = open_ledger(settings)
-    try:
-        outcomes = asyncio.run(
-            _with_connection(
-                settings,
-                lambda c: retry_quarantined(settings, ledger, c, args.consumer, args.id, say),
-            )
-        )
-    finally:
-        ledger.close()
-    failed = sum(1 for o in outcomes if not o.resolved)
-    print(f"{len(outcomes) - failed} applied, {failed} still quarantined")
-    return 1 if failed else 0
-
-
-async def _with_connection(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
-    from infrastructure.postgres.connect import connect_async
-
-    async with await connect_async(settings, "cli", autocommit=True) as conn:
-        return await use(conn)
-
-
-def _cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
-    from interfaces.api.http.tokens import check_claims, issue_token
-
-    try:
-        check_claims(args.role, args.branch, args.ttl_s)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    if not settings.jwt_keys_given():
-        # The dev key of a `vigil up` that is not running would sign tokens nobody accepts
-        # (and, with no var/ here, a fresh key would be made for nothing).
-        settings.require_up("VIGIL_JWT_SECRET")
-    token = issue_token(
-        settings, role=args.role, subject=args.subject, branch=args.branch, ttl_s=args.ttl_s
-    )
-    print(token)
-    return 0
-
-
-def _cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
-    from interfaces.cli.clean import clean
-
-    return clean(settings.var_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,32 +46,30 @@ Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 def _add_process_commands(commands: Commands) -> None:
     up = commands.add_parser("up", help="run the whole system on this machine")
-    up.set_defaults(handler=_cmd_up)
+    up.set_defaults(handler=processes.run_up_cli)
 
     api = commands.add_parser("api", help="serve one HTTP API")
     api.add_argument("which", choices=["command", "query"], help="which API")
     api.add_argument("--port", type=int, default=None, help="port (default from settings)")
     api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    api.set_defaults(handler=_cmd_api)
+    api.set_defaults(handler=processes.run_api_cli)
 
     workers = commands.add_parser("workers", help="run every projection worker")
     workers.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
-    workers.set_defaults(handler=_cmd_workers)
+    workers.set_defaults(handler=processes.run_workers_cli)
 
     project = commands.add_parser("project", help="run one projection worker")
-    project.add_argument(
-        "name", choices=["balances", "statements", "kpis", "alerts", "cases", "watchlist"]
-    )
+    project.add_argument("name", choices=ALL_PROJECTIONS)
     project.add_argument("--metrics-port", type=int, default=None, help="/metrics port")
-    project.set_defaults(handler=_cmd_project)
+    project.set_defaults(handler=processes.run_project_cli)
 
     relay = commands.add_parser("relay", help="publish stored events to Kafka")
     relay.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
-    relay.set_defaults(handler=_cmd_relay)
+    relay.set_defaults(handler=processes.run_relay_cli)
 
     opener = commands.add_parser("case-opener", help="open a case for every alert")
     opener.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
-    opener.set_defaults(handler=_cmd_case_opener)
+    opener.set_defaults(handler=processes.run_case_opener_cli)
 
 
 def _add_rules_commands(commands: Commands) -> None:
@@ -255,7 +81,7 @@ def _add_rules_commands(commands: Commands) -> None:
     backtest.add_argument("--config", type=Path, required=True, help="candidate TOML file")
     add_range(backtest)
     backtest.add_argument("--examples", type=int, default=5, help="examples per difference")
-    backtest.set_defaults(handler=_cmd_rules_backtest)
+    backtest.set_defaults(handler=run_backtest_cli)
 
 
 def _add_audit_commands(commands: Commands) -> None:
@@ -265,7 +91,7 @@ def _add_audit_commands(commands: Commands) -> None:
     migrate.add_argument(
         "--grant-to", default=None, help="service role to grant what the services need"
     )
-    migrate.set_defaults(handler=_cmd_migrate)
+    migrate.set_defaults(handler=run_migrate_cli)
 
     audit = commands.add_parser("audit", help="tamper evidence and exports, for auditors")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -274,20 +100,20 @@ def _add_audit_commands(commands: Commands) -> None:
     )
     add_range(verify)
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.set_defaults(handler=_cmd_audit_verify)
+    verify.set_defaults(handler=run_verify_cli)
     reindex = audit_commands.add_parser("reindex", help="rebuild the event index from the store")
-    reindex.set_defaults(handler=_cmd_audit_reindex)
+    reindex.set_defaults(handler=run_reindex_cli)
     export = audit_commands.add_parser("export", help="a signed, complete export of events")
     add_range(export, required=True)
     export.add_argument("--account", default=None, help="only this account's events")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--out", type=Path, required=True, help="directory to create")
-    export.set_defaults(handler=_cmd_audit_export)
+    export.set_defaults(handler=run_export_cli)
     verify_export = audit_commands.add_parser(
         "verify-export", help="check an export on its own, without the database"
     )
     verify_export.add_argument("directory", type=Path)
-    verify_export.set_defaults(handler=_cmd_audit_verify_export)
+    verify_export.set_defaults(handler=run_verify_export_cli)
 
     replay = commands.add_parser("replay", help="rebuild a read model from the event store")
     replay.add_argument("projection", nargs="?", default=None)
@@ -295,7 +121,7 @@ def _add_audit_commands(commands: Commands) -> None:
     mode = replay.add_mutually_exclusive_group()
     mode.add_argument("--to-shadow", action="store_true", help="into a shadow schema")
     mode.add_argument("--diff", action="store_true", help="compare shadow and live")
-    replay.set_defaults(handler=_cmd_replay)
+    replay.set_defaults(handler=run_replay_cli)
 
     quarantine = commands.add_parser(
         "quarantine", help="events a projection or the relay could not apply, set aside"
@@ -306,7 +132,7 @@ def _add_audit_commands(commands: Commands) -> None:
     listing = quarantine_commands.add_parser("list", help="show the quarantined events")
     listing.add_argument("--all", action="store_true", help="resolved ones too")
     listing.add_argument("--json", action="store_true", help="one JSON object a line")
-    listing.set_defaults(handler=_cmd_quarantine_list)
+    listing.set_defaults(handler=run_list_cli)
     retry = quarantine_commands.add_parser(
         "retry", help="apply the quarantined events again, after the cause is fixed"
     )
@@ -314,25 +140,25 @@ def _add_audit_commands(commands: Commands) -> None:
         "--consumer", default=None, help="only this projection's (or `relay`) events"
     )
     retry.add_argument("--id", type=int, default=None, help="only this notification id")
-    retry.set_defaults(handler=_cmd_quarantine_retry)
+    retry.set_defaults(handler=run_retry_cli)
 
 
 def _add_token_commands(commands: Commands) -> None:
     clean = commands.add_parser(
         "clean", help="remove var/, refused while anything still runs on it"
     )
-    clean.set_defaults(handler=_cmd_clean)
+    clean.set_defaults(handler=processes.run_clean_cli)
 
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     issue = token_commands.add_parser("issue", help="print a signed token")
-    issue.add_argument(
-        "--role", required=True, choices=["teller", "admin", "auditor", "compliance", "viewer"]
-    )
+    # The roles a token may carry, in the order of the RBAC table's role type.
+    roles = [role.value for role in Role if role in TOKEN_ROLES]
+    issue.add_argument("--role", required=True, choices=roles)
     issue.add_argument("--branch", default=None, help="branch code (required for tellers)")
     issue.add_argument("--subject", default=None, help="token subject (default: ROLE-dev)")
     issue.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
-    issue.set_defaults(handler=_cmd_token_issue)
+    issue.set_defaults(handler=run_issue_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -259,7 +259,7 @@ def test_an_export_made_over_http_verifies_and_is_listed(env: AuditEnv) -> None:
     assert manifest["total"] == 5
     assert manifest["exported_by"] == {"subject": "compliance-audit-e2e", "role": "compliance"}
     directory = Path(env.settings.var_dir) / "exports" / created["export_id"]
-    assert verify_export(directory) == []
+    assert verify_export(directory).problems == []
     listed = env.get("/v1/audit/exports", role="auditor", limit=500).json()["items"]
     mine = [item for item in listed if item["export_id"] == created["export_id"]]
     assert mine == [

@@ -24,7 +24,6 @@ from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import register_config
-from infrastructure.ops.migrate import run_migrate_cli
 from infrastructure.readmodels.readstore import prepare_read_models
 from infrastructure.relay.state import RelayStore
 from infrastructure.settings import ConfigurationError, Settings
@@ -35,6 +34,7 @@ from infrastructure.workers.case_opener_store import (
     record_quarantined,
 )
 from infrastructure.workers.projections import migrate_read_models
+from interfaces.cli.commands.migrate import run_migrate_cli
 from tests.conftest import RUN_ID, Databases, _admin_execute, database_url
 from tests.integration.support import run_group
 

@@ -15,9 +15,10 @@ from application.commands import Deposit, OpenAccount
 from application.ledger import Ledger
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
-from infrastructure.monitoring.backtest import describe, run_backtest
+from infrastructure.monitoring.backtest import run_backtest
 from infrastructure.settings import Settings
 from infrastructure.workers.projections import migrate_read_models
+from interfaces.cli.commands.rules import describe
 from tests.integration.support import Clock, run
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ def test_backtesting_the_live_configuration_reports_no_difference(
     seed(ledger)
     same = tmp_path / "same.toml"
     same.write_text("[thresholds]\nlarge_transaction = 50000\n")
-    report = run_backtest(settings, same, say=lambda _: None)
+    report = run_backtest(settings, same, progress=lambda _: None)
     assert report.only_candidate == []
     assert report.only_live == []
     assert len(report.live) == 2
@@ -68,7 +69,7 @@ def test_a_lower_threshold_reports_exactly_the_extra_alerts_expected(
     seed(ledger)
     lower = tmp_path / "lower.toml"
     lower.write_text("[thresholds]\nlarge_transaction = 40000\n")
-    report = run_backtest(settings, lower, say=lambda _: None)
+    report = run_backtest(settings, lower, progress=lambda _: None)
     extra = report.only_candidate
     assert sorted(h.explanation for h in extra) == [
         "deposit of 41,000.00 GBP, at or above 40,000.00",
@@ -87,7 +88,7 @@ def test_the_time_range_limits_which_alerts_count(
     lower = tmp_path / "lower.toml"
     lower.write_text("[thresholds]\nlarge_transaction = 40000\n")
     # Deposits land at T0+2min .. T0+6min: from T0+4min keeps 41k (4), 55k (5), 60k (6).
-    report = run_backtest(settings, lower, since=T0 + timedelta(minutes=4), say=lambda _: None)
+    report = run_backtest(settings, lower, since=T0 + timedelta(minutes=4), progress=lambda _: None)
     assert len(report.candidate) == 3
     assert [h.explanation for h in report.only_candidate] == [
         "deposit of 41,000.00 GBP, at or above 40,000.00"

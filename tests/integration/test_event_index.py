@@ -24,10 +24,10 @@ from domain.errors import Unavailable
 from domain.integrity import Actor
 from domain.money import Money
 from domain.watchlist import WatchlistEntry
-from infrastructure.eventstore.index import run_reindex_cli
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import index_heads
 from infrastructure.settings import Settings
+from interfaces.cli.commands.audit import run_reindex_cli
 
 pytestmark = pytest.mark.integration
 

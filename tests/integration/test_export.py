@@ -89,7 +89,7 @@ def test_a_fresh_export_verifies_on_its_own(
 ) -> None:
     small_history(ledger)
     out = export(settings, tmp_path, fmt)
-    assert verify_export(out) == []
+    assert verify_export(out).problems == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total"] == 9
     assert manifest["counts"] == {
@@ -129,10 +129,10 @@ def test_a_range_and_an_account_export_only_their_events(
     # the withdrawal and the freeze.
     span = (T0 + timedelta(minutes=3), T0 + timedelta(minutes=7))
     out = export(settings, tmp_path, span=span)
-    assert verify_export(out) == []
+    assert verify_export(out).problems == []
     assert json.loads((out / "manifest.json").read_text())["total"] == 5
     out = export(settings, tmp_path, "csv", account_id=a)
-    assert verify_export(out) == []
+    assert verify_export(out).problems == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["account_id"] == str(a)
     assert manifest["total"] == 5  # opened, deposit, transfer out, freeze, unfreeze
@@ -150,7 +150,7 @@ def test_changing_one_byte_of_the_events_fails_verification(
     at = data.index(b"10000")
     data[at] = ord("9")
     path.write_bytes(bytes(data))
-    problems = verify_export(out)
+    problems = verify_export(out).problems
     assert any("SHA-256 differs" in p for p in problems), problems
     assert any("hash does not recompute" in p and "version 2" in p for p in problems), problems
 
@@ -166,7 +166,7 @@ def test_removing_a_line_fails_verification(
     # csv: the header is line 0, and one reference spans two lines: drop the last event.
     del lines[-1 if fmt == "csv" else 4]
     path.write_text("".join(lines), encoding="utf-8")
-    problems = verify_export(out)
+    problems = verify_export(out).problems
     assert any("SHA-256 differs" in p for p in problems), problems
     assert any("counts per event type" in p for p in problems), problems
 
@@ -180,7 +180,7 @@ def test_editing_the_manifest_fails_verification(
     manifest = json.loads(path.read_text())
     manifest["exported_by"]["subject"] = "mallory"
     path.write_text(json.dumps(manifest, indent=2))
-    problems = verify_export(out)
+    problems = verify_export(out).problems
     assert any("signature does not verify" in p for p in problems), problems
 
 
@@ -198,7 +198,7 @@ def test_a_consistent_forgery_without_the_signing_key_still_fails(
     manifest = json.loads(path.read_text())
     manifest["files"]["events.jsonl"] = hashlib.sha256(events.read_bytes()).hexdigest()
     path.write_text(json.dumps(manifest))
-    problems = verify_export(out)
+    problems = verify_export(out).problems
     assert any("signature does not verify" in p for p in problems), problems
 
 
@@ -225,7 +225,7 @@ def test_an_export_ends_on_the_signed_checkpoint_that_covers_it(
         "key_id": checkpoint.key_id,
         "signature": checkpoint.signature,
     }
-    assert verify_export(out) == []
+    assert verify_export(out).problems == []
 
 
 def test_an_added_file_or_a_missing_key_fails_verification(
@@ -234,10 +234,10 @@ def test_an_added_file_or_a_missing_key_fails_verification(
     small_history(ledger)
     out = export(settings, tmp_path)
     (out / "extra.txt").write_text("hello")
-    assert any("extra.txt is not part of the export" in p for p in verify_export(out))
+    assert any("extra.txt is not part of the export" in p for p in verify_export(out).problems)
     (out / "extra.txt").unlink()
     (out / "public-keys.pem").write_text("")
-    problems = verify_export(out)
+    problems = verify_export(out).problems
     assert any("holds no key" in p for p in problems), problems
 
 
@@ -277,7 +277,7 @@ def test_the_cli_exports_with_progress_and_a_rate(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exported 5 events" in done.stdout
     assert "events/s" in done.stdout
-    assert verify_export(out) == []
+    assert verify_export(out).problems == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["exported_by"]["role"] == "cli"
     again = subprocess.run(
@@ -405,7 +405,7 @@ def test_an_export_of_100000_events_streams_with_flat_memory(
     growth_bytes = (figures["rss_large_kib"] - figures["rss_small_kib"]) * 1024
     rate = figures["total"] / figures["elapsed_s"]
     verify_started = time.perf_counter()
-    problems = verify_export(tmp_path / "large")
+    problems = verify_export(tmp_path / "large").problems
     verify_s = time.perf_counter() - verify_started
     print(
         f"\nbulk load: {BULK_EVENTS:,} events in {load_s:.1f} s; "

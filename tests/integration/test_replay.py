@@ -22,10 +22,11 @@ from domain.rules.config import RulesConfig
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
 from infrastructure.monitoring.rules_config import config_hash
-from infrastructure.ops.replay import SHADOW_SCHEMA, TABLES, run_replay_cli
+from infrastructure.ops.replay import SHADOW_SCHEMA, TABLES
 from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
 from infrastructure.workers.projections import migrate_read_models
+from interfaces.cli.commands.replay import run_replay_cli
 from projections.envelope import Envelope
 
 pytestmark = pytest.mark.integration

@@ -29,10 +29,11 @@ from infrastructure.audit.checkpoints import (
     checkpoint_file,
 )
 from infrastructure.audit.signing import DEV_SIGNING_KEY_FILE, Signer
-from infrastructure.audit.verify import Finding, VerifyReport, run_verify_cli, verify_store
+from infrastructure.audit.verify import Finding, VerifyReport, verify_store
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.settings import Settings
+from interfaces.cli.commands.audit import run_verify_cli
 from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 pytestmark = pytest.mark.integration

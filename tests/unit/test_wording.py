@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infrastructure.wording import plural
+from interfaces.cli.wording import plural
 
 
 def test_one_of_a_thing_is_singular_and_any_other_count_plural() -> None:

@@ -17,9 +17,7 @@ the accounts that kept changing under it are held back (503, retry) and the rest
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +26,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    PersistenceError,
-    Recording,
-)
+from eventsourcing.persistence import Recording
 from eventsourcing.utils import Environment
 
 from application.commands import (
@@ -56,6 +48,7 @@ from application.commands import (
 from application.envelope import index_row
 from application.locks import StripedLocks
 from application.ports import NoReplyCache, ReplyCache, ReplyStore
+from application.retry import retrying
 from domain.account import Account, transfer
 from domain.errors import (
     AccountNotFound,
@@ -68,7 +61,6 @@ from domain.integrity import Stamp
 from domain.money import format_amount, minor_units
 
 ACCOUNT_LOCK_STRIPES = 1024
-RETRY_BACKOFF_S_MAX = 0.25
 
 
 def utc_now() -> datetime:
@@ -180,27 +172,25 @@ class Ledger(Application[UUID]):
         involved = {i for s in submissions for i in account_ids(s.command)}
         contended: set[UUID] = set()
         tried: dict[UUID, int] | None = None
-        for attempt in range(self.options.retries_max):
-            last = attempt == self.options.retries_max - 1
+
+        def attempt(last: bool) -> list[Outcome]:
+            nonlocal tried
             group = _Group(self)
-            try:
-                stored = group.load(involved, submissions)
-                if tried is not None:
-                    # Accounts another writer moved since our last try: the culprits.
-                    contended |= {i for i, v in stored.items() if v > tried.get(i, 0)}
-                tried = stored
-                return group.commit(submissions, held_back=contended if last else set())
-            except BaseException as error:
-                # Nothing of this attempt was written, so what we hold of these accounts
-                # may be ahead of the store: the next attempt or group reloads them.
-                self._accounts.drop(involved)
-                if not isinstance(error, PersistenceError):
-                    raise
-                if not isinstance(error, IntegrityError):
-                    raise unavailable(error) from error
-                # Another writer took a version or a command id first: try again.
-                back_off(self.options, attempt)
-        raise Unavailable(f"gave up after {self.options.retries_max} conflicting attempts")
+            stored = group.load(involved, submissions)
+            if tried is not None:
+                # Accounts another writer moved since our last try: the culprits.
+                contended.update(i for i, v in stored.items() if v > tried.get(i, 0))
+            tried = stored
+            return group.commit(submissions, held_back=contended if last else set())
+
+        # After a failed attempt nothing of it was written, so what we hold of these
+        # accounts may be ahead of the store: the next attempt or group reloads them.
+        return retrying(
+            attempt,
+            retries_max=self.options.retries_max,
+            backoff_s=self.options.retry_backoff_s,
+            on_failure=lambda: self._accounts.drop(involved),
+        )
 
     def _stored_replies(self, ids: list[UUID]) -> tuple[dict[UUID, ReplyRecord], list[UUID]]:
         """Replies the cache has, and the ids it does not know (for the store to answer)."""
@@ -208,19 +198,6 @@ class Ledger(Application[UUID]):
             return {}, []
         found = self.options.reply_cache.get_many(ids)
         return found, [i for i in ids if i not in found]
-
-
-def unavailable(error: PersistenceError) -> Unavailable:
-    """What a caller hears when the store failed otherwise than by a lost race: retry."""
-    if isinstance(error, (OperationalError, InterfaceError)):
-        return Unavailable(f"event store unreachable: {type(error).__name__}")
-    return Unavailable(f"event store refused the write: {error}")
-
-
-def back_off(options: LedgerOptions, attempt: int) -> None:
-    """Sleep before another attempt: exponential, capped, jittered."""
-    backoff_s = min(options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
-    time.sleep(backoff_s * (0.5 + random.random()))
 
 
 class _AccountMemory:

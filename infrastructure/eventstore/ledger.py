@@ -7,7 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
-from application.ledger import Ledger, LedgerOptions, MoneyCeilings
+from application.decide import MoneyCeilings
+from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.recorder import VigilRecorder

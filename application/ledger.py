@@ -24,12 +24,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import Recording
 from eventsourcing.utils import Environment
 
@@ -109,13 +110,17 @@ class Ledger(Application[UUID]):
     # Reads ------------------------------------------------------------------------------
 
     def get_account(self, account_id: UUID) -> Account:
-        try:
-            aggregate: object = self.repository.get(account_id)
-        except AggregateNotFoundError:
-            raise AccountNotFound(f"account {account_id} does not exist") from None
-        if not isinstance(aggregate, Account):
-            raise AccountNotFound(f"account {account_id} does not exist")
-        return aggregate
+        """The account as stored now; a copy, so changing it changes nothing held."""
+        with self._locks.holding([[account_id]]):
+            try:
+                account = self._load({account_id}, []).accounts.get(account_id)
+            except BaseException:
+                self._accounts.drop([account_id])
+                raise
+            if account is None:
+                raise AccountNotFound(f"account {account_id} does not exist")
+            self._accounts.put_all([account])
+            return deepcopy(account)
 
     # Writes -----------------------------------------------------------------------------
 
@@ -193,8 +198,10 @@ class Ledger(Application[UUID]):
 
 
 class _AccountMemory:
-    """Accounts held between groups, least recently used dropped first. Only groups
-    holding an account's lock touch it; a group that fails drops what it touched."""
+    """Accounts held between groups, least recently used dropped first: the process's
+    one cache of aggregates (the library's repository keeps none, so cases and watchlist
+    entries are read from the store). Only callers holding an account's lock touch it;
+    a group that fails drops what it touched."""
 
     def __init__(self, size_max: int) -> None:
         assert size_max > 0

@@ -4,7 +4,7 @@ Cases and watchlist entries live in the same store as accounts, so the relay pub
 their events like account events, and the audit trail is one hash-chained log. Each
 command is thin: load, call the aggregate, save. A save that loses an optimistic-
 concurrency race (another writer took the version) is judged again from fresh state, a
-bounded number of times, like `Ledger.execute`.
+bounded number of times, by the same retry loop as `Ledger.execute`.
 """
 
 from __future__ import annotations
@@ -15,23 +15,15 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import (
-    IntegrityError,
-    MapperDeserialisationError,
-    PersistenceError,
-)
+from eventsourcing.persistence import MapperDeserialisationError
 
 from application.commands import ChangeStatus, Submission
-from application.ledger import Ledger, back_off, unavailable
+from application.ledger import Ledger
 from application.locks import StripedLocks
+from application.retry import retrying
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
-from domain.errors import (
-    CaseNotFound,
-    Unavailable,
-    ValidationFailed,
-    WatchlistEntryNotFound,
-)
+from domain.errors import CaseNotFound, ValidationFailed, WatchlistEntryNotFound
 from domain.ids import case_id_for, watchlist_entry_id
 from domain.integrity import SYSTEM_ACTOR, Actor, Stamp, format_timestamp
 from domain.watchlist import WatchlistEntry, list_account
@@ -232,15 +224,11 @@ class Compliance:
     def _retrying(self, ids: Iterable[UUID], attempt: Callable[[], T]) -> T:
         options = self.ledger.options
         with self._locks.holding([list(ids)]):
-            for number in range(options.retries_max):
-                try:
-                    return attempt()
-                except IntegrityError:
-                    # Another writer took the version first; nothing of ours was written.
-                    back_off(options, number)
-                except PersistenceError as error:
-                    raise unavailable(error) from error
-        raise Unavailable(f"gave up after {options.retries_max} conflicting attempts")
+            return retrying(
+                lambda _last: attempt(),
+                retries_max=options.retries_max,
+                backoff_s=options.retry_backoff_s,
+            )
 
 
 def case_body(case: AlertCase) -> dict[str, Any]:

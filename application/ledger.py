@@ -13,89 +13,50 @@ loses a race (another process wrote an account or a command id in between), noth
 written: the accounts of the group are dropped from memory and the group is judged
 again from the store, a bounded number of times. On the last attempt, the commands on
 the accounts that kept changing under it are held back (503, retry) and the rest commit.
+
+The judging itself (`application.decide`) does no I/O; loading and saving go through
+the `GroupLoader` and `GroupSaver` ports, which pass the events' index rows and the
+replies to the recorder as typed arguments.
 """
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    PersistenceError,
-    Recording,
-)
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.persistence import Recording
 from eventsourcing.utils import Environment
 
-from application.commands import (
-    ChangeStatus,
-    Deposit,
-    OpenAccount,
-    Outcome,
-    ReplyRecord,
-    Submission,
-    Transfer,
-    Withdraw,
-    account_body,
-    account_ids,
-    command_id,
-    fingerprint,
-    movement_body,
-    transfer_body,
-)
+from application.commands import Outcome, Submission, account_ids, command_id
+from application.decide import MoneyCeilings, Terms, decide_group
 from application.envelope import index_row
+from application.group_store import EventStoreGroups
 from application.locks import StripedLocks
-from application.ports import NoReplyCache, ReplyCache, ReplyStore
-from domain.account import Account, transfer
-from domain.errors import (
-    AccountNotFound,
-    DomainError,
-    Forbidden,
-    TransactionConflict,
-    Unavailable,
+from application.ports import (
+    GroupLoader,
+    GroupRecorder,
+    GroupSaver,
+    LoadedGroup,
+    NoReplyCache,
+    ReplyCache,
+    ReplyStore,
 )
-from domain.integrity import Stamp
-from domain.money import format_amount, minor_units
+from application.retry import retrying
+from domain.account import Account
+from domain.errors import AccountNotFound
 
 ACCOUNT_LOCK_STRIPES = 1024
-RETRY_BACKOFF_S_MAX = 0.25
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class MoneyCeilings:
-    """The operator's ceilings in major units of any currency (from the settings). The
-    domain reads no settings: each command gets them as arguments, in minor units."""
-
-    balance_max_major: int
-    overdraft_max_major: int
-    teller_overdraft_max_major: int
-
-    def __post_init__(self) -> None:
-        assert self.balance_max_major > 0, self.balance_max_major
-        assert 0 <= self.teller_overdraft_max_major <= self.overdraft_max_major
-
-    def balance_max_minor(self, currency: str) -> int:
-        return minor_units(self.balance_max_major, currency)
-
-    def overdraft_max_minor(self, currency: str) -> int:
-        return minor_units(self.overdraft_max_major, currency)
-
-    def teller_overdraft_max_minor(self, currency: str) -> int:
-        return minor_units(self.teller_overdraft_max_major, currency)
 
 
 @dataclass
@@ -123,6 +84,9 @@ class Ledger(Application[UUID]):
         self._locks = StripedLocks(ACCOUNT_LOCK_STRIPES)
         self._accounts = _AccountMemory(options.accounts_in_memory_max)
         super().__init__(env=dict(env))
+        groups = EventStoreGroups(self.mapper, cast(GroupRecorder, self.recorder))
+        self.loader: GroupLoader = groups
+        self.saver: GroupSaver = groups
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         # Only what infrastructure passed in: a stray POSTGRES_* or CIPHER_KEY
@@ -130,23 +94,14 @@ class Ledger(Application[UUID]):
         return Environment(name, dict(env or {}))
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
-        # Every save (ledger, cases, watchlist) writes the event index in the events'
-        # own transaction: the recorder inserts these rows right after the events.
-        processing_event.saved_kwargs["index_rows"] = [
-            index_row(event) for event in processing_event.events
-        ]
-        return super()._record(processing_event)
-
-    def save_group(self, accounts: Iterable[Account], replies: list[ReplyRecord]) -> None:
-        """`save` for the group commit: the same recording (events, index rows, replies in
-        one transaction), without the library's per-object protocol checks, snapshots
-        (none are configured) or notifications to followers (there are none)."""
-        processing_event = ProcessingEvent[UUID]()
-        for account in accounts:
-            processing_event.events.extend(account.collect_events())
-            processing_event.aggregates[account.id] = account
-        processing_event.saved_kwargs["replies"] = replies
-        self._record(processing_event)
+        # Every `save` (cases, watchlist) takes the group's typed path: the events and
+        # their index rows in one transaction. Nothing rides in the library's keyword
+        # arguments, and no recordings come back (no follower reads them).
+        assert processing_event.tracking is None, "the ledger processes no other log"
+        assert not processing_event.saved_kwargs, "typed arguments only"
+        events = processing_event.events
+        self.saver.save_group(events, [index_row(event) for event in events], ())
+        return []
 
     @property
     def replies(self) -> ReplyStore:
@@ -155,13 +110,17 @@ class Ledger(Application[UUID]):
     # Reads ------------------------------------------------------------------------------
 
     def get_account(self, account_id: UUID) -> Account:
-        try:
-            aggregate: object = self.repository.get(account_id)
-        except AggregateNotFoundError:
-            raise AccountNotFound(f"account {account_id} does not exist") from None
-        if not isinstance(aggregate, Account):
-            raise AccountNotFound(f"account {account_id} does not exist")
-        return aggregate
+        """The account as stored now; a copy, so changing it changes nothing held."""
+        with self._locks.holding([[account_id]]):
+            try:
+                account = self._load({account_id}, []).accounts.get(account_id)
+            except BaseException:
+                self._accounts.drop([account_id])
+                raise
+            if account is None:
+                raise AccountNotFound(f"account {account_id} does not exist")
+            self._accounts.put_all([account])
+            return deepcopy(account)
 
     # Writes -----------------------------------------------------------------------------
 
@@ -178,54 +137,71 @@ class Ledger(Application[UUID]):
 
     def _execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
         involved = {i for s in submissions for i in account_ids(s.command)}
+        ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
         contended: set[UUID] = set()
         tried: dict[UUID, int] | None = None
-        for attempt in range(self.options.retries_max):
-            last = attempt == self.options.retries_max - 1
-            group = _Group(self)
-            try:
-                stored = group.load(involved, submissions)
-                if tried is not None:
-                    # Accounts another writer moved since our last try: the culprits.
-                    contended |= {i for i, v in stored.items() if v > tried.get(i, 0)}
-                tried = stored
-                return group.commit(submissions, held_back=contended if last else set())
-            except BaseException as error:
-                # Nothing of this attempt was written, so what we hold of these accounts
-                # may be ahead of the store: the next attempt or group reloads them.
-                self._accounts.drop(involved)
-                if not isinstance(error, PersistenceError):
-                    raise
-                if not isinstance(error, IntegrityError):
-                    raise unavailable(error) from error
-                # Another writer took a version or a command id first: try again.
-                back_off(self.options, attempt)
-        raise Unavailable(f"gave up after {self.options.retries_max} conflicting attempts")
 
-    def _stored_replies(self, ids: list[UUID]) -> tuple[dict[UUID, ReplyRecord], list[UUID]]:
-        """Replies the cache has, and the ids it does not know (for the store to answer)."""
-        if not ids:
-            return {}, []
-        found = self.options.reply_cache.get_many(ids)
-        return found, [i for i in ids if i not in found]
+        def attempt(last: bool) -> list[Outcome]:
+            nonlocal tried
+            loaded = self._load(involved, ids)
+            stored = {i: account.version for i, account in loaded.accounts.items()}
+            if tried is not None:
+                # Accounts another writer moved since our last try: the culprits.
+                contended.update(i for i, v in stored.items() if v > tried.get(i, 0))
+            tried = stored
+            return self._commit(submissions, loaded, held_back=contended if last else set())
 
+        # After a failed attempt nothing of it was written, so what we hold of these
+        # accounts may be ahead of the store: the next attempt or group reloads them.
+        return retrying(
+            attempt,
+            retries_max=self.options.retries_max,
+            backoff_s=self.options.retry_backoff_s,
+            on_failure=lambda: self._accounts.drop(involved),
+        )
 
-def unavailable(error: PersistenceError) -> Unavailable:
-    """What a caller hears when the store failed otherwise than by a lost race: retry."""
-    if isinstance(error, (OperationalError, InterfaceError)):
-        return Unavailable(f"event store unreachable: {type(error).__name__}")
-    return Unavailable(f"event store refused the write: {error}")
+    def _load(self, account_ids: set[UUID], command_ids: list[UUID]) -> LoadedGroup:
+        """The group's accounts, those held in memory brought up to date, and the replies
+        already given to its command ids: the reply cache's, and the store's for the ids
+        the cache does not know, in the same query as the accounts."""
+        held: dict[UUID, Account] = {}
+        for account_id in account_ids:
+            account = self._accounts.get(account_id)
+            if account is not None:
+                held[account_id] = account
+        cached = self.options.reply_cache.get_many(command_ids) if command_ids else {}
+        unknown_ids = [i for i in command_ids if i not in cached]
+        loaded = self.loader.load_group(held, account_ids, unknown_ids)
+        return LoadedGroup(accounts=loaded.accounts, replies=cached | loaded.replies)
 
-
-def back_off(options: LedgerOptions, attempt: int) -> None:
-    """Sleep before another attempt: exponential, capped, jittered."""
-    backoff_s = min(options.retry_backoff_s * 2**attempt, RETRY_BACKOFF_S_MAX)
-    time.sleep(backoff_s * (0.5 + random.random()))
+    def _commit(
+        self, submissions: Sequence[Submission], loaded: LoadedGroup, held_back: set[UUID]
+    ) -> list[Outcome]:
+        """Judge the group, save what it decided in one transaction, and keep its
+        accounts in memory for the next group."""
+        decision = decide_group(
+            submissions,
+            loaded.accounts,
+            loaded.replies,
+            terms=Terms(ceilings=self.options.ceilings, mac_key=self.options.mac_key),
+            # Drawn from the clock one command at a time, as each reaches the domain.
+            timestamps=iter(self.options.clock, None),
+            held_back=held_back,
+        )
+        if decision.events:
+            events = [event for events in decision.events.values() for event in events]
+            replies = list(decision.replies.values())
+            self.saver.save_group(events, [index_row(event) for event in events], replies)
+            self.options.reply_cache.put_many(decision.replies)
+        self._accounts.put_all(decision.accounts.values())
+        return decision.outcomes
 
 
 class _AccountMemory:
-    """Accounts held between groups, least recently used dropped first. Only groups
-    holding an account's lock touch it; a group that fails drops what it touched."""
+    """Accounts held between groups, least recently used dropped first: the process's
+    one cache of aggregates (the library's repository keeps none, so cases and watchlist
+    entries are read from the store). Only callers holding an account's lock touch it;
+    a group that fails drops what it touched."""
 
     def __init__(self, size_max: int) -> None:
         assert size_max > 0
@@ -252,186 +228,3 @@ class _AccountMemory:
         with self._lock:
             for account_id in account_ids:
                 self._accounts.pop(account_id, None)
-
-
-class _Group:
-    """One attempt at a group: aggregates in memory, replies decided so far."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.loaded: dict[UUID, Account] = {}
-        self.touched: dict[UUID, Account] = {}
-        self.stored: dict[UUID, ReplyRecord] = {}
-        self.new_replies: dict[UUID, ReplyRecord] = {}
-
-    def load(self, account_ids: set[UUID], submissions: Sequence[Submission]) -> dict[UUID, int]:
-        """Bring the group's accounts and replies up to date with one query; returns the
-        stored version of each account found."""
-        memory = self.ledger._accounts
-        held: dict[UUID, Account] = {}
-        for account_id in account_ids:
-            account = memory.get(account_id)
-            if account is not None:
-                held[account_id] = account
-        ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
-        self.stored, unknown_ids = self.ledger._stored_replies(ids)
-        state = self.ledger.replies.select_group_state(
-            {i: held[i].version if i in held else 0 for i in account_ids}, unknown_ids
-        )
-        self.stored |= state.replies
-        aggregates: dict[UUID, Any] = dict(held)
-        for stored_event in state.events:
-            event: Any = self.ledger.mapper.to_domain_event(stored_event)
-            aggregate_id = stored_event.originator_id
-            assert isinstance(aggregate_id, UUID)
-            aggregates[aggregate_id] = event.mutate(aggregates.get(aggregate_id))
-        for aggregate_id, aggregate in aggregates.items():
-            # An id that names a case or a watchlist entry is no account.
-            if isinstance(aggregate, Account):
-                self.loaded[aggregate_id] = aggregate
-        return {i: account.version for i, account in self.loaded.items()}
-
-    def commit(self, submissions: Sequence[Submission], held_back: set[UUID]) -> list[Outcome]:
-        outcomes = [
-            Outcome(error=Unavailable("its accounts kept changing under it; retry"))
-            if held_back.intersection(account_ids(submission.command))
-            else self.decide(submission)
-            for submission in submissions
-        ]
-        if self.touched:
-            self.ledger.save_group(self.touched.values(), list(self.new_replies.values()))
-            self.ledger.options.reply_cache.put_many(self.new_replies)
-        self.ledger._accounts.put_all(self.loaded.values())
-        return outcomes
-
-    def account(self, account_id: UUID) -> Account:
-        account = self.loaded.get(account_id)
-        if account is None:
-            raise AccountNotFound(f"account {account_id} does not exist")
-        return account
-
-    def decide(self, submission: Submission) -> Outcome:
-        try:
-            return self._decide(submission)
-        except DomainError as error:
-            return Outcome(error=error)
-
-    def _decide(self, submission: Submission) -> Outcome:
-        # Auth first: a teller of another branch learns nothing, not even a replay.
-        self._check_authority(submission)
-        cid = command_id(submission.command)
-        if cid is None:
-            return Outcome(body=self._apply(submission, None))
-        print_ = fingerprint(submission)
-        prior = self.new_replies.get(cid) or self.stored.get(cid)
-        if prior is not None:
-            if prior.fingerprint != print_:
-                raise TransactionConflict(f"id {cid} was already used for another command")
-            return Outcome(body=prior.body, replayed=True)
-        body = self._apply(submission, cid)
-        self.new_replies[cid] = ReplyRecord(
-            command_id=cid,
-            kind=submission.command.kind,
-            subject=submission.actor.subject,
-            fingerprint=print_,
-            body=body,
-        )
-        return Outcome(body=body)
-
-    def _check_authority(self, submission: Submission) -> None:
-        """A teller acts on its own branch only, and grants overdrafts up to its ceiling."""
-        scope = submission.branch_scope
-        if scope is None:
-            return
-        command = submission.command
-        match command:
-            case OpenAccount(branch=branch):
-                pass
-            case Transfer(from_account_id=source_id):
-                branch = self.account(source_id).branch
-            case (
-                Deposit(account_id=account_id)
-                | Withdraw(account_id=account_id)
-                | ChangeStatus(account_id=account_id)
-            ):
-                branch = self.account(account_id).branch
-        if branch != scope:
-            raise Forbidden(f"branch {scope} may not act on branch {branch}")
-        if isinstance(command, OpenAccount):
-            limit_minor = self.ledger.options.ceilings.teller_overdraft_max_minor(command.currency)
-            if command.overdraft_limit_minor > limit_minor:
-                raise Forbidden(
-                    f"a teller may grant an overdraft of at most "
-                    f"{format_amount(limit_minor, command.currency)} {command.currency}; "
-                    "an admin may grant more"
-                )
-
-    def _apply(self, submission: Submission, cid: UUID | None) -> dict[str, Any]:
-        # An opening moves no money: its id is the account's, not a transaction's.
-        is_transaction = cid is not None and not isinstance(submission.command, OpenAccount)
-        stamp = Stamp(
-            actor=submission.actor,
-            timestamp=self.ledger.options.clock(),
-            correlation_id=submission.correlation_id,
-            transaction_id=str(cid) if is_transaction else None,
-            mac_key=self.ledger.options.mac_key,
-        )
-        command = submission.command
-        ceilings = self.ledger.options.ceilings
-        match command:
-            case OpenAccount():
-                return self._open(command, stamp)
-            case Deposit():
-                account = self.account(command.account_id)
-                account.deposit(
-                    command.money,
-                    command.channel,
-                    command.reference,
-                    stamp,
-                    balance_max_minor=ceilings.balance_max_minor(account.currency),
-                )
-                self.touched[account.id] = account
-                return movement_body(command.transaction_id, account)
-            case Withdraw():
-                account = self.account(command.account_id)
-                account.withdraw(command.money, command.channel, command.reference, stamp)
-                self.touched[account.id] = account
-                return movement_body(command.transaction_id, account)
-            case Transfer():
-                source = self.account(command.from_account_id)
-                target = self.account(command.to_account_id)
-                transfer(
-                    source,
-                    target,
-                    command.money,
-                    command.reference,
-                    stamp,
-                    balance_max_minor=ceilings.balance_max_minor(target.currency),
-                )
-                self.touched[source.id] = source
-                self.touched[target.id] = target
-                return transfer_body(command.transaction_id, source, target)
-            case ChangeStatus():
-                account = self.account(command.account_id)
-                getattr(account, command.action)(command.reason, stamp)
-                self.touched[account.id] = account
-                return account_body(account)
-
-    def _open(self, command: OpenAccount, stamp: Stamp) -> dict[str, Any]:
-        if command.account_id in self.loaded:
-            # Stored without a reply under its id (never by this service): not ours to reopen.
-            raise TransactionConflict(f"account {command.account_id} already exists")
-        account = Account.open(
-            command.account_id,
-            command.owner,
-            command.branch,
-            command.currency,
-            command.overdraft_limit_minor,
-            stamp,
-            overdraft_max_minor=self.ledger.options.ceilings.overdraft_max_minor(command.currency),
-        )
-        # A new account exists for later items of this group, and a second
-        # opening under the same id loses on the primary key, as it should.
-        self.loaded[account.id] = account
-        self.touched[account.id] = account
-        return account_body(account)

@@ -3,14 +3,17 @@ structurally, without importing them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 
 from application.commands import ReplyRecord
+from application.envelope import IndexRow
+from domain.account import Account
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,51 @@ class ReplyStore(Protocol):
     def select_group_state(
         self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
     ) -> GroupState: ...
+
+
+class GroupRecorder(ReplyStore, Protocol):
+    """The event store's recorder as the group commit uses it: one query to load a group,
+    one transaction to save it (events, their index rows, replies)."""
+
+    def insert_events(
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        index_rows: Sequence[IndexRow] = (),
+        replies: Sequence[ReplyRecord] = (),
+    ) -> Sequence[int] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedGroup:
+    """A group's accounts, up to date with the store, and the replies already stored for
+    its command ids."""
+
+    accounts: dict[UUID, Account]
+    replies: dict[UUID, ReplyRecord]
+
+
+class GroupLoader(Protocol):
+    """Brings a group's accounts and replies up to date, in one query."""
+
+    def load_group(
+        self,
+        held: Mapping[UUID, Account],
+        account_ids: Collection[UUID],
+        command_ids: Sequence[UUID],
+    ) -> LoadedGroup: ...
+
+
+class GroupSaver(Protocol):
+    """Saves new events, their index rows and new replies in one transaction: all or
+    nothing (`IntegrityError` when another writer took a version or a command id)."""
+
+    def save_group(
+        self,
+        events: Sequence[DomainEventProtocol[UUID]],
+        index_rows: Sequence[IndexRow],
+        replies: Sequence[ReplyRecord],
+    ) -> None: ...
 
 
 class ReplyCache(Protocol):

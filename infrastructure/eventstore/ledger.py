@@ -7,7 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
-from application.ledger import Ledger, LedgerOptions, MoneyCeilings
+from application.decide import MoneyCeilings
+from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.recorder import VigilRecorder
@@ -41,12 +42,8 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "CREATE_TABLE": "y" if create_table else "n",
-        # Hot accounts stay in memory; each read fast-forwards them with the events
-        # written since (by any process), so a cached aggregate is never stale, and
-        # callers get a deep copy, so a refused or lost command leaves the cache as it was.
-        "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache_max),
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
-        "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
+        # No AGGREGATE_CACHE_MAXSIZE: the library's repository keeps no cache. Hot
+        # accounts are held by the ledger itself (`accounts_in_memory_max`).
     }
     if settings.cipher_key is not None:
         # AES-GCM from the `cryptography` package (the library's other cipher needs pycryptodome).

@@ -131,9 +131,14 @@ class VigilRecorder(PostgresApplicationRecorder):
             self.sql_create_statements = statements
 
     def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        index_rows: Sequence[IndexRow] = (),
+        replies: Sequence[ReplyRecord] = (),
+        **kwargs: Any,
     ) -> Sequence[int] | None:
-        """Events, index rows and replies in one transaction, sent in one round trip.
+        """Events, their index rows and replies in one transaction, in one round trip.
 
         The library's table lock comes first, as in its own insert: writers take turns,
         so notification ids are issued in commit order (a reader tailing the log never
@@ -141,12 +146,17 @@ class VigilRecorder(PostgresApplicationRecorder):
         its locks in the same order, so two writers of one command id cannot deadlock.
         A lost optimistic-concurrency race or a command id already taken fails the
         whole transaction with an IntegrityError, and nothing of it is written.
+
+        Without index rows or replies, this records exactly as the library's recorder
+        does (and returns the notification ids, as it does).
         """
+        if not index_rows and not replies:
+            notification_ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return notification_ids
+        assert not kwargs, f"no other arguments with index rows or replies: {sorted(kwargs)}"
         if not stored_events:
             return []
-        replies: Sequence[ReplyRecord] = kwargs.get("replies") or ()
-        index_rows: Sequence[IndexRow] = kwargs.get("index_rows") or ()
-        # The ledger's `_record` gives every event it saves its index row.
+        # The ledger gives every event it saves its index row.
         assert len(index_rows) == len(stored_events), "one index row per stored event"
         # A failure propagates through the transaction block, which rolls back (nothing
         # of the group is written), and leaves as an IntegrityError when it was a lost

@@ -1,0 +1,269 @@
+"""Judging a group of commands, apart from any I/O: accounts and stored replies in; new
+events per account, new replies and one outcome per command out.
+
+Nothing here reads a clock, the store or a cache: the moments to stamp events with, the
+operator's ceilings and the MAC key come in as arguments, so the same inputs give the
+same decision. The accounts given are the group's working copies and are changed in place
+(a caller that cannot save the decision drops them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+
+from application.commands import (
+    ChangeStatus,
+    Deposit,
+    OpenAccount,
+    Outcome,
+    ReplyRecord,
+    Submission,
+    Transfer,
+    Withdraw,
+    account_body,
+    account_ids,
+    command_id,
+    fingerprint,
+    movement_body,
+    transfer_body,
+)
+from domain.account import Account, transfer
+from domain.errors import (
+    AccountNotFound,
+    DomainError,
+    Forbidden,
+    TransactionConflict,
+    Unavailable,
+)
+from domain.integrity import Stamp
+from domain.money import format_amount, minor_units
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyCeilings:
+    """The operator's ceilings in major units of any currency (from the settings). The
+    domain reads no settings: each command gets them as arguments, in minor units."""
+
+    balance_max_major: int
+    overdraft_max_major: int
+    teller_overdraft_max_major: int
+
+    def __post_init__(self) -> None:
+        assert self.balance_max_major > 0, self.balance_max_major
+        assert 0 <= self.teller_overdraft_max_major <= self.overdraft_max_major
+
+    def balance_max_minor(self, currency: str) -> int:
+        return minor_units(self.balance_max_major, currency)
+
+    def overdraft_max_minor(self, currency: str) -> int:
+        return minor_units(self.overdraft_max_major, currency)
+
+    def teller_overdraft_max_minor(self, currency: str) -> int:
+        return minor_units(self.teller_overdraft_max_major, currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What every decision is bound by: the ceilings, and the key that seals events."""
+
+    ceilings: MoneyCeilings
+    mac_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A group judged: one outcome per command, in order (refusals included); the new
+    events of each account changed, in the order to save them; the new replies by command
+    id; and every account of the group afterwards (those opened by it included)."""
+
+    outcomes: list[Outcome]
+    events: dict[UUID, list[DomainEventProtocol[UUID]]]
+    replies: dict[UUID, ReplyRecord]
+    accounts: dict[UUID, Account]
+
+
+def decide_group(
+    submissions: Sequence[Submission],
+    accounts: Mapping[UUID, Account],
+    stored_replies: Mapping[UUID, ReplyRecord],
+    *,
+    terms: Terms,
+    timestamps: Iterator[datetime],
+    held_back: AbstractSet[UUID] = frozenset(),
+) -> Decision:
+    """Apply the commands in order, each atomic on its own, to the group's accounts.
+
+    `stored_replies`: the replies already given to the group's command ids; such a command
+    is replayed (same fingerprint) or refused (another). `timestamps`: one moment is drawn
+    for each command that reaches the domain, so each is stamped with its own time, as
+    when commands were applied one at a time. A command on an account in `held_back`
+    (one that kept changing under the group) is told to retry, and decides nothing.
+    """
+    judge = _Judge(accounts, stored_replies, terms, timestamps)
+    outcomes = [
+        Outcome(error=Unavailable("its accounts kept changing under it; retry"))
+        if not held_back.isdisjoint(account_ids(submission.command))
+        else judge.decide(submission)
+        for submission in submissions
+    ]
+    events: dict[UUID, list[DomainEventProtocol[UUID]]] = {
+        i: list(account.collect_events()) for i, account in judge.touched.items()
+    }
+    return Decision(outcomes, events, judge.new_replies, judge.accounts)
+
+
+class _Judge:
+    """The state of one group being judged: its accounts, and replies decided so far."""
+
+    def __init__(
+        self,
+        accounts: Mapping[UUID, Account],
+        stored_replies: Mapping[UUID, ReplyRecord],
+        terms: Terms,
+        timestamps: Iterator[datetime],
+    ) -> None:
+        self.accounts: dict[UUID, Account] = dict(accounts)
+        self.stored = stored_replies
+        self.terms = terms
+        self.timestamps = timestamps
+        self.touched: dict[UUID, Account] = {}
+        self.new_replies: dict[UUID, ReplyRecord] = {}
+
+    def account(self, account_id: UUID) -> Account:
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise AccountNotFound(f"account {account_id} does not exist")
+        return account
+
+    def decide(self, submission: Submission) -> Outcome:
+        try:
+            return self._decide(submission)
+        except DomainError as error:
+            return Outcome(error=error)
+
+    def _decide(self, submission: Submission) -> Outcome:
+        # Auth first: a teller of another branch learns nothing, not even a replay.
+        self._check_authority(submission)
+        cid = command_id(submission.command)
+        if cid is None:
+            return Outcome(body=self._apply(submission, None))
+        print_ = fingerprint(submission)
+        prior = self.new_replies.get(cid) or self.stored.get(cid)
+        if prior is not None:
+            if prior.fingerprint != print_:
+                raise TransactionConflict(f"id {cid} was already used for another command")
+            return Outcome(body=prior.body, replayed=True)
+        body = self._apply(submission, cid)
+        self.new_replies[cid] = ReplyRecord(
+            command_id=cid,
+            kind=submission.command.kind,
+            subject=submission.actor.subject,
+            fingerprint=print_,
+            body=body,
+        )
+        return Outcome(body=body)
+
+    def _check_authority(self, submission: Submission) -> None:
+        """A teller acts on its own branch only, and grants overdrafts up to its ceiling."""
+        scope = submission.branch_scope
+        if scope is None:
+            return
+        command = submission.command
+        match command:
+            case OpenAccount(branch=branch):
+                pass
+            case Transfer(from_account_id=source_id):
+                branch = self.account(source_id).branch
+            case (
+                Deposit(account_id=account_id)
+                | Withdraw(account_id=account_id)
+                | ChangeStatus(account_id=account_id)
+            ):
+                branch = self.account(account_id).branch
+        if branch != scope:
+            raise Forbidden(f"branch {scope} may not act on branch {branch}")
+        if isinstance(command, OpenAccount):
+            limit_minor = self.terms.ceilings.teller_overdraft_max_minor(command.currency)
+            if command.overdraft_limit_minor > limit_minor:
+                raise Forbidden(
+                    f"a teller may grant an overdraft of at most "
+                    f"{format_amount(limit_minor, command.currency)} {command.currency}; "
+                    "an admin may grant more"
+                )
+
+    def _apply(self, submission: Submission, cid: UUID | None) -> dict[str, Any]:
+        # An opening moves no money: its id is the account's, not a transaction's.
+        is_transaction = cid is not None and not isinstance(submission.command, OpenAccount)
+        stamp = Stamp(
+            actor=submission.actor,
+            timestamp=next(self.timestamps),
+            correlation_id=submission.correlation_id,
+            transaction_id=str(cid) if is_transaction else None,
+            mac_key=self.terms.mac_key,
+        )
+        command = submission.command
+        ceilings = self.terms.ceilings
+        match command:
+            case OpenAccount():
+                return self._open(command, stamp)
+            case Deposit():
+                account = self.account(command.account_id)
+                account.deposit(
+                    command.money,
+                    command.channel,
+                    command.reference,
+                    stamp,
+                    balance_max_minor=ceilings.balance_max_minor(account.currency),
+                )
+                self.touched[account.id] = account
+                return movement_body(command.transaction_id, account)
+            case Withdraw():
+                account = self.account(command.account_id)
+                account.withdraw(command.money, command.channel, command.reference, stamp)
+                self.touched[account.id] = account
+                return movement_body(command.transaction_id, account)
+            case Transfer():
+                source = self.account(command.from_account_id)
+                target = self.account(command.to_account_id)
+                transfer(
+                    source,
+                    target,
+                    command.money,
+                    command.reference,
+                    stamp,
+                    balance_max_minor=ceilings.balance_max_minor(target.currency),
+                )
+                self.touched[source.id] = source
+                self.touched[target.id] = target
+                return transfer_body(command.transaction_id, source, target)
+            case ChangeStatus():
+                account = self.account(command.account_id)
+                getattr(account, command.action)(command.reason, stamp)
+                self.touched[account.id] = account
+                return account_body(account)
+
+    def _open(self, command: OpenAccount, stamp: Stamp) -> dict[str, Any]:
+        if command.account_id in self.accounts:
+            # Stored without a reply under its id (never by this service): not ours to reopen.
+            raise TransactionConflict(f"account {command.account_id} already exists")
+        account = Account.open(
+            command.account_id,
+            command.owner,
+            command.branch,
+            command.currency,
+            command.overdraft_limit_minor,
+            stamp,
+            overdraft_max_minor=self.terms.ceilings.overdraft_max_minor(command.currency),
+        )
+        # A new account exists for later items of this group, and a second
+        # opening under the same id loses on the primary key, as it should.
+        self.accounts[account.id] = account
+        self.touched[account.id] = account
+        return account_body(account)

@@ -12,7 +12,7 @@ from typing import TypeAlias
 
 from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.settings import ConfigurationError, Settings, load_settings
-from interfaces.api.http.auth import TOKEN_ROLES, Role
+from interfaces.api.http.roles import TOKEN_ROLES, Role
 from interfaces.cli.commands import processes
 from interfaces.cli.commands.audit import (
     run_export_cli,

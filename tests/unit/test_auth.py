@@ -16,13 +16,13 @@ from infrastructure.settings import ConfigurationError, Settings
 from interfaces.api.http.auth import (
     PERMISSIONS,
     Principal,
-    Role,
     TokenVerifier,
     Unauthorized,
     authorize,
     check_branch,
     require,
 )
+from interfaces.api.http.roles import Role
 from interfaces.api.http.tokens import issue_token
 
 # 64 bytes: PyJWT warns about shorter HMAC keys for HS512, which one test signs with.

@@ -12,9 +12,10 @@ from application.group_commit import GroupCommitter
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
 from interfaces.api.command.schemas import IdempotencyKey
-from interfaces.api.http.auth import Principal, Role
+from interfaces.api.http.auth import Principal
 from interfaces.api.http.deps import json_reply
 from interfaces.api.http.middleware import current_correlation_id
+from interfaces.api.http.roles import Role
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 

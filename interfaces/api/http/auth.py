@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
@@ -21,8 +20,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from domain.errors import Forbidden
-from domain.integrity import SYSTEM_ROLE
 from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
+from interfaces.api.http.roles import TOKEN_ROLES, Role
 
 if TYPE_CHECKING:
     from infrastructure.settings import Settings
@@ -32,19 +31,6 @@ REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 # Headers beyond this are not tokens we issue; refuse before spending time parsing them.
 TOKEN_CHARS_MAX = 8192
 SUBJECT_CHARS_MAX = 256
-
-
-class Role(StrEnum):
-    TELLER = "teller"
-    ADMIN = "admin"
-    AUDITOR = "auditor"
-    COMPLIANCE = "compliance"
-    VIEWER = "viewer"
-    # Internal actors (the case opener); a token claiming it is refused.
-    SYSTEM = SYSTEM_ROLE
-
-
-TOKEN_ROLES = frozenset(role for role in Role if role is not Role.SYSTEM)
 
 
 @dataclass(frozen=True, slots=True)

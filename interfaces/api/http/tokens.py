@@ -7,7 +7,8 @@ import time
 import jwt
 
 from infrastructure.settings import ConfigurationError, Settings
-from interfaces.api.http.auth import ALGORITHM, TOKEN_ROLES, Role
+from interfaces.api.http.auth import ALGORITHM
+from interfaces.api.http.roles import TOKEN_ROLES, Role
 
 
 def issue_token(

@@ -18,9 +18,10 @@ from infrastructure.readmodels.readers.accounts import (
     fetch_account,
 )
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL
-from interfaces.api.http.auth import Principal, Role, check_branch, require
+from interfaces.api.http.auth import Principal, check_branch, require
 from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
+from interfaces.api.http.roles import Role
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
     PAGE_SIZE_DEFAULT,

@@ -81,7 +81,7 @@ CATCH_UP_MAX_S_DEFAULT, CATCH_UP_MAX_S_MAX = 30.0, 600.0
 SAMPLE_INTERVAL_S = 0.5
 TOKEN_TTL_S = 4 * 3600  # longer than any run can last
 BASELINE_THREADS, BASELINE_ACCOUNTS = 4, 1_000
-# Issue 6's targets, shown beside the figures.
+# The throughput targets, shown beside the figures.
 TARGETS = {
     "batch_transfers_per_s_min": 10_000,
     "batch_p99_ms_max": 250,

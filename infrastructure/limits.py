@@ -48,6 +48,10 @@ CHILD_STOP_TIMEOUT_S: Final = 10.0
 
 assert API_DRAIN_S <= CHILD_STOP_TIMEOUT_S
 
+# `vigil api --workers`: processes serving one API on one host, each with its own pools
+# (the database must have connections for all of them).
+API_WORKERS_MAX: Final = 32
+
 
 def check_money_ceilings(
     amount_max: int, overdraft_max: int, teller_overdraft_max: int, balance_max: int

@@ -204,14 +204,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_api(which: str, settings: Settings, log_dir: Path, port: int | None = None) -> ApiServer:
-    """`vigil api command|query` as a real process; returns once /health/ready is 200."""
+def start_api(
+    which: str, settings: Settings, log_dir: Path, port: int | None = None, workers: int = 1
+) -> ApiServer:
+    """`vigil api command|query` as a real process (with `workers` processes serving it);
+    returns once /health/ready is 200."""
     port = port or free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{which}-api-{port}.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "interfaces.cli", "api", which, "--port", str(port)],
+            [
+                *(sys.executable, "-m", "interfaces.cli", "api", which),
+                *("--port", str(port), "--workers", str(workers)),
+            ],
             cwd=ROOT,
             env=settings_env(settings),
             stdout=log_file,

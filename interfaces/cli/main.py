@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
+from infrastructure.limits import API_WORKERS_MAX
 from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.settings import ConfigurationError, Settings, load_settings
 from interfaces.api.http.roles import TOKEN_ROLES, Role
@@ -25,7 +26,7 @@ from interfaces.cli.commands.quarantine import run_list_cli, run_retry_cli
 from interfaces.cli.commands.replay import run_replay_cli
 from interfaces.cli.commands.rules import run_backtest_cli
 from interfaces.cli.commands.tokens import run_issue_cli
-from interfaces.cli.parsing import Parser, UsageError, add_range, one_line
+from interfaces.cli.parsing import Parser, UsageError, add_range, bounded_int, one_line
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -51,7 +52,12 @@ def _add_process_commands(commands: Commands) -> None:
     api = commands.add_parser("api", help="serve one HTTP API")
     api.add_argument("which", choices=["command", "query"], help="which API")
     api.add_argument("--port", type=int, default=None, help="port (default from settings)")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument(
+        "--workers",
+        type=bounded_int(1, API_WORKERS_MAX),
+        default=1,
+        help="processes serving the API on its one port (default 1)",
+    )
     api.set_defaults(handler=processes.run_api_cli)
 
     workers = commands.add_parser("workers", help="run every projection worker")

@@ -45,12 +45,16 @@ class System:
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, args: tuple[str, ...] | None = None) -> None:
-        """Start `name`: one of PROCESSES, or any other `vigil` subcommand given its `args`."""
+    def start(self, name: str, args: tuple[str, ...] | None = None, metrics_port: int = 0) -> None:
+        """Start `name`: one of PROCESSES, or any other `vigil` subcommand given its `args`
+        (`metrics_port` 0: without /metrics)."""
         command = PROCESSES[name] if args is None else args
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "interfaces.cli", *command, "--metrics-port", "0"],
+                [
+                    *(sys.executable, "-m", "interfaces.cli", *command),
+                    *("--metrics-port", str(metrics_port)),
+                ],
                 cwd=ROOT,
                 env=settings_env(self.settings),
                 stdout=log,

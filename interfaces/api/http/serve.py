@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from infrastructure.limits import API_DRAIN_S
 from infrastructure.settings import Settings
@@ -15,6 +16,8 @@ APPS = {
 
 
 def serve_api(which: str, settings: Settings, *, port: int | None, workers: int) -> int:
+    """Serve `which` on its port until SIGTERM or Ctrl-C: in this process, or, with
+    `workers` above 1, in that many processes sharing the listening socket."""
     if which not in APPS:
         raise ValueError(f"unknown API {which!r}")
     factory, port_setting = APPS[which]
@@ -29,5 +32,11 @@ def serve_api(which: str, settings: Settings, *, port: int | None, workers: int)
         proxy_headers=False,
         timeout_graceful_shutdown=API_DRAIN_S,
     )
-    uvicorn.Server(config).run()
+    if workers > 1:
+        # Each worker process imports the factory, so each has its own pools and, on the
+        # command side, its own group committer and accounts in memory: the store's version
+        # checks keep them consistent, as they do for separate hosts.
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        uvicorn.Server(config).run()
     return 0

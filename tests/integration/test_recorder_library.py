@@ -3,8 +3,8 @@ without index rows or replies it records exactly as the library's PostgreSQL rec
 does, so it can stand wherever that recorder stands.
 
 Each test gets an empty database of its own (the cases count notification ids from 1),
-created and dropped here; the library's concurrency cases write tens of thousands of
-events, which takes about a minute.
+created and dropped here. The library's concurrency cases write about 10,000 events from
+ten threads while two others read: a second or two.
 """
 
 from __future__ import annotations

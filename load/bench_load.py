@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baseline import percentile_ms
 from bench_system import TRANSPORT_ERRORS, BenchFailed, Http, reply_code
 
 BRANCH, CURRENCY = "001", "GBP"
@@ -38,12 +37,11 @@ ERROR_PAUSE_S = 0.1  # a client that failed waits, so a dead server is not hamme
 AMOUNT_MINOR_MAX = 50
 LARGE_SHARE, LARGE_AMOUNT = 0.01, "10.00"
 FUNDING_AMOUNT, FUNDINGS = "9.99", 2
-TRANSFER_MINOR_MAX = AMOUNT_MINOR_MAX
 
 
 @dataclass
 class Tally:
-    """One phase's replies: `ok` counts transfers (batches) or commands (single routes)."""
+    """One phase's replies: `ok` counts the movements accepted, in batches or one at a time."""
 
     ok: int = 0
     requests: int = 0
@@ -53,9 +51,6 @@ class Tally:
     transfers: int = 0  # transfers accepted, of `ok`
     scheduled: int = 0  # open loop: requests due in the phase
     late: int = 0  # open loop: requests not sent on time (no connection free, or sent late)
-
-    def latency(self) -> dict[str, float | None]:
-        return {f"p{p}_ms": percentile_ms(self.latencies_ms, p) for p in (50, 95, 99)}
 
 
 def _amount(rng: random.Random) -> str:

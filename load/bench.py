@@ -1,21 +1,31 @@
-"""`make bench`: Vigil's throughput on this machine, beside a baseline measured in the same run.
+"""`make bench`: what users of Vigil feel on this machine, beside a baseline measured in the
+same run.
 
-Starts a fresh `vigil up` (embedded PostgreSQL, Redis and broker; both APIs, the relay, the
-projection workers, the case opener) under `var/bench/run-<time>/` on free ports, then:
+Starts the system under `var/bench/run-<time>/` on free ports, process by process as `vigil up`
+does (embedded PostgreSQL, Redis and broker; both APIs, the relay, the projection workers, the
+case opener; the monitoring rules of load/bench_rules.toml), then runs these phases, each
+starting only once every projection has caught up (`GET /v1/projections`, every position at
+the head):
 
 1. baseline: a plain `eventsourcing` application saving one transfer per transaction
    (bench_baseline.py), on a fresh database of the same PostgreSQL, while Vigil sits idle;
-2. setup: opens --accounts accounts (branch 001, GBP) and funds each with one deposit;
-3. pipeline: --pipeline-rate transfers/s in batches every 0.1 s: how fast events reach the
-   balances and alerts read models, and how long a just-written event takes to be in both;
-4. single: --single-clients clients, each sending one deposit, withdrawal or transfer at a time;
-5. batch: --batch-clients clients, each sending `POST /v1/batches` of 1,000 random transfers.
+2. setup: opens --accounts accounts (branch 001, GBP) and funds each;
+3. capacity (the headline): an open-loop load over the accounts (80 % transfers, 10 % deposits,
+   10 % withdrawals; 30 % of them single commands, 70 % in batches of 100) offered at each of
+   --rates transfers/s for --step-s, stopping at the first step that does not hold: balances
+   and alerts lag p95 under 1 s, at most 1 % of its requests failed or not sent on time;
+4. ingestion: --batch-clients clients sending `POST /v1/batches` of 1,000 transfers for
+   --ingestion-s, with the relay and the workers stopped;
+5. catch-up: the relay and the workers started again, until every projection holds that backlog;
+6. single: single commands of the same mix, open loop, at each of --single-rates commands/s;
+7. storm: the workers started again with load/bench_storm_rules.toml (every movement alerts),
+   the capacity load at --storm-rate for --storm-s.
 
-Each phase lasts --seconds and then waits, at most --catch-up-max-s, for the projections to
-catch up. It prints a table, writes JSON in the API contract's shape to --out, and stops everything
-it started, also on Ctrl-C, SIGTERM or an error. Loopback only.
+Every phase reports CPU per transfer of each process and alerts and cases per 1,000 transfers.
+It prints progress lines and a table, writes JSON in the API contract's shape to --out, and
+stops everything it started, also on Ctrl-C, SIGTERM or an error. Loopback only.
 
-    python load/bench.py [--seconds 60] [--out var/bench/latest.json]
+    python load/bench.py [--quick] [--out var/bench/latest.json]
 """
 
 from __future__ import annotations
@@ -40,22 +50,39 @@ from typing import Any
 
 import orjson
 import psutil
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baseline import percentile_ms, run_baseline
+from bench_baseline import run_baseline
+from bench_figures import (
+    TARGETS,
+    Sample,
+    alert_rates,
+    build_result,
+    capacity,
+    catch_up_rate,
+    cpu_us_per_transfer,
+    lag_stats,
+    latency_ms,
+    step_verdict,
+    verdict,
+)
 from bench_load import (
+    AMOUNT_MINOR_MAX,
     BATCH_ITEMS,
     BRANCH,
     CURRENCY,
     FUNDING_AMOUNT,
-    PIPELINE_TICK_S,
-    TRANSFER_MINOR_MAX,
+    FUNDINGS,
+    LARGE_AMOUNT,
+    LARGE_SHARE,
+    Stream,
     Tally,
     batch_load,
     fund_accounts,
+    mixed_streams,
     open_accounts,
-    paced_load,
-    single_load,
+    open_loop,
 )
 from bench_system import (
     OWN_VARIABLES,
@@ -68,47 +95,55 @@ from bench_system import (
     reply_code,
 )
 
+from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.settings import Settings, load_settings
 from interfaces.api.http.tokens import issue_token
 
-SECONDS_DEFAULT, SECONDS_MIN, SECONDS_MAX = 60.0, 5.0, 300.0
-ACCOUNTS_DEFAULT, ACCOUNTS_MIN, ACCOUNTS_MAX = 10_000, 100, 100_000
-BATCH_CLIENTS_DEFAULT, SINGLE_CLIENTS_DEFAULT, CLIENTS_MAX = 8, 64, 256
-PIPELINE_RATE_DEFAULT, PIPELINE_RATE_MAX = 5_000, 50_000
+HERE = Path(__file__).resolve().parent
+RULES, STORM_RULES = HERE / "bench_rules.toml", HERE / "bench_storm_rules.toml"
 PIPELINE_PROJECTIONS = ("balances", "alerts")
+RATES_DEFAULT = (300, 600, 900, 1200, 1800, 2400, 3000, 4000)
+SINGLE_RATES_DEFAULT = (500, 1000, 2000)
+RATE_MAX = 50_000
+ACCOUNTS_DEFAULT, ACCOUNTS_MIN, ACCOUNTS_MAX = 10_000, 100, 100_000
+BATCH_CLIENTS_DEFAULT, CLIENTS_MAX = 8, 256
+PROCESSES_MAX = 16
+SECONDS_MIN, SECONDS_MAX = 2.0, 300.0
+DEFAULTS = {  # seconds of each phase; --quick takes QUICK's
+    "step_s": 20.0,
+    "ingestion_s": 30.0,
+    "single_s": 15.0,
+    "storm_s": 20.0,
+    "baseline_s": 20.0,
+}
+QUICK = {
+    "step_s": 6.0,
+    "ingestion_s": 8.0,
+    "single_s": 5.0,
+    "storm_s": 6.0,
+    "baseline_s": 5.0,
+    "accounts": 2_000,
+    "rates": (300, 600, 1200),
+    "single_rates": (500, 1000),
+    "storm_rate": 300,
+}
+STORM_RATE_DEFAULT = 600
 SETUP_TIMEOUT_S = 300.0
-CATCH_UP_MAX_S_DEFAULT, CATCH_UP_MAX_S_MAX = 30.0, 600.0
-SAMPLE_INTERVAL_S = 0.5
+CATCH_UP_MAX_S_DEFAULT, CATCH_UP_MAX_S_MAX = 60.0, 900.0
+BACKLOG_CATCH_UP_MAX_S = 300.0  # the catch-up phase's own bound
+SAMPLE_INTERVAL_S = 0.25
+PROGRESS_EVERY_S = 5.0
 TOKEN_TTL_S = 4 * 3600  # longer than any run can last
 BASELINE_THREADS, BASELINE_ACCOUNTS = 4, 1_000
-# The throughput targets, shown beside the figures.
-TARGETS = {
-    "batch_transfers_per_s_min": 10_000,
-    "batch_p99_ms_max": 250,
-    "single_commands_per_s_min": 2_500,
-    "single_p95_ms_max": 50,
-    "pipeline_lag_p95_s_max": 1.0,
-    "speedup_vs_baseline_min": 15,
-}
 
 
 # Projections: positions sampled, lag derived ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    t_s: float
-    head: int  # the store's highest notification id
-    position: int  # the lower of the balances and alerts projections' positions
-
-
 @dataclass
 class Pipeline:
-    """Samples `GET /v1/projections` every SAMPLE_INTERVAL_S for the whole run.
-
-    The lag of a sample is how long after it the projections' position reached its head: the
-    time a just-written event took to be in both read models, interpolated between samples.
-    """
+    """Samples `GET /v1/projections` every SAMPLE_INTERVAL_S for the whole run; the lag is
+    derived from the samples (bench_figures.lag_stats)."""
 
     query: Http
     samples: list[Sample] = field(default_factory=list)
@@ -131,121 +166,235 @@ class Pipeline:
                 await asyncio.wait_for(stop.wait(), max(0.0, pause_s))
         self.query.close()
 
-    async def catch_up(self, after_s: float, timeout_s: float) -> None:
-        """Until the projections hold everything written before `after_s`, or timeout_s."""
+    async def catch_up(self, after_s: float, timeout_s: float) -> bool:
+        """Until every projection holds everything written before `after_s`, or timeout_s."""
         deadline_s = time.monotonic() + timeout_s
         while time.monotonic() < deadline_s:
             later = [s for s in self.samples if s.t_s > after_s]
-            if later and later[-1].position >= later[0].head:
-                return
+            if later and later[-1].slowest >= later[0].head:
+                return True
             await asyncio.sleep(0.05)
+        return False
 
-    def stats(self, start_s: float, end_s: float) -> dict[str, Any]:
-        window = [i for i, s in enumerate(self.samples) if start_s <= s.t_s <= end_s]
-        if len(window) < 2:
-            return {"samples": len(window)}
-        first, last = self.samples[window[0]], self.samples[window[-1]]
-        lags_s, unresolved = [], 0
-        for i in window:
-            crossed_s = self._crossing_s(self.samples[i].head, i)
-            if crossed_s is None:
-                unresolved += 1  # counted at a lower bound: until the last sample
-                crossed_s = self.samples[-1].t_s
-            lags_s.append(crossed_s - self.samples[i].t_s)
-        after = [s for s in self.samples if s.t_s > end_s]
-        end_head = after[0].head if after else last.head
-        caught_s = self._crossing_s(end_head, window[-1])
-        until_s = caught_s if caught_s is not None else self.samples[-1].t_s
-        reached = end_head if caught_s is not None else self.samples[-1].position
-        return {
-            "events_per_s": round((reached - first.position) / (until_s - first.t_s), 1),
-            "ingest_events_per_s": round((last.head - first.head) / (last.t_s - first.t_s), 1),
-            "lag_p50_s": _seconds(percentile_ms(lags_s, 50)),
-            "lag_p95_s": _seconds(percentile_ms(lags_s, 95)),
-            "lag_max_s": _seconds(max(lags_s)),
-            "catch_up_s": None if caught_s is None else round(max(0.0, caught_s - end_s), 2),
-            "samples": len(window),
-            "samples_not_caught_up": unresolved,
-        }
-
-    def _crossing_s(self, head: int, from_index: int) -> float | None:
-        """When the position first reached `head`, at or after sample `from_index`."""
-        samples = self.samples
-        for j in range(from_index, len(samples)):
-            if samples[j].position >= head:
-                if j == from_index:
-                    return samples[j].t_s
-                a, b = samples[j - 1], samples[j]
-                return a.t_s + (head - a.position) / (b.position - a.position) * (b.t_s - a.t_s)
-        return None
+    def lag_now_s(self) -> float:
+        """How long ago the newest head the balances and alerts position has reached was seen."""
+        if not self.samples:
+            return 0.0
+        last = self.samples[-1]
+        seen = [s.t_s for s in self.samples if s.head <= last.position]
+        return max(0.0, last.t_s - max(seen)) if seen else last.t_s - self.samples[0].t_s
 
 
 def _sample(reply: bytes, t_s: float) -> Sample:
     data = orjson.loads(reply)
     positions = {item["name"]: int(item["position"]) for item in data["items"]}
     position = min(positions.get(name, 0) for name in PIPELINE_PROJECTIONS)
-    return Sample(t_s, int(data["head"]), position)
-
-
-def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    return Sample(t_s, int(data["head"]), position, min(positions.values(), default=0))
 
 
 # Phases ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    tally: Tally
-    wall_s: float
-    cpu_percent: dict[str, float]
-    flow: dict[str, Any]  # what the projections did, from the phase's start until caught up
-    ticks_skipped: int = 0
-
-    def figures(self, rate_key: str, count_key: str) -> dict[str, Any]:
-        tally = self.tally
-        return {
-            rate_key: round(tally.ok / self.wall_s, 1),
-            **tally.latency(),
-            count_key: tally.ok,
-            "requests": tally.requests,
-            "seconds": round(self.wall_s, 3),
-            "refused": dict(tally.refused),
-            "errors": dict(tally.errors),
-            "projections": self.flow,
-            "cpu_percent": self.cpu_percent,
-        }
 
 
 def _say(line: str = "") -> None:
     print(line, flush=True)
 
 
-async def _phase(
-    load: Callable[[float, Tally], Awaitable[int | None]],
-    seconds: float,
-    system: System,
-    pipeline: Pipeline,
-    catch_up_max_s: float,
-) -> Phase:
-    tally = Tally()
-    before = system.cpu_seconds()
-    started_s = time.monotonic()
-    skipped = await load(started_s + seconds, tally)
-    ended_s = time.monotonic()
-    cpu = cpu_percent(before, system.cpu_seconds(), ended_s - started_s)
-    await pipeline.catch_up(ended_s, catch_up_max_s)
-    phase = Phase(tally, ended_s - started_s, cpu, pipeline.stats(started_s, ended_s), skipped or 0)
-    caught = phase.flow.get("catch_up_s")
-    _say(
-        f"  {tally.ok:,} ok in {phase.wall_s:.1f} s ({tally.requests:,} requests, "
-        f"{sum(tally.errors.values())} failed); projections "
-        + (
-            f"not caught up after {catch_up_max_s:.0f} s"
-            if caught is None
-            else f"caught up {caught} s after"
-        )
+@dataclass
+class Run:
+    """What every phase needs: the system, its sampler, the accounts, the tokens."""
+
+    system: System
+    pipeline: Pipeline
+    args: argparse.Namespace
+    api: str
+    teller: str
+    ids: list[str]
+
+    def counts(self) -> tuple[int, int]:
+        """Alerts and cases in the read models so far."""
+        url = str(self.system.info["database_url"])
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            alerts = conn.execute(f"SELECT count(*) FROM {SCHEMA}.alerts").fetchone()
+            cases = conn.execute(f"SELECT count(*) FROM {SCHEMA}.cases").fetchone()
+        return int(alerts[0] if alerts else 0), int(cases[0] if cases else 0)
+
+    async def measured(
+        self,
+        label: str,
+        load: Callable[[Tally], Awaitable[None]],
+        seconds: float,
+        *,
+        catch_up: bool = True,
+    ) -> dict[str, Any]:
+        """Run one load, wait for the projections, and give its figures."""
+        tally = Tally()
+        alerts_before, cases_before = self.counts()
+        cpu_before, started_s = self.system.cpu_seconds(), time.monotonic()
+        progress = asyncio.create_task(self._progress(label, tally, started_s, seconds))
+        try:
+            await load(tally)
+        finally:
+            progress.cancel()
+        ended_s = time.monotonic()
+        cpu_after = self.system.cpu_seconds()
+        caught = True
+        if catch_up:
+            caught = await self.pipeline.catch_up(ended_s, self.args.catch_up_max_s)
+        alerts_after, cases_after = self.counts()
+        wall_s = ended_s - started_s
+        failed = sum(tally.errors.values())
+        return {
+            "transfers_per_s": round(tally.transfers / wall_s, 1),
+            "transfers": tally.transfers,
+            "items_ok": tally.ok,
+            "requests": tally.requests,
+            "scheduled": tally.scheduled,
+            "late": tally.late,
+            "failed": failed,
+            **latency_ms(tally.latencies_ms),
+            "seconds": round(wall_s, 3),
+            "refused": dict(tally.refused),
+            "errors": dict(tally.errors),
+            **lag_stats(self.pipeline.samples, started_s, ended_s),
+            "caught_up": caught,
+            "cpu_percent": cpu_percent(cpu_before, cpu_after, wall_s),
+            "cpu_us_per_transfer": cpu_us_per_transfer(cpu_before, cpu_after, tally.transfers),
+            "alerts": alerts_after - alerts_before,
+            "cases": cases_after - cases_before,
+            **alert_rates(
+                alerts_after - alerts_before, cases_after - cases_before, tally.transfers
+            ),
+        }
+
+    async def _progress(self, label: str, tally: Tally, started_s: float, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            elapsed_s = time.monotonic() - started_s
+            _say(
+                f"  {label}: {elapsed_s:.0f}/{seconds:.0f} s, {tally.transfers / elapsed_s:,.0f}"
+                f" transfers/s accepted, lag now {self.pipeline.lag_now_s():.1f} s"
+                + (f", {tally.late} late" if tally.late else "")
+                + (f", {sum(tally.errors.values())} failed" if tally.errors else "")
+            )
+
+    def open_loop(
+        self, streams: list[Stream], seconds: float
+    ) -> Callable[[Tally], Awaitable[None]]:
+        return lambda tally: open_loop(self.api, self.teller, self.ids, streams, seconds, tally)
+
+
+def _describe(phase: dict[str, Any]) -> str:
+    problems = {**phase["refused"], **phase["errors"]}
+    return (
+        f"{phase['transfers']:,} transfers ({phase['transfers_per_s']:,.0f}/s), p95"
+        f" {phase['p95_ms']} ms, lag p95 {phase.get('lag_p95_s')} s, "
+        f"{phase['alerts_per_1000_transfers']} alerts per 1,000 transfers"
+        + (f", {phase['late']} late" if phase["late"] else "")
+        + (f"; refused/failed {problems}" if problems else "")
+        + ("" if phase["caught_up"] else "; projections not caught up")
     )
+
+
+async def run_capacity(run: Run) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    for rate in run.args.rates:
+        seconds = run.args.step_s
+        _say(f"capacity: step {len(steps) + 1}, {rate:,} transfers/s offered, {seconds:.0f} s")
+        load = run.open_loop(mixed_streams(rate), seconds)
+        step = await run.measured(f"capacity {rate:,}/s", load, seconds)
+        held, why = step_verdict(step)
+        steps.append({"offered_transfers_per_s": rate, **step, "held": held, "verdict": why})
+        _say(f"  {_describe(step)}: {why}")
+        if not held:
+            break
+    return capacity(steps)
+
+
+async def run_ingestion(run: Run) -> dict[str, Any]:
+    args = run.args
+    _say("ingestion: relay and workers stopped")
+    run.system.stop("relay")
+    run.system.stop("workers")
+    clients, seconds = args.batch_clients, args.ingestion_s
+    _say(f"ingestion: {clients} clients, batches of {BATCH_ITEMS:,} transfers, {seconds:.0f} s")
+
+    async def load(tally: Tally) -> None:
+        deadline_s = time.monotonic() + args.ingestion_s
+        await batch_load(run.api, run.teller, run.ids, args.batch_clients, deadline_s, tally)
+
+    phase = await run.measured("ingestion", load, args.ingestion_s, catch_up=False)
+    phase = {k: v for k, v in phase.items() if not k.startswith("lag_") and k != "catch_up_s"}
+    phase |= {"clients": args.batch_clients, "items_per_batch": BATCH_ITEMS}
+    rate = f"{phase['transfers_per_s']:,.0f}/s"
+    _say(f"  {phase['transfers']:,} transfers ({rate}), p99 {phase['p99_ms']} ms per batch")
+    return phase
+
+
+async def run_catch_up(run: Run, transfers: int) -> dict[str, Any]:
+    _say("catch-up: relay and workers started again, nothing else running")
+    system = run.system
+    alerts_before, cases_before = run.counts()
+    cpu_before, started_s = system.cpu_seconds(), time.monotonic()
+    await asyncio.to_thread(system.start, "relay")
+    ready_s = await asyncio.to_thread(system.start, "workers")
+    caught = await _caught_up_with_progress(run, BACKLOG_CATCH_UP_MAX_S)
+    ended_s = time.monotonic()
+    cpu_after = system.cpu_seconds()
+    alerts_after, cases_after = run.counts()
+    rate = catch_up_rate(run.pipeline.samples, ready_s)
+    phase = rate | {
+        "caught_up": caught,
+        "workers_ready_after_s": round(ready_s - started_s, 2),
+        "seconds_with_start": round(ended_s - started_s, 2),
+        "transfers": transfers,
+        "cpu_percent": cpu_percent(cpu_before, cpu_after, ended_s - started_s),
+        "cpu_us_per_transfer": cpu_us_per_transfer(cpu_before, cpu_after, transfers),
+        "alerts": alerts_after - alerts_before,
+        "cases": cases_after - cases_before,
+        **alert_rates(alerts_after - alerts_before, cases_after - cases_before, transfers),
+    }
+    _say(f"  {phase['events']:,} events in {phase['seconds']} s: {phase['events_per_s']} events/s")
+    return phase
+
+
+async def _caught_up_with_progress(run: Run, timeout_s: float) -> bool:
+    started_s = time.monotonic()
+    while time.monotonic() - started_s < timeout_s:
+        if await run.pipeline.catch_up(time.monotonic(), min(PROGRESS_EVERY_S, timeout_s)):
+            return True
+        last = run.pipeline.samples[-1] if run.pipeline.samples else None
+        if last is not None:
+            _say(f"  catch-up: {last.head - last.slowest:,} events behind")
+    return False
+
+
+async def run_single(run: Run) -> list[dict[str, Any]]:
+    runs = []
+    for rate in run.args.single_rates:
+        _say(f"single: {rate:,} commands/s offered, open loop, {run.args.single_s:.0f} s")
+        seconds = run.args.single_s
+        load = run.open_loop([Stream(rate, 1)], seconds)
+        phase = await run.measured(f"single {rate:,}/s", load, seconds)
+        achieved = round(phase["items_ok"] / phase["seconds"], 1)
+        runs.append({"offered_per_s": rate, "achieved_per_s": achieved, **phase})
+        _say(
+            f"  {achieved:,.0f} commands/s, p50 {phase['p50_ms']} ms, p95 {phase['p95_ms']} ms,"
+            f" p99 {phase['p99_ms']} ms (from the scheduled send)"
+        )
+    return runs
+
+
+async def run_storm(run: Run) -> dict[str, Any]:
+    args = run.args
+    _say(f"storm: workers started again with {STORM_RULES.name} (every movement alerts)")
+    run.system.stop("workers")
+    await asyncio.to_thread(run.system.start, "workers", STORM_RULES)
+    await run.pipeline.catch_up(time.monotonic(), args.catch_up_max_s)
+    _say(f"storm: {args.storm_rate:,} transfers/s offered, {args.storm_s:.0f} s")
+    streams = mixed_streams(args.storm_rate)
+    phase = await run.measured("storm", run.open_loop(streams, args.storm_s), args.storm_s)
+    phase = {"offered_transfers_per_s": args.storm_rate, **phase}
+    _say(f"  {_describe(phase)}, {phase['cases_per_1000_transfers']} cases per 1,000")
     return phase
 
 
@@ -259,7 +408,8 @@ async def measure(system: System, settings: Settings, args: argparse.Namespace) 
     stop = asyncio.Event()
     sampler = asyncio.create_task(pipeline.run(stop))
     try:
-        _say(f"setup: {args.accounts:,} accounts, each funded with {FUNDING_AMOUNT} {CURRENCY}")
+        funding = f"{FUNDINGS} deposits of {FUNDING_AMOUNT} {CURRENCY}"
+        _say(f"setup: {args.accounts:,} accounts, each funded with {funding}")
         started_s = time.monotonic()
         try:
             opening = open_accounts(api, teller, args.accounts, run_id)
@@ -267,28 +417,15 @@ async def measure(system: System, settings: Settings, args: argparse.Namespace) 
             await asyncio.wait_for(fund_accounts(api, teller, ids), SETUP_TIMEOUT_S)
         except TimeoutError:
             raise BenchFailed(f"setup took longer than {SETUP_TIMEOUT_S:.0f} s") from None
-        await pipeline.catch_up(time.monotonic(), args.catch_up_max_s)
+        await pipeline.catch_up(time.monotonic(), SETUP_TIMEOUT_S)
         setup_s = time.monotonic() - started_s
         _say(f"  done in {setup_s:.1f} s")
-        rate, single, batch = args.pipeline_rate, args.single_clients, args.batch_clients
-        loads: dict[str, tuple[str, Callable[[float, Tally], Awaitable[int | None]]]] = {
-            "pipeline": (
-                f"{rate:,} transfers/s in batches every {PIPELINE_TICK_S} s",
-                lambda end_s, tally: paced_load(api, teller, ids, rate, end_s, tally),
-            ),
-            "single": (
-                f"{single} clients, one command each at a time",
-                lambda end_s, tally: single_load(api, teller, ids, single, end_s, tally),
-            ),
-            "batch": (
-                f"{batch} clients, batches of {BATCH_ITEMS:,} transfers",
-                lambda end_s, tally: batch_load(api, teller, ids, batch, end_s, tally),
-            ),
-        }
-        phases: dict[str, Any] = {}
-        for name, (description, load) in loads.items():
-            _say(f"{name}: {description}, {args.seconds:.0f} s")
-            phases[name] = await _phase(load, args.seconds, system, pipeline, args.catch_up_max_s)
+        run = Run(system, pipeline, args, api, teller, ids)
+        phases: dict[str, Any] = {"capacity": await run_capacity(run)}
+        phases["ingestion"] = await run_ingestion(run)
+        phases["catch_up"] = await run_catch_up(run, phases["ingestion"]["transfers"])
+        phases["single"] = await run_single(run)
+        phases["storm"] = await run_storm(run)
     finally:
         stop.set()
         sampler.cancel()
@@ -320,114 +457,88 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def build_result(
-    measured: dict[str, Any], baseline: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
-    batch = measured["batch"].figures("transfers_per_s", "transfers")
-    single = measured["single"].figures("commands_per_s", "commands")
-    paced: Phase = measured["pipeline"]
-    base_rate = baseline["transfers_per_s"]
-    speedup = round(batch["transfers_per_s"] / base_rate, 1) if base_rate else None
-    pipeline = {
-        "events_per_s": paced.flow.get("events_per_s"),
-        "lag_p95_s": paced.flow.get("lag_p95_s"),
-        "projections_measured": list(PIPELINE_PROJECTIONS),
-        "rate_target_transfers_per_s": args.pipeline_rate,
-        "ticks_skipped": paced.ticks_skipped,
-        **paced.figures("transfers_per_s", "transfers"),
-        "lag_method": (
-            f"GET /v1/projections every {SAMPLE_INTERVAL_S} s; a sample's lag is the time until "
-            "the lower of the balances and alerts positions reached that sample's head "
-            "(interpolated between samples); events_per_s is that position's advance from "
-            "the phase's start until it held everything written in the phase"
-        ),
-    }
-    met = {
-        "batch_transfers_per_s": _at_least(batch["transfers_per_s"], "batch_transfers_per_s_min"),
-        "batch_p99_ms": _below(batch["p99_ms"], "batch_p99_ms_max"),
-        "single_commands_per_s": _at_least(single["commands_per_s"], "single_commands_per_s_min"),
-        "single_p95_ms": _below(single["p95_ms"], "single_p95_ms_max"),
-        "pipeline_lag_p95_s": _below(pipeline["lag_p95_s"], "pipeline_lag_p95_s_max"),
-        "speedup_vs_baseline": _at_least(speedup, "speedup_vs_baseline_min"),
-    }
-    return {
-        "batch": batch | {"clients": args.batch_clients, "items_per_batch": BATCH_ITEMS},
-        "single": single
-        | {"clients": args.single_clients, "mix": "a third each: deposits, withdrawals, transfers"},
-        "pipeline": pipeline,
-        "baseline": baseline,
-        "speedup_vs_baseline": speedup,
-        "targets": TARGETS,
-        "targets_met": met,
-    }
-
-
-def _at_least(value: float | None, target: str) -> bool | None:
-    return None if value is None else value >= TARGETS[target]
-
-
-def _below(value: float | None, target: str) -> bool | None:
-    return None if value is None else value < TARGETS[target]
-
-
-def _verdict(*met: bool | None) -> str:
-    return "?" if None in met else "met" if all(met) else "MISSED"
+def _cell(value: float | None, spec: str = ",.1f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def print_table(result: dict[str, Any]) -> None:
     m, c, met = result["machine"], result["conditions"], result["targets_met"]
-    batch, single, pipe, base = (result[k] for k in ("batch", "single", "pipeline", "baseline"))
+    cap, ing, catch, base = (result[k] for k in ("capacity", "ingestion", "catch_up", "baseline"))
     _say(
         f"\nVigil benchmark {result['started_at']}: {m['cpus']} cores ({m['cpu_model']}), "
         f"load average {m['loadavg_before'][0]} before, {m['loadavg_after'][0]} after"
     )
     _say(
-        f"{c['accounts']:,} accounts, {c['seconds']:.0f} s per phase; relay, projection workers,"
-        " case opener and event index on; encryption off; every commit durable\n"
+        f"{c['accounts']:,} accounts; command API workers {c['command_workers']}, workers "
+        f"processes {c['workers_processes']}; every commit durable; {c['alert_rules']}\n"
+    )
+    _say(f"  {'phase':<24}{'rate':<26}{'p50':>11}{'p95':>11}{'p99':>11}  target")
+    cap_ok = verdict(met["capacity_transfers_per_s"])
+    _say(
+        f"  {'capacity':<24}{_cell(cap['transfers_per_s'], ',.0f') + ' transfers/s':<26}"
+        f"{_cell(cap['lag_p50_s'], '.2f') + ' s':>11}{_cell(cap['lag_p95_s'], '.2f') + ' s':>11}"
+        f"{_cell(cap['lag_p99_s'], '.2f') + ' s':>11}  >= 3,000/s at lag p95 < 1 s: {cap_ok}"
+    )
+    ing_ok = verdict(met["ingestion_transfers_per_s"], met["ingestion_p99_ms"])
+    _say(
+        f"  {'ingestion, 1,000/batch':<24}"
+        f"{_cell(ing['transfers_per_s'], ',.0f') + ' transfers/s':<26}"
+        f"{_cell(ing['p50_ms']) + ' ms':>11}{_cell(ing['p95_ms']) + ' ms':>11}"
+        f"{_cell(ing['p99_ms']) + ' ms':>11}  >= 8,000/s, p99 < 250 ms: {ing_ok}"
     )
     _say(
-        f"  {'phase':<9}{'clients':>7}  {'rate':<19}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}  target"
+        f"  {'catch-up':<24}{_cell(catch['events_per_s'], ',.0f') + ' events/s':<26}"
+        f"{'':>33}  >= 15,000/s: {verdict(met['catch_up_events_per_s'])}"
     )
-    batch_met = _verdict(met["batch_transfers_per_s"], met["batch_p99_ms"])
-    single_met = _verdict(met["single_commands_per_s"], met["single_p95_ms"])
-    rows = [
-        ("batch", batch, f"{batch['transfers_per_s']:,.0f} transfers/s",
-         f">= 10,000/s, p99 < 250 ms: {batch_met}"),
-        ("single", single, f"{single['commands_per_s']:,.0f} commands/s",
-         f">= 2,500/s, p95 < 50 ms: {single_met}"),
-        ("baseline", base | {"clients": base["threads"]},
-         f"{base['transfers_per_s']:,.0f} transfers/s", "(one transfer per transaction)"),
-    ]  # fmt: skip
-    for name, figures, rate, target in rows:
-        cells = "".join(
-            f"{'-' if figures[k] is None else format(figures[k], ',.1f'):>9}"
-            for k in ("p50_ms", "p95_ms", "p99_ms")
-        )
-        _say(f"  {name:<9}{figures['clients']:>7}  {rate:<19}{cells}  {target}")
-    flow = pipe["projections"]
-    _say(
-        f"  {'pipeline':<9}{'-':>7}  {pipe['events_per_s'] or 0:,.0f} events/s    lag p50 "
-        f"{flow.get('lag_p50_s')} s, p95 {pipe['lag_p95_s']} s at {pipe['transfers_per_s']:,.0f}"
-        f" transfers/s sent; lag p95 < 1 s: {_verdict(met['pipeline_lag_p95_s'])}"
-    )
-    _say(
-        f"  speedup   batch is {result['speedup_vs_baseline']}x the baseline; >= 15x: "
-        f"{_verdict(met['speedup_vs_baseline'])}\n"
-    )
-    for name in ("pipeline", "single", "batch"):
-        flow, figures = result[name]["projections"], result[name]
-        problems = {**figures["refused"], **figures["errors"]}
-        caught = flow.get("catch_up_s")
+    for run in result["single_latency_runs"]:
+        target = ""
+        if run["offered_per_s"] == TARGETS["single_offered_per_s"]:
+            both = verdict(met["single_p95_ms"], met["single_p99_ms"])
+            target = f"p95 < 50, p99 < 100 ms: {both}"
+        rate = f"{run['achieved_per_s']:,.0f} of {run['offered_per_s']:,}/s"
+        if run["late"]:
+            target = f"{run['late']:,} not sent on time; {target}".removesuffix("; ")
         _say(
-            f"  {name:<9}projections took {flow.get('events_per_s')} events/s (written at "
-            f"{flow.get('ingest_events_per_s')}/s), lag p95 {flow.get('lag_p95_s')} s, "
-            + ("never caught up" if caught is None else f"caught up {caught} s after")
-            + (f"; refused/failed {problems}" if problems else "")
+            f"  {'single commands':<24}{rate:<26}{_cell(run['p50_ms']) + ' ms':>11}"
+            f"{_cell(run['p95_ms']) + ' ms':>11}{_cell(run['p99_ms']) + ' ms':>11}  {target}"
         )
-    _say(f"\n  CPU while loading, % of one core ({100 * (os.cpu_count() or 1)} = every core):")
-    for name in ("baseline", "pipeline", "single", "batch"):
-        busiest = list(result[name]["cpu_percent"].items())[:8]
-        _say(f"  {name:<9}" + ", ".join(f"{role} {pct:.0f}" for role, pct in busiest))
+    _say(
+        f"  {'baseline':<24}{_cell(base['transfers_per_s'], ',.0f') + ' transfers/s':<26}"
+        f"{_cell(base['p50_ms']) + ' ms':>11}{_cell(base['p95_ms']) + ' ms':>11}"
+        f"{_cell(base['p99_ms']) + ' ms':>11}  (one transfer per transaction)"
+    )
+    _say(
+        f"  {'speedup':<24}ingestion is {result['speedup_vs_baseline']}x the baseline;"
+        f" >= 15x: {verdict(met['speedup_vs_baseline'])}\n"
+    )
+    _say("  capacity steps (offered transfers/s: accepted, lag p50/p95/p99 s, verdict):")
+    for step in cap["steps"]:
+        _say(
+            f"    {step['offered_transfers_per_s']:>6,}: {step['transfers_per_s']:>8,.0f}, "
+            f"{step.get('lag_p50_s')}/{step.get('lag_p95_s')}/{step.get('lag_p99_s')}, "
+            f"{step['verdict']}"
+        )
+    storm = result.get("storm") or {}
+    _say("\n  alerts and cases per 1,000 transfers:")
+    steps = cap["steps"]
+    at = [s for s in steps if s["offered_transfers_per_s"] == cap["transfers_per_s"]]
+    held = at[0] if at else steps[0] if steps else {}
+    rows = [("capacity", held), ("ingestion", ing), ("catch-up", catch)]
+    rows += [(f"single {r['offered_per_s']}", r) for r in result["single_latency_runs"]]
+    rows += [("storm", storm)]
+    for name, phase in rows:
+        _say(
+            f"    {name:<14}{_cell(phase.get('alerts_per_1000_transfers'), '.2f'):>8} alerts"
+            f"{_cell(phase.get('cases_per_1000_transfers'), '.2f'):>8} cases"
+            + (f"  (lag p95 {phase.get('lag_p95_s')} s)" if name == "storm" else "")
+        )
+    _say("\n  CPU per transfer, µs, by process:")
+    for name, cpu in result["cpu_us_per_transfer"].items():
+        busiest = [(k, v) for k, v in cpu.items() if k != "total_without_bench"][:8]
+        _say(
+            f"    {name:<14}{_cell(cpu.get('total_without_bench'), ',.0f'):>7} total: "
+            + ", ".join(f"{role} {_cell(us, ',.0f')}" for role, us in busiest)
+        )
     _say()
 
 
@@ -444,19 +555,56 @@ def _bounded(low: float, high: float, kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated whole numbers") from None
+    if not rates or any(not 1 <= r <= RATE_MAX for r in rates) or list(rates) != sorted(rates):
+        raise argparse.ArgumentTypeError(f"increasing rates from 1 to {RATE_MAX:,}")
+    return rates
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     add = parser.add_argument
-    add("--seconds", type=_bounded(SECONDS_MIN, SECONDS_MAX, float), default=SECONDS_DEFAULT)
+    seconds = _bounded(SECONDS_MIN, SECONDS_MAX, float)
+    add("--quick", action="store_true", help="a ~3-minute smoke run: short phases, fewer steps")
     add("--out", type=Path, default=Path("var/bench/latest.json"))
-    add("--accounts", type=_bounded(ACCOUNTS_MIN, ACCOUNTS_MAX, int), default=ACCOUNTS_DEFAULT)
+    add("--accounts", type=_bounded(ACCOUNTS_MIN, ACCOUNTS_MAX, int), default=None)
+    add("--rates", type=_rates, default=None, help="capacity steps, transfers/s offered")
+    add("--step-s", type=seconds, default=None, help="seconds of each capacity step")
+    add("--ingestion-s", type=seconds, default=None)
+    add("--single-rates", type=_rates, default=None, help="single commands/s offered")
+    add("--single-s", type=seconds, default=None, help="seconds at each single-command rate")
+    add("--storm-rate", type=_bounded(1, RATE_MAX, int), default=None)
+    add("--storm-s", type=seconds, default=None)
+    add("--baseline-s", type=seconds, default=None)
     add("--batch-clients", type=_bounded(1, CLIENTS_MAX, int), default=BATCH_CLIENTS_DEFAULT)
-    add("--single-clients", type=_bounded(1, CLIENTS_MAX, int), default=SINGLE_CLIENTS_DEFAULT)
-    add("--pipeline-rate", type=_bounded(10, PIPELINE_RATE_MAX, int), default=PIPELINE_RATE_DEFAULT)
+    add(
+        "--command-workers",
+        type=_bounded(1, PROCESSES_MAX, int),
+        default=1,
+        help="uvicorn worker processes of the command API (vigil api --workers)",
+    )
+    add("--workers-processes", type=_bounded(1, PROCESSES_MAX, int), default=1,
+        help="`vigil workers` processes")  # fmt: skip
     catch_up = _bounded(0, CATCH_UP_MAX_S_MAX, float)
-    add("--catch-up-max-s", type=catch_up, default=CATCH_UP_MAX_S_DEFAULT)
+    add("--catch-up-max-s", type=catch_up, default=CATCH_UP_MAX_S_DEFAULT,
+        help="how long a phase waits for the projections before the next starts")  # fmt: skip
     add("--keep", action="store_true", help="keep the run's databases (default: logs only)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else {}
+    fallback = DEFAULTS | {
+        "accounts": ACCOUNTS_DEFAULT,
+        "rates": RATES_DEFAULT,
+        "single_rates": SINGLE_RATES_DEFAULT,
+        "storm_rate": STORM_RATE_DEFAULT,
+    }
+    for key, value in fallback.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, value))
+    return args
 
 
 def _baseline(system: System, seconds: float) -> dict[str, Any]:
@@ -473,15 +621,39 @@ def _baseline(system: System, seconds: float) -> dict[str, Any]:
 def _conditions(args: argparse.Namespace, setup_s: float) -> dict[str, Any]:
     return {
         "accounts": args.accounts,
-        "seconds": args.seconds,
-        "funding": f"{FUNDING_AMOUNT} {CURRENCY} per account",
-        "transfer_amounts": f"0.01 to {TRANSFER_MINOR_MAX / 100:.2f} {CURRENCY}",
+        "quick": args.quick,
+        "rates": list(args.rates),
+        "step_s": args.step_s,
+        "ingestion_s": args.ingestion_s,
+        "single_rates": list(args.single_rates),
+        "single_s": args.single_s,
+        "storm_rate": args.storm_rate,
+        "storm_s": args.storm_s,
+        "baseline_s": args.baseline_s,
+        "command_workers": args.command_workers,
+        "workers_processes": args.workers_processes,
+        "mix": "80 % transfers, 10 % deposits, 10 % withdrawals; 30 % single commands, 70 % in"
+        " batches of 100 (capacity, storm); single commands only (single); batches of 1,000"
+        " transfers (ingestion)",
+        "funding": f"{FUNDINGS} deposits of {FUNDING_AMOUNT} {CURRENCY} per account",
+        "amounts": f"0.01 to {AMOUNT_MINOR_MAX / 100:.2f} {CURRENCY}; {LARGE_SHARE:.0%} of "
+        f"transfers {LARGE_AMOUNT}",
+        "alert_rules": f"{RULES.name}: {LARGE_SHARE:.0%} of transfers alert (large_transaction"
+        f" at {LARGE_AMOUNT} {CURRENCY}); storm: {STORM_RULES.name}",
+        "rate_limits": "none exist to set",
         "setup_s": round(setup_s, 1),
-        "phase_order": ["baseline", "setup", "pipeline", "single", "batch"],
+        "phase_order": [
+            "baseline", "setup", "capacity", "ingestion", "catch_up", "single", "storm"
+        ],
+        "lag_method": (
+            f"GET /v1/projections every {SAMPLE_INTERVAL_S} s; a sample's lag is the time until "
+            "the lower of the balances and alerts positions reached that sample's head "
+            "(interpolated between samples)"
+        ),
         "vigil_settings_from_environment": sorted(
             k for k in os.environ if k.startswith("VIGIL_") and k not in OWN_VARIABLES
         ),
-    }
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,14 +664,14 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC)
     run_dir = (Path("var/bench") / f"run-{started_at:%Y%m%d-%H%M%S}").resolve()
     loadavg_before, started_s = _loadavg(), time.monotonic()
-    system = System(run_dir)
-    _say(f"starting vigil up in {run_dir}")
+    system = System(run_dir, RULES, args.command_workers, args.workers_processes)
+    _say(f"starting the system in {run_dir}")
     try:
         with system.running():
             info = system.info
             _say(f"  up: command API {info['command_api']}, query API {info['query_api']}")
             settings = load_settings(var_dir=run_dir, env="development")
-            baseline = _baseline(system, args.seconds)
+            baseline = _baseline(system, args.baseline_s)
             measured = asyncio.run(measure(system, settings, args))
     except BenchFailed as error:
         print(f"bench: {error}", file=sys.stderr)
@@ -509,11 +681,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if system.leftovers:
-            print(f"bench: had to stop {', '.join(system.leftovers)}", file=sys.stderr)
+            print(f"bench: could not stop {', '.join(system.leftovers)}", file=sys.stderr)
         if not args.keep:
-            for data in ("pgdata", "redis"):
+            for data in ("pgdata", "redis", "broker"):
                 shutil.rmtree(run_dir / data, ignore_errors=True)
-    result = build_result(measured, baseline, args) | {
+    result = build_result(measured, baseline) | {
         "machine": machine() | {"loadavg_before": loadavg_before, "loadavg_after": _loadavg()},
         "conditions": _conditions(args, measured["setup_s"]),
         "started_at": started_at.isoformat(timespec="seconds"),

@@ -1,13 +1,13 @@
-"""The system `make bench` measures, and how it talks to it: a `vigil up` of its own, started,
-stopped and sampled for CPU time (`System`), and a minimal asyncio HTTP/1.1 client for its
-loopback APIs (`Http`). Used by bench.py, which imports it as a sibling module.
+"""The system `make bench` measures, and how it talks to it: the processes `vigil up` runs,
+started by the benchmark itself, stopped and sampled for CPU time (`System`), and a minimal
+asyncio HTTP/1.1 client for its loopback APIs (`Http`). Used by bench.py, which imports it as
+a sibling module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import orjson
 import psutil
 import psycopg
@@ -27,11 +28,23 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from target import require_loopback
 
-from infrastructure.ops.embedded import POSTGRES_SUPERUSER, ManagedProcess, log_tail, spawn
+from infrastructure.kafka.consumer import PARTITIONS_ASSIGNED_GAUGE
+from infrastructure.ops.embedded import (
+    LOOPBACK,
+    POSTGRES_SUPERUSER,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    ManagedProcess,
+    free_port,
+    log_tail,
+    spawn,
+    start_broker,
+    start_postgres,
+    start_redis,
+)
+from infrastructure.settings import load_settings
+from interfaces.cli.supervise import gauge_above_zero
 
-START_TIMEOUT_S = 180.0  # initdb, then `vigil up` waits for each of its five processes
-STOP_TIMEOUT_S = 90.0  # `vigil up` gives each child 10 s, then stops the servers
-LEFTOVER_STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 60.0
 BASELINE_DATABASE = "vigil_baseline"
 # The child environment gets these from us: fresh servers, free ports, no encryption.
@@ -133,16 +146,33 @@ def reply_code(status: int, reply: bytes) -> str:
 
 # The system under test -----------------------------------------------------------------------
 
+API_READY_PATH = "/health/ready"
+READY_TIMEOUT_S = 120.0
+CHILD_STOP_TIMEOUT_S = 20.0
+# Stopped first to last: the APIs, then the pipeline behind them.
+CHILD_ORDER = ("command_api", "query_api", "relay", "workers", "case_opener")
+
 
 @dataclass
 class System:
-    """A `vigil up` of our own, in a directory of its own; every process of it is found by
-    the VIGIL_VAR_DIR it inherited (PostgreSQL by its postmaster.pid), and stopped."""
+    """The whole system, started by the benchmark itself under a directory of its own.
+
+    What `vigil up` runs, process by process (embedded PostgreSQL, Redis and broker; both APIs,
+    the relay, the projection workers, the case opener), but without its restarts: a phase can
+    stop the relay and the workers and start them again (`stop`, `start`), and the workers can
+    start again with another rules file. Every process started is stopped by `running()`.
+    """
 
     run_dir: Path
-    up: ManagedProcess | None = None
+    rules: Path
+    command_workers: int = 1
+    workers_processes: int = 1
     info: dict[str, Any] = field(default_factory=dict)
     leftovers: list[str] = field(default_factory=list)
+    servers: list[tuple[str, Any]] = field(default_factory=list)
+    children: dict[str, list[ManagedProcess]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    postgres: EmbeddedPostgres | None = None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[System]:
@@ -161,61 +191,113 @@ class System:
 
     def _start(self) -> None:
         self.run_dir.mkdir(parents=True)
+        try:
+            self.postgres = start_postgres(self.run_dir)
+            self.servers.append(("postgres", self.postgres))
+            redis = start_redis(self.run_dir)
+            self.servers.append(("redis", redis))
+            broker = start_broker(self.run_dir)
+            self.servers.append(("broker", broker))
+        except EmbeddedServerError as error:
+            raise BenchFailed(f"a server did not start: {error}") from None
         env = {k: v for k, v in os.environ.items() if k not in OWN_VARIABLES}
-        env.update({k: "0" for k in OWN_VARIABLES if k.endswith("_PORT")})  # any free port
-        env.update(VIGIL_VAR_DIR=str(self.run_dir), VIGIL_ENV="development")
-        argv = (sys.executable, "-m", "interfaces.cli", "up")
-        self.up = spawn("vigil up", argv, self.run_dir / "vigil-up.log", env)
-        up_file = self.run_dir / "up.json"
-        deadline_s = time.monotonic() + START_TIMEOUT_S
-        while not up_file.exists():
-            if not self.up.alive() or time.monotonic() >= deadline_s:
-                why = "exited" if not self.up.alive() else f"not up in {START_TIMEOUT_S:.0f} s"
-                raise BenchFailed(f"vigil up {why}:\n{log_tail(self.up.log_path)}")
-            time.sleep(0.2)
-        self.info = json.loads(up_file.read_text())
+        env.update(
+            VIGIL_DATABASE_URL=self.postgres.url,
+            VIGIL_REDIS_URL=redis.url,
+            VIGIL_KAFKA_BOOTSTRAP=broker.bootstrap,
+            VIGIL_VAR_DIR=str(self.run_dir),
+            VIGIL_ENV="development",
+            PYTHONUNBUFFERED="1",
+        )
+        self.env = env
+        self.info = {
+            "database_url": self.postgres.url,
+            "redis_url": redis.url,
+            "kafka_bootstrap": broker.bootstrap,
+            "command_api": f"http://{LOOPBACK}:{free_port()}",
+            "query_api": f"http://{LOOPBACK}:{free_port()}",
+        }
+        load_settings(var_dir=self.run_dir, env="development").dev_keys()  # before the APIs
+        for name in CHILD_ORDER:
+            self.start(name)
+
+    def start(self, name: str, rules: Path | None = None) -> float:
+        """Start one part (all its processes) and wait until it is ready; returns when."""
+        env = self.env | {"VIGIL_RULES_CONFIG": str(rules or self.rules)}
+        started: list[ManagedProcess] = []
+        ready: list[tuple[ManagedProcess, str, str | None]] = []
+        if name.endswith("_api"):
+            which = name.removesuffix("_api")
+            url = str(self.info[name])
+            argv = ["api", which, "--port", str(urlsplit(url).port)]
+            if which == "command" and self.command_workers > 1:
+                argv += ["--workers", str(self.command_workers)]
+            started.append(spawn(name, _vigil(*argv), self._log(name), env))
+            ready.append((started[-1], url + API_READY_PATH, None))
+        else:
+            count = self.workers_processes if name == "workers" else 1
+            for k in range(count):
+                port = free_port()
+                argv = _vigil(name.replace("_", "-"), "--metrics-port", str(port))
+                started.append(spawn(name, argv, self._log(f"{name}-{k}"), env))
+                # One process holding partitions is enough: with several, some may get none.
+                gauge = None if name == "relay" or k else PARTITIONS_ASSIGNED_GAUGE
+                ready.append((started[-1], f"http://{LOOPBACK}:{port}/metrics", gauge))
+        self.children.setdefault(name, []).extend(started)
+        deadline_s = time.monotonic() + READY_TIMEOUT_S
+        for process, url, gauge in ready:
+            while not _ready(url, gauge):
+                if not process.alive() or time.monotonic() >= deadline_s:
+                    alive = process.alive()
+                    why = f"not ready in {READY_TIMEOUT_S:.0f} s" if alive else "exited"
+                    raise BenchFailed(f"{name} {why}:\n{log_tail(process.log_path)}")
+                time.sleep(0.2)
+        return time.monotonic()
+
+    def stop(self, name: str) -> None:
+        """Stop every process of one part (SIGTERM, then SIGKILL)."""
+        for process in self.children.pop(name, []):
+            process.stop(CHILD_STOP_TIMEOUT_S)
+
+    def _log(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
 
     def _stop(self) -> None:
-        if self.up is not None:
-            self.up.stop(STOP_TIMEOUT_S)  # SIGTERM: it stops its children, then the servers
-        left = self._processes()
-        self.leftovers = [f"{_role(p)} (pid {p.pid})" for p in left]
-        postmaster = self._postmaster()
-        if postmaster is not None and postmaster.is_running():
-            self.leftovers.append(f"postgres (pid {postmaster.pid})")
-            postmaster.send_signal(signal.SIGINT)  # fast shutdown
-            left.append(postmaster)
-        for process in left:
-            with contextlib.suppress(psutil.Error):
-                if process is not postmaster:
-                    process.terminate()
-        _, alive = psutil.wait_procs(left, timeout=LEFTOVER_STOP_TIMEOUT_S)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        for name in CHILD_ORDER:
+            for process in self.children.get(name, []):
+                with contextlib.suppress(Exception):
+                    process.stop(CHILD_STOP_TIMEOUT_S)
+                if process.alive():
+                    self.leftovers.append(f"{name} (pid {process.pid})")
+        self.children.clear()
+        for name, server in reversed(self.servers):
+            with contextlib.suppress(Exception):
+                server.stop()
+            if server.alive():
+                self.leftovers.append(f"{name} (pid {server.pid})")
 
-    def _processes(self) -> list[psutil.Process]:
-        """Our processes but PostgreSQL's (which rewrites its environment for `ps`)."""
+    def _processes(self) -> list[tuple[str, psutil.Process]]:
+        """Every process of ours but PostgreSQL's, with its part's name; uvicorn's workers too."""
         found = []
-        for process in psutil.process_iter():
+        parts = [(n, p.pid) for n, ps in self.children.items() for p in ps]
+        parts += [(n, s.pid) for n, s in self.servers if n != "postgres"]
+        for name, pid in parts:
             with contextlib.suppress(psutil.Error):
-                mine = process.environ().get("VIGIL_VAR_DIR") == str(self.run_dir)
-                if mine and process.pid != os.getpid() and not _is_postgres(process):
-                    found.append(process)
+                process = psutil.Process(pid)
+                found.append((name, process))
+                found += [(name, child) for child in process.children(recursive=True)]
         return found
 
     def _postmaster(self) -> psutil.Process | None:
-        pgdata = self.run_dir / "pgdata"
-        with contextlib.suppress(OSError, ValueError, psutil.Error):
-            pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-            process = psutil.Process(pid)
-            if Path(process.cwd()) == pgdata:
-                return process
+        if self.postgres is None:
+            return None
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.postgres.pid)
         return None
 
     def cpu_seconds(self) -> Counter[str]:
         """CPU time so far (user + system) of each part, and of this load generator."""
-        parts = [(_role(p), p) for p in self._processes()]
+        parts = self._processes()
         postmaster = self._postmaster()
         if postmaster is not None:
             with contextlib.suppress(psutil.Error):
@@ -236,21 +318,16 @@ class System:
         return totals
 
 
-def _is_postgres(process: psutil.Process) -> bool:
-    return str(process.name()).startswith("postgres")
+def _vigil(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "interfaces.cli", *args)
 
 
-def _role(process: psutil.Process) -> str:
-    with contextlib.suppress(psutil.Error):
-        argv = process.cmdline()
-        if "interfaces.cli" in argv:
-            args = argv[argv.index("interfaces.cli") + 1 :]
-            if args[:1] == ["api"] and len(args) > 1:
-                return f"{args[1]}_api"
-            return "vigil_up" if args[:1] == ["up"] else (args or ["vigil"])[0].replace("-", "_")
-        name = process.name()
-        return "redis" if "redis" in name else "broker" if "tansu" in name else name
-    return "gone"
+def _ready(url: str, gauge: str | None) -> bool:
+    try:
+        reply = httpx.get(url, timeout=2.0, trust_env=False)
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200 and (gauge is None or gauge_above_zero(reply.text, gauge))
 
 
 def cpu_percent(before: Counter[str], after: Counter[str], wall_s: float) -> dict[str, float]:

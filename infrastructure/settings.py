@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     export_dir: Path | None = None  # default var/exports
     verify_page_events: int = Field(default=5_000, gt=0)
 
+    # Past this, the query API's readiness lists a projection as lagging (still 200).
+    projection_lag_degraded_s: float = Field(default=30.0, gt=0, le=86_400)
+
     log_level: str = "INFO"
 
     @field_validator("topic_prefix")

@@ -4,6 +4,7 @@ process and port from the command API, with the same auth, errors and health pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import install_middleware
 from interfaces.api.http.problems import install_problem_handlers
 from interfaces.api.query.deps import ReadSide
+from interfaces.api.query.lag import lag_reasons, refresh_lags
 from interfaces.api.query.routes import (
     accounts,
     alerts,
@@ -69,11 +71,18 @@ def create_query_app(settings: Settings) -> FastAPI:
             # Without it `min_version` waits fall back to polling: slower, still right.
             ("notifications", listener.is_connected, False),
         ]
-        app.state.degradations = [("quarantine", lambda: quarantine_reasons(store))]
+        app.state.degradations = [
+            ("quarantine", lambda: quarantine_reasons(store)),
+            ("projection lag", lambda: lag_reasons(store, settings.projection_lag_degraded_s)),
+        ]
+        lag_refresher = asyncio.create_task(refresh_lags(store), name="projection-lag")
         log.info("query_api_started")
         try:
             yield
         finally:
+            lag_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_refresher
             await asyncio.to_thread(app.state.ledger.close)
             await app.state.access_log.close()
             await listener.stop()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from infrastructure.readmodels.readers.projections import PositionRow, projection_positions
+from infrastructure.readmodels.readers.projections import (
+    PositionRow,
+    lag_seconds,
+    projection_positions,
+)
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
@@ -46,11 +49,7 @@ async def list_projections(who: ProjectionsReader, read_side: ReadSideDep) -> Re
 
 def _lag(row: PositionRow) -> dict[str, Any]:
     lag_events = int(row["lag_events"])
-    updated_at: datetime = row["updated_at"]
-    now: datetime = row["now"]
-    # Caught up is no lag, however long ago the last event came; behind, the lag is how
-    # long the projection has not moved.
-    lag_s = 0.0 if lag_events == 0 else max(0.0, (now - updated_at).total_seconds())
+    lag_s = lag_seconds(lag_events > 0, row["updated_at"], row["now"])
     return {
         "name": row["projection"],
         "position": int(row["position"]),

@@ -22,7 +22,11 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.consumer import PARTITIONS_ASSIGNED_GAUGE
 from tests.conftest import ApiServer, Databases, free_port, start_api
 from tests.e2e.system import System, eventually, running_system
-from tests.e2e.test_pipeline import read_models_agree_with_the_store, wait_converged
+from tests.e2e.test_pipeline import (
+    open_account,
+    read_models_agree_with_the_store,
+    wait_converged,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -225,22 +229,7 @@ def test_two_workers_processes_share_the_partitions_and_apply_each_event_once(
         return None
 
     with httpx.Client(timeout=30) as client:
-        accounts = []
-        for _ in range(12):
-            opened = client.post(
-                f"{system.command.url}/v1/accounts",
-                json={"owner": "Shared Workers", "branch": "001", "currency": "GBP"},
-                headers=system.headers("teller"),
-            )
-            assert opened.status_code == 201, opened.text
-            account = str(opened.json()["account_id"])
-            funded = client.post(
-                f"{system.command.url}/v1/accounts/{account}/deposits",
-                json={"amount": "1000.00", "currency": "GBP"},
-                headers=system.headers("teller"),
-            )
-            assert funded.status_code == 201, funded.text
-            accounts.append(account)
+        accounts = [str(open_account(system, client)) for _ in range(12)]
         held = eventually(shared, 60, "both workers processes holding partitions", system)
         assert all(count >= 1 for count in held.values()), held
         _movements(system, client, accounts, 150)

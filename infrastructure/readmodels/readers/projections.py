@@ -11,9 +11,12 @@ from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.readmodels.schema import SCHEMA
 
-# Counting a lag of millions of events row by row would make this page slow exactly when
-# it is needed; past this bound the lag reads as the bound ("at least").
-LAG_EVENTS_COUNT_MAX: Final = 1_000_000
+# The events behind a projection are counted one by one (the store's ids have gaps: ids a
+# failed transaction drew are never stored) only up to this many ids past its position;
+# further behind, the lag reads as the head's id minus the position. Counting row by row
+# without a bound cost PostgreSQL about 100 ms per request at 130,000 stored events, and
+# grew with the store: polled every second, that was a third of a core.
+LAG_EVENTS_COUNT_MAX: Final = 10_000
 
 _identifiers: Final = {"schema": sql.Identifier(SCHEMA), "events": sql.Identifier(EVENTS_TABLE)}
 HEAD: Final = sql.SQL("SELECT coalesce(max(notification_id), 0) AS head FROM {events}").format(
@@ -21,8 +24,10 @@ HEAD: Final = sql.SQL("SELECT coalesce(max(notification_id), 0) AS head FROM {ev
 )
 POSITIONS: Final = sql.SQL(
     "SELECT p.projection, p.position, p.updated_at, now() AS now, "
-    "  (SELECT count(*) FROM (SELECT 1 FROM {events} e WHERE e.notification_id > p.position "
-    "    LIMIT %(count_max)s) pending) AS lag_events, "
+    # Bounded on both sides, so that the planner probes the index for this narrow range
+    # (an open range had it scan the whole table, whatever the lag).
+    "  (SELECT count(*) FROM {events} e WHERE e.notification_id > p.position "
+    "    AND e.notification_id <= p.position + %(count_max)s) AS counted, "
     # Set aside by the projection, or never published by the relay: missed either way.
     "  (SELECT count(*) FROM {schema}.quarantined_events q WHERE q.projection = p.projection "
     "    AND q.resolved_at IS NULL) "
@@ -32,11 +37,12 @@ POSITIONS: Final = sql.SQL(
 ).format(**_identifiers)
 
 
-# The lag in seconds needs only whether anything is past the mark, not how much: one index
-# probe per projection, cheap enough for every scrape and readiness probe.
+# The lag in seconds needs only whether anything is past the mark, not how much: whether
+# the head (one probe at the end of the index) is past it. Cheap enough for every scrape
+# and readiness probe (an EXISTS over the open range could be planned as a table scan).
 LAGS: Final = sql.SQL(
     "SELECT p.projection, p.updated_at, now() AS now, "
-    "  EXISTS (SELECT 1 FROM {events} e WHERE e.notification_id > p.position) AS behind "
+    "  (SELECT coalesce(max(notification_id), 0) FROM {events}) > p.position AS behind "
     "FROM {schema}.projection_positions p ORDER BY p.projection"
 ).format(**_identifiers)
 
@@ -48,7 +54,7 @@ class PositionRow(TypedDict):
     position: int
     updated_at: datetime
     now: datetime
-    lag_events: int
+    lag_events: int  # exact up to LAG_EVENTS_COUNT_MAX ids behind, the difference of ids past it
     quarantined: int
 
 
@@ -60,7 +66,15 @@ async def projection_positions(store: ReadStore) -> tuple[int, list[PositionRow]
         cursor = await conn.execute(POSITIONS, {"count_max": LAG_EVENTS_COUNT_MAX})
         rows = await cursor.fetchall()
     assert head_row is not None, "an aggregate always returns a row"
-    return int(head_row["head"]), cast(list[PositionRow], rows)
+    head = int(head_row["head"])
+    positions = []
+    for row in rows:
+        behind = head - int(row["position"])
+        counted = int(row.pop("counted"))
+        positions.append(
+            row | {"lag_events": counted if behind <= LAG_EVENTS_COUNT_MAX else behind}
+        )
+    return head, cast(list[PositionRow], positions)
 
 
 def lag_seconds(behind: bool, updated_at: datetime, now: datetime) -> float:

@@ -65,6 +65,9 @@ class RelayLimits:
 
     batch_events_max: int  # read, sent and recorded together
     poll_interval_s: float  # the wait when a NOTIFY was missed
+    # After a NOTIFY, how long more events may gather before the relay reads: bigger
+    # batches to the broker (12 partitions share each one) for a few ms more lag.
+    gather_s: float
     health_interval_s: float  # how often to check the broker still has our log
     backoff_s_min: float
     backoff_s_max: float  # a broker or store outage is retried at least this often
@@ -76,6 +79,7 @@ class RelayLimits:
         limits = cls(
             batch_events_max=settings.relay_batch_events_max,
             poll_interval_s=settings.relay_poll_interval_s,
+            gather_s=settings.relay_gather_s,
             health_interval_s=settings.relay_health_interval_s,
             backoff_s_min=settings.relay_backoff_s_min,
             backoff_s_max=settings.relay_backoff_s_max,
@@ -214,6 +218,8 @@ class Relay:
                 idle_s = min(self.limits.poll_interval_s, max(0.0, health_due - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=idle_s)
+                    if self.limits.gather_s > 0:
+                        await _sleep_or_stop(stop, self.limits.gather_s)
 
     # Publishing ------------------------------------------------------------------------
 

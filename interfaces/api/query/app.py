@@ -20,7 +20,7 @@ from infrastructure.readmodels.readstore import ReadStore, prepare_read_models
 from infrastructure.settings import Settings
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.health import health_router
-from interfaces.api.http.middleware import install_middleware
+from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
 from interfaces.api.query.deps import ReadSide
 from interfaces.api.query.lag import lag_reasons, refresh_lags
@@ -96,6 +96,7 @@ def create_query_app(settings: Settings) -> FastAPI:
         description="Balances, statements, KPIs and projection lag; read-only. "
         "Every error is application/problem+json.",
         lifespan=lifespan,
+        telemetry=TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier.from_settings(settings)

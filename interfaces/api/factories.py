@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from infrastructure.logging import configure_logging
+from infrastructure.runtime import tune_gc
 from infrastructure.settings import load_settings
 
 
@@ -14,7 +15,9 @@ def command_app() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings.log_level, service="command-api")
-    return create_command_app(settings)
+    app = create_command_app(settings)
+    tune_gc()
+    return app
 
 
 def query_app() -> FastAPI:
@@ -22,4 +25,6 @@ def query_app() -> FastAPI:
 
     settings = load_settings()
     configure_logging(settings.log_level, service="query-api")
-    return create_query_app(settings)
+    app = create_query_app(settings)
+    tune_gc()
+    return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from infrastructure.runtime import tune_gc
 from infrastructure.settings import Settings
 
 
@@ -30,6 +31,7 @@ def run_workers_cli(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level, service="workers")
     port = settings.workers_metrics_port if args.metrics_port is None else args.metrics_port
+    tune_gc()
     return serve_workers(settings, ALL_PROJECTIONS, port)
 
 
@@ -39,6 +41,7 @@ def run_project_cli(args: argparse.Namespace, settings: Settings) -> int:
     from infrastructure.workers.projections import serve_workers
 
     configure_logging(settings.log_level, service=f"project-{args.name}")
+    tune_gc()
     return serve_workers(settings, [args.name], args.metrics_port or 0)
 
 
@@ -49,6 +52,7 @@ def run_relay_cli(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level, service="relay")
     port = settings.relay_metrics_port if args.metrics_port is None else args.metrics_port
+    tune_gc()
     return run_relay(settings, metrics_port=port)
 
 
@@ -59,6 +63,7 @@ def run_case_opener_cli(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level, service="case-opener")
     port = settings.case_opener_metrics_port if args.metrics_port is None else args.metrics_port
+    tune_gc()
     return run_case_opener(settings, metrics_port=port)
 
 

@@ -18,8 +18,12 @@ from infrastructure.limits import (
 from infrastructure.settings import Settings
 
 FETCH_TIMEOUT_MS = 500
-# tansu answers a fetch only when its wait runs out: keep it short, for lag.
-FETCH_WAIT_MS = 20
+# How long the broker may hold a fetch that finds nothing new. tansu holds a fetch for
+# about half of it even when records arrive meanwhile (measured: 100 ms adds 25 ms to the
+# median delivery, 50 ms at most), and every fetch costs it the same work on each of the
+# topic's partitions: at 20 ms, one idle consumer took 8 % of a core of the broker and 4 %
+# of its own; at 100 ms, a fifth of that, and the fetches under load come back fuller.
+FETCH_WAIT_MS = 100
 # FETCH_PARTITION_BYTES_MAX, what one fetch may bring from each partition (envelopes are
 # about 1 KiB): a few hundred events, so that one round of fetches over the topic's
 # partitions (12 by default) fills a projection batch

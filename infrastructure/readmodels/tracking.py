@@ -33,7 +33,8 @@ R = TypeVar("R")
 S = TypeVar("S")
 D = TypeVar("D", bound="Decided")
 
-# How far one advance of the mark looks ahead in the store; the next batch goes on.
+# How many stored ids one step of the mark's walk reads; the walk goes on step by step
+# until it stops at an id not yet applied, or at the store's end.
 MARK_SCAN_MAX = 10_000
 log = structlog.get_logger("vigil.projections")
 
@@ -324,9 +325,9 @@ async def start_batch(
 # The mark moves over the stored ids above it for as long as each is tracked or received
 # by this batch: the store's gaps are skipped because only ids that exist in the store are
 # walked. With k ids tracked or received above the mark it can move over k stored ids at
-# most, so the walk looks at k + 1 of them (and never more than MARK_SCAN_MAX; the next
-# batch goes on). Both lists are read as plain index scans and walked here: joining them
-# in SQL cost PostgreSQL a few microseconds per walked id.
+# most, so a step of the walk looks at k + 1 of them (and never more than MARK_SCAN_MAX:
+# then the next step goes on from there). Both lists are read as plain index scans and
+# walked here: joining them in SQL cost PostgreSQL a few microseconds per walked id.
 # Ids the relay quarantined were never published and never will be: done for every
 # projection, like the store's gaps (that table is almost always empty).
 TRACKED_ABOVE: Final = (
@@ -348,6 +349,9 @@ class Walk:
     # walk reached its end without one).
     blocked_at: int | None
     passed_tracked: bool  # whether the mark moved over tracking rows (to compact)
+    # Whether the step read all the stored ids it could and found each done: the walk
+    # may go on past them.
+    more: bool = False
 
 
 async def walk_mark(
@@ -363,13 +367,29 @@ async def walk_mark(
     present.update(received)
     scan = min(MARK_SCAN_MAX, len(present) + 1)
     cursor = await conn.execute(STORED_ABOVE, (mark, scan), binary=True)
+    stored = await cursor.fetchall()
     blocked_at = None
-    for (notification_id,) in await cursor.fetchall():
+    for (notification_id,) in stored:
         if notification_id not in present:
             blocked_at = int(notification_id)
             break
         mark = int(notification_id)
-    return Walk(mark, blocked_at, passed_tracked=bool(tracked) and tracked[0] <= mark)
+    more = blocked_at is None and len(stored) == scan == MARK_SCAN_MAX
+    return Walk(mark, blocked_at, bool(tracked) and tracked[0] <= mark, more)
+
+
+async def walk_mark_fully(
+    conn: AsyncConnection[Any], projection: str, mark: int, received: Collection[int]
+) -> Walk:
+    """`walk_mark` step after step until it stops at an id not applied yet or at the
+    store's end. Stopping after one step left a projection that had applied everything
+    reporting itself behind until the next batch came, which may be never."""
+    walk = await walk_mark(conn, projection, mark, received)
+    passed_tracked = walk.passed_tracked
+    while walk.more:
+        walk = await walk_mark(conn, projection, walk.mark, received)
+        passed_tracked = passed_tracked or walk.passed_tracked
+    return Walk(walk.mark, walk.blocked_at, passed_tracked)
 
 
 async def finish_batch(
@@ -392,7 +412,7 @@ async def finish_batch(
     mark, blocked_at = position.mark, position.blocked_at
     ids = list(received)
     if blocked_at is None or blocked_at in received:
-        walk = await walk_mark(conn, projection, mark, received)
+        walk = await walk_mark_fully(conn, projection, mark, received)
         assert walk.mark >= mark, (walk.mark, mark)
         if walk.passed_tracked:  # rows at or below the old mark were compacted before
             await conn.execute(

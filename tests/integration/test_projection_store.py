@@ -168,20 +168,43 @@ def test_batches_that_leave_the_blocking_id_missing_keep_the_mark_and_the_rows(
     assert rows(settings, TRACKED_STATEMENTS) == []
 
 
-def test_one_walk_moves_the_mark_at_most_the_scan_limit_and_later_batches_go_on(
+def test_the_walk_goes_on_step_by_step_past_the_scan_limit_to_the_end(
     ledger: Ledger, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed(ledger)
     events = stored_envelopes(ledger)
-    monkeypatch.setattr(projection_store, "MARK_SCAN_MAX", 3)
-    first = asyncio.run(apply_all(settings, "statements", events))
-    assert first.applied == len(events)
-    assert position(settings, "statements") == events[2].notification_id
-    assert len(rows(settings, TRACKED_STATEMENTS)) == len(events) - 3
+    monkeypatch.setattr(projection_store, "MARK_SCAN_MAX", 2)
+    first, rest = events[0], events[1:]
+    # Every id but the first applied: tracked above the mark, many steps' worth of them.
+    for event in rest:
+        asyncio.run(apply_all(settings, "statements", [event]))
+    assert position(settings, "statements") == 0
+    assert len(rows(settings, TRACKED_STATEMENTS)) == len(rest) > 2 * 2
+    # The one missing id arrives, and no batch after it: the mark must reach the end now.
+    done = asyncio.run(apply_all(settings, "statements", [first]))
+    assert done.applied == 1
+    assert position(settings, "statements") == events[-1].notification_id
+    assert rows(settings, TRACKED_STATEMENTS) == []
     again = asyncio.run(apply_all(settings, "statements", events[:1]))  # nothing new
     assert (again.applied, again.duplicates) == (0, 1)
-    assert position(settings, "statements") == events[5].notification_id
-    asyncio.run(apply_all(settings, "statements", events[:1]))
+
+
+def test_a_walk_stepping_past_the_limit_stops_at_the_next_missing_id(
+    ledger: Ledger, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(ledger)
+    events = stored_envelopes(ledger)
+    monkeypatch.setattr(projection_store, "MARK_SCAN_MAX", 2)
+    missing = events[-2]
+    present = [e for e in events if e is not missing]
+    asyncio.run(apply_all(settings, "statements", present))
+    assert position(settings, "statements") == events[-3].notification_id
+    blocked = rows(
+        settings,
+        "SELECT blocked_at FROM readmodel.projection_positions WHERE projection = 'statements'",
+    )
+    assert blocked == [(missing.notification_id,)]
+    asyncio.run(apply_all(settings, "statements", [missing]))
     assert position(settings, "statements") == events[-1].notification_id
     assert rows(settings, TRACKED_STATEMENTS) == []
 

@@ -234,14 +234,52 @@ CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
 """
 
 
+# Tables whose rows are rewritten many times a second (an account's balance, its rule
+# window, each projection's position, the KPI sums), with the share of each page left
+# free: the new version of a row then fits on its page and the indexes are left alone
+# (a HOT update), and the page is pruned as it is read. And vacuumed after a fixed number
+# of dead rows rather than a fifth of the table. Without this, under a steady load the
+# accounts table held twice as many dead rows as live ones before autovacuum came round,
+# and looking up a batch's accounts took 40 ms instead of under 1.
+HOT_TABLES: Final = {
+    "accounts": 70,
+    "rule_windows": 70,
+    "projection_positions": 10,
+    "kpis_hourly": 70,
+    "kpis_branch": 70,
+}
+# Rows inserted and deleted soon after: vacuumed after a fixed number of dead rows.
+CHURNED_TABLES: Final = ("projection_tracking", "alerts_outbox")
+VACUUM_AFTER_ROWS: Final = 1_000
+VACUUM_SCALE: Final = 0.02
+
+
+def storage_ddl(schema: str = SCHEMA) -> str:
+    """The storage settings of the busiest tables in `schema` (idempotent)."""
+    vacuum = (
+        f"autovacuum_vacuum_threshold = {VACUUM_AFTER_ROWS}, "
+        f"autovacuum_vacuum_scale_factor = {VACUUM_SCALE}, "
+        f"autovacuum_analyze_threshold = {VACUUM_AFTER_ROWS}, "
+        f"autovacuum_analyze_scale_factor = {VACUUM_SCALE * 5}"
+    )
+    statements = [
+        f"ALTER TABLE {schema}.{table} SET (fillfactor = {fill}, {vacuum});"
+        for table, fill in HOT_TABLES.items()
+    ]
+    statements += [f"ALTER TABLE {schema}.{table} SET ({vacuum});" for table in CHURNED_TABLES]
+    return "\n".join(statements)
+
+
 def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
     """Create what is missing: every projection's tables (the alerts' and the rules
-    configurations' too), positions and quarantine. Callers hold the migration lock."""
+    configurations' too), positions and quarantine, and set the busiest tables' storage.
+    Callers hold the migration lock."""
     with conn.transaction():
         conn.execute(ddl(schema))
         conn.execute(RULE_CONFIGS_DDL)
         conn.execute(alerts_ddl(schema))
         conn.execute(quarantine_ddl(schema))
+        conn.execute(storage_ddl(schema))
         for name in ALL_PROJECTIONS:
             conn.execute(
                 f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "

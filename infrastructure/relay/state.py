@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS public.relay_partition_offsets (
     last_offset bigint NOT NULL CHECK (last_offset >= 0),
     PRIMARY KEY (topic, partition)
 );
+-- Rewritten after every batch: room on each page for the next version of each row (an
+-- update that stays on its page), and vacuumed after a fixed number of dead rows.
+ALTER TABLE public.relay_state SET (fillfactor = 10, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_scale_factor = 0);
+ALTER TABLE public.relay_partition_offsets SET (fillfactor = 10,
+    autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0);
 """
 
 

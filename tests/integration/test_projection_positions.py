@@ -16,6 +16,7 @@ from infrastructure.readmodels.readers.projections import (
     projection_positions,
 )
 from infrastructure.readmodels.readstore import ReadStore
+from infrastructure.readmodels.schema import CHURNED_TABLES, HOT_TABLES, VACUUM_AFTER_ROWS
 from infrastructure.settings import Settings
 
 
@@ -92,3 +93,17 @@ def test_lag_within_the_bound_skips_the_gaps(settings: Settings, ledger: Ledger)
     assert seen_head == head
     assert lag_events["statements"] == 50
     assert lag_events["balances"] == 0
+
+
+def test_the_busiest_read_model_tables_leave_room_on_their_pages(settings: Settings) -> None:
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        cursor = conn.execute(
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'readmodel' AND c.relkind = 'r'"
+        )
+        options = {name: set(opts or ()) for name, opts in cursor.fetchall()}
+    for table, fill in HOT_TABLES.items():
+        assert f"fillfactor={fill}" in options[table], (table, options[table])
+        assert f"autovacuum_vacuum_threshold={VACUUM_AFTER_ROWS}" in options[table]
+    for table in CHURNED_TABLES:
+        assert f"autovacuum_vacuum_threshold={VACUUM_AFTER_ROWS}" in options[table]

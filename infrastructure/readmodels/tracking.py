@@ -33,9 +33,14 @@ R = TypeVar("R")
 S = TypeVar("S")
 D = TypeVar("D", bound="Decided")
 
-# How many stored ids one step of the mark's walk reads; the walk goes on step by step
-# until it stops at an id not yet applied, or at the store's end.
-MARK_SCAN_MAX = 10_000
+# How many stored ids one step of the mark's walk reads at most; the walk goes on step by
+# step until it stops at an id not yet applied, or at the store's end. The first step reads
+# about as many as the batch could let the mark pass (MARK_SCAN_FIRST more than it
+# received) and each further step twice as many as the one before, up to MARK_SCAN_MAX:
+# a short walk reads few rows, and a long one (a catch-up with tens of thousands of ids
+# tracked above the mark) takes a few round trips, not one per 10,000 ids.
+MARK_SCAN_FIRST = 1_000
+MARK_SCAN_MAX = 160_000
 log = structlog.get_logger("vigil.projections")
 
 
@@ -355,17 +360,20 @@ class Walk:
 
 
 async def walk_mark(
-    conn: AsyncConnection[Any], projection: str, mark: int, received: Collection[int]
+    conn: AsyncConnection[Any],
+    projection: str,
+    mark: int,
+    received: Collection[int],
+    limit: int | None = None,
 ) -> Walk:
-    # The walk passes at most MARK_SCAN_MAX ids, all tracked ones among the lowest tracked.
-    cursor = await conn.execute(
-        TRACKED_ABOVE, (projection, mark, MARK_SCAN_MAX, mark, MARK_SCAN_MAX), binary=True
-    )
+    # The step passes at most `limit` ids, all tracked ones among the lowest tracked.
+    limit = MARK_SCAN_MAX if limit is None else min(limit, MARK_SCAN_MAX)
+    cursor = await conn.execute(TRACKED_ABOVE, (projection, mark, limit, mark, limit), binary=True)
     done = await cursor.fetchall()
     tracked = [int(row[0]) for row in done if row[1]]
     present = {int(row[0]) for row in done}
     present.update(received)
-    scan = min(MARK_SCAN_MAX, len(present) + 1)
+    scan = min(limit, len(present) + 1)
     cursor = await conn.execute(STORED_ABOVE, (mark, scan), binary=True)
     stored = await cursor.fetchall()
     blocked_at = None
@@ -374,7 +382,7 @@ async def walk_mark(
             blocked_at = int(notification_id)
             break
         mark = int(notification_id)
-    more = blocked_at is None and len(stored) == scan == MARK_SCAN_MAX
+    more = blocked_at is None and len(stored) == scan == limit
     return Walk(mark, blocked_at, bool(tracked) and tracked[0] <= mark, more)
 
 
@@ -384,10 +392,12 @@ async def walk_mark_fully(
     """`walk_mark` step after step until it stops at an id not applied yet or at the
     store's end. Stopping after one step left a projection that had applied everything
     reporting itself behind until the next batch came, which may be never."""
-    walk = await walk_mark(conn, projection, mark, received)
+    limit = min(MARK_SCAN_MAX, len(received) + MARK_SCAN_FIRST)
+    walk = await walk_mark(conn, projection, mark, received, limit)
     passed_tracked = walk.passed_tracked
     while walk.more:
-        walk = await walk_mark(conn, projection, walk.mark, received)
+        limit = min(MARK_SCAN_MAX, 2 * limit)
+        walk = await walk_mark(conn, projection, walk.mark, received, limit)
         passed_tracked = passed_tracked or walk.passed_tracked
     return Walk(walk.mark, walk.blocked_at, passed_tracked)
 

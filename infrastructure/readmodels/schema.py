@@ -254,20 +254,33 @@ VACUUM_AFTER_ROWS: Final = 1_000
 VACUUM_SCALE: Final = 0.02
 
 
-def storage_ddl(schema: str = SCHEMA) -> str:
-    """The storage settings of the busiest tables in `schema` (idempotent)."""
-    vacuum = (
-        f"autovacuum_vacuum_threshold = {VACUUM_AFTER_ROWS}, "
-        f"autovacuum_vacuum_scale_factor = {VACUUM_SCALE}, "
-        f"autovacuum_analyze_threshold = {VACUUM_AFTER_ROWS}, "
-        f"autovacuum_analyze_scale_factor = {VACUUM_SCALE * 5}"
+def storage_options() -> dict[str, dict[str, str]]:
+    """The storage parameters of the busiest tables, by table."""
+    vacuum = {
+        "autovacuum_vacuum_threshold": str(VACUUM_AFTER_ROWS),
+        "autovacuum_vacuum_scale_factor": str(VACUUM_SCALE),
+        "autovacuum_analyze_threshold": str(VACUUM_AFTER_ROWS),
+        "autovacuum_analyze_scale_factor": str(VACUUM_SCALE * 5),
+    }
+    options = {table: {"fillfactor": str(fill)} | vacuum for table, fill in HOT_TABLES.items()}
+    return options | {table: dict(vacuum) for table in CHURNED_TABLES}
+
+
+def set_storage(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
+    """Set the busiest tables' storage in `schema` where it is not set yet: `ALTER TABLE
+    ... SET` waits for a vacuum of the table to end, so a start that would change nothing
+    does not ask for the lock."""
+    cursor = conn.execute(
+        "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+        (schema,),
     )
-    statements = [
-        f"ALTER TABLE {schema}.{table} SET (fillfactor = {fill}, {vacuum});"
-        for table, fill in HOT_TABLES.items()
-    ]
-    statements += [f"ALTER TABLE {schema}.{table} SET ({vacuum});" for table in CHURNED_TABLES]
-    return "\n".join(statements)
+    current = {str(name): set(options or ()) for name, options in cursor.fetchall()}
+    for table, wanted in storage_options().items():
+        if {f"{k}={v}" for k, v in wanted.items()} <= current.get(table, set()):
+            continue
+        settings = ", ".join(f"{k} = {v}" for k, v in wanted.items())
+        conn.execute(f"ALTER TABLE {schema}.{table} SET ({settings})")
 
 
 def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
@@ -279,7 +292,7 @@ def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> N
         conn.execute(RULE_CONFIGS_DDL)
         conn.execute(alerts_ddl(schema))
         conn.execute(quarantine_ddl(schema))
-        conn.execute(storage_ddl(schema))
+        set_storage(conn, schema)
         for name in ALL_PROJECTIONS:
             conn.execute(
                 f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "

@@ -16,7 +16,13 @@ from infrastructure.readmodels.readers.projections import (
     projection_positions,
 )
 from infrastructure.readmodels.readstore import ReadStore
-from infrastructure.readmodels.schema import CHURNED_TABLES, HOT_TABLES, VACUUM_AFTER_ROWS
+from infrastructure.readmodels.schema import (
+    CHURNED_TABLES,
+    HOT_TABLES,
+    VACUUM_AFTER_ROWS,
+    ensure_read_models,
+    set_storage,
+)
 from infrastructure.settings import Settings
 
 
@@ -107,3 +113,24 @@ def test_the_busiest_read_model_tables_leave_room_on_their_pages(settings: Setti
         assert f"autovacuum_vacuum_threshold={VACUUM_AFTER_ROWS}" in options[table]
     for table in CHURNED_TABLES:
         assert f"autovacuum_vacuum_threshold={VACUUM_AFTER_ROWS}" in options[table]
+
+
+def test_storage_drifted_from_its_setting_is_set_again_and_the_rest_left_alone(
+    settings: Settings,
+) -> None:
+    url = settings.resolved_database_url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE readmodel.accounts SET (fillfactor = 100)")
+        ensure_read_models(conn)
+        cursor = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'readmodel.accounts'::regclass"
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        assert f"fillfactor={HOT_TABLES['accounts']}" in row[0]
+        # Nothing to change: no lock asked for (as a vacuum holds it, this would block).
+        with psycopg.connect(url) as holder:
+            holder.execute("LOCK TABLE readmodel.accounts IN SHARE UPDATE EXCLUSIVE MODE")
+            conn.execute("SET lock_timeout = '2s'")
+            set_storage(conn)
+            holder.rollback()

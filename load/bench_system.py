@@ -31,17 +31,15 @@ from target import require_loopback
 from infrastructure.kafka.consumer import PARTITIONS_ASSIGNED_GAUGE
 from infrastructure.ops.embedded import (
     LOOPBACK,
-    POSTGRES_SUPERUSER,
-    EmbeddedPostgres,
     EmbeddedServerError,
     ManagedProcess,
     free_port,
     log_tail,
     spawn,
     start_broker,
-    start_postgres,
     start_redis,
 )
+from infrastructure.ops.postgres_server import POSTGRES_SUPERUSER, EmbeddedPostgres, start_postgres
 from infrastructure.settings import load_settings
 from interfaces.cli.supervise import gauge_above_zero
 

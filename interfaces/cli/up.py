@@ -42,7 +42,6 @@ from infrastructure.limits import CHILD_STOP_TIMEOUT_S
 from infrastructure.logging import configure_logging
 from infrastructure.ops.embedded import (
     EmbeddedBroker,
-    EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
     Server,
@@ -50,9 +49,9 @@ from infrastructure.ops.embedded import (
     log_tail,
     port_is_free,
     start_broker,
-    start_postgres,
     start_redis,
 )
+from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
 from infrastructure.settings import Settings
 from interfaces.cli.clean import alive_since
 from interfaces.cli.supervise import (

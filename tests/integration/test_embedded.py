@@ -20,9 +20,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from infrastructure.ops.embedded import (
     EmbeddedServerError,
     start_broker,
-    start_postgres,
     start_redis,
 )
+from infrastructure.ops.postgres_server import start_postgres
 
 pytestmark = pytest.mark.integration
 

@@ -2,13 +2,15 @@
 bounded window and committed together in one event-store transaction.
 
 Callers hand their submissions over and wait: request threads with `execute`, coroutines
-on an event loop with `submit` (no thread per waiting request). One committer thread
-takes the first waiting request, gathers more until `window_s` has passed or `max_commands`
-are in hand, runs them through `Ledger.execute` in arrival order (each command still
-atomic on its own, refusals failing alone), and hands each caller its own outcomes. A
-request's commands are never split across groups. If the group cannot be committed at
-all (the store is down, or it kept losing races), every caller in it gets that error:
-nothing of theirs was written.
+on an event loop with `submit` (no thread per waiting request). The judging thread takes
+the first waiting request, gathers more until `window_s` has passed or `max_commands`
+are in hand, and judges them in arrival order (each command still atomic on its own,
+refusals failing alone); the writing thread saves the group and hands each caller its
+own outcomes. The two overlap: the next group is judged (on top of the one in flight)
+while the previous one is written, and is judged again, from the store, if that write
+fails (`Ledger.decide_ahead`, `Ledger.write_decided`). A request's commands are never
+split across groups. If the group cannot be committed at all (the store is down, or it
+kept losing races), every caller in it gets that error: nothing of theirs was written.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from application.commands import Outcome, Submission
-from application.ledger import Ledger
+from application.ledger import DecidedGroup, Ledger
 from domain.errors import Unavailable
 
 # A caller waits at most this long for its group; then it is told to retry (503).
@@ -59,13 +61,20 @@ class GroupCommitter:
         self.ledger = ledger
         self.window_s = window_s
         self.max_commands = max_commands
+        self.groups_judged = 0
         self.groups_committed = 0
         self.commands_committed = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        # Groups judged and waiting for the writer: one at most, besides the one it writes.
+        self._decided: queue.Queue[tuple[list[_Request], DecidedGroup] | None] = queue.Queue(1)
+        self._in_flight = 0
+        self._in_flight_changed = threading.Condition()
         self._closed = False
         # A request that would have taken a group past the cap starts the next one.
         self._carried: _Request | None = None
+        self._thread = threading.Thread(target=self._run, name="group-judge", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="group-write", daemon=True)
+        self._writer.start()
         self._thread.start()
 
     def execute(self, submissions: Sequence[Submission]) -> list[Outcome]:
@@ -102,16 +111,48 @@ class GroupCommitter:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=CALLER_WAIT_S_MAX)
+        self._writer.join(timeout=CALLER_WAIT_S_MAX)
 
     def _run(self) -> None:
-        while True:
-            first, self._carried = self._carried or self._queue.get(), None
-            if first is None:
-                return
-            group = self._gather(first)
-            self._commit(group)
-            if group[-1] is None:
-                return
+        try:
+            while True:
+                first, self._carried = self._carried or self._queue.get(), None
+                if first is None:
+                    return
+                group = self._gather(first)
+                self._judge(group)
+                if group[-1] is None:
+                    return
+        finally:
+            self._decided.put(None)
+
+    def _judge(self, group: list[_Request | None]) -> None:
+        requests = [r for r in group if r is not None]
+        submissions = [s for r in requests for s in r.submissions]
+        try:
+            decided = self.ledger.decide_ahead(submissions, drained=self._drained)
+        except BaseException as error:  # every caller must hear back, whatever happened
+            self._fail(requests, error)
+            return
+        with self._in_flight_changed:
+            self._in_flight += 1
+            self.groups_judged += 1
+        self._decided.put((requests, decided))
+
+    def _drained(self) -> None:
+        """Wait until every group judged has been written."""
+        with self._in_flight_changed:
+            self._in_flight_changed.wait_for(lambda: self._in_flight == 0)
+
+    def _write(self) -> None:
+        while (item := self._decided.get()) is not None:
+            requests, decided = item
+            try:
+                self._commit(requests, decided)
+            finally:
+                with self._in_flight_changed:
+                    self._in_flight -= 1
+                    self._in_flight_changed.notify_all()
 
     def _gather(self, first: _Request) -> list[_Request | None]:
         """The first request and whatever else arrives within the window, up to the cap."""
@@ -137,15 +178,12 @@ class GroupCommitter:
             count += len(request.submissions)
         return group
 
-    def _commit(self, group: list[_Request | None]) -> None:
-        requests = [r for r in group if r is not None]
-        submissions = [s for r in requests for s in r.submissions]
+    def _commit(self, requests: list[_Request], decided: DecidedGroup) -> None:
+        submissions = decided.submissions
         try:
-            outcomes = self.ledger.execute(submissions)
+            outcomes = self.ledger.write_decided(decided)
         except BaseException as error:  # every caller must hear back, whatever happened
-            for request in requests:
-                request.error = error
-                request.finish()
+            self._fail(requests, error)
             return
         assert len(outcomes) == len(submissions), "one outcome per command"
         self.groups_committed += 1
@@ -155,4 +193,10 @@ class GroupCommitter:
             end = start + len(request.submissions)
             request.outcomes = outcomes[start:end]
             start = end
+            request.finish()
+
+    @staticmethod
+    def _fail(requests: list[_Request], error: BaseException) -> None:
+        for request in requests:
+            request.error = error
             request.finish()

@@ -31,11 +31,11 @@ from typing import cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import IntegrityError, PersistenceError, Recording
 from eventsourcing.utils import Environment
 
-from application.commands import Outcome, Submission, account_ids, command_id
-from application.decide import MoneyCeilings, Terms, decide_group
+from application.commands import Outcome, ReplyRecord, Submission, account_ids, command_id
+from application.decide import Decision, MoneyCeilings, Terms, decide_group
 from application.envelope import index_row
 from application.group_store import EventStoreGroups
 from application.locks import StripedLocks
@@ -48,7 +48,7 @@ from application.ports import (
     ReplyCache,
     ReplyStore,
 )
-from application.retry import retrying
+from application.retry import retrying, unavailable
 from domain.account import Account
 from domain.errors import AccountNotFound
 
@@ -83,6 +83,8 @@ class Ledger(Application[UUID]):
         # win one, and then the group is judged again.
         self._locks = StripedLocks(ACCOUNT_LOCK_STRIPES)
         self._accounts = _AccountMemory(options.accounts_in_memory_max)
+        self._ahead = _DecidedAhead()
+        self.groups_judged_again = 0
         super().__init__(env=dict(env))
         groups = EventStoreGroups(self.mapper, cast(GroupRecorder, self.recorder))
         self.loader: GroupLoader = groups
@@ -160,26 +162,43 @@ class Ledger(Application[UUID]):
             on_failure=lambda: self._accounts.drop(involved),
         )
 
-    def _load(self, account_ids: set[UUID], command_ids: list[UUID]) -> LoadedGroup:
+    def _load(
+        self,
+        account_ids: set[UUID],
+        command_ids: list[UUID],
+        ahead: tuple[dict[UUID, Account], dict[UUID, ReplyRecord]] = ({}, {}),
+    ) -> LoadedGroup:
         """The group's accounts, those held in memory brought up to date, and the replies
         already given to its command ids: the reply cache's, and the store's for the ids
-        the cache does not know, in the same query as the accounts."""
+        the cache does not know, in the same query as the accounts. `ahead`: the accounts
+        and replies of groups decided but still being written, which come first."""
+        ahead_accounts, ahead_replies = ahead
         held: dict[UUID, Account] = {}
         for account_id in account_ids:
-            account = self._accounts.get(account_id)
+            account = ahead_accounts.get(account_id) or self._accounts.get(account_id)
             if account is not None:
                 held[account_id] = account
-        cached = self.options.reply_cache.get_many(command_ids) if command_ids else {}
-        unknown_ids = [i for i in command_ids if i not in cached]
+        known = {i: ahead_replies[i] for i in command_ids if i in ahead_replies}
+        asked = [i for i in command_ids if i not in known]
+        cached = self.options.reply_cache.get_many(asked) if asked else {}
+        unknown_ids = [i for i in asked if i not in cached]
         loaded = self.loader.load_group(held, account_ids, unknown_ids)
-        return LoadedGroup(accounts=loaded.accounts, replies=cached | loaded.replies)
+        return LoadedGroup(accounts=loaded.accounts, replies=known | cached | loaded.replies)
 
     def _commit(
         self, submissions: Sequence[Submission], loaded: LoadedGroup, held_back: set[UUID]
     ) -> list[Outcome]:
         """Judge the group, save what it decided in one transaction, and keep its
         accounts in memory for the next group."""
-        decision = decide_group(
+        decision = self._decide(submissions, loaded, held_back)
+        self._save(decision)
+        self._accounts.put_all(decision.accounts.values())
+        return decision.outcomes
+
+    def _decide(
+        self, submissions: Sequence[Submission], loaded: LoadedGroup, held_back: set[UUID]
+    ) -> Decision:
+        return decide_group(
             submissions,
             loaded.accounts,
             loaded.replies,
@@ -188,13 +207,180 @@ class Ledger(Application[UUID]):
             timestamps=iter(self.options.clock, None),
             held_back=held_back,
         )
+
+    def _save(self, decision: Decision) -> None:
         if decision.events:
             events = [event for events in decision.events.values() for event in events]
             replies = list(decision.replies.values())
             self.saver.save_group(events, [index_row(event) for event in events], replies)
             self.options.reply_cache.put_many(decision.replies)
-        self._accounts.put_all(decision.accounts.values())
+
+    # The commit pipeline ----------------------------------------------------------------
+    #
+    # The group committer judges the next group while the previous one is being written:
+    # one thread calls `decide_ahead`, another `write_decided`, in the same order. A group
+    # decided ahead is judged on top of the accounts and replies of the groups still being
+    # written before it (`_DecidedAhead`), so its events follow theirs. If any write
+    # fails, nothing decided on top of it may be written: the generation moves on, every
+    # group decided in an older one is judged again from the store when its turn to be
+    # written comes, and whatever memory held of their accounts is dropped.
+    #
+    # Locks: the pipeline holds the stripes of every group in it, from its judging until
+    # its write. A group whose stripes are already the pipeline's shares them; the others
+    # it takes all at once without waiting. If another thread holds one of them, the
+    # judging thread gives back what it took, waits for the pipeline to empty (`drained`)
+    # and only then waits for the locks, holding none: no thread ever waits for a lock
+    # while holding another out of order, and the writing thread never waits for one.
+
+    def decide_ahead(
+        self, submissions: Sequence[Submission], drained: Callable[[], None]
+    ) -> DecidedGroup:
+        """Judge a group on top of the groups decided before it and not yet written."""
+        involved = {i for s in submissions for i in account_ids(s.command)}
+        stripes = self._locks.stripes([involved])
+        self._take_stripes(stripes, drained)
+        ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
+        generation, ahead = self._ahead.snapshot(involved, ids)
+        try:
+            loaded = self._load(involved, ids, ahead)
+            decision = self._decide(submissions, loaded, held_back=set())
+        except BaseException:
+            # What it changed in place may be ahead of the store; nothing of it is kept.
+            self._ahead.void(self._accounts, involved)
+            return DecidedGroup(submissions, involved, stripes, generation, None)
+        group = DecidedGroup(submissions, involved, stripes, generation, decision)
+        self._ahead.add(self._accounts, group)
+        return group
+
+    def write_decided(self, group: DecidedGroup) -> list[Outcome]:
+        """Write a group decided ahead, or judge it again from the store if what it was
+        decided on did not make it there; in both cases give back its stripes."""
+        try:
+            return self._write_decided(group)
+        finally:
+            self._give_stripes(group.stripes)
+
+    def _write_decided(self, group: DecidedGroup) -> list[Outcome]:
+        decision = group.decision
+        if decision is None or not self._ahead.current(group):
+            self.groups_judged_again += 1
+            self._accounts.drop(group.involved)
+            return self._execute(group.submissions)
+        try:
+            self._save(decision)
+        except BaseException as error:
+            self._ahead.void(self._accounts, group.involved)
+            if isinstance(error, IntegrityError):  # a lost race: judge it again, as always
+                self.groups_judged_again += 1
+                return self._execute(group.submissions)
+            if isinstance(error, PersistenceError):
+                raise unavailable(error) from error
+            raise
+        self._ahead.written(self._accounts, group)
         return decision.outcomes
+
+    def _take_stripes(self, stripes: list[int], drained: Callable[[], None]) -> None:
+        with self._ahead.mutex:
+            new = [s for s in stripes if s not in self._ahead.stripes]
+            if self._locks.try_acquire(new):
+                self._ahead.hold(stripes)
+                return
+        drained()  # the pipeline now holds no stripe, and neither does this thread
+        with self._ahead.mutex:
+            assert not self._ahead.stripes, "a drained pipeline holds no stripe"
+        self._locks.acquire(stripes)
+        with self._ahead.mutex:
+            self._ahead.hold(stripes)
+
+    def _give_stripes(self, stripes: list[int]) -> None:
+        with self._ahead.mutex:
+            self._locks.release(self._ahead.let_go(stripes))
+
+
+@dataclass
+class DecidedGroup:
+    """A group judged ahead of its write: what the pipeline hands from judging to writing.
+    `decision` is None when the judging failed (the group is then judged again in turn)."""
+
+    submissions: Sequence[Submission]
+    involved: set[UUID]
+    stripes: list[int]
+    generation: int
+    decision: Decision | None
+
+
+class _DecidedAhead:
+    """The accounts and replies of groups decided and not yet written, newest first in
+    line; the generation, which moves on whenever something decided cannot be written;
+    and how many groups in the pipeline hold each lock stripe. All under `mutex`."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.generation = 0
+        self.accounts: dict[UUID, tuple[Account, DecidedGroup]] = {}
+        self.replies: dict[UUID, tuple[ReplyRecord, DecidedGroup]] = {}
+        self.stripes: dict[int, int] = {}
+
+    def hold(self, stripes: list[int]) -> None:
+        for stripe in stripes:
+            self.stripes[stripe] = self.stripes.get(stripe, 0) + 1
+
+    def let_go(self, stripes: list[int]) -> list[int]:
+        """The stripes no group in the pipeline holds any more: to be released."""
+        free = []
+        for stripe in stripes:
+            self.stripes[stripe] -= 1
+            if not self.stripes[stripe]:
+                del self.stripes[stripe]
+                free.append(stripe)
+        return free
+
+    def snapshot(
+        self, account_ids: set[UUID], command_ids: list[UUID]
+    ) -> tuple[int, tuple[dict[UUID, Account], dict[UUID, ReplyRecord]]]:
+        with self.mutex:
+            accounts = {i: self.accounts[i][0] for i in account_ids if i in self.accounts}
+            replies = {i: self.replies[i][0] for i in command_ids if i in self.replies}
+            return self.generation, (accounts, replies)
+
+    def add(self, memory: _AccountMemory, group: DecidedGroup) -> None:
+        assert group.decision is not None
+        with self.mutex:
+            if group.generation != self.generation:
+                # Decided on what failed meanwhile: it will be judged again, and what it
+                # changed in place must not be judged on before then.
+                memory.drop(group.involved)
+                return
+            for account in group.decision.accounts.values():
+                self.accounts[account.id] = (account, group)
+            for command_id_, reply in group.decision.replies.items():
+                self.replies[command_id_] = (reply, group)
+
+    def current(self, group: DecidedGroup) -> bool:
+        with self.mutex:
+            return group.generation == self.generation
+
+    def written(self, memory: _AccountMemory, group: DecidedGroup) -> None:
+        """Its accounts are in the store now: memory holds them, the layer lets them go
+        unless a later group decided on them."""
+        assert group.decision is not None
+        with self.mutex:
+            memory.put_all(group.decision.accounts.values())
+            for account_id in group.decision.accounts:
+                if self.accounts.get(account_id, (None, None))[1] is group:
+                    del self.accounts[account_id]
+            for command_id_ in group.decision.replies:
+                if self.replies.get(command_id_, (None, None))[1] is group:
+                    del self.replies[command_id_]
+
+    def void(self, memory: _AccountMemory, involved: set[UUID]) -> None:
+        """Something decided cannot be written: every group decided until now is judged
+        again, and neither memory nor the layer keeps what they changed in place."""
+        with self.mutex:
+            self.generation += 1
+            memory.drop(set(self.accounts) | involved)
+            self.accounts.clear()
+            self.replies.clear()
 
 
 class _AccountMemory:

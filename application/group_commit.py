@@ -29,6 +29,18 @@ from domain.errors import Unavailable
 
 # A caller waits at most this long for its group; then it is told to retry (503).
 CALLER_WAIT_S_MAX = 30.0
+# A group at least this big is judged while the one before it is still being written;
+# a smaller one goes on gathering until the writer is free. Judging ahead pays off for
+# batches; for a few single commands it would only split them into more transactions,
+# each costing the store a commit and every stage downstream a round.
+JUDGE_AHEAD_COMMANDS_MIN = 500
+
+
+class _WriterIdle:
+    """Put on the request queue when the writer has nothing left: wakes the gathering."""
+
+
+WRITER_IDLE = _WriterIdle()
 
 
 @dataclass
@@ -55,16 +67,25 @@ class _Request:
 
 
 class GroupCommitter:
-    def __init__(self, ledger: Ledger, *, window_s: float, max_commands: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        window_s: float,
+        max_commands: int,
+        judge_ahead_min: int = JUDGE_AHEAD_COMMANDS_MIN,
+    ) -> None:
         assert window_s >= 0
         assert max_commands > 0
+        assert judge_ahead_min > 0
+        self.judge_ahead_min = judge_ahead_min
         self.ledger = ledger
         self.window_s = window_s
         self.max_commands = max_commands
         self.groups_judged = 0
         self.groups_committed = 0
         self.commands_committed = 0
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request | _WriterIdle | None] = queue.SimpleQueue()
         # Groups judged and waiting for the writer: one at most, besides the one it writes.
         self._decided: queue.Queue[tuple[list[_Request], DecidedGroup] | None] = queue.Queue(1)
         self._in_flight = 0
@@ -108,6 +129,16 @@ class GroupCommitter:
         return request
 
     def close(self) -> None:
+        import sys as _s
+
+        print(
+            "PROBE groups",
+            self.groups_committed,
+            "commands",
+            self.commands_committed,
+            file=_s.stderr,
+            flush=True,
+        )
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=CALLER_WAIT_S_MAX)
@@ -119,6 +150,8 @@ class GroupCommitter:
                 first, self._carried = self._carried or self._queue.get(), None
                 if first is None:
                     return
+                if isinstance(first, _WriterIdle):
+                    continue
                 group = self._gather(first)
                 self._judge(group)
                 if group[-1] is None:
@@ -153,22 +186,32 @@ class GroupCommitter:
                 with self._in_flight_changed:
                     self._in_flight -= 1
                     self._in_flight_changed.notify_all()
+                    if not self._in_flight:
+                        self._queue.put(WRITER_IDLE)
 
     def _gather(self, first: _Request) -> list[_Request | None]:
-        """The first request and whatever else arrives within the window, up to the cap."""
+        """The first request and whatever else arrives within the window, up to the cap;
+        and after the window, whatever arrives until the writer is free, unless the group
+        is already big enough to be judged ahead (`judge_ahead_min` commands)."""
         group: list[_Request | None] = [first]
         count = len(first.submissions)
         deadline = time.monotonic() + self.window_s
         while count < self.max_commands:
             remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0 and (count >= self.judge_ahead_min or not self._writing()):
+                remaining_s = 0
+            elif remaining_s <= 0:
+                remaining_s = CALLER_WAIT_S_MAX  # woken by a request or by WRITER_IDLE
             try:
                 request = (
                     self._queue.get(timeout=remaining_s)
-                    if remaining_s > 0
+                    if remaining_s
                     else (self._queue.get_nowait())
                 )
             except queue.Empty:
                 break
+            if isinstance(request, _WriterIdle):
+                continue
             if request is not None and count + len(request.submissions) > self.max_commands:
                 self._carried = request
                 break
@@ -177,6 +220,10 @@ class GroupCommitter:
                 break
             count += len(request.submissions)
         return group
+
+    def _writing(self) -> bool:
+        with self._in_flight_changed:
+            return self._in_flight > 0
 
     def _commit(self, requests: list[_Request], decided: DecidedGroup) -> None:
         submissions = decided.submissions

@@ -101,7 +101,7 @@ def test_a_lost_race_judges_that_group_and_the_one_decided_on_it_again(
 ) -> None:
     [account] = opened(ledger, 1, 100_00)
     rival = open_ledger(store)  # another process of the command side
-    committer = GroupCommitter(ledger, window_s=0, max_commands=100)
+    committer = GroupCommitter(ledger, window_s=0, max_commands=100, judge_ahead_min=1)
 
     def before(write: int) -> None:
         if write == 1:
@@ -137,7 +137,7 @@ def test_a_failed_write_judges_the_next_group_again_and_fails_alone(
     ledger: Ledger, store: Settings
 ) -> None:
     [account] = opened(ledger, 1, 0)
-    committer = GroupCommitter(ledger, window_s=0, max_commands=100)
+    committer = GroupCommitter(ledger, window_s=0, max_commands=100, judge_ahead_min=1)
     deposit = sub(Transfer(opened(ledger, 1, 500_00)[0], account, Money(100_00, "GBP"), uuid4()))
 
     def before(write: int) -> None:
@@ -165,9 +165,36 @@ def test_a_failed_write_judges_the_next_group_again_and_fails_alone(
     assert versions(store, account) == [1]  # never a withdrawal on a credit not stored
 
 
+def test_small_groups_gather_while_the_writer_is_busy_instead_of_splitting(
+    ledger: Ledger,
+) -> None:
+    accounts = opened(ledger, 12, 1_000_00)
+    committer = GroupCommitter(ledger, window_s=0, max_commands=100)
+    release = threading.Event()
+    HeldWrite(ledger, lambda write: release.wait(WAIT_S) if write == 1 else None)
+
+    def transfer(i: int) -> list[Outcome]:
+        command = Transfer(accounts[i], accounts[i + 1], Money(1_00, "GBP"), uuid4())
+        return committer.execute([sub(command)])
+
+    try:
+        with ThreadPoolExecutor(11) as pool:
+            first = pool.submit(transfer, 0)
+            wait_until(lambda: committer.groups_judged == 1)
+            rest = [pool.submit(transfer, i) for i in range(1, 11)]
+            time.sleep(0.2)  # all ten are waiting while the first group is being written
+            release.set()
+            outcomes = [o for f in [first, *rest] for o in f.result(WAIT_S)]
+    finally:
+        committer.close()
+    assert all(o.error is None for o in outcomes)
+    # Ten single commands are too few to be judged ahead: one transaction for all ten.
+    assert (committer.groups_judged, committer.groups_committed) == (2, 2)
+
+
 def test_crossing_transfers_and_other_lock_takers_never_deadlock(ledger: Ledger) -> None:
     accounts = opened(ledger, 4, 1_000_00)
-    committer = GroupCommitter(ledger, window_s=0.001, max_commands=50)
+    committer = GroupCommitter(ledger, window_s=0.001, max_commands=50, judge_ahead_min=1)
     stop = threading.Event()
 
     def crossing(i: int) -> list[Outcome]:
@@ -264,7 +291,9 @@ def conserved(
     accounts = opened(ledger, 5, 500_00)
     faults = Faults(plan, rival, accounts[0], accounts[1])
     HeldWrite(ledger, faults)
-    committer = faults.committer = GroupCommitter(ledger, window_s=0.0005, max_commands=3)
+    committer = faults.committer = GroupCommitter(
+        ledger, window_s=0.0005, max_commands=3, judge_ahead_min=1
+    )
 
     def move(item: tuple[int, int, int]) -> tuple[tuple[int, int, int], Outcome | None]:
         source, target, amount = item

@@ -5,13 +5,11 @@ same event replayed never raises a second one (alert ids are deterministic)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import orjson
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
@@ -20,6 +18,13 @@ from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.monitoring.windows import (
+    LoadedWindows,
+    WindowCache,
+    WindowChange,
+    load_windows,
+    save_windows,
+)
 from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
 from infrastructure.readmodels.quarantine import next_version
 from infrastructure.readmodels.schema import SCHEMA
@@ -35,8 +40,6 @@ from projections.envelope import Envelope
 PROJECTION = "alerts"
 # The event store's topics of watchlist entries end with the event class name.
 LISTED_EVENTS = ("WatchlistEntryAdded", "WatchlistEntryRestored")
-# Windows held between batches by a worker (each a few KiB at most: a day of movements).
-WINDOWS_CACHED_MAX = 50_000
 
 
 async def register_config(
@@ -69,20 +72,22 @@ async def apply_alerts_batch(
     `cache` holds the live projection's windows between batches (never a shadow's). An
     event the rules cannot score is quarantined and the rest scored around it."""
 
-    async def load(batch: Sequence[Envelope]) -> tuple[dict[UUID, AccountWindow], WatchlistHistory]:
+    async def load(batch: Sequence[Envelope]) -> tuple[LoadedWindows, WatchlistHistory]:
         return await load_windows(conn, batch, cache), await watchlist_history(conn, batch)
 
     def decide(
         batch: Sequence[Envelope],
-        state: tuple[dict[UUID, AccountWindow], WatchlistHistory],
+        state: tuple[LoadedWindows, WatchlistHistory],
         fresh: set[int],
         skipped: Mapping[UUID, set[int]],
     ) -> Scored:
-        windows, watchlist = state
-        return score_events(batch, fresh, windows, watchlist, config, skipped)
+        loaded, watchlist = state
+        return score_events(
+            batch, fresh, loaded.windows, watchlist, config, skipped, stored_unknown=loaded.legacy
+        )
 
     async def write(scored: Scored) -> None:
-        await save_windows(conn, scored.changed_windows())
+        await save_windows(conn, scored.window_changes())
         await record_alerts(conn, scored.raised, config_version)
         if scored.raised:
             await notify_outbox(conn)
@@ -101,14 +106,32 @@ async def apply_alerts_batch(
 
 @dataclass
 class Scored(Decided):
-    """A batch's events scored against the windows (pure; nothing written yet)."""
+    """A batch's events scored against the windows (pure; nothing written yet). The
+    windows as loaded are kept beside the new ones: saving writes only their difference."""
 
     windows: dict[UUID, AccountWindow] = field(default_factory=dict)
+    loaded: Mapping[UUID, AccountWindow] = field(default_factory=dict)
+    # Accounts whose stored movements are not known as rows: saved whole.
+    stored_unknown: Collection[UUID] = frozenset()
     raised: list[tuple[Hit, str | None, Envelope]] = field(default_factory=list)
     changed: set[UUID] = field(default_factory=set)
 
     def changed_windows(self) -> dict[UUID, AccountWindow]:
         return {account_id: self.windows[account_id] for account_id in self.changed}
+
+    def window_changes(self) -> list[WindowChange]:
+        """Each changed window beside the one its rows hold (none for an account never
+        stored; not known for one in `stored_unknown`)."""
+        return [
+            WindowChange(
+                account_id,
+                None
+                if account_id in self.stored_unknown
+                else self.loaded.get(account_id) or AccountWindow(str(account_id)),
+                self.windows[account_id],
+            )
+            for account_id in self.changed
+        ]
 
 
 def score_events(
@@ -118,11 +141,13 @@ def score_events(
     watchlist: WatchlistHistory,
     config: RulesConfig,
     skipped: Mapping[UUID, set[int]],
+    stored_unknown: Collection[UUID] = frozenset(),
 ) -> Scored:
     """Every new event through the rules, in order; early ones deferred. `fresh` and
-    `loaded` are not changed (a second scoring, with `skipped` known, starts over)."""
+    `loaded` are not changed (a second scoring, with `skipped` known, starts over).
+    `loaded` holds the windows as stored, but for the accounts of `stored_unknown`."""
     fresh = set(fresh)
-    out = Scored(windows=dict(loaded))
+    out = Scored(windows=dict(loaded), loaded=loaded, stored_unknown=stored_unknown)
     for event in events:
         if event.notification_id not in fresh:
             out.result.duplicates += 1
@@ -197,68 +222,6 @@ async def watchlist_history(
     for entry_id, step_id, version, topic in await cursor.fetchall():
         steps.setdefault(entry_id, []).append((int(step_id), int(version), str(topic)))
     return WatchlistHistory(steps)
-
-
-class WindowCache:
-    """The windows this process last committed, by account. A batch still reads every
-    window's stored version, but the state only where that version is not the one held
-    (another worker scored the account since, or it was never held): parsing the states
-    was most of a batch's reading. Windows are immutable; the oldest go past `size_max`."""
-
-    def __init__(self, size_max: int = WINDOWS_CACHED_MAX) -> None:
-        self._size_max = size_max
-        self._windows: OrderedDict[UUID, AccountWindow] = OrderedDict()
-
-    def get(self, account_id: UUID) -> AccountWindow | None:
-        return self._windows.get(account_id)
-
-    def keep(self, windows: Mapping[UUID, AccountWindow]) -> None:
-        """After the transaction that stored them has committed, never before."""
-        for account_id, window in windows.items():
-            self._windows[account_id] = window
-            self._windows.move_to_end(account_id)
-        while len(self._windows) > self._size_max:
-            self._windows.popitem(last=False)
-
-
-async def load_windows(
-    conn: AsyncConnection[Any], events: Sequence[Envelope], cache: WindowCache | None
-) -> dict[UUID, AccountWindow]:
-    ids = list({e.aggregate_id for e in events if e.is_account_event})
-    held = [cache.get(i) if cache else None for i in ids]
-    # The state, parsed by orjson, only where the stored version is not the one held.
-    cursor = await conn.execute(
-        "SELECT r.account_id, CASE WHEN r.version = k.version THEN NULL ELSE r.state END "
-        "FROM unnest(%b::uuid[], %b::bigint[]) AS k(account_id, version) "
-        "JOIN rule_windows r ON r.account_id = k.account_id",
-        (ids, [-1 if w is None else w.version for w in held]),
-    )
-    windows = dict(zip(ids, held, strict=True))
-    loaded: dict[UUID, AccountWindow] = {}
-    for account_id, state in await cursor.fetchall():
-        if state is None:
-            window = windows[account_id]
-            assert window is not None, "a state is left out only for a window held"
-        else:
-            window = AccountWindow.from_json(orjson.loads(state))
-        loaded[account_id] = window
-    return loaded
-
-
-async def save_windows(conn: AsyncConnection[Any], windows: dict[UUID, AccountWindow]) -> None:
-    if not windows:
-        return
-    await conn.execute(
-        "INSERT INTO rule_windows (account_id, version, state) "
-        "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[]) "
-        "ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, "
-        "state = EXCLUDED.state",
-        (
-            list(windows),
-            [w.version for w in windows.values()],
-            [orjson.dumps(w.to_json()).decode() for w in windows.values()],
-        ),
-    )
 
 
 def alert_body(

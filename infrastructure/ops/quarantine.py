@@ -32,11 +32,11 @@ from infrastructure.monitoring.alerts import (
     WatchlistHistory,
     record_alerts,
     register_config,
-    save_windows,
     score_events,
     watchlist_history,
 )
 from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.monitoring.windows import save_windows
 from infrastructure.readmodels.quarantine import RELAY, quarantined_versions
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA
 from infrastructure.readmodels.tracking import use_schema
@@ -293,8 +293,16 @@ class _Retrier:
         still = skipped.get(retried.aggregate_id, set()) - {retried.version}
         watchlist: WatchlistHistory = await watchlist_history(self.conn, stream)
         fresh = {e.notification_id for e in stream}
-        scored = score_events(stream, fresh, {}, watchlist, config, {retried.aggregate_id: still})
-        await save_windows(self.conn, scored.changed_windows())
+        scored = score_events(
+            stream,
+            fresh,
+            {},
+            watchlist,
+            config,
+            {retried.aggregate_id: still},
+            stored_unknown={retried.aggregate_id},
+        )
+        await save_windows(self.conn, scored.window_changes())
         await record_alerts(self.conn, scored.raised, version)
 
     async def _rules_config(self) -> tuple[Any, int]:

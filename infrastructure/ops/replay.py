@@ -44,7 +44,11 @@ TABLES: dict[str, dict[str, tuple[str, ...]]] = {
         "kpis_branch": ("branch", "currency", "metric"),
         "kpi_account_branches": ("account_id",),
     },
-    "alerts": {"alerts": ("alert_id",), "rule_windows": ("account_id",)},
+    "alerts": {
+        "alerts": ("alert_id",),
+        "rule_windows": ("account_id",),
+        "rule_window_movements": ("account_id", "notification_id"),
+    },
     "cases": {"cases": ("case_id",), "case_history": ("case_id", "version")},
     "watchlist": {"watchlist": ("account_id",)},
 }

@@ -192,21 +192,54 @@ CREATE TABLE IF NOT EXISTS public.rule_configs (
 def alerts_ddl(schema: str = SCHEMA) -> str:
     """The alerts projection's tables in `schema` (live, or a shadow for `vigil replay`)."""
     return f"""
--- The window as orjson writes it: stored and read whole, never queried inside, and text
--- costs PostgreSQL a third of what jsonb does to write and to read back.
+-- Each account's rule window (`monitoring/windows.py`): this header, and its movements as
+-- rows of their own, written as they come and go (rewriting whole windows cost every event
+-- O(window)). `state` is a window as earlier versions stored it, whole, as JSON text; NULL
+-- once its movements are rows (its next save makes them so). The columns in the order
+-- that the ALTERs below leave an earlier table in: `vigil replay --diff` compares rows.
 CREATE TABLE IF NOT EXISTS {schema}.rule_windows (
     account_id uuid PRIMARY KEY,
     version bigint NOT NULL,
-    state text NOT NULL
+    state text,
+    opened_at timestamptz,
+    branch text,
+    last_movement_at timestamptz
 );
--- Read models made when the state was jsonb: the same JSON, as text.
+-- Read models made by earlier versions: the state as text (it was jsonb), nullable, and
+-- the header's columns added (no rewrite: they have no default). Each change only where it
+-- is missing, so a start that would change nothing takes no lock on the table.
 DO $do$ BEGIN
     IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
             AND table_name = 'rule_windows' AND column_name = 'state'
             AND data_type = 'jsonb') THEN
         ALTER TABLE {schema}.rule_windows ALTER COLUMN state TYPE text USING state::text;
     END IF;
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'rule_windows' AND column_name = 'state'
+            AND is_nullable = 'NO') THEN
+        ALTER TABLE {schema}.rule_windows ALTER COLUMN state DROP NOT NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'rule_windows' AND column_name = 'opened_at') THEN
+        ALTER TABLE {schema}.rule_windows ADD COLUMN opened_at timestamptz,
+            ADD COLUMN branch text, ADD COLUMN last_movement_at timestamptz;
+    END IF;
 END $do$;
+-- A window's movements; `used`: the rules whose evidence the movement already is.
+CREATE TABLE IF NOT EXISTS {schema}.rule_window_movements (
+    account_id uuid NOT NULL,
+    notification_id bigint NOT NULL,
+    transaction_id text,
+    at timestamptz NOT NULL,
+    kind text NOT NULL,
+    direction text NOT NULL,
+    amount_minor bigint NOT NULL,
+    currency text NOT NULL,
+    channel text,
+    counterparty_account_id text,
+    used text[] NOT NULL DEFAULT '{{}}',
+    PRIMARY KEY (account_id, notification_id)
+);
 CREATE TABLE IF NOT EXISTS {schema}.alerts (
     alert_id uuid PRIMARY KEY,
     rule text NOT NULL,
@@ -248,8 +281,9 @@ HOT_TABLES: Final = {
     "kpis_hourly": 70,
     "kpis_branch": 70,
 }
-# Rows inserted and deleted soon after: vacuumed after a fixed number of dead rows.
-CHURNED_TABLES: Final = ("projection_tracking", "alerts_outbox")
+# Rows inserted and deleted soon after (a window's movements, once too old for every rule):
+# vacuumed after a fixed number of dead rows.
+CHURNED_TABLES: Final = ("projection_tracking", "alerts_outbox", "rule_window_movements")
 VACUUM_AFTER_ROWS: Final = 1_000
 VACUUM_SCALE: Final = 0.02
 

@@ -30,12 +30,9 @@ from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.logging import describe
-from infrastructure.monitoring.alerts import (
-    WindowCache,
-    apply_alerts_batch,
-    register_config,
-)
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
 from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.monitoring.windows import WindowCache
 from infrastructure.postgres.connect import SESSION_OPTIONS, connect, connect_async
 from infrastructure.postgres.locks import migration_lock_async
 from infrastructure.readmodels.balances_cache import cache_account_rows

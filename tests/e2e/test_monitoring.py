@@ -254,7 +254,9 @@ def test_rebuilding_the_alerts_read_model_from_zero_gives_the_same_alerts(
             "UPDATE relay_state SET position = 0 WHERE topic = %s",
             (ledger_events_topic(system.settings),),
         )
-        conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
+        conn.execute(
+            "TRUNCATE readmodel.alerts, readmodel.rule_windows, readmodel.rule_window_movements"
+        )
         conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
         conn.execute(
             "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"

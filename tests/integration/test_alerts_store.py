@@ -20,13 +20,9 @@ from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
 from infrastructure.eventstore.ledger import open_ledger
-from infrastructure.monitoring.alerts import (
-    WindowCache,
-    apply_alerts_batch,
-    register_config,
-)
+from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
 from infrastructure.monitoring.rules_config import config_hash
-from infrastructure.readmodels.schema import alerts_ddl
+from infrastructure.monitoring.windows import WindowCache
 from infrastructure.settings import Settings
 from infrastructure.workers.projections import migrate_read_models
 from projections.envelope import Envelope
@@ -37,7 +33,8 @@ pytestmark = pytest.mark.integration
 TELLER = Actor("alice", "teller")
 OFFICER = Actor("olivia", "compliance")
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
-WINDOWS = "SELECT account_id, version, state FROM readmodel.rule_windows ORDER BY account_id"
+WINDOWS = "SELECT * FROM readmodel.rule_windows ORDER BY account_id"
+MOVEMENTS = "SELECT * FROM readmodel.rule_window_movements ORDER BY account_id, notification_id"
 
 
 @pytest.fixture
@@ -130,7 +127,9 @@ def scored_history(ledger: Ledger, settings: Settings) -> tuple[list[Envelope], 
 def forget_alerts(settings: Settings) -> None:
     """The alerts projection back to nothing scored."""
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute("TRUNCATE readmodel.alerts, readmodel.rule_windows")
+        conn.execute(
+            "TRUNCATE readmodel.alerts, readmodel.rule_windows, readmodel.rule_window_movements"
+        )
         conn.execute("DELETE FROM readmodel.projection_tracking WHERE projection = 'alerts'")
         conn.execute(
             "UPDATE readmodel.projection_positions SET position = 0 WHERE projection = 'alerts'"
@@ -153,6 +152,7 @@ def test_workers_holding_windows_score_as_one_that_reads_them_all_from_the_store
 ) -> None:
     events, source = scored_history(ledger, settings)
     expected, windows = rows(settings, ALERTS), rows(settings, WINDOWS)
+    movements = rows(settings, MOVEMENTS)
     forget_alerts(settings)
     first, second = WindowCache(), WindowCache()
     # Two workers take turns on the same accounts (a rebalance): each must read what the
@@ -161,6 +161,7 @@ def test_workers_holding_windows_score_as_one_that_reads_them_all_from_the_store
         asyncio.run(score(settings, chunk, RulesConfig(), first if k % 2 == 0 else second))
     assert rows(settings, ALERTS) == expected
     assert rows(settings, WINDOWS) == windows
+    assert rows(settings, MOVEMENTS) == movements
     held = first.get(source)
     assert held is not None
     assert held.version == max(e.version for e in events if e.aggregate_id == source)
@@ -209,23 +210,3 @@ def test_one_batch_scores_each_transfer_against_the_watchlist_as_it_was_then(
     assert [alert for alert, _ in outbox] == [
         alert_id("watchlist", str(payer), n) for n in after_listing
     ]
-
-
-def test_windows_stored_as_jsonb_by_an_earlier_version_become_text_and_still_score(
-    ledger: Ledger, settings: Settings
-) -> None:
-    account = structuring(ledger)
-    events = stored_envelopes(ledger)
-    asyncio.run(score(settings, events[:-1], RulesConfig()))  # two deposits scored
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        conn.execute(
-            "ALTER TABLE readmodel.rule_windows ALTER COLUMN state TYPE jsonb USING state::jsonb"
-        )
-        conn.execute(alerts_ddl())
-        [(kind,)] = conn.execute(
-            "SELECT data_type FROM information_schema.columns WHERE table_schema = 'readmodel' "
-            "AND table_name = 'rule_windows' AND column_name = 'state'"
-        ).fetchall()
-    assert kind == "text"
-    _, hits = asyncio.run(score(settings, events[-1:], RulesConfig()))
-    assert [(h.rule, h.account_id) for h in hits] == [("structuring", str(account))]

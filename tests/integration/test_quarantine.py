@@ -39,6 +39,7 @@ from infrastructure.relay.events import CannotDecode, Relay, RelayLimits
 from infrastructure.settings import Settings
 from infrastructure.workers.case_opener_store import Quarantined as OpenerQuarantined
 from infrastructure.workers.case_opener_store import prepare_quarantine_table, record_quarantined
+from projections.alerts import MOVEMENT_KINDS
 from projections.envelope import Envelope
 from tests.integration.support import rows, run, stored_envelopes
 from tests.integration.test_relay import RelayThread, caught_up, wait_until
@@ -373,6 +374,17 @@ def test_a_retried_event_rebuilds_the_account_from_its_whole_stream_in_order(
         settings, "SELECT version FROM readmodel.rule_windows WHERE account_id = %s", a
     )
     assert window_version == aggregate.version
+    # The window rebuilt from the stream replaces the rows stored without the deposit.
+    assert rows(
+        settings,
+        "SELECT notification_id FROM readmodel.rule_window_movements WHERE account_id = %s "
+        "ORDER BY notification_id",
+        a,
+    ) == [
+        (e.notification_id,)
+        for e in events
+        if e.aggregate_id == a and e.event_type in MOVEMENT_KINDS
+    ]
 
 
 def test_an_event_the_relay_set_aside_is_retried_in_every_projection(

@@ -9,18 +9,18 @@ bounded number of times, by the same retry loop as `Ledger.execute`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import MapperDeserialisationError
+from eventsourcing.persistence import IntegrityError, MapperDeserialisationError, PersistenceError
 
 from application.commands import ChangeStatus, Submission
 from application.ledger import Ledger
 from application.locks import StripedLocks
-from application.retry import retrying
+from application.retry import retrying, unavailable
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
 from domain.errors import CaseNotFound, ValidationFailed, WatchlistEntryNotFound
@@ -89,26 +89,75 @@ class Compliance:
         Idempotent and race-safe: a second opener of the same alert loses on the store's
         primary key, reloads, and returns the winner's case.
         """
-        summary = AlertSummary.from_message(alert)
+        return self._open_one(AlertSummary.from_message(alert), correlation_id)
+
+    def open_cases(
+        self, alerts: Sequence[tuple[AlertSummary, str]]
+    ) -> list[tuple[AlertCase, bool]]:
+        """`open_case` for a batch of alerts (the case opener's fetch), in order: one read
+        of the cases already open, one of the accounts' branches, and one transaction for
+        the new cases. If that transaction loses a race (another opener saved one of them
+        first), each alert is opened on its own, as `open_case` does."""
+        case_ids = [case_id_for(summary.alert_id) for summary, _ in alerts]
+        with self._locks.holding([case_ids]):
+            try:
+                opened = self._open_all(alerts, case_ids)
+            except IntegrityError:
+                opened = None
+            except PersistenceError as error:
+                raise unavailable(error) from error
+        if opened is not None:
+            return opened
+        return [self._open_one(summary, correlation_id) for summary, correlation_id in alerts]
+
+    def _open_all(
+        self, alerts: Sequence[tuple[AlertSummary, str]], case_ids: list[UUID]
+    ) -> list[tuple[AlertCase, bool]]:
+        found = self.ledger.loader.load_aggregates(set(case_ids))
+        branches = self._branches_of({summary.account_id for summary, _ in alerts})
+        opened: list[tuple[AlertCase, bool]] = []
+        new: dict[UUID, AlertCase] = {}
+        for (summary, correlation_id), case_id in zip(alerts, case_ids, strict=True):
+            case = found.get(case_id)
+            if not isinstance(case, AlertCase):
+                case = new.get(case_id)
+            if case is not None:
+                opened.append((case, False))  # opened before, or earlier in this batch
+                continue
+            case = new[case_id] = self._new_case(
+                summary, branches.get(summary.account_id), correlation_id
+            )
+            opened.append((case, True))
+        if new:
+            self.ledger.save(*new.values())
+        return opened
+
+    def _open_one(self, summary: AlertSummary, correlation_id: str) -> tuple[AlertCase, bool]:
         case_id = case_id_for(summary.alert_id)
 
         def attempt() -> tuple[AlertCase, bool]:
             existing = self._find(case_id, AlertCase)
             if existing is not None:
                 return existing, False
-            case = AlertCase.open(
-                summary.alert_id,
-                summary.rule,
-                summary.severity,
-                summary.account_id,
-                self._branch_of(summary.account_id),
-                summary.explanation,
-                self._stamp(SYSTEM_ACTOR, correlation_id),
-            )
+            branch = self._branches_of([summary.account_id]).get(summary.account_id)
+            case = self._new_case(summary, branch, correlation_id)
             self.ledger.save(case)
             return case, True
 
         return self._retrying([case_id], attempt)
+
+    def _new_case(
+        self, summary: AlertSummary, branch: str | None, correlation_id: str
+    ) -> AlertCase:
+        return AlertCase.open(
+            summary.alert_id,
+            summary.rule,
+            summary.severity,
+            summary.account_id,
+            branch,
+            summary.explanation,
+            self._stamp(SYSTEM_ACTOR, correlation_id),
+        )
 
     def act_on_case(
         self,
@@ -209,17 +258,20 @@ class Compliance:
             return None
         return aggregate if isinstance(aggregate, kind) else None
 
-    def _branch_of(self, account_id: UUID) -> str | None:
-        """The account's branch from its first event alone (not the whole history); None
-        if it cannot be read (an event this process cannot decode, which is what a
-        `quarantined_event` alert reports: its case must still open)."""
-        try:
-            first = next(iter(self.ledger.repository.event_store.get(account_id, lte=1)), None)
-        except MapperDeserialisationError:
-            return None
-        if isinstance(first, Account.AccountOpened):
-            return first.branch
-        return None
+    def _branches_of(self, account_ids: Collection[UUID]) -> dict[UUID, str]:
+        """Each account's branch from its first event alone (not the whole history), in
+        one query; an account is left out if that event cannot be read (one this process
+        cannot decode, which is what a `quarantined_event` alert reports: its case must
+        still open)."""
+        branches: dict[UUID, str] = {}
+        for stored in self.ledger.replies.select_first_events(list(account_ids)):
+            try:
+                first = self.ledger.mapper.to_domain_event(stored)
+            except MapperDeserialisationError:
+                continue
+            if isinstance(first, Account.AccountOpened):
+                branches[UUID(str(stored.originator_id))] = first.branch
+        return branches
 
     def _retrying(self, ids: Iterable[UUID], attempt: Callable[[], T]) -> T:
         options = self.ledger.options

@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper
+from eventsourcing.persistence import Mapper, StoredEvent
 
 from application.commands import ReplyRecord
 from application.envelope import IndexRow
@@ -39,15 +39,24 @@ class EventStoreGroups:
         state = self.recorder.select_group_state(
             {i: held[i].version if i in held else 0 for i in account_ids}, command_ids
         )
-        aggregates: dict[UUID, Any] = dict(held)
-        for stored_event in state.events:
+        aggregates = self._mutated(dict(held), state.events)
+        # An id that names a case or a watchlist entry is no account.
+        accounts = {i: a for i, a in aggregates.items() if isinstance(a, Account)}
+        return LoadedGroup(accounts=accounts, replies=state.replies)
+
+    def load_aggregates(self, aggregate_ids: Collection[UUID]) -> dict[UUID, object]:
+        state = self.recorder.select_group_state(dict.fromkeys(aggregate_ids, 0), ())
+        return self._mutated({}, state.events)
+
+    def _mutated(
+        self, aggregates: dict[UUID, Any], events: Sequence[StoredEvent]
+    ) -> dict[UUID, Any]:
+        for stored_event in events:
             event: Any = self.mapper.to_domain_event(stored_event)
             aggregate_id = stored_event.originator_id
             assert isinstance(aggregate_id, UUID)
             aggregates[aggregate_id] = event.mutate(aggregates.get(aggregate_id))
-        # An id that names a case or a watchlist entry is no account.
-        accounts = {i: a for i, a in aggregates.items() if isinstance(a, Account)}
-        return LoadedGroup(accounts=accounts, replies=state.replies)
+        return aggregates
 
     def save_group(
         self,

@@ -32,6 +32,10 @@ class ReplyStore(Protocol):
         self, versions: Mapping[UUID, int], command_ids: Iterable[UUID]
     ) -> GroupState: ...
 
+    def select_first_events(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """The first event (version 1) of each of these aggregates that exists."""
+        ...
+
 
 class GroupRecorder(ReplyStore, Protocol):
     """The event store's recorder as the group commit uses it: one query to load a group,
@@ -57,6 +61,10 @@ class LoadedGroup:
 
 class GroupLoader(Protocol):
     """Brings a group's accounts and replies up to date, in one query."""
+
+    def load_aggregates(self, aggregate_ids: Collection[UUID]) -> dict[UUID, object]:
+        """Those of these aggregates that exist, of any kind, from all their events."""
+        ...
 
     def load_group(
         self,

@@ -106,6 +106,10 @@ class VigilRecorder(PostgresApplicationRecorder):
             "AND s.originator_version > known.version "
             "ORDER BY s.originator_version OFFSET 0) e"
         ).format(events=events)
+        self.select_first_events_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {events} "
+            "WHERE originator_id = ANY(%b::uuid[]) AND originator_version = 1"
+        ).format(events=events)
         self.select_replies_statement = SQL(
             "SELECT command_id, kind, subject, fingerprint, body FROM {schema}.{replies} "
             "WHERE command_id = ANY(%b::uuid[])"
@@ -204,17 +208,27 @@ class VigilRecorder(PostgresApplicationRecorder):
             event_rows = events_cursor.fetchall()
             reply_rows = replies_cursor.fetchall() if reply_ids else []
         return GroupState(
-            events=[
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in event_rows
-            ],
+            events=[_stored(row) for row in event_rows],
             replies={row["command_id"]: _reply(row) for row in reply_rows},
         )
+
+    def select_first_events(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]:
+        if not originator_ids:
+            return []
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(
+                self.select_first_events_statement, (list(originator_ids),), prepare=True
+            )
+            return [_stored(row) for row in cursor.fetchall()]
+
+
+def _stored(row: Mapping[str, Any]) -> StoredEvent:
+    return StoredEvent(
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
 
 
 def reply_columns(replies: Sequence[ReplyRecord]) -> list[list[Any]]:

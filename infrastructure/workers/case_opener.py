@@ -22,7 +22,8 @@ import structlog
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
-from application.compliance import Compliance
+from application.compliance import AlertSummary, Compliance
+from domain.case import AlertCase
 from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.clients import new_consumer
@@ -100,8 +101,7 @@ class CaseOpener:
                     records = await fetch(
                         consumer, self.epochs, self.settings.case_opener_fetch_records_max
                     )
-                    for record in records:
-                        await self._handle(record, conn)
+                    await self._handle_all(records, conn)
                     if records:
                         await consumer.commit()
             finally:
@@ -109,22 +109,51 @@ class CaseOpener:
         finally:
             await conn.close()
 
+    async def _handle_all(
+        self, records: list[ConsumerRecord], conn: psycopg.AsyncConnection[Any]
+    ) -> None:
+        """A fetch's alerts: their cases opened together (one read, one transaction); a
+        message that is not an alert is quarantined on its own. If the batch fails in a way
+        one message could cause (the command side refuses a case), each is handled on its
+        own, so only that one is quarantined."""
+        parsed: list[tuple[ConsumerRecord, AlertSummary, str]] = []
+        for record in records:
+            try:
+                parsed.append((record, *_alert(record)))
+            except UNHANDLEABLE as error:
+                self.handled += 1
+                await self._quarantine(record, _loaded(record), error, conn)
+        if not parsed:
+            return
+        try:
+            opened = await asyncio.to_thread(
+                self.compliance.open_cases, [(summary, cid) for _, summary, cid in parsed]
+            )
+        except Unavailable:
+            raise  # not saved: the consumer restarts from the last committed offset
+        except UNHANDLEABLE:
+            for record, _, _ in parsed:
+                await self._handle(record, conn)
+            return
+        for (_, _, correlation_id), (case, created) in zip(parsed, opened, strict=True):
+            self.handled += 1
+            self._opened(case, created, correlation_id)
+
     async def _handle(self, record: ConsumerRecord, conn: psycopg.AsyncConnection[Any]) -> None:
         self.handled += 1
-        alert: Any = None
         try:
-            alert = orjson.loads(record.value)
-            if not isinstance(alert, dict):
-                raise ValidationFailed("an alert message is a JSON object")
-            correlation_id = header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
-            case, created = await asyncio.to_thread(
-                self.compliance.open_case, alert, correlation_id
+            summary, correlation_id = _alert(record)
+            [(case, created)] = await asyncio.to_thread(
+                self.compliance.open_cases, [(summary, correlation_id)]
             )
         except Unavailable:
             raise  # not saved: the consumer restarts from the last committed offset
         except UNHANDLEABLE as error:
-            await self._quarantine(record, alert, error, conn)
+            await self._quarantine(record, _loaded(record), error, conn)
             return
+        self._opened(case, created, correlation_id)
+
+    def _opened(self, case: AlertCase, created: bool, correlation_id: str) -> None:
         outcome = "opened" if created else "existing"
         ALERTS_CONSUMED.labels(outcome).inc()
         if created:
@@ -171,6 +200,23 @@ class CaseOpener:
             error=row.error,
             already_recorded=not recorded,
         )
+
+
+def _loaded(record: ConsumerRecord) -> Any:
+    """The message's JSON, or None if it is not JSON (for the quarantine's fields)."""
+    try:
+        return orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _alert(record: ConsumerRecord) -> tuple[AlertSummary, str]:
+    """The alert a message carries and its correlation id; raises for anything else."""
+    alert = orjson.loads(record.value)
+    if not isinstance(alert, dict):
+        raise ValidationFailed("an alert message is a JSON object")
+    correlation_id = header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
+    return AlertSummary.from_message(alert), correlation_id
 
 
 def _optional_text(value: object) -> str | None:

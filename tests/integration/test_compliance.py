@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from application.commands import Deposit, OpenAccount, Submission
-from application.compliance import Compliance, case_body
+from application.compliance import AlertSummary, Compliance, case_body
 from application.envelope import envelope
 from application.ledger import Ledger
 from domain.account import Account, AccountStatus
@@ -142,6 +142,66 @@ def test_an_alert_for_an_unknown_account_still_opens_a_case_without_branch(
     case, created = compliance.open_case(alert(uuid4()), "c")
     assert created
     assert case.branch is None
+
+
+class CountedSaves:
+    """The ledger's real saver, counting transactions; `before` runs ahead of each."""
+
+    def __init__(self, ledger: Ledger, before: Any = None) -> None:
+        self.saver, self.before, self.saves = ledger.saver, before, 0
+        ledger.saver = self  # type: ignore[assignment]
+
+    def save_group(self, events: Any, index_rows: Any, replies: Any) -> None:
+        self.saves += 1
+        if self.before is not None:
+            self.before(self.saves)
+        self.saver.save_group(events, index_rows, replies)
+
+
+def summaries(*messages: dict[str, Any]) -> list[tuple[AlertSummary, str]]:
+    return [(AlertSummary.from_message(m), f"corr-{k}") for k, m in enumerate(messages)]
+
+
+def test_a_batch_of_alerts_opens_its_new_cases_in_one_transaction_and_finds_the_rest(
+    compliance: Compliance,
+) -> None:
+    ledger = compliance.ledger
+    first, second = alert(open_account(ledger, "007")), alert(open_account(ledger, "008"))
+    earlier, stranger = alert(open_account(ledger, "009")), alert(uuid4())
+    before, _ = compliance.open_case(earlier, "c0")
+    saves = CountedSaves(ledger)
+    opened = compliance.open_cases(summaries(first, second, first, earlier, stranger))
+    assert saves.saves == 1, "the new cases in one transaction"
+    assert [created for _, created in opened] == [True, True, False, False, True]
+    cases = [case for case, _ in opened]
+    assert cases[2].id == cases[0].id == case_id_for(first["alert_id"])
+    assert cases[3].id == before.id
+    assert [case.branch for case in cases] == ["007", "008", "007", "009", None]
+    for case in (cases[0], cases[1], cases[4]):
+        (event,) = stored_events(ledger, case.id)
+        assert isinstance(event, AlertCase.CaseOpened)
+        assert event.branch == case.branch
+
+
+def test_a_batch_that_loses_a_race_opens_each_alert_on_its_own(
+    settings: Settings, compliance: Compliance
+) -> None:
+    ledger = compliance.ledger
+    raced, other = alert(open_account(ledger)), alert(open_account(ledger))
+    rival = open_ledger(settings)  # another case opener, saving the same alert first
+    try:
+
+        def before(save: int) -> None:
+            if save == 1:
+                Compliance(rival).open_case(raced, "rival")
+
+        CountedSaves(ledger, before)
+        opened = compliance.open_cases(summaries(raced, other))
+    finally:
+        rival.close()
+    assert [created for _, created in opened] == [False, True]
+    assert len(stored_events(ledger, case_id_for(raced["alert_id"]))) == 1
+    assert len(stored_events(ledger, case_id_for(other["alert_id"]))) == 1
 
 
 # The workflow -------------------------------------------------------------------------------

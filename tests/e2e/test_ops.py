@@ -63,6 +63,7 @@ def test_metrics_count_requests_and_command_outcomes(bank: Bank, http: httpx.Cli
     withdrawals_route = "/v1/accounts/{account_id}/withdrawals"
     requests_before = _samples(http, "vigil_http_requests_total")
     outcomes_before = _samples(http, "vigil_command_outcomes_total")
+    committed_before = _samples(http, "vigil_commit_commands_total")
 
     bank.deposit(account, "5.00")
     refused = http.post(
@@ -84,6 +85,7 @@ def test_metrics_count_requests_and_command_outcomes(bank: Bank, http: httpx.Cli
 
     requests_after = _samples(http, "vigil_http_requests_total")
     outcomes_after = _samples(http, "vigil_command_outcomes_total")
+    committed_after = _samples(http, "vigil_commit_commands_total")
 
     def request_delta(route: str, status: str) -> float:
         labels = {"app": "command", "method": "POST", "route": route, "status": status}
@@ -100,6 +102,8 @@ def test_metrics_count_requests_and_command_outcomes(bank: Bank, http: httpx.Cli
     assert outcome_delta("account.withdraw", "insufficient_funds") == 1
     assert outcome_delta("batch.item", "ok") == 1
     assert outcome_delta("batch.item", "invalid_amount") == 1
+    # Judged by the group committer: the deposit, the refused withdrawal, the valid item.
+    assert _value(committed_after) - _value(committed_before) == 3
 
 
 def test_metrics_label_routes_by_template_not_by_raw_path(bank: Bank, http: httpx.Client) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from application.compliance import Compliance
 from application.group_commit import GroupCommitter
@@ -30,6 +33,28 @@ log = structlog.get_logger("vigil.command_api")
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+class CommitCollector(Collector):
+    """The group committer's counters, read when Prometheus scrapes: how many groups and
+    commands it committed, and how many groups it had to judge again from the store (a
+    lost race with another process, or a write that failed under a group judged ahead)."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self.committer = committer
+
+    def collect(self) -> Iterator[Metric]:
+        counters = (
+            ("vigil_commit_groups", "Groups committed.", self.committer.groups_committed),
+            ("vigil_commit_commands", "Commands committed.", self.committer.commands_committed),
+            (
+                "vigil_commit_groups_judged_again",
+                "Groups judged again from the store after a lost race or a failed write.",
+                self.committer.ledger.groups_judged_again,
+            ),
+        )
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
+
+
 def create_command_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +73,8 @@ def create_command_app(settings: Settings) -> FastAPI:
             max_commands=settings.group_commit_max,
         )
         app.state.compliance = Compliance(ledger)
+        collector = CommitCollector(app.state.committer)
+        REGISTRY.register(collector)
         app.state.readiness_checks = [
             ("postgres", lambda: asyncio.to_thread(_store_answers, ledger), True),
             ("redis", lambda: asyncio.to_thread(cache.ping), False),
@@ -59,6 +86,7 @@ def create_command_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            REGISTRY.unregister(collector)
             app.state.committer.close()
             ledger.close()
             cache.client.close()

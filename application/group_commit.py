@@ -198,16 +198,13 @@ class GroupCommitter:
         deadline = time.monotonic() + self.window_s
         while count < self.max_commands:
             remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0 and (count >= self.judge_ahead_min or not self._writing()):
-                remaining_s = 0
-            elif remaining_s <= 0:
+            if remaining_s <= 0 and count < self.judge_ahead_min and self._writing():
                 remaining_s = CALLER_WAIT_S_MAX  # woken by a request or by WRITER_IDLE
             try:
-                request = (
-                    self._queue.get(timeout=remaining_s)
-                    if remaining_s
-                    else (self._queue.get_nowait())
-                )
+                if remaining_s > 0:
+                    request = self._queue.get(timeout=remaining_s)
+                else:
+                    request = self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(request, _WriterIdle):

@@ -175,7 +175,9 @@ class Ledger(Application[UUID]):
         ahead_accounts, ahead_replies = ahead
         held: dict[UUID, Account] = {}
         for account_id in account_ids:
-            account = ahead_accounts.get(account_id) or self._accounts.get(account_id)
+            account = ahead_accounts.get(account_id)
+            if account is None:
+                account = self._accounts.get(account_id)
             if account is not None:
                 held[account_id] = account
         known = {i: ahead_replies[i] for i in command_ids if i in ahead_replies}

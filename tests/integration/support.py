@@ -3,13 +3,14 @@ store's events as the relay would publish them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from application.commands import Submission
-from application.envelope import envelope
+from application.commands import ReplyRecord, Submission
+from application.envelope import IndexRow, envelope
 from application.ledger import Ledger
 from domain.integrity import Actor
 from infrastructure.settings import Settings
@@ -32,6 +33,26 @@ class Clock:
 
     def jump(self, delta: timedelta) -> None:
         self.now += delta
+
+
+class HookedSaver:
+    """The ledger's real saver, counting its writes (one transaction each) and running
+    `before(n)` ahead of the n-th: the test decides what happens while a group is on its
+    way to the store (a rival's write, a failure, a wait)."""
+
+    def __init__(self, ledger: Ledger, before: Callable[[int], object] | None = None) -> None:
+        self.saver = ledger.saver
+        self.before = before
+        self.writes = 0
+        ledger.saver = self
+
+    def save_group(
+        self, events: Sequence[Any], index_rows: Sequence[IndexRow], replies: Sequence[ReplyRecord]
+    ) -> None:
+        self.writes += 1
+        if self.before is not None:
+            self.before(self.writes)
+        self.saver.save_group(events, index_rows, replies)
 
 
 def run(ledger: Ledger, *commands: Any, actor: Actor = TELLER) -> None:

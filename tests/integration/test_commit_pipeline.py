@@ -8,10 +8,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -19,8 +18,7 @@ from eventsourcing.persistence import OperationalError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from application.commands import Outcome, ReplyRecord, Submission, Transfer, Withdraw
-from application.envelope import IndexRow
+from application.commands import Outcome, Submission, Transfer, Withdraw
 from application.group_commit import GroupCommitter
 from application.ledger import Ledger
 from domain.errors import InsufficientFunds, Unavailable
@@ -28,7 +26,7 @@ from domain.integrity import Actor
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
-from tests.integration.support import rows
+from tests.integration.support import HookedSaver, rows
 from tests.integration.test_group_commit import opened
 
 pytestmark = pytest.mark.integration
@@ -51,24 +49,6 @@ def ledger(store: Settings) -> Iterator[Ledger]:
     app = open_ledger(store)
     yield app
     app.close()
-
-
-class HeldWrite:
-    """The ledger's real saver, with a hook run before each write: the test decides what
-    happens while a group is on its way to the store."""
-
-    def __init__(self, ledger: Ledger, before: Callable[[int], None]) -> None:
-        self.saver = ledger.saver
-        self.before = before
-        self.writes = 0
-        ledger.saver = self
-
-    def save_group(
-        self, events: Sequence[Any], index_rows: Sequence[IndexRow], replies: Sequence[ReplyRecord]
-    ) -> None:
-        self.writes += 1
-        self.before(self.writes)
-        self.saver.save_group(events, index_rows, replies)
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
@@ -111,7 +91,7 @@ def test_a_lost_race_judges_that_group_and_the_one_decided_on_it_again(
             [outcome] = rival.execute([sub(Withdraw(account, Money(100_00, "GBP"), uuid4()))])
             assert outcome.error is None
 
-    HeldWrite(ledger, before)
+    HookedSaver(ledger, before)
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(
@@ -145,7 +125,7 @@ def test_a_failed_write_judges_the_next_group_again_and_fails_alone(
             wait_until(lambda: committer.groups_judged == 2)
             raise OperationalError("the store went away")
 
-    HeldWrite(ledger, before)
+    HookedSaver(ledger, before)
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(committer.execute, [deposit])
@@ -171,7 +151,7 @@ def test_small_groups_gather_while_the_writer_is_busy_instead_of_splitting(
     accounts = opened(ledger, 12, 1_000_00)
     committer = GroupCommitter(ledger, window_s=0, max_commands=100)
     release = threading.Event()
-    HeldWrite(ledger, lambda write: release.wait(WAIT_S) if write == 1 else None)
+    HookedSaver(ledger, lambda write: release.wait(WAIT_S) if write == 1 else None)
 
     def transfer(i: int) -> list[Outcome]:
         command = Transfer(accounts[i], accounts[i + 1], Money(1_00, "GBP"), uuid4())
@@ -290,7 +270,7 @@ def conserved(
 ) -> None:
     accounts = opened(ledger, 5, 500_00)
     faults = Faults(plan, rival, accounts[0], accounts[1])
-    HeldWrite(ledger, faults)
+    HookedSaver(ledger, faults)
     committer = faults.committer = GroupCommitter(
         ledger, window_s=0.0005, max_commands=3, judge_ahead_min=1
     )

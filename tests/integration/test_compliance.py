@@ -42,6 +42,7 @@ from infrastructure.settings import Settings
 from infrastructure.workers.case_opener import CaseOpener
 from infrastructure.workers.case_opener_store import QUARANTINE_TABLE, case_opener_quarantine_count
 from projections.envelope import Envelope
+from tests.integration.support import HookedSaver
 
 pytestmark = pytest.mark.integration
 
@@ -144,20 +145,6 @@ def test_an_alert_for_an_unknown_account_still_opens_a_case_without_branch(
     assert case.branch is None
 
 
-class CountedSaves:
-    """The ledger's real saver, counting transactions; `before` runs ahead of each."""
-
-    def __init__(self, ledger: Ledger, before: Any = None) -> None:
-        self.saver, self.before, self.saves = ledger.saver, before, 0
-        ledger.saver = self  # type: ignore[assignment]
-
-    def save_group(self, events: Any, index_rows: Any, replies: Any) -> None:
-        self.saves += 1
-        if self.before is not None:
-            self.before(self.saves)
-        self.saver.save_group(events, index_rows, replies)
-
-
 def summaries(*messages: dict[str, Any]) -> list[tuple[AlertSummary, str]]:
     return [(AlertSummary.from_message(m), f"corr-{k}") for k, m in enumerate(messages)]
 
@@ -169,9 +156,9 @@ def test_a_batch_of_alerts_opens_its_new_cases_in_one_transaction_and_finds_the_
     first, second = alert(open_account(ledger, "007")), alert(open_account(ledger, "008"))
     earlier, stranger = alert(open_account(ledger, "009")), alert(uuid4())
     before, _ = compliance.open_case(earlier, "c0")
-    saves = CountedSaves(ledger)
+    saves = HookedSaver(ledger)
     opened = compliance.open_cases(summaries(first, second, first, earlier, stranger))
-    assert saves.saves == 1, "the new cases in one transaction"
+    assert saves.writes == 1, "the new cases in one transaction"
     assert [created for _, created in opened] == [True, True, False, False, True]
     cases = [case for case, _ in opened]
     assert cases[2].id == cases[0].id == case_id_for(first["alert_id"])
@@ -195,7 +182,7 @@ def test_a_batch_that_loses_a_race_opens_each_alert_on_its_own(
             if save == 1:
                 Compliance(rival).open_case(raced, "rival")
 
-        CountedSaves(ledger, before)
+        HookedSaver(ledger, before)
         opened = compliance.open_cases(summaries(raced, other))
     finally:
         rival.close()

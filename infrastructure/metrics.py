@@ -46,6 +46,12 @@ COMMAND_OUTCOMES_TOTAL: Final = Counter(
     "Commands handled, by command and outcome (`ok` or the problem code).",
     ["command", "code"],
 )
+FAST_ROUTE_REQUESTS_TOTAL: Final = Counter(
+    "vigil_http_fast_route_requests_total",
+    "Requests to the money routes by how they were served: `served` past FastAPI's router,"
+    " `handed_over` to FastAPI (a request that did not validate).",
+    ["outcome"],
+)
 
 
 class Exposition(NamedTuple):

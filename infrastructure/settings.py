@@ -65,6 +65,9 @@ class Settings(BaseSettings):
 
     group_commit_window_ms: float = Field(default=2, ge=0)
     group_commit_max: int = Field(default=1000, gt=0)
+    # The money routes served past FastAPI's router and general dependency solver (same
+    # replies, a third less of the command API's time per single command); off: the usual way.
+    fast_routes: bool = True
     command_retries_max: int = Field(default=8, ge=1, le=100)
 
     db_pool_size: int = Field(default=8, gt=0)

@@ -51,7 +51,7 @@ def _no_constants(name: str) -> Any:
     raise ValidationFailed(f"the body is not valid JSON: {name} is not a JSON value")
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json_content_type(content_type: str | None) -> bool:
     if content_type is None:
         return False
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -67,10 +67,15 @@ async def parse_json_body(request: Request) -> None:
     body = await request.body()
     if not body:
         return
-    if not _is_json(request.headers.get("content-type")):
+    if not is_json_content_type(request.headers.get("content-type")):
         raise UnsupportedMediaType(
             "the body must be JSON, sent with the header Content-Type: application/json"
         )
+    request._json = parse_json_bytes(body)  # Starlette's cache, which FastAPI reads
+
+
+def parse_json_bytes(body: bytes) -> Any:
+    """The JSON value of a request body, or the problem it deserves."""
     try:
         parsed = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
     except _DuplicateKey as duplicate:
@@ -89,7 +94,7 @@ async def parse_json_body(request: Request) -> None:
     except RecursionError:
         # Thousands of nested brackets: no body of ours nests more than a few levels.
         raise ValidationFailed("the body's JSON is nested too deeply", field="body") from None
-    request._json = parsed  # Starlette's cache, which FastAPI reads
+    return parsed
 
 
 class JsonBodyRoute(APIRoute):

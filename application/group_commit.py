@@ -129,16 +129,6 @@ class GroupCommitter:
         return request
 
     def close(self) -> None:
-        import sys as _s
-
-        print(
-            "PROBE groups",
-            self.groups_committed,
-            "commands",
-            self.commands_committed,
-            file=_s.stderr,
-            flush=True,
-        )
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=CALLER_WAIT_S_MAX)

@@ -130,7 +130,13 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
 def fingerprint(submission: Submission) -> str:
     """Same id and same fingerprint is a replay; same id, other fingerprint is a conflict."""
     command = submission.command
-    described: dict[str, Any] = {"kind": command.kind, "subject": submission.actor.subject}
+    # The role too: a token of another role reusing the subject and key is a conflict,
+    # never a replay of someone else's reply.
+    described: dict[str, Any] = {
+        "kind": command.kind,
+        "subject": submission.actor.subject,
+        "role": submission.actor.role,
+    }
     match command:
         case OpenAccount():
             described |= {

@@ -8,18 +8,24 @@ embedded servers (`var/up.json`) and its development secrets (`var/dev-keys.json
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infrastructure.limits import check_money_ceilings
 
 DEV_KEYS_FILE = "dev-keys.json"
 UP_FILE = "up.json"
+# A production secret: at least this long, and at least this many bits by the Shannon
+# estimate of its characters (`aaaa...` has none; 32 random bytes, hex or base64, ~200).
+KEY_CHARS_MIN = 32
+KEY_ENTROPY_BITS_MIN = 128
 
 
 class ConfigurationError(RuntimeError):
@@ -51,6 +57,8 @@ class Settings(BaseSettings):
     jwt_audience: str = "vigil-api"
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
     token_ttl_s_default: int = Field(default=3600, gt=0)
+    # The longest `exp - iat` a token may have, whoever signed it.
+    jwt_lifetime_max_s: int = Field(default=86_400, gt=0, le=31_536_000)
 
     # Ceilings in major units of any currency; `limits` says how they must relate.
     amount_max: int = Field(default=100_000_000, gt=0)
@@ -116,6 +124,12 @@ class Settings(BaseSettings):
     # Past this, the query API's readiness lists a projection as lagging (still 200).
     projection_lag_degraded_s: float = Field(default=30.0, gt=0, le=86_400)
 
+    # `/docs` and `/openapi.json`: on in development, off in production unless set true.
+    api_docs: bool | None = None
+    # The bearer token a Prometheus scrape of an API's `/metrics` must carry (production
+    # requires one); without it, development serves `/metrics` to anyone who can connect.
+    metrics_token: SecretStr | None = None
+
     log_level: str = "INFO"
 
     @field_validator("topic_prefix")
@@ -154,12 +168,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production needs VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)"
             )
-        for secret in self._jwt_secrets().values():
-            if len(secret) < 32:
-                raise ValueError("production JWT keys must be at least 32 characters")
+        strong_enough("VIGIL_AUDIT_MAC_KEY", self.audit_mac_key.get_secret_value())
+        if self.cipher_key is not None:
+            strong_enough("VIGIL_CIPHER_KEY", self.cipher_key.get_secret_value())
+        for kid, secret in self._jwt_secrets().items():
+            strong_enough(f"the JWT key {kid!r}", secret)
+        if self.metrics_token is None:
+            raise ValueError("production needs VIGIL_METRICS_TOKEN (the bearer of /metrics)")
+        strong_enough("VIGIL_METRICS_TOKEN", self.metrics_token.get_secret_value())
         if self.database_url is None:
             raise ValueError("production needs VIGIL_DATABASE_URL")
         return self
+
+    def docs_served(self) -> bool:
+        return self.env != "production" if self.api_docs is None else self.api_docs
 
     def _jwt_secrets(self) -> dict[str, str]:
         if self.jwt_keys:
@@ -243,6 +265,38 @@ class Settings(BaseSettings):
         return winner
 
 
+def entropy_bits(secret: str) -> float:
+    """The Shannon estimate of a secret's information: its length times the entropy of
+    its characters' frequencies. A lower bound for nothing, but repeated and short keys
+    score low, which is what it is for."""
+    counts = Counter(secret)
+    total = len(secret)
+    per_char = -sum(n / total * math.log2(n / total) for n in counts.values())
+    return per_char * total
+
+
+def strong_enough(name: str, secret: str) -> None:
+    """ValueError (naming the setting, never the value) for a key too weak for production."""
+    if len(secret) < KEY_CHARS_MIN:
+        raise ValueError(f"production needs {name} of at least {KEY_CHARS_MIN} characters")
+    if entropy_bits(secret) < KEY_ENTROPY_BITS_MIN:
+        raise ValueError(
+            f"production needs {name} to be random (at least {KEY_ENTROPY_BITS_MIN} bits); "
+            "make one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+        )
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A validation error in the settings' own names, without the values given: pydantic's
+    message would quote the input (`input_value=...`), secrets included."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"VIGIL_{field.upper()}: {message}" if field else message)
+    return "invalid settings: " + "; ".join(lines)
+
+
 def write_once(path: Path, content: bytes) -> None:
     """Create `path` (mode 0600) with `content`, unless it exists: of processes racing to
     make it, whichever file lands first is kept, whole (written aside, then linked)."""
@@ -262,5 +316,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings once, at startup, and pass them down."""
     try:
         return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigurationError(describe_errors(error)) from None
     except ValueError as error:
-        raise ConfigurationError(str(error)) from error
+        # pydantic-settings' own parse errors name the variable, not its value.
+        raise ConfigurationError(str(error)) from None

@@ -22,6 +22,7 @@ from infrastructure.ops.quarantine import list_quarantined_sync, reasons
 from infrastructure.settings import Settings
 from interfaces.api.command.routes import accounts, batches, cases, transfers, watchlist
 from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.fast_routes import FastRoutes
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
@@ -108,16 +109,15 @@ def create_command_app(settings: Settings) -> FastAPI:
         description="Open accounts and move money. Every error is application/problem+json.",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
-    app.state.verifier = TokenVerifier(
-        keys=settings.jwt_keys_resolved(),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        leeway_s=settings.jwt_leeway_s,
-    )
+    app.state.verifier = TokenVerifier.from_settings(settings)
     app.state.readiness_checks = []
     install_problem_handlers(app)
+    install_docs(app, settings)
     # Innermost, so that correlation ids, the access log and the body limit see every request.
     if settings.fast_routes:
         app.add_middleware(FastRoutes, owner=app, paths=FAST_ROUTES)

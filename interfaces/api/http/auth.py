@@ -19,7 +19,7 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from domain.errors import Forbidden
+from domain.errors import AccountNotFound, DomainError, Forbidden
 from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
 from interfaces.api.http.roles import TOKEN_ROLES, Role
 
@@ -31,6 +31,15 @@ REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 # Headers beyond this are not tokens we issue; refuse before spending time parsing them.
 TOKEN_CHARS_MAX = 8192
 SUBJECT_CHARS_MAX = 256
+# Subjects Vigil's own actors use (`system:rules`, `system:holds`); no token may claim one.
+SYSTEM_SUBJECT_PREFIX = "system:"
+# Time claims are whole seconds since the epoch, below this (the year 2255): `exp: 10**30`
+# is not a token anyone meant to issue.
+TIME_CLAIM_MAX = 9_000_000_000
+TIME_CLAIMS = ("exp", "nbf", "iat")
+LIFETIME_MAX_S_DEFAULT = 86_400
+# What a refused caller is told; the reason is logged, never sent back.
+UNAUTHORIZED_DETAIL = "the bearer token is missing or not valid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,14 @@ def check_branch(principal: Principal, branch: str) -> None:
         raise Forbidden("tellers may act only on accounts of their own branch")
 
 
+def missing_account(principal: Principal, account_id: object) -> DomainError:
+    """What to raise for an account that does not exist: for a teller, the same 403 as
+    another branch's account, so that a teller learns nothing of other branches."""
+    if principal.role is Role.TELLER:
+        return Forbidden("tellers may act only on accounts of their own branch")
+    return AccountNotFound(f"account {account_id} not found")
+
+
 # --- Token verification ---------------------------------------------------------------
 
 
@@ -119,6 +136,7 @@ class TokenVerifier:
         audience: str,
         leeway_s: int = 0,
         *,
+        lifetime_max_s: int = LIFETIME_MAX_S_DEFAULT,
         cache_entries_max: int = 10_000,
         cache_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.time,
@@ -129,6 +147,7 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
+        self._lifetime_max_s = lifetime_max_s
         self._cache_entries_max = cache_entries_max
         self._cache_ttl_s = cache_ttl_s
         self._clock = clock
@@ -142,6 +161,7 @@ class TokenVerifier:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway_s=settings.jwt_leeway_s,
+            lifetime_max_s=settings.jwt_lifetime_max_s,
         )
 
     def verify(self, token: str) -> Principal:
@@ -150,6 +170,7 @@ class TokenVerifier:
         if cached is not None:
             return cached
         claims = self._decode(token)
+        _check_time_claims(claims, now_s, self._lifetime_max_s, self._leeway_s)
         principal = _principal_from_claims(claims)
         # Never trust a cached success past the token's own expiry.
         self._remember(token, principal, min(float(claims["exp"]), now_s + self._cache_ttl_s))
@@ -225,10 +246,27 @@ def _acceptable_subject(subject: str) -> bool:
         return False
 
 
+def _check_time_claims(
+    claims: Mapping[str, Any], now_s: float, lifetime_max_s: int, leeway_s: int
+) -> None:
+    """Whole seconds, of the right type (PyJWT takes `"exp": "1700000000"` and `nbf: true`),
+    and a lifetime no longer than the operator allows, however it was signed."""
+    for name in TIME_CLAIMS:
+        value = claims.get(name)
+        if type(value) is not int or not 0 <= value <= TIME_CLAIM_MAX:
+            raise Unauthorized(f"token claim {name} is not a time in whole seconds")
+    if claims["iat"] > now_s + leeway_s:
+        raise Unauthorized("token issued in the future")
+    if claims["exp"] - claims["iat"] > lifetime_max_s:
+        raise Unauthorized("token lifetime exceeds the maximum")
+
+
 def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not _acceptable_subject(subject):
         raise Unauthorized("token subject is invalid")
+    if subject.startswith(SYSTEM_SUBJECT_PREFIX):
+        raise Unauthorized("token subject is reserved for the system")
     raw_role = claims.get("role")
     if not isinstance(raw_role, str) or raw_role not in TOKEN_ROLES:
         raise Unauthorized("token role is missing or not allowed")
@@ -248,7 +286,7 @@ def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
 bearer_scheme = HTTPBearer(
     auto_error=False,
     bearerFormat="JWT",
-    description="HS256 JWT; `vigil token issue --role R [--branch B]` makes one.",
+    description="JWT; `vigil token issue --role R [--branch B]` makes one.",
 )
 
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]

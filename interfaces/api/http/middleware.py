@@ -38,6 +38,13 @@ TELEMETRY_OFF: Final[TelemetryConfig] = {
     "operation_spans": False,
 }
 
+# On every reply: nothing is for a shared cache (balances, statements, tokens' effects),
+# and no browser guesses a type the reply does not declare.
+SECURITY_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
 correlation_id_var: ContextVar[str | None] = ContextVar("vigil_correlation_id", default=None)
 
 log = structlog.get_logger("vigil.access")
@@ -66,7 +73,9 @@ def _sane_correlation_id(raw: bytes | None) -> str | None:
 
 
 class CorrelationIdMiddleware:
-    """Accept a sane `X-Correlation-ID` or make one; log with it; send it back."""
+    """Accept a sane `X-Correlation-ID` or make one; log with it; send it back, with the
+    security headers (here rather than in a middleware of their own: one wrapper less
+    on every request)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,7 +93,7 @@ class CorrelationIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), header, *SECURITY_HEADERS]
             await send(message)
 
         var_token = correlation_id_var.set(correlation_id)

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from domain.errors import DomainError
-from interfaces.api.http.auth import Unauthorized
+from interfaces.api.http.auth import UNAUTHORIZED_DETAIL, Unauthorized
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 CORRELATION_HEADER: Final = "X-Correlation-ID"
@@ -192,7 +192,12 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 
 async def _unauthorized(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unauthorized)
-    return problem_response("unauthorized", exc.reason, headers={"WWW-Authenticate": "Bearer"})
+    # The cause is for the operator (logged); the caller learns only that it failed, so a
+    # token forger gets no hint which check stopped them.
+    log.info("token_refused", reason=exc.reason)
+    return problem_response(
+        "unauthorized", UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 def _field_name(location: Sequence[Any]) -> str:

@@ -30,6 +30,8 @@ def serve_api(which: str, settings: Settings, *, port: int | None, workers: int)
         access_log=False,
         log_config=None,
         proxy_headers=False,
+        # No `server: uvicorn`: a scanner learns nothing of what serves the API.
+        server_header=False,
         timeout_graceful_shutdown=API_DRAIN_S,
     )
     if workers > 1:

@@ -23,6 +23,10 @@ def issue_token(
     """An HS256 token signed with the key `settings.jwt_kid` names, carrying that kid."""
     check_claims(role, branch, ttl_s)
     lifetime_s = settings.token_ttl_s_default if ttl_s is None else ttl_s
+    if lifetime_s > settings.jwt_lifetime_max_s:
+        raise ValueError(
+            f"--ttl-s may be at most VIGIL_JWT_LIFETIME_MAX_S ({settings.jwt_lifetime_max_s})"
+        )
     keys = settings.jwt_keys_resolved()
     key = keys.get(settings.jwt_kid)
     if key is None:

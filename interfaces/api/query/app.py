@@ -19,6 +19,7 @@ from infrastructure.readmodels.freshness import ChangeWaiters, NotificationListe
 from infrastructure.readmodels.readstore import ReadStore, prepare_read_models
 from infrastructure.settings import Settings
 from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
@@ -97,11 +98,15 @@ def create_query_app(settings: Settings) -> FastAPI:
         "Every error is application/problem+json.",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier.from_settings(settings)
     app.state.readiness_checks = []
     install_problem_handlers(app)
+    install_docs(app, settings)
     install_middleware(app, app_name="query", body_max_bytes=settings.body_max_bytes)
     app.include_router(health_router)
     app.include_router(accounts.router)

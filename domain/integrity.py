@@ -118,3 +118,16 @@ def event_mac(key: bytes, event_hash: str) -> str:
 
 def mac_matches(key: bytes, event_hash: str, mac: str) -> bool:
     return hmac.compare_digest(event_mac(key, event_hash), mac)
+
+
+def relay_mac(key: bytes, notification_id: int, event_hash: str) -> str:
+    """What ties a published event to its place in the log: `mac` covers the event's hash
+    but not its notification id, so a genuine message sent again under another id would
+    still pass without this."""
+    message = f"{notification_id}:{event_hash}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def alert_mac(key: bytes, alert_hash: str) -> str:
+    """An alert message's seal: the alerts relay signs the sha256 of its canonical form."""
+    return hmac.new(key, f"alert:{alert_hash}".encode(), hashlib.sha256).hexdigest()

@@ -7,6 +7,7 @@ embedded servers (`var/up.json`) and its development secrets (`var/dev-keys.json
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -124,6 +125,21 @@ class Settings(BaseSettings):
     # Past this, the query API's readiness lists a projection as lagging (still 200).
     projection_lag_degraded_s: float = Field(default=30.0, gt=0, le=86_400)
 
+    # Rate limits: token buckets in Redis (0 per second: off). Per subject and route class
+    # (commands on the command API, reads on the query API), and per client address for
+    # requests without a valid token; `X-Forwarded-For` counts only from TRUSTED_PROXIES.
+    rate_limit_commands_per_s: float = Field(default=0, ge=0)
+    rate_limit_commands_burst: int = Field(default=200, ge=1)
+    rate_limit_reads_per_s: float = Field(default=0, ge=0)
+    rate_limit_reads_burst: int = Field(default=400, ge=1)
+    rate_limit_anonymous_per_s: float = Field(default=5, ge=0)
+    rate_limit_anonymous_burst: int = Field(default=50, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Connections one API process serves at once (more get 503 from uvicorn), and how long
+    # a request may take to arrive, headers and body (slow senders are cut off).
+    http_concurrency_max: int = Field(default=2_000, ge=1)
+    request_receive_timeout_s: float = Field(default=30, gt=0, le=600)
+
     # `/docs` and `/openapi.json`: on in development, off in production unless set true.
     api_docs: bool | None = None
     # The bearer token a Prometheus scrape of an API's `/metrics` must carry (production
@@ -131,6 +147,16 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
 
     log_level: str = "INFO"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
 
     @field_validator("topic_prefix")
     @classmethod

@@ -59,6 +59,11 @@ OWN_VARIABLES = (
     "VIGIL_RELAY_METRICS_PORT",
     "VIGIL_CASE_OPENER_METRICS_PORT",
 )
+BENCH_RATE_LIMITS = {
+    "VIGIL_RATE_LIMIT_COMMANDS_PER_S": "0",
+    "VIGIL_RATE_LIMIT_READS_PER_S": "0",
+    "VIGIL_RATE_LIMIT_ANONYMOUS_PER_S": "0",
+}
 TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
 
 
@@ -207,6 +212,10 @@ class System:
             VIGIL_ENV="development",
             PYTHONUNBUFFERED="1",
         )
+        # Rate limits stated, not left to defaults: off unless the environment says
+        # otherwise (set VIGIL_RATE_LIMIT_COMMANDS_PER_S to measure the limiter's cost).
+        for name, value in BENCH_RATE_LIMITS.items():
+            env.setdefault(name, value)
         self.env = env
         self.info = {
             "database_url": self.postgres.url,

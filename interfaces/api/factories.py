@@ -8,12 +8,14 @@ from fastapi import FastAPI
 from infrastructure.logging import configure_logging
 from infrastructure.runtime import tune_gc
 from infrastructure.settings import load_settings
+from interfaces.api.http.protocol import set_receive_timeout
 
 
 def command_app() -> FastAPI:
     from interfaces.api.command.app import create_command_app
 
     settings = load_settings()
+    set_receive_timeout(settings.request_receive_timeout_s)
     configure_logging(settings.log_level, service="command-api")
     app = create_command_app(settings)
     tune_gc()
@@ -24,6 +26,7 @@ def query_app() -> FastAPI:
     from interfaces.api.query.app import create_query_app
 
     settings = load_settings()
+    set_receive_timeout(settings.request_receive_timeout_s)
     configure_logging(settings.log_level, service="query-api")
     app = create_query_app(settings)
     tune_gc()

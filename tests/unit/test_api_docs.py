@@ -28,6 +28,7 @@ def _production(tmp_path: Path, **overrides: Any) -> Settings:
         "audit_mac_key": secrets.token_urlsafe(48),
         "cipher_key": secrets.token_urlsafe(48),
         "metrics_token": secrets.token_urlsafe(48),
+        "rate_limit_anonymous_per_s": 0,  # no Redis here
     }
     values.update(overrides)
     return load_settings(**values)

@@ -27,6 +27,7 @@ from interfaces.api.http.fast_routes import FastRoutes
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
+from interfaces.api.http.ratelimit import RateLimiter
 
 log = structlog.get_logger("vigil.command_api")
 
@@ -101,6 +102,7 @@ def create_command_app(settings: Settings) -> FastAPI:
             app.state.committer.close()
             ledger.close()
             cache.client.close()
+            await app.state.rate_limiter.close()
             log.info("command_api_stopped")
 
     app = FastAPI(
@@ -121,7 +123,14 @@ def create_command_app(settings: Settings) -> FastAPI:
     # Innermost, so that correlation ids, the access log and the body limit see every request.
     if settings.fast_routes:
         app.add_middleware(FastRoutes, owner=app, paths=FAST_ROUTES)
-    install_middleware(app, app_name="command", body_max_bytes=settings.body_max_bytes)
+    app.state.rate_limiter = RateLimiter(settings, "commands")
+    install_middleware(
+        app,
+        app_name="command",
+        body_max_bytes=settings.body_max_bytes,
+        limiter=app.state.rate_limiter,
+        verifier=app.state.verifier,
+    )
     # Routes are matched in order, one pattern after the other: the money routes first.
     app.include_router(transfers.router)
     app.include_router(batches.router)

@@ -3,7 +3,7 @@
 Pure ASGI rather than `BaseHTTPMiddleware`: no extra task and no body re-buffering per
 request, which matters at the request rates the group commit is built for.
 `install_middleware` adds them in the one order that works (outermost first):
-correlation id -> access log -> body limit -> the app.
+correlation id -> access log -> rate limit -> body limit -> the app.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrastructure import metrics
+from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.problems import CORRELATION_HEADER, problem_response
+from interfaces.api.http.ratelimit import RateLimiter, RateLimitMiddleware
 
 CORRELATION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CORRELATION_HEADER_RAW: Final = CORRELATION_HEADER.lower().encode("latin-1")
@@ -227,9 +229,20 @@ class AccessLogMiddleware:
         )
 
 
-def install_middleware(app: Starlette, *, app_name: str, body_max_bytes: int) -> None:
-    """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need."""
+def install_middleware(
+    app: Starlette,
+    *,
+    app_name: str,
+    body_max_bytes: int,
+    limiter: RateLimiter | None = None,
+    verifier: TokenVerifier | None = None,
+) -> None:
+    """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need (the rate
+    limit, when given, between the access log and the body limit)."""
     # add_middleware puts each new one outermost, so add innermost first.
     app.add_middleware(BodySizeLimitMiddleware, body_max_bytes=body_max_bytes)
+    if limiter is not None:
+        assert verifier is not None, "the rate limit tells subjects apart by their token"
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, verifier=verifier)
     app.add_middleware(AccessLogMiddleware, app_name=app_name)
     app.add_middleware(CorrelationIdMiddleware)

@@ -23,6 +23,7 @@ from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
+from interfaces.api.http.ratelimit import RateLimiter
 from interfaces.api.query.deps import ReadSide
 from interfaces.api.query.lag import lag_reasons, refresh_lags
 from interfaces.api.query.routes import (
@@ -89,6 +90,7 @@ def create_query_app(settings: Settings) -> FastAPI:
             await listener.stop()
             await cache.close()
             await store.close()
+            await app.state.rate_limiter.close()
             log.info("query_api_stopped")
 
     app = FastAPI(
@@ -107,7 +109,14 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.state.readiness_checks = []
     install_problem_handlers(app)
     install_docs(app, settings)
-    install_middleware(app, app_name="query", body_max_bytes=settings.body_max_bytes)
+    app.state.rate_limiter = RateLimiter(settings, "reads")
+    install_middleware(
+        app,
+        app_name="query",
+        body_max_bytes=settings.body_max_bytes,
+        limiter=app.state.rate_limiter,
+        verifier=app.state.verifier,
+    )
     app.include_router(health_router)
     app.include_router(accounts.router)
     app.include_router(transactions.router)

@@ -157,6 +157,11 @@ class AccessLog:
         async with self._connection() as conn:
             await conn.execute(INSERT_ACCESS, record.params())
 
+    async def record_many(self, records: list[AccessRecord]) -> None:
+        """Append all in one transaction (the access trail's batches)."""
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(INSERT_ACCESS, [record.params() for record in records])
+
 
 # --- Reading them back (the query API's read-only store) ------------------------------
 

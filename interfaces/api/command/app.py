@@ -16,6 +16,8 @@ from prometheus_client.registry import Collector
 from application.compliance import Compliance
 from application.group_commit import GroupCommitter
 from application.ledger import Ledger
+from infrastructure.audit.access_log import prepare_audit_tables
+from infrastructure.audit.access_trail import AccessTrail
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.reply_cache import RedisReplyCache
 from infrastructure.ops.quarantine import list_quarantined_sync, reasons
@@ -85,6 +87,9 @@ def create_command_app(settings: Settings) -> FastAPI:
             max_commands=settings.group_commit_max,
         )
         app.state.compliance = Compliance(ledger)
+        # Refusals (401, 403) go to the audit-access log, in batches.
+        await asyncio.to_thread(prepare_audit_tables, settings)
+        app.state.access_trail = await AccessTrail.open(settings)
         collector = CommitCollector(app.state.committer)
         REGISTRY.register(collector)
         app.state.readiness_checks = [
@@ -103,6 +108,7 @@ def create_command_app(settings: Settings) -> FastAPI:
             ledger.close()
             cache.client.close()
             await app.state.rate_limiter.close()
+            await app.state.access_trail.close()
             log.info("command_api_stopped")
 
     app = FastAPI(

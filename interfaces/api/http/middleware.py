@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrastructure import metrics
+from infrastructure.audit.access_log import AccessRecord
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.problems import CORRELATION_HEADER, problem_response
 from interfaces.api.http.ratelimit import RateLimiter, RateLimitMiddleware
@@ -216,6 +217,9 @@ class AccessLogMiddleware:
         metrics.observe_http_request(self.app_name, method, route, status, duration_s)
         principal = scope.get("state", {}).get("principal")
         subject = getattr(principal, "subject", None)
+        trail = getattr(getattr(scope.get("app"), "state", None), "access_trail", None)
+        if trail is not None and _trailed(self.app_name, method, route, status):
+            trail.add(_access_record(scope, principal, route, method, status))
         emit = log.debug if route in _QUIET_ROUTES else log.info
         emit(
             "request_completed",
@@ -227,6 +231,52 @@ class AccessLogMiddleware:
             correlation_id=scope.get("state", {}).get("correlation_id"),
             subject=subject,
         )
+
+
+# Query routes that read no customer's data (totals, positions), and the audit routes,
+# which record their reads themselves before serving them.
+_UNTRAILED_READS: Final = ("/v1/stats/", "/v1/projections", "/v1/audit/")
+_TRAILED_IDS: Final = ("account_id", "case_id", "alert_id", "export_id")
+
+
+def _trailed(app_name: str, method: str, route: str, status: int) -> bool:
+    """Every refusal, and every read of customer data on the query API."""
+    if status in (401, 403):
+        return True
+    return (
+        app_name == "query"
+        and method == "GET"
+        and route.startswith("/v1/")
+        and not route.startswith(_UNTRAILED_READS)
+    )
+
+
+def _access_record(
+    scope: Scope, principal: object, route: str, method: str, status: int
+) -> AccessRecord:
+    detail: dict[str, object] = {"method": method, "route": route, "status": status}
+    params = scope.get("path_params") or {}
+    for name in _TRAILED_IDS:
+        if name in params:
+            detail[name] = str(params[name])
+    query = scope.get("query_string", b"")
+    if b"account_id=" in query:
+        for pair in query.decode("latin-1").split("&"):
+            name, _, value = pair.partition("=")
+            if name == "account_id":
+                detail.setdefault("account_id", value[:64])
+    if route == UNMATCHED_ROUTE:
+        detail["path"] = str(scope.get("path", ""))[:256]
+    if principal is None:
+        detail["client"] = str((scope.get("client") or ("unknown",))[0])
+    role = getattr(principal, "role", None)
+    return AccessRecord(
+        subject=str(getattr(principal, "subject", "anonymous")),
+        role=str(getattr(role, "value", "none")),
+        action="refused" if status in (401, 403) else "read",
+        detail=detail,
+        correlation_id=scope.get("state", {}).get("correlation_id"),
+    )
 
 
 def install_middleware(

@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from infrastructure.audit.access_log import AccessLog, prepare_audit_tables
+from infrastructure.audit.access_log import prepare_audit_tables
+from infrastructure.audit.access_trail import AccessTrail
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.ops.quarantine import list_quarantined, reasons
 from infrastructure.readmodels.balances_cache import AccountCache
@@ -56,7 +57,8 @@ def create_query_app(settings: Settings) -> FastAPI:
         app.state.ledger = await asyncio.to_thread(open_ledger, settings)
         await asyncio.to_thread(prepare_audit_tables, settings)
         # The one writable pool of the query side: audit reads append to the access log.
-        app.state.access_log = await AccessLog.open(settings)
+        app.state.access_trail = await AccessTrail.open(settings)
+        app.state.access_log = app.state.access_trail.access_log
         store = await ReadStore.open(settings)
         cache = AccountCache.from_url(
             settings.resolved_redis_url(),
@@ -86,7 +88,7 @@ def create_query_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_refresher
             await asyncio.to_thread(app.state.ledger.close)
-            await app.state.access_log.close()
+            await app.state.access_trail.close()
             await listener.stop()
             await cache.close()
             await store.close()

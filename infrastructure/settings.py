@@ -29,6 +29,10 @@ KEY_CHARS_MIN = 32
 KEY_ENTROPY_BITS_MIN = 128
 
 
+TokenAlgorithm = Literal["HS256", "RS256", "ES256"]
+TOKEN_ALGORITHMS: tuple[TokenAlgorithm, ...] = ("HS256", "RS256", "ES256")
+
+
 class ConfigurationError(RuntimeError):
     """Settings that cannot work: refuse to start rather than run wrong."""
 
@@ -60,6 +64,23 @@ class Settings(BaseSettings):
     token_ttl_s_default: int = Field(default=3600, gt=0)
     # The longest `exp - iat` a token may have, whoever signed it.
     jwt_lifetime_max_s: int = Field(default=86_400, gt=0, le=31_536_000)
+    # The identity provider's keys: a JWKS URL (fetched, cached) and/or PEM public key
+    # files by kid; the algorithms accepted (production refuses HS256 unless waived); which
+    # claims carry the role (a string, or a list such as `groups`) and the branch, and how
+    # the provider's values map onto Vigil's roles (empty: the claim holds the role).
+    jwks_url: str | None = None
+    # An unknown kid fetches the JWKS again at most this often (it is also refreshed hourly).
+    jwks_refetch_interval_s: float = Field(default=30, ge=0.1, le=3_600)
+    jwt_public_key_files: dict[str, Path] = Field(default_factory=dict)
+    jwt_algorithms: list[TokenAlgorithm] = Field(
+        default_factory=lambda: list(TOKEN_ALGORITHMS), min_length=1
+    )
+    jwt_role_claim: str = "role"
+    jwt_role_map: dict[str, Literal["teller", "admin", "auditor", "compliance", "viewer"]] = Field(
+        default_factory=dict
+    )
+    jwt_branch_claim: str = "branch"
+    jwt_hs256_in_production: bool = False
 
     # Ceilings in major units of any currency; `limits` says how they must relate.
     amount_max: int = Field(default=100_000_000, gt=0)
@@ -185,8 +206,7 @@ class Settings(BaseSettings):
     def _production_refuses_dev_keys(self) -> Settings:
         if self.env != "production":
             return self
-        if self.jwt_secret is None and not self.jwt_keys:
-            raise ValueError("production needs VIGIL_JWT_SECRET or VIGIL_JWT_KEYS")
+        self._production_token_keys()
         if self.audit_mac_key is None:
             raise ValueError("production needs VIGIL_AUDIT_MAC_KEY")
         if self.cipher_key is None and not self.cipher_off_in_production:
@@ -205,6 +225,24 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ValueError("production needs VIGIL_DATABASE_URL")
         return self
+
+    def _production_token_keys(self) -> None:
+        """Production verifies the identity provider's signatures; shared HMAC secrets
+        only when waived in writing (VIGIL_JWT_HS256_IN_PRODUCTION=true)."""
+        hs256 = "HS256" in self.jwt_algorithms and self.jwt_keys_given()
+        if hs256 and not self.jwt_hs256_in_production:
+            raise ValueError(
+                "production refuses HS256 tokens: give the identity provider's keys "
+                "(VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES) and set VIGIL_JWT_ALGORITHMS "
+                'to ["RS256"] or ["ES256"], or waive with VIGIL_JWT_HS256_IN_PRODUCTION=true'
+            )
+        if not hs256 and not (self.jwks_url or self.jwt_public_key_files):
+            raise ValueError(
+                "production needs VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES "
+                "(or VIGIL_JWT_KEYS with VIGIL_JWT_HS256_IN_PRODUCTION=true)"
+            )
+        if self.jwks_url and not self.jwks_url.startswith("https://"):
+            raise ValueError("production fetches VIGIL_JWKS_URL over https only")
 
     def docs_served(self) -> bool:
         return self.env != "production" if self.api_docs is None else self.api_docs
@@ -260,6 +298,15 @@ class Settings(BaseSettings):
 
     def jwt_keys_given(self) -> bool:
         return bool(self._jwt_secrets())
+
+    def hs256_keys(self) -> dict[str, str]:
+        """The HMAC keys tokens may be verified with: those given; in development the dev
+        key too when nothing else is configured; none in production otherwise."""
+        if self.jwt_keys_given():
+            return self._jwt_secrets()
+        if self.env == "production" or self.jwks_url or self.jwt_public_key_files:
+            return {}
+        return self.jwt_keys_resolved()
 
     def jwt_keys_resolved(self) -> dict[str, str]:
         """kid -> secret. Development falls back to the dev key `vigil up` keeps in var/."""

@@ -25,6 +25,7 @@ def _production(tmp_path: Path, **overrides: Any) -> Settings:
         "var_dir": tmp_path,
         "database_url": "postgresql://vigil@db/vigil",
         "jwt_secret": secrets.token_urlsafe(48),
+        "jwt_hs256_in_production": True,
         "audit_mac_key": secrets.token_urlsafe(48),
         "cipher_key": secrets.token_urlsafe(48),
         "metrics_token": secrets.token_urlsafe(48),

@@ -24,6 +24,7 @@ def _production(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "var_dir": tmp_path,
         "database_url": "postgresql://vigil@db/vigil",
         "jwt_secret": _strong(),
+        "jwt_hs256_in_production": True,
         "audit_mac_key": _strong(),
         "cipher_key": _strong(),
         "metrics_token": _strong(),
@@ -93,3 +94,22 @@ def test_the_entropy_estimate_scores_repetition_low_and_random_keys_high() -> No
     assert entropy_bits("ab" * 32) == 64
     assert entropy_bits(secrets.token_hex(32)) > 200
     assert entropy_bits(secrets.token_urlsafe(32)) > 150
+
+
+def test_production_refuses_hs256_tokens_unless_waived(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="refuses HS256"):
+        load_settings(**_production(tmp_path, jwt_hs256_in_production=False))
+
+
+def test_production_takes_the_identity_providers_keys_without_any_hs256_key(
+    tmp_path: Path,
+) -> None:
+    values = _production(tmp_path, jwt_hs256_in_production=False, jwt_secret=None)
+    with pytest.raises(ConfigurationError, match="VIGIL_JWKS_URL"):
+        load_settings(**values)
+    with pytest.raises(ConfigurationError, match="https"):
+        load_settings(**{**values, "jwks_url": "http://idp.bank.example/jwks"})
+    settings = load_settings(
+        **{**values, "jwks_url": "https://idp.bank.example/jwks", "jwt_algorithms": ["RS256"]}
+    )
+    assert settings.hs256_keys() == {}, "no development key in production"

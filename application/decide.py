@@ -42,7 +42,7 @@ from domain.errors import (
     TransactionConflict,
     Unavailable,
 )
-from domain.integrity import Stamp
+from domain.integrity import DEFAULT_MAC_KID, Stamp
 from domain.money import format_amount, minor_units
 
 
@@ -75,6 +75,7 @@ class Terms:
 
     ceilings: MoneyCeilings
     mac_key: bytes
+    mac_kid: str = DEFAULT_MAC_KID
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,7 @@ class _Judge:
             correlation_id=submission.correlation_id,
             transaction_id=str(cid) if is_transaction else None,
             mac_key=self.terms.mac_key,
+            mac_kid=self.terms.mac_kid,
         )
         command = submission.command
         ceilings = self.terms.ceilings

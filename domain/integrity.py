@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 GENESIS_HASH = "0" * 64
+# The kid of events sealed before keys had ids, and of the one key VIGIL_AUDIT_MAC_KEY gives.
+DEFAULT_MAC_KID: Final = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Stamp:
     correlation_id: str
     transaction_id: str | None = None
     mac_key: bytes = field(default=b"", repr=False)
+    mac_kid: str = DEFAULT_MAC_KID
 
     def __post_init__(self) -> None:
         assert self.timestamp.tzinfo is not None, "event times are timezone-aware UTC"

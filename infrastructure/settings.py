@@ -136,7 +136,16 @@ class Settings(BaseSettings):
     # Retired (and current) public keys, `*.pub` PEM: default var/signing-keys.
     signing_public_keys_dir: Path | None = None
     audit_mac_key: SecretStr | None = None
+    # Keys that rotate: {kid: key}; AUDIT_MAC_KID names the one that seals new events
+    # (each event records its kid, so old events verify with the key that sealed them).
+    # A single AUDIT_MAC_KEY is the key of that kid.
+    audit_mac_keys: dict[str, SecretStr] | None = None
+    audit_mac_kid: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     cipher_key: SecretStr | None = None
+    # Keys that rotate: {kid: base64 AES key}; CIPHER_KID names the one new events use
+    # (each event records it); a single CIPHER_KEY is the key of that kid.
+    cipher_keys: dict[str, SecretStr] | None = None
+    cipher_kid: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     cipher_off_in_production: bool = False
     # Production runs `vigil migrate` as the owning role, and the services with this off.
     migrate_on_start: bool = True
@@ -196,6 +205,23 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _mac_kid_names_a_key(self) -> Settings:
+        if self.audit_mac_keys and self.audit_mac_kid not in self.audit_mac_keys:
+            raise ValueError(
+                f"VIGIL_AUDIT_MAC_KID names {self.audit_mac_kid!r}, which "
+                "VIGIL_AUDIT_MAC_KEYS does not hold"
+            )
+        if self.audit_mac_keys and self.audit_mac_key is not None:
+            raise ValueError("give VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS, not both")
+        if self.cipher_keys and self.cipher_kid not in self.cipher_keys:
+            raise ValueError(
+                f"VIGIL_CIPHER_KID names {self.cipher_kid!r}, which VIGIL_CIPHER_KEYS does not hold"
+            )
+        if self.cipher_keys and self.cipher_key is not None:
+            raise ValueError("give VIGIL_CIPHER_KEY or VIGIL_CIPHER_KEYS, not both")
+        return self
+
+    @model_validator(mode="after")
     def _money_ceilings_relate(self) -> Settings:
         check_money_ceilings(
             self.amount_max, self.overdraft_max, self.teller_overdraft_max, self.balance_max
@@ -207,16 +233,17 @@ class Settings(BaseSettings):
         if self.env != "production":
             return self
         self._production_token_keys()
-        if self.audit_mac_key is None:
-            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY")
-        if self.cipher_key is None and not self.cipher_off_in_production:
+        if self.audit_mac_key is None and not self.audit_mac_keys:
+            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS")
+        if self.cipher_key is None and not self.cipher_keys and not self.cipher_off_in_production:
             # Encryption at rest is on in production unless someone says, in writing, no.
             raise ValueError(
                 "production needs VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)"
             )
-        strong_enough("VIGIL_AUDIT_MAC_KEY", self.audit_mac_key.get_secret_value())
-        if self.cipher_key is not None:
-            strong_enough("VIGIL_CIPHER_KEY", self.cipher_key.get_secret_value())
+        for kid, mac_key in self.audit_mac_keys_resolved().items():
+            strong_enough(f"the audit MAC key {kid!r}", mac_key.decode())
+        for kid, cipher_key in self.cipher_keys_resolved().items():
+            strong_enough(f"the cipher key {kid!r}", cipher_key)
         for kid, secret in self._jwt_secrets().items():
             strong_enough(f"the JWT key {kid!r}", secret)
         if self.metrics_token is None:
@@ -315,10 +342,25 @@ class Settings(BaseSettings):
             return keys
         return {self.jwt_kid: self.dev_keys()["jwt_secret"]}
 
+    def cipher_keys_resolved(self) -> dict[str, str]:
+        """kid -> base64 AES key; empty: events are not encrypted."""
+        if self.cipher_keys:
+            return {kid: key.get_secret_value() for kid, key in self.cipher_keys.items()}
+        if self.cipher_key is not None:
+            return {self.cipher_kid: self.cipher_key.get_secret_value()}
+        return {}
+
     def audit_mac_key_resolved(self) -> bytes:
+        """The key that seals new events (`audit_mac_kid`'s)."""
+        return self.audit_mac_keys_resolved()[self.audit_mac_kid]
+
+    def audit_mac_keys_resolved(self) -> dict[str, bytes]:
+        """kid -> MAC key, every key events may have been sealed with."""
+        if self.audit_mac_keys:
+            return {kid: k.get_secret_value().encode() for kid, k in self.audit_mac_keys.items()}
         if self.audit_mac_key is not None:
-            return self.audit_mac_key.get_secret_value().encode()
-        return self.dev_keys()["audit_mac_key"].encode()
+            return {self.audit_mac_kid: self.audit_mac_key.get_secret_value().encode()}
+        return {self.audit_mac_kid: self.dev_keys()["audit_mac_key"].encode()}
 
     def dev_keys(self) -> dict[str, str]:
         """The development secrets in var/dev-keys.json, made on first use (mode 0600)."""

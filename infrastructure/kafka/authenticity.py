@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from domain.integrity import alert_mac, canonical, chain_hash, chain_record, event_mac, relay_mac
+from domain.integrity import (
+    DEFAULT_MAC_KID,
+    alert_mac,
+    canonical,
+    chain_hash,
+    chain_record,
+    event_mac,
+    relay_mac,
+)
 
 HASH_CHARS: Final = 64
 
@@ -29,9 +37,9 @@ class Unauthenticated(ValueError):
     """A message that Vigil did not publish, or that changed on the way."""
 
 
-def check_event_message(value: Mapping[str, Any], keys: Sequence[bytes]) -> None:
+def check_event_message(value: Mapping[str, Any], keys: Mapping[str, bytes]) -> None:
     """Raise Unauthenticated unless the event message's hash, `mac` and `relay_mac` hold
-    under one of `keys` (the current MAC key first, then retired ones)."""
+    under the key its `mac_kid` names (`keys`: kid -> MAC key, retired ones included)."""
     claimed = value.get("hash")
     mac = value.get("mac")
     seal = value.get("relay_mac")
@@ -62,28 +70,27 @@ def check_event_message(value: Mapping[str, Any], keys: Sequence[bytes]) -> None
     recomputed = chain_hash(record)
     if not hmac.compare_digest(recomputed, claimed):
         raise Unauthenticated("the message's fields do not give its hash")
-    for key in keys:
-        if hmac.compare_digest(event_mac(key, recomputed), mac):
-            if hmac.compare_digest(relay_mac(key, notification_id, recomputed), seal):
-                return
-            raise Unauthenticated("the message's relay_mac does not match its notification id")
-    raise Unauthenticated("the message's mac does not match")
+    key = keys.get(str(value.get("mac_kid") or DEFAULT_MAC_KID))
+    if key is None or not hmac.compare_digest(event_mac(key, recomputed), mac):
+        raise Unauthenticated("the message's mac does not match")
+    if not hmac.compare_digest(relay_mac(key, notification_id, recomputed), seal):
+        raise Unauthenticated("the message's relay_mac does not match its notification id")
 
 
 def alert_hash(alert: Mapping[str, Any]) -> str:
-    body = {name: field for name, field in alert.items() if name != "mac"}
+    body = {name: field for name, field in alert.items() if name not in ("mac", "mac_kid")}
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
-def seal_alert(alert: Mapping[str, Any], key: bytes) -> dict[str, Any]:
-    """The alert as the alerts relay publishes it: with its `mac`."""
-    return {**alert, "mac": alert_mac(key, alert_hash(alert))}
+def seal_alert(alert: Mapping[str, Any], key: bytes, kid: str = DEFAULT_MAC_KID) -> dict[str, Any]:
+    """The alert as the alerts relay publishes it: with its `mac` and the key's id."""
+    return {**alert, "mac": alert_mac(key, alert_hash(alert)), "mac_kid": kid}
 
 
-def check_alert_message(alert: Mapping[str, Any], keys: Sequence[bytes]) -> None:
+def check_alert_message(alert: Mapping[str, Any], keys: Mapping[str, bytes]) -> None:
     mac = alert.get("mac")
     if not isinstance(mac, str):
         raise Unauthenticated("the alert message has no mac")
-    digest = alert_hash(alert)
-    if not any(hmac.compare_digest(alert_mac(key, digest), mac) for key in keys):
+    key = keys.get(str(alert.get("mac_kid") or DEFAULT_MAC_KID))
+    if key is None or not hmac.compare_digest(alert_mac(key, alert_hash(alert)), mac):
         raise Unauthenticated("the alert message's mac does not match")

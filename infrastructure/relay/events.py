@@ -134,7 +134,7 @@ class Relay:
         self.topic = ledger_events_topic(settings)
         self.state = RelayState(position=0, epoch=0)
         self.batches_published = 0
-        self._mac_key = settings.audit_mac_key_resolved()
+        self._mac_keys = settings.audit_mac_keys_resolved()
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._ledger: Ledger | None = None
@@ -276,7 +276,11 @@ class Relay:
         # know (or bytes it cannot decrypt): such an event is quarantined, not skipped.
         body = stored_envelope(self._ledger, notification.id, notification)
         # Consumers refuse a message without it: the event's place in the log, sealed.
-        body["relay_mac"] = relay_mac(self._mac_key, notification.id, body["hash"])
+        # Sealed with the key that sealed the event (its mac_kid).
+        key = self._mac_keys.get(body["mac_kid"])
+        if key is None:
+            raise ValueError(f"the MAC key {body['mac_kid']!r} of this event is not configured")
+        body["relay_mac"] = relay_mac(key, notification.id, body["hash"])
         return Outgoing(
             notification_id=notification.id,
             key=str(body["aggregate_id"]).encode(),

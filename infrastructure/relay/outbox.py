@@ -38,6 +38,7 @@ class AlertsOutboxRelay:
         self.state = RelayState(position=0, epoch=0)
         self.published = 0
         self._mac_key = settings.audit_mac_key_resolved()
+        self._mac_kid = settings.audit_mac_kid
 
     async def run_until(self, stop: asyncio.Event) -> None:
         backoff_s = self.settings.relay_backoff_s_min
@@ -101,7 +102,7 @@ class AlertsOutboxRelay:
             await producer.send(
                 self.topic,
                 key=str(account_id).encode(),
-                value=orjson.dumps(seal_alert(payload, self._mac_key)),
+                value=orjson.dumps(seal_alert(payload, self._mac_key, self._mac_kid)),
                 headers=[
                     ("alert_id", str(alert).encode()),
                     (EPOCH_HEADER, str(self.state.epoch).encode()),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -80,7 +80,7 @@ class CaseOpener:
         self.epochs = EpochGuard("case-opener")
         self.opened = 0
         self.handled = 0
-        self.mac_keys = (settings.audit_mac_key_resolved(),)
+        self.mac_keys = settings.audit_mac_keys_resolved()
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_with_restarts(stop, self._consume, "case-opener")
@@ -213,7 +213,7 @@ def _loaded(record: ConsumerRecord) -> Any:
         return None
 
 
-def _alert(record: ConsumerRecord, keys: Sequence[bytes]) -> tuple[AlertSummary, str]:
+def _alert(record: ConsumerRecord, keys: Mapping[str, bytes]) -> tuple[AlertSummary, str]:
     """The alert a message carries and its correlation id; raises for anything else."""
     alert = orjson.loads(record.value)
     if not isinstance(alert, dict):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -207,7 +207,7 @@ class ProjectionConsumer:
         self.group = group_id(settings, projections)
         self.epochs = EpochGuard(self.name)
         self._observed_until = 0.0
-        self.mac_keys = (settings.audit_mac_key_resolved(),)
+        self.mac_keys = settings.audit_mac_keys_resolved()
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_with_restarts(stop, self._consume, self.name)
@@ -307,7 +307,7 @@ class ProjectionConsumer:
 
 
 def _authentic(
-    records: Sequence[ConsumerRecord], keys: Sequence[bytes]
+    records: Sequence[ConsumerRecord], keys: Mapping[str, bytes]
 ) -> tuple[list[Envelope], list[RefusedMessage]]:
     """The batch's envelopes that Vigil published, and the messages it refuses."""
     events: list[Envelope] = []
@@ -321,7 +321,7 @@ def _authentic(
     return events, refused
 
 
-def _decoded(record: ConsumerRecord, keys: Sequence[bytes]) -> Envelope | RefusedMessage | None:
+def _decoded(record: ConsumerRecord, keys: Mapping[str, bytes]) -> Envelope | RefusedMessage | None:
     """The record's envelope, if Vigil published it (its hash, `mac` and `relay_mac`
     hold); a refusal if it is an envelope that does not authenticate; None for a message
     that is not one (the relay publishes only what it decoded from the store, so this is

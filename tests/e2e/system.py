@@ -122,7 +122,8 @@ async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...], seal:
     try:
         for alert in alerts:
             # Sealed as the alerts relay seals them: the case opener refuses anything else.
-            sealed = seal_alert(alert, settings.audit_mac_key_resolved()) if seal else alert
+            key, kid = settings.audit_mac_key_resolved(), settings.audit_mac_kid
+            sealed = seal_alert(alert, key, kid) if seal else alert
             await producer.send_and_wait(
                 alerts_topic(settings), orjson.dumps(sealed), key=str(alert["account_id"]).encode()
             )

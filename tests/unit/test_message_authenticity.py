@@ -20,7 +20,10 @@ KEY = b"k" * 48
 OTHER_KEY = b"o" * 48
 
 
-def _message(key: bytes = KEY, notification_id: int = 7) -> dict[str, Any]:
+KEYS = {"default": KEY, "2027": OTHER_KEY}
+
+
+def _message(key: bytes = KEY, notification_id: int = 7, kid: str = "default") -> dict[str, Any]:
     fields: dict[str, Any] = {
         "aggregate_id": "2b5b3f4e-8a44-4c49-9d61-5d7b1d1c0f00",
         "version": 3,
@@ -41,18 +44,24 @@ def _message(key: bytes = KEY, notification_id: int = 7) -> dict[str, Any]:
         "account_id": fields["aggregate_id"],
         "hash": event_hash,
         "mac": event_mac(key, event_hash),
+        "mac_kid": kid,
         "relay_mac": relay_mac(key, notification_id, event_hash),
     }
 
 
 def test_a_message_the_relay_published_is_accepted() -> None:
-    check_event_message(_message(), [KEY])
+    check_event_message(_message(), KEYS)
 
 
-def test_a_message_sealed_with_a_retired_key_is_accepted_while_the_key_is_listed() -> None:
-    check_event_message(_message(OTHER_KEY), [KEY, OTHER_KEY])
+def test_each_message_is_checked_with_the_key_its_mac_kid_names() -> None:
+    check_event_message(_message(OTHER_KEY, kid="2027"), KEYS)
+    without_kid = _message()
+    del without_kid["mac_kid"]  # sealed before keys had ids: the default key
+    check_event_message(without_kid, KEYS)
     with pytest.raises(Unauthenticated, match="mac"):
-        check_event_message(_message(OTHER_KEY), [KEY])
+        check_event_message(_message(OTHER_KEY, kid="default"), KEYS)
+    with pytest.raises(Unauthenticated, match="mac"):
+        check_event_message(_message(OTHER_KEY, kid="2027"), {"default": KEY})
 
 
 @pytest.mark.parametrize(
@@ -76,7 +85,7 @@ def test_a_message_sealed_with_a_retired_key_is_accepted_while_the_key_is_listed
 )
 def test_a_changed_message_is_refused(change: dict[str, Any], words: str) -> None:
     with pytest.raises(Unauthenticated, match=words):
-        check_event_message({**_message(), **change}, [KEY])
+        check_event_message({**_message(), **change}, KEYS)
 
 
 def test_a_message_with_its_hash_and_mac_recomputed_without_the_key_is_refused() -> None:
@@ -88,16 +97,19 @@ def test_a_message_with_its_hash_and_mac_recomputed_without_the_key_is_refused()
     }))  # fmt: skip
     forged["mac"] = event_mac(b"guessed", forged["hash"])
     with pytest.raises(Unauthenticated, match="mac"):
-        check_event_message(forged, [KEY])
+        check_event_message(forged, KEYS)
 
 
 def test_an_alert_sealed_by_the_relay_is_accepted_and_any_change_refused() -> None:
     alert = {"alert_id": "a-1", "rule": "velocity", "account_id": "x", "positions": [1, 2]}
     sealed = seal_alert(alert, KEY)
-    check_alert_message(sealed, [KEY])
+    check_alert_message(sealed, KEYS)
+    check_alert_message(seal_alert(alert, OTHER_KEY, "2027"), KEYS)
     with pytest.raises(Unauthenticated, match="no mac"):
-        check_alert_message(alert, [KEY])
+        check_alert_message(alert, KEYS)
     with pytest.raises(Unauthenticated, match="does not match"):
-        check_alert_message({**sealed, "rule": "watchlist"}, [KEY])
+        check_alert_message({**sealed, "rule": "watchlist"}, KEYS)
     with pytest.raises(Unauthenticated, match="does not match"):
-        check_alert_message(seal_alert(alert, OTHER_KEY), [KEY])
+        check_alert_message(seal_alert(alert, OTHER_KEY), KEYS)
+    with pytest.raises(Unauthenticated, match="does not match"):
+        check_alert_message({**sealed, "mac_kid": "2027"}, KEYS)

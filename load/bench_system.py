@@ -39,7 +39,7 @@ from infrastructure.ops.embedded import (
     start_broker,
     start_redis,
 )
-from infrastructure.ops.postgres_server import POSTGRES_SUPERUSER, EmbeddedPostgres, start_postgres
+from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
 from infrastructure.settings import load_settings
 from interfaces.cli.supervise import gauge_above_zero
 
@@ -343,11 +343,10 @@ def cpu_percent(before: Counter[str], after: Counter[str], wall_s: float) -> dic
     return {role: round(pct, 1) for role, pct in sorted(used.items(), key=lambda x: -x[1])}
 
 
-def baseline_database(database_url: str) -> str:
+def baseline_database(database_url: str, admin_url: str) -> str:
     """A fresh database beside Vigil's, in the same PostgreSQL, owned by the same role."""
     parts = urlsplit(database_url)
-    host = f"{parts.hostname}:{parts.port}"
-    admin = urlunsplit(parts._replace(netloc=f"{POSTGRES_SUPERUSER}@{host}", path="/postgres"))
+    admin = admin_url
     statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(
         sql.Identifier(BASELINE_DATABASE), sql.Identifier(parts.username or "vigil")
     )

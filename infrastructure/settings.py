@@ -90,6 +90,16 @@ class Settings(BaseSettings):
     body_max_bytes: int = Field(default=1_048_576, gt=0)
     batch_items_max: int = Field(default=1000, gt=0, le=10_000)
 
+    # How every Kafka client reaches the broker (producers, consumers, admin clients).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    # Production: transport TLS to Kafka, PostgreSQL and Redis; false waives it explicitly
+    # (logged at start and listed by /health/ready).
+    tls_required: bool = True
+
     topic_prefix: str = ""
     topic_partitions: int = Field(default=12, gt=0)
 
@@ -222,6 +232,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kafka_sasl_is_whole(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        given = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
+        if sasl and any(value is None for value in given):
+            raise ValueError(
+                f"VIGIL_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME and "
+                "VIGIL_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _money_ceilings_relate(self) -> Settings:
         check_money_ceilings(
             self.amount_max, self.overdraft_max, self.teller_overdraft_max, self.balance_max
@@ -251,6 +273,14 @@ class Settings(BaseSettings):
         strong_enough("VIGIL_METRICS_TOKEN", self.metrics_token.get_secret_value())
         if self.database_url is None:
             raise ValueError("production needs VIGIL_DATABASE_URL")
+        if self.tls_required:
+            untls = self.plaintext_transports()
+            if untls:
+                raise ValueError(
+                    f"production needs TLS to {', '.join(untls)} (VIGIL_KAFKA_SECURITY_PROTOCOL"
+                    " SSL or SASL_SSL, sslmode=verify-full in VIGIL_DATABASE_URL, rediss:// in"
+                    " VIGIL_REDIS_URL), or VIGIL_TLS_REQUIRED=false to waive it"
+                )
         return self
 
     def _production_token_keys(self) -> None:
@@ -270,6 +300,20 @@ class Settings(BaseSettings):
             )
         if self.jwks_url and not self.jwks_url.startswith("https://"):
             raise ValueError("production fetches VIGIL_JWKS_URL over https only")
+
+    def plaintext_transports(self) -> list[str]:
+        """The servers this process would reach without TLS (empty: all encrypted)."""
+        plain = []
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            plain.append("Kafka")
+        if self.database_url and not any(
+            f"sslmode={mode}" in self.database_url
+            for mode in ("require", "verify-ca", "verify-full")
+        ):
+            plain.append("PostgreSQL")
+        if self.redis_url and not self.redis_url.startswith("rediss://"):
+            plain.append("Redis")
+        return plain
 
     def docs_served(self) -> bool:
         return self.env != "production" if self.api_docs is None else self.api_docs

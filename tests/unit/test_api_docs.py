@@ -23,7 +23,9 @@ def _production(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "env": "production",
         "var_dir": tmp_path,
-        "database_url": "postgresql://vigil@db/vigil",
+        "database_url": "postgresql://vigil@db/vigil?sslmode=verify-full",
+        "redis_url": "rediss://cache:6379/0",
+        "kafka_security_protocol": "SSL",
         "jwt_secret": secrets.token_urlsafe(48),
         "jwt_hs256_in_production": True,
         "audit_mac_key": secrets.token_urlsafe(48),

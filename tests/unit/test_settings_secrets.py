@@ -22,7 +22,9 @@ def _production(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "env": "production",
         "var_dir": tmp_path,
-        "database_url": "postgresql://vigil@db/vigil",
+        "database_url": "postgresql://vigil@db/vigil?sslmode=verify-full",
+        "redis_url": "rediss://cache:6379/0",
+        "kafka_security_protocol": "SSL",
         "jwt_secret": _strong(),
         "jwt_hs256_in_production": True,
         "audit_mac_key": _strong(),
@@ -113,3 +115,32 @@ def test_production_takes_the_identity_providers_keys_without_any_hs256_key(
         **{**values, "jwks_url": "https://idp.bank.example/jwks", "jwt_algorithms": ["RS256"]}
     )
     assert settings.hs256_keys() == {}, "no development key in production"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"kafka_security_protocol": "PLAINTEXT"}, "Kafka"),
+        ({"database_url": "postgresql://vigil@db/vigil"}, "PostgreSQL"),
+        ({"redis_url": "redis://cache:6379/0"}, "Redis"),
+    ],
+)
+def test_production_needs_transport_tls_unless_waived(
+    tmp_path: Path, change: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"TLS to {named}"):
+        load_settings(**_production(tmp_path, **change))
+    waived = load_settings(**_production(tmp_path, tls_required=False, **change))
+    assert waived.plaintext_transports() == [named]
+
+
+def test_kafka_sasl_needs_its_mechanism_user_and_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="VIGIL_KAFKA_SASL_MECHANISM"):
+        load_settings(var_dir=tmp_path, kafka_security_protocol="SASL_SSL")
+    load_settings(
+        var_dir=tmp_path,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="vigil",
+        kafka_sasl_password="secret",
+    )

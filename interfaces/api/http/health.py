@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from starlette.responses import Response
 
 from infrastructure.metrics import metrics_response
+from infrastructure.settings import Settings
 from interfaces.api.http.auth import UNAUTHORIZED_DETAIL
 from interfaces.api.http.problems import problem_response
 
@@ -61,11 +62,20 @@ async def ready(request: Request) -> JSONResponse:
     if critical_down:
         return JSONResponse({"status": "unavailable", "checks": results}, status_code=503)
     reasons = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
+    reasons.extend(tls_waived(request.app.state.settings))
     degradations: Sequence[DegradationCheck] = getattr(request.app.state, "degradations", ())
     for found in await asyncio.gather(*(_run_degradation(n, c) for n, c in degradations)):
         reasons.extend(found)
     status = "degraded" if reasons else "ok"
     return JSONResponse({"status": status, "checks": results, "reasons": reasons})
+
+
+def tls_waived(settings: Settings) -> list[str]:
+    """Production reaching a server without TLS, because VIGIL_TLS_REQUIRED=false said so."""
+    plain = settings.plaintext_transports() if settings.env == "production" else []
+    if not plain or settings.tls_required:
+        return []
+    return [f"transport TLS waived (VIGIL_TLS_REQUIRED=false): {', '.join(plain)} in plaintext"]
 
 
 async def _run_degradation(name: str, check: Callable[[], Awaitable[list[str]]]) -> list[str]:

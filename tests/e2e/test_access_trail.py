@@ -120,3 +120,26 @@ def test_the_access_log_is_append_only(query_env: QueryEnv) -> None:
         pytest.raises(psycopg.Error, match=r"append-only|not allowed|refuse"),
     ):
         conn.execute("DELETE FROM public.audit_access_log")
+
+
+def test_auditors_filter_the_access_log_by_subject_action_and_account(
+    query_env: QueryEnv,
+) -> None:
+    main = query_env.seed.main
+    correlation_id = f"trail-{uuid.uuid4()}"
+    assert _get(query_env, f"/v1/accounts/{main}", "viewer", None, correlation_id) == 200
+    _trail(query_env, correlation_id)  # flushed
+    reply = query_env.get(
+        "/v1/audit/access-log", "auditor", subject="trail-viewer", action="read", account_id=main
+    )
+    assert reply.status_code == 200, reply.text
+    items = reply.json()["items"]
+    assert items
+    assert correlation_id in {item["correlation_id"] for item in items}
+    for item in items:
+        assert (item["subject"], item["action"]) == ("trail-viewer", "read")
+        assert item["detail"]["account_id"] == main
+    none = query_env.get("/v1/audit/access-log", "auditor", subject="nobody-at-all")
+    assert none.json()["items"] == []
+    bad = query_env.get("/v1/audit/access-log", "auditor", subject="a\x00b")
+    assert bad.status_code == 422

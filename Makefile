@@ -8,7 +8,7 @@ ifdef CI
 export HYPOTHESIS_PROFILE := ci
 endif
 
-.PHONY: install run test lint clean bench
+.PHONY: install run test lint clean bench audit-deps
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/bandit -q -r domain application projections interfaces infrastructure --severity-level high
+
+# Known vulnerabilities of the installed packages, from the PyPI advisory database: needs a
+# network, and is not part of `make test`, so that a new advisory cannot break a build
+# nothing changed. Run it before a release.
+audit-deps: install
+	$(VENV)/bin/pip-audit --skip-editable
 
 # Only what the tools and `vigil up` made. `vigil clean` removes var/, and refuses while
 # `vigil up`, a process it started or the PostgreSQL it left behind still runs on it.

@@ -130,7 +130,13 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
 def fingerprint(submission: Submission) -> str:
     """Same id and same fingerprint is a replay; same id, other fingerprint is a conflict."""
     command = submission.command
-    described: dict[str, Any] = {"kind": command.kind, "subject": submission.actor.subject}
+    # The role too: a token of another role reusing the subject and key is a conflict,
+    # never a replay of someone else's reply.
+    described: dict[str, Any] = {
+        "kind": command.kind,
+        "subject": submission.actor.subject,
+        "role": submission.actor.role,
+    }
     match command:
         case OpenAccount():
             described |= {
@@ -162,10 +168,11 @@ def fingerprint(submission: Submission) -> str:
 
 def _escaped_json(described: dict[str, Any]) -> bytes:
     """Sorted compact JSON with non-ASCII escaped. The canonical encoder (orjson on the
-    command path) writes exactly these bytes whenever they come out ASCII."""
+    command path) writes exactly these bytes whenever they come out ASCII, DEL apart: the
+    standard library escapes it (`\\u007f`), orjson does not."""
     try:
         encoded = canonical(described)
-        if encoded.isascii():
+        if encoded.isascii() and b"\x7f" not in encoded:
             return encoded
     except UnicodeEncodeError:  # a lone surrogate: only the escaped form can carry it
         pass

@@ -249,6 +249,7 @@ class Compliance:
             correlation_id=correlation_id,
             transaction_id=None,
             mac_key=self.ledger.options.mac_key,
+            mac_kid=self.ledger.options.mac_kid,
         )
 
     def _find(self, aggregate_id: UUID, kind: type[A]) -> A | None:

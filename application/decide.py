@@ -42,7 +42,7 @@ from domain.errors import (
     TransactionConflict,
     Unavailable,
 )
-from domain.integrity import Stamp
+from domain.integrity import DEFAULT_MAC_KID, Stamp
 from domain.money import format_amount, minor_units
 
 
@@ -75,6 +75,7 @@ class Terms:
 
     ceilings: MoneyCeilings
     mac_key: bytes
+    mac_kid: str = DEFAULT_MAC_KID
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +145,23 @@ class _Judge:
 
     def decide(self, submission: Submission) -> Outcome:
         try:
-            return self._decide(submission)
+            outcome = self._decide(submission)
         except DomainError as error:
             return Outcome(error=error)
+        return self._readable(submission, outcome)
+
+    def _readable(self, submission: Submission, outcome: Outcome) -> Outcome:
+        """The reply as the caller may read it: a teller transferring to another branch's
+        account learns it exists, not its balance (the stored reply keeps both sides, so
+        a replay is judged, and shown, the same way)."""
+        command = submission.command
+        scope = submission.branch_scope
+        if scope is None or not isinstance(command, Transfer) or outcome.body is None:
+            return outcome
+        target = self.accounts.get(command.to_account_id)
+        if target is not None and target.branch == scope:
+            return outcome
+        return Outcome(body=redact_counterparty(outcome.body), replayed=outcome.replayed)
 
     def _decide(self, submission: Submission) -> Outcome:
         # Auth first: a teller of another branch learns nothing, not even a replay.
@@ -176,19 +191,20 @@ class _Judge:
         if scope is None:
             return
         command = submission.command
+        branch: str | None
         match command:
-            case OpenAccount(branch=branch):
-                pass
-            case Transfer(from_account_id=source_id):
-                branch = self.account(source_id).branch
-            case (
+            case OpenAccount(branch=opened_in):
+                branch = opened_in
+            case Transfer(from_account_id=account_id) | (
                 Deposit(account_id=account_id)
                 | Withdraw(account_id=account_id)
                 | ChangeStatus(account_id=account_id)
             ):
-                branch = self.account(account_id).branch
+                account = self.accounts.get(account_id)
+                # Missing or another branch's: a teller cannot tell which.
+                branch = None if account is None else account.branch
         if branch != scope:
-            raise Forbidden(f"branch {scope} may not act on branch {branch}")
+            raise Forbidden(f"a teller of branch {scope} may act only on accounts of that branch")
         if isinstance(command, OpenAccount):
             limit_minor = self.terms.ceilings.teller_overdraft_max_minor(command.currency)
             if command.overdraft_limit_minor > limit_minor:
@@ -207,6 +223,7 @@ class _Judge:
             correlation_id=submission.correlation_id,
             transaction_id=str(cid) if is_transaction else None,
             mac_key=self.terms.mac_key,
+            mac_kid=self.terms.mac_kid,
         )
         command = submission.command
         ceilings = self.terms.ceilings
@@ -267,3 +284,9 @@ class _Judge:
         self.accounts[account.id] = account
         self.touched[account.id] = account
         return account_body(account)
+
+
+def redact_counterparty(body: dict[str, Any]) -> dict[str, Any]:
+    """A transfer reply without the receiving account's state."""
+    to = body["to"]
+    return {**body, "to": {"account_id": to["account_id"], "version": None, "balance": None}}

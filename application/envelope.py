@@ -11,7 +11,7 @@ from uuid import UUID
 from domain.account import Account
 from domain.case import AlertCase
 from domain.chained import ChainedAggregate
-from domain.integrity import format_timestamp
+from domain.integrity import DEFAULT_MAC_KID, format_timestamp
 from domain.watchlist import WatchlistEntry
 
 AGGREGATE_TYPES: dict[type[Any], str] = {
@@ -77,6 +77,8 @@ def envelope_of(
         "hash": fields["hash"],
         "previous_hash": fields["previous_hash"],
         "mac": fields["mac"],
+        # None before keys had ids: the key called `default`.
+        "mac_kid": fields.get("mac_kid") or DEFAULT_MAC_KID,
     }
 
 

@@ -51,6 +51,7 @@ from application.ports import (
 from application.retry import retrying, unavailable
 from domain.account import Account
 from domain.errors import AccountNotFound
+from domain.integrity import DEFAULT_MAC_KID
 
 ACCOUNT_LOCK_STRIPES = 1024
 
@@ -69,6 +70,8 @@ class LedgerOptions:
     accounts_in_memory_max: int = 50_000
     clock: Callable[[], datetime] = utc_now
     reply_cache: ReplyCache = field(default_factory=NoReplyCache)
+    # The id of `mac_key`, recorded in every event it seals (keys rotate).
+    mac_kid: str = DEFAULT_MAC_KID
 
 
 class Ledger(Application[UUID]):
@@ -204,7 +207,11 @@ class Ledger(Application[UUID]):
             submissions,
             loaded.accounts,
             loaded.replies,
-            terms=Terms(ceilings=self.options.ceilings, mac_key=self.options.mac_key),
+            terms=Terms(
+                ceilings=self.options.ceilings,
+                mac_key=self.options.mac_key,
+                mac_kid=self.options.mac_kid,
+            ),
             # Drawn from the clock one command at a time, as each reaches the domain.
             timestamps=iter(self.options.clock, None),
             held_back=held_back,

@@ -7,6 +7,7 @@ SHA-256 link to the event before it, sealed with a MAC. Commands check, then tri
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Any, ClassVar, Self
 from uuid import UUID
 
@@ -27,6 +28,9 @@ class ChainedAggregate(Aggregate):
         previous_hash: str
         hash: str
         mac: str
+        # The key that made `mac` (events written before keys rotated have none: the key
+        # called `default`). Outside the hash record, as the mac itself.
+        mac_kid: str | None = field(default=None, kw_only=True)
 
         def payload(self) -> dict[str, Any]:
             return {name: getattr(self, name) for name in self.PAYLOAD}
@@ -98,4 +102,5 @@ def seal(
         "previous_hash": previous_hash,
         "hash": event_hash,
         "mac": event_mac(stamp.mac_key, event_hash),
+        "mac_kid": stamp.mac_kid,
     }

@@ -7,19 +7,30 @@ embedded servers (`var/up.json`) and its development secrets (`var/dev-keys.json
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
 import secrets
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infrastructure.limits import check_money_ceilings
 
 DEV_KEYS_FILE = "dev-keys.json"
 UP_FILE = "up.json"
+# A production secret: at least this long, and at least this many bits by the Shannon
+# estimate of its characters (`aaaa...` has none; 32 random bytes, hex or base64, ~200).
+KEY_CHARS_MIN = 32
+KEY_ENTROPY_BITS_MIN = 128
+
+
+TokenAlgorithm = Literal["HS256", "RS256", "ES256"]
+TOKEN_ALGORITHMS: tuple[TokenAlgorithm, ...] = ("HS256", "RS256", "ES256")
 
 
 class ConfigurationError(RuntimeError):
@@ -51,6 +62,25 @@ class Settings(BaseSettings):
     jwt_audience: str = "vigil-api"
     jwt_leeway_s: int = Field(default=0, ge=0, le=300)
     token_ttl_s_default: int = Field(default=3600, gt=0)
+    # The longest `exp - iat` a token may have, whoever signed it.
+    jwt_lifetime_max_s: int = Field(default=86_400, gt=0, le=31_536_000)
+    # The identity provider's keys: a JWKS URL (fetched, cached) and/or PEM public key
+    # files by kid; the algorithms accepted (production refuses HS256 unless waived); which
+    # claims carry the role (a string, or a list such as `groups`) and the branch, and how
+    # the provider's values map onto Vigil's roles (empty: the claim holds the role).
+    jwks_url: str | None = None
+    # An unknown kid fetches the JWKS again at most this often (it is also refreshed hourly).
+    jwks_refetch_interval_s: float = Field(default=30, ge=0.1, le=3_600)
+    jwt_public_key_files: dict[str, Path] = Field(default_factory=dict)
+    jwt_algorithms: list[TokenAlgorithm] = Field(
+        default_factory=lambda: list(TOKEN_ALGORITHMS), min_length=1
+    )
+    jwt_role_claim: str = "role"
+    jwt_role_map: dict[str, Literal["teller", "admin", "auditor", "compliance", "viewer"]] = Field(
+        default_factory=dict
+    )
+    jwt_branch_claim: str = "branch"
+    jwt_hs256_in_production: bool = False
 
     # Ceilings in major units of any currency; `limits` says how they must relate.
     amount_max: int = Field(default=100_000_000, gt=0)
@@ -59,6 +89,16 @@ class Settings(BaseSettings):
     balance_max: int = Field(default=1_000_000_000_000, gt=0)
     body_max_bytes: int = Field(default=1_048_576, gt=0)
     batch_items_max: int = Field(default=1000, gt=0, le=10_000)
+
+    # How every Kafka client reaches the broker (producers, consumers, admin clients).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    # Production: transport TLS to Kafka, PostgreSQL and Redis; false waives it explicitly
+    # (logged at start and listed by /health/ready).
+    tls_required: bool = True
 
     topic_prefix: str = ""
     topic_partitions: int = Field(default=12, gt=0)
@@ -106,7 +146,16 @@ class Settings(BaseSettings):
     # Retired (and current) public keys, `*.pub` PEM: default var/signing-keys.
     signing_public_keys_dir: Path | None = None
     audit_mac_key: SecretStr | None = None
+    # Keys that rotate: {kid: key}; AUDIT_MAC_KID names the one that seals new events
+    # (each event records its kid, so old events verify with the key that sealed them).
+    # A single AUDIT_MAC_KEY is the key of that kid.
+    audit_mac_keys: dict[str, SecretStr] | None = None
+    audit_mac_kid: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     cipher_key: SecretStr | None = None
+    # Keys that rotate: {kid: base64 AES key}; CIPHER_KID names the one new events use
+    # (each event records it); a single CIPHER_KEY is the key of that kid.
+    cipher_keys: dict[str, SecretStr] | None = None
+    cipher_kid: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     cipher_off_in_production: bool = False
     # Production runs `vigil migrate` as the owning role, and the services with this off.
     migrate_on_start: bool = True
@@ -116,7 +165,38 @@ class Settings(BaseSettings):
     # Past this, the query API's readiness lists a projection as lagging (still 200).
     projection_lag_degraded_s: float = Field(default=30.0, gt=0, le=86_400)
 
+    # Rate limits: token buckets in Redis (0 per second: off). Per subject and route class
+    # (commands on the command API, reads on the query API), and per client address for
+    # requests without a valid token; `X-Forwarded-For` counts only from TRUSTED_PROXIES.
+    rate_limit_commands_per_s: float = Field(default=0, ge=0)
+    rate_limit_commands_burst: int = Field(default=200, ge=1)
+    rate_limit_reads_per_s: float = Field(default=0, ge=0)
+    rate_limit_reads_burst: int = Field(default=400, ge=1)
+    rate_limit_anonymous_per_s: float = Field(default=5, ge=0)
+    rate_limit_anonymous_burst: int = Field(default=50, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Connections one API process serves at once (more get 503 from uvicorn), and how long
+    # a request may take to arrive, headers and body (slow senders are cut off).
+    http_concurrency_max: int = Field(default=2_000, ge=1)
+    request_receive_timeout_s: float = Field(default=30, gt=0, le=600)
+
+    # `/docs` and `/openapi.json`: on in development, off in production unless set true.
+    api_docs: bool | None = None
+    # The bearer token a Prometheus scrape of an API's `/metrics` must carry (production
+    # requires one); without it, development serves `/metrics` to anyone who can connect.
+    metrics_token: SecretStr | None = None
+
     log_level: str = "INFO"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
 
     @field_validator("topic_prefix")
     @classmethod
@@ -135,6 +215,35 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _mac_kid_names_a_key(self) -> Settings:
+        if self.audit_mac_keys and self.audit_mac_kid not in self.audit_mac_keys:
+            raise ValueError(
+                f"VIGIL_AUDIT_MAC_KID names {self.audit_mac_kid!r}, which "
+                "VIGIL_AUDIT_MAC_KEYS does not hold"
+            )
+        if self.audit_mac_keys and self.audit_mac_key is not None:
+            raise ValueError("give VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS, not both")
+        if self.cipher_keys and self.cipher_kid not in self.cipher_keys:
+            raise ValueError(
+                f"VIGIL_CIPHER_KID names {self.cipher_kid!r}, which VIGIL_CIPHER_KEYS does not hold"
+            )
+        if self.cipher_keys and self.cipher_key is not None:
+            raise ValueError("give VIGIL_CIPHER_KEY or VIGIL_CIPHER_KEYS, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_sasl_is_whole(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        given = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
+        if sasl and any(value is None for value in given):
+            raise ValueError(
+                f"VIGIL_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME and "
+                "VIGIL_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _money_ceilings_relate(self) -> Settings:
         check_money_ceilings(
             self.amount_max, self.overdraft_max, self.teller_overdraft_max, self.balance_max
@@ -145,21 +254,69 @@ class Settings(BaseSettings):
     def _production_refuses_dev_keys(self) -> Settings:
         if self.env != "production":
             return self
-        if self.jwt_secret is None and not self.jwt_keys:
-            raise ValueError("production needs VIGIL_JWT_SECRET or VIGIL_JWT_KEYS")
-        if self.audit_mac_key is None:
-            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY")
-        if self.cipher_key is None and not self.cipher_off_in_production:
+        self._production_token_keys()
+        if self.audit_mac_key is None and not self.audit_mac_keys:
+            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS")
+        if self.cipher_key is None and not self.cipher_keys and not self.cipher_off_in_production:
             # Encryption at rest is on in production unless someone says, in writing, no.
             raise ValueError(
                 "production needs VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)"
             )
-        for secret in self._jwt_secrets().values():
-            if len(secret) < 32:
-                raise ValueError("production JWT keys must be at least 32 characters")
+        for kid, mac_key in self.audit_mac_keys_resolved().items():
+            strong_enough(f"the audit MAC key {kid!r}", mac_key.decode())
+        for kid, cipher_key in self.cipher_keys_resolved().items():
+            strong_enough(f"the cipher key {kid!r}", cipher_key)
+        for kid, secret in self._jwt_secrets().items():
+            strong_enough(f"the JWT key {kid!r}", secret)
+        if self.metrics_token is None:
+            raise ValueError("production needs VIGIL_METRICS_TOKEN (the bearer of /metrics)")
+        strong_enough("VIGIL_METRICS_TOKEN", self.metrics_token.get_secret_value())
         if self.database_url is None:
             raise ValueError("production needs VIGIL_DATABASE_URL")
+        if self.tls_required:
+            untls = self.plaintext_transports()
+            if untls:
+                raise ValueError(
+                    f"production needs TLS to {', '.join(untls)} (VIGIL_KAFKA_SECURITY_PROTOCOL"
+                    " SSL or SASL_SSL, sslmode=verify-full in VIGIL_DATABASE_URL, rediss:// in"
+                    " VIGIL_REDIS_URL), or VIGIL_TLS_REQUIRED=false to waive it"
+                )
         return self
+
+    def _production_token_keys(self) -> None:
+        """Production verifies the identity provider's signatures; shared HMAC secrets
+        only when waived in writing (VIGIL_JWT_HS256_IN_PRODUCTION=true)."""
+        hs256 = "HS256" in self.jwt_algorithms and self.jwt_keys_given()
+        if hs256 and not self.jwt_hs256_in_production:
+            raise ValueError(
+                "production refuses HS256 tokens: give the identity provider's keys "
+                "(VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES) and set VIGIL_JWT_ALGORITHMS "
+                'to ["RS256"] or ["ES256"], or waive with VIGIL_JWT_HS256_IN_PRODUCTION=true'
+            )
+        if not hs256 and not (self.jwks_url or self.jwt_public_key_files):
+            raise ValueError(
+                "production needs VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES "
+                "(or VIGIL_JWT_KEYS with VIGIL_JWT_HS256_IN_PRODUCTION=true)"
+            )
+        if self.jwks_url and not self.jwks_url.startswith("https://"):
+            raise ValueError("production fetches VIGIL_JWKS_URL over https only")
+
+    def plaintext_transports(self) -> list[str]:
+        """The servers this process would reach without TLS (empty: all encrypted)."""
+        plain = []
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            plain.append("Kafka")
+        if self.database_url and not any(
+            f"sslmode={mode}" in self.database_url
+            for mode in ("require", "verify-ca", "verify-full")
+        ):
+            plain.append("PostgreSQL")
+        if self.redis_url and not self.redis_url.startswith("rediss://"):
+            plain.append("Redis")
+        return plain
+
+    def docs_served(self) -> bool:
+        return self.env != "production" if self.api_docs is None else self.api_docs
 
     def _jwt_secrets(self) -> dict[str, str]:
         if self.jwt_keys:
@@ -213,6 +370,15 @@ class Settings(BaseSettings):
     def jwt_keys_given(self) -> bool:
         return bool(self._jwt_secrets())
 
+    def hs256_keys(self) -> dict[str, str]:
+        """The HMAC keys tokens may be verified with: those given; in development the dev
+        key too when nothing else is configured; none in production otherwise."""
+        if self.jwt_keys_given():
+            return self._jwt_secrets()
+        if self.env == "production" or self.jwks_url or self.jwt_public_key_files:
+            return {}
+        return self.jwt_keys_resolved()
+
     def jwt_keys_resolved(self) -> dict[str, str]:
         """kid -> secret. Development falls back to the dev key `vigil up` keeps in var/."""
         keys = self._jwt_secrets()
@@ -220,10 +386,25 @@ class Settings(BaseSettings):
             return keys
         return {self.jwt_kid: self.dev_keys()["jwt_secret"]}
 
+    def cipher_keys_resolved(self) -> dict[str, str]:
+        """kid -> base64 AES key; empty: events are not encrypted."""
+        if self.cipher_keys:
+            return {kid: key.get_secret_value() for kid, key in self.cipher_keys.items()}
+        if self.cipher_key is not None:
+            return {self.cipher_kid: self.cipher_key.get_secret_value()}
+        return {}
+
     def audit_mac_key_resolved(self) -> bytes:
+        """The key that seals new events (`audit_mac_kid`'s)."""
+        return self.audit_mac_keys_resolved()[self.audit_mac_kid]
+
+    def audit_mac_keys_resolved(self) -> dict[str, bytes]:
+        """kid -> MAC key, every key events may have been sealed with."""
+        if self.audit_mac_keys:
+            return {kid: k.get_secret_value().encode() for kid, k in self.audit_mac_keys.items()}
         if self.audit_mac_key is not None:
-            return self.audit_mac_key.get_secret_value().encode()
-        return self.dev_keys()["audit_mac_key"].encode()
+            return {self.audit_mac_kid: self.audit_mac_key.get_secret_value().encode()}
+        return {self.audit_mac_kid: self.dev_keys()["audit_mac_key"].encode()}
 
     def dev_keys(self) -> dict[str, str]:
         """The development secrets in var/dev-keys.json, made on first use (mode 0600)."""
@@ -241,6 +422,38 @@ class Settings(BaseSettings):
         write_once(path, json.dumps(data).encode())
         winner: dict[str, str] = json.loads(path.read_text())
         return winner
+
+
+def entropy_bits(secret: str) -> float:
+    """The Shannon estimate of a secret's information: its length times the entropy of
+    its characters' frequencies. A lower bound for nothing, but repeated and short keys
+    score low, which is what it is for."""
+    counts = Counter(secret)
+    total = len(secret)
+    per_char = -sum(n / total * math.log2(n / total) for n in counts.values())
+    return per_char * total
+
+
+def strong_enough(name: str, secret: str) -> None:
+    """ValueError (naming the setting, never the value) for a key too weak for production."""
+    if len(secret) < KEY_CHARS_MIN:
+        raise ValueError(f"production needs {name} of at least {KEY_CHARS_MIN} characters")
+    if entropy_bits(secret) < KEY_ENTROPY_BITS_MIN:
+        raise ValueError(
+            f"production needs {name} to be random (at least {KEY_ENTROPY_BITS_MIN} bits); "
+            "make one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+        )
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A validation error in the settings' own names, without the values given: pydantic's
+    message would quote the input (`input_value=...`), secrets included."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"VIGIL_{field.upper()}: {message}" if field else message)
+    return "invalid settings: " + "; ".join(lines)
 
 
 def write_once(path: Path, content: bytes) -> None:
@@ -262,5 +475,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings once, at startup, and pass them down."""
     try:
         return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigurationError(describe_errors(error)) from None
     except ValueError as error:
-        raise ConfigurationError(str(error)) from error
+        # pydantic-settings' own parse errors name the variable, not its value.
+        raise ConfigurationError(str(error)) from None

@@ -500,7 +500,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _baseline(system: System, seconds: float) -> dict[str, Any]:
     _say(f"baseline: plain eventsourcing, {BASELINE_THREADS} threads, {seconds:.0f} s")
-    url = baseline_database(str(system.info["database_url"]))
+    url = baseline_database(str(system.info["database_url"]), system.postgres.admin_url)
     before, started_s = system.cpu_seconds(), time.monotonic()
     result = run_baseline(url, seconds, BASELINE_THREADS, BASELINE_ACCOUNTS)
     # Includes opening and funding its accounts; its rate does not.

@@ -39,7 +39,7 @@ from infrastructure.ops.embedded import (
     start_broker,
     start_redis,
 )
-from infrastructure.ops.postgres_server import POSTGRES_SUPERUSER, EmbeddedPostgres, start_postgres
+from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
 from infrastructure.settings import load_settings
 from interfaces.cli.supervise import gauge_above_zero
 
@@ -59,6 +59,11 @@ OWN_VARIABLES = (
     "VIGIL_RELAY_METRICS_PORT",
     "VIGIL_CASE_OPENER_METRICS_PORT",
 )
+BENCH_RATE_LIMITS = {
+    "VIGIL_RATE_LIMIT_COMMANDS_PER_S": "0",
+    "VIGIL_RATE_LIMIT_READS_PER_S": "0",
+    "VIGIL_RATE_LIMIT_ANONYMOUS_PER_S": "0",
+}
 TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError)
 
 
@@ -207,6 +212,10 @@ class System:
             VIGIL_ENV="development",
             PYTHONUNBUFFERED="1",
         )
+        # Rate limits stated, not left to defaults: off unless the environment says
+        # otherwise (set VIGIL_RATE_LIMIT_COMMANDS_PER_S to measure the limiter's cost).
+        for name, value in BENCH_RATE_LIMITS.items():
+            env.setdefault(name, value)
         self.env = env
         self.info = {
             "database_url": self.postgres.url,
@@ -334,11 +343,10 @@ def cpu_percent(before: Counter[str], after: Counter[str], wall_s: float) -> dic
     return {role: round(pct, 1) for role, pct in sorted(used.items(), key=lambda x: -x[1])}
 
 
-def baseline_database(database_url: str) -> str:
+def baseline_database(database_url: str, admin_url: str) -> str:
     """A fresh database beside Vigil's, in the same PostgreSQL, owned by the same role."""
     parts = urlsplit(database_url)
-    host = f"{parts.hostname}:{parts.port}"
-    admin = urlunsplit(parts._replace(netloc=f"{POSTGRES_SUPERUSER}@{host}", path="/postgres"))
+    admin = admin_url
     statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(
         sql.Identifier(BASELINE_DATABASE), sql.Identifier(parts.username or "vigil")
     )

@@ -93,6 +93,9 @@ class Databases:
             "jwt_kid": "test",
             "audit_mac_key": "test-mac-key",
             "db_pool_size": 4,
+            # Every test calls from 127.0.0.1, many with bad tokens on purpose: the address
+            # limit is for test_rate_limits.py to turn on.
+            "rate_limit_anonymous_per_s": 0,
         }
         values.update(overrides)
         return load_settings(**values)
@@ -199,6 +202,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
                     for k, v in value.items()
                 }
             )
+        elif isinstance(value, list):
+            value = json.dumps(value)
         env[f"VIGIL_{name.upper()}"] = str(value)
     env.setdefault("VIGIL_LOG_LEVEL", "WARNING")
     return env

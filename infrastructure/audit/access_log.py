@@ -157,13 +157,32 @@ class AccessLog:
         async with self._connection() as conn:
             await conn.execute(INSERT_ACCESS, record.params())
 
+    async def record_many(self, records: list[AccessRecord]) -> None:
+        """Append all in one transaction (the access trail's batches)."""
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            await cursor.executemany(INSERT_ACCESS, [record.params() for record in records])
+
 
 # --- Reading them back (the query API's read-only store) ------------------------------
 
+# Filters are optional (NULL: any). Walked newest first by primary key: a rare subject or
+# account costs a longer walk, bounded by the read store's statement timeout.
 ACCESS_LOG_PAGE: Final = (
     "SELECT id, at, subject, role, action, detail, correlation_id FROM public.audit_access_log "
-    "WHERE id < %(before)s ORDER BY id DESC LIMIT %(limit)s"
+    "WHERE id < %(before)s "
+    "AND (%(subject)s::text IS NULL OR subject = %(subject)s) "
+    "AND (%(action)s::text IS NULL OR action = %(action)s) "
+    "AND (%(account_id)s::text IS NULL OR detail->>'account_id' = %(account_id)s) "
+    "ORDER BY id DESC LIMIT %(limit)s"
 )
+
+
+class AccessFilters(TypedDict):
+    subject: str | None
+    action: str | None
+    account_id: str | None
+
+
 EXPORTS_PAGE: Final = (
     "SELECT export_id, range_from, range_to, account_id, format, total, exported_by_subject, "
     "exported_by_role, exported_at FROM public.audit_exports "
@@ -204,9 +223,13 @@ class ExportRow(TypedDict):
     exported_at: datetime
 
 
-async def access_log_page(store: ReadStore, before: int, limit: int) -> list[AccessRow]:
-    """Up to `limit + 1` entries, newest first, with ids below `before`."""
-    rows = await store.fetch_all(ACCESS_LOG_PAGE, {"before": before, "limit": limit + 1})
+async def access_log_page(
+    store: ReadStore, before: int, limit: int, filters: AccessFilters | None = None
+) -> list[AccessRow]:
+    """Up to `limit + 1` entries, newest first, with ids below `before`, matching `filters`."""
+    given = filters or AccessFilters(subject=None, action=None, account_id=None)
+    params = {"before": before, "limit": limit + 1, **given}
+    rows = await store.fetch_all(ACCESS_LOG_PAGE, params)
     return cast(list[AccessRow], rows)
 
 

@@ -115,7 +115,9 @@ def export_events(
         if ledger is None:
             ledger = open_ledger(settings)
             stack.callback(ledger.close)
-        partial.mkdir(parents=True)
+        # Owners' names and amounts: readable by the exporting service's user alone.
+        out_dir.parent.mkdir(parents=True, exist_ok=True, mode=EXPORT_DIR_MODE)
+        partial.mkdir(mode=EXPORT_DIR_MODE)
         stack.callback(shutil.rmtree, partial, ignore_errors=True)
         summary = _write_events(settings, ledger, since, until, account_id, fmt, partial, progress)
         (partial / KEYS_FILE).write_text(keys_pem)
@@ -137,9 +139,15 @@ def export_events(
         assert signed_by == manifest["key_id"], "the manifest names the key that signs it"
         manifest["signature"] = signature
         (partial / MANIFEST_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        for written in partial.iterdir():
+            written.chmod(EXPORT_FILE_MODE)
         partial.rename(out_dir)
     _register(settings, manifest, out_dir, correlation_id)
     return manifest
+
+
+EXPORT_DIR_MODE = 0o700
+EXPORT_FILE_MODE = 0o600
 
 
 def _check_request(since: datetime, until: datetime, fmt: str, out_dir: Path) -> None:

@@ -107,7 +107,7 @@ def _verify(settings: Settings, ledger: Ledger, window: TimeWindow) -> VerifyRep
     path = checkpoint_file(settings)
     # Before the snapshot: every checkpoint in the file so far is in the table by then.
     file_size = path.stat().st_size if path.exists() else 0
-    audit = StoreAudit(ledger, settings.audit_mac_key_resolved(), public_keys(settings), window)
+    audit = StoreAudit(ledger, settings.audit_mac_keys_resolved(), public_keys(settings), window)
     page_size = settings.verify_page_events
     with connect(settings, "verify") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -11,7 +11,7 @@ re-labelled `altered` when the next version turns out to link to the original.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -19,7 +19,7 @@ from uuid import UUID
 
 from application.ledger import Ledger
 from domain.chained import ChainedAggregate
-from domain.integrity import GENESIS_HASH, chain_hash, mac_matches
+from domain.integrity import DEFAULT_MAC_KID, GENESIS_HASH, chain_hash, mac_matches
 from infrastructure.audit.checkpoints import ROLLING_GENESIS, Checkpoint, fold
 from infrastructure.audit.signing import PublicKeys
 from infrastructure.audit.verify_checkpoints import CheckpointPair
@@ -84,7 +84,7 @@ class StoreAudit:
     """The state of one pass: chains per aggregate, the rolling hash, what was found."""
 
     ledger: Ledger
-    mac_key: bytes
+    mac_keys: Mapping[str, bytes]  # kid -> key: events name the kid that sealed them
     keys: PublicKeys
     window: TimeWindow
     index: IndexLookup | None = None
@@ -136,7 +136,7 @@ class StoreAudit:
             if shown:
                 detail = f"stored hash {event.hash} but its fields hash to {recomputed}"
                 self.report("altered", aggregate_id, version, nid, detail)
-        elif not mac_matches(self.mac_key, event.hash, event.mac) and shown:
+        elif not self._mac_holds(event) and shown:
             prior = self.chains.get(aggregate_id)
             fits = (prior is None and version == 1 and event.previous_hash == GENESIS_HASH) or (
                 prior is not None
@@ -144,9 +144,18 @@ class StoreAudit:
                 and event.previous_hash == prior.hash
             )
             kind, how = ("inserted", "a new event") if fits else ("forged_mac", "an event")
-            detail = f"its mac does not match: {how} written without the audit MAC key"
+            kid = event.mac_kid or DEFAULT_MAC_KID
+            known = "" if kid in self.mac_keys else ", a key not configured"
+            detail = (
+                f"its mac (key {kid!r}{known}) does not match: {how} written without "
+                "the audit MAC key"
+            )
             suspect = self.report(kind, aggregate_id, version, nid, detail)
         self._link(aggregate_id, version, event.hash, nid, event.previous_hash, shown, suspect)
+
+    def _mac_holds(self, event: ChainedAggregate.Event) -> bool:
+        key = self.mac_keys.get(event.mac_kid or DEFAULT_MAC_KID)
+        return key is not None and mac_matches(key, event.hash, event.mac)
 
     def _link(
         self,

@@ -3,6 +3,7 @@ ledger itself, its tables created under the migration lock."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote, urlsplit
 
 from eventsourcing.utils import get_topic
@@ -11,6 +12,7 @@ from application.decide import MoneyCeilings
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
 from infrastructure.eventstore import canonical
+from infrastructure.eventstore.cipher import RotatingCipher
 from infrastructure.eventstore.recorder import VigilRecorder
 from infrastructure.eventstore.schema import store_names, warn_if_behind
 from infrastructure.eventstore.transcoder import OrjsonTranscoder
@@ -45,10 +47,12 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         # No AGGREGATE_CACHE_MAXSIZE: the library's repository keeps no cache. Hot
         # accounts are held by the ledger itself (`accounts_in_memory_max`).
     }
-    if settings.cipher_key is not None:
-        # AES-GCM from the `cryptography` package (the library's other cipher needs pycryptodome).
-        env["CIPHER_TOPIC"] = "eventsourcing.cryptography:AESCipher"
-        env["CIPHER_KEY"] = settings.cipher_key.get_secret_value()
+    cipher_keys = settings.cipher_keys_resolved()
+    if cipher_keys:
+        # AES-GCM from the `cryptography` package, under named keys that rotate.
+        env["CIPHER_TOPIC"] = get_topic(RotatingCipher)
+        env["CIPHER_KEYS"] = json.dumps(cipher_keys)
+        env["CIPHER_KID"] = settings.cipher_kid
     return env
 
 
@@ -58,6 +62,7 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
     canonical.install()
     options = LedgerOptions(
         mac_key=settings.audit_mac_key_resolved(),
+        mac_kid=settings.audit_mac_kid,
         ceilings=money_ceilings(settings),
         retries_max=settings.command_retries_max,
         accounts_in_memory_max=settings.aggregate_cache_max,

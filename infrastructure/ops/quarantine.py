@@ -77,12 +77,18 @@ LIST_CASE_OPENER: Final = (
     "SELECT 'case_opener', NULL::bigint, 'alert', alert_id, NULL::bigint, error, "
     "quarantined_at, resolved_at FROM public.case_opener_quarantine"
 )
+# Messages refused as not Vigil's: listed with the notification id they claimed.
+LIST_REFUSED: Final = (
+    "SELECT consumer || ' (refused)', notification_id, 'unauthenticated message', "
+    "NULL::text, NULL::bigint, reason, refused_at, resolved_at FROM public.refused_messages"
+)
 
 
 QUARANTINE_TABLES: Final = (
     (LIST_PROJECTIONS, f"{SCHEMA}.quarantined_events"),
     (LIST_RELAY, "public.relay_quarantine"),
     (LIST_CASE_OPENER, "public.case_opener_quarantine"),
+    (LIST_REFUSED, "public.refused_messages"),
 )
 PRESENT: Final = "SELECT " + ", ".join(
     f"to_regclass('{table}') IS NOT NULL" for _, table in QUARANTINE_TABLES

@@ -10,6 +10,8 @@ from typing import Any, Final
 
 import psycopg
 
+from infrastructure.readmodels.refused import REFUSED_MESSAGES_DDL
+
 SCHEMA = "readmodel"
 
 # The channels the read models NOTIFY after a commit: the query API's read-your-writes
@@ -354,6 +356,7 @@ CREATE TABLE IF NOT EXISTS {schema}.quarantined_events (
 CREATE INDEX IF NOT EXISTS quarantined_events_aggregate_idx
     ON {schema}.quarantined_events (projection, aggregate_id);
 {RELAY_QUARANTINE_DDL}
+{REFUSED_MESSAGES_DDL}
 """
 
 

@@ -35,6 +35,7 @@ from prometheus_client import start_http_server
 from psycopg import sql
 
 from application.ledger import Ledger
+from domain.integrity import relay_mac
 from infrastructure.audit.checkpoints import Checkpointer
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.ledger import open_ledger
@@ -133,6 +134,7 @@ class Relay:
         self.topic = ledger_events_topic(settings)
         self.state = RelayState(position=0, epoch=0)
         self.batches_published = 0
+        self._mac_keys = settings.audit_mac_keys_resolved()
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._ledger: Ledger | None = None
@@ -273,6 +275,12 @@ class Relay:
         # The envelope names the aggregate type itself and refuses a type it does not
         # know (or bytes it cannot decrypt): such an event is quarantined, not skipped.
         body = stored_envelope(self._ledger, notification.id, notification)
+        # Consumers refuse a message without it: the event's place in the log, sealed.
+        # Sealed with the key that sealed the event (its mac_kid).
+        key = self._mac_keys.get(body["mac_kid"])
+        if key is None:
+            raise ValueError(f"the MAC key {body['mac_kid']!r} of this event is not configured")
+        body["relay_mac"] = relay_mac(key, notification.id, body["hash"])
         return Outgoing(
             notification_id=notification.id,
             key=str(body["aggregate_id"]).encode(),

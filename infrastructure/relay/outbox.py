@@ -19,6 +19,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from infrastructure.kafka.authenticity import seal_alert
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 from infrastructure.postgres.connect import connect_async
 from infrastructure.postgres.locks import migrating
@@ -36,6 +37,8 @@ class AlertsOutboxRelay:
         self.topic = alerts_topic(settings)
         self.state = RelayState(position=0, epoch=0)
         self.published = 0
+        self._mac_key = settings.audit_mac_key_resolved()
+        self._mac_kid = settings.audit_mac_kid
 
     async def run_until(self, stop: asyncio.Event) -> None:
         backoff_s = self.settings.relay_backoff_s_min
@@ -99,7 +102,7 @@ class AlertsOutboxRelay:
             await producer.send(
                 self.topic,
                 key=str(account_id).encode(),
-                value=orjson.dumps(payload),
+                value=orjson.dumps(seal_alert(payload, self._mac_key, self._mac_kid)),
                 headers=[
                     ("alert_id", str(alert).encode()),
                     (EPOCH_HEADER, str(self.state.epoch).encode()),

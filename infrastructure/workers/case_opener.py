@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from application.compliance import AlertSummary, Compliance
 from domain.case import AlertCase
 from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.authenticity import check_alert_message
 from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import (
     EpochGuard,
@@ -78,6 +80,7 @@ class CaseOpener:
         self.epochs = EpochGuard("case-opener")
         self.opened = 0
         self.handled = 0
+        self.mac_keys = settings.audit_mac_keys_resolved()
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_with_restarts(stop, self._consume, "case-opener")
@@ -119,7 +122,7 @@ class CaseOpener:
         parsed: list[tuple[ConsumerRecord, AlertSummary, str]] = []
         for record in records:
             try:
-                parsed.append((record, *_alert(record)))
+                parsed.append((record, *_alert(record, self.mac_keys)))
             except UNHANDLEABLE as error:
                 self.handled += 1
                 await self._quarantine(record, _loaded(record), error, conn)
@@ -142,7 +145,7 @@ class CaseOpener:
     async def _handle(self, record: ConsumerRecord, conn: psycopg.AsyncConnection[Any]) -> None:
         self.handled += 1
         try:
-            summary, correlation_id = _alert(record)
+            summary, correlation_id = _alert(record, self.mac_keys)
             [(case, created)] = await asyncio.to_thread(
                 self.compliance.open_cases, [(summary, correlation_id)]
             )
@@ -210,11 +213,13 @@ def _loaded(record: ConsumerRecord) -> Any:
         return None
 
 
-def _alert(record: ConsumerRecord) -> tuple[AlertSummary, str]:
+def _alert(record: ConsumerRecord, keys: Mapping[str, bytes]) -> tuple[AlertSummary, str]:
     """The alert a message carries and its correlation id; raises for anything else."""
     alert = orjson.loads(record.value)
     if not isinstance(alert, dict):
         raise ValidationFailed("an alert message is a JSON object")
+    # Only what the alerts relay published opens a case: set aside (quarantined) otherwise.
+    check_alert_message(alert, keys)
     correlation_id = header(record, "correlation_id") or f"alert:{alert.get('alert_id')}"
     return AlertSummary.from_message(alert), correlation_id
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -25,7 +25,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from infrastructure.eventstore import canonical
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.kafka.authenticity import Unauthenticated, check_event_message
 from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
@@ -36,6 +38,7 @@ from infrastructure.monitoring.windows import WindowCache
 from infrastructure.postgres.connect import SESSION_OPTIONS, connect, connect_async
 from infrastructure.postgres.locks import migration_lock_async
 from infrastructure.readmodels.balances_cache import cache_account_rows
+from infrastructure.readmodels.refused import RefusedMessage, record_refused
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import BatchResult, apply_batch
 from infrastructure.settings import Settings
@@ -205,6 +208,10 @@ class ProjectionConsumer:
         self.group = group_id(settings, projections)
         self.epochs = EpochGuard(self.name)
         self._observed_until = 0.0
+        self.mac_keys = settings.audit_mac_keys_resolved()
+        # Each message's hash is recomputed: with orjson's canonical bytes (checked equal to
+        # the definition's), 9 µs a message instead of 14.
+        canonical.install()
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_with_restarts(stop, self._consume, self.name)
@@ -257,7 +264,9 @@ class ProjectionConsumer:
                 consumer, self.epochs, self.settings.projections_fetch_records_max
             )
             if records:
-                events = [e for e in map(_decoded, records) if e is not None]
+                events, refused = _authentic(records, self.mac_keys)
+                # Before the batch: a refusal is on record even if applying then fails.
+                await record_refused(conns[0], self.name, refused)
                 if events:
                     await self._apply(conns, cache, events)
                 # Only once every projection has the batch: a failure reads it again.
@@ -301,12 +310,30 @@ class ProjectionConsumer:
             LAG_EVENTS.labels(name).set(max(0, int(head) - int(position)))
 
 
-def _decoded(record: ConsumerRecord) -> Envelope | None:
-    """The record's envelope; None for a message that is not one (the relay publishes
-    only what it decoded from the store, so this is a corrupt or foreign message): it is
-    counted and logged, never applied, and never stops the batch."""
+def _authentic(
+    records: Sequence[ConsumerRecord], keys: Mapping[str, bytes]
+) -> tuple[list[Envelope], list[RefusedMessage]]:
+    """The batch's envelopes that Vigil published, and the messages it refuses."""
+    events: list[Envelope] = []
+    refused: list[RefusedMessage] = []
+    for record in records:
+        decoded = _decoded(record, keys)
+        if isinstance(decoded, Envelope):
+            events.append(decoded)
+        elif decoded is not None:
+            refused.append(decoded)
+    return events, refused
+
+
+def _decoded(record: ConsumerRecord, keys: Mapping[str, bytes]) -> Envelope | RefusedMessage | None:
+    """The record's envelope, if Vigil published it (its hash, `mac` and `relay_mac`
+    hold); a refusal if it is an envelope that does not authenticate; None for a message
+    that is not one (the relay publishes only what it decoded from the store, so this is
+    a corrupt or foreign message): it is counted and logged, never applied, and never
+    stops the batch."""
     try:
-        return Envelope.from_json(orjson.loads(record.value))
+        value = orjson.loads(record.value)
+        envelope = Envelope.from_json(value)
     except Exception as error:
         MESSAGES_UNDECODABLE.inc()
         log.error(
@@ -317,6 +344,17 @@ def _decoded(record: ConsumerRecord) -> Envelope | None:
             error=describe(error),
         )
         return None
+    try:
+        check_event_message(value, keys)
+    except (ValueError, TypeError) as error:
+        return RefusedMessage(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            notification_id=envelope.notification_id,
+            reason=str(error) if isinstance(error, Unauthenticated) else describe(error),
+        )
+    return envelope
 
 
 async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:

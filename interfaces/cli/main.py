@@ -164,6 +164,14 @@ def _add_token_commands(commands: Commands) -> None:
     issue.add_argument("--branch", default=None, help="branch code (required for tellers)")
     issue.add_argument("--subject", default=None, help="token subject (default: ROLE-dev)")
     issue.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
+    issue.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="PEM private key (RSA: RS256, P-256: ES256) to sign with, as an identity "
+        "provider would, instead of the HS256 key",
+    )
+    issue.add_argument("--kid", default=None, help="with --key-file: the kid (default: its stem)")
     issue.set_defaults(handler=run_issue_cli)
 
 

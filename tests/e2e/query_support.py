@@ -243,7 +243,10 @@ def serve_query_env(
 ) -> Iterator[QueryEnv]:
     """A query API on a fresh database seeded by `seed`, stopped on leaving."""
     var_dir = tmp_path_factory.mktemp("var-query")
-    settings = databases.settings_for(databases.fresh(), var_dir)
+    # Scrapes carry a token here, as in production (the command API's session has none).
+    settings = databases.settings_for(
+        databases.fresh(), var_dir, metrics_token="query-scrape-" + "s" * 32
+    )
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         ensure_read_models(conn)
         with conn.transaction():

@@ -19,6 +19,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from infrastructure.kafka.authenticity import seal_alert
 from infrastructure.kafka.topics import alerts_topic
 from infrastructure.ops.embedded import EmbeddedBroker, start_broker
 from infrastructure.settings import Settings
@@ -86,9 +87,10 @@ class System:
         )
         return {"Authorization": f"Bearer {token}"}
 
-    def publish_alerts(self, *alerts: dict[str, Any]) -> None:
-        """Straight onto `vigil.alerts`, key = account id, as the alerts outbox does."""
-        asyncio.run(_publish(self.settings, alerts))
+    def publish_alerts(self, *alerts: dict[str, Any], seal: bool = True) -> None:
+        """Straight onto `vigil.alerts`, key = account id, as the alerts outbox does
+        (sealed with the MAC key as it does, unless `seal` is false)."""
+        asyncio.run(_publish(self.settings, alerts, seal))
 
     def vigil(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         """A `vigil` command (`audit verify`, `quarantine list`, ...) against this system."""
@@ -109,7 +111,7 @@ class System:
         )
 
 
-async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...]) -> None:
+async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...], seal: bool) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.resolved_kafka_bootstrap(),
         acks="all",
@@ -119,8 +121,11 @@ async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...]) -> No
     await producer.start()
     try:
         for alert in alerts:
+            # Sealed as the alerts relay seals them: the case opener refuses anything else.
+            key, kid = settings.audit_mac_key_resolved(), settings.audit_mac_kid
+            sealed = seal_alert(alert, key, kid) if seal else alert
             await producer.send_and_wait(
-                alerts_topic(settings), orjson.dumps(alert), key=str(alert["account_id"]).encode()
+                alerts_topic(settings), orjson.dumps(sealed), key=str(alert["account_id"]).encode()
             )
     finally:
         await producer.stop()

@@ -10,11 +10,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+import psycopg
 import pytest
 
 from domain.account import Account
 from domain.case import case_id_for
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.authenticity import seal_alert
 from tests.conftest import Databases
 from tests.e2e.conftest import assert_problem
 from tests.e2e.system import System, eventually, running_system
@@ -170,6 +172,26 @@ def test_the_same_alert_published_twice_opens_one_case(system: System, http: htt
         assert len(list(ledger.repository.event_store.get(UUID(case_id)))) == 1
     finally:
         ledger.close()
+
+
+def test_an_alert_the_alerts_relay_did_not_seal_opens_no_case_and_is_set_aside(
+    system: System, http: httpx.Client
+) -> None:
+    account_id = open_account(system, http)
+    unsealed, forged, genuine = alert(account_id), alert(account_id), alert(account_id)
+    forged = seal_alert(forged, b"a key the attacker guessed")
+    system.publish_alerts(unsealed, forged, seal=False)
+    # Same key, same partition: once the genuine alert's case is there, all were read.
+    system.publish_alerts(genuine)
+    case_of(system, http, genuine)
+    assert [c["alert_id"] for c in cases_of(system, http, account_id)] == [genuine["alert_id"]]
+    with psycopg.connect(system.settings.resolved_database_url(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT alert_id, error FROM public.case_opener_quarantine WHERE account_id = %s",
+            (account_id,),
+        ).fetchall()
+    assert sorted(str(row[0]) for row in rows) == sorted([unsealed["alert_id"], forged["alert_id"]])
+    assert all("mac" in str(row[1]) for row in rows), rows
 
 
 def test_a_case_is_worked_over_http_and_its_history_names_every_actor(

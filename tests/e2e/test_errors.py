@@ -62,11 +62,20 @@ def _status(http: httpx.Client, bank: Bank, account: Account, action: str) -> ht
 # --- 404 ------------------------------------------------------------------------------
 
 
-def test_deposit_to_an_unknown_account_is_account_not_found(bank: Bank, http: httpx.Client) -> None:
+def test_a_tellers_deposit_to_an_unknown_account_is_forbidden_as_another_branchs_would_be(
+    bank: Bank, http: httpx.Client
+) -> None:
     response = http.post(
         f"/v1/accounts/{uuid.uuid4()}/deposits",
         json={"amount": "1.00", "currency": "GBP"},
         headers=bank.teller(),
+    )
+    assert_problem(response, 403, "forbidden")
+
+
+def test_freezing_an_unknown_account_is_account_not_found(bank: Bank, http: httpx.Client) -> None:
+    response = http.post(
+        f"/v1/accounts/{uuid.uuid4()}/freeze", json={"reason": "x"}, headers=bank.admin()
     )
     assert_problem(response, 404, "account_not_found")
 

@@ -148,6 +148,8 @@ def test_the_short_way_answers_every_request_as_fastapi_does(twin: Twin) -> None
     twin.send("withdrawal beyond the balance", withdraw, {"amount": "1000.00", "currency": "GBP"})
     twin.send("withdrawal in another currency", withdraw, {"amount": "1.00", "currency": "EUR"})
     twin.send("deposit to nobody", f"/v1/accounts/{_id('ghost')}/deposits", money)
+    ghost_target = {"from_account_id": a, "to_account_id": _id("ghost"), **money}
+    twin.send("transfer to nobody", "/v1/transfers", ghost_target)
     twin.send("deposit to a malformed id", "/v1/accounts/not-a-uuid/deposits", money)
     twin.send("malformed JSON", deposit, raw=b'{"amount": "1.00",')
     twin.send(

@@ -35,6 +35,7 @@ from domain.integrity import GENESIS_HASH, SYSTEM_ACTOR, Actor, chain_hash, mac_
 from domain.money import Money
 from domain.watchlist import watchlist_entry_id
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.kafka.authenticity import seal_alert
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic
 from infrastructure.ops.embedded import EmbeddedBroker
 from infrastructure.readmodels.tracking import apply_batch
@@ -81,6 +82,15 @@ def alert(account_id: UUID, rule: str = "structuring", severity: str = "high") -
         "case_id": str(case_id_for(alert_id)),
         "rule_config_version": 1,
     }
+
+
+def sealed_dict(settings: Settings, message: dict[str, Any]) -> dict[str, Any]:
+    """The alert as the alerts relay publishes it, sealed with the MAC key."""
+    return seal_alert(message, settings.audit_mac_key_resolved(), settings.audit_mac_kid)
+
+
+def sealed(settings: Settings, message: dict[str, Any]) -> bytes:
+    return orjson.dumps(sealed_dict(settings, message))
 
 
 def stored_events(ledger: Ledger, aggregate_id: UUID) -> list[Any]:
@@ -445,13 +455,14 @@ def test_the_case_opener_quarantines_what_it_cannot_handle_once_and_goes_on(
         refused = alert(account_id, severity="apocalyptic")  # JSON, but no alert we open
         valid = alert(account_id)
         quarantined_before = REGISTRY.get_sample_value("vigil_case_opener_quarantined_total")
-        asyncio.run(publish(settings, garbage, orjson.dumps(refused), orjson.dumps(valid), epoch=1))
+        messages = (sealed(settings, refused), sealed(settings, valid))
+        asyncio.run(publish(settings, garbage, *messages, epoch=1))
         opener = CaseOpener(settings, Compliance(ledger))
         with OpenerThread(opener):
             wait_handled(opener, 3)
             # A republished log (the relay's next epoch) makes the consumer read the
             # partition again from its start: every message is delivered a second time.
-            asyncio.run(publish(settings, orjson.dumps(valid), epoch=2))
+            asyncio.run(publish(settings, sealed(settings, valid), epoch=2))
             wait_handled(opener, 3 + 4)
         with psycopg.connect(settings.resolved_database_url()) as conn:
             rows = conn.execute(
@@ -470,7 +481,7 @@ def test_the_case_opener_quarantines_what_it_cannot_handle_once_and_goes_on(
     assert first[6] == "\ufffd\ufffdnot json", "NUL and invalid UTF-8 kept as replacements"
     assert second[3:5] == (refused["alert_id"], str(account_id))
     assert second[5].startswith("ValidationFailed: severity must be one of"), second
-    assert orjson.loads(second[6]) == refused
+    assert orjson.loads(second[6]) == sealed_dict(settings, refused)
     quarantined_after = REGISTRY.get_sample_value("vigil_case_opener_quarantined_total")
     assert (quarantined_after or 0) - (quarantined_before or 0) == 2
     assert asyncio.run(unresolved_quarantined(settings)) == 2
@@ -490,7 +501,7 @@ def test_a_lost_database_connection_makes_the_case_opener_retry_and_skip_nothing
     ledger = open_ledger(settings)
     try:
         valid = alert(open_account(ledger))
-        asyncio.run(publish(settings, orjson.dumps(valid), epoch=1))
+        asyncio.run(publish(settings, sealed(settings, valid), epoch=1))
         opener = CaseOpener(settings, Compliance(ledger))
         with OpenerThread(opener):
             wait_handled(opener, 1)

@@ -82,7 +82,8 @@ def test_embedded_servers_answer_and_leave_no_process_behind(var_dir: Path) -> N
     broker = start_broker(var_dir)
     try:
         assert postgres.port != 5432
-        assert postgres.url == f"postgresql://vigil@127.0.0.1:{postgres.port}/vigil"
+        assert postgres.url.startswith("postgresql://vigil:")
+        assert postgres.url.endswith(f"@127.0.0.1:{postgres.port}/vigil")
         with psycopg.connect(postgres.url, connect_timeout=5) as conn:
             assert conn.execute("SELECT 1, current_user").fetchone() == (1, "vigil")
         client = redis.Redis.from_url(cache.url, socket_timeout=2)
@@ -118,6 +119,53 @@ def test_postgres_keeps_its_data_and_stops_a_server_a_crashed_run_left_behind(
     finally:
         second.stop()
     assert _gone(second.pid)
+
+
+def test_embedded_servers_refuse_connections_without_their_passwords(var_dir: Path) -> None:
+    postgres = start_postgres(var_dir)
+    cache = start_redis(var_dir)
+    try:
+        for user, database in (("vigil", "vigil"), ("postgres", "postgres")):
+            bare = f"postgresql://{user}@127.0.0.1:{postgres.port}/{database}"
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(bare, connect_timeout=5)
+            wrong = f"postgresql://{user}:guessed@127.0.0.1:{postgres.port}/{database}"
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(wrong, connect_timeout=5)
+        socket_dir = var_dir / "pg"
+        if socket_dir.exists():
+            assert socket_dir.stat().st_mode & 0o777 == 0o700
+            local = f"postgresql://vigil@/vigil?host={socket_dir}&port={postgres.port}"
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(local, connect_timeout=5)
+        port = int(cache.url.rsplit(":", 1)[1].split("/")[0])
+        bare_redis = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            bare_redis.ping()
+        bare_redis.close()
+        keys = var_dir / "server-keys.json"
+        assert keys.stat().st_mode & 0o777 == 0o600
+        assert "requirepass" not in " ".join(psutil.Process(cache.pid).cmdline())
+    finally:
+        cache.stop()
+        postgres.stop()
+
+
+def test_a_cluster_made_with_trust_auth_gets_passwords_on_its_next_start(
+    var_dir: Path,
+) -> None:
+    first = start_postgres(var_dir)
+    first.stop()
+    (var_dir / "pgdata" / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    second = start_postgres(var_dir)
+    try:
+        bare = f"postgresql://vigil@127.0.0.1:{second.port}/vigil"
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(bare, connect_timeout=5)
+        with psycopg.connect(second.url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("vigil",)
+    finally:
+        second.stop()
 
 
 def test_a_server_that_cannot_bind_its_port_fails_quoting_its_log(var_dir: Path) -> None:

@@ -84,6 +84,17 @@ def export(settings: Settings, tmp_path: Path, fmt: str = "jsonl", **kwargs: Any
     return out
 
 
+def test_export_files_are_readable_by_their_owner_alone(
+    settings: Settings, ledger: Ledger, tmp_path: Path
+) -> None:
+    small_history(ledger)
+    out = export(settings, tmp_path / "exports")
+    assert (out.stat().st_mode & 0o777, out.parent.stat().st_mode & 0o777) == (0o700, 0o700)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o600)
+    assert len(modes) == 3, modes
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_fresh_export_verifies_on_its_own(
     settings: Settings, ledger: Ledger, tmp_path: Path, fmt: str

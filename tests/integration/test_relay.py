@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from application.commands import Deposit, OpenAccount, Submission, Transfer
 from application.envelope import envelope
 from application.ledger import Ledger
-from domain.integrity import Actor
+from domain.integrity import Actor, relay_mac
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import ledger_events_topic
@@ -273,7 +273,10 @@ def test_every_event_arrives_once_in_account_order_with_its_envelope_and_headers
     versions: dict[str, list[int]] = defaultdict(list)
     for record in records:
         value = orjson.loads(record.value)
+        seal = value.pop("relay_mac")
         assert value == expected[notification_id(record)]
+        key = settings.audit_mac_key_resolved()
+        assert seal == relay_mac(key, value["notification_id"], value["hash"])
         assert record.key == value["aggregate_id"].encode()
         assert header(record, "event_type") == value["event_type"]
         assert header(record, "correlation_id") == value["correlation_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,8 @@ def test_a_token_claiming_rs256_is_refused() -> None:
     # Hand-made: the classic confusion attack signs with the HMAC key but says RS256.
     token = _unsigned_token({"alg": "RS256", "typ": "JWT", "kid": "dev"}, _claims()) + "c2ln"
 
-    assert "algorithm" in _refused(token)
+    # "dev" is an HMAC key: no RS256 key has that id.
+    assert "key id" in _refused(token)
 
 
 def test_a_token_with_a_tampered_payload_is_refused() -> None:
@@ -214,6 +216,54 @@ def test_a_token_claiming_the_system_role_is_refused() -> None:
 @pytest.mark.parametrize("garbage", ["", "not-a-token", "a.b.c", "x" * 9000])
 def test_garbage_is_refused(garbage: str) -> None:
     _refused(garbage)
+
+
+def test_a_token_with_a_system_subject_is_refused_whatever_its_role() -> None:
+    assert "reserved" in _refused(_token(_claims(sub="system:rules")))
+    assert "reserved" in _refused(_token(_claims(sub="system:holds", role="admin")))
+
+
+def _time_claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return _claims(**{"iat": now - 10, "nbf": now - 10, "exp": now + 300, **overrides})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # Functions of the time the test runs, not the time it was collected.
+        pytest.param(lambda now: {"exp": str(now + 300)}, id="exp-as-string"),
+        pytest.param(lambda now: {"nbf": True}, id="nbf-true"),
+        pytest.param(lambda now: {"iat": float(now)}, id="iat-as-float"),
+        pytest.param(lambda now: {"exp": 10**30}, id="exp-far-future"),
+        pytest.param(lambda now: {"iat": -5}, id="iat-negative"),
+    ],
+)
+def test_a_time_claim_of_the_wrong_type_or_range_is_refused(
+    overrides: Callable[[int], dict[str, Any]],
+) -> None:
+    claims = _time_claims(**overrides(int(time.time())))
+    assert "whole seconds" in _refused(_token(claims))
+
+
+def test_a_token_living_longer_than_the_maximum_is_refused() -> None:
+    now = int(time.time())
+    long_lived = _token(_claims(iat=now, nbf=now, exp=now + 3601))
+    with pytest.raises(Unauthorized, match="lifetime"):
+        _verifier(lifetime_max_s=3600).verify(long_lived)
+    at_the_maximum = _token(_claims(iat=now, nbf=now, exp=now + 3600))
+    assert _verifier(lifetime_max_s=3600).verify(at_the_maximum).subject == "alice"
+
+
+def test_a_token_issued_in_the_future_is_refused() -> None:
+    now = int(time.time())
+    _refused(_token(_claims(iat=now + 600, nbf=now, exp=now + 900)))
+
+
+def test_issuing_a_token_beyond_the_maximum_lifetime_is_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, jwt_lifetime_max_s=600)
+    with pytest.raises(ValueError, match="JWT_LIFETIME_MAX_S"):
+        issue_token(settings, role="admin", ttl_s=601)
 
 
 # --- TokenVerifier: cache -------------------------------------------------------------

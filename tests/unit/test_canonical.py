@@ -62,6 +62,7 @@ def test_command_fingerprints_are_the_escaped_json_whatever_encoder_runs(
     definition = {
         "kind": "open_account",
         "subject": subject,
+        "role": "teller",
         "owner": owner,
         "branch": "001",
         "currency": "GBP",
@@ -70,6 +71,7 @@ def test_command_fingerprints_are_the_escaped_json_whatever_encoder_runs(
     deposited = {
         "kind": "deposit",
         "subject": subject,
+        "role": "teller",
         "account_id": str(UUID(int=2)),
         "amount_minor": 150,
         "currency": "GBP",

@@ -16,16 +16,20 @@ from prometheus_client.registry import Collector
 from application.compliance import Compliance
 from application.group_commit import GroupCommitter
 from application.ledger import Ledger
+from infrastructure.audit.access_log import prepare_audit_tables
+from infrastructure.audit.access_trail import AccessTrail
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.reply_cache import RedisReplyCache
 from infrastructure.ops.quarantine import list_quarantined_sync, reasons
 from infrastructure.settings import Settings
 from interfaces.api.command.routes import accounts, batches, cases, transfers, watchlist
 from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.fast_routes import FastRoutes
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
+from interfaces.api.http.ratelimit import RateLimiter
 
 log = structlog.get_logger("vigil.command_api")
 
@@ -83,6 +87,9 @@ def create_command_app(settings: Settings) -> FastAPI:
             max_commands=settings.group_commit_max,
         )
         app.state.compliance = Compliance(ledger)
+        # Refusals (401, 403) go to the audit-access log, in batches.
+        await asyncio.to_thread(prepare_audit_tables, settings)
+        app.state.access_trail = await AccessTrail.open(settings)
         collector = CommitCollector(app.state.committer)
         REGISTRY.register(collector)
         app.state.readiness_checks = [
@@ -100,6 +107,8 @@ def create_command_app(settings: Settings) -> FastAPI:
             app.state.committer.close()
             ledger.close()
             cache.client.close()
+            await app.state.rate_limiter.close()
+            await app.state.access_trail.close()
             log.info("command_api_stopped")
 
     app = FastAPI(
@@ -108,20 +117,26 @@ def create_command_app(settings: Settings) -> FastAPI:
         description="Open accounts and move money. Every error is application/problem+json.",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
-    app.state.verifier = TokenVerifier(
-        keys=settings.jwt_keys_resolved(),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        leeway_s=settings.jwt_leeway_s,
-    )
+    app.state.verifier = TokenVerifier.from_settings(settings)
     app.state.readiness_checks = []
     install_problem_handlers(app)
+    install_docs(app, settings)
     # Innermost, so that correlation ids, the access log and the body limit see every request.
     if settings.fast_routes:
         app.add_middleware(FastRoutes, owner=app, paths=FAST_ROUTES)
-    install_middleware(app, app_name="command", body_max_bytes=settings.body_max_bytes)
+    app.state.rate_limiter = RateLimiter(settings, "commands")
+    install_middleware(
+        app,
+        app_name="command",
+        body_max_bytes=settings.body_max_bytes,
+        limiter=app.state.rate_limiter,
+        verifier=app.state.verifier,
+    )
     # Routes are matched in order, one pattern after the other: the money routes first.
     app.include_router(transfers.router)
     app.include_router(batches.router)

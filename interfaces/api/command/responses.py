@@ -28,9 +28,12 @@ class MovementOut(BaseModel):
 
 
 class TransferSide(BaseModel):
+    """One side of a transfer. A teller sees the state of accounts of its own branch only:
+    another branch's receiving account shows `version` and `balance` as null."""
+
     account_id: str
-    version: int
-    balance: str
+    version: int | None
+    balance: str | None
 
 
 class TransferOut(BaseModel):

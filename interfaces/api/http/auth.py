@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,8 +19,9 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from domain.errors import Forbidden
+from domain.errors import AccountNotFound, DomainError, Forbidden
 from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
+from interfaces.api.http.idp import ALGORITHMS, ClaimMapping, JwksKeys, PublicKey, load_key_files
 from interfaces.api.http.roles import TOKEN_ROLES, Role
 
 if TYPE_CHECKING:
@@ -31,6 +32,15 @@ REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 # Headers beyond this are not tokens we issue; refuse before spending time parsing them.
 TOKEN_CHARS_MAX = 8192
 SUBJECT_CHARS_MAX = 256
+# Subjects Vigil's own actors use (`system:rules`, `system:holds`); no token may claim one.
+SYSTEM_SUBJECT_PREFIX = "system:"
+# Time claims are whole seconds since the epoch, below this (the year 2255): `exp: 10**30`
+# is not a token anyone meant to issue.
+TIME_CLAIM_MAX = 9_000_000_000
+TIME_CLAIMS = ("exp", "nbf", "iat")
+LIFETIME_MAX_S_DEFAULT = 86_400
+# What a refused caller is told; the reason is logged, never sent back.
+UNAUTHORIZED_DETAIL = "the bearer token is missing or not valid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,10 @@ class Unauthorized(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UnknownKey(Unauthorized):
+    """The token names a key id none of the configured sources holds (yet)."""
 
 
 # --- RBAC: the one table (the API contract's matrix). Deny by default. ---------------------
@@ -100,6 +114,14 @@ def check_branch(principal: Principal, branch: str) -> None:
         raise Forbidden("tellers may act only on accounts of their own branch")
 
 
+def missing_account(principal: Principal, account_id: object) -> DomainError:
+    """What to raise for an account that does not exist: for a teller, the same 403 as
+    another branch's account, so that a teller learns nothing of other branches."""
+    if principal.role is Role.TELLER:
+        return Forbidden("tellers may act only on accounts of their own branch")
+    return AccountNotFound(f"account {account_id} not found")
+
+
 # --- Token verification ---------------------------------------------------------------
 
 
@@ -119,16 +141,26 @@ class TokenVerifier:
         audience: str,
         leeway_s: int = 0,
         *,
+        lifetime_max_s: int = LIFETIME_MAX_S_DEFAULT,
+        public_keys: Mapping[str, PublicKey] | None = None,
+        jwks: JwksKeys | None = None,
+        algorithms: Iterable[str] = ("HS256", "RS256", "ES256"),
+        claims: ClaimMapping | None = None,
         cache_entries_max: int = 10_000,
         cache_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not keys:
+        if not keys and not public_keys and jwks is None:
             raise ValueError("TokenVerifier needs at least one key")
         self._keys = dict(keys)
+        self._public_keys = dict(public_keys or {})
+        self.jwks = jwks
+        self._algorithms = frozenset(algorithms) & ALGORITHMS
+        self._claims = claims or ClaimMapping()
         self._issuer = issuer
         self._audience = audience
         self._leeway_s = leeway_s
+        self._lifetime_max_s = lifetime_max_s
         self._cache_entries_max = cache_entries_max
         self._cache_ttl_s = cache_ttl_s
         self._clock = clock
@@ -138,11 +170,34 @@ class TokenVerifier:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
         return cls(
-            settings.jwt_keys_resolved(),
+            settings.hs256_keys(),
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway_s=settings.jwt_leeway_s,
+            lifetime_max_s=settings.jwt_lifetime_max_s,
+            public_keys=load_key_files(settings.jwt_public_key_files),
+            jwks=JwksKeys(settings.jwks_url, refetch_interval_s=settings.jwks_refetch_interval_s)
+            if settings.jwks_url
+            else None,
+            algorithms=settings.jwt_algorithms,
+            claims=ClaimMapping(
+                role_claim=settings.jwt_role_claim,
+                branch_claim=settings.jwt_branch_claim,
+                role_map=settings.jwt_role_map,
+            ),
         )
+
+    async def verify_async(self, token: str) -> Principal:
+        """`verify`, fetching the provider's keys again for a key id it does not know (at
+        most once per interval, whatever the tokens say)."""
+        if self.jwks is not None and self.jwks.stale:
+            await self.jwks.refresh()
+        try:
+            return self.verify(token)
+        except UnknownKey:
+            if self.jwks is None or not await self.jwks.refresh():
+                raise
+        return self.verify(token)
 
     def verify(self, token: str) -> Principal:
         now_s = self._clock()
@@ -150,7 +205,8 @@ class TokenVerifier:
         if cached is not None:
             return cached
         claims = self._decode(token)
-        principal = _principal_from_claims(claims)
+        _check_time_claims(claims, now_s, self._lifetime_max_s, self._leeway_s)
+        principal = _principal_from_claims(claims, self._claims)
         # Never trust a cached success past the token's own expiry.
         self._remember(token, principal, min(float(claims["exp"]), now_s + self._cache_ttl_s))
         return principal
@@ -162,20 +218,20 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
-        # An allow-list of one: `none`, RS256-with-HMAC-key confusion and friends never pass.
-        if header.get("alg") != ALGORITHM:
+        # An allow-list: `none`, HS512 and friends never pass; and the key found must have
+        # been configured for the token's algorithm (no RS256 public key as HMAC secret).
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
             raise Unauthorized("token algorithm not allowed")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("token has no key id")
-        key = self._keys.get(kid)
-        if key is None:
-            raise Unauthorized("token key id is unknown")
+        key = self._key(kid, algorithm)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=[ALGORITHM],
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway_s,
@@ -196,6 +252,21 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthorized("invalid token") from None
         return claims
+
+    def _key(self, kid: str, algorithm: str) -> Any:
+        if algorithm == ALGORITHM:
+            secret = self._keys.get(kid)
+            if secret is None:
+                raise UnknownKey("token key id is unknown")
+            return secret
+        public = self._public_keys.get(kid)
+        if public is None and self.jwks is not None:
+            public = self.jwks.cached(kid)
+        if public is None:
+            raise UnknownKey("token key id is unknown")
+        if public.algorithm != algorithm:
+            raise Unauthorized("token algorithm does not match its key")
+        return public.key
 
     def _cached(self, token: str, now_s: float) -> Principal | None:
         with self._lock:
@@ -225,15 +296,32 @@ def _acceptable_subject(subject: str) -> bool:
         return False
 
 
-def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+def _check_time_claims(
+    claims: Mapping[str, Any], now_s: float, lifetime_max_s: int, leeway_s: int
+) -> None:
+    """Whole seconds, of the right type (PyJWT takes `"exp": "1700000000"` and `nbf: true`),
+    and a lifetime no longer than the operator allows, however it was signed."""
+    for name in TIME_CLAIMS:
+        value = claims.get(name)
+        if type(value) is not int or not 0 <= value <= TIME_CLAIM_MAX:
+            raise Unauthorized(f"token claim {name} is not a time in whole seconds")
+    if claims["iat"] > now_s + leeway_s:
+        raise Unauthorized("token issued in the future")
+    if claims["exp"] - claims["iat"] > lifetime_max_s:
+        raise Unauthorized("token lifetime exceeds the maximum")
+
+
+def _principal_from_claims(claims: Mapping[str, Any], mapping: ClaimMapping) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not _acceptable_subject(subject):
         raise Unauthorized("token subject is invalid")
-    raw_role = claims.get("role")
-    if not isinstance(raw_role, str) or raw_role not in TOKEN_ROLES:
+    if subject.startswith(SYSTEM_SUBJECT_PREFIX):
+        raise Unauthorized("token subject is reserved for the system")
+    raw_role = mapping.role(claims)
+    if raw_role is None or raw_role not in TOKEN_ROLES:
         raise Unauthorized("token role is missing or not allowed")
     role = Role(raw_role)
-    branch = claims.get("branch")
+    branch = mapping.branch(claims)
     if branch is not None and (not isinstance(branch, str) or not BRANCH_PATTERN.fullmatch(branch)):
         raise Unauthorized("token branch is invalid")
     if role is Role.TELLER and branch is None:
@@ -248,18 +336,20 @@ def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
 bearer_scheme = HTTPBearer(
     auto_error=False,
     bearerFormat="JWT",
-    description="HS256 JWT; `vigil token issue --role R [--branch B]` makes one.",
+    description="JWT; `vigil token issue --role R [--branch B]` makes one.",
 )
 
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+async def authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
     """Verify the bearer token with the app's verifier and remember who called."""
     if credentials is None:
         raise Unauthorized("missing bearer token")
     verifier: TokenVerifier = request.app.state.verifier
-    principal = verifier.verify(credentials.credentials)
+    principal = await verifier.verify_async(credentials.credentials)
     # The access log names the subject, even when the request is then forbidden.
     request.state.principal = principal
     return principal
@@ -272,7 +362,7 @@ def require(action: str) -> Callable[..., Awaitable[Principal]]:
         raise ValueError(f"unknown action {action!r}: add it to PERMISSIONS")
 
     async def dependency(request: Request, credentials: Bearer) -> Principal:
-        principal = authenticate(request, credentials)
+        principal = await authenticate(request, credentials)
         authorize(principal, action)
         return principal
 

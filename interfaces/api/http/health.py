@@ -1,4 +1,5 @@
-"""Liveness, readiness and the Prometheus scrape. No auth: probes and scrapers carry none.
+"""Liveness, readiness and the Prometheus scrape. Probes carry no token; a scrape carries
+`VIGIL_METRICS_TOKEN` when one is set.
 
 Readiness runs `app.state.readiness_checks`, a list of `(name, async check, critical)`.
 A failing critical check (the event store) makes the process unready (503); a failing
@@ -10,15 +11,20 @@ Every answer lists its `"reasons"` (empty when all is well).
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Literal
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.responses import Response
 
 from infrastructure.metrics import metrics_response
+from infrastructure.settings import Settings
+from interfaces.api.http.auth import UNAUTHORIZED_DETAIL
+from interfaces.api.http.problems import problem_response
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[bool]], bool]
 # What the process serves but works around (quarantined events): each a list of reasons.
@@ -56,11 +62,20 @@ async def ready(request: Request) -> JSONResponse:
     if critical_down:
         return JSONResponse({"status": "unavailable", "checks": results}, status_code=503)
     reasons = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
+    reasons.extend(tls_waived(request.app.state.settings))
     degradations: Sequence[DegradationCheck] = getattr(request.app.state, "degradations", ())
     for found in await asyncio.gather(*(_run_degradation(n, c) for n, c in degradations)):
         reasons.extend(found)
     status = "degraded" if reasons else "ok"
     return JSONResponse({"status": status, "checks": results, "reasons": reasons})
+
+
+def tls_waived(settings: Settings) -> list[str]:
+    """Production reaching a server without TLS, because VIGIL_TLS_REQUIRED=false said so."""
+    plain = settings.plaintext_transports() if settings.env == "production" else []
+    if not plain or settings.tls_required:
+        return []
+    return [f"transport TLS waived (VIGIL_TLS_REQUIRED=false): {', '.join(plain)} in plaintext"]
 
 
 async def _run_degradation(name: str, check: Callable[[], Awaitable[list[str]]]) -> list[str]:
@@ -87,9 +102,21 @@ async def _run_check(name: str, check: Callable[[], Awaitable[bool]]) -> CheckOu
 @health_router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"},
+        401: {"description": "`VIGIL_METRICS_TOKEN` is set and the request does not carry it"},
+    },
 )
-async def metrics() -> Response:
-    """Prometheus text exposition of this process's metrics."""
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics; behind a bearer token when
+    `VIGIL_METRICS_TOKEN` is set (production requires it)."""
+    token: SecretStr | None = request.app.state.settings.metrics_token
+    if token is not None:
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return problem_response(
+                "unauthorized", UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"}
+            )
     exposition = metrics_response()
     return Response(content=exposition.body, media_type=exposition.content_type)

@@ -3,7 +3,7 @@
 Pure ASGI rather than `BaseHTTPMiddleware`: no extra task and no body re-buffering per
 request, which matters at the request rates the group commit is built for.
 `install_middleware` adds them in the one order that works (outermost first):
-correlation id -> access log -> body limit -> the app.
+correlation id -> access log -> rate limit -> body limit -> the app.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrastructure import metrics
+from infrastructure.audit.access_log import AccessRecord
+from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.problems import CORRELATION_HEADER, problem_response
+from interfaces.api.http.ratelimit import RateLimiter, RateLimitMiddleware
 
 CORRELATION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CORRELATION_HEADER_RAW: Final = CORRELATION_HEADER.lower().encode("latin-1")
@@ -37,6 +40,13 @@ TELEMETRY_OFF: Final[TelemetryConfig] = {
     "logs": False,
     "operation_spans": False,
 }
+
+# On every reply: nothing is for a shared cache (balances, statements, tokens' effects),
+# and no browser guesses a type the reply does not declare.
+SECURITY_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
 
 correlation_id_var: ContextVar[str | None] = ContextVar("vigil_correlation_id", default=None)
 
@@ -66,7 +76,9 @@ def _sane_correlation_id(raw: bytes | None) -> str | None:
 
 
 class CorrelationIdMiddleware:
-    """Accept a sane `X-Correlation-ID` or make one; log with it; send it back."""
+    """Accept a sane `X-Correlation-ID` or make one; log with it; send it back, with the
+    security headers (here rather than in a middleware of their own: one wrapper less
+    on every request)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,7 +96,7 @@ class CorrelationIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), header, *SECURITY_HEADERS]
             await send(message)
 
         var_token = correlation_id_var.set(correlation_id)
@@ -205,6 +217,9 @@ class AccessLogMiddleware:
         metrics.observe_http_request(self.app_name, method, route, status, duration_s)
         principal = scope.get("state", {}).get("principal")
         subject = getattr(principal, "subject", None)
+        trail = getattr(getattr(scope.get("app"), "state", None), "access_trail", None)
+        if trail is not None and _trailed(self.app_name, method, route, status):
+            trail.add(_access_record(scope, principal, route, method, status))
         emit = log.debug if route in _QUIET_ROUTES else log.info
         emit(
             "request_completed",
@@ -218,9 +233,66 @@ class AccessLogMiddleware:
         )
 
 
-def install_middleware(app: Starlette, *, app_name: str, body_max_bytes: int) -> None:
-    """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need."""
+# Query routes that read no customer's data (totals, positions), and the audit routes,
+# which record their reads themselves before serving them.
+_UNTRAILED_READS: Final = ("/v1/stats/", "/v1/projections", "/v1/audit/")
+_TRAILED_IDS: Final = ("account_id", "case_id", "alert_id", "export_id")
+
+
+def _trailed(app_name: str, method: str, route: str, status: int) -> bool:
+    """Every refusal, and every read of customer data on the query API."""
+    if status in (401, 403):
+        return True
+    return (
+        app_name == "query"
+        and method == "GET"
+        and route.startswith("/v1/")
+        and not route.startswith(_UNTRAILED_READS)
+    )
+
+
+def _access_record(
+    scope: Scope, principal: object, route: str, method: str, status: int
+) -> AccessRecord:
+    detail: dict[str, object] = {"method": method, "route": route, "status": status}
+    params = scope.get("path_params") or {}
+    for name in _TRAILED_IDS:
+        if name in params:
+            detail[name] = str(params[name])
+    query = scope.get("query_string", b"")
+    if b"account_id=" in query:
+        for pair in query.decode("latin-1").split("&"):
+            name, _, value = pair.partition("=")
+            if name == "account_id":
+                detail.setdefault("account_id", value[:64])
+    if route == UNMATCHED_ROUTE:
+        detail["path"] = str(scope.get("path", ""))[:256]
+    if principal is None:
+        detail["client"] = str((scope.get("client") or ("unknown",))[0])
+    role = getattr(principal, "role", None)
+    return AccessRecord(
+        subject=str(getattr(principal, "subject", "anonymous")),
+        role=str(getattr(role, "value", "none")),
+        action="refused" if status in (401, 403) else "read",
+        detail=detail,
+        correlation_id=scope.get("state", {}).get("correlation_id"),
+    )
+
+
+def install_middleware(
+    app: Starlette,
+    *,
+    app_name: str,
+    body_max_bytes: int,
+    limiter: RateLimiter | None = None,
+    verifier: TokenVerifier | None = None,
+) -> None:
+    """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need (the rate
+    limit, when given, between the access log and the body limit)."""
     # add_middleware puts each new one outermost, so add innermost first.
     app.add_middleware(BodySizeLimitMiddleware, body_max_bytes=body_max_bytes)
+    if limiter is not None:
+        assert verifier is not None, "the rate limit tells subjects apart by their token"
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, verifier=verifier)
     app.add_middleware(AccessLogMiddleware, app_name=app_name)
     app.add_middleware(CorrelationIdMiddleware)

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from domain.errors import DomainError
-from interfaces.api.http.auth import Unauthorized
+from interfaces.api.http.auth import UNAUTHORIZED_DETAIL, Unauthorized
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 CORRELATION_HEADER: Final = "X-Correlation-ID"
@@ -192,7 +192,12 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 
 async def _unauthorized(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unauthorized)
-    return problem_response("unauthorized", exc.reason, headers={"WWW-Authenticate": "Bearer"})
+    # The cause is for the operator (logged); the caller learns only that it failed, so a
+    # token forger gets no hint which check stopped them.
+    log.info("token_refused", reason=exc.reason)
+    return problem_response(
+        "unauthorized", UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 def _field_name(location: Sequence[Any]) -> str:
@@ -269,6 +274,25 @@ def install_problem_handlers(app: FastAPI) -> None:
     _publish_problem_schema(app)
 
 
+# What any operation may answer before a route runs: the rate limit; and any operation
+# with a body: a body that is not JSON, too large, or not sent as JSON.
+EVERY_OPERATION_CODES: Final = ("rate_limited",)
+BODY_CODES: Final = ("bad_request", "payload_too_large", "unsupported_media_type")
+
+
+def _document_transport_problems(document: dict[str, Any]) -> None:
+    """Add to every operation the problems the HTTP layer answers for it, so that the
+    document lists every status a client can get."""
+    for item in document.get("paths", {}).values():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or method not in ("get", "post", "delete", "put"):
+                continue
+            codes = [*EVERY_OPERATION_CODES, *(BODY_CODES if "requestBody" in operation else ())]
+            responses = operation.setdefault("responses", {})
+            for status, entry in problem_responses(*codes, defaults=False).items():
+                responses.setdefault(str(status), entry)
+
+
 def _publish_problem_schema(app: FastAPI) -> None:
     """`problem_responses` refers to `Problem` by $ref; make sure components define it."""
     build_openapi = app.openapi
@@ -281,6 +305,7 @@ def _publish_problem_schema(app: FastAPI) -> None:
         problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(problem.pop("$defs", {}))
         schemas["Problem"] = problem
+        _document_transport_problems(document)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ from uvicorn.supervisors import Multiprocess
 
 from infrastructure.limits import API_DRAIN_S
 from infrastructure.settings import Settings
+from interfaces.api.http.protocol import DeadlineHttpToolsProtocol
 
 # Factories uvicorn imports by name in each worker process, and the setting of each port.
 APPS = {
@@ -30,6 +31,11 @@ def serve_api(which: str, settings: Settings, *, port: int | None, workers: int)
         access_log=False,
         log_config=None,
         proxy_headers=False,
+        # No `server: uvicorn`: a scanner learns nothing of what serves the API.
+        server_header=False,
+        http=DeadlineHttpToolsProtocol,
+        # Past this many connections and tasks at once, uvicorn answers 503 at once.
+        limit_concurrency=settings.http_concurrency_max,
         timeout_graceful_shutdown=API_DRAIN_S,
     )
     if workers > 1:

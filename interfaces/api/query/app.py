@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from infrastructure.audit.access_log import AccessLog, prepare_audit_tables
+from infrastructure.audit.access_log import prepare_audit_tables
+from infrastructure.audit.access_trail import AccessTrail
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.ops.quarantine import list_quarantined, reasons
 from infrastructure.readmodels.balances_cache import AccountCache
@@ -19,9 +20,11 @@ from infrastructure.readmodels.freshness import ChangeWaiters, NotificationListe
 from infrastructure.readmodels.readstore import ReadStore, prepare_read_models
 from infrastructure.settings import Settings
 from interfaces.api.http.auth import TokenVerifier
+from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.health import health_router
 from interfaces.api.http.middleware import TELEMETRY_OFF, install_middleware
 from interfaces.api.http.problems import install_problem_handlers
+from interfaces.api.http.ratelimit import RateLimiter
 from interfaces.api.query.deps import ReadSide
 from interfaces.api.query.lag import lag_reasons, refresh_lags
 from interfaces.api.query.routes import (
@@ -54,7 +57,8 @@ def create_query_app(settings: Settings) -> FastAPI:
         app.state.ledger = await asyncio.to_thread(open_ledger, settings)
         await asyncio.to_thread(prepare_audit_tables, settings)
         # The one writable pool of the query side: audit reads append to the access log.
-        app.state.access_log = await AccessLog.open(settings)
+        app.state.access_trail = await AccessTrail.open(settings)
+        app.state.access_log = app.state.access_trail.access_log
         store = await ReadStore.open(settings)
         cache = AccountCache.from_url(
             settings.resolved_redis_url(),
@@ -84,10 +88,11 @@ def create_query_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_refresher
             await asyncio.to_thread(app.state.ledger.close)
-            await app.state.access_log.close()
+            await app.state.access_trail.close()
             await listener.stop()
             await cache.close()
             await store.close()
+            await app.state.rate_limiter.close()
             log.info("query_api_stopped")
 
     app = FastAPI(
@@ -97,12 +102,23 @@ def create_query_app(settings: Settings) -> FastAPI:
         "Every error is application/problem+json.",
         lifespan=lifespan,
         telemetry=TELEMETRY_OFF,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=openapi_url(settings),
     )
     app.state.settings = settings
     app.state.verifier = TokenVerifier.from_settings(settings)
     app.state.readiness_checks = []
     install_problem_handlers(app)
-    install_middleware(app, app_name="query", body_max_bytes=settings.body_max_bytes)
+    install_docs(app, settings)
+    app.state.rate_limiter = RateLimiter(settings, "reads")
+    install_middleware(
+        app,
+        app_name="query",
+        body_max_bytes=settings.body_max_bytes,
+        limiter=app.state.rate_limiter,
+        verifier=app.state.verifier,
+    )
     app.include_router(health_router)
     app.include_router(accounts.router)
     app.include_router(transactions.router)

@@ -8,7 +8,6 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
-from domain.errors import AccountNotFound
 from domain.money import CURRENCY_EXPONENTS
 from domain.text import BRANCH_PATTERN
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
@@ -18,7 +17,7 @@ from infrastructure.readmodels.readers.accounts import (
     fetch_account,
 )
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL
-from interfaces.api.http.auth import Principal, check_branch, require
+from interfaces.api.http.auth import Principal, check_branch, missing_account, require
 from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.http.roles import Role
@@ -97,7 +96,7 @@ async def read_account(
     if min_version is None:
         record = await fetch_account(read_side.store, account_id)
         if record is None:
-            raise AccountNotFound(f"account {account_id} not found")
+            raise missing_account(who, account_id)
         check_branch(who, record.branch)
         return record
     wanted = min_version

@@ -27,7 +27,13 @@ from starlette.responses import Response, StreamingResponse
 from application.audit import account_state, state_view
 from domain.errors import AccountNotFound, Unavailable
 from domain.integrity import format_timestamp
-from infrastructure.audit.access_log import AccessLog, AccessRecord, AccessRow, access_log_page
+from infrastructure.audit.access_log import (
+    AccessFilters,
+    AccessLog,
+    AccessRecord,
+    AccessRow,
+    access_log_page,
+)
 from infrastructure.audit.event_stream import StorePage, StreamedPage, index_present
 from infrastructure.audit.event_stream import account_events as read_account_events
 from interfaces.api.http.auth import Principal, require
@@ -277,7 +283,7 @@ async def account_state_at(
     "/access-log",
     response_model=AccessPage,
     responses=problem_responses(),
-    summary="Who read or exported what, when: newest first",
+    summary="Who read or exported what, when: newest first, by subject, action or account",
 )
 async def access_log(
     request: Request,
@@ -285,10 +291,18 @@ async def access_log(
     read_side: ReadSideDep,
     limit: Limit = PAGE_SIZE_DEFAULT,
     cursor: Cursor = None,
+    subject: ActorFilter = None,
+    action: Annotated[str | None, Query(pattern=r"^[a-z_.]{1,64}$")] = None,
+    account_id: Annotated[UUID | None, Query()] = None,
 ) -> Response:
     before = VERSION_MAX if cursor is None else _int_cursor(cursor, ACCESS_LOG_CURSOR)
-    await record_access(request, who, "audit.access_log", {"before": before})
-    rows = await access_log_page(read_side.store, before, limit)
+    filters = AccessFilters(
+        subject=subject,
+        action=action,
+        account_id=None if account_id is None else str(account_id),
+    )
+    await record_access(request, who, "audit.access_log", {"before": before, **filters})
+    rows = await access_log_page(read_side.store, before, limit, filters)
     return json_reply(
         page_reply(
             rows,

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 from starlette.responses import Response
 
-from domain.errors import AccountNotFound
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
 from infrastructure.readmodels.readers.accounts import account_branch
 from infrastructure.readmodels.readers.transactions import (
@@ -20,7 +19,7 @@ from infrastructure.readmodels.readers.transactions import (
     statement_reached,
 )
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL
-from interfaces.api.http.auth import check_branch
+from interfaces.api.http.auth import check_branch, missing_account
 from interfaces.api.http.deps import json_reply
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
@@ -72,6 +71,8 @@ async def list_transactions(
     after = _statement_after(cursor)
     deadline = freshness_deadline()
     branch = await _account_branch(read_side, account_id, min_version, deadline)
+    if branch is None:
+        raise missing_account(who, account_id)
     check_branch(who, branch)
     if min_version is not None:
         await _statement_reached(read_side, account_id, min_version, deadline)
@@ -82,17 +83,14 @@ async def list_transactions(
 
 async def _account_branch(
     read_side: ReadSide, account_id: UUID, min_version: int | None, deadline: float
-) -> str:
+) -> str | None:
     """The account's branch (to scope tellers); with `min_version`, wait for the account."""
 
     async def branch_of() -> str | None:
         return await account_branch(read_side.store, account_id)
 
     if min_version is None:
-        branch = await branch_of()
-        if branch is None:
-            raise AccountNotFound(f"account {account_id} not found")
-        return branch
+        return await branch_of()
     return await wait_for_projection(
         read_side.waiters, ACCOUNTS_CHANNEL, account_id, branch_of, deadline=deadline
     )

@@ -54,6 +54,9 @@ class Seed:
     by_branch: dict[str, list[str]] = field(default_factory=dict)
     lines: list[dict[str, Any]] = field(default_factory=list)
     head: int = 0
+    # The hour the recent KPI rows were written for: the clock may pass an hour boundary
+    # between seeding and a test, so tests find the buckets by hour, not by position.
+    kpi_hour: datetime | None = None
 
 
 @dataclass
@@ -164,7 +167,8 @@ def seed_statement(
     return lines
 
 
-def seed_kpis(conn: psycopg.Connection[Any]) -> None:
+def seed_kpis(conn: psycopg.Connection[Any]) -> datetime:
+    """KPI rows for this hour, two hours ago and 30 hours ago; returns this hour."""
     now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     hourly = [
         (now_hour, "GBP", "deposits", 2, 12_000),
@@ -191,6 +195,7 @@ def seed_kpis(conn: psycopg.Connection[Any]) -> None:
             "VALUES (%s, %s, %s, %s, %s)",
             branch_row,
         )
+    return now_hour
 
 
 def seed_positions(conn: psycopg.Connection[Any], main: str) -> int:
@@ -232,7 +237,7 @@ def seed(conn: psycopg.Connection[Any]) -> Seed:
         "WHERE account_id = %s",
         (result.lines[-1]["occurred_at"], STATEMENT_START + timedelta(hours=6), main),
     )
-    seed_kpis(conn)
+    result.kpi_hour = seed_kpis(conn)
     result.head = seed_positions(conn, main)
     return result
 

@@ -5,6 +5,7 @@ The seeded positions and KPI rows are in tests/e2e/query_support.py.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -38,6 +39,10 @@ def test_projections_show_the_store_head_positions_and_lag(query_env: QueryEnv) 
     assert 10.0 <= items["kpis"]["lag_s"] < 600
 
 
+def _hour_key(hour: datetime) -> str:
+    return hour.strftime("%Y-%m-%dT%H:00:00.000000Z")
+
+
 def _metric(count: int, total: str) -> dict[str, Any]:
     return {"count": count, "sum": total}
 
@@ -63,9 +68,15 @@ def test_stats_overview_sums_totals_series_and_branches(query_env: QueryEnv) -> 
     hourly = body["hourly"]
     assert len(hourly) == 24
     assert all(bucket["hour"].endswith(":00:00.000000Z") for bucket in hourly)
-    assert hourly[-1]["currencies"]["GBP"]["deposits"] == _metric(2, "120.00")
-    assert hourly[-3]["currencies"]["GBP"]["withdrawals"] == _metric(1, "20.00")
-    assert hourly[-3]["currencies"]["JPY"]["deposits"] == _metric(1, "1250")
+    by_hour = {bucket["hour"]: bucket["currencies"] for bucket in hourly}
+    seeded = query_env.seed.kpi_hour
+    assert seeded is not None
+    this_hour, two_ago = (_hour_key(seeded), _hour_key(seeded - timedelta(hours=2)))
+    # The last bucket is this hour, or the next one if the clock passed an hour boundary.
+    assert hourly[-1]["hour"] in (this_hour, _hour_key(seeded + timedelta(hours=1)))
+    assert by_hour[this_hour]["GBP"]["deposits"] == _metric(2, "120.00")
+    assert by_hour[two_ago]["GBP"]["withdrawals"] == _metric(1, "20.00")
+    assert by_hour[two_ago]["JPY"]["deposits"] == _metric(1, "1250")
     # The transfer 30 hours ago is in the totals, not in the series.
     assert all(
         b["currencies"].get("GBP", {}).get("transfers", {}).get("count", 0) == 0 for b in hourly

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
-from domain.account import Account
+from domain.account import Account, Original, PendingHold
 from domain.errors import DomainError
-from domain.integrity import Actor, canonical
+from domain.integrity import Actor, canonical, format_timestamp
 from domain.money import Money, format_amount
 
 
@@ -62,7 +62,73 @@ class ChangeStatus:
     kind: Literal["change_status"] = "change_status"
 
 
-Command = OpenAccount | Deposit | Withdraw | Transfer | ChangeStatus
+@dataclass(frozen=True, slots=True)
+class PlaceHold:
+    """Reserve money on an account; `transaction_id` is the hold's id."""
+
+    account_id: UUID
+    money: Money
+    transaction_id: UUID
+    expires_in_s: int
+    to_account_id: UUID | None = None
+    reference: str | None = None
+    kind: Literal["place_hold"] = "place_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    """Capture a hold (all, or `amount_minor` of it); the movement's id is
+    `transaction_id`. The accounts come from the hold's placing, as stored."""
+
+    hold_id: UUID
+    account_id: UUID
+    to_account_id: UUID | None
+    transaction_id: UUID
+    amount_minor: int | None = None
+    kind: Literal["capture_hold"] = "capture_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class VoidHold:
+    hold_id: UUID
+    account_id: UUID
+    transaction_id: UUID
+    reason: str
+    kind: Literal["void_hold"] = "void_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireHold:
+    """The sweep's: expire the hold if it is still pending and due (else nothing)."""
+
+    hold_id: UUID
+    account_id: UUID
+    kind: Literal["expire_hold"] = "expire_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseTransaction:
+    """Reverse all that is left of `original`, or `amount_minor` of it."""
+
+    original: Original
+    transaction_id: UUID
+    reason: str
+    amount_minor: int | None = None
+    kind: Literal["reversal"] = "reversal"
+
+
+Command = (
+    OpenAccount
+    | Deposit
+    | Withdraw
+    | Transfer
+    | ChangeStatus
+    | PlaceHold
+    | CaptureHold
+    | VoidHold
+    | ExpireHold
+    | ReverseTransaction
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +173,13 @@ def command_id(command: Command) -> UUID | None:
             Deposit(transaction_id=tid)
             | Withdraw(transaction_id=tid)
             | Transfer(transaction_id=tid)
+            | PlaceHold(transaction_id=tid)
+            | CaptureHold(transaction_id=tid)
+            | VoidHold(transaction_id=tid)
+            | ReverseTransaction(transaction_id=tid)
         ):
             return tid
-        case ChangeStatus():
+        case ChangeStatus() | ExpireHold():
             return None
 
 
@@ -118,11 +188,20 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
     match command:
         case Transfer(from_account_id=source, to_account_id=target):
             return (source, target)
+        case PlaceHold(account_id=source, to_account_id=target) | CaptureHold(
+            account_id=source, to_account_id=target
+        ):
+            # A hold's target is read when placed (it must exist) and paid when captured.
+            return (source,) if target is None else (source, target)
+        case ReverseTransaction(original=original):
+            return tuple(i for i in (original.credited, original.debited) if i is not None)
         case (
             OpenAccount(account_id=account_id)
             | Deposit(account_id=account_id)
             | Withdraw(account_id=account_id)
             | ChangeStatus(account_id=account_id)
+            | VoidHold(account_id=account_id)
+            | ExpireHold(account_id=account_id)
         ):
             return (account_id,)
 
@@ -161,9 +240,32 @@ def fingerprint(submission: Submission) -> str:
                 "currency": command.money.currency,
                 "reference": command.reference,
             }
-        case ChangeStatus():
-            raise AssertionError("status changes carry no command id")
+        case PlaceHold():
+            described |= {
+                "account_id": str(command.account_id),
+                "amount_minor": command.money.amount_minor,
+                "currency": command.money.currency,
+                "to_account_id": _optional_id(command.to_account_id),
+                "expires_in_s": command.expires_in_s,
+                "reference": command.reference,
+            }
+        case CaptureHold():
+            described |= {"hold_id": str(command.hold_id), "amount_minor": command.amount_minor}
+        case VoidHold():
+            described |= {"hold_id": str(command.hold_id), "reason": command.reason}
+        case ReverseTransaction():
+            described |= {
+                "reverses": command.original.transaction_id,
+                "amount_minor": command.amount_minor,
+                "reason": command.reason,
+            }
+        case ChangeStatus() | ExpireHold():
+            raise AssertionError("status changes and expiries carry no command id")
     return hashlib.sha256(_escaped_json(described)).hexdigest()
+
+
+def _optional_id(value: UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _escaped_json(described: dict[str, Any]) -> bytes:
@@ -216,4 +318,45 @@ def transfer_body(transaction_id: UUID, source: Account, target: Account) -> dic
         "currency": source.currency,
         "from": side(source),
         "to": side(target),
+    }
+
+
+def hold_body(
+    account: Account,
+    hold: PendingHold,
+    status: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A hold as the API shows it, with its account's state after the command."""
+    return {
+        "hold_id": hold.hold_id,
+        "account_id": str(account.id),
+        "to_account_id": hold.to_account_id,
+        "amount": format_amount(hold.amount_minor, hold.currency),
+        "currency": hold.currency,
+        "status": status,
+        "expires_at": format_timestamp(hold.expires_at),
+        "version": account.version,
+        "balance": format_amount(account.balance_minor, account.currency),
+        "available_balance": format_amount(account.available_minor, account.currency),
+        **extra,
+    }
+
+
+def reversal_body(
+    transaction_id: UUID, original: Original, amount_minor: int, accounts: list[Account]
+) -> dict[str, Any]:
+    return {
+        "transaction_id": str(transaction_id),
+        "reverses": original.transaction_id,
+        "amount": format_amount(amount_minor, original.currency),
+        "currency": original.currency,
+        "accounts": [
+            {
+                "account_id": str(account.id),
+                "version": account.version,
+                "balance": format_amount(account.balance_minor, account.currency),
+            }
+            for account in accounts
+        ],
     }

@@ -12,35 +12,44 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 
 from application.commands import (
+    CaptureHold,
     ChangeStatus,
     Deposit,
+    ExpireHold,
     OpenAccount,
     Outcome,
+    PlaceHold,
     ReplyRecord,
+    ReverseTransaction,
     Submission,
     Transfer,
+    VoidHold,
     Withdraw,
     account_body,
     account_ids,
     command_id,
     fingerprint,
+    hold_body,
     movement_body,
+    reversal_body,
     transfer_body,
 )
-from domain.account import Account, transfer
+from domain.account import Account, HoldStatus, capture_hold, reverse, transfer
 from domain.errors import (
     AccountNotFound,
+    CurrencyMismatch,
     DomainError,
     Forbidden,
     TransactionConflict,
     Unavailable,
+    ValidationFailed,
 )
 from domain.integrity import DEFAULT_MAC_KID, Stamp
 from domain.money import format_amount, minor_units
@@ -199,6 +208,10 @@ class _Judge:
                 Deposit(account_id=account_id)
                 | Withdraw(account_id=account_id)
                 | ChangeStatus(account_id=account_id)
+                | PlaceHold(account_id=account_id)
+                | CaptureHold(account_id=account_id)
+                | VoidHold(account_id=account_id)
+                | ExpireHold(account_id=account_id)
             ):
                 account = self.accounts.get(account_id)
                 # Missing or another branch's: a teller cannot tell which.
@@ -265,6 +278,91 @@ class _Judge:
                 getattr(account, command.action)(command.reason, stamp)
                 self.touched[account.id] = account
                 return account_body(account)
+            case PlaceHold():
+                return self._place_hold(command, stamp)
+            case CaptureHold():
+                source = self.account(command.account_id)
+                payee = None
+                if command.to_account_id is not None:
+                    payee = self.account(command.to_account_id)
+                hold, money = capture_hold(
+                    source,
+                    payee,
+                    str(command.hold_id),
+                    command.amount_minor,
+                    stamp,
+                    balance_max_minor=ceilings.balance_max_minor(source.currency),
+                )
+                self.touched[source.id] = source
+                if payee is not None:
+                    self.touched[payee.id] = payee
+                return hold_body(
+                    source,
+                    hold,
+                    HoldStatus.CAPTURED.value,
+                    captured_amount=format_amount(money.amount_minor, money.currency),
+                    transaction_id=str(command.transaction_id),
+                )
+            case VoidHold():
+                account = self.account(command.account_id)
+                hold = account.pending_hold(str(command.hold_id))
+                account.void_hold(str(command.hold_id), command.reason, stamp)
+                self.touched[account.id] = account
+                return hold_body(account, hold, HoldStatus.VOIDED.value)
+            case ExpireHold():
+                account = self.account(command.account_id)
+                hold_id = str(command.hold_id)
+                due = account.holds.get(hold_id)
+                if due is None or not account.expire_hold(hold_id, stamp):
+                    return {"hold_id": hold_id, "status": "unchanged", "changed": False}
+                self.touched[account.id] = account
+                return hold_body(account, due, HoldStatus.EXPIRED.value, changed=True)
+            case ReverseTransaction():
+                return self._reverse(command, stamp)
+
+    def _place_hold(self, command: PlaceHold, stamp: Stamp) -> dict[str, Any]:
+        account = self.account(command.account_id)
+        if command.to_account_id is not None:
+            # The payee must exist and can take the currency; its ceiling is checked
+            # when the hold is captured, which is when it is paid.
+            target = self.account(command.to_account_id)
+            if target.id == account.id:
+                raise ValidationFailed(
+                    "a hold pays another account than its own", field="body.to_account_id"
+                )
+            if target.currency != command.money.currency:
+                raise CurrencyMismatch(
+                    f"account {target.id} holds {target.currency}, not {command.money.currency}"
+                )
+            target.check_open()
+        account.place_hold(
+            command.transaction_id,
+            command.money,
+            command.to_account_id,
+            stamp.timestamp + timedelta(seconds=command.expires_in_s),
+            command.reference,
+            stamp,
+        )
+        self.touched[account.id] = account
+        return hold_body(account, account.holds[str(command.transaction_id)], "pending")
+
+    def _reverse(self, command: ReverseTransaction, stamp: Stamp) -> dict[str, Any]:
+        original = command.original
+        debit = None if original.credited is None else self.account(original.credited)
+        credit = None if original.debited is None else self.account(original.debited)
+        money = reverse(
+            original,
+            debit,
+            credit,
+            command.amount_minor,
+            command.reason,
+            stamp,
+            balance_max_minor=self.terms.ceilings.balance_max_minor(original.currency),
+        )
+        accounts = [a for a in (credit, debit) if a is not None]
+        for account in accounts:
+            self.touched[account.id] = account
+        return reversal_body(command.transaction_id, original, money.amount_minor, accounts)
 
     def _open(self, command: OpenAccount, stamp: Stamp) -> dict[str, Any]:
         if command.account_id in self.accounts:

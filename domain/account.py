@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -12,15 +14,21 @@ from domain.chained import ChainedAggregate
 from domain.errors import (
     AccountClosed,
     AccountFrozen,
+    AccountHasHolds,
     AccountNotEmpty,
     AccountNotFrozen,
     BalanceLimitExceeded,
     CurrencyMismatch,
+    HoldExpired,
+    HoldNotPending,
+    HoldUnderReview,
     InsufficientFunds,
     InvalidAmount,
+    NotReversible,
+    ReversalExceedsOriginal,
     ValidationFailed,
 )
-from domain.integrity import Stamp
+from domain.integrity import Stamp, format_timestamp
 from domain.money import Money, exponent_of, format_amount
 
 CHANNELS = ("cash", "card", "wire")
@@ -33,6 +41,48 @@ class AccountStatus(StrEnum):
 
 
 TEvent = TypeVar("TEvent", bound="Account.Event")
+
+
+class HoldStatus(StrEnum):
+    PENDING = "pending"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHold:
+    """Money reserved on an account: it lowers the available balance, not the balance.
+
+    `review`: set when compliance screening turned the command into this hold (the rule,
+    the configuration's sha256, the figures compared); only a release or a reject may end
+    such a hold, or its expiry."""
+
+    hold_id: str
+    amount_minor: int
+    currency: str
+    to_account_id: str | None
+    expires_at: datetime
+    reference: str | None
+    review: dict[str, Any] | None
+
+    def is_due(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """A transaction to reverse, as the store recorded it: the account it debited and the
+    account it credited (either may be absent: a deposit debits none), and its amount."""
+
+    transaction_id: str
+    amount_minor: int
+    currency: str
+    debited: UUID | None
+    credited: UUID | None
+
+    def __post_init__(self) -> None:
+        assert self.amount_minor > 0 and (self.debited or self.credited), self
 
 
 class Account(ChainedAggregate):
@@ -90,6 +140,92 @@ class Account(ChainedAggregate):
         )
         counterparty_account_id: str
 
+    class ReversalDebited(Movement):
+        """Money taken back from the account an original transaction credited."""
+
+        PAYLOAD = (
+            "amount_minor",
+            "currency",
+            "reverses",
+            "counterparty_account_id",
+            "reason",
+            "reference",
+            "balance_after_minor",
+        )
+        reverses: str
+        counterparty_account_id: str | None
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            reversed_ = aggregate.reversed_minor
+            reversed_[self.reverses] = reversed_.get(self.reverses, 0) + self.amount_minor
+
+    class ReversalCredited(ReversalDebited):
+        """Money given back to the account an original transaction debited."""
+
+    class HoldPlaced(Event):
+        PAYLOAD = (
+            "hold_id",
+            "amount_minor",
+            "currency",
+            "to_account_id",
+            "expires_at",
+            "reference",
+            "review",
+        )
+        hold_id: str
+        amount_minor: int
+        currency: str
+        to_account_id: str | None
+        expires_at: str
+        reference: str | None
+        review: dict[str, Any] | None
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.holds[self.hold_id] = PendingHold(
+                hold_id=self.hold_id,
+                amount_minor=self.amount_minor,
+                currency=self.currency,
+                to_account_id=self.to_account_id,
+                expires_at=datetime.fromisoformat(self.expires_at),
+                reference=self.reference,
+                review=self.review,
+            )
+            aggregate.held_minor += self.amount_minor
+
+    class HoldEnded(Event):
+        """A pending hold no longer reserves money: captured, voided or expired."""
+
+        PAYLOAD: ClassVar[tuple[str, ...]] = ("hold_id", "released_minor")
+        hold_id: str
+        released_minor: int
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            hold = aggregate.holds.pop(self.hold_id)
+            aggregate.held_minor -= hold.amount_minor
+
+    class HoldCaptured(HoldEnded):
+        """The captured part moves in the movement events that follow, under the
+        capture's transaction id; the rest (`released_minor`) is available again."""
+
+        PAYLOAD = ("hold_id", "amount_minor", "currency", "released_minor")
+        amount_minor: int
+        currency: str
+
+    class HoldVoided(HoldEnded):
+        PAYLOAD = ("hold_id", "reason", "released_minor")
+        reason: str
+
+    class HoldExpired(HoldEnded):
+        PAYLOAD = ("hold_id", "released_minor")
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.expired_holds.add(self.hold_id)
+
     class StatusChanged(Event):
         STATUS: ClassVar[AccountStatus] = AccountStatus.OPEN
         PAYLOAD = ("reason",)
@@ -124,6 +260,13 @@ class Account(ChainedAggregate):
         self.status = AccountStatus.OPEN
         self.last_hash = hash
         self.last_transaction_at: Any = None
+        # Pending holds by id, and their sum; holds that ended by expiry (so a late
+        # capture is told `hold_expired`, not just `hold_not_pending`).
+        self.holds: dict[str, PendingHold] = {}
+        self.held_minor = 0
+        self.expired_holds: set[str] = set()
+        # Amounts reversed so far, by the reversed transaction's id.
+        self.reversed_minor: dict[str, int] = {}
 
     # Commands ---------------------------------------------------------------------------
 
@@ -193,6 +336,10 @@ class Account(ChainedAggregate):
             balance_after_minor=self.balance_minor - money.amount_minor,
         )
 
+    def check_open(self) -> None:
+        """Refuses a closed account (a frozen one may be unfrozen)."""
+        self._check_not_closed()
+
     def check_can_send(self, money: Money) -> None:
         self._check_movement(money)
         self._check_funds(money)
@@ -251,6 +398,8 @@ class Account(ChainedAggregate):
 
     def close(self, reason: str, stamp: Stamp) -> None:
         self._check_not_closed()
+        if self.holds:
+            raise AccountHasHolds(f"account {self.id} has {len(self.holds)} pending holds")
         if self.balance_minor != 0:
             balance = format_amount(self.balance_minor, self.currency)
             raise AccountNotEmpty(f"account {self.id} holds {balance} {self.currency}")
@@ -260,7 +409,85 @@ class Account(ChainedAggregate):
 
     @property
     def available_minor(self) -> int:
-        return self.balance_minor + self.overdraft_limit_minor
+        """Balance plus overdraft limit, less what pending holds reserve."""
+        return self.balance_minor + self.overdraft_limit_minor - self.held_minor
+
+    def pending_hold(self, hold_id: str) -> PendingHold:
+        """The hold if pending; `hold_expired` or `hold_not_pending` otherwise (the caller
+        knows the hold exists: its placing is stored)."""
+        hold = self.holds.get(hold_id)
+        if hold is not None:
+            return hold
+        if hold_id in self.expired_holds:
+            raise HoldExpired(f"hold {hold_id} expired")
+        raise HoldNotPending(f"hold {hold_id} is not pending")
+
+    def due_holds(self, now: datetime) -> list[PendingHold]:
+        return [hold for hold in self.holds.values() if hold.is_due(now)]
+
+    def next_expiry(self) -> datetime | None:
+        return min((hold.expires_at for hold in self.holds.values()), default=None)
+
+    # Holds --------------------------------------------------------------------------------
+
+    def place_hold(
+        self,
+        hold_id: UUID,
+        money: Money,
+        to_account_id: UUID | None,
+        expires_at: datetime,
+        reference: str | None,
+        stamp: Stamp,
+        *,
+        review: dict[str, Any] | None = None,
+    ) -> None:
+        """Reserve `money` until `expires_at`; a capture later moves it (to `to_account_id`,
+        or out as a card withdrawal without one)."""
+        self._check_movement(money)
+        if str(hold_id) in self.holds:
+            raise HoldNotPending(f"hold {hold_id} is already placed")
+        if expires_at <= stamp.timestamp:
+            raise ValidationFailed("a hold must expire after it is placed", "body.expires_in_s")
+        self._check_funds(money)
+        self._trigger(
+            self.HoldPlaced,
+            stamp,
+            hold_id=str(hold_id),
+            amount_minor=money.amount_minor,
+            currency=money.currency,
+            to_account_id=None if to_account_id is None else str(to_account_id),
+            expires_at=format_timestamp(expires_at),
+            reference=reference,
+            review=review,
+        )
+
+    def void_hold(self, hold_id: str, reason: str, stamp: Stamp, *, review: bool = False) -> None:
+        """End a pending hold without moving money. `review`: a compliance reject, the only
+        void a review hold takes."""
+        hold = self._hold_for(hold_id, review=review)
+        self._trigger(
+            self.HoldVoided, stamp, hold_id=hold_id, reason=reason, released_minor=hold.amount_minor
+        )
+
+    def expire_hold(self, hold_id: str, stamp: Stamp) -> bool:
+        """Expire the hold if it is pending and due at the stamp's time; else change nothing
+        (another sweep, a capture or a void got there first). Whether it expired."""
+        hold = self.holds.get(hold_id)
+        if hold is None or not hold.is_due(stamp.timestamp):
+            return False
+        self._trigger(self.HoldExpired, stamp, hold_id=hold_id, released_minor=hold.amount_minor)
+        return True
+
+    def _hold_for(self, hold_id: str, *, review: bool) -> PendingHold:
+        hold = self.pending_hold(hold_id)
+        if (hold.review is not None) != review:
+            if hold.review is not None:
+                raise HoldUnderReview(
+                    f"hold {hold_id} is held for compliance review: only a release or a "
+                    "reject ends it"
+                )
+            raise HoldNotPending(f"hold {hold_id} is not held for review")
+        return hold
 
     # Guards -------------------------------------------------------------------------------
 
@@ -278,7 +505,7 @@ class Account(ChainedAggregate):
             raise InvalidAmount("amount must be greater than zero")
 
     def _check_funds(self, money: Money) -> None:
-        if self.balance_minor - money.amount_minor < -self.overdraft_limit_minor:
+        if money.amount_minor > self.available_minor:
             raise InsufficientFunds(
                 f"account {self.id} has {format_amount(self.available_minor, self.currency)} "
                 f"{self.currency} available, {money} requested"
@@ -314,3 +541,110 @@ def transfer(
     source.transfer_out(money, target.id, reference, stamp)
     target.transfer_in(money, source.id, reference, stamp, balance_max_minor=balance_max_minor)
     assert source.balance_minor + target.balance_minor == before, "transfers conserve money"
+
+
+def capture_hold(
+    source: Account,
+    target: Account | None,
+    hold_id: str,
+    amount_minor: int | None,
+    stamp: Stamp,
+    *,
+    balance_max_minor: int,
+    review: bool = False,
+) -> tuple[PendingHold, Money]:
+    """Capture a pending hold, all of it or part (the rest is released): a transfer to the
+    hold's target, or a card withdrawal without one. Every check comes before any event.
+    `review`: a compliance release, the only capture a review hold takes."""
+    hold = source._hold_for(hold_id, review=review)
+    if hold.is_due(stamp.timestamp):
+        raise HoldExpired(f"hold {hold_id} expired at {format_timestamp(hold.expires_at)}")
+    captured = hold.amount_minor if amount_minor is None else amount_minor
+    if not 0 < captured <= hold.amount_minor:
+        raise InvalidAmount(
+            f"a capture takes more than zero and at most the held "
+            f"{format_amount(hold.amount_minor, hold.currency)} {hold.currency}"
+        )
+    money = Money(captured, hold.currency)
+    source._check_movement(money)
+    if (target is None) != (hold.to_account_id is None) or (
+        target is not None and str(target.id) != hold.to_account_id
+    ):
+        raise ValidationFailed(f"hold {hold_id} pays {hold.to_account_id}", "path.hold_id")
+    if target is not None:
+        target.check_can_receive(money, balance_max_minor=balance_max_minor)
+    source._trigger(
+        source.HoldCaptured,
+        stamp,
+        hold_id=hold_id,
+        amount_minor=captured,
+        currency=hold.currency,
+        released_minor=hold.amount_minor - captured,
+    )
+    # The hold reserved the money: with it ended, the movement's own checks pass.
+    if target is None:
+        source.withdraw(money, "card", hold.reference, stamp)
+    else:
+        transfer(source, target, money, hold.reference, stamp, balance_max_minor=balance_max_minor)
+    return hold, money
+
+
+def reverse(
+    original: Original,
+    debit: Account | None,
+    credit: Account | None,
+    amount_minor: int | None,
+    reason: str,
+    stamp: Stamp,
+    *,
+    balance_max_minor: int,
+) -> Money:
+    """Undo all or part of `original`: take the money back from the account it credited
+    (`debit` here) and give it back to the account it debited (`credit` here). Reversals of
+    one original add up to at most its amount. Every check comes before any event."""
+    involved = [account for account in (debit, credit) if account is not None]
+    assert [a.id for a in involved] == [
+        i for i in (original.credited, original.debited) if i is not None
+    ], "the accounts are the original's"
+    done = max(account.reversed_minor.get(original.transaction_id, 0) for account in involved)
+    left = original.amount_minor - done
+    amount = left if amount_minor is None else amount_minor
+    if left <= 0:
+        raise ReversalExceedsOriginal(f"transaction {original.transaction_id} is fully reversed")
+    if amount > left:
+        raise ReversalExceedsOriginal(
+            f"transaction {original.transaction_id} has "
+            f"{format_amount(left, original.currency)} {original.currency} left to reverse"
+        )
+    money = Money(amount, original.currency)
+    if debit is not None:
+        debit.check_can_send(money)
+    if credit is not None:
+        credit.check_can_receive(money, balance_max_minor=balance_max_minor)
+    for account, event_class, other, sign in (
+        (debit, Account.ReversalDebited, credit, -1),
+        (credit, Account.ReversalCredited, debit, 1),
+    ):
+        if account is None:
+            continue
+        account._trigger(
+            event_class,
+            stamp,
+            amount_minor=amount,
+            currency=money.currency,
+            reverses=original.transaction_id,
+            counterparty_account_id=None if other is None else str(other.id),
+            reason=reason,
+            reference=None,
+            balance_after_minor=account.balance_minor + sign * amount,
+        )
+    return money
+
+
+def check_reversible(kind: str) -> None:
+    """Only money movements are reversed; a reversal, an opening or a hold is not."""
+    if kind not in REVERSIBLE_KINDS:
+        raise NotReversible(f"a {kind.replace('_', ' ')} cannot be reversed")
+
+
+REVERSIBLE_KINDS = frozenset({"deposit", "withdrawal", "transfer", "capture_hold"})

@@ -117,3 +117,49 @@ class AlreadyListed(DomainError):
 class WatchlistEntryNotFound(DomainError):
     code = "watchlist_entry_not_found"
     title = "Account not on the watchlist"
+
+
+class HoldNotFound(DomainError):
+    code = "hold_not_found"
+    title = "Hold not found"
+
+
+class TransactionNotFound(DomainError):
+    code = "transaction_not_found"
+    title = "Transaction not found"
+
+
+class HoldNotPending(DomainError):
+    """Capture or void of a hold already captured, voided or expired."""
+
+    code = "hold_not_pending"
+    title = "Hold not pending"
+
+
+class HoldExpired(DomainError):
+    """Capture of a pending hold past its `expires_at` (before the sweep expired it)."""
+
+    code = "hold_expired"
+    title = "Hold expired"
+
+
+class HoldUnderReview(DomainError):
+    """Capture or void of a hold compliance holds for review: only release or reject may."""
+
+    code = "hold_under_review"
+    title = "Hold under compliance review"
+
+
+class AccountHasHolds(DomainError):
+    code = "account_has_holds"
+    title = "Account has pending holds"
+
+
+class ReversalExceedsOriginal(DomainError):
+    code = "reversal_exceeds_original"
+    title = "Reversal exceeds the original"
+
+
+class NotReversible(DomainError):
+    code = "not_reversible"
+    title = "Transaction not reversible"

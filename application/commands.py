@@ -188,8 +188,9 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
     match command:
         case Transfer(from_account_id=source, to_account_id=target):
             return (source, target)
-        case PlaceHold(account_id=source, to_account_id=target) | CaptureHold(
-            account_id=source, to_account_id=target
+        case (
+            PlaceHold(account_id=source, to_account_id=target)
+            | CaptureHold(account_id=source, to_account_id=target)
         ):
             # A hold's target is read when placed (it must exist) and paid when captured.
             return (source,) if target is None else (source, target)

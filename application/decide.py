@@ -278,6 +278,16 @@ class _Judge:
                 getattr(account, command.action)(command.reason, stamp)
                 self.touched[account.id] = account
                 return account_body(account)
+            case PlaceHold() | CaptureHold() | VoidHold() | ExpireHold():
+                return self._hold(command, stamp)
+            case ReverseTransaction():
+                return self._reverse(command, stamp)
+
+    def _hold(
+        self, command: PlaceHold | CaptureHold | VoidHold | ExpireHold, stamp: Stamp
+    ) -> dict[str, Any]:
+        ceilings = self.terms.ceilings
+        match command:
             case PlaceHold():
                 return self._place_hold(command, stamp)
             case CaptureHold():
@@ -317,8 +327,6 @@ class _Judge:
                     return {"hold_id": hold_id, "status": "unchanged", "changed": False}
                 self.touched[account.id] = account
                 return hold_body(account, due, HoldStatus.EXPIRED.value, changed=True)
-            case ReverseTransaction():
-                return self._reverse(command, stamp)
 
     def _place_hold(self, command: PlaceHold, stamp: Stamp) -> dict[str, Any]:
         account = self.account(command.account_id)

@@ -82,7 +82,8 @@ class Original:
     credited: UUID | None
 
     def __post_init__(self) -> None:
-        assert self.amount_minor > 0 and (self.debited or self.credited), self
+        assert self.amount_minor > 0, self
+        assert self.debited or self.credited, self
 
 
 class Account(ChainedAggregate):

@@ -27,3 +27,9 @@ def case_id_for(alert_id: UUID | str) -> UUID:
 
 def watchlist_entry_id(account_id: UUID | str) -> UUID:
     return uuid5(NAMESPACE, f"watchlist:{account_id}")
+
+
+def derived_id(name: str) -> UUID:
+    """An id named after another: `f"{hold_id}:capture"` is a capture's when the client
+    gives none, so a retried capture names the same movement."""
+    return uuid5(NAMESPACE, name)

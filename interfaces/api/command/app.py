@@ -22,7 +22,7 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.reply_cache import RedisReplyCache
 from infrastructure.ops.quarantine import list_quarantined_sync, reasons
 from infrastructure.settings import Settings
-from interfaces.api.command.routes import accounts, batches, cases, transfers, watchlist
+from interfaces.api.command.routes import accounts, batches, cases, holds, transfers, watchlist
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.fast_routes import FastRoutes
@@ -144,6 +144,7 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(cases.router)
     app.include_router(watchlist.router)
+    app.include_router(holds.router)
     return app
 
 

@@ -56,3 +56,32 @@ class BatchResult(BaseModel):
 
 class BatchOut(BaseModel):
     results: list[BatchResult]
+
+
+class HoldOut(BaseModel):
+    hold_id: str
+    account_id: str
+    to_account_id: str | None
+    amount: str
+    currency: str
+    status: Literal["pending", "captured", "voided", "expired"]
+    expires_at: str
+    version: int
+    balance: str
+    available_balance: str
+    captured_amount: str | None = None
+    transaction_id: str | None = None
+
+
+class ReversalAccount(BaseModel):
+    account_id: str
+    version: int
+    balance: str
+
+
+class ReversalOut(BaseModel):
+    transaction_id: str
+    reverses: str
+    amount: str
+    currency: str
+    accounts: list[ReversalAccount]

@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from application.commands import Deposit, OpenAccount, Transfer, Withdraw
+from application.commands import Deposit, OpenAccount, PlaceHold, Transfer, Withdraw
 from domain.errors import ValidationFailed
 from domain.ids import batch_item_id, id_from_idempotency_key
 from domain.money import exponent_of, parse_limit, parse_money
@@ -69,6 +69,47 @@ class TransferIn(Body):
 
 class StatusChangeIn(Body):
     reason: StatusReason
+
+
+HOLD_EXPIRES_IN_MAX_S = 2_592_000  # 30 days
+HOLD_EXPIRES_IN_DEFAULT_S = 604_800  # 7 days
+
+
+class HoldIn(Body):
+    account_id: UUID
+    amount: Amount
+    currency: Currency
+    to_account_id: UUID | None = None
+    expires_in_s: int = Field(default=HOLD_EXPIRES_IN_DEFAULT_S, ge=1, le=HOLD_EXPIRES_IN_MAX_S)
+    transaction_id: UUID | None = None
+    reference: Reference | None = None
+
+    def to_command(self, hold_id: UUID, amount_max_major: int) -> PlaceHold:
+        money = parse_money(self.amount, self.currency, amount_max_major=amount_max_major)
+        return PlaceHold(
+            self.account_id,
+            money,
+            hold_id,
+            self.expires_in_s,
+            self.to_account_id,
+            self.reference,
+        )
+
+
+class CaptureIn(Body):
+    amount: Amount | None = None
+    transaction_id: UUID | None = None
+
+
+class VoidIn(Body):
+    reason: StatusReason
+    transaction_id: UUID | None = None
+
+
+class ReversalIn(Body):
+    reason: StatusReason
+    amount: Amount | None = None
+    transaction_id: UUID | None = None
 
 
 class DepositItem(MovementIn):

@@ -88,6 +88,10 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "case.comment": frozenset({_C}),
     "case.freeze_account": frozenset({_A, _C}),
     "watchlist.manage": frozenset({_C}),
+    "hold.place": frozenset({_T}),
+    "hold.capture": frozenset({_T, _A}),
+    "hold.void": frozenset({_T, _A, _C}),
+    "transaction.reverse": frozenset({_A}),
     # Query API
     "account.read": frozenset({_T, _A, _U, _C, _V}),
     "stats.read": frozenset({_V, _A, _U, _C}),

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     # meanwhile. Enough for a whole round of fetches over the partitions, taken together.
     projections_fetch_records_max: int = Field(default=10_000, ge=1, le=100_000)
     case_opener_fetch_records_max: int = Field(default=500, ge=1, le=100_000)
+    # How often the case opener's sweep expires pending holds past their `expires_at`:
+    # a hold is expired at most this late.
+    hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # How long a transfer screening holds for review waits for compliance (30 days at most,
+    # the longest a hold may last).
+    screening_review_timeout_s: int = Field(default=259_200, ge=1, le=2_592_000)
 
     rules_config: Path | None = None
     checkpoint_interval_s: float = Field(default=1, gt=0)

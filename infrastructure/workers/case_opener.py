@@ -43,6 +43,7 @@ from infrastructure.workers.case_opener_store import (
     prepare_quarantine_table,
     record_quarantined,
 )
+from infrastructure.workers.hold_sweeper import run_hold_sweeper
 
 log = structlog.get_logger("vigil.case_opener")
 
@@ -243,7 +244,11 @@ async def _serve(settings: Settings) -> int:
     ledger = await asyncio.to_thread(open_ledger, settings)
     try:
         log.info("case_opener_starting", group=group_id(settings))
-        await CaseOpener(settings, Compliance(ledger)).run(stop)
+        # The same process sweeps expired holds (as `system:holds`).
+        await asyncio.gather(
+            CaseOpener(settings, Compliance(ledger)).run(stop),
+            run_hold_sweeper(settings, ledger, stop),
+        )
     finally:
         ledger.close()
     log.info("case_opener_stopped")

@@ -152,15 +152,17 @@ class Account(ChainedAggregate):
             "reason",
             "reference",
             "balance_after_minor",
+            "reversed_total_minor",
         )
         reverses: str
         counterparty_account_id: str | None
         reason: str
+        # All reversed of `reverses` so far, this reversal included.
+        reversed_total_minor: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            reversed_ = aggregate.reversed_minor
-            reversed_[self.reverses] = reversed_.get(self.reverses, 0) + self.amount_minor
+            aggregate.reversed_minor[self.reverses] = self.reversed_total_minor
 
     class ReversalCredited(ReversalDebited):
         """Money given back to the account an original transaction debited."""
@@ -174,6 +176,7 @@ class Account(ChainedAggregate):
             "expires_at",
             "reference",
             "review",
+            "held_after_minor",
         )
         hold_id: str
         amount_minor: int
@@ -182,6 +185,9 @@ class Account(ChainedAggregate):
         expires_at: str
         reference: str | None
         review: dict[str, Any] | None
+        # What the account's pending holds reserve after this event (as balance_after_minor
+        # for movements): a read model sets it, it never sums.
+        held_after_minor: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
@@ -194,35 +200,39 @@ class Account(ChainedAggregate):
                 reference=self.reference,
                 review=self.review,
             )
-            aggregate.held_minor += self.amount_minor
+            aggregate.held_minor = self.held_after_minor
 
     class HoldEnded(Event):
         """A pending hold no longer reserves money: captured, voided or expired."""
 
-        PAYLOAD: ClassVar[tuple[str, ...]] = ("hold_id", "released_minor")
+        PAYLOAD: ClassVar[tuple[str, ...]] = (
+            "hold_id",
+            "currency",
+            "released_minor",
+            "held_after_minor",
+        )
         hold_id: str
+        currency: str
         released_minor: int
+        held_after_minor: int
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            hold = aggregate.holds.pop(self.hold_id)
-            aggregate.held_minor -= hold.amount_minor
+            del aggregate.holds[self.hold_id]
+            aggregate.held_minor = self.held_after_minor
 
     class HoldCaptured(HoldEnded):
         """The captured part moves in the movement events that follow, under the
         capture's transaction id; the rest (`released_minor`) is available again."""
 
-        PAYLOAD = ("hold_id", "amount_minor", "currency", "released_minor")
+        PAYLOAD = ("hold_id", "amount_minor", "currency", "released_minor", "held_after_minor")
         amount_minor: int
-        currency: str
 
     class HoldVoided(HoldEnded):
-        PAYLOAD = ("hold_id", "reason", "released_minor")
+        PAYLOAD = ("hold_id", "reason", "currency", "released_minor", "held_after_minor")
         reason: str
 
     class HoldExpired(HoldEnded):
-        PAYLOAD = ("hold_id", "released_minor")
-
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
             aggregate.expired_holds.add(self.hold_id)
@@ -460,6 +470,7 @@ class Account(ChainedAggregate):
             expires_at=format_timestamp(expires_at),
             reference=reference,
             review=review,
+            held_after_minor=self.held_minor + money.amount_minor,
         )
 
     def void_hold(self, hold_id: str, reason: str, stamp: Stamp, *, review: bool = False) -> None:
@@ -467,7 +478,13 @@ class Account(ChainedAggregate):
         void a review hold takes."""
         hold = self._hold_for(hold_id, review=review)
         self._trigger(
-            self.HoldVoided, stamp, hold_id=hold_id, reason=reason, released_minor=hold.amount_minor
+            self.HoldVoided,
+            stamp,
+            hold_id=hold_id,
+            reason=reason,
+            currency=hold.currency,
+            released_minor=hold.amount_minor,
+            held_after_minor=self.held_minor - hold.amount_minor,
         )
 
     def expire_hold(self, hold_id: str, stamp: Stamp) -> bool:
@@ -476,7 +493,14 @@ class Account(ChainedAggregate):
         hold = self.holds.get(hold_id)
         if hold is None or not hold.is_due(stamp.timestamp):
             return False
-        self._trigger(self.HoldExpired, stamp, hold_id=hold_id, released_minor=hold.amount_minor)
+        self._trigger(
+            self.HoldExpired,
+            stamp,
+            hold_id=hold_id,
+            currency=hold.currency,
+            released_minor=hold.amount_minor,
+            held_after_minor=self.held_minor - hold.amount_minor,
+        )
         return True
 
     def _hold_for(self, hold_id: str, *, review: bool) -> PendingHold:
@@ -581,6 +605,7 @@ def capture_hold(
         amount_minor=captured,
         currency=hold.currency,
         released_minor=hold.amount_minor - captured,
+        held_after_minor=source.held_minor - hold.amount_minor,
     )
     # The hold reserved the money: with it ended, the movement's own checks pass.
     if target is None:
@@ -638,6 +663,7 @@ def reverse(
             reason=reason,
             reference=None,
             balance_after_minor=account.balance_minor + sign * amount,
+            reversed_total_minor=done + amount,
         )
     return money
 

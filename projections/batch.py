@@ -15,7 +15,11 @@ from projections.rows import (
     BalanceChanged,
     BranchKnown,
     CaseEventRow,
+    HeldChanged,
+    HoldEndedRow,
+    HoldPlacedRow,
     KpiIncrement,
+    ReversedAmount,
     Row,
     StatementLine,
     StatusChanged,
@@ -36,6 +40,7 @@ class AccountChange:
     balance_minor: int | None = None
     last_transaction_at: datetime | None = None
     status: str | None = None
+    held_minor: int | None = None
 
 
 @dataclass(slots=True)
@@ -58,6 +63,11 @@ class BatchWrites:
     kpis_by_account: dict[AccountKey, KpiTotal] = field(default_factory=dict)
     case_events: list[CaseEventRow] = field(default_factory=list)
     watchlist: dict[UUID, WatchlistChanged] = field(default_factory=dict)
+    holds_placed: list[HoldPlacedRow] = field(default_factory=list)
+    # Each hold's latest ending (a hold ends once: the highest version wins regardless).
+    holds_ended: dict[UUID, HoldEndedRow] = field(default_factory=dict)
+    # Each original line's reversed total: totals only grow, the highest wins.
+    reversed: dict[tuple[UUID, str], ReversedAmount] = field(default_factory=dict)
 
 
 def fold(rows: Iterable[Row]) -> BatchWrites:
@@ -66,8 +76,10 @@ def fold(rows: Iterable[Row]) -> BatchWrites:
         match row:
             case AccountOpenedRow():
                 writes.opened.append(row)
-            case BalanceChanged() | StatusChanged():
+            case BalanceChanged() | StatusChanged() | HeldChanged():
                 _fold_account(writes.accounts, row)
+            case HoldPlacedRow() | HoldEndedRow() | ReversedAmount():
+                _fold_holds(writes, row)
             case StatementLine():
                 writes.lines.append(row)
             case BranchKnown():
@@ -93,7 +105,24 @@ def fold(rows: Iterable[Row]) -> BatchWrites:
     return writes
 
 
-def _fold_account(accounts: dict[UUID, AccountChange], row: BalanceChanged | StatusChanged) -> None:
+def _fold_holds(writes: BatchWrites, row: HoldPlacedRow | HoldEndedRow | ReversedAmount) -> None:
+    match row:
+        case HoldPlacedRow():
+            writes.holds_placed.append(row)
+        case HoldEndedRow():
+            ended = writes.holds_ended.get(row.hold_id)
+            if ended is None or ended.version < row.version:
+                writes.holds_ended[row.hold_id] = row
+        case ReversedAmount():
+            key = (row.account_id, row.transaction_id)
+            known = writes.reversed.get(key)
+            if known is None or known.reversed_minor < row.reversed_minor:
+                writes.reversed[key] = row
+
+
+def _fold_account(
+    accounts: dict[UUID, AccountChange], row: BalanceChanged | StatusChanged | HeldChanged
+) -> None:
     # Row by row, each update applies only above the version already there: a row at or
     # below an earlier one of the batch would change nothing, so it is left out here too.
     kept = accounts.get(row.account_id)
@@ -102,8 +131,11 @@ def _fold_account(accounts: dict[UUID, AccountChange], row: BalanceChanged | Sta
     balance_minor = kept.balance_minor if kept else None
     last_transaction_at = kept.last_transaction_at if kept else None
     status = kept.status if kept else None
+    held_minor = kept.held_minor if kept else None
     if isinstance(row, BalanceChanged):
         balance_minor, last_transaction_at = row.balance_minor, row.at
+    elif isinstance(row, HeldChanged):
+        held_minor = row.held_minor
     else:
         status = row.status
     accounts[row.account_id] = AccountChange(
@@ -114,4 +146,5 @@ def _fold_account(accounts: dict[UUID, AccountChange], row: BalanceChanged | Sta
         balance_minor,
         last_transaction_at,
         status,
+        held_minor,
     )

@@ -30,6 +30,53 @@ class BalanceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldChanged:
+    """What an account's pending holds reserve after a hold event."""
+
+    account_id: UUID
+    version: int
+    held_minor: int
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlacedRow:
+    hold_id: UUID
+    account_id: UUID
+    to_account_id: str | None
+    amount_minor: int
+    currency: str
+    reference: str | None
+    review: str | None  # JSON text of the screening decision, or None
+    expires_at: datetime
+    placed_at: datetime
+    version: int
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEndedRow:
+    hold_id: UUID
+    status: str
+    ended_at: datetime
+    captured_minor: int | None
+    capture_transaction_id: str | None
+    end_reason: str | None
+    version: int
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReversedAmount:
+    """All reversed so far of the line of `transaction_id` on an account."""
+
+    account_id: UUID
+    transaction_id: str
+    reversed_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChanged:
     account_id: UUID
     version: int
@@ -56,6 +103,7 @@ class StatementLine:
     occurred_at: datetime
     correlation_id: str | None
     notification_id: int
+    reverses: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +157,10 @@ class WatchlistChanged:
 Row = (
     AccountOpenedRow
     | BalanceChanged
+    | HeldChanged
+    | HoldPlacedRow
+    | HoldEndedRow
+    | ReversedAmount
     | StatusChanged
     | StatementLine
     | BranchKnown

@@ -76,7 +76,7 @@ def _utc_text(column: str) -> str:
 CACHED_ROWS = f"""
 SELECT account_id::text, version, json_build_object(
     'account_id', account_id, 'owner', owner, 'branch', branch, 'currency', currency,
-    'status', status, 'balance_minor', balance_minor,
+    'status', status, 'balance_minor', balance_minor, 'held_minor', held_minor,
     'overdraft_limit_minor', overdraft_limit_minor, 'version', version,
     'opened_at', {_utc_text("opened_at")}, 'updated_at', {_utc_text("updated_at")},
     'last_transaction_at', {_utc_text("last_transaction_at")})::text

@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS {schema}.accounts (
     opened_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     last_transaction_at timestamptz,
-    notification_id bigint NOT NULL
+    notification_id bigint NOT NULL,
+    -- What pending holds reserve: available = balance + overdraft limit - held.
+    held_minor bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS accounts_branch_idx ON {schema}.accounts (branch, account_id);
 
@@ -66,8 +68,47 @@ CREATE TABLE IF NOT EXISTS {schema}.transactions (
     occurred_at timestamptz NOT NULL,
     correlation_id text,
     notification_id bigint NOT NULL,
-    PRIMARY KEY (account_id, version)
+    PRIMARY KEY (account_id, version),
+    -- A reversal's line names the transaction it reverses; every line, how much of it
+    -- reversals took back.
+    reverses uuid,
+    reversed_minor bigint NOT NULL DEFAULT 0
 );
+-- Read models made before holds and reversals: their columns added (a constant default
+-- rewrites nothing), only where missing, so a start that would change nothing locks nothing.
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'accounts' AND column_name = 'held_minor') THEN
+        ALTER TABLE {schema}.accounts ADD COLUMN held_minor bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{schema}'
+            AND table_name = 'transactions' AND column_name = 'reverses') THEN
+        ALTER TABLE {schema}.transactions ADD COLUMN reverses uuid,
+            ADD COLUMN reversed_minor bigint NOT NULL DEFAULT 0;
+    END IF;
+END $do$;
+
+-- Holds, each as its latest event left it (the balances projection writes them).
+CREATE TABLE IF NOT EXISTS {schema}.holds (
+    hold_id uuid PRIMARY KEY,
+    account_id uuid NOT NULL,
+    to_account_id uuid,
+    amount_minor bigint NOT NULL,
+    currency text NOT NULL,
+    status text NOT NULL,
+    reference text,
+    review jsonb,
+    expires_at timestamptz NOT NULL,
+    placed_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    captured_minor bigint,
+    capture_transaction_id uuid,
+    end_reason text,
+    version bigint NOT NULL,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_account_idx
+    ON {schema}.holds (account_id, placed_at DESC, hold_id);
 CREATE INDEX IF NOT EXISTS transactions_time_idx
     ON {schema}.transactions (account_id, occurred_at DESC, version DESC);
 

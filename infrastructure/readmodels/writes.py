@@ -39,6 +39,7 @@ ACCOUNT_COLUMNS: Final = (
     "balance_minor",
     "last_transaction_at",
     "status",
+    "held_minor",
 )
 LINE_COLUMNS: Final = (
     "account_id",
@@ -57,6 +58,30 @@ LINE_COLUMNS: Final = (
     "occurred_at",
     "correlation_id",
     "notification_id",
+    "reverses",
+)
+HOLD_PLACED_COLUMNS: Final = (
+    "hold_id",
+    "account_id",
+    "to_account_id",
+    "amount_minor",
+    "currency",
+    "reference",
+    "review",
+    "expires_at",
+    "placed_at",
+    "version",
+    "notification_id",
+)
+HOLD_ENDED_COLUMNS: Final = (
+    "hold_id",
+    "status",
+    "ended_at",
+    "captured_minor",
+    "capture_transaction_id",
+    "end_reason",
+    "version",
+    "notification_id",
 )
 
 INSERT_OPENED: Final = (
@@ -74,11 +99,11 @@ INSERT_OPENED: Final = (
 UPDATE_ACCOUNTS: Final = (
     "UPDATE accounts AS a SET balance_minor = coalesce(c.balance_minor, a.balance_minor), "
     "last_transaction_at = coalesce(c.last_transaction_at, a.last_transaction_at), "
-    "status = coalesce(c.status, a.status), version = c.version, updated_at = c.at, "
-    "notification_id = c.notification_id "
+    "status = coalesce(c.status, a.status), held_minor = coalesce(c.held_minor, a.held_minor), "
+    "version = c.version, updated_at = c.at, notification_id = c.notification_id "
     "FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], %b::bigint[], %b::bigint[], "
-    "%b::timestamptz[], %b::text[]) AS c(account_id, version, at, notification_id, "
-    "balance_minor, last_transaction_at, status) "
+    "%b::timestamptz[], %b::text[], %b::bigint[]) AS c(account_id, version, at, "
+    "notification_id, balance_minor, last_transaction_at, status, held_minor) "
     "WHERE a.account_id = c.account_id AND a.version < c.version"
 )
 
@@ -86,10 +111,36 @@ INSERT_LINES: Final = (
     "INSERT INTO transactions (account_id, version, transaction_id, "
     "counterparty_account_id, direction, kind, amount_minor, balance_after_minor, currency, "
     "reference, channel, actor_subject, actor_role, occurred_at, correlation_id, "
-    "notification_id) SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::uuid[], %b::uuid[], "
-    "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::bigint[]) "
-    "ON CONFLICT (account_id, version) DO NOTHING"
+    "notification_id, reverses) SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::uuid[], "
+    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::bigint[], "
+    "%b::uuid[]) ON CONFLICT (account_id, version) DO NOTHING"
+)
+
+# A reversal's total on the original's line of the same account (the line is earlier in
+# the account's stream, so already there).
+UPDATE_REVERSED: Final = (
+    "UPDATE transactions AS t SET reversed_minor = greatest(t.reversed_minor, c.reversed_minor) "
+    "FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[]) AS c(account_id, transaction_id, "
+    "reversed_minor) WHERE t.account_id = c.account_id AND t.transaction_id = c.transaction_id"
+)
+
+INSERT_HOLDS: Final = (
+    "INSERT INTO holds (hold_id, account_id, to_account_id, amount_minor, currency, "
+    "reference, review, expires_at, placed_at, version, notification_id, status) "
+    "SELECT *, 'pending' FROM unnest(%b::uuid[], %b::uuid[], %b::uuid[], %b::bigint[], "
+    "%b::text[], %b::text[], %b::jsonb[], %b::timestamptz[], %b::timestamptz[], %b::bigint[], "
+    "%b::bigint[]) ON CONFLICT (hold_id) DO NOTHING"
+)
+
+UPDATE_HOLDS: Final = (
+    "UPDATE holds AS h SET status = c.status, ended_at = c.ended_at, "
+    "captured_minor = c.captured_minor, capture_transaction_id = c.capture_transaction_id, "
+    "end_reason = c.end_reason, version = c.version, notification_id = c.notification_id "
+    "FROM unnest(%b::uuid[], %b::text[], %b::timestamptz[], %b::bigint[], %b::uuid[], "
+    "%b::text[], %b::bigint[], %b::bigint[]) AS c(hold_id, status, ended_at, captured_minor, "
+    "capture_transaction_id, end_reason, version, notification_id) "
+    "WHERE h.hold_id = c.hold_id AND h.version < c.version"
 )
 
 INSERT_BRANCHES: Final = (
@@ -129,6 +180,17 @@ async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> None:
         await conn.execute(UPDATE_ACCOUNTS, _account_columns(list(writes.accounts.values())))
     if writes.lines:
         await conn.execute(INSERT_LINES, _line_columns(writes.lines))
+    if writes.reversed:
+        reversed_ = list(writes.reversed.values())
+        await conn.execute(
+            UPDATE_REVERSED,
+            column_arrays(reversed_, ("account_id", "transaction_id", "reversed_minor")),
+        )
+    if writes.holds_placed:
+        await conn.execute(INSERT_HOLDS, column_arrays(writes.holds_placed, HOLD_PLACED_COLUMNS))
+    if writes.holds_ended:
+        ended = list(writes.holds_ended.values())
+        await conn.execute(UPDATE_HOLDS, column_arrays(ended, HOLD_ENDED_COLUMNS))
     if writes.branches:
         branches = list(writes.branches.values())
         await conn.execute(

@@ -47,6 +47,11 @@ def _metric(count: int, total: str) -> dict[str, Any]:
     return {"count": count, "sum": total}
 
 
+def _no_holds(zero: str) -> dict[str, Any]:
+    names = ("holds_placed", "holds_captured", "holds_voided", "holds_expired", "reversals")
+    return {name: _metric(0, zero) for name in names}
+
+
 def test_stats_overview_sums_totals_series_and_branches(query_env: QueryEnv) -> None:
     response = query_env.get("/v1/stats/overview", "viewer")
     assert response.status_code == 200, response.text
@@ -57,12 +62,14 @@ def test_stats_overview_sums_totals_series_and_branches(query_env: QueryEnv) -> 
             "deposits": _metric(2, "120.00"),
             "withdrawals": _metric(1, "20.00"),
             "transfers": _metric(1, "30.00"),
+            **_no_holds("0.00"),
         },
         "JPY": {
             "accounts_opened": _metric(0, "0"),
             "deposits": _metric(1, "1250"),
             "withdrawals": _metric(0, "0"),
             "transfers": _metric(0, "0"),
+            **_no_holds("0"),
         },
     }
     hourly = body["hourly"]

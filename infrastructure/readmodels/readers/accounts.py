@@ -16,7 +16,7 @@ from infrastructure.readmodels.schema import SCHEMA
 
 ACCOUNT_COLUMNS: Final = sql.SQL(
     "account_id, owner, branch, currency, status, balance_minor, overdraft_limit_minor, "
-    "version, opened_at, updated_at, last_transaction_at"
+    "version, opened_at, updated_at, last_transaction_at, held_minor"
 )
 ACCOUNT_BY_ID: Final = sql.SQL(
     "SELECT {columns} FROM {schema}.accounts WHERE account_id = %(account_id)s"
@@ -57,6 +57,12 @@ class AccountRecord:
     opened_at: datetime
     updated_at: datetime
     last_transaction_at: datetime | None
+    # What pending holds reserve (0 in cache entries written before holds existed).
+    held_minor: int = 0
+
+    @property
+    def available_minor(self) -> int:
+        return self.balance_minor + self.overdraft_limit_minor - self.held_minor
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AccountRecord:
@@ -74,6 +80,7 @@ class AccountRecord:
             opened_at=_moment(data["opened_at"]),
             updated_at=_moment(data["updated_at"]),
             last_transaction_at=None if last is None else _moment(last),
+            held_minor=_count(data.get("held_minor", 0)),
         )
 
 

@@ -35,7 +35,7 @@ STATEMENT_REACHED: Final = sql.SQL(
 STATEMENT_COLUMNS: Final = sql.SQL(
     "account_id, version, transaction_id, counterparty_account_id, direction, kind, "
     "amount_minor, balance_after_minor, currency, reference, channel, actor_subject, "
-    "actor_role, occurred_at, correlation_id"
+    "actor_role, occurred_at, correlation_id, reverses, reversed_minor"
 )
 
 
@@ -57,6 +57,8 @@ class StatementLine(TypedDict):
     actor_role: str
     occurred_at: datetime
     correlation_id: str | None
+    reverses: UUID | None
+    reversed_minor: int
 
 
 class StatementFilters(TypedDict):

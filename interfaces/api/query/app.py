@@ -34,6 +34,7 @@ from interfaces.api.query.routes import (
     audit_verify,
     cases,
     exports,
+    holds,
     projections,
     stats,
     transactions,
@@ -122,6 +123,7 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(accounts.router)
     app.include_router(transactions.router)
+    app.include_router(holds.router)
     app.include_router(stats.router)
     app.include_router(projections.router)
     app.include_router(alerts.router)

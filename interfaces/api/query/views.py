@@ -27,9 +27,7 @@ def account_view(record: AccountRecord) -> dict[str, Any]:
         "currency": record.currency,
         "status": record.status,
         "balance": format_amount(record.balance_minor, record.currency),
-        "available_balance": format_amount(
-            record.balance_minor + record.overdraft_limit_minor, record.currency
-        ),
+        "available_balance": format_amount(record.available_minor, record.currency),
         "overdraft_limit": format_amount(record.overdraft_limit_minor, record.currency),
         "projected_version": record.version,
         "opened_at": format_timestamp(record.opened_at),
@@ -58,6 +56,8 @@ def statement_line_view(row: StatementLine) -> dict[str, Any]:
         "timestamp": format_timestamp(row["occurred_at"]),
         "correlation_id": row["correlation_id"],
         "version": row["version"],
+        "reverses": None if row["reverses"] is None else str(row["reverses"]),
+        "reversed_amount": format_amount(row["reversed_minor"], currency),
     }
 
 
@@ -94,7 +94,7 @@ class StatementLineView(BaseModel):
     account_id: str
     counterparty_account_id: str | None
     direction: Direction
-    kind: Literal["deposit", "withdrawal", "transfer"]
+    kind: Literal["deposit", "withdrawal", "transfer", "reversal"]
     amount: str
     balance_after: str
     currency: str
@@ -104,6 +104,10 @@ class StatementLineView(BaseModel):
     timestamp: str
     correlation_id: str | None
     version: int
+    # The transaction a reversal's line reverses; on every line, how much of it
+    # reversals took back.
+    reverses: str | None
+    reversed_amount: str
 
 
 class StatementPage(BaseModel):

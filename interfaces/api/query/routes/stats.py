@@ -24,7 +24,17 @@ router = APIRouter(prefix="/v1/stats", tags=["stats"])
 StatsReader = Annotated[Principal, Depends(require("stats.read"))]
 
 # The kpis projection's metric names; each appears in every currency's totals, 0 if none.
-METRICS: Final = ("accounts_opened", "deposits", "withdrawals", "transfers")
+METRICS: Final = (
+    "accounts_opened",
+    "deposits",
+    "withdrawals",
+    "transfers",
+    "holds_placed",
+    "holds_captured",
+    "holds_voided",
+    "holds_expired",
+    "reversals",
+)
 SERIES_HOURS: Final = 24
 
 
@@ -38,6 +48,13 @@ class Metrics(BaseModel):
     deposits: MetricTotal
     withdrawals: MetricTotal
     transfers: MetricTotal
+    # Holds: placed (the amount reserved), captured (the amount moved), voided and
+    # expired (the amount released); reversals (the amount given back).
+    holds_placed: MetricTotal
+    holds_captured: MetricTotal
+    holds_voided: MetricTotal
+    holds_expired: MetricTotal
+    reversals: MetricTotal
 
 
 class HourBucket(BaseModel):

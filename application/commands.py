@@ -9,7 +9,9 @@ from typing import Any, Literal
 from uuid import UUID
 
 from domain.account import Account, Original, PendingHold
+from domain.case import AlertCase
 from domain.errors import DomainError
+from domain.ids import watchlist_entry_id
 from domain.integrity import Actor, canonical, format_timestamp
 from domain.money import Money, format_amount
 
@@ -99,11 +101,29 @@ class VoidHold:
 
 @dataclass(frozen=True, slots=True)
 class ExpireHold:
-    """The sweep's: expire the hold if it is still pending and due (else nothing)."""
+    """The sweep's: expire the hold if it is still pending and due (else nothing); a hold
+    held for review closes its case (`case_id`) as expired."""
 
     hold_id: UUID
     account_id: UUID
+    case_id: UUID | None = None
     kind: Literal["expire_hold"] = "expire_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class DecideReview:
+    """Compliance releases (posts the held command under its own transaction id) or
+    rejects (voids) a hold screening made, and closes its case. `transaction_id` is the
+    decision's own id; `hold_id` None: the case's hold is no longer pending."""
+
+    case_id: UUID
+    account_id: UUID
+    to_account_id: UUID | None
+    hold_id: UUID | None
+    transaction_id: UUID
+    action: Literal["release", "reject"]
+    note: str
+    kind: Literal["review_decision"] = "review_decision"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +148,7 @@ Command = (
     | VoidHold
     | ExpireHold
     | ReverseTransaction
+    | DecideReview
 )
 
 
@@ -177,6 +198,7 @@ def command_id(command: Command) -> UUID | None:
             | CaptureHold(transaction_id=tid)
             | VoidHold(transaction_id=tid)
             | ReverseTransaction(transaction_id=tid)
+            | DecideReview(transaction_id=tid)
         ):
             return tid
         case ChangeStatus() | ExpireHold():
@@ -191,6 +213,7 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
         case (
             PlaceHold(account_id=source, to_account_id=target)
             | CaptureHold(account_id=source, to_account_id=target)
+            | DecideReview(account_id=source, to_account_id=target)
         ):
             # A hold's target is read when placed (it must exist) and paid when captured.
             return (source,) if target is None else (source, target)
@@ -205,6 +228,21 @@ def account_ids(command: Command) -> tuple[UUID, ...]:
             | ExpireHold(account_id=account_id)
         ):
             return (account_id,)
+
+
+def other_ids(command: Command, *, watchlist: bool) -> tuple[UUID, ...]:
+    """The aggregates other than accounts a command reads or changes: the watchlist entries
+    of the accounts screening looks at (`watchlist`: it checks the watchlist), the case a
+    review decision or an expiry closes."""
+    match command:
+        case Transfer() | Withdraw() | PlaceHold():
+            if not watchlist:
+                return ()
+            return tuple(watchlist_entry_id(i) for i in account_ids(command))
+        case DecideReview(case_id=case_id) | ExpireHold(case_id=case_id) if case_id is not None:
+            return (case_id,)
+        case _:
+            return ()
 
 
 def fingerprint(submission: Submission) -> str:
@@ -259,6 +297,12 @@ def fingerprint(submission: Submission) -> str:
                 "reverses": command.original.transaction_id,
                 "amount_minor": command.amount_minor,
                 "reason": command.reason,
+            }
+        case DecideReview():
+            described |= {
+                "case_id": str(command.case_id),
+                "action": command.action,
+                "note": command.note,
             }
         case ChangeStatus() | ExpireHold():
             raise AssertionError("status changes and expiries carry no command id")
@@ -360,4 +404,24 @@ def reversal_body(
             }
             for account in accounts
         ],
+    }
+
+
+def case_body(case: AlertCase) -> dict[str, Any]:
+    """The command API's reply for a case (the API contract's case fields)."""
+    return {
+        "case_id": str(case.id),
+        "alert_id": case.alert_id,
+        "account_id": case.account_id,
+        "branch": case.branch,
+        "rule": case.rule,
+        "severity": case.severity,
+        "status": case.status.value,
+        "assignee": case.assignee,
+        "resolution": case.resolution,
+        "explanation": case.explanation,
+        "version": case.version,
+        "opened_at": format_timestamp(case.created_on),
+        "updated_at": format_timestamp(case.modified_on),
+        "closed_at": None if case.closed_at is None else format_timestamp(case.closed_at),
     }

@@ -284,26 +284,6 @@ class Compliance:
             )
 
 
-def case_body(case: AlertCase) -> dict[str, Any]:
-    """The command API's reply for a case (the API contract's case fields)."""
-    return {
-        "case_id": str(case.id),
-        "alert_id": case.alert_id,
-        "account_id": case.account_id,
-        "branch": case.branch,
-        "rule": case.rule,
-        "severity": case.severity,
-        "status": case.status.value,
-        "assignee": case.assignee,
-        "resolution": case.resolution,
-        "explanation": case.explanation,
-        "version": case.version,
-        "opened_at": format_timestamp(case.created_on),
-        "updated_at": format_timestamp(case.modified_on),
-        "closed_at": None if case.closed_at is None else format_timestamp(case.closed_at),
-    }
-
-
 def watchlist_body(entry: WatchlistEntry) -> dict[str, Any]:
     return {
         "account_id": entry.account_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -21,6 +21,7 @@ from eventsourcing.domain import DomainEventProtocol
 from application.commands import (
     CaptureHold,
     ChangeStatus,
+    DecideReview,
     Deposit,
     ExpireHold,
     OpenAccount,
@@ -34,6 +35,7 @@ from application.commands import (
     Withdraw,
     account_body,
     account_ids,
+    case_body,
     command_id,
     fingerprint,
     hold_body,
@@ -41,18 +43,35 @@ from application.commands import (
     reversal_body,
     transfer_body,
 )
-from domain.account import Account, HoldStatus, capture_hold, reverse, transfer
+from domain.account import Account, HoldStatus, PendingHold, capture_hold, reverse, transfer
+from domain.case import AlertCase, CaseAction
 from domain.errors import (
     AccountNotFound,
+    CaseNotFound,
     CurrencyMismatch,
     DomainError,
     Forbidden,
+    InvalidTransition,
     TransactionConflict,
     Unavailable,
     ValidationFailed,
 )
+from domain.ids import case_id_for, derived_id, watchlist_entry_id
 from domain.integrity import DEFAULT_MAC_KID, Stamp
-from domain.money import format_amount, minor_units
+from domain.money import Money, format_amount, minor_units
+from domain.screening import Screening, screen
+from domain.watchlist import WatchlistEntry
+
+HELD_FOR_REVIEW = "held_for_review"
+# The kind of the record stored under a review hold's id.
+REVIEW_HOLD = "review_hold"
+# The kind of the record a release stores under `released_id(T)`: what posted under T
+# (the 202 stored under T itself stays as it was: replies never change).
+RELEASED = "released"
+
+
+def released_id(transaction_id: UUID | str) -> UUID:
+    return derived_id(f"{transaction_id}:released")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,7 @@ class Terms:
     ceilings: MoneyCeilings
     mac_key: bytes
     mac_kid: str = DEFAULT_MAC_KID
+    screening: Screening | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,7 @@ def decide_group(
     terms: Terms,
     timestamps: Iterator[datetime],
     held_back: AbstractSet[UUID] = frozenset(),
+    others: Mapping[UUID, object] | None = None,
 ) -> Decision:
     """Apply the commands in order, each atomic on its own, to the group's accounts.
 
@@ -115,8 +136,9 @@ def decide_group(
     for each command that reaches the domain, so each is stamped with its own time, as
     when commands were applied one at a time. A command on an account in `held_back`
     (one that kept changing under the group) is told to retry, and decides nothing.
+    `others`: the watchlist entries screening reads and the cases review decisions close.
     """
-    judge = _Judge(accounts, stored_replies, terms, timestamps)
+    judge = _Judge(accounts, stored_replies, terms, timestamps, others or {})
     outcomes = [
         Outcome(error=Unavailable("its accounts kept changing under it; retry"))
         if not held_back.isdisjoint(account_ids(submission.command))
@@ -126,6 +148,8 @@ def decide_group(
     events: dict[UUID, list[DomainEventProtocol[UUID]]] = {
         i: list(account.collect_events()) for i, account in judge.touched.items()
     }
+    for case_id, case in judge.cases.items():
+        events[case_id] = list(case.collect_events())
     return Decision(outcomes, events, judge.new_replies, judge.accounts)
 
 
@@ -138,8 +162,12 @@ class _Judge:
         stored_replies: Mapping[UUID, ReplyRecord],
         terms: Terms,
         timestamps: Iterator[datetime],
+        others: Mapping[UUID, object],
     ) -> None:
         self.accounts: dict[UUID, Account] = dict(accounts)
+        self.others = others
+        # Cases opened or closed by the group (saved with its accounts).
+        self.cases: dict[UUID, AlertCase] = {}
         self.stored = stored_replies
         self.terms = terms
         self.timestamps = timestamps
@@ -240,9 +268,15 @@ class _Judge:
         )
         command = submission.command
         ceilings = self.terms.ceilings
+        if isinstance(command, Transfer | Withdraw | PlaceHold) and self.terms.screening:
+            held = self._screen(command, self.terms.screening, stamp)
+            if held is not None:
+                return held
         match command:
             case OpenAccount():
                 return self._open(command, stamp)
+            case DecideReview():
+                return self._decide_review(command, stamp)
             case Deposit():
                 account = self.account(command.account_id)
                 account.deposit(
@@ -323,10 +357,205 @@ class _Judge:
                 account = self.account(command.account_id)
                 hold_id = str(command.hold_id)
                 due = account.holds.get(hold_id)
-                if due is None or not account.expire_hold(hold_id, stamp):
+                if due is None or not due.is_due(stamp.timestamp):
                     return {"hold_id": hold_id, "status": "unchanged", "changed": False}
+                case = self._review_case(command.case_id, due) if due.review else None
+                account.expire_hold(hold_id, stamp)
                 self.touched[account.id] = account
+                if case is not None and case.allows(CaseAction.CLOSE):
+                    case.close("expired", "the review hold expired undecided", stamp, review=True)
+                    self.cases[case.id] = case
                 return hold_body(account, due, HoldStatus.EXPIRED.value, changed=True)
+
+    # Screening and review ------------------------------------------------------------
+
+    def _screen(
+        self, command: Transfer | Withdraw | PlaceHold, screening: Screening, stamp: Stamp
+    ) -> dict[str, Any] | None:
+        """A command screening stops becomes a pending hold for review and a case, in this
+        group's transaction; None lets it post. Every check the command itself would make
+        on its accounts comes first, so screening holds only what could post."""
+        payee: Account | None = None
+        match command:
+            case Transfer():
+                source = self.account(command.from_account_id)
+                payee = self.account(command.to_account_id)
+                if source.id == payee.id:
+                    return None  # refused as a transfer, below
+                payee.check_can_receive(
+                    command.money,
+                    balance_max_minor=self.terms.ceilings.balance_max_minor(payee.currency),
+                )
+            case Withdraw():
+                source = self.account(command.account_id)
+            case PlaceHold():
+                source = self.account(command.account_id)
+                if command.to_account_id is not None:
+                    payee = self.account(command.to_account_id)
+        watchlisted = {
+            i
+            for i in (source.id, None if payee is None else payee.id)
+            if i is not None and self._watchlisted(i)
+        }
+        verdict = screen(
+            screening,
+            command.money,
+            source.id,
+            None if payee is None else payee.id,
+            watchlisted,
+        )
+        if verdict is None:
+            return None
+        transaction_id = command.transaction_id
+        hold_id = derived_id(f"{transaction_id}:review")
+        alert_id = derived_id(f"{verdict.rule}:{hold_id}")
+        case_id = case_id_for(alert_id)
+        held: dict[str, Any] = {"kind": command.kind, "reference": command.reference}
+        if isinstance(command, Withdraw):
+            held["channel"] = command.channel
+        if isinstance(command, PlaceHold):
+            held["expires_in_s"] = command.expires_in_s
+        review = {
+            "rule": verdict.rule,
+            "config_sha256": screening.config_sha256,
+            "figures": verdict.figures,
+            "alert_id": str(alert_id),
+            "case_id": str(case_id),
+            "transaction_id": str(transaction_id),
+            "command": held,
+        }
+        source.place_hold(
+            hold_id,
+            command.money,
+            None if payee is None else payee.id,
+            stamp.timestamp + timedelta(seconds=screening.review_timeout_s),
+            command.reference,
+            stamp,
+            review=review,
+        )
+        self.touched[source.id] = source
+        case = AlertCase.open(
+            alert_id,
+            verdict.rule,
+            verdict.severity,
+            source.id,
+            source.branch,
+            f"held for review before posting: {verdict.explanation}",
+            stamp,
+        )
+        self.cases[case.id] = case
+        # The review hold's own record, as every hold's placing has one under its id: it
+        # says where the hold is (a capture or void of it is then told `hold_under_review`).
+        self.new_replies[hold_id] = ReplyRecord(
+            command_id=hold_id,
+            kind=REVIEW_HOLD,
+            subject=stamp.actor.subject,
+            fingerprint=f"{REVIEW_HOLD}:{transaction_id}",
+            body=hold_body(source, source.holds[str(hold_id)], "pending"),
+        )
+        return {
+            "status": HELD_FOR_REVIEW,
+            "hold_id": str(hold_id),
+            "case_id": str(case_id),
+            "rule": verdict.rule,
+            "transaction_id": str(transaction_id),
+        }
+
+    def _watchlisted(self, account_id: UUID) -> bool:
+        entry = self.others.get(watchlist_entry_id(account_id))
+        return isinstance(entry, WatchlistEntry) and entry.listed
+
+    def _review_case(self, case_id: UUID | None, hold: PendingHold) -> AlertCase:
+        assert hold.review is not None
+        if case_id is None or str(case_id) != hold.review["case_id"]:
+            raise CaseNotFound(f"hold {hold.hold_id} is reviewed in case {hold.review['case_id']}")
+        case = self.cases.get(case_id) or self.others.get(case_id)
+        if not isinstance(case, AlertCase):
+            raise CaseNotFound(f"case {case_id} does not exist")
+        return case
+
+    def _decide_review(self, command: DecideReview, stamp: Stamp) -> dict[str, Any]:
+        """Release: post the held command under its own transaction id; reject: void it.
+        Either closes the case; every check comes before any event."""
+        account = self.account(command.account_id)
+        if command.hold_id is None:
+            case = self.others.get(command.case_id)
+            if not isinstance(case, AlertCase):
+                raise CaseNotFound(f"case {command.case_id} does not exist")
+            raise InvalidTransition(
+                f"case {command.case_id} holds nothing for review any more"
+                if case.allows(CaseAction.CLOSE)
+                else f"case {command.case_id} is {case.status.value}"
+            )
+        hold_id = str(command.hold_id)
+        hold = account._hold_for(hold_id, review=True)
+        case = self._review_case(command.case_id, hold)
+        if not case.allows(CaseAction.CLOSE):
+            raise InvalidTransition(f"case {case.id} is {case.status.value}")
+        review = hold.review
+        assert review is not None
+        posted = replace(stamp, transaction_id=review["transaction_id"])
+        held = review["command"]
+        money = Money(hold.amount_minor, hold.currency)
+        payee = None if command.to_account_id is None else self.account(command.to_account_id)
+        outcome: dict[str, Any]
+        if command.action == "reject":
+            account.void_hold(hold_id, command.note, stamp, review=True)
+            outcome = hold_body(account, hold, HoldStatus.VOIDED.value)
+        elif held["kind"] == "place_hold":
+            # Released, the hold it was asked to be: the review hold gives way to it.
+            account.check_can_move(money)
+            account.void_hold(hold_id, command.note, posted, review=True)
+            account.place_hold(
+                UUID(review["transaction_id"]),
+                money,
+                payee.id if payee is not None else None,
+                stamp.timestamp + timedelta(seconds=held["expires_in_s"]),
+                hold.reference,
+                posted,
+            )
+            outcome = hold_body(account, account.holds[review["transaction_id"]], "pending")
+        else:
+            _, moved = capture_hold(
+                account,
+                payee,
+                hold_id,
+                None,
+                posted,
+                balance_max_minor=self.terms.ceilings.balance_max_minor(hold.currency),
+                review=True,
+                channel=held.get("channel", "card"),
+            )
+            outcome = hold_body(
+                account,
+                hold,
+                HoldStatus.CAPTURED.value,
+                captured_amount=format_amount(moved.amount_minor, moved.currency),
+                transaction_id=review["transaction_id"],
+            )
+        self.touched[account.id] = account
+        if payee is not None:
+            self.touched[payee.id] = payee
+        if command.action == "release":
+            record_id = released_id(review["transaction_id"])
+            self.new_replies[record_id] = ReplyRecord(
+                command_id=record_id,
+                kind=RELEASED,
+                subject=stamp.actor.subject,
+                fingerprint=f"{RELEASED}:{review['transaction_id']}",
+                body={
+                    "kind": held["kind"],
+                    "transaction_id": review["transaction_id"],
+                    "account_id": str(account.id),
+                    "to_account_id": hold.to_account_id,
+                    "amount_minor": hold.amount_minor,
+                    "currency": hold.currency,
+                },
+            )
+        resolution = "released" if command.action == "release" else "rejected"
+        case.close(resolution, command.note, stamp, review=True)
+        self.cases[case.id] = case
+        return {**case_body(case), "hold": outcome}
 
     def _place_hold(self, command: PlaceHold, stamp: Stamp) -> dict[str, Any]:
         account = self.account(command.account_id)

@@ -42,7 +42,8 @@ class EventStoreGroups:
         aggregates = self._mutated(dict(held), state.events)
         # An id that names a case or a watchlist entry is no account.
         accounts = {i: a for i, a in aggregates.items() if isinstance(a, Account)}
-        return LoadedGroup(accounts=accounts, replies=state.replies)
+        others = {i: a for i, a in aggregates.items() if not isinstance(a, Account)}
+        return LoadedGroup(accounts=accounts, replies=state.replies, others=others)
 
     def load_aggregates(self, aggregate_ids: Collection[UUID]) -> dict[UUID, object]:
         state = self.recorder.select_group_state(dict.fromkeys(aggregate_ids, 0), ())

@@ -34,7 +34,14 @@ from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, PersistenceError, Recording
 from eventsourcing.utils import Environment
 
-from application.commands import Outcome, ReplyRecord, Submission, account_ids, command_id
+from application.commands import (
+    Outcome,
+    ReplyRecord,
+    Submission,
+    account_ids,
+    command_id,
+    other_ids,
+)
 from application.decide import Decision, MoneyCeilings, Terms, decide_group
 from application.envelope import index_row
 from application.group_store import EventStoreGroups
@@ -52,6 +59,7 @@ from application.retry import retrying, unavailable
 from domain.account import Account
 from domain.errors import AccountNotFound
 from domain.integrity import DEFAULT_MAC_KID
+from domain.screening import Screening
 
 ACCOUNT_LOCK_STRIPES = 1024
 
@@ -72,6 +80,8 @@ class LedgerOptions:
     reply_cache: ReplyCache = field(default_factory=NoReplyCache)
     # The id of `mac_key`, recorded in every event it seals (keys rotate).
     mac_kid: str = DEFAULT_MAC_KID
+    # Screening in the money path (the rules file's `[screening]`); None: none.
+    screening: Screening | None = None
 
 
 class Ledger(Application[UUID]):
@@ -118,7 +128,7 @@ class Ledger(Application[UUID]):
         """The account as stored now; a copy, so changing it changes nothing held."""
         with self._locks.holding([[account_id]]):
             try:
-                account = self._load({account_id}, []).accounts.get(account_id)
+                account = self._load((), {account_id}, []).accounts.get(account_id)
             except BaseException:
                 self._accounts.drop([account_id])
                 raise
@@ -148,7 +158,7 @@ class Ledger(Application[UUID]):
 
         def attempt(last: bool) -> list[Outcome]:
             nonlocal tried
-            loaded = self._load(involved, ids)
+            loaded = self._load(submissions, involved, ids)
             stored = {i: account.version for i, account in loaded.accounts.items()}
             if tried is not None:
                 # Accounts another writer moved since our last try: the culprits.
@@ -167,6 +177,7 @@ class Ledger(Application[UUID]):
 
     def _load(
         self,
+        submissions: Sequence[Submission],
         account_ids: set[UUID],
         command_ids: list[UUID],
         ahead: tuple[dict[UUID, Account], dict[UUID, ReplyRecord]] = ({}, {}),
@@ -176,6 +187,7 @@ class Ledger(Application[UUID]):
         the cache does not know, in the same query as the accounts. `ahead`: the accounts
         and replies of groups decided but still being written, which come first."""
         ahead_accounts, ahead_replies = ahead
+        others = self._other_ids(submissions)
         held: dict[UUID, Account] = {}
         for account_id in account_ids:
             account = ahead_accounts.get(account_id)
@@ -187,8 +199,17 @@ class Ledger(Application[UUID]):
         asked = [i for i in command_ids if i not in known]
         cached = self.options.reply_cache.get_many(asked) if asked else {}
         unknown_ids = [i for i in asked if i not in cached]
-        loaded = self.loader.load_group(held, account_ids, unknown_ids)
-        return LoadedGroup(accounts=loaded.accounts, replies=known | cached | loaded.replies)
+        loaded = self.loader.load_group(held, account_ids | others, unknown_ids)
+        return LoadedGroup(
+            accounts=loaded.accounts,
+            replies=known | cached | loaded.replies,
+            others=loaded.others,
+        )
+
+    def _other_ids(self, submissions: Sequence[Submission]) -> set[UUID]:
+        screening = self.options.screening
+        watchlist = screening is not None and screening.checks_watchlist
+        return {i for s in submissions for i in other_ids(s.command, watchlist=watchlist)}
 
     def _commit(
         self, submissions: Sequence[Submission], loaded: LoadedGroup, held_back: set[UUID]
@@ -211,7 +232,9 @@ class Ledger(Application[UUID]):
                 ceilings=self.options.ceilings,
                 mac_key=self.options.mac_key,
                 mac_kid=self.options.mac_kid,
+                screening=self.options.screening,
             ),
+            others=loaded.others,
             # Drawn from the clock one command at a time, as each reaches the domain.
             timestamps=iter(self.options.clock, None),
             held_back=held_back,
@@ -251,7 +274,7 @@ class Ledger(Application[UUID]):
         ids = [i for i in (command_id(s.command) for s in submissions) if i is not None]
         generation, ahead = self._ahead.snapshot(involved, ids)
         try:
-            loaded = self._load(involved, ids, ahead)
+            loaded = self._load(submissions, involved, ids, ahead)
             decision = self._decide(submissions, loaded, held_back=set())
         except BaseException:
             # What it changed in place may be ahead of the store; nothing of it is kept.

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from application.commands import ReplyRecord
+from application.decide import HELD_FOR_REVIEW, REVIEW_HOLD, released_id
 from application.ledger import Ledger
 from domain.account import Account, Original, check_reversible
 from domain.errors import HoldNotFound, TransactionNotFound, Unavailable
 from domain.money import parse_amount
+
+# What is stored under a hold's id: its placing, or the hold screening made for review.
+HOLD_KINDS = frozenset({"place_hold", REVIEW_HOLD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +38,8 @@ def find_reply(ledger: Ledger, command_id: UUID) -> ReplyRecord | None:
 
 
 def find_hold(ledger: Ledger, hold_id: UUID) -> HoldRef:
-    record = find_reply(ledger, hold_id)
-    if record is None or record.kind != "place_hold":
+    record = _posted(ledger, find_reply(ledger, hold_id))
+    if record is None or record.kind not in HOLD_KINDS:
         raise HoldNotFound(f"hold {hold_id} does not exist")
     body = record.body
     payee = body.get("to_account_id")
@@ -47,12 +51,21 @@ def find_hold(ledger: Ledger, hold_id: UUID) -> HoldRef:
 def find_original(ledger: Ledger, transaction_id: UUID) -> Original:
     """The transaction to reverse; `transaction_not_found`, or `not_reversible` for what
     moved no money or was itself a reversal."""
-    record = find_reply(ledger, transaction_id)
+    record = _posted(ledger, find_reply(ledger, transaction_id))
     if record is None:
-        raise TransactionNotFound(f"transaction {transaction_id} does not exist")
+        raise TransactionNotFound(f"transaction {transaction_id} does not exist or has not posted")
     check_reversible(record.kind)
     body = record.body
     tid = str(transaction_id)
+    if record.kind in RELEASED_KINDS and "amount_minor" in body:
+        # Held for review, then released: what posted is in the release's record.
+        payee = body["to_account_id"]
+        source = UUID(body["account_id"])
+        target = None if payee is None else UUID(payee)
+        amount, currency = body["amount_minor"], body["currency"]
+        if record.kind == "transfer":
+            return Original(tid, amount, currency, source, target)
+        return Original(tid, amount, currency, debited=source, credited=None)
     match record.kind:
         case "deposit":
             account_id = UUID(body["account_id"])
@@ -77,6 +90,29 @@ def find_original(ledger: Ledger, transaction_id: UUID) -> Original:
                 credited=None if payee is None else UUID(payee),
             )
     raise AssertionError(f"reversible kind without a lookup: {record.kind}")
+
+
+# Commands screening may hold whose release posts a movement to reverse.
+RELEASED_KINDS = frozenset({"transfer", "withdrawal"})
+
+
+def _posted(ledger: Ledger, record: ReplyRecord | None) -> ReplyRecord | None:
+    """The record of what a command posted: its own reply, or, for a command screening
+    held for review (its reply a 202), what the release posted under its id (None if it
+    was not released: nothing posted)."""
+    if record is None or record.body.get("status") != HELD_FOR_REVIEW:
+        return record
+    released = find_reply(ledger, released_id(record.command_id))
+    if released is None:
+        return None
+    # The released command's kind, with what posted.
+    return ReplyRecord(
+        command_id=record.command_id,
+        kind=released.body["kind"],
+        subject=released.subject,
+        fingerprint=released.fingerprint,
+        body=released.body,
+    )
 
 
 def _amount_at(ledger: Ledger, account_id: UUID, version: int) -> tuple[int, str]:

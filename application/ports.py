@@ -4,7 +4,7 @@ structurally, without importing them."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
@@ -57,6 +57,8 @@ class LoadedGroup:
 
     accounts: dict[UUID, Account]
     replies: dict[UUID, ReplyRecord]
+    # Other aggregates the group reads or changes (watchlist entries, cases), by id.
+    others: dict[UUID, object] = field(default_factory=dict)
 
 
 class GroupLoader(Protocol):

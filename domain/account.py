@@ -347,6 +347,10 @@ class Account(ChainedAggregate):
             balance_after_minor=self.balance_minor - money.amount_minor,
         )
 
+    def check_can_move(self, money: Money) -> None:
+        """Refuses a closed or frozen account, another currency, a non-positive amount."""
+        self._check_movement(money)
+
     def check_open(self) -> None:
         """Refuses a closed account (a frozen one may be unfrozen)."""
         self._check_not_closed()
@@ -577,6 +581,7 @@ def capture_hold(
     *,
     balance_max_minor: int,
     review: bool = False,
+    channel: str = "card",
 ) -> tuple[PendingHold, Money]:
     """Capture a pending hold, all of it or part (the rest is released): a transfer to the
     hold's target, or a card withdrawal without one. Every check comes before any event.
@@ -609,7 +614,7 @@ def capture_hold(
     )
     # The hold reserved the money: with it ended, the movement's own checks pass.
     if target is None:
-        source.withdraw(money, "card", hold.reference, stamp)
+        source.withdraw(money, channel, hold.reference, stamp)
     else:
         transfer(source, target, money, hold.reference, stamp, balance_max_minor=balance_max_minor)
     return hold, money

@@ -35,6 +35,8 @@ __all__ = [
 
 SEVERITIES = ("low", "medium", "high", "critical")
 RESOLUTIONS = ("false_positive", "suspicious_activity_reported", "no_action")
+# How a case about a transfer screening held for review ends: with the hold.
+REVIEW_RESOLUTIONS = ("released", "rejected", "expired")
 # Bounds on what a person or a rule may write into the permanent record.
 NOTE_CHARS_MAX = 2000
 ASSIGNEE_CHARS_MAX = 256
@@ -216,10 +218,12 @@ class AlertCase(ChainedAggregate):
         self._check_allowed(CaseAction.COMMENT)
         self._step(self.CaseCommented, stamp, note=note)
 
-    def close(self, resolution: str, note: str, stamp: Stamp) -> None:
-        if resolution not in RESOLUTIONS:
+    def close(self, resolution: str, note: str, stamp: Stamp, *, review: bool = False) -> None:
+        """`review`: closed with the hold it reviews (released, rejected, expired)."""
+        allowed = REVIEW_RESOLUTIONS if review else RESOLUTIONS
+        if resolution not in allowed:
             raise ValidationFailed(
-                f"resolution must be one of {', '.join(RESOLUTIONS)}", "body.resolution"
+                f"resolution must be one of {', '.join(allowed)}", "body.resolution"
             )
         note = _required_note(note, "closing a case")
         self._check_allowed(CaseAction.CLOSE)

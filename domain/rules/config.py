@@ -60,10 +60,15 @@ class RulesConfig:
     dormant_amount_min: int = 5_000
     dormant_idle_s: int = 180 * DAY_S
     currency_factors: dict[str, Fraction] = field(default_factory=_default_factors)
+    # Screening in the money path (the command side, before a movement posts): a transfer,
+    # withdrawal or hold at or above this amount, or debiting or crediting a watchlisted
+    # account when `screening_watchlisted`, is held for compliance review.
+    screening_hold_at_or_above: int = 250_000
+    screening_watchlisted: bool = True
 
     def __post_init__(self) -> None:
         for name, value in self.describe().items():
-            if name == "currency_factors":
+            if name == "currency_factors" or isinstance(value, bool):
                 continue
             if Fraction(value) <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")

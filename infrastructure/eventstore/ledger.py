@@ -11,6 +11,7 @@ from eventsourcing.utils import get_topic
 from application.decide import MoneyCeilings
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
+from domain.screening import Screening
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.cipher import RotatingCipher
 from infrastructure.eventstore.recorder import VigilRecorder
@@ -56,9 +57,15 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
     return env
 
 
-def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Ledger:
+def open_ledger(
+    settings: Settings,
+    reply_cache: ReplyCache | None = None,
+    screening: Screening | None = None,
+) -> Ledger:
     """The ledger, with its tables created (once, under a lock) if missing, unless
-    `migrate_on_start` is off (production: `vigil migrate` did it as the owning role)."""
+    `migrate_on_start` is off (production: `vigil migrate` did it as the owning role).
+    `screening`: what stops a movement before it posts (the command side's processes
+    pass the rules file's; tools that only read pass none)."""
     canonical.install()
     options = LedgerOptions(
         mac_key=settings.audit_mac_key_resolved(),
@@ -67,6 +74,7 @@ def open_ledger(settings: Settings, reply_cache: ReplyCache | None = None) -> Le
         retries_max=settings.command_retries_max,
         accounts_in_memory_max=settings.aggregate_cache_max,
         reply_cache=reply_cache or NoReplyCache(),
+        screening=screening,
     )
     with connect(settings, "ledger-open", autocommit=True) as conn:
         if not settings.migrate_on_start:

@@ -18,7 +18,8 @@ from typing import Any
 
 from domain.errors import DomainError
 from domain.rules.config import RulesConfig
-from infrastructure.settings import ConfigurationError
+from domain.screening import Screening
+from infrastructure.settings import ConfigurationError, Settings
 
 # TOML section -> {key: RulesConfig field}
 SECTIONS: dict[str, dict[str, str]] = {
@@ -50,7 +51,12 @@ SECTIONS: dict[str, dict[str, str]] = {
         "amount_min": "dormant_amount_min",
         "idle_s": "dormant_idle_s",
     },
+    "screening": {
+        "hold_at_or_above": "screening_hold_at_or_above",
+        "watchlisted": "screening_watchlisted",
+    },
 }
+BOOLEANS = {"screening_watchlisted"}
 FRACTIONS = {"structuring_lower_fraction", "pass_through_fraction"}
 
 
@@ -74,11 +80,12 @@ def parse_rules(text: str, origin: str = "rules config") -> RulesConfig:
             if key not in known:
                 raise ConfigurationError(f"{origin}: unknown key {section}.{key}")
             name = known[key]
-            values[name] = (
-                _fraction(origin, f"{section}.{key}", value)
-                if name in FRACTIONS
-                else _integer(origin, f"{section}.{key}", value)
-            )
+            if name in FRACTIONS:
+                values[name] = _fraction(origin, f"{section}.{key}", value)
+            elif name in BOOLEANS:
+                values[name] = _boolean(origin, f"{section}.{key}", value)
+            else:
+                values[name] = _integer(origin, f"{section}.{key}", value)
     try:
         return RulesConfig(**values)
     except (ValueError, TypeError, DomainError) as error:
@@ -96,17 +103,29 @@ def load_rules(path: Path | None) -> tuple[RulesConfig, str]:
     return parse_rules(text, str(path)), text
 
 
+def screening_of(settings: Settings) -> Screening:
+    """The rules file's `[screening]` (the defaults without a file), named by the sha256
+    of the whole configuration, as the alerts name theirs."""
+    config, _ = load_rules(settings.rules_config)
+    return Screening(config, config_hash(config), settings.screening_review_timeout_s)
+
+
 def config_hash(config: RulesConfig) -> str:
     canonical = json.dumps(config.describe(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def config_from_parameters(parameters: dict[str, Any]) -> RulesConfig:
-    """Rebuild a stored configuration from its `describe()` form."""
+    """Rebuild a stored configuration from its `describe()` form (one stored before a
+    parameter existed has that parameter's default)."""
     values: dict[str, Any] = {}
     for spec in fields(RulesConfig):
+        if spec.name not in parameters:
+            continue
         raw = parameters[spec.name]
-        if spec.name == "currency_factors":
+        if spec.name in BOOLEANS:
+            values[spec.name] = bool(raw)
+        elif spec.name == "currency_factors":
             values[spec.name] = {c: Fraction(f) for c, f in raw.items()}
         elif spec.name in FRACTIONS:
             values[spec.name] = Fraction(raw)
@@ -124,6 +143,12 @@ def _table(origin: str, section: str, content: object) -> dict[str, Any]:
 def _integer(origin: str, key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{origin}: {key} must be an integer, not {value!r}")
+    return value
+
+
+def _boolean(origin: str, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{origin}: {key} must be true or false, not {value!r}")
     return value
 
 

@@ -36,6 +36,7 @@ from infrastructure.kafka.consumer import (
     run_with_restarts,
 )
 from infrastructure.kafka.topics import alerts_topic
+from infrastructure.monitoring.rules_config import screening_of
 from infrastructure.postgres.connect import connect_async
 from infrastructure.settings import Settings
 from infrastructure.workers.case_opener_store import (
@@ -241,7 +242,8 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    ledger = await asyncio.to_thread(open_ledger, settings)
+    # Its hold sweep expires review holds and closes their cases: the screening in force.
+    ledger = await asyncio.to_thread(open_ledger, settings, None, screening_of(settings))
     try:
         log.info("case_opener_starting", group=group_id(settings))
         # The same process sweeps expired holds (as `system:holds`).

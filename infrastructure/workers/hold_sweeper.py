@@ -26,6 +26,7 @@ from psycopg.sql import SQL, Identifier
 
 from application.commands import ExpireHold, Submission
 from application.ledger import Ledger
+from domain.account import PendingHold
 from domain.errors import AccountNotFound, DomainError
 from domain.integrity import SYSTEM_ROLE, Actor
 from infrastructure.eventstore.schema import INDEX_TABLE, store_names
@@ -127,7 +128,7 @@ class HoldSweeper:
                 outcomes = self.ledger.execute(
                     [
                         Submission(
-                            ExpireHold(UUID(hold.hold_id), account_id),
+                            ExpireHold(UUID(hold.hold_id), account_id, _case_of(hold)),
                             HOLDS_ACTOR,
                             correlation_id=f"hold-expiry:{hold.hold_id}",
                         )
@@ -154,6 +155,11 @@ class HoldSweeper:
         if following is not None:
             self._schedule(account_id, following)
         return expired
+
+
+def _case_of(hold: PendingHold) -> UUID | None:
+    """The case of a hold screening made: its expiry closes it."""
+    return None if hold.review is None else UUID(hold.review["case_id"])
 
 
 async def run_hold_sweeper(

@@ -209,10 +209,25 @@ DOCUMENTED_CODES: dict[tuple[str, str], dict[str, set[str]]] = {
     ("post", "/v1/accounts/{account_id}/unfreeze"): {
         "409": {"account_not_frozen", "account_closed"}
     },
-    ("post", "/v1/accounts/{account_id}/close"): {"409": {"account_not_empty", "account_closed"}},
+    ("post", "/v1/accounts/{account_id}/close"): {
+        "409": {"account_not_empty", "account_closed", "account_has_holds"}
+    },
     ("post", "/v1/accounts"): {"409": {"transaction_conflict"}, "422": {"unknown_currency"}},
     ("post", "/v1/transfers"): {"404": {"account_not_found"}, "409": {"insufficient_funds"}},
     ("post", "/v1/batches"): {"413": {"payload_too_large"}},
+    ("post", "/v1/holds"): {"404": {"account_not_found"}, "409": {"insufficient_funds"}},
+    ("post", "/v1/holds/{hold_id}/capture"): {
+        "404": {"hold_not_found"},
+        "409": {"hold_not_pending", "hold_expired", "hold_under_review"},
+    },
+    ("post", "/v1/holds/{hold_id}/void"): {
+        "404": {"hold_not_found"},
+        "409": {"hold_not_pending", "hold_under_review"},
+    },
+    ("post", "/v1/transactions/{transaction_id}/reversal"): {
+        "404": {"transaction_not_found"},
+        "409": {"reversal_exceeds_original", "not_reversible"},
+    },
 }
 
 

@@ -17,8 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
-from application.commands import Deposit, OpenAccount, Submission
-from application.compliance import AlertSummary, Compliance, case_body
+from application.commands import Deposit, OpenAccount, Submission, case_body
+from application.compliance import AlertSummary, Compliance
 from application.envelope import envelope
 from application.ledger import Ledger
 from domain.account import Account, AccountStatus

@@ -349,6 +349,8 @@ EXPECTED_MATRIX: dict[str, set[str]] = {
     "hold.capture": {T, A},
     "hold.void": {T, A, C},
     "transaction.reverse": {A},
+    "case.release": {C},
+    "case.reject": {C},
     "account.read": {T, A, U, C, V},
     "stats.read": {V, A, U, C},
     "projections.read": {A, U},

@@ -20,9 +20,18 @@ from infrastructure.audit.access_log import prepare_audit_tables
 from infrastructure.audit.access_trail import AccessTrail
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.reply_cache import RedisReplyCache
+from infrastructure.monitoring.rules_config import screening_of
 from infrastructure.ops.quarantine import list_quarantined_sync, reasons
 from infrastructure.settings import Settings
-from interfaces.api.command.routes import accounts, batches, cases, holds, transfers, watchlist
+from interfaces.api.command.routes import (
+    accounts,
+    batches,
+    cases,
+    holds,
+    reviews,
+    transfers,
+    watchlist,
+)
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.fast_routes import FastRoutes
@@ -79,7 +88,7 @@ def create_command_app(settings: Settings) -> FastAPI:
             ttl_s=settings.reply_cache_ttl_s,
             timeout_s=settings.redis_timeout_s,
         )
-        ledger = await asyncio.to_thread(open_ledger, settings, cache)
+        ledger = await asyncio.to_thread(open_ledger, settings, cache, screening_of(settings))
         app.state.ledger = ledger
         app.state.committer = GroupCommitter(
             ledger,
@@ -145,6 +154,7 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.include_router(cases.router)
     app.include_router(watchlist.router)
     app.include_router(holds.router)
+    app.include_router(reviews.router)
     return app
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, Response
 
 from application.commands import Command, Outcome, Submission
+from application.decide import HELD_FOR_REVIEW
 from application.group_commit import GroupCommitter
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
@@ -51,5 +52,10 @@ async def execute(commands: GroupCommitter, action: str, sub: Submission) -> Out
 
 
 def outcome_reply(outcome: Outcome, status_code: int) -> Response:
+    """The reply with `status_code`, or 202 for a command screening held for review (a
+    replay of it too: the stored body says so)."""
+    assert outcome.body is not None
+    if outcome.body.get("status") == HELD_FOR_REVIEW:
+        status_code = 202
     headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
     return json_reply(outcome.body, status_code, headers=headers)

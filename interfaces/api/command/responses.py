@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,11 +47,15 @@ class TransferOut(BaseModel):
 
 class BatchResult(BaseModel):
     index: int
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "held_for_review"]
     transaction_id: str | None = None
     replayed: bool | None = None
     code: str | None = None
     detail: str | None = None
+    # held_for_review: the hold screening made, its case and the rule that stopped it.
+    hold_id: str | None = None
+    case_id: str | None = None
+    rule: str | None = None
 
 
 class BatchOut(BaseModel):
@@ -85,3 +89,28 @@ class ReversalOut(BaseModel):
     amount: str
     currency: str
     accounts: list[ReversalAccount]
+
+
+class HeldForReviewOut(BaseModel):
+    """202: screening held the command for compliance review; nothing has moved yet."""
+
+    status: Literal["held_for_review"]
+    hold_id: str
+    case_id: str
+    rule: Literal["screening_amount", "screening_watchlist"]
+    transaction_id: str
+
+
+class ReviewDecisionOut(BaseModel):
+    """The case after a release or a reject, with the outcome of its hold."""
+
+    case_id: str
+    status: str
+    resolution: str | None
+    hold: HoldOut
+
+
+# The 202 of a command screening held for review, for the routes screening looks at.
+HELD_FOR_REVIEW_RESPONSE: dict[int | str, dict[str, Any]] = {
+    202: {"model": HeldForReviewOut, "description": "Held for compliance review"}
+}

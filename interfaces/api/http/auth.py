@@ -92,6 +92,8 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "hold.capture": frozenset({_T, _A}),
     "hold.void": frozenset({_T, _A, _C}),
     "transaction.reverse": frozenset({_A}),
+    "case.release": frozenset({_C}),
+    "case.reject": frozenset({_C}),
     # Query API
     "account.read": frozenset({_T, _A, _U, _C, _V}),
     "stats.read": frozenset({_V, _A, _U, _C}),

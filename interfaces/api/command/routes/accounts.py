@@ -15,7 +15,11 @@ from interfaces.api.command.deps import (
     outcome_reply,
     submission,
 )
-from interfaces.api.command.responses import AccountOut, MovementOut
+from interfaces.api.command.responses import (
+    HELD_FOR_REVIEW_RESPONSE,
+    AccountOut,
+    MovementOut,
+)
 from interfaces.api.command.schemas import (
     MovementIn,
     OpenAccountIn,
@@ -107,7 +111,10 @@ async def deposit(
     "/{account_id}/withdrawals",
     status_code=201,
     response_model=MovementOut,
-    responses=problem_responses(*(p for p in MONEY_PROBLEMS if p != "balance_limit_exceeded")),
+    responses={
+        **problem_responses(*(p for p in MONEY_PROBLEMS if p != "balance_limit_exceeded")),
+        **HELD_FOR_REVIEW_RESPONSE,
+    },
     summary="Withdraw from an account",
 )
 async def withdraw(
@@ -164,7 +171,9 @@ async def unfreeze(
 @router.post(
     "/{account_id}/close",
     response_model=AccountOut,
-    responses=problem_responses("account_not_found", "account_not_empty", "account_closed"),
+    responses=problem_responses(
+        "account_not_found", "account_not_empty", "account_closed", "account_has_holds"
+    ),
     summary="Close an account with a zero balance",
 )
 async def close(

@@ -11,7 +11,8 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel
 
-from application.compliance import Compliance, case_body
+from application.commands import case_body
+from application.compliance import Compliance
 from domain.case import RESOLUTIONS, CaseAction
 from domain.errors import DomainError
 from domain.integrity import Actor

@@ -25,7 +25,7 @@ from interfaces.api.command.deps import (
     outcome_reply,
     submission,
 )
-from interfaces.api.command.responses import HoldOut, ReversalOut
+from interfaces.api.command.responses import HELD_FOR_REVIEW_RESPONSE, HoldOut, ReversalOut
 from interfaces.api.command.routes.accounts import MONEY_PROBLEMS
 from interfaces.api.command.schemas import CaptureIn, HoldIn, ReversalIn, VoidIn, resolve_id
 from interfaces.api.http.auth import Principal, require
@@ -55,7 +55,7 @@ LedgerDep = Annotated[Ledger, Depends(_ledger)]
     "/v1/holds",
     status_code=201,
     response_model=HoldOut,
-    responses=problem_responses(*MONEY_PROBLEMS),
+    responses={**problem_responses(*MONEY_PROBLEMS), **HELD_FOR_REVIEW_RESPONSE},
     summary="Place a hold: reserve money on an account until it is captured, voided or expires",
 )
 async def place_hold(

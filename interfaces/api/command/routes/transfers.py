@@ -13,7 +13,7 @@ from interfaces.api.command.deps import (
     outcome_reply,
     submission,
 )
-from interfaces.api.command.responses import TransferOut
+from interfaces.api.command.responses import HELD_FOR_REVIEW_RESPONSE, TransferOut
 from interfaces.api.command.routes.accounts import MONEY_PROBLEMS
 from interfaces.api.command.schemas import TransferIn, resolve_id
 from interfaces.api.http.auth import Principal, require
@@ -30,7 +30,7 @@ Transferrer = Annotated[Principal, Depends(require("transfer.create"))]
     "",
     status_code=201,
     response_model=TransferOut,
-    responses=problem_responses(*MONEY_PROBLEMS),
+    responses={**problem_responses(*MONEY_PROBLEMS), **HELD_FOR_REVIEW_RESPONSE},
     summary="Transfer money between two accounts of the same currency",
 )
 async def create_transfer(

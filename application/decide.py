@@ -500,12 +500,12 @@ class _Judge:
         payee = None if command.to_account_id is None else self.account(command.to_account_id)
         outcome: dict[str, Any]
         if command.action == "reject":
-            account.void_hold(hold_id, command.note, stamp, review=True)
+            account.void_hold(hold_id, command.note, stamp, review_outcome="rejected")
             outcome = hold_body(account, hold, HoldStatus.VOIDED.value)
         elif held["kind"] == "place_hold":
             # Released, the hold it was asked to be: the review hold gives way to it.
             account.check_can_move(money)
-            account.void_hold(hold_id, command.note, posted, review=True)
+            account.void_hold(hold_id, command.note, posted, review_outcome="released")
             account.place_hold(
                 UUID(review["transaction_id"]),
                 money,

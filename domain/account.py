@@ -210,11 +210,14 @@ class Account(ChainedAggregate):
             "currency",
             "released_minor",
             "held_after_minor",
+            "review_outcome",
         )
         hold_id: str
         currency: str
         released_minor: int
         held_after_minor: int
+        # A hold screening made: how its review ended (released, rejected, expired).
+        review_outcome: str | None
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
@@ -225,11 +228,25 @@ class Account(ChainedAggregate):
         """The captured part moves in the movement events that follow, under the
         capture's transaction id; the rest (`released_minor`) is available again."""
 
-        PAYLOAD = ("hold_id", "amount_minor", "currency", "released_minor", "held_after_minor")
+        PAYLOAD = (
+            "hold_id",
+            "amount_minor",
+            "currency",
+            "released_minor",
+            "held_after_minor",
+            "review_outcome",
+        )
         amount_minor: int
 
     class HoldVoided(HoldEnded):
-        PAYLOAD = ("hold_id", "reason", "currency", "released_minor", "held_after_minor")
+        PAYLOAD = (
+            "hold_id",
+            "reason",
+            "currency",
+            "released_minor",
+            "held_after_minor",
+            "review_outcome",
+        )
         reason: str
 
     class HoldExpired(HoldEnded):
@@ -477,10 +494,13 @@ class Account(ChainedAggregate):
             held_after_minor=self.held_minor + money.amount_minor,
         )
 
-    def void_hold(self, hold_id: str, reason: str, stamp: Stamp, *, review: bool = False) -> None:
-        """End a pending hold without moving money. `review`: a compliance reject, the only
-        void a review hold takes."""
-        hold = self._hold_for(hold_id, review=review)
+    def void_hold(
+        self, hold_id: str, reason: str, stamp: Stamp, *, review_outcome: str | None = None
+    ) -> None:
+        """End a pending hold without moving money. `review_outcome`: how compliance ended a
+        hold screening made (rejected, or released as the hold it was asked to be), the
+        only void such a hold takes."""
+        hold = self._hold_for(hold_id, review=review_outcome is not None)
         self._trigger(
             self.HoldVoided,
             stamp,
@@ -489,6 +509,7 @@ class Account(ChainedAggregate):
             currency=hold.currency,
             released_minor=hold.amount_minor,
             held_after_minor=self.held_minor - hold.amount_minor,
+            review_outcome=review_outcome,
         )
 
     def expire_hold(self, hold_id: str, stamp: Stamp) -> bool:
@@ -504,6 +525,7 @@ class Account(ChainedAggregate):
             currency=hold.currency,
             released_minor=hold.amount_minor,
             held_after_minor=self.held_minor - hold.amount_minor,
+            review_outcome=None if hold.review is None else "expired",
         )
         return True
 
@@ -611,6 +633,7 @@ def capture_hold(
         currency=hold.currency,
         released_minor=hold.amount_minor - captured,
         held_after_minor=source.held_minor - hold.amount_minor,
+        review_outcome="released" if review else None,
     )
     # The hold reserved the money: with it ended, the movement's own checks pass.
     if target is None:

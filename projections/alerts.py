@@ -8,6 +8,7 @@ from dataclasses import replace
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit, evaluate, opened
 from domain.rules.window import AccountWindow, Movement
+from domain.screening import SCREENING_SEVERITIES
 from projections.envelope import Envelope
 
 MOVEMENT_KINDS = {
@@ -36,6 +37,26 @@ def movement_of(event: Envelope) -> Movement | None:
     )
 
 
+def screening_hit(event: Envelope) -> Hit:
+    """The alert of a command screening held: its verdict is in the hold event (the rule,
+    the configuration's sha256, the figures compared), recorded when it was made."""
+    review = event.payload["review"]
+    figures = ", ".join(f"{k}={v}" for k, v in sorted(review["figures"].items()))
+    return Hit(
+        rule=review["rule"],
+        severity=SCREENING_SEVERITIES[review["rule"]],
+        account_id=str(event.aggregate_id),
+        evidence=(),
+        explanation=(
+            f"held for review before posting ({figures}; rules {review['config_sha256'][:12]})"
+        ),
+        raised_at=event.timestamp,
+        notification_id=event.notification_id,
+        alert_id=review["alert_id"],
+        held_transaction_id=review["transaction_id"],
+    )
+
+
 def step(
     config: RulesConfig, window: AccountWindow, event: Envelope, watchlisted: bool
 ) -> tuple[list[Hit], AccountWindow]:
@@ -43,6 +64,8 @@ def step(
     the evidence route and back-testing."""
     if event.event_type == "AccountOpened":
         return [], opened(window, event.timestamp, event.payload["branch"], event.version)
+    if event.event_type == "HoldPlaced" and event.payload["review"] is not None:
+        return [screening_hit(event)], replace(window, version=event.version)
     movement = movement_of(event)
     if movement is None:
         return [], replace(window, version=event.version)

@@ -178,6 +178,11 @@ def kpis(event: Envelope) -> list[Row]:
             KpiIncrement(hour, payload["currency"], "accounts_opened", 0, event.aggregate_id),
         ]
     metric = KPI_METRICS.get(event.event_type)
+    if event.event_type == "HoldPlaced" and payload["review"] is not None:
+        metric = "held_for_review"
+    outcome = payload.get("review_outcome") if event.event_type in HOLD_ENDINGS else None
+    if outcome is not None:
+        metric = f"reviews_{outcome}"
     if event.event_type in REVERSALS and (
         # A reversal counts once: on its debit, or on its credit when nothing was debited.
         event.event_type == "ReversalDebited" or payload["counterparty_account_id"] is None

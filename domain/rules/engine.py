@@ -26,13 +26,21 @@ class Hit:
     explanation: str
     raised_at: datetime
     notification_id: int  # of the movement that completed the pattern
+    # Screening's alerts: named after their hold (not the event), about a command that
+    # has not posted (no movement is their evidence: the hold event is).
+    alert_id: str | None = None
+    held_transaction_id: str | None = None
 
     @property
     def notification_ids(self) -> list[int]:
+        if not self.evidence:
+            return [self.notification_id]
         return [m.notification_id for m in self.evidence]
 
     @property
     def transaction_ids(self) -> list[str]:
+        if self.held_transaction_id is not None:
+            return [self.held_transaction_id]
         return [m.transaction_id for m in self.evidence if m.transaction_id]
 
 

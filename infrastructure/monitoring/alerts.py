@@ -240,6 +240,7 @@ def alert_body(
         branch=branch,
         chain_head=chain_head,
         version=version,
+        identifier=None if hit.alert_id is None else UUID(hit.alert_id),
     )
 
 

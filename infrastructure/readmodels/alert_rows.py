@@ -34,9 +34,12 @@ def alert_record(
     branch: str | None,
     chain_head: str | None,
     version: int,
+    identifier: UUID | None = None,
 ) -> dict[str, Any]:
-    """Any alert as the contract shows it, a rule's or not (`quarantined_event`)."""
-    identifier = alert_id(rule, account_id, notification_id)
+    """Any alert as the contract shows it, a rule's or not (`quarantined_event`).
+    `identifier`: an alert named otherwise than by its rule, account and event
+    (screening's, named after the hold)."""
+    identifier = identifier or alert_id(rule, account_id, notification_id)
     return {
         "alert_id": str(identifier),
         "rule": rule,

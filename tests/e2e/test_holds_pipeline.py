@@ -26,6 +26,7 @@ def system(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -> It
         tmp_path_factory.mktemp("holds"),
         processes=("relay", "workers", "case_opener"),
         hold_sweep_interval_s=0.5,
+        screening_review_timeout_s=3,
     ) as running:
         # Consumer groups take a few seconds to form: wait for a first account to show.
         with httpx.Client(timeout=10) as http:
@@ -171,6 +172,46 @@ def test_the_sweep_expires_a_hold_and_releases_its_money(
     expiry = next(e for e in history if e["event_type"] == "HoldExpired")
     assert expiry["actor"] == {"subject": "system:holds", "role": "system"}
     assert expiry["payload"]["hold_id"] == hold["hold_id"]
+
+
+def test_a_screened_transfer_raises_an_alert_and_expires_undecided(
+    system: System, http: httpx.Client
+) -> None:
+    source, target = _account(system, http, "300000.00"), _account(system, http, "0.01")
+    response = http.post(
+        f"{system.command.url}/v1/transfers",
+        json={
+            "from_account_id": source,
+            "to_account_id": target,
+            "amount": "250000.00",
+            "currency": "GBP",
+        },
+        headers=system.headers("teller"),
+    )
+    assert response.status_code == 202, response.text
+    held = response.json()
+
+    def alert() -> dict[str, Any] | None:
+        page = _get(system, http, "/v1/alerts?rule=screening_amount", "compliance")
+        return next((a for a in page["items"] if a["case_id"] == held["case_id"]), None)
+
+    raised = eventually(alert, TIMEOUT_S, "the screening alert", system)
+    assert (raised["severity"], raised["account_id"]) == ("high", source)
+    assert raised["transaction_ids"] == [held["transaction_id"]]
+
+    def expired_case() -> dict[str, Any] | None:
+        response = http.get(
+            f"{system.query.url}/v1/cases/{held['case_id']}", headers=system.headers("compliance")
+        )
+        case = response.json() if response.status_code == 200 else {}
+        return case if case.get("status") == "closed" else None
+
+    case = eventually(expired_case, TIMEOUT_S, "the review case closed by the expiry", system)
+    assert case["resolution"] == "expired"
+    hold = _hold(system, http, held["hold_id"])
+    assert (hold["status"], hold["under_review"]) == ("expired", True)
+    account = _get(system, http, f"/v1/accounts/{source}")
+    assert (account["balance"], account["available_balance"]) == ("300000.00", "300000.00")
 
 
 def test_audit_verify_is_clean_and_a_replay_equals_the_read_models(system: System) -> None:

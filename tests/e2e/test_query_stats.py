@@ -48,7 +48,17 @@ def _metric(count: int, total: str) -> dict[str, Any]:
 
 
 def _no_holds(zero: str) -> dict[str, Any]:
-    names = ("holds_placed", "holds_captured", "holds_voided", "holds_expired", "reversals")
+    names = (
+        "holds_placed",
+        "holds_captured",
+        "holds_voided",
+        "holds_expired",
+        "reversals",
+        "held_for_review",
+        "reviews_released",
+        "reviews_rejected",
+        "reviews_expired",
+    )
     return {name: _metric(0, zero) for name in names}
 
 

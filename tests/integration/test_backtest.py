@@ -11,7 +11,7 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount
+from application.commands import Deposit, OpenAccount, Withdraw
 from application.ledger import Ledger
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
@@ -93,3 +93,27 @@ def test_the_time_range_limits_which_alerts_count(
     assert [h.explanation for h in report.only_candidate] == [
         "deposit of 41,000.00 GBP, at or above 40,000.00"
     ]
+
+
+def test_a_candidate_screening_reports_how_many_commands_it_would_have_held(
+    ledger: Ledger, settings: Settings, tmp_path: Path
+) -> None:
+    account = uuid4()
+    run(ledger, OpenAccount(account, "Big", "001", "GBP", 0))
+    run(ledger, Deposit(account, Money(200_000_00, "GBP"), uuid4(), channel="wire"))
+    for minor in (45_000_00, 30_000_00, 40_000_00):
+        run(ledger, Withdraw(account, Money(minor, "GBP"), uuid4(), channel="wire"))
+    candidate = tmp_path / "screening.toml"
+    candidate.write_text("[screening]\nhold_at_or_above = 40000\n")
+    report = run_backtest(settings, candidate, progress=lambda _: None)
+    assert report.live_screened.held == 0  # 250,000 by default
+    held = report.candidate_screened
+    assert (held.held, held.by_rule, held.totals_minor) == (
+        2,
+        {"screening_amount": 2},
+        {"GBP": 85_000_00},
+    )
+    assert (
+        "screening would have held for review: live none; candidate 2 (screening_amount 2), "
+        "totalling 85,000.00 GBP"
+    ) in describe(report)

@@ -61,4 +61,8 @@ def describe(report: Report, examples_max: int = 5) -> list[str]:
             )
     if not report.only_candidate and not report.only_live:
         lines.append("no difference")
+    lines.append(
+        f"screening would have held for review: live {report.live_screened.describe()}; "
+        f"candidate {report.candidate_screened.describe()}"
+    )
     return lines

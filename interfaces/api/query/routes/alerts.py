@@ -58,6 +58,9 @@ RuleName = Literal[
     "new_account_outflow",
     "dormant_reactivation",
     "watchlist",
+    # Screening in the money path: a command held for review before it posted.
+    "screening_amount",
+    "screening_watchlist",
     # Not a rule: an event a consumer could not apply, so the rules never saw it.
     "quarantined_event",
 ]

@@ -34,6 +34,10 @@ METRICS: Final = (
     "holds_voided",
     "holds_expired",
     "reversals",
+    "held_for_review",
+    "reviews_released",
+    "reviews_rejected",
+    "reviews_expired",
 )
 SERIES_HOURS: Final = 24
 
@@ -55,6 +59,11 @@ class Metrics(BaseModel):
     holds_voided: MetricTotal
     holds_expired: MetricTotal
     reversals: MetricTotal
+    # Screening: commands held for review (the amount held), and how reviews ended.
+    held_for_review: MetricTotal
+    reviews_released: MetricTotal
+    reviews_rejected: MetricTotal
+    reviews_expired: MetricTotal
 
 
 class HourBucket(BaseModel):

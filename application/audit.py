@@ -74,6 +74,7 @@ def state_view(state: AccountState) -> dict[str, Any]:
         "status": account.status.value,
         "balance": format_amount(account.balance_minor, currency),
         "available_balance": format_amount(account.available_minor, currency),
+        "held": format_amount(account.held_minor, currency),
         "overdraft_limit": format_amount(account.overdraft_limit_minor, currency),
         "last_hash": account.last_hash,
     }

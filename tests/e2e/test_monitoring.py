@@ -25,8 +25,12 @@ from tests.e2e.system import System, eventually, running_system
 pytestmark = pytest.mark.e2e
 
 # Seconds, not days: each scenario runs in well under these windows, the dormant one
-# waits them out. Amounts keep their defaults (GBP).
+# waits them out. Amounts keep their defaults (GBP). Screening in the money path is off
+# for the watchlist here: these scenarios are about the rules that run after a movement
+# posts (a transfer to a listed account would otherwise wait for compliance).
 TEST_RULES = """
+[screening]
+watchlisted = false
 [structuring]
 window_s = 60
 [velocity]

@@ -193,6 +193,12 @@ EXTRA_PROBLEM_STATUSES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/cases/{case_id}/freeze-account"): {"404", "409"},
     ("post", "/v1/watchlist"): {"404", "409"},
     ("delete", "/v1/watchlist/{account_id}"): {"404"},
+    ("post", "/v1/holds"): {"404", "409"},
+    ("post", "/v1/holds/{hold_id}/capture"): {"404", "409"},
+    ("post", "/v1/holds/{hold_id}/void"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/release"): {"404", "409"},
+    ("post", "/v1/cases/{case_id}/reject"): {"404", "409"},
+    ("post", "/v1/transactions/{transaction_id}/reversal"): {"404", "409"},
 }
 
 # Codes each route was seen to produce (test_errors.py), which its document must name.
@@ -223,6 +229,14 @@ DOCUMENTED_CODES: dict[tuple[str, str], dict[str, set[str]]] = {
     ("post", "/v1/holds/{hold_id}/void"): {
         "404": {"hold_not_found"},
         "409": {"hold_not_pending", "hold_under_review"},
+    },
+    ("post", "/v1/cases/{case_id}/release"): {
+        "404": {"case_not_found"},
+        "409": {"invalid_transition", "hold_not_pending"},
+    },
+    ("post", "/v1/cases/{case_id}/reject"): {
+        "404": {"case_not_found"},
+        "409": {"invalid_transition", "hold_not_pending"},
     },
     ("post", "/v1/transactions/{transaction_id}/reversal"): {
         "404": {"transaction_not_found"},

@@ -152,6 +152,8 @@ def test_a_statement_line_carries_the_contract_fields(query_env: QueryEnv) -> No
         "timestamp": "2026-01-06T12:00:00.000000Z",
         "correlation_id": "corr-4",
         "version": 6,
+        "reverses": None,
+        "reversed_amount": "0.00",
     }
 
 

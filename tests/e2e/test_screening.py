@@ -90,6 +90,10 @@ def test_a_transfer_at_the_threshold_is_held_and_released_by_compliance(bank: Ba
         )
         assert_problem(void, 409, "hold_under_review")
     assert_problem(decide(bank, body["case_id"], "release", "admin"), 403, "forbidden")
+    teller = bank.client.post(
+        f"/v1/cases/{body['case_id']}/release", json={"note": "mine"}, headers=bank.teller()
+    )
+    assert_problem(teller, 403, "forbidden")
     released = decide(bank, body["case_id"], "release")
     assert released.status_code == 200, released.text
     case = released.json()

@@ -133,6 +133,7 @@ class AccountStateView(BaseModel):
     status: str
     balance: str
     available_balance: str
+    held: str  # what pending holds reserved then
     overdraft_limit: str
     last_hash: str
 

@@ -10,28 +10,46 @@ bounded number of times, by the same retry loop as `Ledger.execute`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
-from uuid import UUID
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, MapperDeserialisationError, PersistenceError
+from eventsourcing.persistence import MapperDeserialisationError
 
 from application.commands import ChangeStatus, Submission
 from application.ledger import Ledger
 from application.locks import StripedLocks
-from application.retry import retrying, unavailable
+from application.retry import retrying
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
-from domain.errors import CaseNotFound, ValidationFailed, WatchlistEntryNotFound
+from domain.errors import (
+    CaseNotFound,
+    SuppressionNotFound,
+    ValidationFailed,
+    WatchlistEntryNotFound,
+)
 from domain.ids import case_id_for, watchlist_entry_id
 from domain.integrity import SYSTEM_ACTOR, Actor, Stamp, format_timestamp
+from domain.routing import AlertRouting, Suppression, routing_id
+from domain.rules.config import RULES
+from domain.screening import SCREENING_SEVERITIES
 from domain.watchlist import WatchlistEntry, list_account
 
 CASE_LOCK_STRIPES = 256
 
 T = TypeVar("T")
 A = TypeVar("A")
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where an alert went: the case it `opened`, `joined` or found (`existing`: routed
+    before), or none (`suppressed`)."""
+
+    case: AlertCase | None
+    outcome: Literal["opened", "joined", "existing", "suppressed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +61,9 @@ class AlertSummary:
     severity: str
     account_id: UUID
     explanation: str
+    # What a joining alert brings to the case: its transactions, positions, rule version.
+    evidence: dict[str, Any] = field(default_factory=dict)
+    raised_at: datetime | None = None
 
     @classmethod
     def from_message(cls, alert: Mapping[str, Any]) -> AlertSummary:
@@ -59,7 +80,20 @@ class AlertSummary:
         if len(explanation) > EXPLANATION_CHARS_MAX:
             # A case must open even for a verbose rule: keep the start, say it was cut.
             explanation = explanation[: EXPLANATION_CHARS_MAX - 1] + "…"
-        return cls(alert_id, rule, severity, account_id, explanation)
+        evidence = {
+            "transaction_ids": _strings(alert.get("transaction_ids")),
+            "positions": [p for p in alert.get("positions") or [] if isinstance(p, int)],
+            "rule_config_version": _optional_int(alert.get("rule_config_version")),
+        }
+        return cls(
+            alert_id,
+            rule,
+            severity,
+            account_id,
+            explanation,
+            evidence,
+            _moment(alert.get("raised_at")),
+        )
 
 
 class Compliance:
@@ -83,68 +117,73 @@ class Compliance:
 
     # Cases ------------------------------------------------------------------------------
 
-    def open_case(self, alert: Mapping[str, Any], correlation_id: str) -> tuple[AlertCase, bool]:
-        """The alert's case, opened now (True) or found opened before (False), unchanged.
+    def open_case(self, alert: Mapping[str, Any], correlation_id: str) -> Routed:
+        """Route one alert message (see `route_alert`)."""
+        return self.route_alert(AlertSummary.from_message(alert), correlation_id)
 
-        Idempotent and race-safe: a second opener of the same alert loses on the store's
-        primary key, reloads, and returns the winner's case.
-        """
-        return self._open_one(AlertSummary.from_message(alert), correlation_id)
+    def open_cases(self, alerts: Sequence[tuple[AlertSummary, str]]) -> list[Routed]:
+        """`route_alert` for each alert of a batch (the case opener's fetch), in order."""
+        return [self.route_alert(summary, correlation_id) for summary, correlation_id in alerts]
 
-    def open_cases(
-        self, alerts: Sequence[tuple[AlertSummary, str]]
-    ) -> list[tuple[AlertCase, bool]]:
-        """`open_case` for a batch of alerts (the case opener's fetch), in order: one read
-        of the cases already open, one of the accounts' branches, and one transaction for
-        the new cases. If that transaction loses a race (another opener saved one of them
-        first), each alert is opened on its own, as `open_case` does."""
-        case_ids = [case_id_for(summary.alert_id) for summary, _ in alerts]
-        with self._locks.holding([case_ids]):
-            try:
-                opened = self._open_all(alerts, case_ids)
-            except IntegrityError:
-                opened = None
-            except PersistenceError as error:
-                raise unavailable(error) from error
-        if opened is not None:
-            return opened
-        return [self._open_one(summary, correlation_id) for summary, correlation_id in alerts]
+    def route_alert(self, summary: AlertSummary, correlation_id: str) -> Routed:
+        """The alert's case: opened now, joined (an open case of its rule on its account
+        takes it), or found routed before (a redelivery changes nothing); or no case, while
+        a suppression holds. The routing aggregate of the account and rule and the case are
+        saved in one transaction; a lost race is judged again."""
+        own_case_id = case_id_for(summary.alert_id)
+        if summary.rule in SCREENING_SEVERITIES:
+            # Screening opened its case with the hold, in the command's own transaction.
+            return self._retrying([own_case_id], lambda: self._open_own(summary, correlation_id))
+        key = routing_id(summary.account_id, summary.rule)
 
-    def _open_all(
-        self, alerts: Sequence[tuple[AlertSummary, str]], case_ids: list[UUID]
-    ) -> list[tuple[AlertCase, bool]]:
-        found = self.ledger.loader.load_aggregates(set(case_ids))
-        branches = self._branches_of({summary.account_id for summary, _ in alerts})
-        opened: list[tuple[AlertCase, bool]] = []
-        new: dict[UUID, AlertCase] = {}
-        for (summary, correlation_id), case_id in zip(alerts, case_ids, strict=True):
-            case = found.get(case_id)
-            if not isinstance(case, AlertCase):
-                case = new.get(case_id)
-            if case is not None:
-                opened.append((case, False))  # opened before, or earlier in this batch
-                continue
-            case = new[case_id] = self._new_case(
-                summary, branches.get(summary.account_id), correlation_id
-            )
-            opened.append((case, True))
-        if new:
-            self.ledger.save(*new.values())
-        return opened
-
-    def _open_one(self, summary: AlertSummary, correlation_id: str) -> tuple[AlertCase, bool]:
-        case_id = case_id_for(summary.alert_id)
-
-        def attempt() -> tuple[AlertCase, bool]:
-            existing = self._find(case_id, AlertCase)
-            if existing is not None:
-                return existing, False
+        def attempt() -> Routed:
+            own = self._find(own_case_id, AlertCase)
+            if own is not None:
+                return Routed(own, "existing")
+            routing = self._find(key, AlertRouting)
+            stamp = self._stamp(SYSTEM_ACTOR, correlation_id)
+            if routing is not None and str(summary.alert_id) in routing.routed:
+                routed_to = routing.routed[str(summary.alert_id)]
+                if routed_to is None:
+                    return Routed(None, "suppressed")
+                return Routed(self._find(UUID(routed_to), AlertCase), "existing")
+            if routing is None:
+                routing = AlertRouting.start(summary.account_id, summary.rule, stamp)
+            suppression_id = routing.suppression_at(summary.raised_at or stamp.timestamp)
+            if suppression_id is not None:
+                routing.suppressed(summary.alert_id, suppression_id, stamp)
+                self.ledger.save(routing)
+                return Routed(None, "suppressed")
+            if routing.open_case_id is not None:
+                case = self._find(UUID(routing.open_case_id), AlertCase)
+                if case is not None and case.allows(CaseAction.JOIN):
+                    case.join(
+                        summary.alert_id,
+                        summary.severity,
+                        summary.explanation,
+                        summary.evidence,
+                        stamp,
+                    )
+                    routing.joined(summary.alert_id, case.id, stamp)
+                    self.ledger.save(case, routing)
+                    return Routed(case, "joined")
             branch = self._branches_of([summary.account_id]).get(summary.account_id)
             case = self._new_case(summary, branch, correlation_id)
-            self.ledger.save(case)
-            return case, True
+            routing.opened(summary.alert_id, case.id, stamp)
+            self.ledger.save(case, routing)
+            return Routed(case, "opened")
 
-        return self._retrying([case_id], attempt)
+        return self._retrying([key], attempt)
+
+    def _open_own(self, summary: AlertSummary, correlation_id: str) -> Routed:
+        case_id = case_id_for(summary.alert_id)
+        existing = self._find(case_id, AlertCase)
+        if existing is not None:
+            return Routed(existing, "existing")
+        branch = self._branches_of([summary.account_id]).get(summary.account_id)
+        case = self._new_case(summary, branch, correlation_id)
+        self.ledger.save(case)
+        return Routed(case, "opened")
 
     def _new_case(
         self, summary: AlertSummary, branch: str | None, correlation_id: str
@@ -174,6 +213,7 @@ class Compliance:
         def attempt() -> AlertCase:
             case = self.get_case(case_id)
             stamp = self._stamp(actor, correlation_id)
+            routing: AlertRouting | None = None
             match step:
                 case CaseAction.ACKNOWLEDGE:
                     case.acknowledge(args.get("note"), stamp)
@@ -185,7 +225,13 @@ class Compliance:
                     case.comment(args["note"], stamp)
                 case CaseAction.CLOSE:
                     case.close(args["resolution"], args["note"], stamp)
-            self.ledger.save(case)
+                    # The next alert of its rule on its account opens a new case.
+                    routing = self._find(routing_id(case.account_id, case.rule), AlertRouting)
+                    if routing is not None:
+                        routing.case_closed(case.id, stamp)
+                case CaseAction.JOIN:
+                    raise ValidationFailed("alerts join cases through the case opener")
+            self.ledger.save(case, *(() if routing is None else (routing,)))
             return case
 
         return self._retrying([case_id], attempt)
@@ -240,6 +286,58 @@ class Compliance:
 
         return self._retrying([entry_id], attempt)
 
+    # Suppressions -----------------------------------------------------------------------
+
+    def add_suppression(
+        self,
+        account_id: UUID,
+        rule: str,
+        until: datetime,
+        reason: str,
+        actor: Actor,
+        correlation_id: str,
+    ) -> Suppression:
+        """Hits of `rule` on the account until `until` are alerts with status `suppressed`
+        that open no case. Recorded on the suppression and on the account's routing."""
+        if rule not in RULES:
+            raise ValidationFailed(f"rule must be one of {', '.join(RULES)}", "body.rule")
+        self.ledger.get_account(account_id)  # AccountNotFound
+        suppression_id = uuid4()
+        key = routing_id(account_id, rule)
+
+        def attempt() -> Suppression:
+            stamp = self._stamp(actor, correlation_id)
+            suppression = Suppression.create(suppression_id, account_id, rule, until, reason, stamp)
+            routing = self._find(key, AlertRouting) or AlertRouting.start(account_id, rule, stamp)
+            routing.apply_suppression(suppression, stamp)
+            self.ledger.save(suppression, routing)
+            return suppression
+
+        return self._retrying([key], attempt)
+
+    def revoke_suppression(
+        self, suppression_id: UUID, reason: str, actor: Actor, correlation_id: str
+    ) -> Suppression:
+        """Revoke it: the next hits route to cases again. `suppression_not_found` for an
+        unknown or already revoked one."""
+        found = self._find(suppression_id, Suppression)
+        if found is None:
+            raise SuppressionNotFound(f"suppression {suppression_id} does not exist")
+        key = routing_id(found.account_id, found.rule)
+
+        def attempt() -> Suppression:
+            suppression = self._find(suppression_id, Suppression)
+            assert suppression is not None
+            stamp = self._stamp(actor, correlation_id)
+            suppression.revoke(reason, stamp)
+            routing = self._find(key, AlertRouting)
+            if routing is not None:
+                routing.lift_suppression(suppression_id, stamp)
+            self.ledger.save(suppression, *(() if routing is None else (routing,)))
+            return suppression
+
+        return self._retrying([key], attempt)
+
     # Helpers ----------------------------------------------------------------------------
 
     def _stamp(self, actor: Actor, correlation_id: str) -> Stamp:
@@ -291,4 +389,37 @@ def watchlist_body(entry: WatchlistEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "version": entry.version,
         "changed_at": format_timestamp(entry.modified_on),
+    }
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _moment(value: object) -> datetime | None:
+    """An alert's `raised_at`, if it is a timestamp with a zone."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def suppression_body(suppression: Suppression) -> dict[str, Any]:
+    return {
+        "suppression_id": str(suppression.id),
+        "account_id": suppression.account_id,
+        "rule": suppression.rule,
+        "until": format_timestamp(suppression.until),
+        "reason": suppression.reason,
+        "status": "revoked" if suppression.revoked else "active",
+        "version": suppression.version,
+        "created_at": format_timestamp(suppression.created_on),
+        "updated_at": format_timestamp(suppression.modified_on),
     }

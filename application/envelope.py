@@ -12,12 +12,15 @@ from domain.account import Account
 from domain.case import AlertCase
 from domain.chained import ChainedAggregate
 from domain.integrity import DEFAULT_MAC_KID, format_timestamp
+from domain.routing import AlertRouting, Suppression
 from domain.watchlist import WatchlistEntry
 
 AGGREGATE_TYPES: dict[type[Any], str] = {
     Account.Event: "account",
     AlertCase.Event: "case",
     WatchlistEntry.Event: "watchlist",
+    AlertRouting.Event: "routing",
+    Suppression.Event: "suppression",
 }
 
 

@@ -57,6 +57,7 @@ class CaseAction(StrEnum):
     ESCALATE = "escalate"
     COMMENT = "comment"
     CLOSE = "close"
+    JOIN = "join"
 
 
 _OPEN, _ACK, _ESC, _CLOSED = (
@@ -72,6 +73,9 @@ TRANSITIONS: Mapping[tuple[CaseStatus, CaseAction], CaseStatus] = {
     (_OPEN, _A.ACKNOWLEDGE): _ACK,
     (_OPEN, _A.ASSIGN): _OPEN,
     (_OPEN, _A.COMMENT): _OPEN,
+    (_OPEN, _A.JOIN): _OPEN,
+    (_ACK, _A.JOIN): _ACK,
+    (_ESC, _A.JOIN): _ESC,
     (_OPEN, _A.CLOSE): _CLOSED,
     (_ACK, _A.ASSIGN): _ACK,
     (_ACK, _A.ESCALATE): _ESC,
@@ -129,6 +133,33 @@ class AlertCase(ChainedAggregate):
     class CaseCommented(Step):
         PAYLOAD = ("account_id", "note")
 
+    class CaseAlertJoined(Step):
+        """Another alert of the case's rule on its account, while the case is open: it
+        joins this case instead of opening another, with its own evidence."""
+
+        PAYLOAD = (
+            "account_id",
+            "alert_id",
+            "rule",
+            "severity",
+            "explanation",
+            "transaction_ids",
+            "positions",
+            "rule_config_version",
+            "note",
+        )
+        alert_id: str
+        rule: str
+        severity: str
+        explanation: str
+        transaction_ids: list[str]
+        positions: list[int]
+        rule_config_version: int | None
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            aggregate.alert_ids.append(self.alert_id)
+
     class CaseClosed(Step):
         STATUS = CaseStatus.CLOSED
         PAYLOAD = ("account_id", "resolution", "note")
@@ -160,6 +191,8 @@ class AlertCase(ChainedAggregate):
         self.resolution: str | None = None
         self.closed_at: Any = None
         self.last_hash = hash
+        # Every alert of the case: the one that opened it, then those that joined it.
+        self.alert_ids: list[str] = [alert_id]
 
     # Commands ---------------------------------------------------------------------------
 
@@ -218,6 +251,33 @@ class AlertCase(ChainedAggregate):
         self._check_allowed(CaseAction.COMMENT)
         self._step(self.CaseCommented, stamp, note=note)
 
+    def join(
+        self,
+        alert_id: UUID,
+        severity: str,
+        explanation: str,
+        evidence: Mapping[str, Any],
+        stamp: Stamp,
+    ) -> None:
+        """Record another alert of this case's rule and account (its evidence with it)."""
+        if str(alert_id) in self.alert_ids:
+            return
+        if severity not in SEVERITIES:
+            raise ValidationFailed(f"severity must be one of {', '.join(SEVERITIES)}", "severity")
+        self._check_allowed(CaseAction.JOIN)
+        self._step(
+            self.CaseAlertJoined,
+            stamp,
+            alert_id=str(alert_id),
+            rule=self.rule,
+            severity=severity,
+            explanation=explanation[:EXPLANATION_CHARS_MAX],
+            transaction_ids=[str(t) for t in evidence.get("transaction_ids") or []],
+            positions=[int(p) for p in evidence.get("positions") or []],
+            rule_config_version=evidence.get("rule_config_version"),
+            note=None,
+        )
+
     def close(self, resolution: str, note: str, stamp: Stamp, *, review: bool = False) -> None:
         """`review`: closed with the hold it reviews (released, rejected, expired)."""
         allowed = REVIEW_RESOLUTIONS if review else RESOLUTIONS
@@ -255,6 +315,7 @@ _PAST: Mapping[CaseAction, str] = {
     CaseAction.ESCALATE: "escalated",
     CaseAction.COMMENT: "commented on",
     CaseAction.CLOSE: "closed",
+    CaseAction.JOIN: "joined by another alert",
 }
 _ACTION_OF: Mapping[str, CaseAction] = {
     "CaseAcknowledged": CaseAction.ACKNOWLEDGE,
@@ -262,6 +323,7 @@ _ACTION_OF: Mapping[str, CaseAction] = {
     "CaseEscalated": CaseAction.ESCALATE,
     "CaseCommented": CaseAction.COMMENT,
     "CaseClosed": CaseAction.CLOSE,
+    "CaseAlertJoined": CaseAction.JOIN,
 }
 
 

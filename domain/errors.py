@@ -163,3 +163,8 @@ class ReversalExceedsOriginal(DomainError):
 class NotReversible(DomainError):
     code = "not_reversible"
     title = "Transaction not reversible"
+
+
+class SuppressionNotFound(DomainError):
+    code = "suppression_not_found"
+    title = "Suppression not found"

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from projections.rows import (
     AccountOpenedRow,
+    AlertSuppressedRow,
     BalanceChanged,
     BranchKnown,
     CaseEventRow,
@@ -23,6 +24,7 @@ from projections.rows import (
     Row,
     StatementLine,
     StatusChanged,
+    SuppressionChanged,
     WatchlistChanged,
 )
 
@@ -68,6 +70,8 @@ class BatchWrites:
     holds_ended: dict[UUID, HoldEndedRow] = field(default_factory=dict)
     # Each original line's reversed total: totals only grow, the highest wins.
     reversed: dict[tuple[UUID, str], ReversedAmount] = field(default_factory=dict)
+    suppressions: list[SuppressionChanged] = field(default_factory=list)
+    suppressed_alerts: list[AlertSuppressedRow] = field(default_factory=list)
 
 
 def fold(rows: Iterable[Row]) -> BatchWrites:
@@ -97,6 +101,10 @@ def fold(rows: Iterable[Row]) -> BatchWrites:
                 by_account.sum_minor += row.amount_minor
             case CaseEventRow():
                 writes.case_events.append(row)
+            case SuppressionChanged():
+                writes.suppressions.append(row)
+            case AlertSuppressedRow():
+                writes.suppressed_alerts.append(row)
             case WatchlistChanged():
                 # The entry keeps its highest version, whatever the order of arrival.
                 kept = writes.watchlist.get(row.account_id)

@@ -141,6 +141,33 @@ class CaseEventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SuppressionChanged:
+    """A suppression created (every field) or revoked (`revoked`, the reason, who)."""
+
+    suppression_id: UUID
+    account_id: UUID
+    rule: str | None
+    until: datetime | None
+    reason: str
+    revoked: bool
+    actor_subject: str
+    at: datetime
+    version: int
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSuppressedRow:
+    """An alert that opened no case because a suppression held."""
+
+    alert_id: UUID
+    suppression_id: UUID
+    account_id: UUID
+    at: datetime
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class WatchlistChanged:
     """An entry's whole state after one event: the latest version wins."""
 
@@ -167,4 +194,6 @@ Row = (
     | KpiIncrement
     | CaseEventRow
     | WatchlistChanged
+    | SuppressionChanged
+    | AlertSuppressedRow
 )

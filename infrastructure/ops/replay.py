@@ -49,7 +49,12 @@ TABLES: dict[str, dict[str, tuple[str, ...]]] = {
         "rule_windows": ("account_id",),
         "rule_window_movements": ("account_id", "notification_id"),
     },
-    "cases": {"cases": ("case_id",), "case_history": ("case_id", "version")},
+    "cases": {
+        "cases": ("case_id",),
+        "case_history": ("case_id", "version"),
+        "suppressions": ("suppression_id",),
+        "suppressed_alerts": ("alert_id",),
+    },
     "watchlist": {"watchlist": ("account_id",)},
 }
 

@@ -15,7 +15,12 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from infrastructure.postgres.arrays import column_arrays
-from projections.rows import CaseEventRow, WatchlistChanged
+from projections.rows import (
+    AlertSuppressedRow,
+    CaseEventRow,
+    SuppressionChanged,
+    WatchlistChanged,
+)
 
 INSERT_HISTORY: Final = (
     "INSERT INTO case_history (case_id, version, event_type, status, actor_subject, "
@@ -107,3 +112,68 @@ async def apply_case_events(conn: AsyncConnection[Any], rows: list[CaseEventRow]
     stepped = list({row[0] for row in await cursor.fetchall()})
     if stepped:
         await conn.execute(RECOMPUTE_CASE, {"case_ids": stepped})
+
+
+INSERT_SUPPRESSIONS: Final = (
+    "INSERT INTO suppressions (suppression_id, account_id, rule, until, reason, created_by, "
+    "created_at, updated_at, version, notification_id, status) "
+    "SELECT s.suppression_id, s.account_id, s.rule, s.until, s.reason, s.created_by, s.at, "
+    "s.at, s.version, s.notification_id, 'active' FROM unnest(%b::uuid[], %b::uuid[], "
+    "%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::timestamptz[], %b::bigint[], "
+    "%b::bigint[]) AS s(suppression_id, account_id, rule, until, reason, created_by, at, "
+    "version, notification_id) ON CONFLICT (suppression_id) DO NOTHING"
+)
+REVOKE_SUPPRESSIONS: Final = (
+    "UPDATE suppressions AS s SET status = 'revoked', revoked_by = r.actor, "
+    "revoke_reason = r.reason, updated_at = r.at, version = r.version, "
+    "notification_id = r.notification_id FROM unnest(%b::uuid[], %b::text[], %b::text[], "
+    "%b::timestamptz[], %b::bigint[], %b::bigint[]) AS r(suppression_id, actor, reason, at, "
+    "version, notification_id) WHERE s.suppression_id = r.suppression_id "
+    "AND s.version < r.version"
+)
+INSERT_SUPPRESSED_ALERTS: Final = (
+    "INSERT INTO suppressed_alerts (alert_id, suppression_id, account_id, at, notification_id) "
+    "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::uuid[], %b::timestamptz[], %b::bigint[]) "
+    "ON CONFLICT (alert_id) DO NOTHING"
+)
+
+
+async def apply_suppressions(
+    conn: AsyncConnection[Any],
+    changes: list[SuppressionChanged],
+    suppressed: list[AlertSuppressedRow],
+) -> None:
+    """Suppressions created, then revoked (a batch may hold both, in that order), and the
+    alerts they held back."""
+    created = [c for c in changes if not c.revoked]
+    if created:
+        await conn.execute(
+            INSERT_SUPPRESSIONS,
+            (
+                [c.suppression_id for c in created],
+                [c.account_id for c in created],
+                [c.rule for c in created],
+                [c.until for c in created],
+                [c.reason for c in created],
+                [c.actor_subject for c in created],
+                [c.at for c in created],
+                [c.version for c in created],
+                [c.notification_id for c in created],
+            ),
+        )
+    revoked = [c for c in changes if c.revoked]
+    if revoked:
+        await conn.execute(
+            REVOKE_SUPPRESSIONS,
+            column_arrays(
+                revoked,
+                ("suppression_id", "actor_subject", "reason", "at", "version", "notification_id"),
+            ),
+        )
+    if suppressed:
+        await conn.execute(
+            INSERT_SUPPRESSED_ALERTS,
+            column_arrays(
+                suppressed, ("alert_id", "suppression_id", "account_id", "at", "notification_id")
+            ),
+        )

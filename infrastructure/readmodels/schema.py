@@ -207,6 +207,36 @@ CREATE INDEX IF NOT EXISTS cases_opened_idx ON {schema}.cases (opened_at DESC, c
 CREATE INDEX IF NOT EXISTS cases_account_idx ON {schema}.cases (account_id);
 CREATE INDEX IF NOT EXISTS cases_status_idx ON {schema}.cases (status, severity);
 
+-- Suppressions (the cases projection): each as its events left it, and the alerts they
+-- held back from opening cases (their status is `suppressed`).
+CREATE TABLE IF NOT EXISTS {schema}.suppressions (
+    suppression_id uuid PRIMARY KEY,
+    account_id uuid NOT NULL,
+    rule text NOT NULL,
+    until timestamptz NOT NULL,
+    reason text NOT NULL,
+    status text NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    revoked_by text,
+    revoke_reason text,
+    version bigint NOT NULL,
+    notification_id bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS suppressions_account_idx
+    ON {schema}.suppressions (account_id, rule);
+CREATE TABLE IF NOT EXISTS {schema}.suppressed_alerts (
+    alert_id uuid PRIMARY KEY,
+    suppression_id uuid NOT NULL,
+    account_id uuid NOT NULL,
+    at timestamptz NOT NULL,
+    notification_id bigint NOT NULL
+);
+-- An alert that joined an open case is found by its id in that case's history.
+CREATE INDEX IF NOT EXISTS case_history_joined_alert_idx
+    ON {schema}.case_history ((details->>'alert_id')) WHERE event_type = 'CaseAlertJoined';
+
 -- The watchlist projection: each account's entry as its latest event left it.
 CREATE TABLE IF NOT EXISTS {schema}.watchlist (
     account_id uuid PRIMARY KEY,

@@ -16,7 +16,11 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 
 from infrastructure.postgres.arrays import column_arrays
-from infrastructure.readmodels.compliance_rows import apply_case_events, apply_watchlist
+from infrastructure.readmodels.compliance_rows import (
+    apply_case_events,
+    apply_suppressions,
+    apply_watchlist,
+)
 from projections.batch import AccountChange, BatchWrites, KpiTotal
 from projections.rows import AccountOpenedRow, StatementLine
 
@@ -204,6 +208,8 @@ async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> None:
         await apply_case_events(conn, writes.case_events)
     if writes.watchlist:
         await apply_watchlist(conn, list(writes.watchlist.values()))
+    if writes.suppressions or writes.suppressed_alerts:
+        await apply_suppressions(conn, writes.suppressions, writes.suppressed_alerts)
 
 
 def _opened_columns(rows: list[AccountOpenedRow]) -> list[list[Any]]:

@@ -23,8 +23,7 @@ import structlog
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, start_http_server
 
-from application.compliance import AlertSummary, Compliance
-from domain.case import AlertCase
+from application.compliance import AlertSummary, Compliance, Routed
 from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.authenticity import check_alert_message
@@ -56,7 +55,8 @@ CASES_OPENED = Counter(
 )
 ALERTS_CONSUMED = Counter(
     "vigil_case_opener_alerts_total",
-    "Alert messages handled, by outcome (`opened`, `existing`, `quarantined`).",
+    "Alert messages handled, by outcome (`opened`, `joined` an open case of its rule and "
+    "account, `existing`, `suppressed`, `quarantined`).",
     ["outcome"],
 )
 QUARANTINED = Counter(
@@ -140,15 +140,15 @@ class CaseOpener:
             for record, _, _ in parsed:
                 await self._handle(record, conn)
             return
-        for (_, _, correlation_id), (case, created) in zip(parsed, opened, strict=True):
+        for (_, summary, correlation_id), routed in zip(parsed, opened, strict=True):
             self.handled += 1
-            self._opened(case, created, correlation_id)
+            self._routed(summary, routed, correlation_id)
 
     async def _handle(self, record: ConsumerRecord, conn: psycopg.AsyncConnection[Any]) -> None:
         self.handled += 1
         try:
             summary, correlation_id = _alert(record, self.mac_keys)
-            [(case, created)] = await asyncio.to_thread(
+            [routed] = await asyncio.to_thread(
                 self.compliance.open_cases, [(summary, correlation_id)]
             )
         except Unavailable:
@@ -156,21 +156,21 @@ class CaseOpener:
         except UNHANDLEABLE as error:
             await self._quarantine(record, _loaded(record), error, conn)
             return
-        self._opened(case, created, correlation_id)
+        self._routed(summary, routed, correlation_id)
 
-    def _opened(self, case: AlertCase, created: bool, correlation_id: str) -> None:
-        outcome = "opened" if created else "existing"
-        ALERTS_CONSUMED.labels(outcome).inc()
-        if created:
+    def _routed(self, summary: AlertSummary, routed: Routed, correlation_id: str) -> None:
+        ALERTS_CONSUMED.labels(routed.outcome).inc()
+        case = routed.case
+        if routed.outcome == "opened" and case is not None:
             self.opened += 1
             CASES_OPENED.labels(case.rule, case.severity).inc()
         log.info(
-            "case_opened" if created else "case_already_open",
-            case_id=str(case.id),
-            alert_id=case.alert_id,
-            account_id=case.account_id,
-            rule=case.rule,
-            severity=case.severity,
+            f"alert_{routed.outcome}",
+            case_id=None if case is None else str(case.id),
+            alert_id=str(summary.alert_id),
+            account_id=str(summary.account_id),
+            rule=summary.rule,
+            severity=summary.severity,
             correlation_id=correlation_id,
         )
 

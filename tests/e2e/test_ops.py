@@ -199,6 +199,8 @@ EXTRA_PROBLEM_STATUSES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/cases/{case_id}/release"): {"404", "409"},
     ("post", "/v1/cases/{case_id}/reject"): {"404", "409"},
     ("post", "/v1/transactions/{transaction_id}/reversal"): {"404", "409"},
+    ("post", "/v1/suppressions"): {"404"},
+    ("delete", "/v1/suppressions/{suppression_id}"): {"404"},
 }
 
 # Codes each route was seen to produce (test_errors.py), which its document must name.
@@ -238,6 +240,8 @@ DOCUMENTED_CODES: dict[tuple[str, str], dict[str, set[str]]] = {
         "404": {"case_not_found"},
         "409": {"invalid_transition", "hold_not_pending"},
     },
+    ("post", "/v1/suppressions"): {"404": {"account_not_found"}},
+    ("delete", "/v1/suppressions/{suppression_id}"): {"404": {"suppression_not_found"}},
     ("post", "/v1/transactions/{transaction_id}/reversal"): {
         "404": {"transaction_not_found"},
         "409": {"reversal_exceeds_original", "not_reversible"},

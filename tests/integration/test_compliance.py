@@ -93,6 +93,15 @@ def sealed(settings: Settings, message: dict[str, Any]) -> bytes:
     return orjson.dumps(sealed_dict(settings, message))
 
 
+def open_case(
+    service: Compliance, message: dict[str, Any], correlation_id: str
+) -> tuple[AlertCase, bool]:
+    """The alert's case, and whether this call opened it."""
+    routed = service.open_case(message, correlation_id)
+    assert routed.case is not None, routed
+    return routed.case, routed.outcome == "opened"
+
+
 def stored_events(ledger: Ledger, aggregate_id: UUID) -> list[Any]:
     return list(ledger.repository.event_store.get(aggregate_id))
 
@@ -108,7 +117,7 @@ def test_ten_concurrent_openers_of_one_alert_open_exactly_one_case(ledger: Ledge
 
     def open_one(service: Compliance) -> tuple[UUID, bool]:
         barrier.wait()
-        case, created = service.open_case(message, "corr-race")
+        case, created = open_case(service, message, "corr-race")
         return case.id, created
 
     with ThreadPoolExecutor(OPENERS) as pool:
@@ -123,9 +132,9 @@ def test_ten_concurrent_openers_of_one_alert_open_exactly_one_case(ledger: Ledge
 
 def test_opening_an_alert_again_returns_the_case_unchanged(compliance: Compliance) -> None:
     message = alert(open_account(compliance.ledger))
-    case, created = compliance.open_case(message, "c1")
+    case, created = open_case(compliance, message, "c1")
     compliance.act_on_case(case.id, "acknowledge", OFFICER, "c2")
-    again, created_again = compliance.open_case(message, "c3")
+    again, created_again = open_case(compliance, message, "c3")
     assert (created, created_again) == (True, False)
     assert (again.version, again.status) == (2, CaseStatus.ACKNOWLEDGED)
 
@@ -144,13 +153,13 @@ def test_a_message_that_is_not_an_alert_opens_no_case(
 ) -> None:
     message = {**alert(uuid4()), **broken}
     with pytest.raises(ValidationFailed):
-        compliance.open_case(message, "c")
+        open_case(compliance, message, "c")
 
 
 def test_an_alert_for_an_unknown_account_still_opens_a_case_without_branch(
     compliance: Compliance,
 ) -> None:
-    case, created = compliance.open_case(alert(uuid4()), "c")
+    case, created = open_case(compliance, alert(uuid4()), "c")
     assert created
     assert case.branch is None
 
@@ -159,18 +168,19 @@ def summaries(*messages: dict[str, Any]) -> list[tuple[AlertSummary, str]]:
     return [(AlertSummary.from_message(m), f"corr-{k}") for k, m in enumerate(messages)]
 
 
-def test_a_batch_of_alerts_opens_its_new_cases_in_one_transaction_and_finds_the_rest(
+def test_a_batch_of_alerts_opens_its_new_cases_and_finds_the_rest(
     compliance: Compliance,
 ) -> None:
     ledger = compliance.ledger
     first, second = alert(open_account(ledger, "007")), alert(open_account(ledger, "008"))
     earlier, stranger = alert(open_account(ledger, "009")), alert(uuid4())
-    before, _ = compliance.open_case(earlier, "c0")
+    before, _ = open_case(compliance, earlier, "c0")
     saves = HookedSaver(ledger)
     opened = compliance.open_cases(summaries(first, second, first, earlier, stranger))
-    assert saves.writes == 1, "the new cases in one transaction"
-    assert [created for _, created in opened] == [True, True, False, False, True]
-    cases = [case for case, _ in opened]
+    assert saves.writes == 3, "each new case with its routing, in a transaction of its own"
+    assert [r.outcome == "opened" for r in opened] == [True, True, False, False, True]
+    cases = [r.case for r in opened]
+    assert all(case is not None for case in cases)
     assert cases[2].id == cases[0].id == case_id_for(first["alert_id"])
     assert cases[3].id == before.id
     assert [case.branch for case in cases] == ["007", "008", "007", "009", None]
@@ -190,13 +200,13 @@ def test_a_batch_that_loses_a_race_opens_each_alert_on_its_own(
 
         def before(save: int) -> None:
             if save == 1:
-                Compliance(rival).open_case(raced, "rival")
+                open_case(Compliance(rival), raced, "rival")
 
         HookedSaver(ledger, before)
         opened = compliance.open_cases(summaries(raced, other))
     finally:
         rival.close()
-    assert [created for _, created in opened] == [False, True]
+    assert [r.outcome == "opened" for r in opened] == [False, True]
     assert len(stored_events(ledger, case_id_for(raced["alert_id"]))) == 1
     assert len(stored_events(ledger, case_id_for(other["alert_id"]))) == 1
 
@@ -207,7 +217,7 @@ def test_a_batch_that_loses_a_race_opens_each_alert_on_its_own(
 def test_a_case_is_worked_to_closed_and_every_step_is_stored_with_its_actor(
     compliance: Compliance, ledger: Ledger, settings: Settings
 ) -> None:
-    case, _ = compliance.open_case(alert(open_account(ledger)), "c0")
+    case, _ = open_case(compliance, alert(open_account(ledger)), "c0")
     bob = Actor("bob", "compliance")
     compliance.act_on_case(case.id, "acknowledge", OFFICER, "c1", note=None)
     compliance.act_on_case(case.id, "assign", OFFICER, "c2", assignee="bob", note="yours")
@@ -252,7 +262,7 @@ def test_a_case_is_worked_to_closed_and_every_step_is_stored_with_its_actor(
 def test_case_events_chain_and_carry_the_mac_of_the_configured_key(
     compliance: Compliance, ledger: Ledger, settings: Settings
 ) -> None:
-    case, _ = compliance.open_case(alert(open_account(ledger)), "c0")
+    case, _ = open_case(compliance, alert(open_account(ledger)), "c0")
     compliance.act_on_case(case.id, "close", OFFICER, "c1", resolution="no_action", note="ok")
     previous = GENESIS_HASH
     for event in stored_events(ledger, case.id):
@@ -273,7 +283,7 @@ def test_freezing_from_a_case_names_the_case_in_the_accounts_frozen_reason(
     compliance: Compliance, ledger: Ledger
 ) -> None:
     account_id = open_account(ledger)
-    case, _ = compliance.open_case(alert(account_id), "c0")
+    case, _ = open_case(compliance, alert(account_id), "c0")
     reply = compliance.freeze_account_from_case(case.id, "funds at risk", OFFICER, "c-freeze")
     assert (reply["account_id"], reply["status"]) == (str(account_id), "frozen")
     account = ledger.get_account(account_id)
@@ -354,8 +364,8 @@ def test_the_cases_projection_gives_the_same_rows_in_any_order_and_once_only(
     compliance: Compliance, ledger: Ledger, settings: Settings
 ) -> None:
     account_id = open_account(ledger, branch="004")
-    first, _ = compliance.open_case(alert(account_id), "c")
-    second, _ = compliance.open_case(alert(account_id, "velocity", "medium"), "c")
+    first, _ = open_case(compliance, alert(account_id), "c")
+    second, _ = open_case(compliance, alert(account_id, "velocity", "medium"), "c")
     compliance.act_on_case(first.id, "acknowledge", OFFICER, "c")
     compliance.act_on_case(first.id, "assign", OFFICER, "c", assignee="bob")
     compliance.act_on_case(first.id, "escalate", OFFICER, "c", note="why")

@@ -50,6 +50,7 @@ ACTIONS: dict[str, Callable[[AlertCase, Stamp], None]] = {
     "escalate": lambda case, s: case.escalate("pattern matches a known scheme", s),
     "comment": lambda case, s: case.comment("called the branch", s),
     "close": lambda case, s: case.close("no_action", "explained by payroll", s),
+    "join": lambda case, s: case.join(uuid4(), "medium", "again", {"positions": [7]}, s),
 }
 
 # How to bring a fresh case into each state, through allowed steps only.
@@ -89,21 +90,25 @@ MATRIX = [
     ("open", "escalate", None),
     ("open", "comment", "open"),
     ("open", "close", "closed"),
+    ("open", "join", "open"),
     ("acknowledged", "acknowledge", None),
     ("acknowledged", "assign", "acknowledged"),
     ("acknowledged", "escalate", "escalated"),
     ("acknowledged", "comment", "acknowledged"),
     ("acknowledged", "close", "closed"),
+    ("acknowledged", "join", "acknowledged"),
     ("escalated", "acknowledge", None),
     ("escalated", "assign", "escalated"),
     ("escalated", "escalate", None),
     ("escalated", "comment", "escalated"),
     ("escalated", "close", "closed"),
+    ("escalated", "join", "escalated"),
     ("closed", "acknowledge", None),
     ("closed", "assign", None),
     ("closed", "escalate", None),
     ("closed", "comment", None),
     ("closed", "close", None),
+    ("closed", "join", None),
 ]
 
 

@@ -24,6 +24,7 @@ CONTRACT_STATUS = {
     "watchlist_entry_not_found": 404,
     "hold_not_found": 404,
     "transaction_not_found": 404,
+    "suppression_not_found": 404,
     "insufficient_funds": 409,
     "balance_limit_exceeded": 409,
     "account_frozen": 409,

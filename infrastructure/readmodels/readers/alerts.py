@@ -26,10 +26,23 @@ TABLES_PRESENT: Final = (
     "SELECT to_regclass(%(alerts)s) IS NOT NULL AS alerts, "
     "to_regclass(%(cases)s) IS NOT NULL AS cases"
 )
-ALERT_COLUMNS: Final = sql.SQL(
+ALERT_FIELDS: Final = (
     "a.alert_id, a.rule, a.severity, a.account_id, a.branch, a.transaction_ids, a.positions, "
-    "a.explanation, a.raised_at, a.notification_id, a.chain_head, a.rule_config_version, "
-    "a.case_id"
+    "a.explanation, a.raised_at, a.notification_id, a.chain_head, a.rule_config_version"
+)
+ALERT_COLUMNS: Final = sql.SQL(ALERT_FIELDS + ", a.case_id")
+# With the cases projection's tables: a suppressed alert has no case; one that joined an
+# open case has that case's id (from the case's history), else the one it opened.
+ROUTED_COLUMNS: Final = sql.SQL(
+    ALERT_FIELDS + ", CASE WHEN s.alert_id IS NOT NULL THEN NULL "
+    "ELSE coalesce(j.case_id, a.case_id) END AS case_id"
+)
+ROUTED_JOIN: Final = sql.SQL(
+    " LEFT JOIN LATERAL (SELECT h.case_id FROM {schema}.case_history h "
+    "WHERE h.event_type = 'CaseAlertJoined' AND h.details->>'alert_id' = a.alert_id::text "
+    "LIMIT 1) j ON true"
+    " LEFT JOIN {schema}.suppressed_alerts s ON s.alert_id = a.alert_id"
+    " LEFT JOIN {schema}.cases c ON c.case_id = coalesce(j.case_id, a.case_id)"
 )
 RULE_CONFIG: Final = "SELECT parameters FROM public.rule_configs WHERE version = %(version)s"
 
@@ -49,7 +62,7 @@ class AlertRow(TypedDict):
     notification_id: int
     chain_head: str | None
     rule_config_version: int
-    case_id: UUID
+    case_id: UUID | None
     case_status: str | None
 
 
@@ -75,7 +88,7 @@ async def alerts_page(
     `status` is `open` (case not closed), `closed`, or None for both."""
     async with store.connection() as conn:
         alerts, cases = await _tables_present(conn)
-        if not alerts or (status == "closed" and not cases):
+        if not alerts or (status in ("closed", "suppressed") and not cases):
             return []
         cursor = await conn.execute(*_alerts_query(cases, status, filters, after, limit))
         return cast(list[AlertRow], await cursor.fetchall())
@@ -120,12 +133,12 @@ def _case_parts(cases: bool) -> dict[str, sql.Composable]:
             "join": sql.SQL(""),
         }
     return {
-        "columns": ALERT_COLUMNS,
-        "status": sql.SQL("c.status AS case_status"),
-        "schema": _schema,
-        "join": sql.SQL(" LEFT JOIN {schema}.cases c ON c.case_id = a.case_id").format(
-            schema=_schema
+        "columns": ROUTED_COLUMNS,
+        "status": sql.SQL(
+            "CASE WHEN s.alert_id IS NOT NULL THEN 'suppressed' ELSE c.status END AS case_status"
         ),
+        "schema": _schema,
+        "join": ROUTED_JOIN.format(schema=_schema),
     }
 
 
@@ -151,9 +164,11 @@ def _alerts_query(
         conditions.append(sql.SQL("a.raised_at < %(to)s"))
         params["to"] = filters["to"]
     if status == "closed":
-        conditions.append(sql.SQL("c.status = 'closed'"))
+        conditions.append(sql.SQL("s.alert_id IS NULL AND c.status = 'closed'"))
+    elif status == "suppressed":
+        conditions.append(sql.SQL("s.alert_id IS NOT NULL"))
     elif status == "open" and cases:
-        conditions.append(sql.SQL("c.status IS DISTINCT FROM 'closed'"))
+        conditions.append(sql.SQL("s.alert_id IS NULL AND c.status IS DISTINCT FROM 'closed'"))
     if after is not None:
         # Newest first, ties by id: the next page sorts strictly after the last row shown.
         conditions.append(

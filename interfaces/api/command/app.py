@@ -29,6 +29,7 @@ from interfaces.api.command.routes import (
     cases,
     holds,
     reviews,
+    suppressions,
     transfers,
     watchlist,
 )
@@ -155,6 +156,7 @@ def create_command_app(settings: Settings) -> FastAPI:
     app.include_router(watchlist.router)
     app.include_router(holds.router)
     app.include_router(reviews.router)
+    app.include_router(suppressions.router)
     return app
 
 

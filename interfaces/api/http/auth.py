@@ -94,6 +94,7 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "transaction.reverse": frozenset({_A}),
     "case.release": frozenset({_C}),
     "case.reject": frozenset({_C}),
+    "suppression.manage": frozenset({_C}),
     # Query API
     "account.read": frozenset({_T, _A, _U, _C, _V}),
     "stats.read": frozenset({_V, _A, _U, _C}),
@@ -102,6 +103,7 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     "alerts.evidence": frozenset({_C, _U}),
     "cases.read": frozenset({_C, _U, _A}),
     "watchlist.read": frozenset({_C, _U}),
+    "suppressions.read": frozenset({_C, _U}),
     "audit.read": frozenset({_U, _C}),
     "audit.export": frozenset({_U, _C}),
     "audit.access_log": frozenset({_U}),

@@ -35,6 +35,7 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "watchlist_entry_not_found": 404,
     "hold_not_found": 404,
     "transaction_not_found": 404,
+    "suppression_not_found": 404,
     "insufficient_funds": 409,
     "balance_limit_exceeded": 409,
     "account_frozen": 409,

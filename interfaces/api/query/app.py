@@ -37,11 +37,28 @@ from interfaces.api.query.routes import (
     holds,
     projections,
     stats,
+    suppressions,
     transactions,
     watchlist,
 )
 
 log = structlog.get_logger("vigil.query_api")
+
+# The query API's routers, in the order their routes are matched.
+ROUTES = (
+    accounts,
+    transactions,
+    holds,
+    stats,
+    projections,
+    alerts,
+    cases,
+    watchlist,
+    suppressions,
+    audit,
+    audit_verify,
+    exports,
+)
 
 
 async def quarantine_reasons(store: ReadStore) -> list[str]:
@@ -121,15 +138,6 @@ def create_query_app(settings: Settings) -> FastAPI:
         verifier=app.state.verifier,
     )
     app.include_router(health_router)
-    app.include_router(accounts.router)
-    app.include_router(transactions.router)
-    app.include_router(holds.router)
-    app.include_router(stats.router)
-    app.include_router(projections.router)
-    app.include_router(alerts.router)
-    app.include_router(cases.router)
-    app.include_router(watchlist.router)
-    app.include_router(audit.router)
-    app.include_router(audit_verify.router)
-    app.include_router(exports.router)
+    for routes in ROUTES:
+        app.include_router(routes.router)
     return app

@@ -48,7 +48,7 @@ router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 AlertsReader = Annotated[Principal, Depends(require("alerts.read"))]
 EvidenceReader = Annotated[Principal, Depends(require("alerts.evidence"))]
 
-AlertStatus = Literal["open", "closed"]
+AlertStatus = Literal["open", "closed", "suppressed"]
 Severity = Literal["critical", "high", "medium"]
 RuleName = Literal[
     "large_transaction",
@@ -87,7 +87,7 @@ class AlertView(BaseModel):
     explanation: str
     raised_at: str
     status: AlertStatus
-    case_id: str
+    case_id: str | None  # None: suppressed, no case
     rule_config_version: int
     scored_at_position: int
     chain_head: str | None
@@ -225,12 +225,18 @@ def alert_view(row: AlertRow) -> dict[str, Any]:
         "positions": row["positions"],
         "explanation": row["explanation"],
         "raised_at": format_timestamp(row["raised_at"]),
-        "status": "closed" if row["case_status"] == "closed" else "open",
-        "case_id": str(row["case_id"]),
+        "status": _status(row["case_status"]),
+        "case_id": None if row["case_id"] is None else str(row["case_id"]),
         "rule_config_version": row["rule_config_version"],
         "scored_at_position": row["notification_id"],
         "chain_head": row["chain_head"],
     }
+
+
+def _status(case_status: str | None) -> str:
+    if case_status in ("closed", "suppressed"):
+        return case_status
+    return "open"
 
 
 def _alert_after(cursor: str | None) -> tuple[datetime, UUID] | None:

@@ -97,6 +97,7 @@ class CaseStep(BaseModel):
 
 
 class CaseWithHistory(CaseView):
+    alert_ids: list[str]
     history: list[CaseStep]
 
 
@@ -212,7 +213,15 @@ async def get_case(
             read_side.waiters, CASES_CHANNEL, case_id, found, deadline=freshness_deadline()
         )
     history = await case_history(read_side.store, case_id, HISTORY_ENTRIES_MAX)
-    return json_reply({**case_view(row), "history": [step_view(h) for h in history]})
+    # Every alert of the case: the one that opened it, then those that joined it.
+    alert_ids = [
+        str(h["details"]["alert_id"])
+        for h in history
+        if h["event_type"] in ("CaseOpened", "CaseAlertJoined")
+    ]
+    return json_reply(
+        {**case_view(row), "alert_ids": alert_ids, "history": [step_view(h) for h in history]}
+    )
 
 
 def _case_after(cursor: str | None) -> tuple[datetime, UUID] | None:

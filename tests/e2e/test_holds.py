@@ -125,8 +125,11 @@ def test_hold_refusals_are_problems_and_change_nothing(bank: Bank) -> None:
         "account_not_found",
     )
     missing = str(uuid.uuid4())
-    assert_problem(capture(bank, missing), 404, "hold_not_found")
-    assert_problem(void(bank, missing), 404, "hold_not_found")
+    assert_problem(capture(bank, missing, headers=bank.admin()), 404, "hold_not_found")
+    assert_problem(void(bank, missing, headers=bank.admin()), 404, "hold_not_found")
+    # A teller cannot tell a missing hold from another branch's: 403 for both.
+    assert_problem(capture(bank, missing), 403, "forbidden")
+    assert_problem(void(bank, missing), 403, "forbidden")
     hold = place(bank, account, "5.00").json()
     assert_problem(capture(bank, hold["hold_id"], amount="5.01"), 422, "invalid_amount")
     # An account with a pending hold cannot be closed.

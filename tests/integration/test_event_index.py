@@ -23,6 +23,7 @@ from domain.case import AlertCase
 from domain.errors import Unavailable
 from domain.integrity import Actor
 from domain.money import Money
+from domain.routing import AlertRouting, Suppression
 from domain.watchlist import WatchlistEntry
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import index_heads
@@ -43,6 +44,8 @@ AGGREGATE_TYPES: dict[type[Any], str] = {
     Account.Event: "account",
     AlertCase.Event: "case",
     WatchlistEntry.Event: "watchlist",
+    AlertRouting.Event: "routing",
+    Suppression.Event: "suppression",
 }
 
 
@@ -86,7 +89,8 @@ def seed_every_aggregate(ledger: Ledger) -> tuple[UUID, UUID]:
     run(ledger, Withdraw(b, gbp(500), uuid4(), channel="card"))
     run(ledger, ChangeStatus(b, "freeze", "checks"), actor=ADMIN, corr="corr-freeze")
     compliance = Compliance(ledger)
-    case, _ = compliance.open_case(alert(a), "corr-case")
+    case = compliance.open_case(alert(a), "corr-case").case
+    assert case is not None
     compliance.act_on_case(case.id, "acknowledge", OFFICER, "corr-ack", note="looking")
     compliance.act_on_case(
         case.id, "close", OFFICER, "corr-close", resolution="no_action", note="ok"
@@ -139,7 +143,7 @@ def test_every_stored_event_of_every_aggregate_has_exactly_one_row_with_its_meta
     a, b = seed_every_aggregate(ledger)
     expected = expected_rows(ledger)
     assert index_rows(settings) == expected
-    assert {row[2] for row in expected} == {"account", "case", "watchlist"}
+    assert {row[2] for row in expected} == {"account", "case", "routing", "watchlist"}
     by_type = {row[4]: row for row in expected}
     transfer_out, transfer_in = by_type["TransferredOut"], by_type["TransferredIn"]
     assert transfer_out[8] == transfer_in[8] is not None, "one transaction id on both legs"

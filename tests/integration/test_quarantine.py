@@ -288,8 +288,10 @@ def test_the_relay_quarantines_an_event_it_cannot_decode_and_publishes_the_rest(
     [(payload,)] = rows(
         settings, "SELECT payload FROM readmodel.alerts_outbox WHERE alert_id = %s", alerts[0][0]
     )
-    case, opened = Compliance(ledger).open_case(payload, "test")
-    assert opened
+    routed = Compliance(ledger).open_case(payload, "test")
+    assert routed.outcome == "opened"
+    case = routed.case
+    assert case is not None
     assert (case.rule, case.severity, case.branch) == (QUARANTINED_RULE, "critical", None)
     # Every projection's mark passes the two ids it will never receive.
     delivered = stored_envelopes_decodable(ledger)

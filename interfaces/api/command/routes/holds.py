@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from application.commands import CaptureHold, ReverseTransaction, VoidHold
 from application.ledger import Ledger
-from application.lookups import find_hold, find_original
+from application.lookups import HoldRef, find_hold, find_original
+from domain.errors import Forbidden, HoldNotFound
 from domain.ids import derived_id
 from domain.money import parse_money
 from interfaces.api.command.deps import (
@@ -32,6 +33,7 @@ from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import SettingsDep
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.problems import problem_responses
+from interfaces.api.http.roles import Role
 
 router = APIRouter(tags=["holds and reversals"], route_class=JsonBodyRoute)
 
@@ -49,6 +51,17 @@ async def _ledger(request: Request) -> Ledger:
 
 
 LedgerDep = Annotated[Ledger, Depends(_ledger)]
+
+
+async def _find_hold(ledger: Ledger, hold_id: UUID, who: Principal) -> HoldRef:
+    """The hold's placing; for a teller, a hold that does not exist is refused as one of
+    another branch is (403), so a teller learns nothing of other branches' holds."""
+    try:
+        return await asyncio.to_thread(find_hold, ledger, hold_id)
+    except HoldNotFound:
+        if who.role is Role.TELLER:
+            raise Forbidden("tellers may act only on holds of their own branch") from None
+        raise
 
 
 @router.post(
@@ -88,7 +101,7 @@ async def capture_hold(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     body = body or CaptureIn()
-    hold = await asyncio.to_thread(find_hold, ledger, hold_id)
+    hold = await _find_hold(ledger, hold_id, who)
     given = body.transaction_id
     if given is None and idempotency_key is None:
         given = derived_id(f"{hold_id}:capture")
@@ -118,7 +131,7 @@ async def void_hold(
     ledger: LedgerDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    hold = await asyncio.to_thread(find_hold, ledger, hold_id)
+    hold = await _find_hold(ledger, hold_id, who)
     given = body.transaction_id
     if given is None and idempotency_key is None:
         given = derived_id(f"{hold_id}:void")

@@ -218,7 +218,12 @@ class Compliance:
                 case CaseAction.ACKNOWLEDGE:
                     case.acknowledge(args.get("note"), stamp)
                 case CaseAction.ASSIGN:
-                    case.assign(args["assignee"], args.get("note"), stamp)
+                    case.assign(
+                        args["assignee"],
+                        args.get("note"),
+                        stamp,
+                        if_unassigned=bool(args.get("if_unassigned")),
+                    )
                 case CaseAction.ESCALATE:
                     case.escalate(args["note"], stamp)
                 case CaseAction.COMMENT:

@@ -19,7 +19,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from domain.chained import ChainedAggregate
-from domain.errors import InvalidTransition, ValidationFailed
+from domain.errors import CaseAlreadyAssigned, InvalidTransition, ValidationFailed
 from domain.ids import case_id_for
 from domain.integrity import Stamp
 
@@ -231,7 +231,11 @@ class AlertCase(ChainedAggregate):
         self._check_allowed(CaseAction.ACKNOWLEDGE)
         self._step(self.CaseAcknowledged, stamp, note=note)
 
-    def assign(self, assignee: str, note: str | None, stamp: Stamp) -> None:
+    def assign(
+        self, assignee: str, note: str | None, stamp: Stamp, *, if_unassigned: bool = False
+    ) -> None:
+        """`if_unassigned`: only if nobody has the case (two analysts taking the next case
+        at once: one gets it, the other `case_already_assigned`)."""
         assignee = assignee.strip()
         if not assignee or len(assignee) > ASSIGNEE_CHARS_MAX:
             raise ValidationFailed(
@@ -239,6 +243,8 @@ class AlertCase(ChainedAggregate):
             )
         note = _optional_note(note)
         self._check_allowed(CaseAction.ASSIGN)
+        if if_unassigned and self.assignee is not None:
+            raise CaseAlreadyAssigned(f"case {self.id} is assigned to {self.assignee}")
         self._step(self.CaseAssigned, stamp, assignee=assignee, note=note)
 
     def escalate(self, note: str, stamp: Stamp) -> None:

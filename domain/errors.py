@@ -168,3 +168,8 @@ class NotReversible(DomainError):
 class SuppressionNotFound(DomainError):
     code = "suppression_not_found"
     title = "Suppression not found"
+
+
+class CaseAlreadyAssigned(DomainError):
+    code = "case_already_assigned"
+    title = "Case already assigned"

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     command_port: int = Field(default=8000, ge=0, le=65535)
     query_port: int = Field(default=8001, ge=0, le=65535)
+    # Where the console (served by the query API) sends the commands of its forms; unset:
+    # the command API on this host and `command_port`.
+    command_api_url: str | None = None
     workers_metrics_port: int = Field(default=9101, ge=0, le=65535)
     relay_metrics_port: int = Field(default=9102, ge=0, le=65535)
     case_opener_metrics_port: int = Field(default=9103, ge=0, le=65535)
@@ -345,6 +348,12 @@ class Settings(BaseSettings):
         except (OSError, ValueError):
             return None
         return data
+
+    def resolved_command_api_url(self) -> str:
+        if self.command_api_url:
+            return self.command_api_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.command_port}"
 
     def resolved_database_url(self) -> str:
         return self._resolved_url(self.database_url, "database_url", "VIGIL_DATABASE_URL")

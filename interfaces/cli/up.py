@@ -238,9 +238,12 @@ class _Supervisor:
         self._start_servers()
         if self.stop_requested.is_set():
             return self._stopping()
+        env = self._child_env()
+        # The console (in the query API) sends its forms' commands to the command API.
+        env["VIGIL_COMMAND_API_URL"] = next(s.url for s in specs if s.name == "command_api") or ""
         children = Children(
             self.var_dir,
-            self._child_env(),
+            env,
             self.stop_requested,
             on_pids_changed=lambda: self._write_up_file(specs),
         )
@@ -374,6 +377,8 @@ def _print_summary(
 
     lines = ["", "Vigil is up."]
     lines += [f"  {spec.name:<16}{spec.url}" for spec in specs if spec.url]
+    query_url = next(spec.url for spec in specs if spec.name == "query_api")
+    lines += [f"  {'console':<16}{query_url}/console"]
     lines += [f"  {'PostgreSQL':<16}{_redacted(urls['database_url'])}"]
     lines += [f"  {'Redis':<16}{_redacted(urls['redis_url'])}"]
     lines += [f"  {'Kafka':<16}{urls['kafka_bootstrap']}"]
@@ -387,8 +392,11 @@ def _print_summary(
         note = f"  # branch {branch}" if branch else ""
         lines.append(f"  export {role.upper()}_TOKEN={token}{note}")
     command_url = next(spec.url for spec in specs if spec.name == "command_api")
-    query_url = next(spec.url for spec in specs if spec.name == "query_api")
     lines += ["", "Try it (after the exports above):", *_curl_example(command_url, query_url)]
+    lines += [
+        "",
+        f"The console: {query_url}/console (sign in with one of the tokens above).",
+    ]
     lines += ["", "Press Ctrl-C to stop."]
     say("\n".join(lines))
 

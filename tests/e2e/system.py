@@ -153,7 +153,9 @@ def running_system(
     try:
         command = start_api("command", settings, logs)
         try:
-            query = start_api("query", settings, logs)
+            # The console (in the query API) sends its forms' commands to this command API.
+            console = settings.model_copy(update={"command_api_url": command.url})
+            query = start_api("query", console, logs)
         except BaseException:
             command.stop()
             raise

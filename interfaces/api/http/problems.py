@@ -51,6 +51,7 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "account_has_holds": 409,
     "reversal_exceeds_original": 409,
     "not_reversible": 409,
+    "case_already_assigned": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "validation_error": 422,

@@ -48,6 +48,8 @@ class AcknowledgeIn(StrictBody):
 class AssignIn(StrictBody):
     assignee: Assignee
     note: Note | None = None
+    # Only if nobody has the case: 409 `case_already_assigned` otherwise.
+    if_unassigned: bool = False
 
 
 class NoteIn(StrictBody):
@@ -134,11 +136,19 @@ def acknowledge(
 @router.post(
     "/{case_id}/assign",
     response_model=CaseOut,
-    responses=problem_responses(*CASE_PROBLEMS),
+    responses=problem_responses(*CASE_PROBLEMS, "case_already_assigned"),
     summary="Assign a case to an officer (any state but closed)",
 )
 def assign(case_id: UUID, body: AssignIn, who: Assigner, compliance: ComplianceDep) -> Response:
-    return _act(compliance, case_id, CaseAction.ASSIGN, who, assignee=body.assignee, note=body.note)
+    return _act(
+        compliance,
+        case_id,
+        CaseAction.ASSIGN,
+        who,
+        assignee=body.assignee,
+        note=body.note,
+        if_unassigned=body.if_unassigned,
+    )
 
 
 @router.post(

@@ -64,6 +64,11 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+def signed_in(cookie: str) -> httpx.Client:
+    """A plain HTTP client holding the browser's console session."""
+    return httpx.Client(timeout=10, cookies={"vigil_console": cookie})
+
+
 def sign_in(browser: Any, system: System, role: str, subject: str | None = None) -> None:
     from selenium.webdriver.common.by import By
 
@@ -210,7 +215,7 @@ def test_a_teller_sees_only_their_branch_and_no_compliance_or_audit_page(
     shoot(browser, "accounts")
     cookie = browser.get_cookie("vigil_console")["value"]
     for path in ("/console/cases", "/console/audit", f"/console/accounts/{other}"):
-        reply = http.get(f"{system.query.url}{path}", cookies={"vigil_console": cookie})
+        reply = signed_in(cookie).get(f"{system.query.url}{path}")
         assert reply.status_code == 403, (path, reply.status_code)
         assert 'data-refusal="403"' in reply.text
 
@@ -254,7 +259,7 @@ def test_an_auditor_sees_an_account_as_of_a_moment_runs_verify_and_downloads_an_
     link = browser.find_element(By.CSS_SELECTOR, "a[data-download]").get_attribute("href")
     shoot(browser, "audit")
     cookie = browser.get_cookie("vigil_console")["value"]
-    archive = http.get(link, cookies={"vigil_console": cookie})
+    archive = signed_in(cookie).get(link)
     assert archive.status_code == 200
     assert archive.content[:2] == b"\x1f\x8b", "a gzip archive"
 
@@ -319,20 +324,19 @@ def test_a_form_without_its_csrf_token_or_from_another_origin_changes_nothing(
 
     case_id = eventually(queued, WAIT_S, "a case to attack", system)
     sign_in(browser, system, "compliance", "mallory-target")
-    cookie = {"vigil_console": browser.get_cookie("vigil_console")["value"]}
-    page = http.get(f"{system.query.url}/console/cases/{case_id}", cookies=cookie).text
+    session = signed_in(browser.get_cookie("vigil_console")["value"])
+    page = session.get(f"{system.query.url}/console/cases/{case_id}").text
     csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     url = f"{system.query.url}/console/cases/{case_id}/comment"
-    forged = http.post(url, data={"note": "forged"}, cookies=cookie)
+    forged = session.post(url, data={"note": "forged"})
     assert forged.status_code == 403
-    elsewhere = http.post(
+    elsewhere = session.post(
         url,
         data={"note": "forged", "csrf": csrf},
-        cookies=cookie,
         headers={"Origin": "https://evil.example"},
     )
     assert elsewhere.status_code == 403
-    wrong = http.post(url, data={"note": "forged", "csrf": "0" * 64}, cookies=cookie)
+    wrong = session.post(url, data={"note": "forged", "csrf": "0" * 64})
     assert wrong.status_code == 403
     time.sleep(1)
     case = http.get(
@@ -340,9 +344,9 @@ def test_a_form_without_its_csrf_token_or_from_another_origin_changes_nothing(
     ).json()
     assert [s["event_type"] for s in case["history"]] == ["CaseOpened"], "nothing changed"
     # The same form, as the console sends it, does change the case.
-    sent = http.post(url, data={"note": "genuine", "csrf": csrf}, cookies=cookie)
+    sent = session.post(url, data={"note": "genuine", "csrf": csrf})
     assert sent.status_code == 303, sent.text
-    response = http.get(f"{system.query.url}/console/cases/{case_id}", cookies=cookie)
+    response = session.get(f"{system.query.url}/console/cases/{case_id}")
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy
     assert "unsafe-inline" not in policy

@@ -76,7 +76,7 @@ def sign_in(browser: Any, system: System, role: str, subject: str | None = None)
     browser.get(f"{system.query.url}/console/login")
     token = system.headers(role, subject)["Authorization"].removeprefix("Bearer ")
     browser.find_element(By.ID, "token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    click_through(browser, "button[type=submit]")
     until(lambda: True if browser.get_cookie("vigil_console") else None, "the session cookie", 10)
 
 
@@ -100,6 +100,20 @@ def until(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -
         time.sleep(0.3)
 
 
+def click_through(browser: Any, selector: str, *, confirm: bool = False) -> None:
+    """Click a button and wait for the page it leads to (a click does not wait for the
+    form's post and its redirect); `confirm`: accept the confirmation it asks first."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, selector).click()
+    if confirm:
+        browser.switch_to.alert.accept()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+
+
 def submit(browser: Any, action: str, **fields: str) -> None:
     """Fill and submit a case action's form, accepting its confirmation."""
     from selenium.webdriver.common.by import By
@@ -112,8 +126,7 @@ def submit(browser: Any, action: str, **fields: str) -> None:
             Select(element).select_by_value(value)
         else:
             element.send_keys(value)
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    browser.switch_to.alert.accept()
+    click_through(browser, f"form[data-action='{action}'] button[type=submit]", confirm=True)
 
 
 def post(system: System, http: httpx.Client, path: str, body: dict[str, Any], role: str) -> Any:
@@ -165,7 +178,7 @@ def test_a_compliance_analyst_takes_the_next_case_reads_the_evidence_and_closes_
     row = browser.find_element(By.CSS_SELECTOR, f"tr[data-case='{case_id}']")
     assert "structuring" in row.text
     shoot(browser, "cases")
-    browser.find_element(By.CSS_SELECTOR, "button[data-next-case]").click()
+    click_through(browser, "button[data-next-case]")
     assert browser.current_url.startswith(f"{system.query.url}/console/cases/{case_id}")
     assert "assigned to you" in browser.find_element(By.CSS_SELECTOR, "[data-flash]").text
     verdict = browser.find_element(By.CSS_SELECTOR, "[data-verdict]").text
@@ -246,15 +259,13 @@ def test_an_auditor_sees_an_account_as_of_a_moment_runs_verify_and_downloads_an_
     assert browser.find_elements(By.CSS_SELECTOR, "td.hash"), "the event history with hashes"
     shoot(browser, "account")
     browser.get(f"{system.query.url}/console/audit")
-    browser.find_element(By.CSS_SELECTOR, "button[data-run-verify]").click()
-    browser.switch_to.alert.accept()
+    click_through(browser, "button[data-run-verify]", confirm=True)
     assert "verify: clean" in browser.find_element(By.CSS_SELECTOR, "[data-flash]").text
     start = (datetime.now(UTC) - timedelta(days=1)).strftime("%m%d%Y\t%I%M%S%p")
     end = (datetime.now(UTC) + timedelta(days=1)).strftime("%m%d%Y\t%I%M%S%p")
     browser.find_element(By.ID, "from").send_keys(start)
     browser.find_element(By.ID, "to").send_keys(end)
-    browser.find_element(By.CSS_SELECTOR, "button[data-make-export]").click()
-    browser.switch_to.alert.accept()
+    click_through(browser, "button[data-make-export]", confirm=True)
     assert "export made" in browser.find_element(By.CSS_SELECTOR, "[data-flash]").text
     link = browser.find_element(By.CSS_SELECTOR, "a[data-download]").get_attribute("href")
     shoot(browser, "audit")

@@ -214,6 +214,47 @@ def test_a_screened_transfer_raises_an_alert_and_expires_undecided(
     assert (account["balance"], account["available_balance"]) == ("300000.00", "300000.00")
 
 
+def test_a_released_transfer_posts_under_its_own_id_and_shows_in_both_statements(
+    system: System, http: httpx.Client
+) -> None:
+    source, target = _account(system, http, "300000.00"), _account(system, http, "0.01")
+    response = http.post(
+        f"{system.command.url}/v1/transfers",
+        json={
+            "from_account_id": source,
+            "to_account_id": target,
+            "amount": "250000.00",
+            "currency": "GBP",
+        },
+        headers=system.headers("teller"),
+    )
+    assert response.status_code == 202, response.text
+    held = response.json()
+    released = http.post(
+        f"{system.command.url}/v1/cases/{held['case_id']}/release",
+        json={"note": "payee confirmed"},
+        headers=system.headers("compliance"),
+    )
+    assert released.status_code == 200, released.text
+    version = released.json()["hold"]["version"]
+    lines = _get(system, http, f"/v1/accounts/{source}/transactions?min_version={version}")
+    [debit] = [x for x in lines["items"] if x["transaction_id"] == held["transaction_id"]]
+    assert (debit["direction"], debit["amount"], debit["kind"]) == (
+        "debit",
+        "250000.00",
+        "transfer",
+    )
+
+    def credited() -> dict[str, Any] | None:
+        items = _get(system, http, f"/v1/accounts/{target}/transactions")["items"]
+        return next((x for x in items if x["transaction_id"] == held["transaction_id"]), None)
+
+    credit = eventually(credited, TIMEOUT_S, "the released transfer's credit", system)
+    assert (credit["direction"], credit["amount"]) == ("credit", "250000.00")
+    account = _get(system, http, f"/v1/accounts/{target}")
+    assert account["balance"] == "250000.01"
+
+
 def test_audit_verify_is_clean_and_a_replay_equals_the_read_models(system: System) -> None:
     verify = system.vigil("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # Where the console (served by the query API) sends the commands of its forms; unset:
     # the command API on this host and `command_port`.
     command_api_url: str | None = None
+    # The console's sign-in through the identity provider (authorization code with PKCE):
+    # its authorization and token endpoints and the console's client id. Unset: sign in by
+    # pasting a token. The tokens it returns are verified like any (VIGIL_JWKS_URL, ...).
+    console_authorize_url: str | None = None
+    console_token_url: str | None = None
+    console_client_id: str | None = None
     workers_metrics_port: int = Field(default=9101, ge=0, le=65535)
     relay_metrics_port: int = Field(default=9102, ge=0, le=65535)
     case_opener_metrics_port: int = Field(default=9103, ge=0, le=65535)

@@ -361,3 +361,106 @@ def test_a_form_without_its_csrf_token_or_from_another_origin_changes_nothing(
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy
     assert "unsafe-inline" not in policy
+
+
+class AuthorizationServer:
+    """A small authorization server for the test: `/authorize` sends the browser straight
+    back with a code (remembering the PKCE challenge), `/token` gives a token signed for
+    this system only when the verifier matches the challenge."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import threading
+        from base64 import urlsafe_b64encode
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlencode, urlsplit
+
+        self.codes: dict[str, str] = {}  # code -> challenge
+        self.exchanges: list[bool] = []
+        self.token = ""
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                assert query["code_challenge_method"] == "S256"
+                code = uuid.uuid4().hex
+                server.codes[code] = query["code_challenge"]
+                back = urlencode({"code": code, "state": query["state"]})
+                self.send_response(303)
+                self.send_header("Location", f"{query['redirect_uri']}?{back}")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                challenge = server.codes.pop(form.get("code", ""), None)
+                digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+                matches = challenge == urlsafe_b64encode(digest).decode().rstrip("=")
+                server.exchanges.append(matches)
+                body = f'{{"access_token": "{server.token}", "token_type": "Bearer"}}'
+                self.send_response(200 if matches else 400)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode() if matches else b'{"error": "invalid_grant"}')
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[AuthorizationServer]:
+    server = AuthorizationServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def provider_system(
+    databases: Databases, tmp_path_factory: pytest.TempPathFactory, provider: AuthorizationServer
+) -> Iterator[System]:
+    with running_system(
+        databases,
+        tmp_path_factory.mktemp("console-idp"),
+        processes=(),
+        console_authorize_url=f"{provider.url}/authorize",
+        console_token_url=f"{provider.url}/token",
+        console_client_id="vigil-console-test",
+    ) as running:
+        yield running
+
+
+def test_sign_in_through_the_identity_provider_with_pkce(
+    provider_system: System, provider: AuthorizationServer, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    system = provider_system
+    provider.token = system.headers("compliance", "ida")["Authorization"].removeprefix("Bearer ")
+    browser.delete_all_cookies()
+    browser.get(f"{system.query.url}/console/login")
+    click_through(browser, "a[data-provider-sign-in]")
+    until(
+        lambda: True if browser.current_url.rstrip("/").endswith("/console") else None,
+        "the console after the provider's redirect",
+    )
+    assert "ida (compliance)" in browser.find_element(By.CSS_SELECTOR, "[data-who]").text
+    assert provider.exchanges == [True], "the code was exchanged with the matching verifier"
+    shoot(browser, "login-provider")
+    # A callback with a state that is not ours signs nobody in.
+    browser.delete_all_cookies()
+    browser.get(f"{system.query.url}/console/login/callback?code=x&state=forged")
+    assert (
+        "did not come back as it left"
+        in browser.find_element(By.CSS_SELECTOR, "[data-failed]").text
+    )
+    assert browser.get_cookie("vigil_console") is None

@@ -267,6 +267,8 @@ def test_an_auditor_sees_an_account_as_of_a_moment_runs_verify_and_downloads_an_
     browser.find_element(By.ID, "to").send_keys(end)
     click_through(browser, "button[data-make-export]", confirm=True)
     assert "export made" in browser.find_element(By.CSS_SELECTOR, "[data-flash]").text
+    check = browser.find_element(By.CSS_SELECTOR, "[data-export-check]").text
+    assert check == "signature and files verify"
     link = browser.find_element(By.CSS_SELECTOR, "a[data-download]").get_attribute("href")
     shoot(browser, "audit")
     cookie = browser.get_cookie("vigil_console")["value"]
@@ -315,6 +317,8 @@ def test_the_overview_figures_change_when_money_moves_without_reloading(
         "the transfers figure to move",
     )
     assert browser.execute_script("return document.body.dataset.unreloaded") == "yes"
+    live = browser.find_element(By.CSS_SELECTOR, "[data-field='live_rate']").text
+    assert float(live) >= 0, live
 
 
 def test_a_form_without_its_csrf_token_or_from_another_origin_changes_nothing(

@@ -10,6 +10,7 @@ query side itself still changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -27,6 +28,8 @@ from fastapi.templating import Jinja2Templates
 
 from domain.errors import DomainError
 from domain.money import format_amount
+from infrastructure.audit.export import default_export_root
+from infrastructure.audit.export_verify import MANIFEST_FILE, verify_export
 from interfaces.api.console.session import (
     CSRF_FIELD,
     check_form,
@@ -513,11 +516,28 @@ async def audit(request: Request) -> Response:
     if not console.may("audit.read"):
         raise ApiRefused(403, {"detail": "this role may not read the audit pages"})
     exports = await console.get("/v1/audit/exports", limit=20)
+    for export in exports["items"]:
+        export["check"] = await _export_check(request, export["export_id"])
     access = None
     if console.may("audit.access_log"):
         access = await console.get("/v1/audit/access-log", limit=20)
     verify = getattr(request.app.state, "console_last_verify", None)
     return console.page("audit.html", exports=exports, access=access, verify=verify)
+
+
+async def _export_check(request: Request, export_id: str) -> str:
+    """Whether an export's files verify (every hash, the manifest's signature), as
+    `vigil audit verify-export` checks them; once per export (they never change)."""
+    checks: dict[str, str] = request.app.state.__dict__.setdefault("console_export_checks", {})
+    if export_id in checks:
+        return checks[export_id]
+    directory = default_export_root(request.app.state.settings) / export_id
+    if not (directory / MANIFEST_FILE).is_file():
+        return "files not on this server"
+    check = await asyncio.to_thread(verify_export, directory)
+    verdict = "signature and files verify" if check.verified else f"{len(check.problems)} problems"
+    checks[export_id] = verdict
+    return verdict
 
 
 @router.post("/audit/verify")

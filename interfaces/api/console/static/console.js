@@ -17,6 +17,8 @@ function setField(name, value) {
   }
 }
 
+let previous = null; // {count, at}: the last refresh's transfers so far, for the live rate
+
 async function refreshOverview(panel) {
   const status = panel.querySelector("[data-status]");
   try {
@@ -24,7 +26,14 @@ async function refreshOverview(panel) {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const figures = await response.json();
     setField("transfers_last_hour", String(figures.transfers_last_hour));
-    setField("transfers_per_s", String(figures.transfers_per_s));
+    let count = 0;
+    for (const metrics of Object.values(figures.totals)) count += metrics.transfers.count;
+    const at = Date.now();
+    if (previous !== null && at > previous.at) {
+      const rate = Math.max(0, count - previous.count) / ((at - previous.at) / 1000);
+      setField("live_rate", rate.toFixed(1));
+    }
+    previous = { count, at };
     for (const [currency, metrics] of Object.entries(figures.totals)) {
       for (const [metric, total] of Object.entries(metrics)) {
         setField(`${currency}.${metric}.count`, String(total.count));

@@ -42,7 +42,10 @@ CSV_COLUMNS: Final = (
     "hash",
     "previous_hash",
     "mac",
+    "mac_kid",
 )
+# Exports written before `mac_kid` had a column still verify: the check needs hashes, not kids.
+CSV_COLUMNS_WITHOUT_KID: Final = CSV_COLUMNS[:-1]
 MANIFEST_KEYS: Final = (
     "export_id",
     "range",
@@ -331,22 +334,24 @@ def _events(path: Path, fmt: str, problems: Problems) -> Iterator[tuple[int, dic
                     problems.add(f"{path.name} line {line}: not a JSON object")
             return
         reader = csv.reader(data)
-        if next(reader, None) != list(CSV_COLUMNS):
+        header = next(reader, None)
+        if header not in (list(CSV_COLUMNS), list(CSV_COLUMNS_WITHOUT_KID)):
             problems.add(f"{path.name}: the header is not {','.join(CSV_COLUMNS)}")
             return
+        columns = tuple(header)
         for row in reader:
             line = reader.line_num
-            if len(row) != len(CSV_COLUMNS):
-                problems.add(f"{path.name} line {line}: {len(row)} cells, not {len(CSV_COLUMNS)}")
+            if len(row) != len(columns):
+                problems.add(f"{path.name} line {line}: {len(row)} cells, not {len(columns)}")
                 continue
             try:
-                yield line, _csv_event(row)
+                yield line, _csv_event(columns, row)
             except orjson.JSONDecodeError as error:
                 problems.add(f"{path.name} line {line}: payload is not JSON ({error})")
 
 
-def _csv_event(row: list[str]) -> dict[str, Any]:
-    cells = dict(zip(CSV_COLUMNS, row, strict=True))
+def _csv_event(columns: tuple[str, ...], row: list[str]) -> dict[str, Any]:
+    cells = dict(zip(columns, row, strict=True))
     event: dict[str, Any] = {k: (v if v != "" else None) for k, v in cells.items()}
     event["actor"] = {"subject": cells["actor_subject"], "role": cells["actor_role"]}
     event["payload"] = orjson.loads(cells["payload"])

@@ -1,6 +1,11 @@
-"""Every Kafka client Vigil makes takes the broker's TLS and SASL settings. (The embedded
-test broker, tansu 0.6.0, is not used here: its build refuses --cert with --key and the
-TLS listener it starts with --cert alone answered no TLS handshake of aiokafka's.)"""
+"""Every Kafka client Vigil makes takes the broker's TLS and SASL settings.
+
+The embedded test broker, tansu 0.6.0, is not used here. Its build refuses --cert with --key,
+and the TLS listener it starts with --cert alone answered no TLS handshake of aiokafka's.
+With --authentication it speaks SCRAM (a client configured as below gets its server-first
+message, an unauthenticated one is refused), but its users can only be created through
+AlterUserScramCredentials, a request aiokafka cannot send, so no client can log in to it.
+"""
 
 from __future__ import annotations
 

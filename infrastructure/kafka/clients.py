@@ -40,6 +40,7 @@ FETCH_WAIT_MS = 100
 REQUEST_TIMEOUT_MS = 5_000  # a broker that is down costs a producer at most this an attempt
 PRODUCER_LINGER_MS = 5  # small: latency matters more than batching a few more events
 METADATA_MAX_AGE_MS = 30_000
+PROBE_FETCH_PARTITION_BYTES, PROBE_FETCH_BYTES = 4_096, 65_536  # a record batch or so each
 PARTITION_CACHE_MAX = 200_000  # accounts whose partition is remembered (~100 B each)
 
 
@@ -99,6 +100,25 @@ def new_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         retry_backoff_ms=100,
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
         partitioner=CachedPartitioner(),
+        **security_options(settings),
+    )
+
+
+def new_probe_consumer(settings: Settings, client_id: str) -> AIOKafkaConsumer:
+    """A consumer of no group, for reading a partition's log end where we say (the relay's
+    check that the broker still holds what it acknowledged). Small fetches: it wants the
+    high watermark the fetch reply carries, not the records."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.resolved_kafka_bootstrap(),
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=PROBE_FETCH_PARTITION_BYTES,
+        fetch_max_bytes=PROBE_FETCH_BYTES,
+        request_timeout_ms=REQUEST_TIMEOUT_MS + 1_000,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         **security_options(settings),
     )
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
-from infrastructure.kafka.clients import new_admin, new_producer
+from infrastructure.kafka.clients import new_admin, new_probe_consumer, new_producer
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.relay")
@@ -28,6 +28,7 @@ TOPIC_RETRY_S = 0.1
 REPLICATION_FACTOR = 1
 UNKNOWN_TOPIC = 3  # Kafka error codes
 TOPIC_ALREADY_EXISTS = 36
+PROBE_WAIT_MS = 1_000  # for the log ends of all the partitions probed
 
 
 class TopicsNotReady(Exception):
@@ -35,7 +36,7 @@ class TopicsNotReady(Exception):
 
 
 class RelayBroker:
-    """Admin client and offsets probe, created lazily and dropped after any error."""
+    """Admin client and log-end probe, created lazily and dropped after any error."""
 
     def __init__(self, settings: Settings, ledger_topic: str, topics: Sequence[str]) -> None:
         assert ledger_topic in topics
@@ -44,15 +45,64 @@ class RelayBroker:
         self.ledger_topic = ledger_topic
         self.topics = tuple(topics)
         self._admin: AIOKafkaAdminClient | None = None
+        self._probe: AIOKafkaConsumer | None = None
 
     def new_producer(self) -> AIOKafkaProducer:
         return new_producer(self.settings, "vigil-relay")
 
     async def close(self) -> None:
         admin, self._admin = self._admin, None
+        probe, self._probe = self._probe, None
         with contextlib.suppress(KafkaError, OSError):
             if admin is not None:
                 await admin.close()
+        with contextlib.suppress(KafkaError, OSError):
+            if probe is not None:
+                await probe.stop()
+
+    async def log_lost(self, topic: str, acknowledged: Mapping[int, int]) -> bool:
+        """Whether the broker lost what it acknowledged on `topic`: a partition whose log
+        now ends at or before the last offset it acknowledged us (`acknowledged`: partition
+        -> offset). A live log only grows, so this holds whichever partitions were written
+        since: after a restart the new batches may all land on partitions never written
+        before, and the offsets of those sends would say nothing. A partition the probe gets
+        no answer for within PROBE_WAIT_MS counts as not lost (the next probe asks again)."""
+        if not acknowledged:
+            return False
+        try:
+            return await self._log_lost(topic, acknowledged)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _log_lost(self, topic: str, acknowledged: Mapping[int, int]) -> bool:
+        if self._probe is None:
+            probe = new_probe_consumer(self.settings, "vigil-relay-probe")
+            try:
+                await probe.start()
+            except BaseException:
+                with contextlib.suppress(KafkaError, OSError):
+                    await probe.stop()
+                raise
+            self._probe = probe
+        partitions = [TopicPartition(topic, p) for p in sorted(acknowledged)]
+        self._probe.assign(partitions)
+        for partition in partitions:
+            # At the last acknowledged record: a fetch there brings the log's end back.
+            self._probe.seek(partition, acknowledged[partition.partition])
+        await self._probe.getmany(*partitions, timeout_ms=PROBE_WAIT_MS)
+        for partition in partitions:
+            end = self._probe.highwater(partition)
+            if end is not None and end <= acknowledged[partition.partition]:
+                log.warning(
+                    "relay_log_lost",
+                    topic=topic,
+                    partition=partition.partition,
+                    log_end=end,
+                    acknowledged=acknowledged[partition.partition],
+                )
+                return True
+        return False
 
     async def ensure_topics(self) -> bool:
         """Create missing topics, recreate ones with another partition count. Returns

@@ -363,9 +363,13 @@ class Relay:
         # acknowledged at an offset we already had (`_send`). Not as the end offsets a
         # probe reads: tansu reports the start of a partition's last batch there, which
         # looked like a lost log after every batch and rewound the relay every few seconds.
+        # Whoever (re)created the topic (the alerts relay makes ours too), a log that no
+        # longer holds what it acknowledged is lost: the probe reads each partition's end.
         recreated = await self._broker.ensure_topics()
         if recreated and self.state.position > 0:
             await self._rewind("topic_recreated")
+        elif await self._broker.log_lost(self.topic, self.state.offsets):
+            await self._rewind("log_end_before_acknowledged")
 
     async def _rewind(self, reason: str) -> None:
         """New epoch, from the lowest position a projection still needs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import orjson
@@ -78,7 +79,14 @@ class AlertsOutboxRelay:
             await broker.ensure_topics()  # never let a send auto-create it wrongly sized
             await producer.start()
             log.info("outbox_relay_started", topic=self.topic, position=self.state.position)
+            health_due = time.monotonic() + self.settings.relay_health_interval_s
             while not stop.is_set():
+                if time.monotonic() >= health_due:
+                    # A lost log whichever partitions the next sends land on (see
+                    # RelayBroker.log_lost); the sends' offsets tell only for their own.
+                    if await broker.log_lost(self.topic, self.state.offsets):
+                        await self._republish_all(store)
+                    health_due = time.monotonic() + self.settings.relay_health_interval_s
                 batch_max = self.settings.outbox_batch_events_max
                 if await self._publish_next(store, producer) < batch_max:
                     await _wait_for_notify(listener, stop, self.settings.outbox_poll_interval_s)

@@ -18,7 +18,8 @@ import orjson
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from application.commands import Deposit, OpenAccount, Submission, Transfer
 from application.envelope import envelope
@@ -424,6 +425,55 @@ def test_after_a_broker_restart_the_relay_republishes_from_the_lowest_projection
     republished = {notification_id(r) for r in records if int(header(r, "relay_epoch")) >= 2}
     assert republished == expected
     assert asyncio.run(partition_count(first.bootstrap, topic)) == 6
+
+
+def test_a_lost_log_is_noticed_when_the_new_sends_land_only_on_partitions_never_written(
+    settings_factory: Any, restartable_broker: Callable[[], EmbeddedBroker]
+) -> None:
+    """After a restart the topic may be back with the right partition count, made by
+    another client (the alerts relay makes the ledger topic too), and the next events may
+    all go to partitions the relay never wrote to: their offsets start at 0 as on any new
+    partition. The relay still sees that the partitions it did write lost their log."""
+    first = restartable_broker()
+    settings = relay_settings(settings_factory, first.bootstrap, topic_partitions=6)
+    topic = ledger_events_topic(settings)
+    ledger = open_ledger(settings)
+    limits = RelayLimits.from_settings(settings, health_interval_s=0.3)
+    try:
+        [written] = open_accounts(ledger, 1)
+        deposits = [sub(Deposit(written, Money(100 + k, "GBP"), uuid4()), "d") for k in range(3)]
+        assert all(o.error is None for o in ledger.execute(deposits))  # all on one partition
+        fresh = next(i for i in iter(uuid4, None) if partition_of(i, 6) != partition_of(written, 6))
+        with RelayThread(Relay(settings, limits)):
+            wait_until(caught_up(settings, ledger), "relay caught up before the restart")
+        first.stop()
+        second = restartable_broker()
+        asyncio.run(create_topic(second.bootstrap, topic, 6))
+        with RelayThread(Relay(settings, limits)):
+            # Events on a partition the relay never wrote to: offsets from 0, as if new.
+            opened = sub(OpenAccount(fresh, "Bo", "001", "GBP", 0), "after-restart")
+            deposit = sub(Deposit(fresh, Money(700, "GBP"), uuid4()), "after-restart")
+            assert all(o.error is None for o in ledger.execute([opened, deposit]))
+            wait_until(caught_up(settings, ledger, epoch_min=2), "relay noticed, republished")
+        expected = set(stored_envelopes(ledger))
+    finally:
+        ledger.close()
+    records = consume(settings, expected)
+    assert {notification_id(r) for r in records} == expected  # the whole store, again
+
+
+def partition_of(account_id: UUID, partitions: int) -> int:
+    everyone = list(range(partitions))
+    return int(DefaultPartitioner()(str(account_id).encode(), everyone, everyone))
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 def test_a_second_relay_waits_for_the_first_and_takes_over_when_it_stops(

@@ -21,6 +21,7 @@ from uuid import UUID
 
 import psycopg
 import structlog
+from eventsourcing.persistence import PersistenceError
 from prometheus_client import Counter
 from psycopg.sql import SQL, Identifier
 
@@ -73,7 +74,13 @@ class HoldSweeper:
             if self._scheduled.get(account_id) != at:
                 continue  # rescheduled since
             del self._scheduled[account_id]
-            expired += self._expire_due(account_id, now)
+            try:
+                expired += self._expire_due(account_id, now)
+            except BaseException:
+                # The store went away mid-sweep: keep the account due, or its holds would
+                # wait for the next restart of this process.
+                self._schedule(account_id, now + timedelta(seconds=1))
+                raise
         self.expired += expired
         return expired
 
@@ -162,6 +169,16 @@ def _case_of(hold: PendingHold) -> UUID | None:
     return None if hold.review is None else UUID(hold.review["case_id"])
 
 
+def discard_dead_connections(ledger: Ledger) -> None:
+    """Drop the ledger's pooled connections that died with the server (a restart): else
+    each would fail one more sweep before the pool let it go."""
+    datastore = getattr(ledger.recorder, "datastore", None)
+    pool = getattr(datastore, "pool", None)
+    if pool is not None:
+        with contextlib.suppress(Exception):  # the server may still be away: next time
+            pool.check()
+
+
 async def run_hold_sweeper(
     settings: Settings, ledger: Ledger, stop: asyncio.Event, sweeper: HoldSweeper | None = None
 ) -> None:
@@ -178,11 +195,15 @@ async def run_hold_sweeper(
                         connect, settings, "hold-sweeper", autocommit=True
                     )
                 await asyncio.to_thread(sweeper.sweep_once, conn)
-            except (psycopg.Error, OSError) as error:
+            except (psycopg.Error, OSError, PersistenceError) as error:
+                # The ledger's own reads fail as the library's PersistenceError (an
+                # OperationalError when the server went away): the same outage.
                 log.warning("hold_sweep_unavailable", error=f"{type(error).__name__}: {error}")
                 if conn is not None:
                     conn.close()
                 conn = None
+                if isinstance(error, PersistenceError):
+                    await asyncio.to_thread(discard_dead_connections, ledger)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.hold_sweep_interval_s)
     finally:

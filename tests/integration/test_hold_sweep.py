@@ -3,10 +3,13 @@ two sweeps running at once (two case openers) expire it once."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID, uuid4
+
+import psycopg
 
 from application.commands import Deposit, OpenAccount, PlaceHold
 from application.ledger import Ledger
@@ -14,7 +17,7 @@ from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.postgres.connect import connect
 from infrastructure.settings import Settings
-from infrastructure.workers.hold_sweeper import HoldSweeper
+from infrastructure.workers.hold_sweeper import HoldSweeper, run_hold_sweeper
 from tests.integration.support import run, stored_envelopes
 
 
@@ -65,3 +68,39 @@ def test_a_due_hold_is_expired_once_by_two_sweeps_running_at_once(
     assert expiries[0].actor == {"subject": "system:holds", "role": "system"}
     # The account stays watched for the hold still pending.
     assert all(s.accounts_watched == 1 for s in sweepers)
+
+
+def test_the_sweeper_outlives_the_database_dropping_every_connection(
+    settings: Settings,
+) -> None:
+    """The ledger's pooled connections die under it (a PostgreSQL restart, as far as the
+    sweeper can tell): that sweep fails, is logged, and the next one expires the hold."""
+    ledger = open_ledger(settings)
+    try:
+        account_id, soon, later = _account_with_holds(ledger)
+        ledger.get_account(account_id)  # the pool holds a connection now
+        with psycopg.connect(settings.resolved_database_url(), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        time.sleep(1.1)  # the first hold is due
+        quick = settings.model_copy(update={"hold_sweep_interval_s": 0.2})
+
+        async def sweep_for_a_while() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_hold_sweeper(quick, ledger, stop))
+            await asyncio.sleep(3)
+            stop.set()
+            await task  # raises if a failed sweep escaped
+
+        asyncio.run(sweep_for_a_while())
+    finally:
+        ledger.close()
+    fresh = open_ledger(settings)  # the first ledger's pool may still hold dead connections
+    try:
+        assert set(fresh.get_account(account_id).holds) == {str(later)}
+        expired = [e for e in stored_envelopes(fresh) if e.event_type == "HoldExpired"]
+        assert [e.payload["hold_id"] for e in expired] == [str(soon)]
+    finally:
+        fresh.close()

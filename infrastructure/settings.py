@@ -267,54 +267,75 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_refuses_dev_keys(self) -> Settings:
+        """Production starts only with everything it needs, and says at once all that is
+        missing or too weak (one error, every item named), not one item per try."""
         if self.env != "production":
             return self
-        self._production_token_keys()
-        if self.audit_mac_key is None and not self.audit_mac_keys:
-            raise ValueError("production needs VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS")
-        if self.cipher_key is None and not self.cipher_keys and not self.cipher_off_in_production:
-            # Encryption at rest is on in production unless someone says, in writing, no.
-            raise ValueError(
-                "production needs VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)"
-            )
-        for kid, mac_key in self.audit_mac_keys_resolved().items():
-            strong_enough(f"the audit MAC key {kid!r}", mac_key.decode())
-        for kid, cipher_key in self.cipher_keys_resolved().items():
-            strong_enough(f"the cipher key {kid!r}", cipher_key)
-        for kid, secret in self._jwt_secrets().items():
-            strong_enough(f"the JWT key {kid!r}", secret)
-        if self.metrics_token is None:
-            raise ValueError("production needs VIGIL_METRICS_TOKEN (the bearer of /metrics)")
-        strong_enough("VIGIL_METRICS_TOKEN", self.metrics_token.get_secret_value())
+        problems = [*self._production_token_keys(), *self._production_secrets()]
         if self.database_url is None:
-            raise ValueError("production needs VIGIL_DATABASE_URL")
+            problems.append("VIGIL_DATABASE_URL")
+        if self.signing_key_file is None:
+            problems.append("VIGIL_SIGNING_KEY_FILE (the Ed25519 key that signs checkpoints)")
+        elif not self.signing_key_file.is_file():
+            problems.append(f"VIGIL_SIGNING_KEY_FILE: no file at {self.signing_key_file}")
         if self.tls_required:
             untls = self.plaintext_transports()
             if untls:
-                raise ValueError(
-                    f"production needs TLS to {', '.join(untls)} (VIGIL_KAFKA_SECURITY_PROTOCOL"
-                    " SSL or SASL_SSL, sslmode=verify-full in VIGIL_DATABASE_URL, rediss:// in"
+                problems.append(
+                    f"TLS to {', '.join(untls)} (VIGIL_KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL,"
+                    " sslmode=verify-full in VIGIL_DATABASE_URL, rediss:// in"
                     " VIGIL_REDIS_URL), or VIGIL_TLS_REQUIRED=false to waive it"
                 )
+        if problems:
+            raise ValueError("production needs: " + "; ".join(problems))
         return self
 
-    def _production_token_keys(self) -> None:
+    def _production_secrets(self) -> list[str]:
+        problems = []
+        if self.audit_mac_key is None and not self.audit_mac_keys:
+            problems.append("VIGIL_AUDIT_MAC_KEY or VIGIL_AUDIT_MAC_KEYS")
+        if self.cipher_key is None and not self.cipher_keys and not self.cipher_off_in_production:
+            # Encryption at rest is on in production unless someone says, in writing, no.
+            problems.append("VIGIL_CIPHER_KEY (or VIGIL_CIPHER_OFF_IN_PRODUCTION=true)")
+        if self.metrics_token is None:
+            problems.append("VIGIL_METRICS_TOKEN (the bearer of /metrics)")
+        strengths: list[tuple[str, str]] = []
+        if self.audit_mac_key is not None or self.audit_mac_keys:
+            strengths += [
+                (f"the audit MAC key {kid!r}", key.decode())
+                for kid, key in self.audit_mac_keys_resolved().items()
+            ]
+        strengths += [
+            (f"the cipher key {kid!r}", key) for kid, key in self.cipher_keys_resolved().items()
+        ]
+        strengths += [(f"the JWT key {kid!r}", key) for kid, key in self._jwt_secrets().items()]
+        if self.metrics_token is not None:
+            strengths.append(("VIGIL_METRICS_TOKEN", self.metrics_token.get_secret_value()))
+        for what, secret in strengths:
+            try:
+                strong_enough(what, secret)
+            except ValueError as error:
+                problems.append(str(error).removeprefix("production needs "))
+        return problems
+
+    def _production_token_keys(self) -> list[str]:
         """Production verifies the identity provider's signatures; shared HMAC secrets
         only when waived in writing (VIGIL_JWT_HS256_IN_PRODUCTION=true)."""
         hs256 = "HS256" in self.jwt_algorithms and self.jwt_keys_given()
         if hs256 and not self.jwt_hs256_in_production:
-            raise ValueError(
-                "production refuses HS256 tokens: give the identity provider's keys "
-                "(VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES) and set VIGIL_JWT_ALGORITHMS "
-                'to ["RS256"] or ["ES256"], or waive with VIGIL_JWT_HS256_IN_PRODUCTION=true'
-            )
+            return [
+                "the identity provider's keys (production refuses HS256 tokens): VIGIL_JWKS_URL"
+                ' or VIGIL_JWT_PUBLIC_KEY_FILES with VIGIL_JWT_ALGORITHMS ["RS256"] or'
+                ' ["ES256"], or HS256 waived with VIGIL_JWT_HS256_IN_PRODUCTION=true'
+            ]
         if not hs256 and not (self.jwks_url or self.jwt_public_key_files):
-            raise ValueError(
-                "production needs VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES "
-                "(or VIGIL_JWT_KEYS with VIGIL_JWT_HS256_IN_PRODUCTION=true)"
-            )
+            return [
+                "VIGIL_JWKS_URL or VIGIL_JWT_PUBLIC_KEY_FILES (or VIGIL_JWT_KEYS with"
+                " VIGIL_JWT_HS256_IN_PRODUCTION=true)"
+            ]
         if self.jwks_url and not self.jwks_url.startswith("https://"):
-            raise ValueError("production fetches VIGIL_JWKS_URL over https only")
+            return ["VIGIL_JWKS_URL over https (production fetches it over https only)"]
+        return []
 
     def plaintext_transports(self) -> list[str]:
         """The servers this process would reach without TLS (empty: all encrypted)."""

@@ -264,3 +264,19 @@ def command_api(
     server = start_command_api(settings, var_dir / "logs")
     yield server
     server.stop()
+
+
+def signing_key_file(directory: Path) -> Path:
+    """A fresh Ed25519 signing key (PEM, PKCS#8, mode 0600), as production settings need."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = directory / "signing-key.pem"
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    return path

@@ -4,7 +4,7 @@ ledger itself, its tables created under the migration lock."""
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
@@ -14,6 +14,7 @@ from application.ports import NoReplyCache, ReplyCache
 from domain.screening import Screening
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.cipher import RotatingCipher
+from infrastructure.eventstore.persistence import CONNECT_PARAMS, VigilPostgresFactory
 from infrastructure.eventstore.recorder import VigilRecorder
 from infrastructure.eventstore.schema import store_names, warn_if_behind
 from infrastructure.eventstore.transcoder import OrjsonTranscoder
@@ -28,7 +29,7 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
     if url.scheme not in ("postgresql", "postgres"):
         raise ConfigurationError(f"VIGIL_DATABASE_URL must be postgresql://, not {url.scheme}")
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": get_topic(VigilPostgresFactory),
         "APPLICATION_RECORDER_TOPIC": get_topic(VigilRecorder),
         "TRANSCODER_TOPIC": get_topic(OrjsonTranscoder),
         "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "vigil",
@@ -48,6 +49,11 @@ def event_store_env(settings: Settings, *, create_table: bool) -> dict[str, str]
         # No AGGREGATE_CACHE_MAXSIZE: the library's repository keeps no cache. Hot
         # accounts are held by the ledger itself (`accounts_in_memory_max`).
     }
+    # The rest of the URL (sslmode and the certificates, above all): the library has no
+    # setting for them and would connect without.
+    params = dict(parse_qsl(url.query, keep_blank_values=True))
+    if params:
+        env[CONNECT_PARAMS] = json.dumps(params)
     cipher_keys = settings.cipher_keys_resolved()
     if cipher_keys:
         # AES-GCM from the `cryptography` package, under named keys that rotate.

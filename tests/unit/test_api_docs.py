@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from infrastructure.settings import Settings, load_settings
 from interfaces.api.command.app import create_command_app
 from interfaces.api.query.app import create_query_app
+from tests.conftest import signing_key_file
 
 APPS: list[Callable[[Settings], FastAPI]] = [create_command_app, create_query_app]
 
@@ -31,6 +32,7 @@ def _production(tmp_path: Path, **overrides: Any) -> Settings:
         "audit_mac_key": secrets.token_urlsafe(48),
         "cipher_key": secrets.token_urlsafe(48),
         "metrics_token": secrets.token_urlsafe(48),
+        "signing_key_file": signing_key_file(tmp_path),
         "rate_limit_anonymous_per_s": 0,  # no Redis here
     }
     values.update(overrides)

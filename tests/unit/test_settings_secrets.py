@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from infrastructure.settings import ConfigurationError, entropy_bits, load_settings
+from tests.conftest import signing_key_file
 
 CIPHER_SECRET = "c1pher-VALUE-that-must-never-show-9f8e7d"
 JWT_SECRET = "jwt-VALUE-that-must-never-show-0a1b2c3d4e5f"
@@ -30,6 +31,7 @@ def _production(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "audit_mac_key": _strong(),
         "cipher_key": _strong(),
         "metrics_token": _strong(),
+        "signing_key_file": signing_key_file(tmp_path),
     }
     values.update(overrides)
     return values
@@ -144,3 +146,29 @@ def test_kafka_sasl_needs_its_mechanism_user_and_password(tmp_path: Path) -> Non
         kafka_sasl_username="vigil",
         kafka_sasl_password="secret",
     )
+
+
+def test_production_names_everything_it_lacks_in_one_error(tmp_path: Path) -> None:
+    """Not one missing item per attempt: an operator fixes the whole list at once."""
+    bare = {"env": "production", "var_dir": tmp_path, "database_url": "postgresql://db/vigil"}
+    with pytest.raises(ConfigurationError) as refusal:
+        load_settings(**bare)
+    message = str(refusal.value)
+    for named in (
+        "VIGIL_JWKS_URL",
+        "VIGIL_AUDIT_MAC_KEY",
+        "VIGIL_CIPHER_KEY",
+        "VIGIL_METRICS_TOKEN",
+        "VIGIL_SIGNING_KEY_FILE",
+        "TLS to Kafka, PostgreSQL",
+        "VIGIL_TLS_REQUIRED=false",
+    ):
+        assert named in message, (named, message)
+    assert message.count("production needs") == 1
+
+
+def test_production_needs_a_signing_key_file_that_exists(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="VIGIL_SIGNING_KEY_FILE"):
+        load_settings(**_production(tmp_path, signing_key_file=None))
+    with pytest.raises(ConfigurationError, match="no file at"):
+        load_settings(**_production(tmp_path, signing_key_file=tmp_path / "absent.pem"))

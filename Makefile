@@ -8,7 +8,7 @@ ifdef CI
 export HYPOTHESIS_PROFILE := ci
 endif
 
-.PHONY: install run test lint clean bench audit-deps
+.PHONY: install run test lint clean bench faults soak audit-deps
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -51,3 +51,15 @@ clean:
 # prints a table and writes var/bench/latest.json.
 bench: install
 	$(VENV)/bin/python load/bench.py
+
+# Fault injection: a system of its own under var/faults/run-*/, a mixed workload, every kind
+# of crash and outage (about 60, for about 20 minutes), the invariants after each; prints a
+# table and writes var/faults/latest.json. Exit 1 on any violation.
+faults: install
+	$(VENV)/bin/python load/faults.py
+
+# Twenty minutes (SOAK_MINUTES) at half the capacity `make bench` measured: memory and lag
+# within their bounds, the invariants at the end; writes var/soak/latest.json.
+SOAK_MINUTES ?= 20
+soak: install
+	$(VENV)/bin/python load/soak.py --minutes $(SOAK_MINUTES)

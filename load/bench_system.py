@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,9 @@ class System:
     children: dict[str, list[ManagedProcess]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     postgres: EmbeddedPostgres | None = None
+    # The PostgreSQL URL the children get, from the server's (the fault driver puts a proxy
+    # between them); by default the server's own.
+    children_database_url: Callable[[EmbeddedPostgres], str] | None = None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[System]:
@@ -204,8 +207,9 @@ class System:
         except EmbeddedServerError as error:
             raise BenchFailed(f"a server did not start: {error}") from None
         env = {k: v for k, v in os.environ.items() if k not in OWN_VARIABLES}
+        hook = self.children_database_url
         env.update(
-            VIGIL_DATABASE_URL=self.postgres.url,
+            VIGIL_DATABASE_URL=hook(self.postgres) if hook else self.postgres.url,
             VIGIL_REDIS_URL=redis.url,
             VIGIL_KAFKA_BOOTSTRAP=broker.bootstrap,
             VIGIL_VAR_DIR=str(self.run_dir),
@@ -228,8 +232,9 @@ class System:
         for name in CHILD_ORDER:
             self.start(name)
 
-    def start(self, name: str, rules: Path | None = None) -> float:
-        """Start one part (all its processes) and wait until it is ready; returns when."""
+    def start(self, name: str, rules: Path | None = None, *, again: bool = False) -> float:
+        """Start one part (all its processes) and wait until it is ready; returns when.
+        `again`: a restart, whose log goes on after the previous run's lines."""
         env = self.env | {"VIGIL_RULES_CONFIG": str(rules or self.rules)}
         started: list[ManagedProcess] = []
         ready: list[tuple[ManagedProcess, str, str | None]] = []
@@ -239,14 +244,14 @@ class System:
             argv = ["api", which, "--port", str(urlsplit(url).port)]
             if which == "command" and self.command_workers > 1:
                 argv += ["--workers", str(self.command_workers)]
-            started.append(spawn(name, _vigil(*argv), self._log(name), env))
+            started.append(spawn(name, _vigil(*argv), self._log(name), env, append=again))
             ready.append((started[-1], url + API_READY_PATH, None))
         else:
             count = self.workers_processes if name == "workers" else 1
             for k in range(count):
                 port = free_port()
                 argv = _vigil(name.replace("_", "-"), "--metrics-port", str(port))
-                started.append(spawn(name, argv, self._log(f"{name}-{k}"), env))
+                started.append(spawn(name, argv, self._log(f"{name}-{k}"), env, append=again))
                 # One process holding partitions is enough: with several, some may get none.
                 gauge = None if name == "relay" or k else PARTITIONS_ASSIGNED_GAUGE
                 ready.append((started[-1], f"http://{LOOPBACK}:{port}/metrics", gauge))

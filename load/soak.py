@@ -1,0 +1,286 @@
+"""`make soak`: hours of running, shortened to --minutes (default 20), at half the capacity
+`make bench` measured (its var/bench/latest.json; 1,200 transfers/s, this machine's last
+measured capacity, if there is none), or at --rate.
+
+Starts the system under `var/soak/run-<time>/` as `make bench` does (servers of its own, on
+free loopback ports) and offers the benchmark's mix, open loop, for the whole run. Every
+--sample-s it records the resident memory of each process and the projections' lag. It
+holds when:
+
+- memory: after the first --warmup-minutes, no process grows past 1.5 times its size then
+  plus 64 MiB (a leak of a few kilobytes a second shows within twenty minutes);
+- lag: the balances and alerts projections' lag p99 stays under --lag-p99-s (default 5 s)
+  and everything is applied within a minute of the load's end;
+- the invariants (faults_checks.py): money conserved per currency, the read models equal to
+  the store, every alert in one case, a fresh replay equal to the read models, and
+  `vigil audit verify` clean.
+
+Prints what it saw and writes JSON to --out (default var/soak/latest.json); exit 1 if a bound
+or an invariant does not hold.
+
+    python load/soak.py [--minutes 20] [--rate N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import RULES, Pipeline
+from bench_figures import lag_stats, latency_ms
+from bench_load import BRANCH, Tally, fund_accounts, mixed_streams, open_accounts, open_loop
+from bench_system import BenchFailed, Http, System
+from faults_checks import Checker
+
+from infrastructure.runtime import tune_gc
+from infrastructure.settings import load_settings
+from interfaces.api.http.tokens import issue_token
+
+CAPACITY_FALLBACK = 1_200
+ACCOUNTS = 2_000
+GROWTH_FACTOR, GROWTH_SLACK_MIB = 1.5, 64.0
+DRAIN_S = 60.0
+TOKEN_TTL_S = 12 * 3600
+SEGMENT_S = 60.0  # the load is offered in segments, so progress shows between them
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def half_capacity(path: Path) -> float:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        capacity = json.loads(path.read_text())["capacity"]["transfers_per_s"]
+        if capacity:
+            return float(capacity) / 2
+    return CAPACITY_FALLBACK / 2
+
+
+def resident_mib(system: System) -> dict[str, float]:
+    """Resident memory of each part (its processes together), PostgreSQL's too."""
+    sizes: dict[str, float] = defaultdict(float)
+    for name, process in system._processes():
+        with contextlib.suppress(psutil.Error):
+            sizes[name] += process.memory_info().rss / 2**20
+    postmaster = system._postmaster()
+    if postmaster is not None:
+        with contextlib.suppress(psutil.Error):
+            for process in [postmaster, *postmaster.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    sizes["postgres"] += process.memory_info().rss / 2**20
+    return {name: round(size, 1) for name, size in sizes.items()}
+
+
+async def _offer(
+    system: System,
+    args: argparse.Namespace,
+    api: str,
+    teller: str,
+    ids: list[str],
+    pipeline: Pipeline,
+    tally: Tally,
+    memory: list[dict[str, Any]],
+) -> None:
+    """The open-loop load for --minutes, in segments; memory sampled all along."""
+    started_s = time.monotonic()
+    end_s = started_s + args.minutes * 60
+    streams = mixed_streams(args.rate)
+
+    async def sample_memory() -> None:
+        while True:
+            memory.append({"t_s": round(time.monotonic() - started_s, 1)} | resident_mib(system))
+            await asyncio.sleep(args.sample_s)
+
+    sampling = asyncio.create_task(sample_memory())
+    try:
+        while (left_s := end_s - time.monotonic()) > 1:
+            await open_loop(api, teller, ids, streams, min(SEGMENT_S, left_s), tally)
+            elapsed_s = time.monotonic() - started_s
+            _say(
+                f"  {elapsed_s / 60:.1f} min: {tally.transfers:,} transfers, lag now "
+                f"{pipeline.lag_now_s():.1f} s, memory {memory[-1] if memory else {}}"
+            )
+    finally:
+        sampling.cancel()
+
+
+async def soak(system: System, args: argparse.Namespace) -> dict[str, Any]:
+    assert system.postgres is not None
+    settings = load_settings(
+        var_dir=system.run_dir, env="development", database_url=system.postgres.url
+    )
+    subject = f"soak-{uuid.uuid4().hex[:8]}"
+    teller = issue_token(settings, role="teller", branch=BRANCH, subject=subject, ttl_s=TOKEN_TTL_S)
+    admin = issue_token(settings, role="admin", subject=subject, ttl_s=TOKEN_TTL_S)
+    api = str(system.info["command_api"])
+    pipeline = Pipeline(Http(str(system.info["query_api"]), admin))
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(pipeline.run(stop))
+    memory: list[dict[str, Any]] = []
+    tally = Tally()
+    try:
+        _say(f"setup: {ACCOUNTS:,} accounts, funded")
+        ids = await open_accounts(api, teller, ACCOUNTS, subject)
+        await fund_accounts(api, teller, ids)
+        await pipeline.catch_up(time.monotonic(), 300)
+        _say(
+            f"soak: {args.rate:,.0f} transfers/s offered for {args.minutes:g} minutes, "
+            f"memory and lag sampled every {args.sample_s:g} s"
+        )
+        started_s = time.monotonic()
+        await _offer(system, args, api, teller, ids, pipeline, tally, memory)
+        ended_s = time.monotonic()
+        drained = await pipeline.catch_up(ended_s, DRAIN_S)
+        lag = lag_stats(pipeline.samples, started_s, ended_s)
+    finally:
+        stop.set()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+    _say("checking the invariants (replay and audit verify too)")
+    env = system.env | {"VIGIL_DATABASE_URL": system.postgres.url}
+    checker = Checker(settings, env | {"VIGIL_RULES_CONFIG": str(RULES)})
+    try:
+        invariants = await asyncio.to_thread(checker.check, [], full=True)
+    finally:
+        checker.close()
+    return _verdict(args, tally, memory, lag, drained, invariants, ended_s - started_s)
+
+
+def _verdict(
+    args: argparse.Namespace,
+    tally: Tally,
+    memory: list[dict[str, Any]],
+    lag: dict[str, Any],
+    drained: bool,
+    invariants: list[str],
+    seconds: float,
+) -> dict[str, Any]:
+    problems = list(invariants)
+    warm = [m for m in memory if m["t_s"] >= args.warmup_minutes * 60]
+    growth: dict[str, dict[str, float]] = {}
+    if warm:
+        first, last = warm[0], warm[-1]
+        for part in sorted(set(first) - {"t_s"}):
+            peak = max(m.get(part, 0.0) for m in warm)
+            bound = first[part] * GROWTH_FACTOR + GROWTH_SLACK_MIB
+            growth[part] = {
+                "after_warmup_mib": first[part],
+                "end_mib": last.get(part, 0.0),
+                "peak_mib": peak,
+                "bound_mib": round(bound, 1),
+            }
+            if peak > bound:
+                problems.append(f"{part} grew to {peak} MiB, over its bound of {bound:.0f} MiB")
+    p99 = lag.get("lag_p99_s")
+    if p99 is None or p99 > args.lag_p99_s:
+        problems.append(f"lag p99 {p99} s, over {args.lag_p99_s} s")
+    if not drained:
+        problems.append(f"the projections did not catch up within {DRAIN_S:.0f} s of the end")
+    failed = sum(tally.errors.values())
+    if failed > tally.requests * 0.001:
+        problems.append(f"{failed} requests failed: {dict(tally.errors)}")
+    return {
+        "offered_transfers_per_s": args.rate,
+        "minutes": args.minutes,
+        "seconds": round(seconds, 1),
+        "transfers": tally.transfers,
+        "transfers_per_s": round(tally.transfers / seconds, 1) if seconds else 0.0,
+        "requests": tally.requests,
+        "late": tally.late,
+        "failed": failed,
+        **latency_ms(tally.latencies_ms),
+        **lag,
+        "memory": growth,
+        "memory_samples": memory,
+        "bounds": {
+            "memory": f"peak <= {GROWTH_FACTOR} x size after warm-up + {GROWTH_SLACK_MIB:.0f} MiB",
+            "lag_p99_s": args.lag_p99_s,
+            "drain_s": DRAIN_S,
+        },
+        "problems": problems,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=None, help="transfers/s offered")
+    parser.add_argument("--bench-result", type=Path, default=Path("var/bench/latest.json"))
+    parser.add_argument("--warmup-minutes", type=float, default=2.0)
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--lag-p99-s", type=float, default=5.0)
+    parser.add_argument("--keep", action="store_true", help="keep the run's data directories")
+    parser.add_argument("--out", type=Path, default=Path("var/soak/latest.json"))
+    args = parser.parse_args(argv)
+    if not 1 <= args.minutes <= 24 * 60:
+        parser.error("--minutes: 1 .. 1440")
+    if args.rate is None:
+        args.rate = half_capacity(args.bench_result)
+    if not 1 <= args.rate <= 50_000:
+        parser.error("--rate: 1 .. 50,000 transfers/s")
+    args.warmup_minutes = min(args.warmup_minutes, args.minutes / 4)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
+    tune_gc()
+    started_at = datetime.now(UTC)
+    run_dir = (Path("var/soak") / f"run-{started_at:%Y%m%d-%H%M%S}").resolve()
+    system = System(run_dir, RULES)
+    _say(f"starting the system in {run_dir}")
+    try:
+        with system.running():
+            result = asyncio.run(soak(system, args))
+    except BenchFailed as error:
+        print(f"soak: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("soak: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        if system.leftovers:
+            print(f"soak: could not stop {', '.join(system.leftovers)}", file=sys.stderr)
+        if not args.keep:
+            for data in ("pgdata", "redis", "broker"):
+                shutil.rmtree(run_dir / data, ignore_errors=True)
+    result |= {"started_at": started_at.isoformat(timespec="seconds"), "run_dir": str(run_dir)}
+    _say()
+    _say(
+        f"{result['transfers']:,} transfers ({result['transfers_per_s']}/s of "
+        f"{args.rate:,.0f} offered), p95 {result.get('p95_ms')} ms, lag p99 "
+        f"{result.get('lag_p99_s')} s"
+    )
+    for part, sizes in result["memory"].items():
+        _say(
+            f"  {part:<12} {sizes['after_warmup_mib']:>8.1f} MiB after warm-up, peak "
+            f"{sizes['peak_mib']:>8.1f}, bound {sizes['bound_mib']:>8.1f}"
+        )
+    for problem in result["problems"]:
+        _say(f"  PROBLEM {problem}")
+    _say("holds" if not result["problems"] else f"{len(result['problems'])} problems")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _say(f"written to {args.out}")
+    return 0 if not result["problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

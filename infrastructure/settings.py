@@ -111,6 +111,11 @@ class Settings(BaseSettings):
 
     topic_prefix: str = ""
     topic_partitions: int = Field(default=12, gt=0)
+    # Copies of each partition the relay asks for when it creates a topic (3 in production:
+    # one broker may fail without losing an acknowledged event), and how many must have a
+    # write before it is acknowledged (0: one fewer than the copies, at least 1).
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+    topic_min_insync_replicas: int = Field(default=0, ge=0, le=16)
 
     group_commit_window_ms: float = Field(default=2, ge=0)
     group_commit_max: int = Field(default=1000, gt=0)
@@ -259,6 +264,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                "VIGIL_TOPIC_MIN_INSYNC_REPLICAS cannot exceed VIGIL_TOPIC_REPLICATION_FACTOR "
+                "(no write could ever be acknowledged)"
+            )
+        return self
+
+    def min_insync_replicas(self) -> int:
+        """min.insync.replicas of the topics the relay creates."""
+        if self.topic_min_insync_replicas:
+            return self.topic_min_insync_replicas
+        return max(1, self.topic_replication_factor - 1)
+
+    @model_validator(mode="after")
     def _money_ceilings_relate(self) -> Settings:
         check_money_ceilings(
             self.amount_max, self.overdraft_max, self.teller_overdraft_max, self.balance_max
@@ -336,6 +356,14 @@ class Settings(BaseSettings):
         if self.jwks_url and not self.jwks_url.startswith("https://"):
             return ["VIGIL_JWKS_URL over https (production fetches it over https only)"]
         return []
+
+    def tls_waived(self) -> list[str]:
+        """Production reaching a server without TLS because VIGIL_TLS_REQUIRED=false said
+        so: what every process logs at start and lists in /health/ready."""
+        plain = self.plaintext_transports() if self.env == "production" else []
+        if not plain or self.tls_required:
+            return []
+        return [f"transport TLS waived (VIGIL_TLS_REQUIRED=false): {', '.join(plain)} in plaintext"]
 
     def plaintext_transports(self) -> list[str]:
         """The servers this process would reach without TLS (empty: all encrypted)."""

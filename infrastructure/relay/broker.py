@@ -25,7 +25,6 @@ log = structlog.get_logger("vigil.relay")
 
 TOPIC_ATTEMPTS_MAX = 10  # delete/create rounds lost to clients auto-creating the topic
 TOPIC_RETRY_S = 0.1
-REPLICATION_FACTOR = 1
 UNKNOWN_TOPIC = 3  # Kafka error codes
 TOPIC_ALREADY_EXISTS = 36
 PROBE_WAIT_MS = 1_000  # for the log ends of all the partitions probed
@@ -132,7 +131,7 @@ class RelayBroker:
                     )
                 deleted = await admin.delete_topics(wrong)
                 _raise_errors(deleted.topic_error_codes, tolerated={UNKNOWN_TOPIC})
-            new = [NewTopic(t, self.partitions, REPLICATION_FACTOR) for t in [*missing, *wrong]]
+            new = [self._new_topic(t) for t in [*missing, *wrong]]
             response = await admin.create_topics(new)
             # Already exists: someone auto-created it meanwhile; the next round checks it.
             _raise_errors(
@@ -142,6 +141,14 @@ class RelayBroker:
             ledger_created = ledger_created or self.ledger_topic in {*missing, *wrong}
             await asyncio.sleep(TOPIC_RETRY_S)
         raise TopicsNotReady(f"topics {self.topics} not ready after {TOPIC_ATTEMPTS_MAX} rounds")
+
+    def _new_topic(self, name: str) -> NewTopic:
+        """Our partition count and copies; with copies, how many acknowledge a write."""
+        copies = self.settings.topic_replication_factor
+        configs = {}
+        if copies > 1:
+            configs["min.insync.replicas"] = str(self.settings.min_insync_replicas())
+        return NewTopic(name, self.partitions, copies, topic_configs=configs)
 
     async def _partition_counts(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
         # list_topics first: a metadata request naming a missing topic would create it.

@@ -31,7 +31,6 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
-from prometheus_client import start_http_server
 from psycopg import sql
 
 from application.ledger import Ledger
@@ -39,6 +38,7 @@ from domain.integrity import relay_mac
 from infrastructure.audit.checkpoints import Checkpointer
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.health import start_metrics_and_health
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 from infrastructure.postgres.connect import connect_async
 from infrastructure.relay import metrics
@@ -441,7 +441,7 @@ def run_relay(settings: Settings, metrics_port: int = 0) -> int:
     Logging is the caller's to configure. `metrics_port` 0 serves no /metrics."""
     server = None
     if metrics_port:
-        server, _ = start_http_server(metrics_port, addr=settings.host)
+        server, _ = start_metrics_and_health(settings, metrics_port, "relay")
     try:
         return asyncio.run(_serve(settings))
     finally:

@@ -21,11 +21,12 @@ import orjson
 import psycopg
 import structlog
 from aiokafka import ConsumerRecord
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter
 
 from application.compliance import AlertSummary, Compliance, Routed
 from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.health import start_metrics_and_health
 from infrastructure.kafka.authenticity import check_alert_message
 from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import (
@@ -233,7 +234,7 @@ def _optional_text(value: object) -> str | None:
 def run_case_opener(settings: Settings, metrics_port: int) -> int:
     """`vigil case-opener`: run until SIGINT or SIGTERM."""
     if metrics_port:
-        start_http_server(metrics_port, addr=settings.host)
+        start_metrics_and_health(settings, metrics_port, "case-opener")
     return asyncio.run(_serve(settings))
 
 

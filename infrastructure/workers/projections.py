@@ -23,10 +23,11 @@ import psycopg
 import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.health import start_metrics_and_health
 from infrastructure.kafka.authenticity import Unauthenticated, check_event_message
 from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
@@ -383,7 +384,7 @@ async def run_projections(
 def serve_workers(settings: Settings, projections: Sequence[str], metrics_port: int) -> int:
     """`vigil workers` / `vigil project NAME`: run until SIGINT or SIGTERM."""
     if metrics_port:
-        start_http_server(metrics_port, addr=settings.host)
+        start_metrics_and_health(settings, metrics_port, "workers")
     return asyncio.run(_serve(settings, projections))
 
 

@@ -21,6 +21,7 @@ from interfaces.cli.commands.audit import (
     run_verify_cli,
     run_verify_export_cli,
 )
+from interfaces.cli.commands.keys import run_generate_cli
 from interfaces.cli.commands.migrate import run_migrate_cli
 from interfaces.cli.commands.quarantine import run_list_cli, run_retry_cli
 from interfaces.cli.commands.replay import run_replay_cli
@@ -28,7 +29,7 @@ from interfaces.cli.commands.rules import run_backtest_cli
 from interfaces.cli.commands.tokens import run_issue_cli
 from interfaces.cli.parsing import Parser, UsageError, add_range, bounded_int, one_line
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+Handler = Callable[[argparse.Namespace, Settings | None], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +156,15 @@ def _add_token_commands(commands: Commands) -> None:
     )
     clean.set_defaults(handler=processes.run_clean_cli)
 
+    keys = commands.add_parser("keys", help="production secrets, made fresh as files")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = keys_commands.add_parser(
+        "generate",
+        help="signing key, MAC, cipher, metrics and JWT keys into a new 0700 directory",
+    )
+    generate.add_argument("directory", type=Path)
+    generate.set_defaults(handler=run_generate_cli, needs_settings=False)
+
     token = commands.add_parser("token", help="development tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     issue = token_commands.add_parser("issue", help="print a signed token")
@@ -179,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
         handler: Handler = args.handler
-        return handler(args, settings)
+        if not getattr(args, "needs_settings", True):
+            return handler(args, None)  # `vigil keys`: makes what the settings need
+        return handler(args, load_settings())
     except ConfigurationError as error:
         print(f"vigil: configuration error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -72,10 +72,7 @@ async def ready(request: Request) -> JSONResponse:
 
 def tls_waived(settings: Settings) -> list[str]:
     """Production reaching a server without TLS, because VIGIL_TLS_REQUIRED=false said so."""
-    plain = settings.plaintext_transports() if settings.env == "production" else []
-    if not plain or settings.tls_required:
-        return []
-    return [f"transport TLS waived (VIGIL_TLS_REQUIRED=false): {', '.join(plain)} in plaintext"]
+    return settings.tls_waived()
 
 
 async def _run_degradation(name: str, check: Callable[[], Awaitable[list[str]]]) -> list[str]:

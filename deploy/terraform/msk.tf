@@ -51,16 +51,22 @@ resource "aws_msk_cluster" "vigil" {
     encryption_at_rest_kms_key_arn = aws_kms_key.vigil.arn
 
     encryption_in_transit {
-      # TODO: "TLS" only, with SASL/IAM or mTLS client authentication, once Vigil's
-      # Kafka clients take security settings (today they connect in plaintext, inside
-      # the VPC, limited by the security group above). Between brokers: always TLS.
-      client_broker = "TLS_PLAINTEXT"
+      # TLS only, between clients and brokers and between brokers. Vigil's clients connect
+      # with VIGIL_KAFKA_SECURITY_PROTOCOL=SASL_SSL, VIGIL_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+      # on port 9096 (the output kafka_bootstrap_brokers_sasl_scram).
+      client_broker = "TLS"
       in_cluster    = true
     }
   }
 
+  # SASL/SCRAM, users from Secrets Manager (aws_msk_scram_secret_association below); no
+  # unauthenticated client. aiokafka speaks SCRAM; IAM would need a signer it lacks.
   client_authentication {
-    unauthenticated = true
+    unauthenticated = false
+    sasl {
+      scram = true
+      iam   = false
+    }
   }
 
   open_monitoring {
@@ -82,4 +88,37 @@ resource "aws_msk_cluster" "vigil" {
       }
     }
   }
+}
+
+# The SCRAM user Vigil's processes log in as. MSK reads it from Secrets Manager: the name
+# must start with AmazonMSK_ and the secret be encrypted with a customer-managed key.
+resource "random_password" "kafka_scram" {
+  length  = 48
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "kafka_scram" {
+  name                    = "AmazonMSK_vigil_${var.environment}"
+  description             = "MSK SASL/SCRAM user of Vigil: VIGIL_KAFKA_SASL_USERNAME / VIGIL_KAFKA_SASL_PASSWORD."
+  kms_key_id              = aws_kms_key.vigil.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "kafka_scram" {
+  secret_id = aws_secretsmanager_secret.kafka_scram.id
+  secret_string = jsonencode({
+    username = "vigil"
+    password = random_password.kafka_scram.result
+  })
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
+resource "aws_msk_scram_secret_association" "vigil" {
+  cluster_arn     = aws_msk_cluster.vigil.arn
+  secret_arn_list = [aws_secretsmanager_secret.kafka_scram.arn]
+
+  depends_on = [aws_secretsmanager_secret_version.kafka_scram]
 }

@@ -14,13 +14,8 @@ output "postgres_master_user_secret_arn" {
 }
 
 output "kafka_bootstrap_brokers" {
-  description = "MSK plaintext bootstrap brokers: the chart's kafka.bootstrap (VIGIL_KAFKA_BOOTSTRAP)."
-  value       = aws_msk_cluster.vigil.bootstrap_brokers
-}
-
-output "kafka_bootstrap_brokers_tls" {
-  description = "MSK TLS bootstrap brokers, for when Vigil's clients support TLS."
-  value       = aws_msk_cluster.vigil.bootstrap_brokers_tls
+  description = "MSK SASL/SCRAM-over-TLS bootstrap brokers (port 9096): the chart's kafka.bootstrap (VIGIL_KAFKA_BOOTSTRAP), with VIGIL_KAFKA_SECURITY_PROTOCOL=SASL_SSL and VIGIL_KAFKA_SASL_MECHANISM=SCRAM-SHA-512."
+  value       = aws_msk_cluster.vigil.bootstrap_brokers_sasl_scram
 }
 
 output "redis_primary_endpoint" {
@@ -33,6 +28,7 @@ output "secret_arns" {
   value = {
     jwt_keys      = aws_secretsmanager_secret.jwt_keys.arn
     audit_mac_key = aws_secretsmanager_secret.audit_mac_key.arn
+    kafka_scram   = aws_secretsmanager_secret.kafka_scram.arn
     redis         = aws_secretsmanager_secret.redis.arn
     database_url  = aws_secretsmanager_secret.database_url.arn
   }

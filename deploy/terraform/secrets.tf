@@ -103,6 +103,7 @@ data "aws_iam_policy_document" "read_vigil_secrets" {
       aws_secretsmanager_secret.audit_mac_key.arn,
       aws_secretsmanager_secret.redis.arn,
       aws_secretsmanager_secret.database_url.arn,
+      aws_secretsmanager_secret.kafka_scram.arn,
     ]
   }
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -40,6 +42,7 @@ from infrastructure.ops.embedded import (
     start_redis,
 )
 from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
+from infrastructure.runtime import tune_gc
 from infrastructure.settings import load_settings
 from interfaces.cli.supervise import gauge_above_zero
 
@@ -69,6 +72,46 @@ TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunEr
 
 class BenchFailed(RuntimeError):
     """The run cannot give honest figures (the system did not start, setup failed)."""
+
+
+T = TypeVar("T")
+
+
+def start_tool(name: str) -> tuple[datetime, Path]:
+    """What every tool that starts a system of its own does first: SIGTERM and SIGHUP end
+    the run as Ctrl-C does (through every `finally`), garbage collected as seldom as the
+    system's processes do, and a run directory `var/<name>/run-<time>` named (not made)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
+    tune_gc()
+    started_at = datetime.now(UTC)
+    return started_at, (Path("var") / name / f"run-{started_at:%Y%m%d-%H%M%S}").resolve()
+
+
+SERVER_DATA = ("pgdata", "redis", "broker")
+
+
+def run_in_system(
+    tool: str, system: System, work: Callable[[System], T], *, keep: bool
+) -> tuple[int, T | None]:
+    """`work(system)` with the system started, then everything stopped, and the servers'
+    data removed unless `keep`: (0, its result), or (1, None) if the run failed, (130,
+    None) if interrupted, each said on stderr as `tool: ...`."""
+    try:
+        with system.running():
+            return 0, work(system)
+    except BenchFailed as error:
+        print(f"{tool}: {error}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f"{tool}: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130, None
+    finally:
+        if system.leftovers:
+            print(f"{tool}: could not stop {', '.join(system.leftovers)}", file=sys.stderr)
+        if not keep:
+            for data in SERVER_DATA:
+                shutil.rmtree(system.run_dir / data, ignore_errors=True)
 
 
 # HTTP ----------------------------------------------------------------------------------------

@@ -35,14 +35,12 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,13 +50,12 @@ import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_system import BenchFailed, Http, System
+from bench_system import BenchFailed, Http, System, run_in_system, start_tool
 from faults_checks import Checker
 from faults_workload import BRANCH, Record, Workload
 
 from infrastructure.ops.embedded import LOOPBACK, log_tail, start_broker, start_redis
 from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
-from infrastructure.runtime import tune_gc
 from infrastructure.settings import Settings, load_settings
 from interfaces.api.http.tokens import issue_token
 
@@ -670,11 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.default_int_handler)
-    tune_gc()
-    started_at = datetime.now(UTC)
-    run_dir = (Path("var/faults") / f"run-{started_at:%Y%m%d-%H%M%S}").resolve()
+    started_at, run_dir = start_tool("faults")
     proxy: StallingProxy | None = None
 
     def through_proxy(postgres: EmbeddedPostgres) -> str:
@@ -689,22 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"starting the system in {run_dir}")
     rng_seed = args.seed if args.seed is not None else random.randrange(2**32)
     random.seed(rng_seed)
-    try:
-        with system.running():
-            assert proxy is not None
-            result = asyncio.run(run_faults(system, proxy, args))
-    except BenchFailed as error:
-        print(f"faults: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("faults: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    finally:
-        if system.leftovers:
-            print(f"faults: could not stop {', '.join(system.leftovers)}", file=sys.stderr)
-        if not args.keep:
-            for data in ("pgdata", "redis", "broker"):
-                shutil.rmtree(run_dir / data, ignore_errors=True)
+
+    def work(system: System) -> dict[str, Any]:
+        assert proxy is not None
+        return asyncio.run(run_faults(system, proxy, args))
+
+    code, result = run_in_system("faults", system, work, keep=args.keep)
+    if result is None:
+        return code
     result |= {
         "started_at": started_at.isoformat(timespec="seconds"),
         "quick": args.quick,

@@ -27,13 +27,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
-import signal
 import sys
 import time
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import RULES, Pipeline
 from bench_figures import lag_stats, latency_ms
 from bench_load import BRANCH, Tally, fund_accounts, mixed_streams, open_accounts, open_loop
-from bench_system import BenchFailed, Http, System
+from bench_system import Http, System, run_in_system, start_tool
 from faults_checks import Checker
 
-from infrastructure.runtime import tune_gc
 from infrastructure.settings import load_settings
 from interfaces.api.http.tokens import issue_token
 
@@ -239,28 +235,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.default_int_handler)
-    tune_gc()
-    started_at = datetime.now(UTC)
-    run_dir = (Path("var/soak") / f"run-{started_at:%Y%m%d-%H%M%S}").resolve()
+    started_at, run_dir = start_tool("soak")
     system = System(run_dir, RULES)
     _say(f"starting the system in {run_dir}")
-    try:
-        with system.running():
-            result = asyncio.run(soak(system, args))
-    except BenchFailed as error:
-        print(f"soak: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("soak: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    finally:
-        if system.leftovers:
-            print(f"soak: could not stop {', '.join(system.leftovers)}", file=sys.stderr)
-        if not args.keep:
-            for data in ("pgdata", "redis", "broker"):
-                shutil.rmtree(run_dir / data, ignore_errors=True)
+    code, result = run_in_system(
+        "soak", system, lambda system: asyncio.run(soak(system, args)), keep=args.keep
+    )
+    if result is None:
+        return code
     result |= {"started_at": started_at.isoformat(timespec="seconds"), "run_dir": str(run_dir)}
     _say()
     _say(

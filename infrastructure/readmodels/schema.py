@@ -6,6 +6,8 @@ tracking rows), read by the query API. All can be dropped and rebuilt from the s
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any, Final
 
 import psycopg
@@ -390,22 +392,70 @@ def set_storage(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
         conn.execute(f"ALTER TABLE {schema}.{table} SET ({settings})")
 
 
+DDL_ATTEMPTS = 5
+DDL_RETRY_S = 0.2
+
+
+def schema_fingerprint(schema: str = SCHEMA) -> str:
+    """The sha256 of everything `ensure_read_models` would run in `schema`."""
+    parts = [ddl(schema), RULE_CONFIGS_DDL, alerts_ddl(schema), quarantine_ddl(schema)]
+    parts += [repr(sorted(storage_options().items())), repr(sorted(ALL_PROJECTIONS))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
     """Create what is missing: every projection's tables (the alerts' and the rules
     configurations' too), positions and quarantine, and set the busiest tables' storage.
-    Callers hold the migration lock."""
-    with conn.transaction():
-        conn.execute(ddl(schema))
-        conn.execute(RULE_CONFIGS_DDL)
-        conn.execute(alerts_ddl(schema))
-        conn.execute(quarantine_ddl(schema))
-        set_storage(conn, schema)
-        for name in ALL_PROJECTIONS:
-            conn.execute(
-                f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
-                "ON CONFLICT DO NOTHING",
-                (name,),
-            )
+    Callers hold the migration lock.
+
+    A schema made by this very code (its fingerprint recorded with it) is left alone: the
+    DDL, even `IF NOT EXISTS`, takes table locks, and run while the workers write (a
+    process restarted beside them) it deadlocked with them. When it must run (a new or
+    changed schema), a deadlock or lock wait it loses is retried."""
+    fingerprint = schema_fingerprint(schema)
+    if _recorded_fingerprint(conn, schema) == fingerprint:
+        return
+    for attempt in range(1, DDL_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                _create(conn, schema, fingerprint)
+            return
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+            if attempt == DDL_ATTEMPTS:
+                raise
+            time.sleep(DDL_RETRY_S * attempt)
+
+
+def _create(conn: psycopg.Connection[Any], schema: str, fingerprint: str) -> None:
+    conn.execute(ddl(schema))
+    conn.execute(RULE_CONFIGS_DDL)
+    conn.execute(alerts_ddl(schema))
+    conn.execute(quarantine_ddl(schema))
+    set_storage(conn, schema)
+    for name in ALL_PROJECTIONS:
+        conn.execute(
+            f"INSERT INTO {schema}.projection_positions (projection) VALUES (%s) "
+            "ON CONFLICT DO NOTHING",
+            (name,),
+        )
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {schema}.schema_fingerprint ("
+        "id int PRIMARY KEY CHECK (id = 1), fingerprint text NOT NULL, "
+        "recorded_at timestamptz NOT NULL DEFAULT now())"
+    )
+    conn.execute(
+        f"INSERT INTO {schema}.schema_fingerprint (id, fingerprint) VALUES (1, %s) "
+        "ON CONFLICT (id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, recorded_at = now()",
+        (fingerprint,),
+    )
+
+
+def _recorded_fingerprint(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    found = conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_fingerprint",)).fetchone()
+    if found is None or found[0] is None:
+        return None
+    row = conn.execute(f"SELECT fingerprint FROM {schema}.schema_fingerprint").fetchone()
+    return None if row is None else str(row[0])
 
 
 def quarantine_ddl(schema: str) -> str:

@@ -414,6 +414,9 @@ def ensure_read_models(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> N
     changed schema), a deadlock or lock wait it loses is retried."""
     fingerprint = schema_fingerprint(schema)
     if _recorded_fingerprint(conn, schema) == fingerprint:
+        # Storage that drifted (an operator's ALTER) is set again: it locks nothing unless
+        # something is to change.
+        set_storage(conn, schema)
         return
     for attempt in range(1, DDL_ATTEMPTS + 1):
         try:

@@ -606,6 +606,9 @@ def _result(run: Run, final: list[str], storm: dict | None, seconds: float) -> d
         },
         "storm": storm,
         "exits": run.exits,
+        # An account's events whose notification ids ran against their versions: not a
+        # broken invariant (state is by version), but worth knowing.
+        "out_of_order_events": run.checker.state.out_of_order[:50],
         "seconds": round(seconds, 1),
     }
 

@@ -57,6 +57,8 @@ class StoreState:
     position: int = 0
     balances: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (currency, minor)
     versions: dict[str, int] = field(default_factory=dict)
+    balance_versions: dict[str, int] = field(default_factory=dict)  # of the balance above
+    out_of_order: list[str] = field(default_factory=list)  # events older than one read
     flows: Counter[str] = field(default_factory=Counter)  # currency -> deposits - withdrawals
     by_transaction: defaultdict[str, Counter[str]] = field(
         default_factory=lambda: defaultdict(Counter)
@@ -67,12 +69,18 @@ class StoreState:
             return
         account_id, event_type = str(body["aggregate_id"]), str(body["event_type"])
         payload = body["payload"]
-        self.versions[account_id] = int(body["version"])
+        version = int(body["version"])
+        # By version, not by arrival: an account's state is its highest version's, whatever
+        # order the notification ids gave (an older version after a newer one is noted).
+        if version < self.versions.get(account_id, 0):
+            self.out_of_order.append(f"{account_id} v{version} after v{self.versions[account_id]}")
+        self.versions[account_id] = max(version, self.versions.get(account_id, 0))
         if event_type == "AccountOpened":
-            self.balances[account_id] = (str(payload["currency"]), 0)
-        if "balance_after_minor" in payload:
+            self.balances.setdefault(account_id, (str(payload["currency"]), 0))
+        if "balance_after_minor" in payload and version > self.balance_versions.get(account_id, 0):
             currency = self.balances[account_id][0]
             self.balances[account_id] = (currency, int(payload["balance_after_minor"]))
+            self.balance_versions[account_id] = version
         if event_type == "Deposited":
             self.flows[str(payload["currency"])] += int(payload["amount_minor"])
         elif event_type == "Withdrawn":

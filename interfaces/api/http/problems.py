@@ -10,7 +10,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
+import psycopg
 import structlog
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
@@ -247,6 +250,26 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(code, detail, headers=headers)
 
 
+STORE_RETRY_AFTER_S: Final = 1
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The database went away under a request that reads it outside the group commit (a
+    pooled connection that died with a restart, a server stopped): 503 to retry, as the
+    commit path answers, not a 500. Nothing was written by this request."""
+    log.warning(
+        "store_unavailable",
+        route=getattr(request.scope.get("route"), "path", None),
+        error=type(exc).__name__,
+    )
+    return problem_response(
+        "unavailable",
+        "the database is unavailable for a moment; retry with the same id",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+        status=503,
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Runs in Starlette's outermost middleware, after ours unwound: bind what we know again.
     correlation_id = request.scope.get("state", {}).get("correlation_id")
@@ -273,6 +296,10 @@ _HANDLERS: Final[Sequence[tuple[type[Exception], Handler]]] = (
     (Unauthorized, _unauthorized),
     (RequestValidationError, _request_validation),
     (HTTPException, _http_exception),
+    # The library wraps psycopg's errors in its own; a lost connection is either.
+    (StoreOperationalError, _store_unavailable),
+    (StoreInterfaceError, _store_unavailable),
+    (psycopg.OperationalError, _store_unavailable),
     (Exception, _unexpected),
 )
 

@@ -53,8 +53,9 @@ bench: install
 	$(VENV)/bin/python load/bench.py
 
 # Fault injection: a system of its own under var/faults/run-*/, a mixed workload, every kind
-# of crash and outage (about 60, for about 20 minutes), the invariants after each; prints a
-# table and writes var/faults/latest.json. Exit 1 on any violation.
+# of crash and outage (up to 60; injecting stops after 25 minutes, about 35 in all), the
+# invariants after each; prints a table and writes var/faults/latest.json. Exit 1 on any
+# violation.
 faults: install
 	$(VENV)/bin/python load/faults.py
 

@@ -36,7 +36,9 @@ def test_projections_show_the_store_head_positions_and_lag(query_env: QueryEnv) 
             "quarantined": 0,
         }
     assert (items["kpis"]["position"], items["kpis"]["lag_events"]) == (head - 4, 4)
-    assert 10.0 <= items["kpis"]["lag_s"] < 600
+    # Seeded 10 s behind when the session's query API started: the lag has grown since by
+    # however long the tests in between took (the fault run alone takes minutes).
+    assert 10.0 <= items["kpis"]["lag_s"] < 3600
 
 
 def _hour_key(hour: datetime) -> str:

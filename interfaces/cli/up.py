@@ -287,7 +287,8 @@ class _Supervisor:
             self.servers.append((name, server))
             self.urls[key] = _address(server)
             elapsed_s = time.monotonic() - started_at_s
-            say(f"  {label} ready on {self.urls[key]} (pid {server.pid}, {elapsed_s:.1f} s)")
+            shown = _redacted(self.urls[key])
+            say(f"  {label} ready on {shown} (pid {server.pid}, {elapsed_s:.1f} s)")
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -14,11 +14,9 @@
 
 The store is read through the ledger's own recorder and decoder, incrementally: each check
 decodes only the events since the last. An account's state is taken from its highest
-version, not from the last event read: reading in notification order once gave an account
-an older balance than its read model (which keeps the highest version) in a final check,
-right after a capture. Events that arrive older than one already read are reported
-(`out_of_order_events`), so that whether the store ever commits an account's versions out
-of notification order shows in the next runs. Used by faults.py, a sibling module.
+version, whatever order the notification ids gave; an event older than one already read
+is reported (`out_of_order_events`): the recorder's table lock should make that never
+happen, and the runs show it. Used by faults.py, a sibling module.
 """
 
 from __future__ import annotations

@@ -200,6 +200,10 @@ class Workload:
                 await self.gate.wait()
                 if stop.is_set():
                     return
+                if not self.gate.is_set():
+                    # Woken by a `set` that a `quiet` undid before this task ran: `quiet`
+                    # has already looked at `in_flight`, so going on would race its check.
+                    continue
                 self.in_flight += 1
                 try:
                     await self.one(http)

@@ -6,9 +6,14 @@
 # the PostgreSQL roles (SQL, see deploy/README.md), the Kafka topics (the chart's hook
 # Job), the Kubernetes Secret (External Secrets / CSI driver, or kubectl).
 #
-# Still to decide before production (search for "TODO"): state backend, KMS key policy,
-# RDS Proxy (not with the relay: it needs session advisory locks and LISTEN/NOTIFY),
-# MSK client authentication (Vigil's Kafka clients have no TLS/SASL settings yet).
+# Still to decide before production (search for "TODO"): the state backend, RDS Proxy
+# (not with the relay: it needs session advisory locks and LISTEN/NOTIFY) and
+# max_connections. `make deploy-check` runs checkov over this directory: every check it
+# fails on purpose is skipped inline, where it applies, with its reason.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
 
 data "aws_eks_cluster" "this" {
   name = var.eks_cluster_name
@@ -26,13 +31,46 @@ locals {
   )
 }
 
-# One customer-managed key for every store and secret of Vigil.
-# TODO: a key policy naming the admin and usage roles (the default policy delegates
-# everything to the account's IAM policies).
+# One customer-managed key for every store and secret of Vigil, rotated yearly by KMS.
 resource "aws_kms_key" "vigil" {
-  description             = "Vigil ${var.environment}: RDS, MSK, ElastiCache, Secrets Manager"
+  description             = "Vigil ${var.environment}: RDS, MSK, ElastiCache, Secrets Manager, logs"
   enable_key_rotation     = true
   deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.kms.json
+}
+
+# The key policy. The account's IAM policies decide who administers and uses the key (the
+# key's own default), and AWS services use it on a caller's behalf through grants (RDS,
+# MSK, ElastiCache, Secrets Manager). CloudWatch Logs, which has no caller, may use it only
+# for the MSK broker log group.
+data "aws_iam_policy_document" "kms" {
+  # checkov:skip=CKV_AWS_109:The key's default statement: IAM policies in the account decide, and only for this key (a key policy's resource "*" is the key itself)
+  # checkov:skip=CKV_AWS_111:The key's default statement, as above
+  # checkov:skip=CKV_AWS_356:A key policy's resource "*" means this key only
+  statement {
+    sid       = "AccountIamPoliciesDecide"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "CloudWatchLogsForTheMskLogGroup"
+    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${var.region}.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:/aws/msk/${local.name}"]
+    }
+  }
 }
 
 resource "aws_kms_alias" "vigil" {

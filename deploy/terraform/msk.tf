@@ -4,7 +4,8 @@
 
 resource "aws_cloudwatch_log_group" "msk" {
   name              = "/aws/msk/${local.name}"
-  retention_in_days = 90
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.vigil.arn
 }
 
 resource "aws_msk_configuration" "vigil" {
@@ -98,6 +99,7 @@ resource "random_password" "kafka_scram" {
 }
 
 resource "aws_secretsmanager_secret" "kafka_scram" {
+  # checkov:skip=CKV2_AWS_57:A SCRAM password is rotated by putting a new secret value (MSK re-reads it), then restarting the Vigil pods; no rotation Lambda
   name                    = "AmazonMSK_vigil_${var.environment}"
   description             = "MSK SASL/SCRAM user of Vigil: VIGIL_KAFKA_SASL_USERNAME / VIGIL_KAFKA_SASL_PASSWORD."
   kms_key_id              = aws_kms_key.vigil.arn

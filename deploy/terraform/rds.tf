@@ -72,6 +72,13 @@ resource "aws_db_instance" "vigil" {
   allow_major_version_upgrade = false
   apply_immediately           = false
 
+  # IAM database authentication on as well, for people (short-lived tokens for audits and
+  # break-glass access); Vigil's roles keep their passwords.
+  iam_database_authentication_enabled = true
+
+  monitoring_interval = 60
+  monitoring_role_arn = aws_iam_role.rds_monitoring.arn
+
   performance_insights_enabled          = true
   performance_insights_kms_key_id       = aws_kms_key.vigil.arn
   performance_insights_retention_period = 7
@@ -80,4 +87,30 @@ resource "aws_db_instance" "vigil" {
   # TODO: max_connections. Each Vigil process opens up to 2 x VIGIL_DB_POOL_SIZE
   # connections plus a few of its own; size the instance (or set the parameter) for
   # (command + query replicas at their HPA maximum + workers + 1 relay) x ~20.
+}
+
+# Enhanced monitoring: RDS publishes OS metrics as this role, which can do nothing else.
+data "aws_iam_policy_document" "rds_monitoring_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["monitoring.rds.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "rds_monitoring" {
+  name               = "${local.name}-rds-monitoring"
+  assume_role_policy = data.aws_iam_policy_document.rds_monitoring_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "rds_monitoring" {
+  role       = aws_iam_role.rds_monitoring.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
 }

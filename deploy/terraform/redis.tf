@@ -23,8 +23,8 @@ resource "aws_elasticache_replication_group" "vigil" {
   port                 = 6379
 
   num_cache_clusters         = 1 + var.redis_replicas
-  automatic_failover_enabled = var.redis_replicas > 0
-  multi_az_enabled           = var.redis_replicas > 0
+  automatic_failover_enabled = true # redis_replicas is at least 1
+  multi_az_enabled           = true
 
   subnet_group_name  = aws_elasticache_subnet_group.vigil.name
   security_group_ids = [aws_security_group.redis.id]

@@ -26,6 +26,7 @@ resource "random_password" "audit_mac_key" {
 }
 
 resource "aws_secretsmanager_secret" "jwt_keys" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand, as deploy/README.md says (new key beside the old, then restart); a rotation Lambda cannot know Vigil's key rings
   name                    = "vigil/${var.environment}/jwt-keys"
   description             = "VIGIL_JWT_KEYS: JSON {kid: HS256 key}; VIGIL_JWT_KID names the signing one. Rotate by adding a key (deploy/README.md)."
   kms_key_id              = aws_kms_key.vigil.arn
@@ -44,6 +45,7 @@ resource "aws_secretsmanager_secret_version" "jwt_keys" {
 # The key of every event's MAC. Losing it makes every stored MAC unverifiable, and a
 # new key only covers new events: never delete it, rotate only with a re-MAC plan.
 resource "aws_secretsmanager_secret" "audit_mac_key" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand, as deploy/README.md says (new key beside the old, then restart); a rotation Lambda cannot know Vigil's key rings
   name                    = "vigil/${var.environment}/audit-mac-key"
   description             = "VIGIL_AUDIT_MAC_KEY: HMAC key of each event's mac. Keep outside the database; never delete."
   kms_key_id              = aws_kms_key.vigil.arn
@@ -64,6 +66,7 @@ resource "aws_secretsmanager_secret_version" "audit_mac_key" {
 }
 
 resource "aws_secretsmanager_secret" "redis" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand, as deploy/README.md says (new key beside the old, then restart); a rotation Lambda cannot know Vigil's key rings
   name                    = "vigil/${var.environment}/redis"
   description             = "ElastiCache auth token and VIGIL_REDIS_URL (rediss://)."
   kms_key_id              = aws_kms_key.vigil.arn
@@ -87,6 +90,7 @@ resource "aws_secretsmanager_secret_version" "redis" {
 # exist (deploy/README.md, "Database roles"):
 #   aws secretsmanager put-secret-value --secret-id vigil/<env>/database-url --secret-string '...'
 resource "aws_secretsmanager_secret" "database_url" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand, as deploy/README.md says (new key beside the old, then restart); a rotation Lambda cannot know Vigil's key rings
   name                    = "vigil/${var.environment}/database-url"
   description             = "VIGIL_DATABASE_URL of the Vigil service role (not the RDS master user)."
   kms_key_id              = aws_kms_key.vigil.arn
@@ -107,9 +111,15 @@ data "aws_iam_policy_document" "read_vigil_secrets" {
     ]
   }
 
+  # Only to read these secrets through Secrets Manager, not to decrypt anything else.
   statement {
     sid       = "DecryptWithVigilKey"
     actions   = ["kms:Decrypt"]
     resources = [aws_kms_key.vigil.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${var.region}.amazonaws.com"]
+    }
   }
 }

@@ -131,9 +131,25 @@ variable "redis_node_type" {
 }
 
 variable "redis_replicas" {
-  description = "Read replicas besides the primary (at least 1 for automatic failover)."
+  description = "Replicas besides the primary, in other AZs: at least 1, for Multi-AZ automatic failover."
   type        = number
   default     = 1
+
+  validation {
+    condition     = var.redis_replicas >= 1 && var.redis_replicas <= 5
+    error_message = "redis_replicas must be 1 to 5: without a replica there is no automatic failover."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Days CloudWatch keeps the MSK broker logs (a value CloudWatch accepts, at least 365)."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = contains([365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of CloudWatch's values from 365 up."
+  }
 }
 
 # --- Secrets ------------------------------------------------------------------------------

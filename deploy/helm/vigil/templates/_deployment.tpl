@@ -17,8 +17,11 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {{ include "vigil.componentName" $ctx }}
+  namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "vigil.componentLabels" $ctx | nindent 4 }}
+  annotations:
+    {{- include "vigil.checkovSkips" $root | nindent 4 }}
 spec:
   {{- if ne (toString .replicas) "" }}
   replicas: {{ .replicas }}

@@ -25,10 +25,12 @@ def _env(path: Path) -> dict[str, Any]:
 
 def test_the_keys_start_production_and_are_private(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    signing, public, env_file = generate_keys(keys)
+    signing, public, env_file, metrics_token = generate_keys(keys)
     assert keys.stat().st_mode & 0o777 == 0o700
-    for path in (signing, public, env_file):
+    for path in (signing, public, env_file, metrics_token):
         assert path.stat().st_mode & 0o777 == 0o600, path
+    # Prometheus's bearer file holds exactly the token the processes expect.
+    assert metrics_token.read_text() == _env(env_file)["metrics_token"]
     settings = load_settings(
         env="production",
         var_dir=tmp_path,

@@ -6,7 +6,9 @@
 - `vigil.env`: VIGIL_AUDIT_MAC_KEY, VIGIL_CIPHER_KEY (base64 of 32 random bytes),
   VIGIL_METRICS_TOKEN and an HS256 key for tokens of a stack without an identity provider
   (VIGIL_JWT_KEYS, VIGIL_JWT_KID), as `NAME=value` lines (an env file for compose, a Secret
-  for Kubernetes).
+  for Kubernetes);
+- `metrics-token`: VIGIL_METRICS_TOKEN alone, the file a Prometheus scrape config reads
+  as its bearer (`credentials_file`).
 
 Every file is 0600 in a 0700 directory; nothing is overwritten (generate into a new
 directory, then move what you rotate). No setting is read: it runs before there are any.
@@ -27,6 +29,7 @@ from interfaces.cli.parsing import UsageError
 
 ENV_FILE = "vigil.env"
 SIGNING_KEY_FILE = "signing-key.pem"
+METRICS_TOKEN_FILE = "metrics-token"  # noqa: S105 - a file name, not a token
 PUBLIC_DIR = "public"
 
 
@@ -55,7 +58,7 @@ def generate_keys(directory: Path) -> list[Path]:
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (directory / PUBLIC_DIR).mkdir(mode=0o700, exist_ok=True)
-    for name in (SIGNING_KEY_FILE, ENV_FILE):
+    for name in (SIGNING_KEY_FILE, ENV_FILE, METRICS_TOKEN_FILE):
         if (directory / name).exists():
             raise FileExistsError(f"{directory / name} exists: generate into a new directory")
     key = Ed25519PrivateKey.generate()
@@ -75,9 +78,10 @@ def generate_keys(directory: Path) -> list[Path]:
     }
     env = "".join(f"{name}={value}\n" for name, value in values.items())
     written = [directory / SIGNING_KEY_FILE, public, directory / ENV_FILE]
-    for path, content in zip(
-        written, [pem, public_key_pem(key.public_key()).encode(), env.encode()], strict=True
-    ):
+    written.append(directory / METRICS_TOKEN_FILE)
+    contents = [pem, public_key_pem(key.public_key()).encode(), env.encode()]
+    contents.append(values["VIGIL_METRICS_TOKEN"].encode())
+    for path, content in zip(written, contents, strict=True):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(content)

@@ -8,7 +8,7 @@ ifdef CI
 export HYPOTHESIS_PROFILE := ci
 endif
 
-.PHONY: install run test lint clean bench faults soak audit-deps
+.PHONY: install run test lint deploy-check clean bench faults soak audit-deps
 
 # Reinstalled whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +22,23 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/vigil up
 
-test: lint
+test: lint deploy-check
 	$(VENV)/bin/python -m pytest -q
+
+# The deploy artefacts, offline: the chart rendered and validated against the Kubernetes
+# schemas, checkov over the chart, Terraform and Dockerfile, promtool on the alert rules,
+# the compose file against the Compose schema (deploy/check/check.py says what each does).
+# checkov lives in a venv of its own: its pinned dependencies clash with Vigil's.
+CHECKOV_VENV ?= .venv-checkov
+
+$(CHECKOV_VENV)/.installed: deploy/check/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q -r deploy/check/requirements-checkov.txt
+	touch $@
+
+deploy-check: install $(CHECKOV_VENV)/.installed
+	$(VENV)/bin/python deploy/check/check.py --checkov $(CHECKOV_VENV)/bin/checkov
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -14,7 +14,7 @@ endif
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e '.[dev,embedded]'
+	$(VENV)/bin/pip install -e '.[dev,embedded,msk-iam]'
 	touch $@
 
 install: $(VENV)/.installed

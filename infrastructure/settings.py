@@ -7,6 +7,7 @@ embedded servers (`var/up.json`) and its development secrets (`var/dev-keys.json
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import math
@@ -101,7 +102,12 @@ class Settings(BaseSettings):
 
     # How every Kafka client reaches the broker (producers, consumers, admin clients).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # AWS_MSK_IAM: OAUTHBEARER with tokens signed by the pod's AWS credentials (IRSA), for
+    # MSK with IAM access control; needs the `msk-iam` extra and a region, no password.
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "AWS_MSK_IAM"] | None
+    ) = None
+    kafka_aws_region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
@@ -254,12 +260,29 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _kafka_sasl_is_whole(self) -> Settings:
         sasl = self.kafka_security_protocol.startswith("SASL_")
+        if self.kafka_sasl_mechanism == "AWS_MSK_IAM":
+            return self._kafka_msk_iam_is_whole()
         given = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
         if sasl and any(value is None for value in given):
             raise ValueError(
                 f"VIGIL_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                 "VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME and "
                 "VIGIL_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def _kafka_msk_iam_is_whole(self) -> Settings:
+        if self.kafka_security_protocol != "SASL_SSL":
+            raise ValueError("VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs SASL_SSL")
+        if self.kafka_aws_region is None:
+            raise ValueError(
+                "VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs VIGIL_KAFKA_AWS_REGION (the "
+                "MSK cluster's region, e.g. eu-west-2)"
+            )
+        if importlib.util.find_spec("aws_msk_iam_sasl_signer") is None:
+            raise ValueError(
+                "VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs AWS's token signer: "
+                "pip install 'vigil[msk-iam]' (the image: --build-arg VIGIL_EXTRAS=msk-iam)"
             )
         return self
 

@@ -61,12 +61,15 @@ resource "aws_msk_cluster" "vigil" {
   }
 
   # SASL/SCRAM, users from Secrets Manager (aws_msk_scram_secret_association below); no
-  # unauthenticated client. aiokafka speaks SCRAM; IAM would need a signer it lacks.
+  # unauthenticated client. With msk_iam_auth, IAM access control as well (port 9098):
+  # Vigil signs its tokens with AWS's signer (the vigil[msk-iam] extra,
+  # VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM), the pods' IRSA role holding the output
+  # msk_iam_client_policy_json.
   client_authentication {
     unauthenticated = false
     sasl {
       scram = true
-      iam   = false
+      iam   = var.msk_iam_auth
     }
   }
 
@@ -123,4 +126,35 @@ resource "aws_msk_scram_secret_association" "vigil" {
   secret_arn_list = [aws_secretsmanager_secret.kafka_scram.arn]
 
   depends_on = [aws_secretsmanager_secret_version.kafka_scram]
+}
+
+# What the Vigil pods' IRSA role needs with IAM access control, and nothing more: connect
+# to this cluster; read, write, create and (the relay, when a topic has another partition
+# count) delete the topics named <VIGIL_TOPIC_PREFIX>vigil.*; join the consumer groups
+# named the same way.
+data "aws_iam_policy_document" "msk_iam_client" {
+  statement {
+    sid       = "ConnectToTheVigilCluster"
+    actions   = ["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"]
+    resources = [aws_msk_cluster.vigil.arn]
+  }
+
+  statement {
+    sid = "VigilTopics"
+    actions = [
+      "kafka-cluster:CreateTopic",
+      "kafka-cluster:DeleteTopic",
+      "kafka-cluster:DescribeTopic",
+      "kafka-cluster:DescribeTopicDynamicConfiguration",
+      "kafka-cluster:ReadData",
+      "kafka-cluster:WriteData",
+    ]
+    resources = ["arn:${data.aws_partition.current.partition}:kafka:${var.region}:${data.aws_caller_identity.current.account_id}:topic/${aws_msk_cluster.vigil.cluster_name}/${aws_msk_cluster.vigil.cluster_uuid}/${var.topic_prefix}vigil.*"]
+  }
+
+  statement {
+    sid       = "VigilConsumerGroups"
+    actions   = ["kafka-cluster:AlterGroup", "kafka-cluster:DescribeGroup"]
+    resources = ["arn:${data.aws_partition.current.partition}:kafka:${var.region}:${data.aws_caller_identity.current.account_id}:group/${aws_msk_cluster.vigil.cluster_name}/${aws_msk_cluster.vigil.cluster_uuid}/${var.topic_prefix}vigil.*"]
+  }
 }

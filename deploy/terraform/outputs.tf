@@ -31,6 +31,9 @@ output "secret_arns" {
     kafka_scram   = aws_secretsmanager_secret.kafka_scram.arn
     redis         = aws_secretsmanager_secret.redis.arn
     database_url  = aws_secretsmanager_secret.database_url.arn
+    cipher_key    = aws_secretsmanager_secret.cipher_key.arn
+    metrics_token = aws_secretsmanager_secret.metrics_token.arn
+    signing_key   = aws_secretsmanager_secret.signing_key.arn
   }
 }
 
@@ -61,4 +64,14 @@ output "helm_values" {
       topicPartitions = var.topic_partitions
     }
   }
+}
+
+output "kafka_bootstrap_brokers_iam" {
+  description = "MSK IAM bootstrap brokers (port 9098), with msk_iam_auth: the chart's kafka.bootstrap with VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM."
+  value       = var.msk_iam_auth ? aws_msk_cluster.vigil.bootstrap_brokers_sasl_iam : ""
+}
+
+output "msk_iam_client_policy_json" {
+  description = "IAM policy for the Vigil pods' IRSA role with msk_iam_auth: this cluster, the <prefix>vigil.* topics and consumer groups, nothing else."
+  value       = data.aws_iam_policy_document.msk_iam_client.json
 }

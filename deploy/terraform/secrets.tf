@@ -97,6 +97,71 @@ resource "aws_secretsmanager_secret" "database_url" {
   recovery_window_in_days = 7
 }
 
+# VIGIL_CIPHER_KEY: encrypts every event's state at rest (production refuses to start
+# without it). Never delete: stored events need it, whichever key is current.
+resource "random_bytes" "cipher_key" {
+  length = 32
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_secretsmanager_secret" "cipher_key" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand, as deploy/README.md says (a new kid in VIGIL_CIPHER_KEYS beside the old ones); a rotation Lambda cannot know Vigil's key rings
+  name                    = "vigil/${var.environment}/cipher-key"
+  description             = "VIGIL_CIPHER_KEY: AES key (base64) of the event state at rest. Keep every old key; never delete."
+  kms_key_id              = aws_kms_key.vigil.arn
+  recovery_window_in_days = 30
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_secretsmanager_secret_version" "cipher_key" {
+  secret_id     = aws_secretsmanager_secret.cipher_key.id
+  secret_string = random_bytes.cipher_key.base64
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
+# VIGIL_METRICS_TOKEN: the bearer of the APIs' /metrics (the ServiceMonitor reads it).
+resource "random_password" "metrics_token" {
+  length  = 64
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "metrics_token" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand: put a new value, restart the pods and the scrapers together
+  name                    = "vigil/${var.environment}/metrics-token"
+  description             = "VIGIL_METRICS_TOKEN: bearer token of the APIs' /metrics."
+  kms_key_id              = aws_kms_key.vigil.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "metrics_token" {
+  secret_id     = aws_secretsmanager_secret.metrics_token.id
+  secret_string = random_password.metrics_token.result
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
+# The Ed25519 signing key (VIGIL_SIGNING_KEY_FILE) is made by `vigil keys generate`, not
+# here, so that it never sits in the Terraform state: put it with
+#   aws secretsmanager put-secret-value --secret-id vigil/<env>/signing-key --secret-string file://signing-key.pem
+resource "aws_secretsmanager_secret" "signing_key" {
+  # checkov:skip=CKV2_AWS_57:Rotated by hand: a new key signs, the old public half stays for verifying (deploy/README.md)
+  name                    = "vigil/${var.environment}/signing-key"
+  description             = "The Ed25519 key (PEM) that signs checkpoints and export manifests; mounted as a file."
+  kms_key_id              = aws_kms_key.vigil.arn
+  recovery_window_in_days = 30
+}
+
 # What the reader of these secrets (e.g. External Secrets Operator's IRSA role) needs.
 data "aws_iam_policy_document" "read_vigil_secrets" {
   statement {
@@ -108,6 +173,9 @@ data "aws_iam_policy_document" "read_vigil_secrets" {
       aws_secretsmanager_secret.redis.arn,
       aws_secretsmanager_secret.database_url.arn,
       aws_secretsmanager_secret.kafka_scram.arn,
+      aws_secretsmanager_secret.cipher_key.arn,
+      aws_secretsmanager_secret.metrics_token.arn,
+      aws_secretsmanager_secret.signing_key.arn,
     ]
   }
 

@@ -87,6 +87,18 @@ variable "kafka_version" {
   default     = "3.6.0"
 }
 
+variable "msk_iam_auth" {
+  description = "Also enable MSK IAM access control (port 9098): Vigil then authenticates with the pods' IRSA role (VIGIL_KAFKA_SASL_MECHANISM=AWS_MSK_IAM, the vigil[msk-iam] extra) instead of a SCRAM password."
+  type        = bool
+  default     = false
+}
+
+variable "topic_prefix" {
+  description = "VIGIL_TOPIC_PREFIX of the deployment (the chart's kafka.topicPrefix): the IAM policy covers the topics and groups named <prefix>vigil.*."
+  type        = string
+  default     = ""
+}
+
 variable "msk_instance_type" {
   description = "MSK broker instance type."
   type        = string

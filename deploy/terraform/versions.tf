@@ -11,7 +11,7 @@ terraform {
     }
     random = {
       source  = "hashicorp/random"
-      version = ">= 3.6.0, < 4.0.0"
+      version = ">= 3.6.0, < 4.0.0" # random_bytes (the cipher key) since 3.5
     }
   }
 

@@ -1,4 +1,5 @@
-"""Every Kafka client Vigil makes takes the broker's TLS and SASL settings.
+"""Every Kafka client Vigil makes takes the broker's TLS and SASL settings, MSK's IAM
+tokens included.
 
 The embedded test broker, tansu 0.6.0, is not used here. Its build refuses --cert with --key,
 and the TLS listener it starts with --cert alone answered no TLS handshake of aiokafka's.
@@ -10,19 +11,22 @@ AlterUserScramCredentials, a request aiokafka cannot send, so no client can log 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from infrastructure.kafka.clients import new_admin, new_consumer, new_producer, security_options
-from infrastructure.settings import load_settings
+from infrastructure.settings import ConfigurationError, load_settings
 
 
 def _ca_file(tmp_path: Path) -> Path:
@@ -106,3 +110,48 @@ def test_every_client_factory_applies_them(tmp_path: Path) -> None:
         assert client._sasl_mechanism == "PLAIN"
         assert client._sasl_plain_username == "vigil"
         assert isinstance(client._ssl_context, ssl.SSLContext)
+
+
+def test_msk_iam_needs_tls_and_a_region(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="needs SASL_SSL"):
+        _settings(tmp_path, kafka_security_protocol="SASL_PLAINTEXT", **_iam("eu-west-2"))
+    with pytest.raises(ConfigurationError, match="VIGIL_KAFKA_AWS_REGION"):
+        _settings(tmp_path, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM")
+    with pytest.raises(ConfigurationError, match=r"(?i)kafka_aws_region"):
+        _settings(tmp_path, kafka_security_protocol="SASL_SSL", **_iam("eu west 2"))
+
+
+def _iam(region: str) -> dict[str, Any]:
+    return {"kafka_sasl_mechanism": "AWS_MSK_IAM", "kafka_aws_region": region}
+
+
+def test_msk_iam_signs_a_connect_request_with_the_processs_aws_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Static credentials: the signer signs locally, nothing is fetched.
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAVIGILTESTKEY0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "vigil-test-secret-not-a-real-one")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = _settings(tmp_path, kafka_security_protocol="SASL_SSL", **_iam("eu-west-2"))
+    options = security_options(settings)
+    assert options["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert "sasl_plain_password" not in options
+    provider = options["sasl_oauth_token_provider"]
+
+    async def twice() -> tuple[str, str]:
+        return await provider.token(), await provider.token()
+
+    first, again = asyncio.run(twice())
+    assert again == first  # one token serves every connection until near its expiry
+    url = urlparse(base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode())
+    query = parse_qs(url.query)
+    assert url.hostname == "kafka.eu-west-2.amazonaws.com"
+    assert query["Action"] == ["kafka-cluster:Connect"]
+    assert query["X-Amz-Credential"][0].startswith("AKIAVIGILTESTKEY0001/")
+    assert "/eu-west-2/kafka-cluster/aws4_request" in query["X-Amz-Credential"][0]
+    assert query["X-Amz-Signature"][0]

@@ -92,3 +92,22 @@ def test_a_misspelt_or_misplaced_field_is_refused(production: list[dict[str, Any
     monitor = copy.deepcopy(_by_kind(production, "ServiceMonitor")["vigil"])
     monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
     assert validate_manifest(monitor) is not None
+
+
+def test_msk_iam_renders_without_the_topic_job_only(tmp_path: Path) -> None:
+    import yaml
+
+    values = yaml.safe_load(VALUES["production"].read_text())
+    values["config"]["extra"]["VIGIL_KAFKA_SASL_MECHANISM"] = "AWS_MSK_IAM"
+    values["config"]["extra"]["VIGIL_KAFKA_AWS_REGION"] = "eu-west-2"
+    path = tmp_path / "iam.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(Exception, match="no AWS IAM login module"):
+        render(path)
+    values["kafka"]["topics"]["create"] = False
+    path.write_text(yaml.safe_dump(values))
+    docs = documents(render(path))
+    assert "vigil-kafka-topics" not in _by_kind(docs, "Job")
+    assert (
+        _by_kind(docs, "ConfigMap")["vigil"]["data"]["VIGIL_KAFKA_SASL_MECHANISM"] == "AWS_MSK_IAM"
+    )

@@ -80,6 +80,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (has .Values.database.sslMode (list "verify-ca" "verify-full")) (not .Values.database.caConfigMap.name) }}
 {{- fail "database.sslMode verify-ca/verify-full needs database.caConfigMap.name (the RDS CA bundle)" }}
 {{- end }}
+{{- if and .Values.kafka.topics.create (eq (index .Values.config.extra "VIGIL_KAFKA_SASL_MECHANISM" | default "") "AWS_MSK_IAM") }}
+{{- fail "kafka.topics.create needs SCRAM or PLAIN: the Kafka CLI image has no AWS IAM login module. With AWS_MSK_IAM set kafka.topics.create=false; the relay creates the topics, with the same replication settings" }}
+{{- end }}
 {{- if and .Values.migration.enabled (not .Values.migration.existingSecret) }}
 {{- fail "migration.existingSecret is required: a Secret whose VIGIL_DATABASE_URL is the owning role's, for `vigil migrate` (or migration.enabled=false to let each process migrate as it starts)" }}
 {{- end }}

@@ -55,7 +55,7 @@ class Context:
     def within(self, seconds: int, rule: str) -> list[Movement]:
         """Movements of the last `seconds` (the new one included) not yet used by `rule`."""
         since = self.movement.at - timedelta(seconds=seconds)
-        return [m for m in self.window.unused(rule) if m.at > since]
+        return self.window.unused_since(rule, since)
 
     def money(self, minor: int) -> str:
         return grouped(minor, self.movement.currency)

@@ -12,6 +12,12 @@ from typing import Any
 CREDIT = "credit"
 DEBIT = "debit"
 _AT = operator.attrgetter("at")
+# The most movements one account's window keeps, the newest. Every rule fires on far fewer
+# (velocity on more than 20 in an hour), so an account past the cap has been alerted on
+# already; without it, a new account moving thousands of times in its first week (whose
+# window keeps the whole week for the new-account rule) made every later event, and the
+# worker's memory, grow with all of them. Replays and evidence re-runs cap the same way.
+WINDOW_MOVEMENTS_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,18 @@ class AccountWindow:
         return [m for m in self.movements if m.notification_id not in taken and m.at > since]
 
     def pruned(self, now: datetime, keep_s: int, new_account_s: int) -> AccountWindow:
-        """Forget what no rule can look at again; the new-account rule keeps the first days."""
+        """Forget what no rule can look at again (the new-account rule keeps the first
+        days), and the oldest beyond WINDOW_MOVEMENTS_MAX."""
+        return self._pruned_by_time(now, keep_s, new_account_s)._capped()
+
+    def _capped(self) -> AccountWindow:
+        excess = len(self.movements) - WINDOW_MOVEMENTS_MAX
+        if excess <= 0:
+            return self
+        gone_ids = {m.notification_id for m in self.movements[:excess]}
+        return replace(self, movements=self.movements[excess:], used=_without(self.used, gone_ids))
+
+    def _pruned_by_time(self, now: datetime, keep_s: int, new_account_s: int) -> AccountWindow:
         horizon = now - timedelta(seconds=keep_s)
         young_until = self.opened_at + timedelta(seconds=new_account_s) if self.opened_at else None
         if not self.movements or (young_until is not None and young_until >= horizon):
@@ -102,11 +119,7 @@ class AccountWindow:
         ]
         gone_ids = {m.notification_id for m in gone}
         kept = tuple(m for m in self.movements if m.notification_id not in gone_ids)
-        used = {
-            rule: taken if taken.isdisjoint(gone_ids) else taken - gone_ids
-            for rule, taken in self.used.items()
-        }
-        return replace(self, movements=kept, used={r: t for r, t in used.items() if t})
+        return replace(self, movements=kept, used=_without(self.used, gone_ids))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,3 +148,12 @@ class AccountWindow:
             movements=tuple(Movement.from_json(m) for m in data["movements"]),
             used={rule: frozenset(ids) for rule, ids in data["used"].items()},
         )
+
+
+def _without(used: dict[str, frozenset[int]], gone_ids: set[int]) -> dict[str, frozenset[int]]:
+    """`used` less the movements that left the window (rules left with none dropped)."""
+    kept = {
+        rule: taken if taken.isdisjoint(gone_ids) else taken - gone_ids
+        for rule, taken in used.items()
+    }
+    return {rule: taken for rule, taken in kept.items() if taken}

@@ -23,8 +23,12 @@ from domain.rules.config import RULES
 from domain.rules.window import AccountWindow, Movement
 from projections.envelope import Envelope
 
-# Windows held between batches by a worker (each a few KiB at most: a day of movements).
+# Windows held between batches by a worker: at most this many, and at most this many
+# movements in all (about 350 bytes each in memory), so that the worker's memory stays
+# bounded however busy its accounts (a window holds up to WINDOW_MOVEMENTS_MAX). A window
+# let go is read from PostgreSQL again when its account next moves.
 WINDOWS_CACHED_MAX = 50_000
+MOVEMENTS_CACHED_MAX = 500_000
 # The rules a movement is evidence for travel to PostgreSQL joined by this (rule names are
 # identifiers): `unnest` cannot take an array of arrays of different lengths.
 RULES_SEPARATOR: Final = ","
@@ -41,11 +45,19 @@ class WindowCache:
     window's stored version, but the window itself only where that version is not the one
     held (another worker scored the account since, or it was never held): reading the
     windows was most of a batch's reading. Windows are immutable; the oldest go past
-    `size_max`."""
+    `size_max` windows or `movements_max` movements in all, whichever comes first."""
 
-    def __init__(self, size_max: int = WINDOWS_CACHED_MAX) -> None:
+    def __init__(
+        self, size_max: int = WINDOWS_CACHED_MAX, movements_max: int = MOVEMENTS_CACHED_MAX
+    ) -> None:
         self._size_max = size_max
+        self._movements_max = movements_max
+        self._movements = 0
         self._windows: OrderedDict[UUID, AccountWindow] = OrderedDict()
+
+    @property
+    def movements(self) -> int:
+        return self._movements
 
     def get(self, account_id: UUID) -> AccountWindow | None:
         return self._windows.get(account_id)
@@ -53,10 +65,17 @@ class WindowCache:
     def keep(self, windows: Mapping[UUID, AccountWindow]) -> None:
         """After the transaction that stored them has committed, never before."""
         for account_id, window in windows.items():
+            held = self._windows.get(account_id)
+            if held is not None:
+                self._movements -= len(held.movements)
             self._windows[account_id] = window
             self._windows.move_to_end(account_id)
-        while len(self._windows) > self._size_max:
-            self._windows.popitem(last=False)
+            self._movements += len(window.movements)
+        while self._windows and (
+            len(self._windows) > self._size_max or self._movements > self._movements_max
+        ):
+            _, oldest = self._windows.popitem(last=False)
+            self._movements -= len(oldest.movements)
 
 
 @dataclass

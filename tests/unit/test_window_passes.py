@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from domain.rules import window as window_module
+from domain.rules.config import RulesConfig
+from domain.rules.engine import evaluate, opened
 from domain.rules.window import CREDIT, DEBIT, AccountWindow, Movement
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -60,6 +64,7 @@ def reference_pruned(
         for m in window.movements
         if m.at > horizon or (young_until is not None and m.at <= young_until)
     )
+    kept = kept[max(0, len(kept) - window_module.WINDOW_MOVEMENTS_MAX) :]
     ids = {m.notification_id for m in kept}
     used = {r: frozenset(i for i in t if i in ids) for r, t in window.used.items()}
     return AccountWindow(
@@ -91,3 +96,56 @@ def test_unused_since_is_unused_then_since(
     unused = [m for m in window.movements if m.notification_id not in taken]
     assert window.unused(rule) == unused
     assert window.unused_since(rule, since) == [m for m in unused if m.at > since]
+
+
+def _movement(n: int, at: datetime) -> Movement:
+    return Movement(n, f"t{n}", at, "transfer_out", DEBIT, 100, "GBP", "api", None)
+
+
+def test_the_window_keeps_the_newest_movements_up_to_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(window_module, "WINDOW_MOVEMENTS_MAX", 5)
+    movements = tuple(_movement(n, T0 + timedelta(seconds=n)) for n in range(1, 9))
+    window = AccountWindow(
+        account_id="a",
+        opened_at=T0,
+        movements=movements,
+        used={"velocity": frozenset({1, 2, 7}), "pass_through": frozenset({2})},
+    )
+    pruned = window.pruned(T0 + timedelta(seconds=10), 86_400, 7 * 86_400)
+    assert [m.notification_id for m in pruned.movements] == [4, 5, 6, 7, 8]
+    assert pruned.used == {"velocity": frozenset({7})}
+
+
+def test_a_busy_new_account_scores_in_bounded_time_and_space(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the cap every event sees a window of the same size: the velocity rule still
+    fires on each 21st unused movement."""
+    monkeypatch.setattr(window_module, "WINDOW_MOVEMENTS_MAX", 50)
+    config = RulesConfig()
+    window = opened(AccountWindow(account_id="a"), T0, "001", 1)
+    velocity = 0
+    for n in range(1, 400):
+        hits, window = evaluate(config, window, _movement(n, T0 + timedelta(seconds=n)), n + 1)
+        assert len(window.movements) <= 50
+        velocity += sum(hit.rule == "velocity" for hit in hits)
+    assert velocity == 399 // (config.velocity_count_max + 1)
+
+
+def test_the_workers_window_cache_holds_a_bounded_number_of_movements() -> None:
+    from uuid import uuid4
+
+    from infrastructure.monitoring.windows import WindowCache
+
+    cache = WindowCache(size_max=100, movements_max=25)
+    ids = [uuid4() for _ in range(5)]
+    for k, account in enumerate(ids):
+        moves = tuple(_movement(10 * k + n, T0) for n in range(10))
+        cache.keep({account: AccountWindow(account_id=str(account), movements=moves)})
+        assert cache.movements <= 25
+    assert [cache.get(a) is not None for a in ids] == [False, False, False, True, True]
+    # Replacing a held window counts its movements once.
+    cache.keep({ids[4]: AccountWindow(account_id=str(ids[4]), movements=())})
+    assert cache.movements == 10

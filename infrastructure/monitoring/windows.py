@@ -24,11 +24,13 @@ from domain.rules.window import AccountWindow, Movement
 from projections.envelope import Envelope
 
 # Windows held between batches by a worker: at most this many, and at most this many
-# movements in all (about 350 bytes each in memory), so that the worker's memory stays
-# bounded however busy its accounts (a window holds up to WINDOW_MOVEMENTS_MAX). A window
-# let go is read from PostgreSQL again when its account next moves.
+# movements in all (about 500 bytes each in memory, so up to about 1 GiB), so that the
+# worker's memory stays bounded however busy its accounts (a window holds up to
+# WINDOW_MOVEMENTS_MAX, a day of the account's movements or a new account's first week).
+# A window let go is read from PostgreSQL again when its account next moves. Measured: 2,000
+# accounts moving 1,200 times a second between them fill 1.4 million in 20 minutes.
 WINDOWS_CACHED_MAX = 50_000
-MOVEMENTS_CACHED_MAX = 500_000
+MOVEMENTS_CACHED_MAX = 2_000_000
 # The rules a movement is evidence for travel to PostgreSQL joined by this (rule names are
 # identifiers): `unnest` cannot take an array of arrays of different lengths.
 RULES_SEPARATOR: Final = ","

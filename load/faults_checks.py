@@ -42,7 +42,8 @@ from infrastructure.readmodels.schema import SCHEMA
 from infrastructure.settings import Settings
 
 PAGE = 2_000
-TOOL_TIMEOUT_S = 600.0
+# A soak's store (a million events and more) takes the replay tens of minutes here.
+TOOL_TIMEOUT_S = 3_600.0
 ALERT_HOMES = f"""
 SELECT a.alert_id::text,
        (SELECT count(*) FROM {SCHEMA}.cases c WHERE c.alert_id = a.alert_id)
@@ -225,14 +226,22 @@ class Checker:
         return []
 
     def _vigil(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "interfaces.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT_S,
-            check=False,
-        )
+        """A `vigil` tool; one that outlives TOOL_TIMEOUT_S is a reported failure (exit
+        -1), never an exception that ends the run without its verdict."""
+        command = [sys.executable, "-m", "interfaces.cli", *args]
+        try:
+            return subprocess.run(
+                command,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=TOOL_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(
+                command, -1, f"timed out after {TOOL_TIMEOUT_S:.0f} s", ""
+            )
 
 
 def _name(record: Record) -> str:

@@ -24,7 +24,7 @@ from domain.rules.window import AccountWindow, Movement
 from projections.envelope import Envelope
 
 # Windows held between batches by a worker: at most this many, and at most this many
-# movements in all (about 500 bytes each in memory, so up to about 1 GiB), so that the
+# movements in all (about 560 bytes each in memory, so up to about 1.1 GiB), so that the
 # worker's memory stays bounded however busy its accounts (a window holds up to
 # WINDOW_MOVEMENTS_MAX, a day of the account's movements or a new account's first week).
 # A window let go is read from PostgreSQL again when its account next moves. Measured: 2,000

@@ -69,7 +69,8 @@ async def apply_alerts_batch(
 ) -> tuple[BatchResult, list[Hit]]:
     """Score the new events of a batch, in one transaction with a fixed number of
     statements: the windows, the watchlist's history and the alerts each go in one.
-    `cache` holds the live projection's windows between batches (never a shadow's). An
+    `cache` holds the windows this process stored in `schema` between batches (a worker's
+    cache the live projection's, a replay's its own; never one cache for two schemas). An
     event the rules cannot score is quarantined and the rest scored around it."""
 
     async def load(batch: Sequence[Envelope]) -> tuple[LoadedWindows, WatchlistHistory]:

@@ -25,6 +25,7 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import apply_alerts_batch
 from infrastructure.monitoring.alerts import register_config as register_rules
 from infrastructure.monitoring.rules_config import config_hash, load_rules
+from infrastructure.monitoring.windows import WindowCache
 from infrastructure.postgres.connect import connect, connect_async
 from infrastructure.postgres.locks import migration_lock
 from infrastructure.readmodels.schema import SCHEMA, ensure_read_models
@@ -136,13 +137,17 @@ async def _apply_all(
     progress(ReplayProgress("started", projections, schema, head, 0, 0, 0.0))
     started = last_said = time.monotonic()
     count = position = 0
+    # The replay's own window cache: the windows it stored, so that each page reads only
+    # their versions, not every movement of its accounts again (a page's accounts hold a
+    # day of movements each, read again for every page they appear in).
+    windows = WindowCache()
     async with await connect_async(settings, "replay", autocommit=True) as conn:
         rules = await _rules(settings, conn) if "alerts" in projections else None
         for page in envelope_pages(ledger, PAGE_EVENTS):
             for projection in projections:
                 if projection == "alerts":
                     assert rules is not None
-                    await apply_alerts_batch(conn, page, rules[0], rules[1], schema)
+                    await apply_alerts_batch(conn, page, rules[0], rules[1], schema, windows)
                 else:
                     await apply_batch(conn, projection, page, schema)
             count += len(page)

@@ -22,6 +22,7 @@ from domain.rules.config import RulesConfig
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
 from infrastructure.monitoring.rules_config import config_hash
+from infrastructure.ops import replay as replay_module
 from infrastructure.ops.replay import SHADOW_SCHEMA, TABLES
 from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.settings import Settings
@@ -128,3 +129,30 @@ def test_a_corrupted_live_row_shows_in_the_diff_and_an_in_place_replay_repairs_i
     assert "shadow only" in out
     assert cli(settings, "balances") == 0
     assert cli(settings, "balances", diff=True) == 0
+
+
+def test_a_replay_a_page_per_event_carries_each_window_to_the_next_page(
+    ledger: Ledger, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay keeps the windows it stored between pages (reading only their versions):
+    with one event per page, every account's window crosses pages, and the shadow must
+    still equal live read models projected in one batch, alerts and windows included."""
+    seed(ledger)
+    actor = Actor("t", "teller")
+    a = uuid4()
+    [opened] = ledger.execute([Submission(OpenAccount(a, "Cy", "001", "GBP", 0), actor, "c")])
+    assert opened.error is None
+    for _ in range(25):  # past the velocity rule's 20 movements an hour
+        deposit = Deposit(a, Money(9_500_00, "GBP"), uuid4(), channel="cash")
+        [outcome] = ledger.execute([Submission(deposit, actor, "c")])
+        assert outcome.error is None
+    project_live(ledger, settings)
+    monkeypatch.setattr(replay_module, "PAGE_EVENTS", 1)
+    assert cli(settings, None, shadow=True) == 0
+    assert cli(settings, None, diff=True) == 0
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        row = conn.execute(
+            f"SELECT count(*) FROM {SHADOW_SCHEMA}.rule_window_movements WHERE account_id = %s",
+            (a,),
+        ).fetchone()
+    assert row == (25,)

@@ -185,21 +185,32 @@ def _writes(changes: Iterable[WindowChange]) -> _Writes:
         account_id, stored, window = change.account_id, change.stored, change.window
         out.headers.append((account_id, window))
         marks = _marks(window)
+        # Rare: an alert took earlier movements as evidence.
+        marked = stored is not None and stored.used != window.used
         if stored is None:
             out.replaced.append(account_id)
             out.new.extend(
                 (account_id, m, marks.get(m.notification_id, "")) for m in window.movements
             )
             continue
-        before = {m.notification_id for m in stored.movements}
-        after = {m.notification_id for m in window.movements}
-        out.gone.extend((account_id, n) for n in before - after)
-        out.new.extend(
-            (account_id, m, marks.get(m.notification_id, ""))
-            for m in window.movements
-            if m.notification_id not in before
-        )
-        if stored.used != window.used:  # rare: an alert took earlier movements as evidence
+        held = len(stored.movements)
+        if not held or window.movements[held - 1 : held] == stored.movements[-1:]:
+            # Nothing left the window (the usual case, found without a pass over it): the
+            # window is the stored movements then the new ones, as scoring builds it.
+            out.new.extend(
+                (account_id, m, marks.get(m.notification_id, "")) for m in window.movements[held:]
+            )
+            before = after = {m.notification_id for m in stored.movements} if marked else set()
+        else:
+            before = {m.notification_id for m in stored.movements}
+            after = {m.notification_id for m in window.movements}
+            out.gone.extend((account_id, n) for n in before - after)
+            out.new.extend(
+                (account_id, m, marks.get(m.notification_id, ""))
+                for m in window.movements
+                if m.notification_id not in before
+            )
+        if marked:
             kept = before & after
             out.marked.extend(
                 (account_id, n, marks.get(n, "")) for n in sorted(_remarked(stored, window) & kept)

@@ -200,7 +200,7 @@ def _writes(changes: Iterable[WindowChange]) -> _Writes:
             out.new.extend(
                 (account_id, m, marks.get(m.notification_id, "")) for m in window.movements[held:]
             )
-            before = after = {m.notification_id for m in stored.movements} if marked else set()
+            kept = {m.notification_id for m in stored.movements} if marked else set()
         else:
             before = {m.notification_id for m in stored.movements}
             after = {m.notification_id for m in window.movements}
@@ -210,8 +210,8 @@ def _writes(changes: Iterable[WindowChange]) -> _Writes:
                 for m in window.movements
                 if m.notification_id not in before
             )
-        if marked:
             kept = before & after
+        if marked:
             out.marked.extend(
                 (account_id, n, marks.get(n, "")) for n in sorted(_remarked(stored, window) & kept)
             )

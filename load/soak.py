@@ -131,6 +131,15 @@ def resident_mib(system: System) -> dict[str, float]:
     return {name: round(size, 1) for name, size in sizes.items()}
 
 
+def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, int]:
+    """Each part's CPU use between two samples, in percent of one core."""
+    return {
+        part: round(100 * (after[part] - before.get(part, 0.0)) / seconds)
+        for part in sorted(after)
+        if seconds > 0
+    }
+
+
 def _proportional(process: psutil.Process) -> int:
     try:
         return int(process.memory_full_info().pss)
@@ -147,26 +156,35 @@ async def _offer(
     pipeline: Pipeline,
     tally: Tally,
     memory: list[dict[str, Any]],
+    cpu: list[dict[str, Any]],
 ) -> None:
-    """The open-loop load for --minutes, in segments; memory sampled all along."""
+    """The open-loop load for --minutes, in segments; memory and CPU sampled all along."""
     started_s = time.monotonic()
     end_s = started_s + args.minutes * 60
     streams = mixed_streams(args.rate)
 
     async def sample_memory() -> None:
         while True:
-            memory.append({"t_s": round(time.monotonic() - started_s, 1)} | resident_mib(system))
+            t_s = round(time.monotonic() - started_s, 1)
+            memory.append({"t_s": t_s} | resident_mib(system))
+            cpu.append({"t_s": t_s} | {k: round(v, 2) for k, v in system.cpu_seconds().items()})
             await asyncio.sleep(args.sample_s)
 
     sampling = asyncio.create_task(sample_memory())
     try:
         while (left_s := end_s - time.monotonic()) > 1:
+            segment_start = cpu[-1] if cpu else None
             await open_loop(api, teller, ids, streams, min(SEGMENT_S, left_s), tally)
             elapsed_s = time.monotonic() - started_s
             _say(
                 f"  {elapsed_s / 60:.1f} min: {tally.transfers:,} transfers, lag now "
                 f"{pipeline.lag_now_s():.1f} s, memory {memory[-1] if memory else {}}"
             )
+            if segment_start is not None and cpu[-1] is not segment_start:
+                used = {k: v for k, v in cpu[-1].items() if k != "t_s"}
+                since = {k: v for k, v in segment_start.items() if k != "t_s"}
+                shares = cpu_shares(since, used, cpu[-1]["t_s"] - segment_start["t_s"])
+                _say(f"    CPU % of a core over the segment: {shares}")
     finally:
         sampling.cancel()
 
@@ -184,6 +202,7 @@ async def soak(system: System, args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     sampler = asyncio.create_task(pipeline.run(stop))
     memory: list[dict[str, Any]] = []
+    cpu: list[dict[str, Any]] = []
     tally = Tally()
     try:
         _say(f"setup: {ACCOUNTS:,} accounts, funded")
@@ -195,7 +214,7 @@ async def soak(system: System, args: argparse.Namespace) -> dict[str, Any]:
             f"memory and lag sampled every {args.sample_s:g} s"
         )
         started_s = time.monotonic()
-        await _offer(system, args, api, teller, ids, pipeline, tally, memory)
+        await _offer(system, args, api, teller, ids, pipeline, tally, memory, cpu)
         ended_s = time.monotonic()
         drained = await pipeline.catch_up(ended_s, DRAIN_S)
         lag = lag_stats(pipeline.samples, started_s, ended_s)
@@ -211,7 +230,9 @@ async def soak(system: System, args: argparse.Namespace) -> dict[str, Any]:
         invariants = await asyncio.to_thread(checker.check, [], full=True)
     finally:
         checker.close()
-    return _verdict(args, tally, memory, lag, drained, invariants, ended_s - started_s)
+    result = _verdict(args, tally, memory, lag, drained, invariants, ended_s - started_s)
+    result["cpu_samples_s"] = cpu
+    return result
 
 
 def _verdict(

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from domain.money import format_amount
 from domain.rules.config import SEVERITIES, RulesConfig
+from domain.rules.tallies import TALLIED, Tallies
 from domain.rules.window import CREDIT, DEBIT, AccountWindow, Movement
 
 
@@ -51,11 +52,15 @@ class Context:
     movement: Movement
     counterparty_watchlisted: bool
     previous_activity_at: datetime | None  # the last movement before this one, or opening
+    # The window's running totals; None: the rules read the window itself.
+    tallies: Tallies | None = None
+
+    def since(self, seconds: int) -> datetime:
+        return self.movement.at - timedelta(seconds=seconds)
 
     def within(self, seconds: int, rule: str) -> list[Movement]:
         """Movements of the last `seconds` (the new one included) not yet used by `rule`."""
-        since = self.movement.at - timedelta(seconds=seconds)
-        return self.window.unused_since(rule, since)
+        return self.window.unused_since(rule, self.since(seconds))
 
     def money(self, minor: int) -> str:
         return grouped(minor, self.movement.currency)
@@ -78,16 +83,24 @@ def evaluate(
     version: int,
     *,
     counterparty_watchlisted: bool = False,
+    tally: bool = True,
 ) -> tuple[list[Hit], AccountWindow]:
-    """Score one movement; return the alerts it completes and the window after it."""
+    """Score one movement; return the alerts it completes and the window after it.
+    `tally=False` has every rule read the whole window (the reference the running totals
+    are tested against)."""
     assert version > window.version, "an account's events are scored in order"
     before = window.last_movement_at or window.opened_at
     hits: list[Hit] = []
+    tallies = Tallies.of(config, window) if tally else None
+    if tallies is not None and not tallies.add(movement):
+        tallies = None
     # One context for all rules: its window holds `used` itself, so each rule sees the
     # evidence the rules before it took.
     used = dict(window.used)
-    with_movement = replace(window, movements=(*window.movements, movement), used=used)
-    context = Context(config, with_movement, movement, counterparty_watchlisted, before)
+    with_movement = replace(
+        window, movements=(*window.movements, movement), used=used, tallies=tallies
+    )
+    context = Context(config, with_movement, movement, counterparty_watchlisted, before, tallies)
     for rule, check in RULE_CHECKS:
         found = check(context)
         if found is None:
@@ -106,8 +119,12 @@ def evaluate(
             )
         )
         used[rule] = used.get(rule, frozenset()) | {m.notification_id for m in evidence}
-    after = replace(with_movement, last_movement_at=movement.at, version=version)
-    return hits, after.pruned(movement.at, config.keep_s, config.new_account_window_s)
+    after = replace(with_movement, last_movement_at=movement.at, version=version).pruned(
+        movement.at, config.keep_s, config.new_account_window_s
+    )
+    if tallies is not None:
+        tallies.settle((hit.rule for hit in hits if hit.rule in TALLIED), with_movement, after)
+    return hits, after
 
 
 def _large_transaction(c: Context) -> Found:
@@ -143,15 +160,23 @@ def _structuring(c: Context) -> Found:
 
 
 def _velocity(c: Context) -> Found:
-    recent = c.within(c.config.velocity_count_window_s, "velocity")
-    if len(recent) > c.config.velocity_count_max:
-        return recent, (
-            f"{len(recent)} movements within {_duration(c.config.velocity_count_window_s)}, "
-            f"more than {c.config.velocity_count_max}"
-        )
+    tallies = c.tallies
+    window_s = c.config.velocity_count_window_s
+    if tallies is None or (
+        tallies.recent_count(c.window, c.since(window_s)) > c.config.velocity_count_max
+    ):
+        recent = c.within(window_s, "velocity")
+        if len(recent) > c.config.velocity_count_max:
+            return recent, (
+                f"{len(recent)} movements within {_duration(window_s)}, "
+                f"more than {c.config.velocity_count_max}"
+            )
     if c.movement.direction != DEBIT:
         return None
     limit = c.threshold(c.config.velocity_outflow_max)
+    since = c.since(c.config.velocity_outflow_window_s)
+    if tallies is not None and tallies.outflow_total(c.window, since) <= limit:
+        return None
     outflows = [
         m for m in c.within(c.config.velocity_outflow_window_s, "velocity") if m.direction == DEBIT
     ]
@@ -166,6 +191,10 @@ def _velocity(c: Context) -> Found:
 
 def _pass_through(c: Context) -> Found:
     if c.movement.direction != DEBIT:
+        return None
+    if c.tallies is not None and not c.tallies.incoming_count(
+        c.window, c.since(c.config.pass_through_window_s)
+    ):
         return None
     window = timedelta(seconds=c.config.pass_through_window_s)
     minimum = c.threshold(c.config.pass_through_incoming_min)
@@ -200,13 +229,15 @@ def _new_account_outflow(c: Context) -> Found:
     young_until = opened_at + timedelta(seconds=c.config.new_account_window_s)
     if c.movement.at > young_until:
         return None
+    limit = c.threshold(c.config.new_account_outflow_min)
+    if c.tallies is not None and c.tallies.young_outflow_total(c.window) < limit:
+        return None
     outflows = [
         m
         for m in c.window.unused("new_account_outflow")
         if m.direction == DEBIT and opened_at <= m.at <= young_until
     ]
     total = sum(m.amount_minor for m in outflows)
-    limit = c.threshold(c.config.new_account_outflow_min)
     if total < limit:
         return None
     return outflows, (

@@ -73,6 +73,9 @@ class AccountWindow:
     last_movement_at: datetime | None = None
     movements: tuple[Movement, ...] = ()
     used: dict[str, frozenset[int]] = field(default_factory=dict)
+    # The rules' running totals of this window (`domain.rules.tallies`): derived, held in
+    # memory only, never compared or stored.
+    tallies: object = field(default=None, compare=False, repr=False)
 
     # A busy account's window holds tens of thousands of movements (a week of a new
     # account's), each looked at several times per event: one pass where two would do,

@@ -26,10 +26,14 @@ from infrastructure.settings import Settings
 FETCH_TIMEOUT_MS = 500
 # How long the broker may hold a fetch that finds nothing new. tansu holds a fetch for
 # about half of it even when records arrive meanwhile (measured: 100 ms adds 25 ms to the
-# median delivery, 50 ms at most), and every fetch costs it the same work on each of the
-# topic's partitions: at 20 ms, one idle consumer took 8 % of a core of the broker and 4 %
-# of its own; at 100 ms, a fifth of that, and the fetches under load come back fuller.
-FETCH_WAIT_MS = 100
+# median delivery, 50 ms at most), and every fetch costs it work on each of the topic's
+# partitions: at 20 ms, one idle consumer took 8 % of a core of the broker and 4 % of its
+# own. Its in-memory log costs more: a fetch that finds records lists every record batch
+# the partition has ever stored (each relay send adds one per partition), so the cost of a
+# fetch grows with the log. At 100 ms the workers' fetches took the broker from 27 % of a
+# core to 53 % over a 14-minute soak at 600 transfers/s, and past 15 minutes the machine
+# ran out of CPU; at 250 ms it fetches less than half as often, each fetch fuller.
+FETCH_WAIT_MS = 250
 # FETCH_PARTITION_BYTES_MAX, what one fetch may bring from each partition (envelopes are
 # about 1 KiB): a few hundred events, so that one round of fetches over the topic's
 # partitions (12 by default) fills a projection batch

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Container, Iterable, Mapping, Sequence
+import logging
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,6 +29,8 @@ TOPIC_RETRY_S = 0.1
 UNKNOWN_TOPIC = 3  # Kafka error codes
 TOPIC_ALREADY_EXISTS = 36
 PROBE_WAIT_MS = 1_000  # for the log ends of all the partitions probed
+# aiokafka logs every assignment at INFO; the probe assigns its partitions anew each time.
+SUBSCRIPTION_LOGGER = logging.getLogger("aiokafka.consumer.subscription_state")
 
 
 class TopicsNotReady(Exception):
@@ -85,8 +88,14 @@ class RelayBroker:
                 raise
             self._probe = probe
         partitions = [TopicPartition(topic, p) for p in sorted(acknowledged)]
-        if set(partitions) != self._probe.assignment():
-            self._probe.assign(partitions)  # aiokafka logs each assignment: only on change
+        # Assigned anew each time, so every log end read below comes from a fetch made for
+        # this probe. Kept assigned, the consumer went on fetching between probes, and a
+        # fetch sent before our last send could land after the seek (when the seek offset
+        # was the one it fetched from) with the log end of before that send: the alerts
+        # relay took that for a lost log and republished every alert, seven times in a
+        # 20-minute soak. A fetch of the previous assignment updates only its own state.
+        with _quiet(SUBSCRIPTION_LOGGER):
+            self._probe.assign(partitions)
         for partition in partitions:
             # At the last acknowledged record: a fetch there brings the log's end back.
             self._probe.seek(partition, acknowledged[partition.partition])
@@ -176,3 +185,14 @@ def _raise_errors(codes: Iterable[tuple[str, int]], tolerated: Container[int] = 
     for topic, code in codes:
         if code != 0 and code not in tolerated:
             raise for_code(code)(f"topic {topic}")
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """`logger`'s INFO records dropped for the block (its warnings still pass)."""
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -30,6 +30,7 @@ from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.ops.embedded import EmbeddedBroker, free_port, start_broker
 from infrastructure.readmodels.schema import ensure_read_models
+from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.events import ReadBatch, Relay, RelayLimits
 from infrastructure.settings import Settings
 
@@ -460,6 +461,36 @@ def test_a_lost_log_is_noticed_when_the_new_sends_land_only_on_partitions_never_
         ledger.close()
     records = consume(settings, expected)
     assert {notification_id(r) for r in records} == expected  # the whole store, again
+
+
+def test_the_log_end_probe_never_mistakes_a_live_log_for_a_lost_one(
+    settings_factory: Any, broker: EmbeddedBroker
+) -> None:
+    """One record sent and acknowledged, then the log's end probed at once, over and over:
+    a live log that only grows is never reported lost. (Under load a probe that stayed
+    assigned could read a log end fetched before the last send and report a live log lost;
+    the alerts relay then republished every alert. That timing does not reproduce here on
+    demand; this holds the probe to the verdict it must give.)"""
+    settings = relay_settings(settings_factory, broker.bootstrap)
+    topic = f"probe-{uuid4().hex[:8]}"
+
+    async def probe_after_each_send() -> list[int]:
+        await create_topic(broker.bootstrap, topic, 1)
+        relay_broker = RelayBroker(settings, topic, [topic])
+        producer = relay_broker.new_producer()
+        await producer.start()
+        lost = []
+        try:
+            for round_number in range(40):
+                sent = await producer.send_and_wait(topic, b"x", key=b"k", partition=0)
+                if await relay_broker.log_lost(topic, {0: sent.offset}):
+                    lost.append(round_number)
+        finally:
+            await producer.stop()
+            await relay_broker.close()
+        return lost
+
+    assert asyncio.run(probe_after_each_send()) == []
 
 
 def partition_of(account_id: UUID, partitions: int) -> int:

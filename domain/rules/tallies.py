@@ -196,15 +196,22 @@ class Tallies:
             elif rule == "new_account_outflow":
                 self.young_outflow = None
         if after.movements is not scored.movements:
-            self._let_go(after)
+            self._let_go(scored, after)
         self.movements = after.movements
         self.taken = _taken(after)
 
-    def _let_go(self, after: AccountWindow) -> None:
+    def _let_go(self, scored: AccountWindow, after: AccountWindow) -> None:
         if len(after.movements) >= window_module.WINDOW_MOVEMENTS_MAX:
-            # The cap dropped the oldest by position (rare: count everything again).
-            self.recent = self.outflows = self.incoming = None
-            self.young_outflow = None
+            # The cap dropped the oldest by position: at the cap that is every event, so
+            # the dropped ones leave the totals one by one (they are almost always the
+            # oldest in time too); anything else is counted again.
+            excess = len(scored.movements) - len(after.movements)
+            if scored.movements[excess:] == after.movements:
+                for movement in scored.movements[:excess]:
+                    self._drop(movement, scored)
+            else:
+                self.recent = self.outflows = self.incoming = None
+                self.young_outflow = None
             return
         # Pruned by time: what left is no later than the horizon (now less the longest
         # window) and after the first days, so no first-days total held it, and no slide
@@ -220,6 +227,25 @@ class Tallies:
             if slide is not None:
                 slide.advance(max(slide.since, now - timedelta(seconds=width_s)))
 
+    def _drop(self, movement: Movement, scored: AccountWindow) -> None:
+        """Take a movement the cap dropped out of each total that holds it."""
+        used = scored.used
+        if movement.notification_id not in used.get("velocity", ()):
+            self.recent = _without(self.recent, movement)
+            if movement.direction == DEBIT:
+                self.outflows = _without(self.outflows, movement)
+        if movement.notification_id not in used.get("pass_through", ()) and self._incoming(
+            movement
+        ):
+            self.incoming = _without(self.incoming, movement)
+        if (
+            self.young_outflow is not None
+            and movement.direction == DEBIT
+            and self._young(movement)
+            and movement.notification_id not in used.get("new_account_outflow", ())
+        ):
+            self.young_outflow -= movement.amount_minor
+
     def _young(self, movement: Movement) -> bool:
         opened_at = self.opened_at
         if opened_at is None:
@@ -234,6 +260,17 @@ class Tallies:
             and minimum is not None
             and (movement.amount_minor >= minimum)
         )
+
+
+def _without(slide: Slide | None, movement: Movement) -> Slide | None:
+    """The slide less a movement it may hold; None (count again) if it holds it anywhere
+    but at the front."""
+    if slide is None or movement.at <= slide.since:
+        return slide  # not held
+    if slide.items and slide.items[0] is movement:
+        slide.total -= slide.items.popleft().amount_minor
+        return slide
+    return None
 
 
 def _taken(window: AccountWindow) -> tuple[frozenset[int] | None, ...]:

@@ -15,8 +15,9 @@ The answers are exact: a rule whose answer says it may fire reads the window its
 evidence, as before. What a running total cannot follow it counts again from the window:
 an alert of the rule (its evidence leaves the unused movements), a movement older than the
 newest one (two command processes' clocks may disagree), a question about an earlier moment
-than the last one, the window's cap (it drops the oldest by position, not by time). Kept
-with the window in memory only (never stored): a window read from the store counts once.
+than the last one. Movements the window's cap drops (the oldest by position) leave the
+totals one by one, or, held anywhere but at a slide's front, have that slide counted
+again. Kept with the window in memory only (never stored): a window read from the store counts once.
 """
 
 from __future__ import annotations

@@ -72,27 +72,67 @@ def _utc_text(column: str) -> str:
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-# The cached entry, written by PostgreSQL: read back as a row is (AccountRecord.from_mapping).
-CACHED_ROWS = f"""
-SELECT account_id::text, version, json_build_object(
-    'account_id', account_id, 'owner', owner, 'branch', branch, 'currency', currency,
-    'status', status, 'balance_minor', balance_minor, 'held_minor', held_minor,
-    'overdraft_limit_minor', overdraft_limit_minor, 'version', version,
-    'opened_at', {_utc_text("opened_at")}, 'updated_at', {_utc_text("updated_at")},
-    'last_transaction_at', {_utc_text("last_transaction_at")})::text
-FROM {SCHEMA}.accounts WHERE account_id = ANY(%b::uuid[])
-"""
+def cache_entry_columns(alias: str) -> str:
+    """The select list of an account's cached entry (account id, version, entry), from the
+    accounts row named `alias`: read back as a row is (AccountRecord.from_mapping). The
+    balances projection returns it from the statements that write the rows."""
+    a = f"{alias}."
+    fields = ", ".join(
+        f"'{name}', {a}{name}"
+        for name in (
+            "account_id",
+            "owner",
+            "branch",
+            "currency",
+            "status",
+            "balance_minor",
+            "held_minor",
+            "overdraft_limit_minor",
+            "version",
+        )
+    )
+    times = ", ".join(
+        f"'{name}', {_utc_text(a + name)}"
+        for name in ("opened_at", "updated_at", "last_transaction_at")
+    )
+    return f"{a}account_id::text, {a}version, json_build_object({fields}, {times})::text"
+
+
+# An entry: the account id as text, its version, and the JSON the query API reads.
+CacheEntry = tuple[str, int, str]
+
+CACHED_ROWS = (
+    f"SELECT {cache_entry_columns('a')} FROM {SCHEMA}.accounts AS a "
+    "WHERE a.account_id = ANY(%b::uuid[])"
+)
+
+
+def newest_entries(*parts: list[CacheEntry]) -> dict[str, CacheEntry]:
+    """The newest entry of each account among `parts`."""
+    newest: dict[str, CacheEntry] = {}
+    for part in parts:
+        for entry in part:
+            held = newest.get(entry[0])
+            if held is None or held[1] < entry[1]:
+                newest[entry[0]] = entry
+    return newest
 
 
 async def cache_account_rows(
     conn: AsyncConnection[Any], cache: aioredis.Redis, prefix: str, account_ids: list[UUID]
 ) -> None:
+    """Cache the accounts' rows as PostgreSQL has them now."""
     cursor = await conn.execute(CACHED_ROWS, (account_ids,))
-    rows = await cursor.fetchall()
+    await cache_entries(cache, prefix, await cursor.fetchall())
+
+
+async def cache_entries(cache: aioredis.Redis, prefix: str, entries: list[CacheEntry]) -> None:
+    """Write the entries, each only over an older version. Call it after the commit that
+    wrote the rows: the cache never shows what PostgreSQL may still roll back."""
     set_if_newer = cache.register_script(_SET_IF_NEWER)  # EVALSHA, loaded when missing
     try:
-        for start in range(0, len(rows), SCRIPT_KEYS_MAX):
-            chunk = rows[start : start + SCRIPT_KEYS_MAX]
+        for start in range(0, len(entries), SCRIPT_KEYS_MAX):
+            chunk = entries[start : start + SCRIPT_KEYS_MAX]
             keys = [account_cache_key(prefix, account_id) for account_id, _, _ in chunk]
             args: list[Any] = [x for _, version, entry in chunk for x in (entry, version)]
             await set_if_newer(keys=keys, args=[*args, CACHE_TTL_S])

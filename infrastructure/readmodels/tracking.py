@@ -17,6 +17,7 @@ import structlog
 from psycopg import AsyncConnection
 
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.readmodels.balances_cache import CacheEntry, newest_entries
 from infrastructure.readmodels.quarantine import (
     apply_isolating,
     next_version,
@@ -51,6 +52,8 @@ class BatchResult:
     deferred: int = 0
     position: int = 0
     touched_versions: dict[UUID, int] = field(default_factory=dict)
+    # The balances cache's entries of the account rows written, by account.
+    cached: dict[str, CacheEntry] = field(default_factory=dict)
 
     @staticmethod
     def merged(parts: list[BatchResult]) -> BatchResult:
@@ -64,6 +67,7 @@ class BatchResult:
             for account_id, version in part.touched_versions.items():
                 previous = whole.touched_versions.get(account_id, 0)
                 whole.touched_versions[account_id] = max(previous, version)
+        whole.cached = newest_entries(*([*part.cached.values()] for part in parts))
         return whole
 
 
@@ -92,7 +96,8 @@ async def apply_batch(
 
     async def write(sorted_out: Sorted) -> None:
         rows = [row for event in sorted_out.to_project for row in project(event)]
-        await write_batch(conn, fold(rows))
+        entries = await write_batch(conn, fold(rows))
+        sorted_out.result.cached = {entry[0]: entry for entry in entries}
         channel = NOTIFY_CHANNELS.get(projection)
         touched = sorted_out.result.touched_versions
         if channel and touched:

@@ -16,6 +16,11 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 
 from infrastructure.postgres.arrays import column_arrays
+from infrastructure.readmodels.balances_cache import (
+    CacheEntry,
+    cache_entry_columns,
+    newest_entries,
+)
 from infrastructure.readmodels.compliance_rows import (
     apply_case_events,
     apply_suppressions,
@@ -89,16 +94,18 @@ HOLD_ENDED_COLUMNS: Final = (
 )
 
 INSERT_OPENED: Final = (
-    "INSERT INTO accounts (account_id, owner, branch, currency, status, balance_minor, "
+    "INSERT INTO accounts AS a (account_id, owner, branch, currency, status, balance_minor, "
     "overdraft_limit_minor, version, opened_at, updated_at, notification_id) "
     "SELECT account_id, owner, branch, currency, 'open', 0, overdraft_limit_minor, version, "
     "at, at, notification_id FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], "
     "%b::bigint[], %b::bigint[], %b::timestamptz[], %b::bigint[]) AS o(account_id, owner, "
     "branch, currency, overdraft_limit_minor, version, at, notification_id) "
-    "ON CONFLICT (account_id) DO NOTHING"
+    f"ON CONFLICT (account_id) DO NOTHING RETURNING {cache_entry_columns('a')}"
 )
 
-# One row per account; NULL leaves a column as it is (no movement, or no status change).
+# Both return the rows they wrote as the balances cache's entries, so the cache needs no
+# second read of them. One row per account; NULL leaves a column as it is (no movement, or
+# no status change).
 # `a.version < c.version`: the same guard as a single row's update.
 UPDATE_ACCOUNTS: Final = (
     "UPDATE accounts AS a SET balance_minor = coalesce(c.balance_minor, a.balance_minor), "
@@ -108,7 +115,8 @@ UPDATE_ACCOUNTS: Final = (
     "FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], %b::bigint[], %b::bigint[], "
     "%b::timestamptz[], %b::text[], %b::bigint[]) AS c(account_id, version, at, "
     "notification_id, balance_minor, last_transaction_at, status, held_minor) "
-    "WHERE a.account_id = c.account_id AND a.version < c.version"
+    "WHERE a.account_id = c.account_id AND a.version < c.version "
+    f"RETURNING {cache_entry_columns('a')}"
 )
 
 INSERT_LINES: Final = (
@@ -175,13 +183,12 @@ ADD_KPIS_BRANCH: Final = (
 )
 
 
-async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> None:
+async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> list[CacheEntry]:
+    """Write the rows; return the balances cache's entries of the account rows written
+    (the newest of each account), for the caller to cache once it has committed."""
     # Openings before the updates of the same accounts, branches before the KPIs that
     # look them up: the order the rows have one by one.
-    if writes.opened:
-        await conn.execute(INSERT_OPENED, _opened_columns(writes.opened))
-    if writes.accounts:
-        await conn.execute(UPDATE_ACCOUNTS, _account_columns(list(writes.accounts.values())))
+    entries = await _write_accounts(conn, writes)
     if writes.lines:
         await conn.execute(INSERT_LINES, _line_columns(writes.lines))
     if writes.reversed:
@@ -210,6 +217,21 @@ async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> None:
         await apply_watchlist(conn, list(writes.watchlist.values()))
     if writes.suppressions or writes.suppressed_alerts:
         await apply_suppressions(conn, writes.suppressions, writes.suppressed_alerts)
+    return entries
+
+
+async def _write_accounts(conn: AsyncConnection[Any], writes: BatchWrites) -> list[CacheEntry]:
+    opened: list[CacheEntry] = []
+    updated: list[CacheEntry] = []
+    if writes.opened:
+        cursor = await conn.execute(INSERT_OPENED, _opened_columns(writes.opened))
+        opened = await cursor.fetchall()
+    if writes.accounts:
+        cursor = await conn.execute(UPDATE_ACCOUNTS, _account_columns([*writes.accounts.values()]))
+        updated = await cursor.fetchall()
+    if not updated:
+        return opened
+    return [*newest_entries(opened, updated).values()]
 
 
 def _opened_columns(rows: list[AccountOpenedRow]) -> list[list[Any]]:

@@ -38,7 +38,7 @@ from infrastructure.monitoring.rules_config import config_hash, load_rules
 from infrastructure.monitoring.windows import WindowCache
 from infrastructure.postgres.connect import SESSION_OPTIONS, connect, connect_async
 from infrastructure.postgres.locks import migration_lock_async
-from infrastructure.readmodels.balances_cache import cache_account_rows
+from infrastructure.readmodels.balances_cache import cache_entries
 from infrastructure.readmodels.refused import RefusedMessage, record_refused
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import BatchResult, apply_batch
@@ -190,10 +190,8 @@ class Projection:
                     correlation_id=event.correlation_id,
                     account_id=str(event.aggregate_id),
                 )
-        if self.name == "balances" and result.touched_versions:
-            await cache_account_rows(
-                conn, cache, self.settings.redis_key_prefix, list(result.touched_versions)
-            )
+        if result.cached:  # the balances projection's rows, committed
+            await cache_entries(cache, self.settings.redis_key_prefix, [*result.cached.values()])
 
 
 class ProjectionConsumer:

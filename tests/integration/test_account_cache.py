@@ -19,6 +19,7 @@ from application.commands import OpenAccount
 from application.ledger import Ledger
 from domain.integrity import format_timestamp
 from infrastructure.readmodels.balances_cache import (
+    CACHED_ROWS,
     SCRIPT_KEYS_MAX,
     account_cache_key,
     cache_account_rows,
@@ -94,3 +95,27 @@ def test_many_accounts_are_written_in_several_script_calls(
     asyncio.run(apply_all(settings, "balances", stored_envelopes(ledger)))
     write_cache(settings, ids)
     assert all(cached(settings, redis_client, i)["version"] == 1 for i in ids)
+
+
+def read_entries(settings: Settings, account_ids: list[UUID]) -> dict[str, Any]:
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        return {row[0]: row for row in conn.execute(CACHED_ROWS, (account_ids,))}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10_000])
+def test_the_balances_projection_returns_each_written_account_as_a_read_would_cache_it(
+    ledger: Ledger, settings: Settings, batch_size: int
+) -> None:
+    """The worker caches the entries the projection's own statements return: the newest
+    of each account written, equal to what reading the committed row gives."""
+    accounts = [*seed(ledger), *busy_history(ledger)]
+    events = stored_envelopes(ledger)
+    returned: dict[str, Any] = {}
+    for start in range(0, len(events), batch_size):
+        result = asyncio.run(apply_all(settings, "balances", events[start : start + batch_size]))
+        returned.update(result.cached)
+    assert returned == read_entries(settings, accounts)
+    # Applied again, the events write nothing and return nothing to cache.
+    again = asyncio.run(apply_all(settings, "balances", events))
+    assert again.cached == {}
+    assert again.duplicates == len(events)

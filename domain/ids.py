@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 # uuid5(NAMESPACE_DNS, "vigil.ledger"): fixed forever; clients may compute ids with it.
@@ -25,6 +26,13 @@ def case_id_for(alert_id: UUID | str) -> UUID:
     return uuid5(NAMESPACE, str(alert_id))
 
 
+# Screening asks for the entry of both accounts of every transfer and withdrawal, in the
+# command API and again in the alerts projection: remembered, an id costs a lookup instead
+# of a SHA-1 (5.0 → 0.2 µs). About 260 bytes each, so at most about 13 MiB.
+WATCHLIST_IDS_CACHED = 50_000
+
+
+@lru_cache(maxsize=WATCHLIST_IDS_CACHED)
 def watchlist_entry_id(account_id: UUID | str) -> UUID:
     return uuid5(NAMESPACE, f"watchlist:{account_id}")
 

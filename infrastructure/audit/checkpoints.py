@@ -17,6 +17,11 @@ folds them (page by page) and signs a new one. One instance per database (an adv
 lock); it resumes from the last stored checkpoint and first appends to the file any
 checkpoint a crash left out of it. Reading `notification_id > position` cannot pass over
 a gap that fills later: the recorder's table lock makes commit order equal id order.
+
+In the relay process the relay hands over the hashes of the events it has just read (a
+`HashFeed`), so the checkpointer folds those without reading and decoding every event a
+second time; whatever the feed does not hold (a restart, a rewind, more than it keeps)
+it reads from the store as before.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,6 +194,61 @@ def decoded_hash(ledger: Ledger, stored: StoredEvent) -> str:
     return event_hash
 
 
+@dataclass(frozen=True, slots=True)
+class HashSpan:
+    """Every stored event with a notification id in (`after`, `ids[-1]`], in id order,
+    with its hash."""
+
+    after: int
+    ids: Sequence[int]
+    hashes: Sequence[str]
+
+
+class HashFeed:
+    """The hashes of the events the relay has read, for the checkpointer to fold: the
+    relay offers each batch it read (all the store's events after its position, up to a
+    limit); the checkpointer takes the ones right after its own position. Thread-safe (both
+    work in worker threads) and bounded: past `events_max` held, the oldest spans go and
+    the checkpointer reads those events from the store. Spans of a relay that rewound
+    overlap earlier ones; any span that covers the position will do, as each holds every
+    event of its range."""
+
+    def __init__(self, events_max: int = 200_000) -> None:
+        self.events_max = events_max
+        self._spans: list[HashSpan] = []
+        self._events = 0
+        self._lock = threading.Lock()
+
+    @property
+    def events(self) -> int:
+        return self._events
+
+    def offer(self, span: HashSpan) -> None:
+        assert span.ids, "a span holds events"
+        assert len(span.ids) == len(span.hashes), "a hash for each event"
+        assert span.after < span.ids[0], "a span starts after its position"
+        with self._lock:
+            self._spans.append(span)
+            self._events += len(span.ids)
+            while self._events > self.events_max:
+                self._events -= len(self._spans.pop(0).ids)
+
+    def take(self, position: int, limit: int) -> list[tuple[int, str]]:
+        """Up to `limit` (notification id, hash) pairs of the events right after
+        `position`, in order; empty when no span covers it. Spans wholly at or below
+        `position` are let go."""
+        with self._lock:
+            kept = [span for span in self._spans if span.ids[-1] > position]
+            self._events -= sum(len(s.ids) for s in self._spans) - sum(len(s.ids) for s in kept)
+            self._spans = kept
+            for span in kept:
+                if span.after <= position:
+                    start = bisect_right(span.ids, position)
+                    end = start + limit
+                    return list(zip(span.ids[start:end], span.hashes[start:end], strict=True))
+        return []
+
+
 @dataclass(frozen=True)
 class CheckpointLimits:
     page_events: int = 5_000  # read and decoded together
@@ -207,8 +269,11 @@ class CheckpointWriter:
         signer: Signer,
         limits: CheckpointLimits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        feed: HashFeed | None = None,
     ) -> None:
         self.settings = settings
+        self.feed = feed
+        self.fed_events = 0  # folded from the feed, not read from the store
         self.ledger = ledger
         self.signer = signer
         self.limits = limits or CheckpointLimits()
@@ -284,6 +349,13 @@ class CheckpointWriter:
                 self.backlog = True
                 break
             page_size = min(self.limits.page_events, room)
+            fed = self.feed.take(position, page_size) if self.feed is not None else []
+            if fed:
+                for _, event_hash in fed:
+                    rolling_hash = fold(rolling_hash, event_hash)
+                position = fed[-1][0]
+                self.fed_events += len(fed)
+                continue
             page = stored_events_page(self.conn, position, page_size)
             for notification_id, stored in page:
                 try:
@@ -376,9 +448,15 @@ class Checkpointer:
     """Runs `CheckpointWriter` every `checkpoint_interval_s` until `stop` is set, in the
     relay process; store outages are retried with a backoff, as the relay does."""
 
-    def __init__(self, settings: Settings, limits: CheckpointLimits | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        limits: CheckpointLimits | None = None,
+        feed: HashFeed | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = limits or CheckpointLimits(page_events=settings.verify_page_events)
+        self.feed = feed
         self.written = 0
 
     async def run_until(self, stop: asyncio.Event) -> None:
@@ -399,7 +477,7 @@ class Checkpointer:
 
     async def _session(self, stop: asyncio.Event, ledger: Ledger, signer: Signer) -> None:
         writer = await asyncio.to_thread(
-            CheckpointWriter, self.settings, ledger, signer, self.limits
+            CheckpointWriter, self.settings, ledger, signer, self.limits, feed=self.feed
         )
         try:
             while not await asyncio.to_thread(writer.try_lock):

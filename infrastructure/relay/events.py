@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -31,11 +32,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import resolve_topic
 from psycopg import sql
 
 from application.ledger import Ledger
+from domain.chained import ChainedAggregate
 from domain.integrity import relay_mac
-from infrastructure.audit.checkpoints import Checkpointer
+from infrastructure.audit.checkpoints import Checkpointer, HashFeed, HashSpan
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.health import start_metrics_and_health
@@ -98,6 +101,7 @@ class Outgoing:
     value: bytes
     event_type: bytes
     correlation_id: bytes
+    event_hash: str
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,16 @@ class Relay:
     """Publishes the ledger's events until `stop` is set. Usable in-process by tests:
     run `run_until(stop)` in a loop of their own; cancelling it is a crash."""
 
-    def __init__(self, settings: Settings, limits: RelayLimits | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        limits: RelayLimits | None = None,
+        feed: HashFeed | None = None,
+    ) -> None:
         self.settings = settings
         self.limits = limits or RelayLimits.from_settings(settings)
+        # The checkpointer of the same process folds the hashes of the events we read.
+        self._feed = feed
         self.topic = ledger_events_topic(settings)
         self.state = RelayState(position=0, epoch=0)
         self.batches_published = 0
@@ -268,7 +279,24 @@ class Relay:
             )
         assert all(a.notification_id < b.notification_id for a, b in itertools.pairwise(events))
         assert not events or events[0].notification_id > position
+        if self._feed is not None and events and not undecodable:
+            self._offer(position, notifications, events)
         return ReadBatch(events, max(head, position), read_at, undecodable)
+
+    def _offer(
+        self, position: int, notifications: Sequence[Notification], events: list[Outgoing]
+    ) -> None:
+        """Hand the checkpointer the hashes of every event after `position` we just read,
+        when it would fold each of them as read from the store: a chained event with its
+        hash (one it cannot fold stops it, and it should stop on the store's copy)."""
+        assert self._feed is not None
+        for notification, event in zip(notifications, events, strict=True):
+            if not isinstance(event.event_hash, str) or not issubclass(
+                resolve_topic(notification.topic), ChainedAggregate.Event
+            ):
+                return
+        ids = [event.notification_id for event in events]
+        self._feed.offer(HashSpan(position, ids, [event.event_hash for event in events]))
 
     def _encode(self, notification: Notification) -> Outgoing:
         assert self._ledger is not None
@@ -287,6 +315,7 @@ class Relay:
             value=orjson.dumps(body),
             event_type=str(body["event_type"]).encode(),
             correlation_id=(body["correlation_id"] or "").encode(),
+            event_hash=body["hash"],
         )
 
     async def _send(self, producer: AIOKafkaProducer, events: list[Outgoing]) -> dict[int, int]:
@@ -454,11 +483,12 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    feed = HashFeed()
     try:
         await asyncio.gather(
-            Relay(settings).run_until(stop),
+            Relay(settings, feed=feed).run_until(stop),
             AlertsOutboxRelay(settings).run_until(stop),
-            Checkpointer(settings).run_until(stop),
+            Checkpointer(settings, feed=feed).run_until(stop),
         )
     except Exception:
         log.exception("relay_crashed")

@@ -97,9 +97,7 @@ def evaluate(
     # One context for all rules: its window holds `used` itself, so each rule sees the
     # evidence the rules before it took.
     used = dict(window.used)
-    with_movement = replace(
-        window, movements=(*window.movements, movement), used=used, tallies=tallies
-    )
+    with_movement = window.with_movement(movement, used, tallies)
     context = Context(config, with_movement, movement, counterparty_watchlisted, before, tallies)
     for rule, check in RULE_CHECKS:
         found = check(context)

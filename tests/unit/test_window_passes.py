@@ -5,6 +5,7 @@ several times per event, so these passes avoid work; they must never change a ve
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +25,8 @@ RULES = ("velocity", "pass_through", "new_account_outflow")
 def windows(draw: st.DrawFn) -> tuple[AccountWindow, datetime]:
     count = draw(st.integers(0, 40))
     offsets = draw(st.lists(st.integers(0, 10 * 86_400), min_size=count, max_size=count))
+    if draw(st.booleans()):
+        offsets.sort()  # the usual window, in time order: pruned by bisection
     movements = tuple(
         Movement(
             notification_id=n + 1,
@@ -84,6 +87,41 @@ def test_pruning_keeps_exactly_what_the_definition_keeps(
     expected = reference_pruned(window, now, keep_s, new_account_s)
     assert pruned.movements == expected.movements
     assert pruned.used == expected.used
+
+
+@given(windows(), st.lists(st.integers(-86_400, 86_400), max_size=20))
+def test_a_window_knows_whether_its_movements_are_in_time_order_as_they_come(
+    case: tuple[AccountWindow, datetime], steps: list[int]
+) -> None:
+    """The order a window remembers beside its movements is the order they have, through
+    added movements, pruning and a window rebuilt with other movements."""
+    window, _ = case
+    at = window.movements[-1].at if window.movements else T0
+    for n, step in enumerate(steps, start=1000):
+        at += timedelta(seconds=step)
+        window = window.with_movement(_movement(n, at), dict(window.used), None)
+        assert window.in_time_order() is in_order(window.movements)
+        window = window.pruned(at, 3_600, 0)
+        assert window == reference_pruned_by(window, at)
+        rebuilt = AccountWindow(account_id="a", movements=window.movements[::-1])
+        assert rebuilt.in_time_order() is in_order(rebuilt.movements)
+
+
+def in_order(movements: tuple[Movement, ...]) -> bool:
+    return all(a.at <= b.at for a, b in itertools.pairwise(movements))
+
+
+def reference_pruned_by(window: AccountWindow, now: datetime) -> AccountWindow:
+    expected = reference_pruned(window, now, 3_600, 0)
+    return AccountWindow(
+        account_id=window.account_id,
+        version=window.version,
+        opened_at=window.opened_at,
+        branch=window.branch,
+        last_movement_at=window.last_movement_at,
+        movements=expected.movements,
+        used=expected.used,
+    )
 
 
 @given(windows(), st.sampled_from(RULES), st.integers(0, 12 * 86_400))

@@ -19,6 +19,7 @@ from typing import Any, Final
 from uuid import UUID
 
 import psycopg
+import redis.asyncio as aioredis
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row, tuple_row
@@ -37,6 +38,7 @@ from infrastructure.monitoring.alerts import (
 )
 from infrastructure.monitoring.rules_config import config_hash, load_rules
 from infrastructure.monitoring.windows import save_windows
+from infrastructure.readmodels.balances_cache import CacheEntry, cache_entries, newest_entries
 from infrastructure.readmodels.quarantine import RELAY, quarantined_versions
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA
 from infrastructure.readmodels.tracking import use_schema
@@ -172,16 +174,19 @@ async def retry_quarantined(
     alert at its source."""
     retrier = _Retrier(settings, ledger, conn)
     outcomes = []
-    for item in await list_quarantined(conn):
-        if item.consumer == CASE_OPENER or item.notification_id is None:
-            continue
-        if consumer not in (None, item.consumer):
-            continue
-        if notification_id not in (None, item.notification_id):
-            continue
-        outcome = await retrier.retry(item.consumer, item.notification_id)
-        say(outcome)
-        outcomes.append(outcome)
+    try:
+        for item in await list_quarantined(conn):
+            if item.consumer == CASE_OPENER or item.notification_id is None:
+                continue
+            if consumer not in (None, item.consumer):
+                continue
+            if notification_id not in (None, item.notification_id):
+                continue
+            outcome = await retrier.retry(item.consumer, item.notification_id)
+            say(outcome)
+            outcomes.append(outcome)
+    finally:
+        await retrier.close()
     return outcomes
 
 
@@ -190,9 +195,11 @@ class _Retrier:
         self.settings = settings
         self.ledger = ledger
         self.conn = conn
+        self.cache: aioredis.Redis | None = None  # opened for the first account row written
         self._rules: tuple[Any, int] | None = None
 
     async def retry(self, consumer: str, notification_id: int) -> RetryOutcome:
+        entries: list[CacheEntry] = []
         try:
             event = await self._event(notification_id)
             projections = ALL_PROJECTIONS if consumer == RELAY else (consumer,)
@@ -201,13 +208,28 @@ class _Retrier:
                 if not await self._resolve(consumer, notification_id):
                     return RetryOutcome(consumer, notification_id, resolved=True)
                 for projection in projections:
-                    await self._apply(projection, event)
+                    entries += await self._apply(projection, event)
         except Exception as error:
             if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
                 raise
             await self._note_failure(consumer, notification_id)
             return RetryOutcome(consumer, notification_id, resolved=False, error=describe(error))
+        if entries:
+            # Committed: the query API's cached copy of the account must not stay behind.
+            await self._cache(entries)
         return RetryOutcome(consumer, notification_id, resolved=True)
+
+    async def _cache(self, entries: list[CacheEntry]) -> None:
+        if self.cache is None:
+            self.cache = aioredis.Redis.from_url(
+                self.settings.resolved_redis_url(), socket_timeout=self.settings.redis_timeout_s
+            )
+        newest = list(newest_entries(entries).values())
+        await cache_entries(self.cache, self.settings.redis_key_prefix, newest)
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
 
     async def _event(self, notification_id: int) -> Envelope:
         [stored] = await self._stored(
@@ -279,17 +301,18 @@ class _Retrier:
                 (consumer, notification_id),
             )
 
-    async def _apply(self, projection: str, event: Envelope) -> None:
+    async def _apply(self, projection: str, event: Envelope) -> list[CacheEntry]:
+        """Apply the event; the balances cache's entries of the account rows written."""
         if projection not in IN_VERSION_ORDER or not event.is_account_event:
             if projection != ALERTS:
-                await write_batch(self.conn, fold(PROJECTORS[projection](event)))
-            return
+                return await write_batch(self.conn, fold(PROJECTORS[projection](event)))
+            return []
         stream = await self._stream(event.aggregate_id)
         if projection == "balances":
             rows = [row for e in stream for row in PROJECTORS["balances"](e)]
-            await write_batch(self.conn, fold(rows))
-        else:
-            await self._rescore(stream, event)
+            return await write_batch(self.conn, fold(rows))
+        await self._rescore(stream, event)
+        return []
 
     async def _rescore(self, stream: list[Envelope], retried: Envelope) -> None:
         """The account's window rebuilt from its whole stream (stepping over the versions

@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+import orjson
 import psycopg
 import pytest
+import redis
 from psycopg import AsyncConnection
 from pydantic import SecretStr
 
@@ -33,6 +35,7 @@ from infrastructure.ops.quarantine import (
     reasons,
     retry_quarantined,
 )
+from infrastructure.readmodels.balances_cache import account_cache_key
 from infrastructure.readmodels.quarantine import QUARANTINED_RULE
 from infrastructure.readmodels.tracking import apply_batch
 from infrastructure.relay.events import CannotDecode, Relay, RelayLimits
@@ -387,6 +390,32 @@ def test_a_retried_event_rebuilds_the_account_from_its_whole_stream_in_order(
         for e in events
         if e.aggregate_id == a and e.event_type in MOVEMENT_KINDS
     ]
+
+
+def test_a_retried_balances_event_leaves_the_cache_holding_the_account_as_stored(
+    ledger: Ledger, settings: Settings, redis_client: redis.Redis
+) -> None:
+    """The query API reads an account from Redis first: once a retry has written the
+    account's row, the cached copy is that row, not an older one."""
+    a, _ = seed(ledger)
+    run(ledger, Deposit(a, GBP(125), uuid4()))
+    events = stored_envelopes(ledger)
+    last = events[-1]  # the account's last event: its row stays a version behind
+    apply(settings, "balances", spoiled(events, last.notification_id, balance_after_minor=10**20))
+    key = account_cache_key(settings.redis_key_prefix, a)
+    stale = {"account_id": str(a), "version": last.version - 1, "balance_minor": 0}
+    redis_client.set(key, orjson.dumps(stale))  # what a worker cached before it
+
+    outcomes = retry(settings, ledger)
+
+    assert {(o.consumer, o.resolved) for o in outcomes} == {("balances", True)}
+    cached = orjson.loads(redis_client.get(key))  # type: ignore[arg-type]
+    [(balance, version)] = rows(
+        settings, "SELECT balance_minor, version FROM readmodel.accounts WHERE account_id = %s", a
+    )
+    aggregate = ledger.get_account(a)
+    assert (cached["balance_minor"], cached["version"]) == (balance, version)
+    assert (balance, version) == (aggregate.balance_minor, aggregate.version)
 
 
 def test_an_event_the_relay_set_aside_is_retried_in_every_projection(

@@ -19,7 +19,6 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 import structlog
-from psycopg import AsyncConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -101,6 +100,8 @@ def cache_entry_columns(alias: str) -> str:
 # An entry: the account id as text, its version, and the JSON the query API reads.
 CacheEntry = tuple[str, int, str]
 
+# The entries of accounts as their committed rows hold them: what the statements' returned
+# entries must equal (tests read both).
 CACHED_ROWS = (
     f"SELECT {cache_entry_columns('a')} FROM {SCHEMA}.accounts AS a "
     "WHERE a.account_id = ANY(%b::uuid[])"
@@ -116,14 +117,6 @@ def newest_entries(*parts: list[CacheEntry]) -> dict[str, CacheEntry]:
             if held is None or held[1] < entry[1]:
                 newest[entry[0]] = entry
     return newest
-
-
-async def cache_account_rows(
-    conn: AsyncConnection[Any], cache: aioredis.Redis, prefix: str, account_ids: list[UUID]
-) -> None:
-    """Cache the accounts' rows as PostgreSQL has them now."""
-    cursor = await conn.execute(CACHED_ROWS, (account_ids,))
-    await cache_entries(cache, prefix, await cursor.fetchall())
 
 
 async def cache_entries(cache: aioredis.Redis, prefix: str, entries: list[CacheEntry]) -> None:

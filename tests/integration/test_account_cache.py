@@ -22,7 +22,7 @@ from infrastructure.readmodels.balances_cache import (
     CACHED_ROWS,
     SCRIPT_KEYS_MAX,
     account_cache_key,
-    cache_account_rows,
+    cache_entries,
 )
 from infrastructure.readmodels.readers.accounts import AccountRecord
 from infrastructure.settings import Settings
@@ -39,7 +39,9 @@ def write_cache(settings: Settings, account_ids: list[UUID]) -> None:
             async with await psycopg.AsyncConnection.connect(
                 settings.resolved_database_url(), autocommit=True
             ) as conn:
-                await cache_account_rows(conn, cache, settings.redis_key_prefix, account_ids)
+                cursor = await conn.execute(CACHED_ROWS, (account_ids,))
+                entries = await cursor.fetchall()
+                await cache_entries(cache, settings.redis_key_prefix, entries)
         finally:
             await cache.aclose()
 

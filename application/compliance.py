@@ -12,21 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import MapperDeserialisationError
+from eventsourcing.persistence import IntegrityError, MapperDeserialisationError, PersistenceError
 
 from application.commands import ChangeStatus, Submission
 from application.ledger import Ledger
 from application.locks import StripedLocks
-from application.retry import retrying
+from application.retry import retrying, unavailable
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
 from domain.errors import (
     CaseNotFound,
     SuppressionNotFound,
+    Unavailable,
     ValidationFailed,
     WatchlistEntryNotFound,
 )
@@ -122,7 +123,18 @@ class Compliance:
         return self.route_alert(AlertSummary.from_message(alert), correlation_id)
 
     def open_cases(self, alerts: Sequence[tuple[AlertSummary, str]]) -> list[Routed]:
-        """`route_alert` for each alert of a batch (the case opener's fetch), in order."""
+        """Route a batch of alerts (the case opener's fetch) in order, as `route_alert` does
+        each: the cases and routings they touch read together (a query for them, one for the
+        cases their routings hold open, one for the accounts' branches) and what they change
+        saved in one transaction. If that transaction loses a race (another opener, or an
+        analyst working one of the cases, wrote first) or the domain refuses one alert,
+        nothing of it is kept and each alert is routed again on its own."""
+        if len(alerts) > 1:
+            ids = [i for summary, _ in alerts for i in _route_ids(summary)]
+            with self._locks.holding([ids]):
+                routed = self._route_together(alerts)
+            if routed is not None:
+                return routed
         return [self.route_alert(summary, correlation_id) for summary, correlation_id in alerts]
 
     def route_alert(self, summary: AlertSummary, correlation_id: str) -> Routed:
@@ -130,59 +142,108 @@ class Compliance:
         takes it), or found routed before (a redelivery changes nothing); or no case, while
         a suppression holds. The routing aggregate of the account and rule and the case are
         saved in one transaction; a lost race is judged again."""
-        own_case_id = case_id_for(summary.alert_id)
+
+        def branch_of(account_id: UUID) -> str | None:
+            return self._branches_of([account_id]).get(account_id)
+
+        return self._retrying(
+            _route_ids(summary)[-1:],
+            lambda: self._route(summary, correlation_id, self._find, self.ledger.save, branch_of),
+        )
+
+    def _route_together(self, alerts: Sequence[tuple[AlertSummary, str]]) -> list[Routed] | None:
+        """The batch routed and saved, or None if nothing of it could be kept."""
+        try:
+            return self._route_all(alerts)
+        except Unavailable:
+            raise
+        except PersistenceError as error:
+            if not isinstance(error, IntegrityError):
+                raise unavailable(error) from error
+            return None  # a lost race
+        except Exception:  # the domain refused one: routed one by one, it raises alone
+            return None
+
+    def _route_all(self, alerts: Sequence[tuple[AlertSummary, str]]) -> list[Routed]:
+        loader = self.ledger.loader
+        wanted = {i for summary, _ in alerts for i in _route_ids(summary)}
+        pool: dict[UUID, object] = dict.fromkeys(wanted) | loader.load_aggregates(wanted)
+        held_open = {
+            UUID(routing.open_case_id)
+            for routing in pool.values()
+            if isinstance(routing, AlertRouting) and routing.open_case_id is not None
+        }.difference(pool)
+        if held_open:
+            pool |= dict.fromkeys(held_open) | loader.load_aggregates(held_open)
+        branches = self._branches_of({summary.account_id for summary, _ in alerts})
+        changed: dict[UUID, Any] = {}
+
+        def find(aggregate_id: UUID, kind: type[A]) -> A | None:
+            if aggregate_id not in pool:  # a case routed before, long closed: read it now
+                pool[aggregate_id] = self._find(aggregate_id, object)
+            aggregate = pool[aggregate_id]
+            return aggregate if isinstance(aggregate, kind) else None
+
+        def save(*aggregates: Any) -> None:
+            for aggregate in aggregates:
+                pool[aggregate.id] = changed[aggregate.id] = aggregate
+
+        routed = [
+            self._route(summary, correlation_id, find, save, branches.get)
+            for summary, correlation_id in alerts
+        ]
+        if changed:
+            self.ledger.save(*changed.values())
+        return routed
+
+    def _route(
+        self,
+        summary: AlertSummary,
+        correlation_id: str,
+        find: _Find,
+        save: Callable[..., object],
+        branch_of: Callable[[UUID], str | None],
+    ) -> Routed:
+        """One alert's routing (see `route_alert`), reading through `find` and handing what
+        it changed to `save`."""
+        own = find(case_id_for(summary.alert_id), AlertCase)
+        if own is not None:
+            return Routed(own, "existing")
         if summary.rule in SCREENING_SEVERITIES:
             # Screening opened its case with the hold, in the command's own transaction.
-            return self._retrying([own_case_id], lambda: self._open_own(summary, correlation_id))
-        key = routing_id(summary.account_id, summary.rule)
-
-        def attempt() -> Routed:
-            own = self._find(own_case_id, AlertCase)
-            if own is not None:
-                return Routed(own, "existing")
-            routing = self._find(key, AlertRouting)
-            stamp = self._stamp(SYSTEM_ACTOR, correlation_id)
-            if routing is not None and str(summary.alert_id) in routing.routed:
-                routed_to = routing.routed[str(summary.alert_id)]
-                if routed_to is None:
-                    return Routed(None, "suppressed")
-                return Routed(self._find(UUID(routed_to), AlertCase), "existing")
-            if routing is None:
-                routing = AlertRouting.start(summary.account_id, summary.rule, stamp)
-            suppression_id = routing.suppression_at(summary.raised_at or stamp.timestamp)
-            if suppression_id is not None:
-                routing.suppressed(summary.alert_id, suppression_id, stamp)
-                self.ledger.save(routing)
-                return Routed(None, "suppressed")
-            if routing.open_case_id is not None:
-                case = self._find(UUID(routing.open_case_id), AlertCase)
-                if case is not None and case.allows(CaseAction.JOIN):
-                    case.join(
-                        summary.alert_id,
-                        summary.severity,
-                        summary.explanation,
-                        summary.evidence,
-                        stamp,
-                    )
-                    routing.joined(summary.alert_id, case.id, stamp)
-                    self.ledger.save(case, routing)
-                    return Routed(case, "joined")
-            branch = self._branches_of([summary.account_id]).get(summary.account_id)
-            case = self._new_case(summary, branch, correlation_id)
-            routing.opened(summary.alert_id, case.id, stamp)
-            self.ledger.save(case, routing)
+            case = self._new_case(summary, branch_of(summary.account_id), correlation_id)
+            save(case)
             return Routed(case, "opened")
-
-        return self._retrying([key], attempt)
-
-    def _open_own(self, summary: AlertSummary, correlation_id: str) -> Routed:
-        case_id = case_id_for(summary.alert_id)
-        existing = self._find(case_id, AlertCase)
-        if existing is not None:
-            return Routed(existing, "existing")
-        branch = self._branches_of([summary.account_id]).get(summary.account_id)
-        case = self._new_case(summary, branch, correlation_id)
-        self.ledger.save(case)
+        routing = find(routing_id(summary.account_id, summary.rule), AlertRouting)
+        stamp = self._stamp(SYSTEM_ACTOR, correlation_id)
+        if routing is not None and str(summary.alert_id) in routing.routed:
+            routed_to = routing.routed[str(summary.alert_id)]
+            if routed_to is None:
+                return Routed(None, "suppressed")
+            return Routed(find(UUID(routed_to), AlertCase), "existing")
+        if routing is None:
+            routing = AlertRouting.start(summary.account_id, summary.rule, stamp)
+        suppression_id = routing.suppression_at(summary.raised_at or stamp.timestamp)
+        if suppression_id is not None:
+            routing.suppressed(summary.alert_id, suppression_id, stamp)
+            save(routing)
+            return Routed(None, "suppressed")
+        if routing.open_case_id is not None:
+            held = find(UUID(routing.open_case_id), AlertCase)
+            if held is not None and held.allows(CaseAction.JOIN):
+                held.join(
+                    summary.alert_id,
+                    summary.severity,
+                    summary.explanation,
+                    summary.evidence,
+                    stamp,
+                )
+                routing.joined(summary.alert_id, held.id, stamp)
+                save(held, routing)
+                return Routed(held, "joined")
+        case = self._new_case(summary, branch_of(summary.account_id), correlation_id)
+        routing.opened(summary.alert_id, case.id, stamp)
+        save(case, routing)
         return Routed(case, "opened")
 
     def _new_case(
@@ -385,6 +446,19 @@ class Compliance:
                 retries_max=options.retries_max,
                 backoff_s=options.retry_backoff_s,
             )
+
+
+class _Find(Protocol):
+    def __call__(self, aggregate_id: UUID, kind: type[A]) -> A | None: ...
+
+
+def _route_ids(summary: AlertSummary) -> list[UUID]:
+    """What routing the alert reads and may write: its own case, and the routing aggregate
+    of its account and rule (last; screening alerts have none)."""
+    own = case_id_for(summary.alert_id)
+    if summary.rule in SCREENING_SEVERITIES:
+        return [own]
+    return [own, routing_id(summary.account_id, summary.rule)]
 
 
 def watchlist_body(entry: WatchlistEntry) -> dict[str, Any]:

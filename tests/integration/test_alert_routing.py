@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from application.compliance import Compliance
+from application.compliance import AlertSummary, Compliance
 from application.ledger import Ledger
 from domain.case import AlertCase
 from domain.errors import AccountNotFound, SuppressionNotFound, ValidationFailed
@@ -23,6 +23,7 @@ from domain.integrity import Actor
 from domain.routing import AlertRouting, Suppression, routing_id
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.settings import Settings
+from tests.integration.support import HookedSaver
 from tests.integration.test_compliance import alert, open_account, stored_events
 
 pytestmark = pytest.mark.integration
@@ -111,6 +112,53 @@ def test_two_case_openers_at_once_give_one_case_with_every_alert(
     assert case_id is not None
     case = compliance.get_case(UUID(case_id))
     assert sorted(case.alert_ids) == sorted(m["alert_id"] for m in messages)
+
+
+def test_a_batch_routes_as_one_by_one_does_in_one_transaction(compliance: Compliance) -> None:
+    ledger = compliance.ledger
+    busy, quiet, hushed = open_account(ledger), open_account(ledger), open_account(ledger)
+    # An open case from an earlier fetch, which the batch's first hit on `quiet` joins.
+    earlier = compliance.open_case(velocity(quiet), "c0").case
+    assert earlier is not None
+    now = datetime.now(UTC)
+    compliance.add_suppression(
+        hushed, "velocity", now + timedelta(hours=1), "payroll", OFFICER, "c"
+    )
+    hits = [velocity(busy), velocity(quiet), velocity(busy), velocity(hushed, now)]
+    hits.append(hits[2])  # redelivered within the same fetch
+    saves = HookedSaver(ledger)
+    routed = compliance.open_cases([(AlertSummary.from_message(m), "b") for m in hits])
+    assert saves.writes == 1
+    assert [r.outcome for r in routed] == ["opened", "joined", "joined", "suppressed", "existing"]
+    opened = routed[0].case
+    assert opened is not None
+    assert [r.case.id if r.case else None for r in routed] == [
+        opened.id,
+        earlier.id,
+        opened.id,
+        None,
+        opened.id,
+    ]
+    assert opened.id == case_id_for(hits[0]["alert_id"])
+    stored = compliance.get_case(opened.id)
+    assert stored.alert_ids == [hits[0]["alert_id"], hits[2]["alert_id"]]
+    assert compliance.get_case(earlier.id).version == 2
+    routing = ledger.repository.get(routing_id(busy, "velocity"))
+    assert routing.routed == {m["alert_id"]: str(opened.id) for m in (hits[0], hits[2])}
+    assert ledger.repository.get(routing_id(hushed, "velocity")).routed == {
+        hits[3]["alert_id"]: None
+    }
+    # The same fetch delivered again changes nothing.
+    saves.writes = 0
+    again = compliance.open_cases([(AlertSummary.from_message(m), "b") for m in hits])
+    assert [r.outcome for r in again] == [
+        "existing",
+        "existing",
+        "existing",
+        "suppressed",
+        "existing",
+    ]
+    assert saves.writes == 0
 
 
 def test_a_suppression_records_hits_without_cases_until_revoked(

@@ -177,7 +177,7 @@ def test_a_batch_of_alerts_opens_its_new_cases_and_finds_the_rest(
     before, _ = open_case(compliance, earlier, "c0")
     saves = HookedSaver(ledger)
     opened = compliance.open_cases(summaries(first, second, first, earlier, stranger))
-    assert saves.writes == 3, "each new case with its routing, in a transaction of its own"
+    assert saves.writes == 1, "the batch's new cases and routings in one transaction"
     assert [r.outcome == "opened" for r in opened] == [True, True, False, False, True]
     cases = [r.case for r in opened]
     assert all(case is not None for case in cases)
@@ -209,6 +209,22 @@ def test_a_batch_that_loses_a_race_opens_each_alert_on_its_own(
     assert [r.outcome == "opened" for r in opened] == [False, True]
     assert len(stored_events(ledger, case_id_for(raced["alert_id"]))) == 1
     assert len(stored_events(ledger, case_id_for(other["alert_id"]))) == 1
+
+
+def test_a_batch_with_an_alert_the_domain_refuses_keeps_those_before_it_only(
+    compliance: Compliance,
+) -> None:
+    ledger = compliance.ledger
+    before, after = alert(open_account(ledger)), alert(open_account(ledger))
+    refused = {**alert(open_account(ledger)), "severity": "catastrophic"}
+    with pytest.raises(ValidationFailed):
+        compliance.open_cases(summaries(before, refused, after))
+    # Routed one by one, as the case opener then does with each message of the fetch.
+    assert stored_events(ledger, case_id_for(before["alert_id"]))
+    assert not stored_events(ledger, case_id_for(refused["alert_id"]))
+    assert not stored_events(ledger, case_id_for(after["alert_id"]))
+    again = compliance.open_cases(summaries(before, after))
+    assert [r.outcome for r in again] == ["existing", "opened"]
 
 
 # The workflow -------------------------------------------------------------------------------

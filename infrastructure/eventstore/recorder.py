@@ -11,7 +11,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from application.commands import ReplyRecord
 from application.envelope import IndexRow
@@ -25,7 +25,8 @@ from infrastructure.eventstore.schema import (
     index_create_statements,
 )
 from infrastructure.postgres.arrays import column_arrays
-from infrastructure.postgres.connect import SESSION_OPTIONS
+from infrastructure.postgres.connect import SESSION_OPTIONS, session_options
+from infrastructure.postgres.rendered import rendered
 
 REPLIES_TABLE = "command_replies"
 REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
@@ -42,7 +43,10 @@ class VigilRecorder(PostgresApplicationRecorder):
         pool_kwargs = self.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
         options = str(pool_kwargs.get("options") or "")
-        pool_kwargs["options"] = f"{options} {SESSION_OPTIONS}".strip()
+        # The library sets lock_timeout in each transaction, a statement of its own before
+        # the table lock; set once for the session, it bounds that lock the same way.
+        lock_timeout = session_options({"lock_timeout": f"{self.datastore.lock_timeout}s"})
+        pool_kwargs["options"] = f"{options} {SESSION_OPTIONS} {lock_timeout}".strip()
         self.datastore.pool.drain()
         schema = Identifier(self.datastore.schema)
         replies = Identifier(REPLIES_TABLE)
@@ -69,32 +73,33 @@ class VigilRecorder(PostgresApplicationRecorder):
         )
         events = Identifier(self.datastore.schema, self.events_table_name)
         index_names = SQL(", ").join(Identifier(c) for c in COLUMNS)
-        # Events and their index rows in one statement; the index takes each event's
-        # notification id from the rows just inserted. Arrays go over the wire in binary
-        # (%b): no text escaping of thousands of values.
-        self.insert_events_and_index_statement = SQL(
+        # Events, their index rows and the replies in one statement, which also notifies
+        # the relay's channel (as the library's NOTIFY does; delivered at commit). The index
+        # takes each event's notification id from the rows just inserted. Arrays go over the
+        # wire in binary (%b): no text escaping of thousands of values.
+        self.insert_group_statement = SQL(
             "WITH inserted AS ("
             "INSERT INTO {events} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
-            "RETURNING notification_id, originator_id, originator_version) "
+            "RETURNING notification_id, originator_id, originator_version), "
+            "replied AS (INSERT INTO {schema}.{replies} ({reply_columns}) "
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])), "
+            "notified AS MATERIALIZED (SELECT pg_notify({channel}, '') AS sent) "
             "INSERT INTO {index} (notification_id, {columns}) "
             "SELECT inserted.notification_id, {v_columns} FROM inserted "
             "JOIN unnest({index_arrays}) AS v({columns}) "
-            "ON v.aggregate_id = inserted.originator_id AND v.version = inserted.originator_version"
+            "ON v.aggregate_id = inserted.originator_id "
+            "AND v.version = inserted.originator_version CROSS JOIN notified"
         ).format(
             events=events,
+            schema=schema,
+            replies=replies,
+            reply_columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
+            channel=Literal(self.channel_name),
             index=Identifier(self.datastore.schema, INDEX_TABLE),
             columns=index_names,
             v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
             index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
-        )
-        self.insert_replies_statement = SQL(
-            "INSERT INTO {schema}.{replies} ({columns}) "
-            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])"
-        ).format(
-            schema=schema,
-            replies=replies,
-            columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
         )
         # One index range scan per aggregate: the lateral subquery, fenced by OFFSET 0, is
         # not flattened into a join the planner may turn into a scan of the whole table.
@@ -114,6 +119,23 @@ class VigilRecorder(PostgresApplicationRecorder):
             "SELECT command_id, kind, subject, fingerprint, body FROM {schema}.{replies} "
             "WHERE command_id = ANY(%b::uuid[])"
         ).format(schema=schema, replies=replies)
+
+        # Rendered to bytes once: psycopg renders a composed statement again at every
+        # execute (quoting each identifier), which cost a single-transfer group more than
+        # its judging. Identifiers here are ASCII names, the same in any client encoding.
+        for name in (
+            "insert_group_statement",
+            "select_after_versions_statement",
+            "select_first_events_statement",
+            "select_replies_statement",
+        ):
+            setattr(self, name, rendered(getattr(self, name)))
+        self.lock_table_statements = [
+            statement
+            for statement in map(rendered, self.lock_table_statements)
+            if not statement.startswith(b"SET LOCAL lock_timeout")
+        ]
+        assert len(self.lock_table_statements) == 1, "the table lock, set for the session"
 
     def create_table(self) -> None:
         # The library runs CREATE TYPE every time and swallows the DuplicateObject error;
@@ -172,14 +194,15 @@ class VigilRecorder(PostgresApplicationRecorder):
             conn.cursor() as curs,
         ):
             self._lock_table(curs)
-            self._notify_channel(curs)
             curs.execute(
-                self.insert_events_and_index_statement,
-                [*column_arrays(stored_events, EVENT_COLUMNS), *index_columns(index_rows)],
+                self.insert_group_statement,
+                [
+                    *column_arrays(stored_events, EVENT_COLUMNS),
+                    *reply_columns(replies),
+                    *index_columns(index_rows),
+                ],
                 prepare=True,
             )
-            if replies:
-                curs.execute(self.insert_replies_statement, reply_columns(replies), prepare=True)
             # Sync here, so a unique violation (a lost race) is raised as itself, not as
             # "pipeline aborted" from the commit that would follow.
             pipeline.sync()

@@ -168,9 +168,10 @@ class VigilRecorder(PostgresApplicationRecorder):
 
         The library's table lock comes first, as in its own insert: writers take turns,
         so notification ids are issued in commit order (a reader tailing the log never
-        passes a gap that fills later). Events first, replies after: every writer takes
-        its locks in the same order, so two writers of one command id cannot deadlock.
-        A lost optimistic-concurrency race or a command id already taken fails the
+        passes a gap that fills later). Then one statement writes the events, their
+        index rows and the replies, and notifies the relay's channel. Two writers of one
+        command id cannot deadlock: the second waits for the table lock before it writes
+        anything. A lost optimistic-concurrency race or a command id already taken fails the
         whole transaction with an IntegrityError, and nothing of it is written.
 
         Without index rows or replies, this records exactly as the library's recorder

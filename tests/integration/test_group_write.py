@@ -1,6 +1,7 @@
-"""A command group is written in one statement after the table lock: its events, their
-index rows, its replies, and the notification that wakes the relay (delivered at commit).
-The table lock is bounded by the event store's lock_timeout, set for the session."""
+"""A command group is loaded in one statement and written in one statement after the table
+lock: its events, their index rows, its replies, and the notification that wakes the relay
+(delivered at commit). The store's sessions plan statements once (generic plans) and bound
+the table lock by the event store's lock_timeout."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def test_a_write_waits_for_the_table_lock_no_longer_than_lock_timeout(
     assert timeout_s <= waited_s < timeout_s + 10, waited_s
     [deposited] = ledger.execute([Submission(deposit, TELLER, "c")])
     assert deposited.error is None, "nothing of the refused write was kept"
+
+
+def test_the_stores_sessions_plan_statements_once(ledger: Ledger) -> None:
+    """A custom plan at every execute cost the group-state query five times its run."""
+    with ledger.recorder.datastore.get_connection() as conn:
+        rows = conn.execute(
+            "SELECT name, setting FROM pg_settings "
+            "WHERE name IN ('plan_cache_mode', 'lock_timeout', 'jit')"
+        ).fetchall()
+    settings = {row["name"]: row["setting"] for row in rows}
+    timeout_ms = str(ledger.recorder.datastore.lock_timeout * 1000)
+    assert settings == {
+        "plan_cache_mode": "force_generic_plan",
+        "lock_timeout": timeout_ms,
+        "jit": "off",
+    }

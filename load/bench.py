@@ -81,6 +81,7 @@ from bench_load import (
     open_accounts,
     open_loop,
 )
+from bench_options import parse_args
 from bench_report import loadavg, machine, print_table
 from bench_system import (
     OWN_VARIABLES,
@@ -101,35 +102,7 @@ from interfaces.api.http.tokens import issue_token
 HERE = Path(__file__).resolve().parent
 RULES, STORM_RULES = HERE / "bench_rules.toml", HERE / "bench_storm_rules.toml"
 PIPELINE_PROJECTIONS = ("balances", "alerts")
-# Finer where this machine's capacity lies, so that a gain of a sixth shows.
-RATES_DEFAULT = (300, 600, 750, 900, 1050, 1200, 1500, 1800, 2400, 3000, 4000)
-SINGLE_RATES_DEFAULT = (500, 1000, 2000)
-RATE_MAX = 50_000
-ACCOUNTS_DEFAULT, ACCOUNTS_MIN, ACCOUNTS_MAX = 10_000, 100, 100_000
-BATCH_CLIENTS_DEFAULT, CLIENTS_MAX = 8, 256
-PROCESSES_MAX = 16
-SECONDS_MIN, SECONDS_MAX = 2.0, 300.0
-DEFAULTS = {  # seconds of each phase; --quick takes QUICK's
-    "step_s": 20.0,
-    "ingestion_s": 30.0,
-    "single_s": 15.0,
-    "storm_s": 20.0,
-    "baseline_s": 20.0,
-}
-QUICK = {
-    "step_s": 6.0,
-    "ingestion_s": 8.0,
-    "single_s": 5.0,
-    "storm_s": 6.0,
-    "baseline_s": 5.0,
-    "accounts": 2_000,
-    "rates": (300, 600, 1200),
-    "single_rates": (500, 1000),
-    "storm_rate": 300,
-}
-STORM_RATE_DEFAULT = 600
 SETUP_TIMEOUT_S = 300.0
-CATCH_UP_MAX_S_DEFAULT, CATCH_UP_MAX_S_MAX = 60.0, 900.0
 BACKLOG_CATCH_UP_MAX_S = 300.0  # the catch-up phase's own bound
 SAMPLE_INTERVAL_S = 0.25
 PROGRESS_EVERY_S = 5.0
@@ -437,68 +410,6 @@ async def measure(system: System, settings: Settings, args: argparse.Namespace) 
 # Main ------------------------------------------------------------------------------------------
 
 
-def _bounded(low: float, high: float, kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _rates(text: str) -> tuple[int, ...]:
-    try:
-        rates = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("comma-separated whole numbers") from None
-    if not rates or any(not 1 <= r <= RATE_MAX for r in rates) or list(rates) != sorted(rates):
-        raise argparse.ArgumentTypeError(f"increasing rates from 1 to {RATE_MAX:,}")
-    return rates
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    add = parser.add_argument
-    seconds = _bounded(SECONDS_MIN, SECONDS_MAX, float)
-    add("--quick", action="store_true", help="a ~3-minute smoke run: short phases, fewer steps")
-    add("--out", type=Path, default=Path("var/bench/latest.json"))
-    add("--accounts", type=_bounded(ACCOUNTS_MIN, ACCOUNTS_MAX, int), default=None)
-    add("--rates", type=_rates, default=None, help="capacity steps, transfers/s offered")
-    add("--step-s", type=seconds, default=None, help="seconds of each capacity step")
-    add("--ingestion-s", type=seconds, default=None)
-    add("--single-rates", type=_rates, default=None, help="single commands/s offered")
-    add("--single-s", type=seconds, default=None, help="seconds at each single-command rate")
-    add("--storm-rate", type=_bounded(1, RATE_MAX, int), default=None)
-    add("--storm-s", type=seconds, default=None)
-    add("--baseline-s", type=seconds, default=None)
-    add("--batch-clients", type=_bounded(1, CLIENTS_MAX, int), default=BATCH_CLIENTS_DEFAULT)
-    add(
-        "--command-workers",
-        type=_bounded(1, PROCESSES_MAX, int),
-        default=1,
-        help="uvicorn worker processes of the command API (vigil api --workers)",
-    )
-    add("--workers-processes", type=_bounded(1, PROCESSES_MAX, int), default=1,
-        help="`vigil workers` processes")  # fmt: skip
-    catch_up = _bounded(0, CATCH_UP_MAX_S_MAX, float)
-    add("--catch-up-max-s", type=catch_up, default=CATCH_UP_MAX_S_DEFAULT,
-        help="how long a phase waits for the projections before the next starts")  # fmt: skip
-    add("--keep", action="store_true", help="keep the run's databases (default: logs only)")
-    args = parser.parse_args(argv)
-    preset = QUICK if args.quick else {}
-    fallback = DEFAULTS | {
-        "accounts": ACCOUNTS_DEFAULT,
-        "rates": RATES_DEFAULT,
-        "single_rates": SINGLE_RATES_DEFAULT,
-        "storm_rate": STORM_RATE_DEFAULT,
-    }
-    for key, value in fallback.items():
-        if getattr(args, key) is None:
-            setattr(args, key, preset.get(key, value))
-    return args
-
-
 def _baseline(system: System, seconds: float) -> dict[str, Any]:
     _say(f"baseline: plain eventsourcing, {BASELINE_THREADS} threads, {seconds:.0f} s")
     url = baseline_database(str(system.info["database_url"]), system.postgres.admin_url)
@@ -549,7 +460,7 @@ def _conditions(args: argparse.Namespace, setup_s: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, (__doc__ or "").split("\n\n")[0])
     # SIGTERM and SIGHUP end the run as Ctrl-C does: through every `finally` below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGHUP, signal.default_int_handler)

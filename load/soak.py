@@ -42,9 +42,10 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ACCOUNTS_DEFAULT, RULES, Pipeline
+from bench import RULES, Pipeline
 from bench_figures import lag_stats, latency_ms
 from bench_load import BRANCH, Tally, fund_accounts, mixed_streams, open_accounts, open_loop
+from bench_options import ACCOUNTS_DEFAULT
 from bench_system import Http, System, run_in_system, start_tool
 from faults_checks import Checker
 

@@ -38,7 +38,9 @@ STORM_RATE_DEFAULT = 600
 CATCH_UP_MAX_S_DEFAULT, CATCH_UP_MAX_S_MAX = 60.0, 900.0
 
 
-def _bounded(low: float, high: float, kind: type) -> Callable[[str], Any]:
+def bounded(low: float, high: float, kind: type) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the text, refused outside [low, high]."""
+
     def parse(text: str) -> Any:
         value = kind(text)
         if not low <= value <= high:
@@ -61,28 +63,28 @@ def _rates(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
-    seconds = _bounded(SECONDS_MIN, SECONDS_MAX, float)
+    seconds = bounded(SECONDS_MIN, SECONDS_MAX, float)
     add("--quick", action="store_true", help="a ~3-minute smoke run: short phases, fewer steps")
     add("--out", type=Path, default=Path("var/bench/latest.json"))
-    add("--accounts", type=_bounded(ACCOUNTS_MIN, ACCOUNTS_MAX, int), default=None)
+    add("--accounts", type=bounded(ACCOUNTS_MIN, ACCOUNTS_MAX, int), default=None)
     add("--rates", type=_rates, default=None, help="capacity steps, transfers/s offered")
     add("--step-s", type=seconds, default=None, help="seconds of each capacity step")
     add("--ingestion-s", type=seconds, default=None)
     add("--single-rates", type=_rates, default=None, help="single commands/s offered")
     add("--single-s", type=seconds, default=None, help="seconds at each single-command rate")
-    add("--storm-rate", type=_bounded(1, RATE_MAX, int), default=None)
+    add("--storm-rate", type=bounded(1, RATE_MAX, int), default=None)
     add("--storm-s", type=seconds, default=None)
     add("--baseline-s", type=seconds, default=None)
-    add("--batch-clients", type=_bounded(1, CLIENTS_MAX, int), default=BATCH_CLIENTS_DEFAULT)
+    add("--batch-clients", type=bounded(1, CLIENTS_MAX, int), default=BATCH_CLIENTS_DEFAULT)
     add(
         "--command-workers",
-        type=_bounded(1, PROCESSES_MAX, int),
+        type=bounded(1, PROCESSES_MAX, int),
         default=1,
         help="uvicorn worker processes of the command API (vigil api --workers)",
     )
-    add("--workers-processes", type=_bounded(1, PROCESSES_MAX, int), default=1,
+    add("--workers-processes", type=bounded(1, PROCESSES_MAX, int), default=1,
         help="`vigil workers` processes")  # fmt: skip
-    catch_up = _bounded(0, CATCH_UP_MAX_S_MAX, float)
+    catch_up = bounded(0, CATCH_UP_MAX_S_MAX, float)
     add("--catch-up-max-s", type=catch_up, default=CATCH_UP_MAX_S_DEFAULT,
         help="how long a phase waits for the projections before the next starts")  # fmt: skip
     add("--keep", action="store_true", help="keep the run's databases (default: logs only)")

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_options import bounded
 from target import Target, read_target
 
 COMMANDS_DEFAULT = 1000
@@ -260,22 +261,12 @@ def _print_summary(result: dict[str, Any]) -> None:
         print(f"    {count:6d}  {kind}")
 
 
-def _bounded(low: float, high: float, kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commands", type=_bounded(1, COMMANDS_MAX, int), default=COMMANDS_DEFAULT)
-    parser.add_argument("--concurrency", type=_bounded(1, CONCURRENCY_MAX, int), default=1)
+    parser.add_argument("--commands", type=bounded(1, COMMANDS_MAX, int), default=COMMANDS_DEFAULT)
+    parser.add_argument("--concurrency", type=bounded(1, CONCURRENCY_MAX, int), default=1)
     parser.add_argument(
-        "--max-seconds", type=_bounded(1, MAX_SECONDS_MAX, float), default=MAX_SECONDS_DEFAULT
+        "--max-seconds", type=bounded(1, MAX_SECONDS_MAX, float), default=MAX_SECONDS_DEFAULT
     )
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the figures here")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from infrastructure.eventstore.schema import (
     index_create_statements,
 )
 from infrastructure.postgres.arrays import column_arrays
-from infrastructure.postgres.connect import SESSION_OPTIONS, session_options
+from infrastructure.postgres.connect import store_session_options
 from infrastructure.postgres.rendered import rendered
 
 REPLIES_TABLE = "command_replies"
@@ -38,24 +38,16 @@ class VigilRecorder(PostgresApplicationRecorder):
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        # SESSION_OPTIONS on the library's pool too. The connections the pool already made
-        # are replaced by ones carrying them.
+        # The store's session options (`store_session_options`): the factory gives them to
+        # the pool before it opens. A datastore made elsewhere gets them here, and the
+        # connections its pool already made are replaced by ones carrying them.
         pool_kwargs = self.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict), "the library passes the pool a dict"
         options = str(pool_kwargs.get("options") or "")
-        # The library sets lock_timeout in each transaction, a statement of its own before
-        # the table lock; set once for the session, it bounds that lock the same way.
-        # Generic plans: PostgreSQL planned the group-state query again at every execute
-        # (a custom plan, ~0.5 ms, for a query over arrays that runs in a tenth of that);
-        # the store's statements look rows up by key, which a generic plan does as well.
-        store_options = session_options(
-            {
-                "lock_timeout": f"{self.datastore.lock_timeout}s",
-                "plan_cache_mode": "force_generic_plan",
-            }
-        )
-        pool_kwargs["options"] = f"{options} {SESSION_OPTIONS} {store_options}".strip()
-        self.datastore.pool.drain()
+        wanted = store_session_options(self.datastore.lock_timeout)
+        if wanted not in options:
+            pool_kwargs["options"] = f"{options} {wanted}".strip()
+            self.datastore.pool.drain()
         schema = Identifier(self.datastore.schema)
         replies = Identifier(REPLIES_TABLE)
         # The primary key is what makes a command id unique: a second writer of

@@ -5,6 +5,7 @@ the table lock by the event store's lock_timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from uuid import uuid4
@@ -77,17 +78,20 @@ def test_a_write_waits_for_the_table_lock_no_longer_than_lock_timeout(
     assert deposited.error is None, "nothing of the refused write was kept"
 
 
-def test_the_stores_sessions_plan_statements_once(ledger: Ledger) -> None:
-    """A custom plan at every execute cost the group-state query five times its run."""
-    with ledger.recorder.datastore.get_connection() as conn:
-        rows = conn.execute(
-            "SELECT name, setting FROM pg_settings "
-            "WHERE name IN ('plan_cache_mode', 'lock_timeout', 'jit')"
-        ).fetchall()
-    settings = {row["name"]: row["setting"] for row in rows}
-    timeout_ms = str(ledger.recorder.datastore.lock_timeout * 1000)
-    assert settings == {
-        "plan_cache_mode": "force_generic_plan",
-        "lock_timeout": timeout_ms,
-        "jit": "off",
-    }
+def test_every_connection_of_the_store_has_its_session_options(ledger: Ledger) -> None:
+    """A custom plan at every execute cost the group-state query five times its run; a
+    session without lock_timeout would wait for the table lock for ever. Every connection
+    the pool holds, taken at once, not only the first one."""
+    datastore = ledger.recorder.datastore
+    timeout_ms = str(datastore.lock_timeout * 1000)
+    wanted = {"plan_cache_mode": "force_generic_plan", "lock_timeout": timeout_ms, "jit": "off"}
+    with contextlib.ExitStack() as stack:
+        connections = [
+            stack.enter_context(datastore.get_connection()) for _ in range(datastore.pool.min_size)
+        ]
+        for conn in connections:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings "
+                "WHERE name IN ('plan_cache_mode', 'lock_timeout', 'jit')"
+            ).fetchall()
+            assert {row["name"]: row["setting"] for row in rows} == wanted

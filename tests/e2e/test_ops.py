@@ -203,7 +203,8 @@ EXTRA_PROBLEM_STATUSES: dict[tuple[str, str], set[str]] = {
     ("delete", "/v1/suppressions/{suppression_id}"): {"404"},
 }
 
-# Codes each route was seen to produce (test_errors.py), which its document must name.
+# Codes each route was seen to produce (test_errors.py, test_input_errors.py), which its
+# document must name.
 DOCUMENTED_CODES: dict[tuple[str, str], dict[str, set[str]]] = {
     ("post", "/v1/accounts/{account_id}/deposits"): {
         "404": {"account_not_found"},

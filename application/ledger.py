@@ -77,6 +77,7 @@ class LedgerOptions:
     # Accounts held in memory between groups (least recently used dropped first).
     accounts_in_memory_max: int = 50_000
     clock: Callable[[], datetime] = utc_now
+    # Serves the look-ups of committed replies (holds, reversals); commands read the store.
     reply_cache: ReplyCache = field(default_factory=NoReplyCache)
     # The id of `mac_key`, recorded in every event it seals (keys rotate).
     mac_kid: str = DEFAULT_MAC_KID
@@ -183,9 +184,9 @@ class Ledger(Application[UUID]):
         ahead: tuple[dict[UUID, Account], dict[UUID, ReplyRecord]] = ({}, {}),
     ) -> LoadedGroup:
         """The group's accounts, those held in memory brought up to date, and the replies
-        already given to its command ids: the reply cache's, and the store's for the ids
-        the cache does not know, in the same query as the accounts. `ahead`: the accounts
-        and replies of groups decided but still being written, which come first."""
+        already given to its command ids, from the store in the same query as the
+        accounts. `ahead`: the accounts and replies of groups decided but still being
+        written, which come first."""
         ahead_accounts, ahead_replies = ahead
         others = self._other_ids(submissions)
         held: dict[UUID, Account] = {}
@@ -196,13 +197,13 @@ class Ledger(Application[UUID]):
             if account is not None:
                 held[account_id] = account
         known = {i: ahead_replies[i] for i in command_ids if i in ahead_replies}
-        asked = [i for i in command_ids if i not in known]
-        cached = self.options.reply_cache.get_many(asked) if asked else {}
-        unknown_ids = [i for i in asked if i not in cached]
+        unknown_ids = [i for i in command_ids if i not in known]
+        # No reply cache here: the store's query brings the accounts up to date anyway,
+        # and reads the replies in the same round trip (the cache serves look-ups).
         loaded = self.loader.load_group(held, account_ids | others, unknown_ids)
         return LoadedGroup(
             accounts=loaded.accounts,
-            replies=known | cached | loaded.replies,
+            replies=known | loaded.replies,
             others=loaded.others,
         )
 
@@ -245,7 +246,6 @@ class Ledger(Application[UUID]):
             events = [event for events in decision.events.values() for event in events]
             replies = list(decision.replies.values())
             self.saver.save_group(events, [index_row(event) for event in events], replies)
-            self.options.reply_cache.put_many(decision.replies)
 
     # The commit pipeline ----------------------------------------------------------------
     #

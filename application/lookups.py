@@ -31,10 +31,16 @@ class HoldRef:
 
 
 def find_reply(ledger: Ledger, command_id: UUID) -> ReplyRecord | None:
-    cached = ledger.options.reply_cache.get_many([command_id])
+    """A committed reply: the reply cache's, else the store's, then cached (a committed
+    reply never changes; one not found is not cached, it may commit later)."""
+    cache = ledger.options.reply_cache
+    cached = cache.get_many([command_id])
     if command_id in cached:
         return cached[command_id]
-    return ledger.loader.load_group({}, (), [command_id]).replies.get(command_id)
+    record = ledger.loader.load_group({}, (), [command_id]).replies.get(command_id)
+    if record is not None:
+        cache.put_many({command_id: record})
+    return record
 
 
 def find_hold(ledger: Ledger, hold_id: UUID) -> HoldRef:

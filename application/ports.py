@@ -89,7 +89,8 @@ class GroupSaver(Protocol):
 
 
 class ReplyCache(Protocol):
-    """A best-effort cache of committed replies. Losing it loses nothing."""
+    """A best-effort cache of committed replies, filled by the look-ups that read them (a
+    hold's, a transfer to reverse). Losing it loses nothing."""
 
     def get_many(self, command_ids: Iterable[UUID]) -> dict[UUID, ReplyRecord]: ...
 

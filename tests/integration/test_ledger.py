@@ -20,6 +20,7 @@ from application.commands import (
     Withdraw,
 )
 from application.ledger import Ledger
+from application.lookups import find_original, find_reply
 from domain.account import Account
 from domain.errors import (
     AccountFrozen,
@@ -263,6 +264,29 @@ def test_stored_events_chain_and_verify_with_the_mac_key(
             assert mac_matches(settings.audit_mac_key_resolved(), event.hash, event.mac)
             assert event.correlation_id == "corr-test"
             previous = event.hash
+
+
+def test_commands_read_replies_from_the_store_and_look_ups_fill_the_cache(
+    ledger: Ledger,
+) -> None:
+    cache = ledger.options.reply_cache
+    assert isinstance(cache, RedisReplyCache)
+    account_id = open_account(ledger)
+    transaction_id = uuid4()
+    first = ledger.execute_one(sub(Deposit(account_id, gbp(250), transaction_id)))
+    # The group path writes and reads no reply in Redis: the store has it.
+    assert cache.get_many([transaction_id]) == {}
+    assert ledger.execute_one(sub(Deposit(account_id, gbp(250), transaction_id))).replayed
+    assert cache.get_many([transaction_id]) == {}
+    # A look-up reads the store, then caches what it found; an unknown id stays uncached.
+    original = find_original(ledger, transaction_id)
+    assert (original.amount_minor, original.credited) == (250, account_id)
+    cached = cache.get_many([transaction_id])[transaction_id]
+    assert cached.body == first.body
+    assert find_reply(ledger, transaction_id) == cached
+    missing = uuid4()
+    assert find_reply(ledger, missing) is None
+    assert cache.get_many([missing]) == {}
 
 
 def test_commands_work_and_replay_correctly_with_redis_down(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from domain.ids import watchlist_entry_id
 from domain.rules.config import RulesConfig
 from domain.rules.engine import Hit
 from domain.rules.window import AccountWindow
-from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.eventstore.schema import EVENTS_TABLE, INDEX_TABLE
 from infrastructure.monitoring.windows import (
     LoadedWindows,
     WindowCache,
@@ -66,15 +66,21 @@ async def apply_alerts_batch(
     config_version: int,
     schema: str = SCHEMA,
     cache: WindowCache | None = None,
+    watchlist: WatchlistSteps | None = None,
 ) -> tuple[BatchResult, list[Hit]]:
     """Score the new events of a batch, in one transaction with a fixed number of
     statements: the windows, the watchlist's history and the alerts each go in one.
     `cache` holds the windows this process stored in `schema` between batches (a worker's
-    cache the live projection's, a replay's its own; never one cache for two schemas). An
-    event the rules cannot score is quarantined and the rest scored around it."""
+    cache the live projection's, a replay's its own; never one cache for two schemas).
+    `watchlist` keeps the watchlist's steps between batches (only where the event index is
+    complete); without it each batch probes the store for its counterparties. An event the
+    rules cannot score is quarantined and the rest scored around it."""
 
     async def load(batch: Sequence[Envelope]) -> tuple[LoadedWindows, WatchlistHistory]:
-        return await load_windows(conn, batch, cache), await watchlist_history(conn, batch)
+        windows = await load_windows(conn, batch, cache)
+        if watchlist is not None:
+            return windows, await watchlist.history(conn, batch)
+        return windows, await watchlist_history(conn, batch)
 
     def decide(
         batch: Sequence[Envelope],
@@ -203,6 +209,66 @@ class WatchlistHistory:
 def _counterparty(event: Envelope) -> str | None:
     movement = movement_of(event)
     return None if movement is None else movement.counterparty_account_id
+
+
+class WatchlistSteps:
+    """Every watchlist entry's steps below a notification id, kept between batches and
+    extended through the event index's type index: each batch reads the few entries (most
+    often none) after the last id it read, where probing the store costs an index look-up
+    per counterparty. Only for a complete event index (the recorder writes each event's
+    row in the event's transaction; `complete_event_index` checks a store written before
+    there was one). Notification ids commit in order, under the store's table lock: once
+    a batch holds id n, no step below n can appear later."""
+
+    def __init__(self) -> None:
+        self.below = 1  # every step with a lower notification id is in `steps`
+        self.steps: dict[UUID, list[tuple[int, int, str]]] = {}
+
+    async def history(
+        self, conn: AsyncConnection[Any], events: Sequence[Envelope]
+    ) -> WatchlistHistory:
+        high = max((e.notification_id for e in events), default=0)
+        if high > self.below:
+            cursor = await conn.execute(WATCHLIST_STEPS, (WATCHLIST_EVENTS, self.below, high))
+            for entry_id, step_id, version, event_type in await cursor.fetchall():
+                steps = self.steps.setdefault(entry_id, [])
+                steps.append((int(step_id), int(version), str(event_type)))
+            self.below = high
+        return WatchlistHistory(self.steps)
+
+
+# The watchlist entry's event classes, as the event index names them.
+WATCHLIST_EVENTS = ["WatchlistEntryAdded", "WatchlistEntryRemoved", "WatchlistEntryRestored"]
+WATCHLIST_STEPS = (
+    f"SELECT aggregate_id, notification_id, version, event_type FROM {INDEX_TABLE} "
+    "WHERE event_type = ANY(%s) AND notification_id >= %s AND notification_id < %s "
+    "ORDER BY notification_id"
+)
+
+
+async def complete_event_index(conn: AsyncConnection[Any]) -> bool:
+    """Whether the event index is as far as the store (`WatchlistSteps` needs it): two
+    index look-ups. The recorder creates both tables together, so a store not made yet
+    will have it; one older than the index needs `vigil audit reindex`."""
+    cursor = await conn.execute(
+        f"SELECT to_regclass('{EVENTS_TABLE}') IS NOT NULL, "
+        f"to_regclass('{INDEX_TABLE}') IS NOT NULL"
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    events_present, index_present = row
+    if not events_present:
+        return True
+    if not index_present:
+        return False
+    cursor = await conn.execute(
+        f"SELECT (SELECT max(notification_id) FROM {EVENTS_TABLE}), "
+        f"(SELECT max(notification_id) FROM {INDEX_TABLE})"
+    )
+    heads = await cursor.fetchone()
+    assert heads is not None
+    store_head, index_head = heads
+    return store_head is None or (index_head is not None and index_head >= store_head)
 
 
 async def watchlist_history(

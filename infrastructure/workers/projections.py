@@ -33,7 +33,12 @@ from infrastructure.kafka.clients import new_consumer
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.logging import describe
-from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.alerts import (
+    WatchlistSteps,
+    apply_alerts_batch,
+    complete_event_index,
+    register_config,
+)
 from infrastructure.monitoring.rules_config import config_hash, load_rules
 from infrastructure.monitoring.windows import WindowCache
 from infrastructure.postgres.connect import SESSION_OPTIONS, connect, connect_async
@@ -94,11 +99,20 @@ class AlertsApplier:
         self.config, self.source = load_rules(settings.rules_config)
         self.version = 0
         self.windows = WindowCache()
+        self.watchlist: WatchlistSteps | None = None
 
     async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         digest = config_hash(self.config)
         self.version = await register_config(conn, self.config.describe(), digest, self.source)
         log.info("rules_config_loaded", version=self.version, sha256=digest)
+        if await complete_event_index(conn):
+            self.watchlist = WatchlistSteps()
+        else:
+            # Still right, only slower: each batch probes the store for its counterparties.
+            log.warning(
+                "watchlist_by_probe",
+                hint="the event index is absent or behind the store: run `vigil audit reindex`",
+            )
 
     async def apply(
         self, conn: psycopg.AsyncConnection[Any], events: list[Envelope]
@@ -106,7 +120,7 @@ class AlertsApplier:
         assert self.version > 0, "prepare() first"
         started = time.perf_counter()
         result, hits = await apply_alerts_batch(
-            conn, events, self.config, self.version, cache=self.windows
+            conn, events, self.config, self.version, cache=self.windows, watchlist=self.watchlist
         )
         if events:
             per_event_s = (time.perf_counter() - started) / len(events)

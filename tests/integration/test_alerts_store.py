@@ -20,7 +20,12 @@ from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
 from infrastructure.eventstore.ledger import open_ledger
-from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
+from infrastructure.monitoring.alerts import (
+    WatchlistSteps,
+    apply_alerts_batch,
+    complete_event_index,
+    register_config,
+)
 from infrastructure.monitoring.rules_config import config_hash
 from infrastructure.monitoring.windows import WindowCache
 from infrastructure.settings import Settings
@@ -57,12 +62,15 @@ async def score(
     events: list[Envelope],
     config: RulesConfig,
     cache: WindowCache | None = None,
+    watchlist: WatchlistSteps | None = None,
 ) -> Any:
     async with await psycopg.AsyncConnection.connect(
         settings.resolved_database_url(), autocommit=True
     ) as conn:
         version = await register_config(conn, config.describe(), config_hash(config), "")
-        return await apply_alerts_batch(conn, events, config, version, cache=cache)
+        return await apply_alerts_batch(
+            conn, events, config, version, cache=cache, watchlist=watchlist
+        )
 
 
 def structuring(ledger: Ledger) -> UUID:
@@ -210,3 +218,98 @@ def test_one_batch_scores_each_transfer_against_the_watchlist_as_it_was_then(
     assert [alert for alert, _ in outbox] == [
         alert_id("watchlist", str(payer), n) for n in after_listing
     ]
+
+
+def test_watchlist_steps_kept_between_batches_answer_as_the_store_did_at_each_event(
+    ledger: Ledger, settings: Settings
+) -> None:
+    """Listed, removed, restored, with one account's partition far ahead of another's:
+    each transfer is scored against the watchlist just before it, though the steps were
+    read (through the event index) when a later batch came first."""
+    payer, other, payee = uuid4(), uuid4(), uuid4()
+    for account in (payer, other, payee):
+        run(ledger, OpenAccount(account, "A", "001", "GBP", 0))
+    for account in (payer, other):
+        run(ledger, Deposit(account, Money(100_000, "GBP"), uuid4(), channel="wire"))
+    compliance = Compliance(ledger)
+
+    def both_pay() -> None:
+        for account in (payer, other):
+            run(ledger, Transfer(account, payee, Money(1_000, "GBP"), uuid4()))
+
+    both_pay()
+    compliance.add_to_watchlist(payee, "sanctions hit", OFFICER, "w1")
+    both_pay()
+    compliance.remove_from_watchlist(payee, "cleared", OFFICER, "w2")
+    both_pay()
+    compliance.add_to_watchlist(payee, "listed again", OFFICER, "w3")
+    both_pay()
+    events = stored_envelopes(ledger)
+
+    def listed_transfers(account: UUID) -> list[int]:
+        out = [
+            e.notification_id
+            for e in events
+            if e.aggregate_id == account and e.event_type == "TransferredOut"
+        ]
+        return [out[1], out[3]]
+
+    assert asyncio.run(_complete(settings))
+    steps = WatchlistSteps()
+    # Everything but the payer's account first (its partition ahead), then the payer's
+    # events one batch each, every one of them below the steps already read.
+    _, ahead = asyncio.run(
+        score(settings, [e for e in events if e.aggregate_id != payer], RulesConfig(), None, steps)
+    )
+    assert [(h.account_id, h.notification_id) for h in ahead] == [
+        (str(other), n) for n in listed_transfers(other)
+    ]
+    behind = []
+    for event in [e for e in events if e.aggregate_id == payer]:
+        behind += asyncio.run(score(settings, [event], RulesConfig(), None, steps))[1]
+    assert [(h.rule, h.notification_id) for h in behind] == [
+        ("watchlist", n) for n in listed_transfers(payer)
+    ]
+    # Three steps of one entry, each read once.
+    assert [len(v) for v in steps.steps.values()] == [3]
+    # Steps after the last batch are read by the next: removed again, then listed again.
+    seen = len(events)
+    compliance.remove_from_watchlist(payee, "cleared again", OFFICER, "w4")
+    both_pay()
+    compliance.add_to_watchlist(payee, "and again", OFFICER, "w5")
+    both_pay()
+    later = stored_envelopes(ledger)[seen:]
+    _, hits = asyncio.run(score(settings, later, RulesConfig(), None, steps))
+    transfers = [e for e in later if e.event_type == "TransferredOut"]
+    assert [(h.account_id, h.notification_id) for h in hits] == [
+        (str(e.aggregate_id), e.notification_id) for e in transfers[2:]
+    ]
+    assert [len(v) for v in steps.steps.values()] == [5]
+
+
+async def _complete(settings: Settings) -> bool:
+    async with await psycopg.AsyncConnection.connect(
+        settings.resolved_database_url(), autocommit=True
+    ) as conn:
+        return await complete_event_index(conn)
+
+
+def test_the_steps_are_kept_only_where_the_event_index_is_as_far_as_the_store(
+    settings: Settings,
+) -> None:
+    # No store yet: the recorder will create the index with it.
+    assert asyncio.run(_complete(settings))
+    ledger = open_ledger(settings)
+    try:
+        run(ledger, OpenAccount(uuid4(), "A", "001", "GBP", 0))
+    finally:
+        ledger.close()
+    assert asyncio.run(_complete(settings))
+    # An event the index does not have (a store written before there was one).
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 'legacy', '\\x00')",
+            (uuid4(),),
+        )
+    assert not asyncio.run(_complete(settings))

@@ -239,10 +239,14 @@ class WatchlistSteps:
 
 # The watchlist entry's event classes, as the event index names them.
 WATCHLIST_EVENTS = ["WatchlistEntryAdded", "WatchlistEntryRemoved", "WatchlistEntryRestored"]
+# Row comparisons, which only the (event_type, notification_id) index can serve: written
+# as `event_type = ... AND notification_id >= ...`, the generic plan took the primary key's
+# range and filtered every event of the range (the whole index on a worker's first batch).
 WATCHLIST_STEPS = (
-    f"SELECT aggregate_id, notification_id, version, event_type FROM {INDEX_TABLE} "
-    "WHERE event_type = ANY(%s) AND notification_id >= %s AND notification_id < %s "
-    "ORDER BY notification_id"
+    "SELECT s.aggregate_id, s.notification_id, s.version, s.event_type "
+    f"FROM unnest(%s::text[]) AS t(event_type) JOIN {INDEX_TABLE} s "
+    "ON (s.event_type, s.notification_id) >= (t.event_type, %s::bigint) "
+    "AND (s.event_type, s.notification_id) < (t.event_type, %s::bigint)"
 )
 
 

@@ -26,6 +26,7 @@ from infrastructure.eventstore.schema import (
 )
 from infrastructure.postgres.arrays import column_arrays
 from infrastructure.postgres.connect import store_session_options
+from infrastructure.postgres.locks import EVENT_WRITERS_LOCK_ID
 from infrastructure.postgres.rendered import rendered
 
 REPLIES_TABLE = "command_replies"
@@ -73,17 +74,32 @@ class VigilRecorder(PostgresApplicationRecorder):
         )
         events = Identifier(self.datastore.schema, self.events_table_name)
         index_names = SQL(", ").join(Identifier(c) for c in COLUMNS)
-        # Events, their index rows and the replies in one statement, which also notifies
-        # the relay's channel (as the library's NOTIFY does; delivered at commit). The index
-        # takes each event's notification id from the rows just inserted. Arrays go over the
-        # wire in binary (%b): no text escaping of thousands of values.
+        # A group in one statement, its own transaction: the writers' lock, then the
+        # events, their index rows and the replies, and a notification of the relay's
+        # channel (as the library's NOTIFY does; delivered at commit). Both inserts wait
+        # for the lock (an InitPlan on the CTE that takes it, run before their first row is
+        # drawn): so it comes before the first notification id, and two writers of one
+        # command id cannot deadlock (the second holds no row while it waits). The index
+        # takes each event's notification id from the rows just inserted. Arrays go over
+        # the wire in binary (%b): no text escaping of thousands of values.
+        #
+        # The lock is an advisory one: a statement that inserts has already taken ROW
+        # EXCLUSIVE on the table before it runs, so taking the library's EXCLUSIVE table
+        # lock inside it would deadlock two writers. Writers of this statement take turns
+        # on the advisory lock; a writer taking the table lock (the library's own insert,
+        # or an older version during an upgrade) excludes them and is excluded by them,
+        # since EXCLUSIVE and ROW EXCLUSIVE conflict. Either way, notification ids are
+        # issued in commit order.
         self.insert_group_statement = SQL(
-            "WITH inserted AS ("
+            "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), "
+            "inserted AS ("
             "INSERT INTO {events} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+            "WHERE (SELECT true FROM locked) "
             "RETURNING notification_id, originator_id, originator_version), "
             "replied AS (INSERT INTO {schema}.{replies} ({reply_columns}) "
-            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[])), "
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+            "WHERE (SELECT true FROM locked)), "
             "notified AS MATERIALIZED (SELECT pg_notify({channel}, '') AS sent) "
             "INSERT INTO {index} (notification_id, {columns}) "
             "SELECT inserted.notification_id, {v_columns} FROM inserted "
@@ -92,6 +108,7 @@ class VigilRecorder(PostgresApplicationRecorder):
             "AND v.version = inserted.originator_version CROSS JOIN notified"
         ).format(
             events=events,
+            lock=Literal(EVENT_WRITERS_LOCK_ID),
             schema=schema,
             replies=replies,
             reply_columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
@@ -166,11 +183,12 @@ class VigilRecorder(PostgresApplicationRecorder):
         replies: Sequence[ReplyRecord] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
-        """Events, their index rows and replies in one transaction, in one round trip.
+        """Events, their index rows and replies in one statement, its own transaction.
 
-        The library's table lock comes first, as in its own insert: writers take turns,
-        so notification ids are issued in commit order (a reader tailing the log never
-        passes a gap that fills later). Then one statement writes the events, their
+        The writers' lock comes first, as the library's table lock does in its own
+        insert: writers take turns, so notification ids are issued in commit order (a
+        reader tailing the log never passes a gap that fills later; the statement says
+        how the two locks exclude each other). Then the statement writes the events, their
         index rows and the replies, and notifies the relay's channel. Two writers of one
         command id cannot deadlock: the second waits for the table lock before it writes
         anything. A lost optimistic-concurrency race or a command id already taken fails the
@@ -187,16 +205,11 @@ class VigilRecorder(PostgresApplicationRecorder):
             return []
         # The ledger gives every event it saves its index row.
         assert len(index_rows) == len(stored_events), "one index row per stored event"
-        # A failure propagates through the transaction block, which rolls back (nothing
-        # of the group is written), and leaves as an IntegrityError when it was a lost
-        # race: the datastore translates psycopg's errors.
-        with (
-            self.datastore.get_connection() as conn,
-            conn.pipeline() as pipeline,
-            conn.transaction(),
-            conn.cursor() as curs,
-        ):
-            self._lock_table(curs)
+        # The connection is in autocommit: the statement is its transaction, committed
+        # (or, failing, rolled back whole) with its reply. A failure leaves as an
+        # IntegrityError when it was a lost race: the datastore translates psycopg's errors.
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            assert conn.autocommit, "the statement is its own transaction"
             curs.execute(
                 self.insert_group_statement,
                 [
@@ -206,9 +219,6 @@ class VigilRecorder(PostgresApplicationRecorder):
                 ],
                 prepare=True,
             )
-            # Sync here, so a unique violation (a lost race) is raised as itself, not as
-            # "pipeline aborted" from the commit that would follow.
-            pipeline.sync()
         return None
 
     def select_group_state(

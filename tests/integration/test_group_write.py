@@ -1,13 +1,15 @@
-"""A command group is loaded in one statement and written in one statement after the table
-lock: its events, their index rows, its replies, and the notification that wakes the relay
-(delivered at commit). The store's sessions plan statements once (generic plans) and bound
-the table lock by the event store's lock_timeout."""
+"""A command group is loaded in one statement and written in one statement, its own
+transaction: the writers' lock, its events, their index rows, its replies, and the
+notification that wakes the relay (delivered at commit). The store's sessions plan
+statements once (generic plans) and bound the wait for a rival writer by the event store's
+lock_timeout."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+from typing import Any
 from uuid import uuid4
 
 import psycopg
@@ -17,10 +19,27 @@ from application.commands import Deposit, OpenAccount, Submission
 from application.ledger import Ledger
 from domain.errors import Unavailable
 from domain.money import Money
+from infrastructure.postgres.locks import EVENT_WRITERS_LOCK_ID
 from infrastructure.settings import Settings
 from tests.integration.support import TELLER
 
 pytestmark = pytest.mark.integration
+
+# What a rival writer holds while a group waits for it.
+RIVAL_LOCKS = pytest.mark.parametrize(
+    "rival_lock",
+    [
+        # Another writer of this version.
+        f"SELECT pg_advisory_xact_lock({EVENT_WRITERS_LOCK_ID})",
+        # The library's own insert, or an older version's writer during an upgrade.
+        "LOCK TABLE {table} IN EXCLUSIVE MODE",
+    ],
+    ids=["writers_lock", "table_lock"],
+)
+WAITING = (
+    "SELECT count(*) FROM pg_locks WHERE NOT granted "
+    "AND (relation = %s::regclass OR locktype = 'advisory')"
+)
 
 
 def test_a_group_write_notifies_the_relays_channel_at_commit(
@@ -42,8 +61,9 @@ def test_a_group_write_notifies_the_relays_channel_at_commit(
     assert [e.originator_version for e in state.events] == [1]
 
 
-def test_a_write_waits_for_the_table_lock_no_longer_than_lock_timeout(
-    settings: Settings, ledger: Ledger
+@RIVAL_LOCKS
+def test_a_write_waits_for_a_rival_writer_no_longer_than_lock_timeout(
+    settings: Settings, ledger: Ledger, rival_lock: str
 ) -> None:
     account_id = uuid4()
     [opened] = ledger.execute(
@@ -56,7 +76,7 @@ def test_a_write_waits_for_the_table_lock_no_longer_than_lock_timeout(
 
     def hold_the_lock() -> None:
         with psycopg.connect(url) as rival, rival.transaction():
-            rival.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            rival.execute(rival_lock.format(table=table))
             locked.set()
             release.wait(30)
 
@@ -95,3 +115,55 @@ def test_every_connection_of_the_store_has_its_session_options(ledger: Ledger) -
                 "WHERE name IN ('plan_cache_mode', 'lock_timeout', 'jit')"
             ).fetchall()
             assert {row["name"]: row["setting"] for row in rows} == wanted
+
+
+@RIVAL_LOCKS
+def test_a_write_waits_for_a_rival_writer_before_it_draws_an_id_or_holds_a_reply(
+    settings: Settings, ledger: Ledger, rival_lock: str
+) -> None:
+    """While a group waits for a rival writer it has drawn no notification id (ids are
+    issued in commit order) and holds no reply row (a rival writing the same command id
+    would wait for it while holding the lock: a deadlock)."""
+    account_id = uuid4()
+    [opened] = ledger.execute(
+        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c")]
+    )
+    assert opened.error is None
+    url = settings.resolved_database_url()
+    table = f"{ledger.recorder.datastore.schema}.{ledger.recorder.events_table_name}"
+    command_id = uuid4()
+    deposit = Submission(Deposit(account_id, Money(100, "GBP"), command_id), TELLER, "c")
+    outcomes: list[object] = []
+    with psycopg.connect(url) as rival, psycopg.connect(url, autocommit=True) as watcher:
+        sequence = f"pg_get_serial_sequence('{table}', 'notification_id')"
+        drawn = f"SELECT last_value FROM {_scalar(rival, f'SELECT {sequence}')}"
+        rival.execute(rival_lock.format(table=table))
+        before = rival.execute(drawn).fetchone()
+        writer = threading.Thread(target=lambda: outcomes.extend(ledger.execute([deposit])))
+        writer.start()
+        try:
+            deadline = time.monotonic() + 4
+            while _scalar(watcher, WAITING, table) == 0:
+                assert time.monotonic() < deadline, "the write never waited for the lock"
+                time.sleep(0.02)
+            assert rival.execute(drawn).fetchone() == before
+            # The rival can write the same command id without waiting: the writer holds
+            # nothing (a row of its own would make this wait, then deadlock).
+            rival.execute("SET LOCAL statement_timeout = '2s'")
+            rival.execute(
+                "INSERT INTO command_replies (command_id, kind, subject, fingerprint, body) "
+                "VALUES (%s, 'deposit', 'rival', 'x', '{}')",
+                (command_id,),
+            )
+        finally:
+            rival.rollback()
+            writer.join(30)
+    [outcome] = outcomes
+    assert outcome.error is None  # type: ignore[attr-defined]
+    assert ledger.get_account(account_id).balance_minor == 100
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0]

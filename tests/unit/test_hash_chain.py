@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.account import Account
 from domain.integrity import (
@@ -120,11 +123,23 @@ def test_a_mac_made_with_another_key_does_not_verify() -> None:
 
 
 def test_timestamps_are_utc_with_microseconds_and_z() -> None:
-    from datetime import timedelta
-
     plus_two = timezone(timedelta(hours=2))
     moment = datetime(2026, 3, 1, 11, 0, 0, 5, tzinfo=plus_two)
     assert format_timestamp(moment) == "2026-03-01T09:00:00.000005Z"
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        # Fixed offsets (no time zone database: a unit test reads no file).
+        timezones=st.builds(
+            timezone, st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23))
+        ),
+    )
+)
+def test_the_timestamp_text_is_the_strftime_definition_for_any_moment(moment: datetime) -> None:
+    assert format_timestamp(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_canonical_form_keeps_non_ascii_as_utf8() -> None:

@@ -48,6 +48,7 @@ from infrastructure.relay import metrics
 from infrastructure.relay.broker import RelayBroker, TopicsNotReady
 from infrastructure.relay.outbox import AlertsOutboxRelay
 from infrastructure.relay.state import RelayState, RelayStore, Undecodable
+from infrastructure.runtime import run_async
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.relay")
@@ -472,7 +473,7 @@ def run_relay(settings: Settings, metrics_port: int = 0) -> int:
     if metrics_port:
         server, _ = start_metrics_and_health(settings, metrics_port, "relay")
     try:
-        return asyncio.run(_serve(settings))
+        return run_async(_serve(settings))
     finally:
         if server is not None:
             server.shutdown()

@@ -38,6 +38,7 @@ from infrastructure.kafka.consumer import (
 from infrastructure.kafka.topics import alerts_topic
 from infrastructure.monitoring.rules_config import screening_of
 from infrastructure.postgres.connect import connect_async
+from infrastructure.runtime import run_async
 from infrastructure.settings import Settings
 from infrastructure.workers.case_opener_store import (
     Quarantined,
@@ -235,7 +236,7 @@ def run_case_opener(settings: Settings, metrics_port: int) -> int:
     """`vigil case-opener`: run until SIGINT or SIGTERM."""
     if metrics_port:
         start_metrics_and_health(settings, metrics_port, "case-opener")
-    return asyncio.run(_serve(settings))
+    return run_async(_serve(settings))
 
 
 async def _serve(settings: Settings) -> int:

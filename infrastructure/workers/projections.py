@@ -47,6 +47,7 @@ from infrastructure.readmodels.balances_cache import cache_entries
 from infrastructure.readmodels.refused import RefusedMessage, record_refused
 from infrastructure.readmodels.schema import ALL_PROJECTIONS, SCHEMA, ensure_read_models
 from infrastructure.readmodels.tracking import BatchResult, apply_batch
+from infrastructure.runtime import run_async
 from infrastructure.settings import Settings
 from projections.envelope import Envelope
 
@@ -397,7 +398,7 @@ def serve_workers(settings: Settings, projections: Sequence[str], metrics_port: 
     """`vigil workers` / `vigil project NAME`: run until SIGINT or SIGTERM."""
     if metrics_port:
         start_metrics_and_health(settings, metrics_port, "workers")
-    return asyncio.run(_serve(settings, projections))
+    return run_async(_serve(settings, projections))
 
 
 async def _serve(settings: Settings, projections: Sequence[str]) -> int:

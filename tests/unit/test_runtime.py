@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
 import pytest
 
-from infrastructure.runtime import GC_THRESHOLDS, tune_gc
+from infrastructure.runtime import GC_THRESHOLDS, run_async, tune_gc
 
 
 @pytest.fixture
@@ -24,3 +25,11 @@ def test_tune_gc_freezes_what_exists_and_collects_less_often(restored_gc: None) 
     assert gc.get_threshold() == GC_THRESHOLDS
     assert gc.get_freeze_count() > len(kept)
     assert GC_THRESHOLDS[0] > 700  # fewer young collections than CPython's default
+
+
+def test_the_long_running_processes_serve_on_uvloop() -> None:
+    async def loop_module() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_async(loop_module()).startswith("uvloop")

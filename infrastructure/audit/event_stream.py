@@ -33,7 +33,8 @@ INDEX_CONDITIONS: Final = {
     "to": sql.SQL("i.occurred_at < %(to)s"),
     "type": sql.SQL("i.event_type = %(type)s"),
     "actor": sql.SQL("i.actor_subject = %(actor)s"),
-    "account_id": sql.SQL("i.aggregate_id = %(account_id)s"),
+    # Through the stored events' (originator_id, originator_version) index.
+    "account_id": sql.SQL("e.originator_id = %(account_id)s"),
 }
 INDEX_TABLE: Final = "public.event_index"
 INDEX_PRESENT: Final = "SELECT to_regclass(%(index)s) IS NOT NULL AS present"

@@ -227,7 +227,8 @@ def _stored_items(
     until: datetime,
     account_id: uuid.UUID | None,
 ) -> Iterator[dict[str, Any]]:
-    account = sql.SQL(" AND i.aggregate_id = %(account_id)s" if account_id else "")
+    # Through the stored events' (originator_id, originator_version) index.
+    account = sql.SQL(" AND e.originator_id = %(account_id)s" if account_id else "")
     query = EXPORT_QUERY.format(events=sql.Identifier(EVENTS_TABLE), account=account)
     params = {"since": since, "until": until, "account_id": account_id}
     with conn.cursor(name="vigil_export") as cursor:

@@ -50,12 +50,16 @@ COLUMNS = (
     "transaction_id",
     "correlation_id",
 )
+# What PostgreSQL named the index's former UNIQUE (aggregate_id, version).
+DROPPED_UNIQUE: Final = f"{INDEX_TABLE}_aggregate_id_version_key"
 COLUMN_TYPES = ("uuid", "text", "bigint", "text", "timestamptz", "text", "text", "text", "text")
 
 
 def index_create_statements(schema: str) -> list[Composed]:
+    """The index table and its indexes. No (aggregate_id, version) index: the stored-events
+    table has one (its unique constraint), and an aggregate's rows are found through it
+    and joined by notification id. A store made when the index had one loses it here."""
     table = Identifier(schema, INDEX_TABLE)
-    # UNIQUE (aggregate_id, version) is also the per-aggregate lookup index.
     statements = [
         SQL(
             "CREATE TABLE IF NOT EXISTS {table} ("
@@ -68,9 +72,22 @@ def index_create_statements(schema: str) -> list[Composed]:
             "actor_subject text, "
             "actor_role text, "
             "transaction_id text, "
-            "correlation_id text, "
-            "UNIQUE (aggregate_id, version))"
-        ).format(table=table)
+            "correlation_id text)"
+        ).format(table=table),
+        # Only if it is there (a store made by an earlier version): ALTER TABLE would take
+        # an exclusive lock on the busy table at every start otherwise.
+        SQL(
+            "DO $do$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({qualified}) "
+            "AND conname = {constraint}) THEN "
+            "ALTER TABLE {table} DROP CONSTRAINT {constraint_name}; "
+            "END IF; END $do$"
+        ).format(
+            qualified=Literal(f"{schema}.{INDEX_TABLE}"),
+            constraint=Literal(DROPPED_UNIQUE),
+            table=table,
+            constraint_name=Identifier(DROPPED_UNIQUE),
+        ),
     ]
     for suffix, column in (
         ("time", "occurred_at"),

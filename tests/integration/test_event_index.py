@@ -281,3 +281,36 @@ def test_reindex_of_an_encrypted_store_decrypts_with_the_ledgers_cipher(
     finally:
         ledger.close()
     assert f"added {len(original)} rows" in capsys.readouterr().out
+
+
+INDEX_CONSTRAINTS = (
+    "SELECT conname FROM pg_constraint WHERE conrelid = 'public.event_index'::regclass "
+    "ORDER BY conname"
+)
+
+
+def test_an_index_made_with_a_per_aggregate_unique_constraint_loses_it_at_migration(
+    settings: Settings,
+) -> None:
+    """The stored events' own unique (originator_id, originator_version) finds an
+    aggregate's rows; a second one on the index only cost every write an entry."""
+    ledger = open_ledger(settings)
+    try:
+        run(ledger, OpenAccount(uuid4(), "Ada", "001", "GBP", 0))
+    finally:
+        ledger.close()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        assert [r[0] for r in conn.execute(INDEX_CONSTRAINTS)] == ["event_index_pkey"]
+        # As an earlier version made it.
+        conn.execute(
+            "ALTER TABLE event_index ADD CONSTRAINT event_index_aggregate_id_version_key "
+            "UNIQUE (aggregate_id, version)"
+        )
+    ledger = open_ledger(settings)
+    try:
+        run(ledger, OpenAccount(uuid4(), "Bob", "001", "GBP", 0))
+    finally:
+        ledger.close()
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        assert [r[0] for r in conn.execute(INDEX_CONSTRAINTS)] == ["event_index_pkey"]
+    assert counts(settings) == (2, 2)

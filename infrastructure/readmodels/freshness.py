@@ -1,7 +1,7 @@
 """Read-your-writes: wait, bounded, until a projection has caught up with a version.
 
-One LISTEN connection per process hears the projections' NOTIFYs (payload
-`'<account_id>:<version>'`) and wakes the requests waiting on that account. A short
+One LISTEN connection per process hears the projections' NOTIFYs (the accounts a batch
+changed, `change_notices.py`) and wakes the requests waiting on those accounts. A short
 re-check poll covers a notification missed while that connection was down, so a lost
 NOTIFY costs at most one poll interval, never a wrong answer.
 """
@@ -19,6 +19,7 @@ from psycopg import sql
 
 from domain.errors import DomainError
 from infrastructure.postgres.connect import connect_async
+from infrastructure.readmodels.change_notices import noticed_accounts
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL
 from infrastructure.settings import Settings
 
@@ -76,14 +77,13 @@ class ChangeWaiters:
                     del self._events[key]
 
     def notify(self, channel: str, payload: str) -> None:
-        account_text, _, _ = payload.partition(":")
-        try:
-            account_id = str(UUID(account_text))
-        except ValueError:
-            log.debug("readmodel_notify_ignored", channel=channel)
+        """Wake the requests waiting on the accounts the payload names. Most often none is
+        waiting: then the payload is not even read."""
+        if not self._events:
             return
-        for event in self._events.get((channel, account_id), ()):
-            event.set()
+        for account_id in noticed_accounts(payload):
+            for event in self._events.get((channel, account_id), ()):
+                event.set()
 
     def wake_all(self) -> None:
         """After a reconnect: notifications may have been missed, so everyone re-checks."""

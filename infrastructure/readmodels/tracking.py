@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 
 from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.readmodels.balances_cache import CacheEntry, newest_entries
+from infrastructure.readmodels.change_notices import notice_payloads
 from infrastructure.readmodels.quarantine import (
     apply_isolating,
     next_version,
@@ -103,7 +104,7 @@ async def apply_batch(
         if channel and touched:
             await conn.execute(
                 "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
-                (channel, [f"{a}:{v}" for a, v in touched.items()]),
+                (channel, notice_payloads(touched)),
             )
 
     async def once(batch: Sequence[Envelope]) -> BatchResult:

@@ -84,6 +84,7 @@ from bench_load import (
 from bench_options import parse_args
 from bench_report import loadavg, machine, print_table
 from bench_system import (
+    BENCH_RATE_LIMITS,
     OWN_VARIABLES,
     TRANSPORT_ERRORS,
     BenchFailed,
@@ -443,7 +444,10 @@ def _conditions(args: argparse.Namespace, setup_s: float) -> dict[str, Any]:
         f"transfers {LARGE_AMOUNT}",
         "alert_rules": f"{RULES.name}: {LARGE_SHARE:.0%} of transfers alert (large_transaction"
         f" at {LARGE_AMOUNT} {CURRENCY}); storm: {STORM_RULES.name}",
-        "rate_limits": "none exist to set",
+        # Set by the benchmark (0: off) unless the environment sets them.
+        "rate_limits": {
+            name: os.environ.get(name, value) for name, value in BENCH_RATE_LIMITS.items()
+        },
         "setup_s": round(setup_s, 1),
         "phase_order": [
             "baseline", "setup", "capacity", "ingestion", "catch_up", "single", "storm"

@@ -36,3 +36,13 @@ def test_defaults_and_quick_preset() -> None:
 def test_refuses_what_would_make_a_run_unbounded_or_meaningless(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv, "bench")
+
+
+def test_the_run_records_the_rate_limits_it_ran_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import _conditions
+
+    monkeypatch.delenv("VIGIL_RATE_LIMIT_COMMANDS_PER_S", raising=False)
+    monkeypatch.setenv("VIGIL_RATE_LIMIT_READS_PER_S", "500")
+    limits = _conditions(parse_args([], "bench"), 1.0)["rate_limits"]
+    assert limits["VIGIL_RATE_LIMIT_COMMANDS_PER_S"] == "0"  # the benchmark's: off
+    assert limits["VIGIL_RATE_LIMIT_READS_PER_S"] == "500"  # the environment's

@@ -254,25 +254,28 @@ async def complete_event_index(conn: AsyncConnection[Any]) -> bool:
     """Whether the event index is as far as the store (`WatchlistSteps` needs it): two
     index look-ups. The recorder creates both tables together, so a store not made yet
     will have it; one older than the index needs `vigil audit reindex`."""
-    cursor = await conn.execute(
+    events_present, index_present = await _one_row(
+        conn,
         f"SELECT to_regclass('{EVENTS_TABLE}') IS NOT NULL, "
-        f"to_regclass('{INDEX_TABLE}') IS NOT NULL"
+        f"to_regclass('{INDEX_TABLE}') IS NOT NULL",
     )
-    row = await cursor.fetchone()
-    assert row is not None
-    events_present, index_present = row
     if not events_present:
         return True
     if not index_present:
         return False
-    cursor = await conn.execute(
+    store_head, index_head = await _one_row(
+        conn,
         f"SELECT (SELECT max(notification_id) FROM {EVENTS_TABLE}), "
-        f"(SELECT max(notification_id) FROM {INDEX_TABLE})"
+        f"(SELECT max(notification_id) FROM {INDEX_TABLE})",
     )
-    heads = await cursor.fetchone()
-    assert heads is not None
-    store_head, index_head = heads
     return store_head is None or (index_head is not None and index_head >= store_head)
+
+
+async def _one_row(conn: AsyncConnection[Any], query: str) -> tuple[Any, ...]:
+    cursor = await conn.execute(query)
+    row = await cursor.fetchone()
+    assert row is not None, "a SELECT without FROM returns one row"
+    return tuple(row)
 
 
 async def watchlist_history(

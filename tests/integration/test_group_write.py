@@ -10,7 +10,7 @@ import contextlib
 import threading
 import time
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -65,13 +65,7 @@ def test_a_group_write_notifies_the_relays_channel_at_commit(
 def test_a_write_waits_for_a_rival_writer_no_longer_than_lock_timeout(
     settings: Settings, ledger: Ledger, rival_lock: str
 ) -> None:
-    account_id = uuid4()
-    [opened] = ledger.execute(
-        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c")]
-    )
-    assert opened.error is None
-    url = settings.resolved_database_url()
-    table = f"{ledger.recorder.datastore.schema}.{ledger.recorder.events_table_name}"
+    account_id, url, table = open_account(settings, ledger)
     locked, release = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
@@ -124,13 +118,7 @@ def test_a_write_waits_for_a_rival_writer_before_it_draws_an_id_or_holds_a_reply
     """While a group waits for a rival writer it has drawn no notification id (ids are
     issued in commit order) and holds no reply row (a rival writing the same command id
     would wait for it while holding the lock: a deadlock)."""
-    account_id = uuid4()
-    [opened] = ledger.execute(
-        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c")]
-    )
-    assert opened.error is None
-    url = settings.resolved_database_url()
-    table = f"{ledger.recorder.datastore.schema}.{ledger.recorder.events_table_name}"
+    account_id, url, table = open_account(settings, ledger)
     command_id = uuid4()
     deposit = Submission(Deposit(account_id, Money(100, "GBP"), command_id), TELLER, "c")
     outcomes: list[object] = []
@@ -167,3 +155,14 @@ def _scalar(conn: psycopg.Connection[Any], query: str, *params: object) -> Any:
     row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
     assert row is not None
     return row[0]
+
+
+def open_account(settings: Settings, ledger: Ledger) -> tuple[UUID, str, str]:
+    """An account opened; the database's URL and the stored events' table."""
+    account_id = uuid4()
+    [opened] = ledger.execute(
+        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c")]
+    )
+    assert opened.error is None
+    table = f"{ledger.recorder.datastore.schema}.{ledger.recorder.events_table_name}"
+    return account_id, settings.resolved_database_url(), table

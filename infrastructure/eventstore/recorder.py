@@ -26,10 +26,13 @@ from infrastructure.eventstore.schema import (
 )
 from infrastructure.postgres.arrays import column_arrays
 from infrastructure.postgres.connect import store_session_options
-from infrastructure.postgres.locks import EVENT_WRITERS_LOCK_ID
 from infrastructure.postgres.rendered import rendered
 
 REPLIES_TABLE = "command_replies"
+# One row, locked FOR UPDATE by each command group's write until its commit: the writers'
+# turn. A row lock, not an advisory one, because it needs UPDATE on this table: a role
+# that may only read cannot stall the writers by holding it.
+WRITERS_TURN_TABLE = "event_writers_turn"
 REPLY_COLUMNS = ("command_id", "kind", "subject", "fingerprint", "body")
 EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
 
@@ -64,6 +67,17 @@ class VigilRecorder(PostgresApplicationRecorder):
                 "recorded_at timestamptz NOT NULL DEFAULT now())"
             ).format(schema=schema, replies=replies)
         )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{turn} "
+                "(turn boolean PRIMARY KEY DEFAULT true CHECK (turn))"
+            ).format(schema=schema, turn=Identifier(WRITERS_TURN_TABLE))
+        )
+        self.sql_create_statements.append(
+            SQL("INSERT INTO {schema}.{turn} VALUES (true) ON CONFLICT DO NOTHING").format(
+                schema=schema, turn=Identifier(WRITERS_TURN_TABLE)
+            )
+        )
         # The event index, and the append-only guards on all three tables: part of every
         # migration of the store, so no store exists without them.
         self.sql_create_statements.extend(index_create_statements(self.datastore.schema))
@@ -74,7 +88,7 @@ class VigilRecorder(PostgresApplicationRecorder):
         )
         events = Identifier(self.datastore.schema, self.events_table_name)
         index_names = SQL(", ").join(Identifier(c) for c in COLUMNS)
-        # A group in one statement, its own transaction: the writers' lock, then the
+        # A group in one statement, its own transaction: the writers' turn, then the
         # events, their index rows and the replies, and a notification of the relay's
         # channel (as the library's NOTIFY does; delivered at commit). Both inserts wait
         # for the lock (an InitPlan on the CTE that takes it, run before their first row is
@@ -83,23 +97,23 @@ class VigilRecorder(PostgresApplicationRecorder):
         # takes each event's notification id from the rows just inserted. Arrays go over
         # the wire in binary (%b): no text escaping of thousands of values.
         #
-        # The lock is an advisory one: a statement that inserts has already taken ROW
-        # EXCLUSIVE on the table before it runs, so taking the library's EXCLUSIVE table
-        # lock inside it would deadlock two writers. Writers of this statement take turns
-        # on the advisory lock; a writer taking the table lock (the library's own insert,
-        # or an older version during an upgrade) excludes them and is excluded by them,
-        # since EXCLUSIVE and ROW EXCLUSIVE conflict. Either way, notification ids are
-        # issued in commit order.
+        # The turn is a row lock (WRITERS_TURN_TABLE): a statement that inserts has already
+        # taken ROW EXCLUSIVE on the table before it runs, so taking the library's
+        # EXCLUSIVE table lock inside it would deadlock two writers. Writers of this
+        # statement take turns on the row; a writer taking the table lock (the library's
+        # own insert, or an older version during an upgrade) excludes them and is excluded
+        # by them, since EXCLUSIVE and ROW EXCLUSIVE conflict. Either way, notification ids
+        # are issued in commit order.
         self.insert_group_statement = SQL(
-            "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({lock})), "
+            "WITH locked AS MATERIALIZED (SELECT turn FROM {schema}.{turn} FOR UPDATE), "
             "inserted AS ("
             "INSERT INTO {events} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
-            "WHERE (SELECT true FROM locked) "
+            "WHERE (SELECT turn FROM locked) "
             "RETURNING notification_id, originator_id, originator_version), "
             "replied AS (INSERT INTO {schema}.{replies} ({reply_columns}) "
             "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[]) "
-            "WHERE (SELECT true FROM locked)), "
+            "WHERE (SELECT turn FROM locked)), "
             "notified AS MATERIALIZED (SELECT pg_notify({channel}, '') AS sent) "
             "INSERT INTO {index} (notification_id, {columns}) "
             "SELECT inserted.notification_id, {v_columns} FROM inserted "
@@ -108,7 +122,7 @@ class VigilRecorder(PostgresApplicationRecorder):
             "AND v.version = inserted.originator_version CROSS JOIN notified"
         ).format(
             events=events,
-            lock=Literal(EVENT_WRITERS_LOCK_ID),
+            turn=Identifier(WRITERS_TURN_TABLE),
             schema=schema,
             replies=replies,
             reply_columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
@@ -218,6 +232,13 @@ class VigilRecorder(PostgresApplicationRecorder):
                     *index_columns(index_rows),
                 ],
                 prepare=True,
+            )
+            written = curs.rowcount
+        if written != len(stored_events):
+            # Without the turn's row the statement writes nothing: say so, never lose it.
+            raise RuntimeError(
+                f"{written} of {len(stored_events)} events written: the store lacks its "
+                f"{WRITERS_TURN_TABLE} row; run `vigil migrate`"
             )
         return None
 

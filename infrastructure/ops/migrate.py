@@ -23,7 +23,7 @@ from application.ledger import Ledger, LedgerOptions
 from infrastructure.audit import checkpoints
 from infrastructure.audit.access_log import ensure_audit_tables
 from infrastructure.eventstore.ledger import event_store_env, money_ceilings
-from infrastructure.eventstore.recorder import REPLIES_TABLE
+from infrastructure.eventstore.recorder import REPLIES_TABLE, WRITERS_TURN_TABLE
 from infrastructure.eventstore.schema import EVENTS_TABLE, INDEX_TABLE, index_heads
 from infrastructure.monitoring.backtest import SHADOW_DDL
 from infrastructure.postgres.connect import connect
@@ -41,6 +41,8 @@ PUBLIC_GRANTS: tuple[tuple[str, str], ...] = (
     # UPDATE only for the library's LOCK TABLE ... IN EXCLUSIVE MODE; triggers refuse UPDATEs.
     (EVENTS_TABLE, "SELECT, INSERT, UPDATE"),
     (REPLIES_TABLE, "SELECT, INSERT"),
+    # UPDATE only to lock its one row FOR UPDATE, the command groups' turn to write.
+    (WRITERS_TURN_TABLE, "SELECT, UPDATE"),
     (INDEX_TABLE, "SELECT, INSERT"),
     ("relay_state", "SELECT, INSERT, UPDATE, DELETE"),
     ("relay_partition_offsets", "SELECT, INSERT, UPDATE, DELETE"),

@@ -20,13 +20,10 @@ MIGRATION_LOCK_ID: Final = 7_270_401
 RELAY_LOCK_CLASS: Final = 7_270_402
 # One checkpointer per database: a second one waits for this advisory lock.
 CHECKPOINT_LOCK_ID: Final = 7_270_404
-# Held by each command group's write from before its first notification id to its
-# commit (a transaction lock): writers take turns, so ids are issued in commit order.
-EVENT_WRITERS_LOCK_ID: Final = 7_270_403
 
 # One-key and two-key locks are separate spaces in PostgreSQL; distinct all the same,
 # so a reader of pg_locks never has to ask which is which.
-assert len({MIGRATION_LOCK_ID, RELAY_LOCK_CLASS, CHECKPOINT_LOCK_ID, EVENT_WRITERS_LOCK_ID}) == 4
+assert len({MIGRATION_LOCK_ID, RELAY_LOCK_CLASS, CHECKPOINT_LOCK_ID}) == 3
 
 
 @contextlib.contextmanager

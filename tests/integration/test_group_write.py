@@ -1,5 +1,5 @@
 """A command group is loaded in one statement and written in one statement, its own
-transaction: the writers' lock, its events, their index rows, its replies, and the
+transaction: the writers' turn, its events, their index rows, its replies, and the
 notification that wakes the relay (delivered at commit). The store's sessions plan
 statements once (generic plans) and bound the wait for a rival writer by the event store's
 lock_timeout."""
@@ -19,7 +19,7 @@ from application.commands import Deposit, OpenAccount, Submission
 from application.ledger import Ledger
 from domain.errors import Unavailable
 from domain.money import Money
-from infrastructure.postgres.locks import EVENT_WRITERS_LOCK_ID
+from infrastructure.eventstore.recorder import WRITERS_TURN_TABLE
 from infrastructure.settings import Settings
 from tests.integration.support import TELLER
 
@@ -29,16 +29,16 @@ pytestmark = pytest.mark.integration
 RIVAL_LOCKS = pytest.mark.parametrize(
     "rival_lock",
     [
-        # Another writer of this version.
-        f"SELECT pg_advisory_xact_lock({EVENT_WRITERS_LOCK_ID})",
+        # Another writer of this version, holding the writers' turn.
+        f"SELECT turn FROM {WRITERS_TURN_TABLE} FOR UPDATE",
         # The library's own insert, or an older version's writer during an upgrade.
         "LOCK TABLE {table} IN EXCLUSIVE MODE",
     ],
-    ids=["writers_lock", "table_lock"],
+    ids=["writers_turn", "table_lock"],
 )
 WAITING = (
     "SELECT count(*) FROM pg_locks WHERE NOT granted "
-    "AND (relation = %s::regclass OR locktype = 'advisory')"
+    "AND (relation = %s::regclass OR locktype IN ('transactionid', 'tuple'))"
 )
 
 
@@ -166,3 +166,15 @@ def open_account(settings: Settings, ledger: Ledger) -> tuple[UUID, str, str]:
     assert opened.error is None
     table = f"{ledger.recorder.datastore.schema}.{ledger.recorder.events_table_name}"
     return account_id, settings.resolved_database_url(), table
+
+
+def test_a_store_without_the_writers_turn_refuses_to_write_instead_of_losing_it(
+    settings: Settings, ledger: Ledger
+) -> None:
+    account_id, url, _ = open_account(settings, ledger)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DELETE FROM {WRITERS_TURN_TABLE}")
+    deposit = Deposit(account_id, Money(100, "GBP"), uuid4())
+    with pytest.raises(RuntimeError, match="vigil migrate"):
+        ledger.execute([Submission(deposit, TELLER, "c")])
+    assert ledger.get_account(account_id).version == 1, "nothing was written"

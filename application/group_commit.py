@@ -9,7 +9,16 @@ refusals failing alone); the writing thread saves the group and hands each calle
 own outcomes. The two overlap: the next group is judged (on top of the one in flight)
 while the previous one is written, and is judged again, from the store, if that write
 fails (`Ledger.decide_ahead`, `Ledger.write_decided`). A request's commands are never
-split across groups. If the group cannot be committed at all (the store is down, or it
+split across groups.
+
+Under concurrent load each group costs the store a commit and every stage downstream a
+round, whatever its size, so groups are paced: while requests keep arriving together (the
+last group held more than one), a group gathers until at least `interval_s` has passed
+since the previous one closed. A lone caller, or one that waits for each reply before
+sending the next, never waits more than `window_s`: pacing only ever delays requests that
+would otherwise have shared nothing but a commit's cost.
+
+If the group cannot be committed at all (the store is down, or it
 kept losing races), every caller in it gets that error: nothing of theirs was written.
 """
 
@@ -74,8 +83,11 @@ class GroupCommitter:
         window_s: float,
         max_commands: int,
         judge_ahead_min: int = JUDGE_AHEAD_COMMANDS_MIN,
+        interval_s: float = 0.0,
     ) -> None:
         assert window_s >= 0
+        assert interval_s >= 0
+        self.interval_s = interval_s
         assert max_commands > 0
         assert judge_ahead_min > 0
         self.judge_ahead_min = judge_ahead_min
@@ -93,6 +105,9 @@ class GroupCommitter:
         self._closed = False
         # A request that would have taken a group past the cap starts the next one.
         self._carried: _Request | None = None
+        # When the last group closed, and whether it held more than one request (pacing).
+        self._last_closed = -float("inf")
+        self._concurrent = False
         self._thread = threading.Thread(target=self._run, name="group-judge", daemon=True)
         self._writer = threading.Thread(target=self._write, name="group-write", daemon=True)
         self._writer.start()
@@ -182,10 +197,14 @@ class GroupCommitter:
     def _gather(self, first: _Request) -> list[_Request | None]:
         """The first request and whatever else arrives within the window, up to the cap;
         and after the window, whatever arrives until the writer is free, unless the group
-        is already big enough to be judged ahead (`judge_ahead_min` commands)."""
+        is already big enough to be judged ahead (`judge_ahead_min` commands). While
+        requests arrive together, the group also gathers until `interval_s` after the
+        previous group closed."""
         group: list[_Request | None] = [first]
         count = len(first.submissions)
         deadline = time.monotonic() + self.window_s
+        if self._concurrent:
+            deadline = max(deadline, self._last_closed + self.interval_s)
         while count < self.max_commands:
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0 and count < self.judge_ahead_min and self._writing():
@@ -206,6 +225,8 @@ class GroupCommitter:
             if request is None:
                 break
             count += len(request.submissions)
+        self._concurrent = len(group) > 1
+        self._last_closed = time.monotonic()
         return group
 
     def _writing(self) -> bool:

@@ -4,6 +4,7 @@ transactions, each still atomic on its own, and every caller hears its own outco
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -124,6 +125,49 @@ def test_a_group_is_capped_and_a_request_is_never_split(ledger: Ledger) -> None:
     assert [len(r) for r in results] == [3, 3, 3, 3]
     assert committer.groups_committed == 4, "3 + 3 would pass the cap of 5"
     assert ledger.get_account(account).balance_minor == 12
+
+
+def test_a_steady_stream_of_callers_is_paced_into_few_groups(ledger: Ledger) -> None:
+    [account] = opened(ledger, 1, 0)
+    interval_s = 0.05
+    committer = GroupCommitter(ledger, window_s=0.002, max_commands=1000, interval_s=interval_s)
+    barrier = threading.Barrier(60)
+
+    def call(i: int) -> Outcome:
+        barrier.wait()
+        time.sleep(i * 0.003)  # a burst of five, then one request every 3 ms
+        [outcome] = committer.execute([sub(Deposit(account, Money(1, "GBP"), uuid4()))])
+        return outcome
+
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=60) as pool:
+            outcomes = list(pool.map(call, [0, 0, 0, 0, *range(56)]))
+    finally:
+        committer.close()
+    elapsed_s = time.monotonic() - started
+    assert all(o.error is None for o in outcomes)
+    assert committer.commands_committed == 60
+    # Unpaced, a write takes about as long as the gap between requests: dozens of groups.
+    # Paced, a group closes at most once an interval, but after a lone request's group.
+    assert committer.groups_committed <= elapsed_s / interval_s + 3
+    assert ledger.get_account(account).balance_minor == 60
+
+
+def test_a_caller_waiting_for_each_reply_is_never_paced(ledger: Ledger) -> None:
+    [account] = opened(ledger, 1, 0)
+    interval_s = 5.0
+    committer = GroupCommitter(ledger, window_s=0, max_commands=1000, interval_s=interval_s)
+    started = time.monotonic()
+    try:
+        for _ in range(4):
+            [outcome] = committer.execute([sub(Deposit(account, Money(1, "GBP"), uuid4()))])
+            assert outcome.error is None
+    finally:
+        committer.close()
+    assert time.monotonic() - started < interval_s, "each group held one request: no pacing"
+    assert committer.groups_committed == 4
+    assert ledger.get_account(account).balance_minor == 4
 
 
 def test_when_the_store_is_gone_every_caller_is_told_to_retry(settings: Settings) -> None:

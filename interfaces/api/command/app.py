@@ -95,6 +95,7 @@ def create_command_app(settings: Settings) -> FastAPI:
             ledger,
             window_s=settings.group_commit_window_ms / 1000,
             max_commands=settings.group_commit_max,
+            interval_s=settings.group_commit_interval_ms / 1000,
         )
         app.state.compliance = Compliance(ledger)
         # Refusals (401, 403) go to the audit-access log, in batches.

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     # relay, in the same process, shares the backoff and the lock retry.
     relay_batch_events_max: int = Field(default=1_000, ge=1, le=100_000)
     relay_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
-    relay_gather_s: float = Field(default=0.05, ge=0, le=1)
+    relay_gather_s: float = Field(default=0.15, ge=0, le=1)
     relay_health_interval_s: float = Field(default=2.0, gt=0, le=300)
     relay_backoff_s_min: float = Field(default=0.1, gt=0, le=60)
     relay_backoff_s_max: float = Field(default=2.0, gt=0, le=300)

@@ -70,8 +70,10 @@ class RelayLimits:
 
     batch_events_max: int  # read, sent and recorded together
     poll_interval_s: float  # the wait when a NOTIFY was missed
-    # After a NOTIFY, how long more events may gather before the relay reads: bigger
-    # batches to the broker (12 partitions share each one) for a few ms more lag.
+    # The least time between the starts of two reads: woken by a NOTIFY sooner than that
+    # after its last read, the relay lets events gather until then. Under load, bigger
+    # batches to the broker and the projections for at most this much more lag; an idle
+    # relay reads at once.
     gather_s: float
     health_interval_s: float  # how often to check the broker still has our log
     backoff_s_min: float
@@ -148,6 +150,7 @@ class Relay:
         self.batches_published = 0
         self._mac_keys = settings.audit_mac_keys_resolved()
         self._wakeup = asyncio.Event()
+        self._last_read_at = -float("inf")
         self._producer: AIOKafkaProducer | None = None
         self._ledger: Ledger | None = None
         self._store: RelayStore | None = None
@@ -232,13 +235,15 @@ class Relay:
                 idle_s = min(self.limits.poll_interval_s, max(0.0, health_due - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=idle_s)
-                    if self.limits.gather_s > 0:
-                        await _sleep_or_stop(stop, self.limits.gather_s)
+                    gather_s = self._last_read_at + self.limits.gather_s - time.monotonic()
+                    if gather_s > 0:
+                        await _sleep_or_stop(stop, gather_s)
 
     # Publishing ------------------------------------------------------------------------
 
     async def _publish_next(self) -> int:
         """Read, send and record one batch; the number of events published."""
+        self._last_read_at = time.monotonic()
         batch = await asyncio.to_thread(self._read_batch, self.state.position)
         acknowledged: dict[int, int] = {}
         if batch.events:

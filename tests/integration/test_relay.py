@@ -526,20 +526,40 @@ def test_a_second_relay_waits_for_the_first_and_takes_over_when_it_stops(
             assert second.batches_published > 0
 
 
-def test_events_committed_while_the_relay_gathers_go_out_in_one_batch(
+def test_events_committed_soon_after_a_read_gather_and_go_out_in_one_batch(
     settings: Settings, ledger: Ledger
 ) -> None:
-    accounts = open_accounts(ledger, 2)
-    # Only the NOTIFY wakes it; then it waits a second for more commits before reading.
+    accounts = open_accounts(ledger, 3)
+    # Only the NOTIFY wakes it; it reads at most once a second.
     limits = RelayLimits.from_settings(
         settings, poll_interval_s=30.0, health_interval_s=30.0, gather_s=1.0
     )
     relay = Relay(settings, limits)
+
+    def deposit(account: UUID) -> None:
+        ledger.execute([sub(Deposit(account, Money(500, "GBP"), uuid4()), "gather")])
+
     with RelayThread(relay):
         wait_until(caught_up(settings, ledger), "relay caught up")
+        deposit(accounts[0])
+        wait_until(caught_up(settings, ledger), "relay published the first")
         before = relay.batches_published
-        for account in accounts:  # two commits, a few ms apart
-            deposit = sub(Deposit(account, Money(500, "GBP"), uuid4()), "gather")
-            ledger.execute([deposit])
+        for account in accounts[1:]:  # two commits, a few ms after the relay's last read
+            deposit(account)
         wait_until(caught_up(settings, ledger), "relay published both")
         assert relay.batches_published - before == 1
+
+
+def test_an_idle_relay_reads_at_once_when_woken(settings: Settings, ledger: Ledger) -> None:
+    [account] = open_accounts(ledger, 1)
+    gather_s = 3.0
+    limits = RelayLimits.from_settings(
+        settings, poll_interval_s=30.0, health_interval_s=30.0, gather_s=gather_s
+    )
+    relay = Relay(settings, limits)
+    with RelayThread(relay):
+        wait_until(caught_up(settings, ledger), "relay caught up")
+        time.sleep(gather_s)  # idle for as long as reads are paced
+        ledger.execute([sub(Deposit(account, Money(500, "GBP"), uuid4()), "idle")])
+        # Paced, it would wait out the rest of the interval first: up to 3 s.
+        wait_until(caught_up(settings, ledger), "read at once", timeout_s=gather_s / 2)

@@ -42,7 +42,7 @@ from application.commands import (
     command_id,
     other_ids,
 )
-from application.decide import Decision, MoneyCeilings, Terms, decide_group
+from application.decide import Decision, decide_group
 from application.envelope import index_row
 from application.group_store import EventStoreGroups
 from application.locks import StripedLocks
@@ -56,6 +56,7 @@ from application.ports import (
     ReplyStore,
 )
 from application.retry import retrying, unavailable
+from application.terms import MoneyCeilings, Terms
 from domain.account import Account
 from domain.errors import AccountNotFound
 from domain.integrity import DEFAULT_MAC_KID

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from application.commands import ReplyRecord
-from application.decide import HELD_FOR_REVIEW, REVIEW_HOLD, released_id
 from application.ledger import Ledger
+from application.terms import HELD_FOR_REVIEW, REVIEW_HOLD, released_id
 from domain.account import Account, Original, check_reversible
 from domain.errors import HoldNotFound, TransactionNotFound, Unavailable
 from domain.money import parse_amount

@@ -8,9 +8,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
-from application.decide import MoneyCeilings
 from application.ledger import Ledger, LedgerOptions
 from application.ports import NoReplyCache, ReplyCache
+from application.terms import MoneyCeilings
 from domain.screening import Screening
 from infrastructure.eventstore import canonical
 from infrastructure.eventstore.cipher import RotatingCipher

@@ -23,7 +23,8 @@ from application.commands import (
     Withdraw,
     account_ids,
 )
-from application.decide import Decision, MoneyCeilings, Terms, decide_group
+from application.decide import Decision, decide_group
+from application.terms import MoneyCeilings, Terms
 from domain.account import Account
 from domain.errors import DomainError, Forbidden, InsufficientFunds
 from domain.integrity import Actor, Stamp

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, Response
 
 from application.commands import Command, Outcome, Submission
-from application.decide import HELD_FOR_REVIEW
 from application.group_commit import GroupCommitter
+from application.terms import HELD_FOR_REVIEW
 from domain.integrity import Actor
 from infrastructure.metrics import record_command_outcome
 from interfaces.api.command.schemas import IdempotencyKey

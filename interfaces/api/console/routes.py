@@ -11,9 +11,6 @@ query side itself still changes nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -22,7 +19,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
@@ -33,10 +30,8 @@ from infrastructure.audit.export_verify import MANIFEST_FILE, verify_export
 from interfaces.api.console.session import (
     CSRF_FIELD,
     check_form,
-    clear_session,
     csrf_token,
     session_token,
-    set_session,
 )
 from interfaces.api.http.auth import PERMISSIONS, Principal
 
@@ -157,7 +152,7 @@ async def console_of(request: Request) -> Console:
     return Console(request, token, principal)
 
 
-async def _form(request: Request, console: Console) -> dict[str, str]:
+async def checked_form(request: Request, console: Console) -> dict[str, str]:
     values = await form_values(request)
     try:
         check_form(request, console.settings, console.token, values.get(CSRF_FIELD))
@@ -179,7 +174,9 @@ async def form_values(request: Request) -> dict[str, str]:
     return values
 
 
-def _back(path: str, *, done: str | None = None, failed: str | None = None) -> RedirectResponse:
+def redirect_back(
+    path: str, *, done: str | None = None, failed: str | None = None
+) -> RedirectResponse:
     query = urlencode({k: v for k, v in (("done", done), ("failed", failed)) if v})
     return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
 
@@ -204,122 +201,6 @@ async def static(name: str) -> Response:
         return Response(status_code=404)
     response = FileResponse(HERE / "static" / name, media_type=STATIC[name])
     response.headers["Cache-Control"] = "no-cache"
-    return response
-
-
-@router.get("/login")
-async def login_page(request: Request) -> HTMLResponse:
-    settings = request.app.state.settings
-    return render(
-        request,
-        "login.html",
-        failed=request.query_params.get("failed"),
-        provider=bool(settings.console_authorize_url and settings.console_token_url),
-    )
-
-
-PKCE_COOKIE: Final = "vigil_console_pkce"
-PKCE_MAX_AGE_S: Final = 600
-
-
-@router.get("/login/provider")
-async def login_with_provider(request: Request) -> Response:
-    """Start the identity provider's authorization-code flow with PKCE (S256): a fresh
-    verifier and state, kept in a short-lived HttpOnly cookie for the callback."""
-    settings = request.app.state.settings
-    if not (settings.console_authorize_url and settings.console_token_url):
-        return _back("/console/login", failed="no identity provider is configured")
-    verifier = secrets.token_urlsafe(64)
-    state = secrets.token_urlsafe(24)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": settings.console_client_id or "vigil-console",
-            "redirect_uri": _callback_url(request),
-            "scope": "openid",
-            "state": state,
-            "code_challenge": challenge.decode().rstrip("="),
-            "code_challenge_method": "S256",
-        }
-    )
-    response = RedirectResponse(f"{settings.console_authorize_url}?{query}", status_code=303)
-    response.set_cookie(
-        PKCE_COOKIE,
-        f"{state}.{verifier}",
-        max_age=PKCE_MAX_AGE_S,
-        httponly=True,
-        samesite="lax",  # the provider's redirect back is a top-level navigation
-        secure=settings.env == "production",
-        path="/console/login",
-    )
-    return response
-
-
-@router.get("/login/callback")
-async def login_callback(request: Request) -> Response:
-    """The provider's redirect back: the state must be ours, and the code is exchanged
-    with our verifier; the token it returns must verify like any other."""
-    settings = request.app.state.settings
-    kept = request.cookies.get(PKCE_COOKIE, "")
-    state, _, verifier = kept.partition(".")
-    given_state = request.query_params.get("state", "")
-    code = request.query_params.get("code", "")
-    if not state or not verifier or not code or not secrets.compare_digest(state, given_state):
-        return _back("/console/login", failed="the sign-in did not come back as it left; try again")
-    async with httpx.AsyncClient(timeout=COMMAND_TIMEOUT_S) as client:
-        exchanged = await client.post(
-            settings.console_token_url,
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": _callback_url(request),
-                "client_id": settings.console_client_id or "vigil-console",
-                "code_verifier": verifier,
-            },
-        )
-    token = ""
-    if exchanged.status_code == 200:
-        body = exchanged.json()
-        token = str(body.get("access_token") or body.get("id_token") or "")
-    try:
-        await request.app.state.verifier.verify_async(token)
-    except DomainError:
-        return _back("/console/login", failed="the identity provider's token is not valid here")
-    response = RedirectResponse("/console", status_code=303)
-    response.delete_cookie(PKCE_COOKIE, path="/console/login")
-    set_session(response, settings, token)
-    return response
-
-
-def _callback_url(request: Request) -> str:
-    return f"{request.url.scheme}://{request.headers.get('host', '')}/console/login/callback"
-
-
-@router.post("/login")
-async def login(request: Request) -> Response:
-    """Sign in with a token (development; production uses the identity provider's tokens
-    the same way). The form carries no CSRF token yet: there is no session to bind it to,
-    and signing in changes nothing but the caller's own cookie."""
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host')}":
-        return render(request, "login.html", 403, failed="sign in from the console itself")
-    token = (await form_values(request)).get("token", "").strip()
-    try:
-        await request.app.state.verifier.verify_async(token)
-    except DomainError:
-        return render(request, "login.html", 401, failed="that token is not valid")
-    response = RedirectResponse("/console", status_code=303)
-    set_session(response, request.app.state.settings, token)
-    return response
-
-
-@router.post("/logout")
-async def logout(request: Request) -> Response:
-    console = await console_of(request)
-    await _form(request, console)
-    response = RedirectResponse("/console/login", status_code=303)
-    clear_session(response)
     return response
 
 
@@ -450,7 +331,7 @@ async def next_case(request: Request) -> Response:
     """Take the oldest unassigned case of the highest severity: `assign` with
     `if_unassigned`, so two analysts never get the same case (the loser tries the next)."""
     console = await console_of(request)
-    await _form(request, console)
+    await checked_form(request, console)
     page = await console.get("/v1/cases", status="open", limit=200)
     waiting = _queue_order([c for c in page["items"] if not c["assignee"]])
     for case in waiting:
@@ -460,11 +341,11 @@ async def next_case(request: Request) -> Response:
             {"assignee": console.principal.subject, "if_unassigned": True},
         )
         if response.status_code == 200:
-            return _back(f"/console/cases/{case['case_id']}", done="assigned to you")
+            return redirect_back(f"/console/cases/{case['case_id']}", done="assigned to you")
         if response.status_code != 409:
             _, failed = _outcome(response, "")
-            return _back("/console/cases", failed=failed)
-    return _back("/console/cases", done="no unassigned case waits")
+            return redirect_back("/console/cases", failed=failed)
+    return redirect_back("/console/cases", done="no unassigned case waits")
 
 
 @router.get("/cases/{case_id}")
@@ -498,13 +379,13 @@ ACTIONS: Final[dict[str, Callable[[dict[str, str]], dict[str, Any]]]] = {
 @router.post("/cases/{case_id}/{action}")
 async def case_action(request: Request, case_id: uuid.UUID, action: str) -> Response:
     console = await console_of(request)
-    values = await _form(request, console)
+    values = await checked_form(request, console)
     if action not in ACTIONS:
         return Response(status_code=404)
     body = {k: v for k, v in ACTIONS[action](values).items() if v is not None}
     response = await console.command("POST", f"/v1/cases/{case_id}/{action}", body)
     done, failed = _outcome(response, f"{action.replace('-', ' ')}: done")
-    return _back(f"/console/cases/{case_id}", done=done, failed=failed)
+    return redirect_back(f"/console/cases/{case_id}", done=done, failed=failed)
 
 
 # --- Audit ---------------------------------------------------------------------------------
@@ -543,7 +424,7 @@ async def _export_check(request: Request, export_id: str) -> str:
 @router.post("/audit/verify")
 async def run_verify(request: Request) -> Response:
     console = await console_of(request)
-    await _form(request, console)
+    await checked_form(request, console)
     result = await console.get("/v1/audit/verify")
     request.app.state.console_last_verify = {
         "ok": bool(result.get("clean")),
@@ -551,14 +432,14 @@ async def run_verify(request: Request) -> Response:
         "summary": result,
     }
     word = "clean" if result.get("clean") else "FINDINGS"
-    return _back("/console/audit", done=f"verify: {word}")
+    return redirect_back("/console/audit", done=f"verify: {word}")
 
 
 @router.post("/audit/exports")
 async def create_export(request: Request) -> Response:
     """Exports are the query side's own files: made through its route, in process."""
     console = await console_of(request)
-    values = await _form(request, console)
+    values = await checked_form(request, console)
     transport = httpx.ASGITransport(app=request.app)
     body = {"from": _zoned(values.get("from", "")), "to": _zoned(values.get("to", ""))}
     async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
@@ -566,7 +447,7 @@ async def create_export(request: Request) -> Response:
             "/v1/audit/exports", json=body, headers={"Authorization": f"Bearer {console.token}"}
         )
     done, failed = _outcome(response, "export made")
-    return _back("/console/audit", done=done, failed=failed)
+    return redirect_back("/console/audit", done=done, failed=failed)
 
 
 def _zoned(value: str) -> str:
@@ -592,26 +473,3 @@ async def download_export(request: Request, export_id: uuid.UUID) -> Response:
         media_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="export-{export_id}.tar.gz"'},
     )
-
-
-# --- Errors --------------------------------------------------------------------------------
-
-
-def install_console(app: FastAPI) -> None:
-    """Mount the console's routes and the handlers that turn refusals into pages."""
-    app.include_router(router)
-    app.add_exception_handler(NotSignedIn, _not_signed_in)
-    app.add_exception_handler(ApiRefused, _refused)
-
-
-async def _not_signed_in(request: Request, exc: Exception) -> Response:
-    response = RedirectResponse("/console/login", status_code=303)
-    clear_session(response)
-    return response
-
-
-async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiRefused)
-    if exc.status == 401:
-        return await _not_signed_in(request, exc)
-    return render(request, "error.html", exc.status, status=exc.status, detail=str(exc), who=None)

@@ -19,7 +19,7 @@ from infrastructure.readmodels.balances_cache import AccountCache
 from infrastructure.readmodels.freshness import ChangeWaiters, NotificationListener
 from infrastructure.readmodels.readstore import ReadStore, prepare_read_models
 from infrastructure.settings import Settings
-from interfaces.api.console.routes import install_console
+from interfaces.api.console.mount import install_console
 from interfaces.api.http.auth import TokenVerifier
 from interfaces.api.http.docs import install_docs, openapi_url
 from interfaces.api.http.health import health_router

@@ -44,7 +44,7 @@ from application.commands import (
     transfer_body,
 )
 from application.terms import HELD_FOR_REVIEW, RELEASED, REVIEW_HOLD, Terms, released_id
-from domain.account import Account, HoldStatus, PendingHold, capture_hold, reverse, transfer
+from domain.account import Account, HoldStatus, PendingHold
 from domain.case import AlertCase, CaseAction
 from domain.errors import (
     AccountNotFound,
@@ -60,6 +60,7 @@ from domain.errors import (
 from domain.ids import case_id_for, derived_id, watchlist_entry_id
 from domain.integrity import Stamp
 from domain.money import Money, format_amount
+from domain.postings import capture_hold, reverse, transfer
 from domain.screening import Screening, screen
 from domain.watchlist import WatchlistEntry
 

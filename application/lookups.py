@@ -14,9 +14,10 @@ from uuid import UUID
 from application.commands import ReplyRecord
 from application.ledger import Ledger
 from application.terms import HELD_FOR_REVIEW, REVIEW_HOLD, released_id
-from domain.account import Account, Original, check_reversible
+from domain.account import Account, Original
 from domain.errors import HoldNotFound, TransactionNotFound, Unavailable
 from domain.money import parse_amount
+from domain.postings import check_reversible
 
 # What is stored under a hold's id: its placing, or the hold screening made for review.
 HOLD_KINDS = frozenset({"place_hold", REVIEW_HOLD})

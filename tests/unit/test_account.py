@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from domain.account import Account, AccountStatus, transfer
+from domain.account import Account, AccountStatus
 from domain.errors import (
     AccountClosed,
     AccountFrozen,
@@ -24,6 +24,7 @@ from domain.errors import (
 )
 from domain.integrity import Actor, Stamp
 from domain.money import Money
+from domain.postings import transfer
 from tests.ceilings import BALANCE_MAX_MINOR, OVERDRAFT_MAX_MINOR
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

@@ -12,10 +12,11 @@ from uuid import UUID, uuid4
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from domain.account import Account, Original, capture_hold, reverse, transfer
+from domain.account import Account, Original
 from domain.errors import DomainError
 from domain.integrity import GENESIS_HASH, Actor, Stamp, chain_hash
 from domain.money import Money
+from domain.postings import capture_hold, reverse, transfer
 
 ACCOUNTS = 4
 # Ceilings a few movements reach, so that sequences run into them.

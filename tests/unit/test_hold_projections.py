@@ -8,9 +8,10 @@ from fractions import Fraction
 from uuid import uuid4
 
 from application.envelope import envelope
-from domain.account import Account, Original, capture_hold, reverse
+from domain.account import Account, Original
 from domain.integrity import Actor, Stamp
 from domain.money import Money
+from domain.postings import capture_hold, reverse
 from domain.rules.config import RulesConfig
 from domain.rules.window import AccountWindow
 from domain.screening import Screening, screen

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 from application.envelope import envelope
-from domain.account import Account, transfer
+from domain.account import Account
 from domain.integrity import Actor, Stamp
 from domain.money import Money
+from domain.postings import transfer
 from projections.envelope import Envelope
 from projections.ledger import balances, kpis, statements
 from projections.rows import (

@@ -18,8 +18,8 @@ since the previous one closed. A lone caller, or one that waits for each reply b
 sending the next, never waits more than `window_s`: pacing only ever delays requests that
 would otherwise have shared nothing but a commit's cost.
 
-If the group cannot be committed at all (the store is down, or it
-kept losing races), every caller in it gets that error: nothing of theirs was written.
+If the group cannot be committed at all (the store is down, or it kept losing races),
+every caller in it gets that error: nothing of theirs was written.
 """
 
 from __future__ import annotations
@@ -87,12 +87,12 @@ class GroupCommitter:
     ) -> None:
         assert window_s >= 0
         assert interval_s >= 0
-        self.interval_s = interval_s
         assert max_commands > 0
         assert judge_ahead_min > 0
         self.judge_ahead_min = judge_ahead_min
         self.ledger = ledger
         self.window_s = window_s
+        self.interval_s = interval_s
         self.max_commands = max_commands
         self.groups_judged = 0
         self.groups_committed = 0

@@ -3,6 +3,7 @@ replies table, written in the same transaction as the events it answers for."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -174,16 +175,32 @@ class VigilRecorder(PostgresApplicationRecorder):
         # The library runs CREATE TYPE every time and swallows the DuplicateObject error;
         # PostgreSQL still logs that ERROR, at every process start. A type that exists is
         # left alone instead (the caller holds the migration lock, so none appears between).
+        #
+        # An index that exists is left alone too: CREATE INDEX IF NOT EXISTS takes a SHARE
+        # lock on its table before it finds the index there, and a process starting on a
+        # live store would then hold one table's lock while it waits for another's, in an
+        # order a writer's statement need not share: a deadlock (seen as a failed command).
         statements = self.sql_create_statements
         type_name = f"{self.datastore.schema}.{self.stored_event_type_name}"
+        # Each statement's text, and the qualified name of the index it creates if missing.
+        texts = [statement.as_string() for statement in statements]
+        schema = self.datastore.schema
+        index_names = [f"{schema}.{name}" if (name := _created_index(t)) else "" for t in texts]
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute("SELECT to_regtype(%s) IS NOT NULL AS found", (type_name,))
+            curs.execute(
+                "SELECT to_regtype(%s) IS NOT NULL AS found, "
+                "array(SELECT name FROM unnest(%s::text[]) AS name "
+                "WHERE name <> '' AND to_regclass(name) IS NOT NULL) AS indexes",
+                (type_name, index_names),
+            )
             row = curs.fetchone()
         assert row is not None, "SELECT returns one row"
-        if row["found"]:
-            self.sql_create_statements = [
-                s for s in statements if "CREATE TYPE" not in s.as_string()
-            ]
+        present = set(row["indexes"])
+        self.sql_create_statements = [
+            statement
+            for statement, text, index in zip(statements, texts, index_names, strict=True)
+            if not (row["found"] and "CREATE TYPE" in text) and index not in present
+        ]
         try:
             super().create_table()
         finally:
@@ -275,6 +292,15 @@ class VigilRecorder(PostgresApplicationRecorder):
                 self.select_first_events_statement, (list(originator_ids),), prepare=True
             )
             return [_stored(row) for row in cursor.fetchall()]
+
+
+CREATED_INDEX = re.compile(r'CREATE (?:UNIQUE )?INDEX IF NOT EXISTS "?([a-z0-9_]+)"? ON ')
+
+
+def _created_index(statement: str) -> str | None:
+    """The name of the index `statement` creates if missing, if it is such a statement."""
+    found = CREATED_INDEX.match(statement.strip())
+    return found.group(1) if found else None
 
 
 def _version(event: StoredEvent) -> int:

@@ -315,3 +315,27 @@ def open_one_account(settings: Settings) -> None:
         run(ledger, OpenAccount(uuid4(), "Ada", "001", "GBP", 0))
     finally:
         ledger.close()
+
+
+def test_a_process_starting_on_a_live_store_waits_for_no_writer(
+    settings: Settings, ledger: Ledger
+) -> None:
+    # A writer's statement holds ROW EXCLUSIVE on the store's tables while it runs; a
+    # start that asked for SHARE on one (CREATE INDEX IF NOT EXISTS does, even when the
+    # index is there) would wait for it, and could deadlock with it.
+    tables = "ledger_events, event_index, command_replies"
+    with psycopg.connect(settings.resolved_database_url()) as writer:
+        writer.execute(f"LOCK TABLE {tables} IN ROW EXCLUSIVE MODE")
+        started = threading.Event()
+
+        def start() -> None:
+            open_ledger(settings).close()
+            started.set()
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        try:
+            assert started.wait(15), "the start waited for a writer's table lock"
+        finally:
+            writer.rollback()
+            thread.join(30)

@@ -16,12 +16,12 @@ from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError, MapperDeserialisationError, PersistenceError
+from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 
 from application.commands import ChangeStatus, Submission
 from application.ledger import Ledger
 from application.locks import StripedLocks
-from application.retry import retrying, unavailable
+from application.retry import lost_race, retrying, unavailable
 from domain.account import Account
 from domain.case import EXPLANATION_CHARS_MAX, AlertCase, CaseAction
 from domain.errors import (
@@ -158,7 +158,7 @@ class Compliance:
         except Unavailable:
             raise
         except PersistenceError as error:
-            if not isinstance(error, IntegrityError):
+            if not lost_race(error):
                 raise unavailable(error) from error
             return None  # a lost race
         except Exception:  # the domain refused one: routed one by one, it raises alone

@@ -31,7 +31,7 @@ from typing import cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, PersistenceError, Recording
+from eventsourcing.persistence import PersistenceError, Recording
 from eventsourcing.utils import Environment
 
 from application.commands import (
@@ -55,7 +55,7 @@ from application.ports import (
     ReplyCache,
     ReplyStore,
 )
-from application.retry import retrying, unavailable
+from application.retry import lost_race, retrying, unavailable
 from application.terms import MoneyCeilings, Terms
 from domain.account import Account
 from domain.errors import AccountNotFound
@@ -303,7 +303,7 @@ class Ledger(Application[UUID]):
             self._save(decision)
         except BaseException as error:
             self._ahead.void(self._accounts, group.involved)
-            if isinstance(error, IntegrityError):  # a lost race: judge it again, as always
+            if lost_race(error):  # nothing was written: judge it again, as always
                 self.groups_judged_again += 1
                 return self._execute(group.submissions)
             if isinstance(error, PersistenceError):

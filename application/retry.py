@@ -1,10 +1,14 @@
-"""The one retry loop of the command side: an attempt that loses an optimistic-concurrency
-race (another writer took a version or a command id first) is tried again from fresh state,
-a bounded number of times, with a capped, jittered back-off between attempts.
+"""The one retry loop of the command side: an attempt that loses a race is tried again from
+fresh state, a bounded number of times, with a capped, jittered back-off between attempts.
 
-A lost race wrote nothing, so trying again is safe. Any other failure of the store is not
-retried here: the caller hears `Unavailable` (503, retry later). When the attempts run out
-the caller hears `Unavailable` too.
+A race is lost when another writer took a version or a command id first (an integrity
+error), or when PostgreSQL chose the attempt's transaction as the victim of a deadlock or a
+serialization failure (SQLSTATE 40P01, 40001: say, with a process creating an index at
+start). Either way the transaction was rolled back and wrote nothing, so trying again is
+safe. Any other failure of the store is not retried here, since it may leave the outcome
+unknown (a connection lost during the commit): the caller hears `Unavailable` (503, retry
+later, with the same command id). When the attempts run out the caller hears `Unavailable`
+too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from eventsourcing.persistence import (
 from domain.errors import Unavailable
 
 RETRY_BACKOFF_S_MAX = 0.25
+# PostgreSQL's codes for a transaction it rolled back to break a cycle: nothing was written.
+# (Not the whole class 40: 40003, "statement completion unknown", is no such promise.)
+ROLLED_BACK_SQLSTATES = frozenset({"40001", "40P01"})
 
 T = TypeVar("T")
 
@@ -50,10 +57,21 @@ def retrying(
                 on_failure()
             if not isinstance(error, PersistenceError):
                 raise
-            if not isinstance(error, IntegrityError):
+            if not lost_race(error):
                 raise unavailable(error) from error
             back_off(backoff_s, number)
     raise Unavailable(f"gave up after {retries_max} conflicting attempts")
+
+
+def lost_race(error: BaseException) -> bool:
+    """Whether the store refused the attempt as a whole and wrote nothing of it: another
+    writer was first, or the database rolled the transaction back to break a deadlock or a
+    serialization conflict (the driver's error, with its SQLSTATE, is the cause)."""
+    if isinstance(error, IntegrityError):
+        return True
+    if not isinstance(error, PersistenceError):
+        return False
+    return getattr(error.__cause__, "sqlstate", None) in ROLLED_BACK_SQLSTATES
 
 
 def unavailable(error: PersistenceError) -> Unavailable:

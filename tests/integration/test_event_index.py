@@ -7,6 +7,7 @@ import argparse
 import base64
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -339,3 +340,55 @@ def test_a_process_starting_on_a_live_store_waits_for_no_writer(
         finally:
             writer.rollback()
             thread.join(30)
+
+
+def test_a_write_picked_as_deadlock_victim_is_judged_again_and_commits(
+    settings: Settings, ledger: Ledger
+) -> None:
+    # Another session (an index build, say) holds SHARE on the events table; the writer
+    # takes its first locks, then waits for the events table; the session then asks for a
+    # table the writer holds: a deadlock. PostgreSQL rolls the writer back (its
+    # deadlock_timeout runs out first); nothing of it was written, so the command is judged
+    # again and commits, once.
+    account = uuid4()
+    run(ledger, OpenAccount(account, "Ada", "001", "GBP", 0))
+    deposit = Deposit(account, gbp(700), uuid4())
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as other:
+        other.execute("SET deadlock_timeout = '60s'")  # the writer must be the one to give
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE ledger_events IN SHARE MODE")
+        with ThreadPoolExecutor(1) as pool:
+            submitted = pool.submit(ledger.execute, [Submission(deposit, TELLER, "corr-deadlock")])
+            held = _held_by_writer_waiting_on_events_table(other)
+            # Blocks until PostgreSQL rolls the writer back.
+            other.execute(f"LOCK TABLE {held} IN ACCESS EXCLUSIVE MODE")
+            other.execute("ROLLBACK")
+            [outcome] = submitted.result(timeout=30)
+    assert outcome.error is None, outcome.error
+    with psycopg.connect(settings.resolved_database_url()) as conn:
+        deadlocks = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert deadlocks is not None
+    assert deadlocks[0] >= 1, "no deadlock happened"
+    view = ledger.get_account(account)
+    assert view.balance_minor == 700
+    assert view.version == 2  # opened, deposited: once
+
+
+def _held_by_writer_waiting_on_events_table(other: psycopg.Connection[Any]) -> str:
+    """A table the writer holds a lock on while it waits for `ledger_events`."""
+    for _ in range(300):
+        rows = other.execute(
+            "SELECT l.relation::regclass::text, l.granted FROM pg_locks l "
+            "JOIN pg_class c ON c.oid = l.relation AND c.relkind = 'r' "
+            "WHERE l.pid <> pg_backend_pid() AND l.locktype = 'relation' "
+            "AND c.relnamespace <> 'pg_catalog'::regnamespace"
+        ).fetchall()
+        waiting = {name for name, granted in rows if not granted}
+        holding = [name for name, granted in rows if granted and name != "ledger_events"]
+        if "ledger_events" in waiting:
+            assert holding, "the writer waits for ledger_events holding no other table"
+            return str(holding[0])
+        time.sleep(0.02)
+    raise AssertionError("the writer never waited for ledger_events")

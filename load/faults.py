@@ -32,12 +32,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import random
 import signal
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,11 +48,13 @@ import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_system import BenchFailed, Http, System, run_in_system, start_tool
+from bench_system import Http, System, run_in_system, start_tool
 from faults_checks import Checker
+from faults_proxy import StallingProxy
+from faults_report import percentile, print_table, result_of, say
 from faults_workload import BRANCH, Record, Workload
 
-from infrastructure.ops.embedded import LOOPBACK, log_tail, start_broker, start_redis
+from infrastructure.ops.embedded import log_tail, start_broker, start_redis
 from infrastructure.ops.postgres_server import EmbeddedPostgres, start_postgres
 from infrastructure.settings import Settings, load_settings
 from interfaces.api.http.tokens import issue_token
@@ -88,77 +88,6 @@ FULL_CHECK_EVERY = 10
 TOKEN_TTL_S = 6 * 3600
 ACCOUNTS_PER_CURRENCY = 100
 STORM_ACCOUNTS = 4
-
-
-def _say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-# A stall between the services and PostgreSQL ---------------------------------------------------
-
-
-class StallingProxy:
-    """A TCP proxy on loopback to PostgreSQL, in a thread of its own (the driver's loop may
-    be busy); `stall()` stops it forwarding anything, both ways, until `resume()`: open
-    connections hang, new ones are accepted and hang too, as on a network that drops."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        self._flowing = asyncio.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-proxy", daemon=True)
-
-    def start(self) -> int:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise BenchFailed("the PostgreSQL proxy did not start")
-        return self.port
-
-    def stall(self) -> None:
-        self.loop.call_soon_threadsafe(self._flowing.clear)
-
-    def resume(self) -> None:
-        self.loop.call_soon_threadsafe(self._flowing.set)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def serve() -> None:
-            self._flowing.set()
-            server = await asyncio.start_server(self._connection, LOOPBACK, 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            async with server:
-                await server.serve_forever()
-
-        with contextlib.suppress(Exception):
-            self.loop.run_until_complete(serve())
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._flowing.wait()
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                LOOPBACK, self.target_port
-            )
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer),
-            self._pipe(upstream_reader, writer),
-            return_exceptions=True,
-        )
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-        finally:
-            sink.close()
 
 
 # The run ---------------------------------------------------------------------------------------
@@ -236,7 +165,7 @@ class Run:
         await asyncio.to_thread(self.system.start, part, None, again=True)
         if batch is not None:
             records = await batch  # its retries ran into the restarted API
-            _say(f"    the 1,000-item batch: {_tally(records)}")
+            say(f"    the 1,000-item batch: {_tally(records)}")
         return killed_s
 
     def _server(self, name: str) -> Any:
@@ -286,7 +215,7 @@ class Run:
                 continue
             tail = log_tail(processes[0].log_path, 3)
             self.exits.append({"fault": fault, "part": part, "log": tail})
-            _say(f"    {part} exited by itself; started again ({tail.splitlines()[-1:]})")
+            say(f"    {part} exited by itself; started again ({tail.splitlines()[-1:]})")
             for process in self.system.children.pop(part):
                 process.stop()
             await asyncio.to_thread(self.system.start, part, None, again=True)
@@ -366,7 +295,7 @@ class Run:
 
     async def one(self, fault: str, number: int, total: int) -> None:
         started_s = time.monotonic()
-        _say(f"[{number}/{total}] {fault}")
+        say(f"[{number}/{total}] {fault}")
         # Timed from the crash, the probe running while the part restarts; or from the end
         # of an outage.
         since_s = await self.inject(fault)
@@ -385,12 +314,12 @@ class Run:
             violations.append(f"not caught up within {RECOVERY_TIMEOUT_S:.0f} s")
         self.outcomes.append(Outcome(fault, violations, first, caught))
         took = time.monotonic() - started_s
-        _say(
+        say(
             f"    first command {_seconds(first)}, caught up {_seconds(caught)}, "
             f"{'full ' if full else ''}check: {len(violations)} violations ({took:.0f} s)"
         )
         for line in violations[:10]:
-            _say(f"    VIOLATION {line}")
+            say(f"    VIOLATION {line}")
 
     def plan(self) -> list[str]:
         faults = list(KINDS)
@@ -419,18 +348,6 @@ def _tally(records: list[Record]) -> str:
 
 def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s"
-
-
-def _seconds_or_dash(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
-def _percentile(values: list[float], percent: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, math.ceil(percent / 100 * len(ordered)) - 1)
-    return round(ordered[rank], 2)
 
 
 # The conflict storm ----------------------------------------------------------------------------
@@ -477,7 +394,7 @@ async def conflict_storm(run: Run, clients: int, seconds: float) -> dict[str, An
         finally:
             http.close()
 
-    _say(f"conflict storm: {clients} clients on {STORM_ACCOUNTS} accounts for {seconds:.0f} s")
+    say(f"conflict storm: {clients} clients on {STORM_ACCOUNTS} accounts for {seconds:.0f} s")
     await asyncio.gather(*(client() for _ in range(clients)))
     settle_started_s = time.monotonic()
     # The read models must catch up and agree with the store (the check says if not).
@@ -504,14 +421,14 @@ async def conflict_storm(run: Run, clients: int, seconds: float) -> dict[str, An
         "unknown": sum(not r.acknowledged and not r.refused for r in storm),
         "client_retries": sum(workload.retries.values()) - retries_before,
         "attempts_max": max((r.attempts for r in storm), default=0),
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
-        "max_ms": _percentile(latencies, 100),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": percentile(latencies, 100),
         # From the storm's end until the read models held it all and the checks ran.
         "settled_s": round(settled_s, 1),
         "violations": violations,
     }
-    _say(
+    say(
         f"    {result['transfers']:,} transfers ({result['transfers_per_s']}/s), p50 "
         f"{result['p50_ms']} ms, p99 {result['p99_ms']} ms, {result['client_retries']} client"
         f" retries, settled and checked in {settled_s:.0f} s, {len(violations)} violations"
@@ -539,7 +456,7 @@ async def run_faults(system: System, proxy: StallingProxy, args: argparse.Namesp
     )
     started_s = time.monotonic()
     try:
-        _say(f"setup: {ACCOUNTS_PER_CURRENCY} accounts in each of GBP and EUR, funded")
+        say(f"setup: {ACCOUNTS_PER_CURRENCY} accounts in each of GBP and EUR, funded")
         await workload.open_accounts(ACCOUNTS_PER_CURRENCY, subject)
         run.probe_account = workload.accounts["GBP"][0]
         stop = asyncio.Event()
@@ -551,10 +468,10 @@ async def run_faults(system: System, proxy: StallingProxy, args: argparse.Namesp
             deadline_s = started_s + args.max_minutes * 60
             for number, fault in enumerate(plan, start=1):
                 if time.monotonic() > deadline_s and number > len(KINDS):
-                    _say(f"time is up after {number - 1} faults (--max-minutes)")
+                    say(f"time is up after {number - 1} faults (--max-minutes)")
                     break
                 await run.one(fault, number, len(plan))
-            _say("final check (replay and audit verify too)")
+            say("final check (replay and audit verify too)")
             final = await run.settle_and_check(full=True)
             storm = None
             if not args.quick and args.storm_s > 0:
@@ -568,80 +485,7 @@ async def run_faults(system: System, proxy: StallingProxy, args: argparse.Namesp
     finally:
         checker.close()
         run.query.close()
-    return _result(run, final, storm, time.monotonic() - started_s)
-
-
-def _result(run: Run, final: list[str], storm: dict | None, seconds: float) -> dict[str, Any]:
-    rows = []
-    for fault in dict.fromkeys(o.fault for o in run.outcomes):
-        mine = [o for o in run.outcomes if o.fault == fault]
-        recovered = [o.caught_up_s for o in mine if o.caught_up_s is not None]
-        first = [o.first_command_s for o in mine if o.first_command_s is not None]
-        rows.append(
-            {
-                "fault": fault,
-                "injected": len(mine),
-                "violations": sum(len(o.violations) for o in mine),
-                "recovery_p50_s": _percentile(recovered, 50),
-                "recovery_p95_s": _percentile(recovered, 95),
-                "first_command_p50_s": _percentile(first, 50),
-                "first_command_p95_s": _percentile(first, 95),
-            }
-        )
-    records = run.workload.records
-    violations = sum(r["violations"] for r in rows) + len(final)
-    violations += len(storm["violations"]) if storm else 0
-    return {
-        "faults": rows,
-        "injected": len(run.outcomes),
-        "violations": violations,
-        "final_check": final,
-        "details": [
-            {"fault": o.fault, "violations": o.violations} for o in run.outcomes if o.violations
-        ],
-        "commands": {
-            "total": len(records),
-            "acknowledged": sum(r.acknowledged for r in records),
-            "refused": sum(r.refused for r in records),
-            "unknown": sum(r.done and not r.acknowledged and not r.refused for r in records),
-            "client_retries": dict(run.workload.retries),
-        },
-        "storm": storm,
-        "exits": run.exits,
-        # An account's events whose notification ids ran against their versions: not a
-        # broken invariant (state is by version), but worth knowing.
-        "out_of_order_events": run.checker.state.out_of_order[:50],
-        "seconds": round(seconds, 1),
-    }
-
-
-def print_table(result: dict[str, Any]) -> None:
-    _say()
-    head = (
-        f"{'fault':<28} {'injected':>8} {'violations':>10} {'recovery p50':>13} {'p95':>7}"
-        f" {'first command p50':>18} {'p95':>7}"
-    )
-    _say(head)
-    _say("-" * len(head))
-    for row in result["faults"]:
-        p50, p95 = row["recovery_p50_s"], row["recovery_p95_s"]
-        _say(
-            f"{row['fault']:<28} {row['injected']:>8} {row['violations']:>10} "
-            f"{_seconds_or_dash(p50):>13} {_seconds_or_dash(p95):>7}"
-            f" {_seconds_or_dash(row['first_command_p50_s']):>18}"
-            f" {_seconds_or_dash(row['first_command_p95_s']):>7}"
-        )
-    _say("-" * len(head))
-    commands = result["commands"]
-    _say(
-        f"{result['injected']} faults, {result['violations']} violations; "
-        f"{commands['acknowledged']:,} commands acknowledged, {commands['refused']:,} refused, "
-        f"{commands['unknown']} given up, in {result['seconds']:.0f} s"
-    )
-    for found in result["exits"]:
-        _say(f"{found['part']} exited by itself after {found['fault']} (started again)")
-    if result["final_check"]:
-        _say(f"final check: {result['final_check'][:5]}")
+    return result_of(run, final, storm, time.monotonic() - started_s)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -684,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         return urlunsplit(parts._replace(netloc=netloc))
 
     system = System(run_dir, RULES, children_database_url=through_proxy)
-    _say(f"starting the system in {run_dir}")
+    say(f"starting the system in {run_dir}")
     rng_seed = args.seed if args.seed is not None else random.randrange(2**32)
     random.seed(rng_seed)
 
@@ -704,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    _say(f"written to {args.out}")
+    say(f"written to {args.out}")
     return 0 if result["violations"] == 0 else 1
 
 

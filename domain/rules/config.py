@@ -91,6 +91,19 @@ class RulesConfig:
             minor = self._minor_cache[key] = int(-(-exact.numerator // exact.denominator))
         return minor
 
+    def structuring_lower(self, currency: str) -> int:
+        """The least a deposit "just under" the reporting threshold is, in minor units:
+        asked at every movement, its Fractions (product, hash) worked out once."""
+        lower = self._structuring_lower_cache.get(currency)
+        if lower is None:
+            major = self.reporting_threshold * self.structuring_lower_fraction
+            lower = self._structuring_lower_cache[currency] = self.minor(major, currency)
+        return lower
+
+    @functools.cached_property
+    def _structuring_lower_cache(self) -> dict[str, int]:
+        return {}
+
     @functools.cached_property
     def _minor_cache(self) -> dict[tuple[int | Fraction, str], int]:
         # Every movement asks for several thresholds, always the same few: each is worked

@@ -9,7 +9,7 @@ an alert's evidence never counts toward a second alert of the same rule.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from domain.money import format_amount
@@ -73,7 +73,7 @@ Found = tuple[list[Movement], str] | None
 
 
 def opened(window: AccountWindow, at: datetime, branch: str, version: int) -> AccountWindow:
-    return replace(window, opened_at=at, branch=branch, version=version)
+    return window.but(opened_at=at, branch=branch, version=version)
 
 
 def evaluate(
@@ -117,7 +117,7 @@ def evaluate(
             )
         )
         used[rule] = used.get(rule, frozenset()) | {m.notification_id for m in evidence}
-    after = replace(with_movement, last_movement_at=movement.at, version=version).pruned(
+    after = with_movement.but(last_movement_at=movement.at, version=version).pruned(
         movement.at, config.keep_s, config.new_account_window_s
     )
     if tallies is not None:
@@ -137,9 +137,7 @@ def _large_transaction(c: Context) -> Found:
 
 def _structuring(c: Context) -> Found:
     threshold = c.threshold(c.config.reporting_threshold)
-    lower = c.config.minor(
-        c.config.reporting_threshold * c.config.structuring_lower_fraction, c.movement.currency
-    )
+    lower = c.config.structuring_lower(c.movement.currency)
 
     def just_under(m: Movement) -> bool:
         is_cash_deposit = m.kind == "deposit" and m.channel == "cash"

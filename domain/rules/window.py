@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import operator
 from bisect import bisect_right
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -89,6 +89,16 @@ class AccountWindow:
     # account's), each looked at several times per event: one pass where two would do,
     # and pruning that returns the window as it is when nothing can go.
 
+    def but(self, **changes: object) -> AccountWindow:
+        """This window with `changes`, as `dataclasses.replace` gives it, without its
+        generic pass over the fields and frozen setters: two copies per scored event."""
+        assert changes.keys() <= _WINDOW_FIELDS, sorted(changes.keys() - _WINDOW_FIELDS)
+        copy = object.__new__(AccountWindow)
+        state = copy.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        return copy
+
     def unused(self, rule: str) -> list[Movement]:
         taken = self.used.get(rule)
         if not taken:
@@ -117,7 +127,7 @@ class AccountWindow:
         kept = self.movements[excess:]
         # The newest in the same order: as ordered as before.
         order = (kept, True) if self.in_time_order() else None
-        return replace(self, movements=kept, used=_without(self.used, gone_ids), order=order)
+        return self.but(movements=kept, used=_without(self.used, gone_ids), order=order)
 
     def in_time_order(self) -> bool:
         """Whether no movement is earlier than the one before it (worked out once)."""
@@ -135,9 +145,7 @@ class AccountWindow:
         movements = (*self.movements, movement)
         last = self.movements[-1].at if self.movements else None
         ordered = self.in_time_order() and (last is None or last <= movement.at)
-        return replace(
-            self, movements=movements, used=used, tallies=tallies, order=(movements, ordered)
-        )
+        return self.but(movements=movements, used=used, tallies=tallies, order=(movements, ordered))
 
     def _pruned_by_time(self, now: datetime, keep_s: int, new_account_s: int) -> AccountWindow:
         """Without the movements no later than `now` less `keep_s` and after the first
@@ -155,7 +163,7 @@ class AccountWindow:
             gone_ids = {m.notification_id for m in self.movements[start:end]}
             kept = self.movements[:start] + self.movements[end:]
             used = _without(self.used, gone_ids)
-            return replace(self, movements=kept, used=used, order=(kept, True))
+            return self.but(movements=kept, used=used, order=(kept, True))
         if min(map(_AT, self.movements)) > horizon:
             return self
         gone = [
@@ -165,7 +173,7 @@ class AccountWindow:
         ]
         gone_ids = {m.notification_id for m in gone}
         kept = tuple(m for m in self.movements if m.notification_id not in gone_ids)
-        return replace(self, movements=kept, used=_without(self.used, gone_ids))
+        return self.but(movements=kept, used=_without(self.used, gone_ids))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +202,9 @@ class AccountWindow:
             movements=tuple(Movement.from_json(m) for m in data["movements"]),
             used={rule: frozenset(ids) for rule, ids in data["used"].items()},
         )
+
+
+_WINDOW_FIELDS = frozenset(f.name for f in fields(AccountWindow))
 
 
 def _without(used: dict[str, frozenset[int]], gone_ids: set[int]) -> dict[str, frozenset[int]]:

@@ -25,7 +25,7 @@ from infrastructure.eventstore.schema import (
     index_columns,
     index_create_statements,
 )
-from infrastructure.postgres.arrays import column_arrays
+from infrastructure.postgres.arrays import column_arrays, typed
 from infrastructure.postgres.connect import store_session_options
 from infrastructure.postgres.rendered import rendered
 
@@ -105,65 +105,68 @@ class VigilRecorder(PostgresApplicationRecorder):
         # own insert, or an older version during an upgrade) excludes them and is excluded
         # by them, since EXCLUSIVE and ROW EXCLUSIVE conflict. Either way, notification ids
         # are issued in commit order.
-        self.insert_group_statement = SQL(
-            "WITH locked AS MATERIALIZED (SELECT turn FROM {schema}.{turn} FOR UPDATE), "
-            "inserted AS ("
-            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
-            "WHERE (SELECT turn FROM locked) "
-            "RETURNING notification_id, originator_id, originator_version), "
-            "replied AS (INSERT INTO {schema}.{replies} ({reply_columns}) "
-            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[]) "
-            "WHERE (SELECT turn FROM locked)), "
-            "notified AS MATERIALIZED (SELECT pg_notify({channel}, '') AS sent) "
-            "INSERT INTO {index} (notification_id, {columns}) "
-            "SELECT inserted.notification_id, {v_columns} FROM inserted "
-            "JOIN unnest({index_arrays}) AS v({columns}) "
-            "ON v.aggregate_id = inserted.originator_id "
-            "AND v.version = inserted.originator_version CROSS JOIN notified"
-        ).format(
-            events=events,
-            turn=Identifier(WRITERS_TURN_TABLE),
-            schema=schema,
-            replies=replies,
-            reply_columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
-            channel=Literal(self.channel_name),
-            index=Identifier(self.datastore.schema, INDEX_TABLE),
-            columns=index_names,
-            v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
-            index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
+        #
+        # Each statement is rendered to bytes once: psycopg renders a composed statement
+        # again at every execute (quoting each identifier), which cost a single-transfer
+        # group more than its judging. Identifiers here are ASCII names, the same in any
+        # client encoding.
+        self.insert_group_statement: bytes = rendered(
+            SQL(
+                "WITH locked AS MATERIALIZED (SELECT turn FROM {schema}.{turn} FOR UPDATE), "
+                "inserted AS ("
+                "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%b::uuid[], %b::int8[], %b::text[], %b::bytea[]) "
+                "WHERE (SELECT turn FROM locked) "
+                "RETURNING notification_id, originator_id, originator_version), "
+                "replied AS (INSERT INTO {schema}.{replies} ({reply_columns}) "
+                "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+                "WHERE (SELECT turn FROM locked)), "
+                "notified AS MATERIALIZED (SELECT pg_notify({channel}, '') AS sent) "
+                "INSERT INTO {index} (notification_id, {columns}) "
+                "SELECT inserted.notification_id, {v_columns} FROM inserted "
+                "JOIN unnest({index_arrays}) AS v({columns}) "
+                "ON v.aggregate_id = inserted.originator_id "
+                "AND v.version = inserted.originator_version CROSS JOIN notified"
+            ).format(
+                events=events,
+                turn=Identifier(WRITERS_TURN_TABLE),
+                schema=schema,
+                replies=replies,
+                reply_columns=SQL(", ").join(Identifier(c) for c in REPLY_COLUMNS),
+                channel=Literal(self.channel_name),
+                index=Identifier(self.datastore.schema, INDEX_TABLE),
+                columns=index_names,
+                v_columns=SQL(", ").join(Identifier("v", c) for c in COLUMNS),
+                index_arrays=SQL(", ").join(SQL("%b::{}[]").format(SQL(t)) for t in COLUMN_TYPES),
+            )
         )
         # One statement for a group's state: the events of its aggregates after the
         # versions held, then the replies already given to its command ids, as rows of one
         # result (the columns of the other kind NULL). One index range scan per aggregate:
         # the lateral subquery, fenced by OFFSET 0, is not flattened into a join the
         # planner may turn into a scan of the whole table.
-        self.select_group_state_statement = SQL(
-            "SELECT e.originator_id, e.originator_version, e.topic, e.state, "
-            "NULL::uuid AS command_id, NULL AS kind, NULL AS subject, NULL AS fingerprint, "
-            "NULL AS body "
-            "FROM unnest(%b::uuid[], %b::int8[]) AS known(id, version) "
-            "CROSS JOIN LATERAL (SELECT s.originator_id, s.originator_version, s.topic, s.state "
-            "FROM {events} s WHERE s.originator_id = known.id "
-            "AND s.originator_version > known.version "
-            "ORDER BY s.originator_version OFFSET 0) e "
-            "UNION ALL "
-            "SELECT NULL, NULL, NULL, NULL, command_id, kind, subject, fingerprint, body "
-            "FROM {schema}.{replies} WHERE command_id = ANY(%b::uuid[])"
-        ).format(events=events, schema=schema, replies=replies)
-        self.select_first_events_statement = SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {events} "
-            "WHERE originator_id = ANY(%b::uuid[]) AND originator_version = 1"
-        ).format(events=events)
-        # Rendered to bytes once: psycopg renders a composed statement again at every
-        # execute (quoting each identifier), which cost a single-transfer group more than
-        # its judging. Identifiers here are ASCII names, the same in any client encoding.
-        for name in (
-            "insert_group_statement",
-            "select_group_state_statement",
-            "select_first_events_statement",
-        ):
-            setattr(self, name, rendered(getattr(self, name)))
+        self.select_group_state_statement: bytes = rendered(
+            SQL(
+                "SELECT e.originator_id, e.originator_version, e.topic, e.state, "
+                "NULL::uuid AS command_id, NULL AS kind, NULL AS subject, NULL AS fingerprint, "
+                "NULL AS body "
+                "FROM unnest(%b::uuid[], %b::int8[]) AS known(id, version) "
+                "CROSS JOIN LATERAL (SELECT s.originator_id, s.originator_version, s.topic, "
+                "s.state "
+                "FROM {events} s WHERE s.originator_id = known.id "
+                "AND s.originator_version > known.version "
+                "ORDER BY s.originator_version OFFSET 0) e "
+                "UNION ALL "
+                "SELECT NULL, NULL, NULL, NULL, command_id, kind, subject, fingerprint, body "
+                "FROM {schema}.{replies} WHERE command_id = ANY(%b::uuid[])"
+            ).format(events=events, schema=schema, replies=replies)
+        )
+        self.select_first_events_statement: bytes = rendered(
+            SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {events} "
+                "WHERE originator_id = ANY(%b::uuid[]) AND originator_version = 1"
+            ).format(events=events)
+        )
         self.lock_table_statements = [
             statement
             for statement in map(rendered, self.lock_table_statements)
@@ -243,11 +246,14 @@ class VigilRecorder(PostgresApplicationRecorder):
             assert conn.autocommit, "the statement is its own transaction"
             curs.execute(
                 self.insert_group_statement,
-                [
-                    *column_arrays(stored_events, EVENT_COLUMNS),
-                    *reply_columns(replies),
-                    *index_columns(index_rows),
-                ],
+                typed(
+                    self.insert_group_statement,
+                    [
+                        *column_arrays(stored_events, EVENT_COLUMNS),
+                        *reply_columns(replies),
+                        *index_columns(index_rows),
+                    ],
+                ),
                 prepare=True,
             )
             written = curs.rowcount
@@ -266,9 +272,10 @@ class VigilRecorder(PostgresApplicationRecorder):
         version (0: all of them), in order, and the replies already given to these ids."""
         ids = list(versions)
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            statement = self.select_group_state_statement
             cursor.execute(
-                self.select_group_state_statement,
-                (ids, [versions[i] for i in ids], list(command_ids)),
+                statement,
+                typed(statement, (ids, [versions[i] for i in ids], list(command_ids))),
                 prepare=True,
             )
             rows = cursor.fetchall()
@@ -288,9 +295,8 @@ class VigilRecorder(PostgresApplicationRecorder):
         if not originator_ids:
             return []
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(
-                self.select_first_events_statement, (list(originator_ids),), prepare=True
-            )
+            statement = self.select_first_events_statement
+            cursor.execute(statement, typed(statement, (list(originator_ids),)), prepare=True)
             return [_stored(row) for row in cursor.fetchall()]
 
 

@@ -25,6 +25,7 @@ from infrastructure.monitoring.windows import (
     load_windows,
     save_windows,
 )
+from infrastructure.postgres.arrays import execute_typed
 from infrastructure.readmodels.alert_rows import alert_record, insert_alerts, notify_outbox
 from infrastructure.readmodels.quarantine import next_version
 from infrastructure.readmodels.schema import SCHEMA
@@ -284,7 +285,8 @@ async def watchlist_history(
     counterparties = {a for a in map(_counterparty, events) if a is not None}
     if not counterparties:
         return WatchlistHistory({})
-    cursor = await conn.execute(
+    cursor = await execute_typed(
+        conn,
         f"SELECT originator_id, notification_id, originator_version, topic FROM {EVENTS_TABLE} "
         "WHERE originator_id = ANY(%b::uuid[]) AND notification_id < %s",
         (

@@ -21,6 +21,7 @@ from psycopg import AsyncConnection
 
 from domain.rules.config import RULES
 from domain.rules.window import AccountWindow, Movement
+from infrastructure.postgres.arrays import execute_typed
 from projections.envelope import Envelope
 
 # Windows held between batches by a worker: at most this many, and at most this many
@@ -107,7 +108,8 @@ async def load_windows(
     movements of those whose stored version is not the one held, in one more."""
     ids = list({e.aggregate_id for e in events if e.is_account_event})
     held = dict(zip(ids, [cache.get(i) if cache else None for i in ids], strict=True))
-    cursor = await conn.execute(
+    cursor = await execute_typed(
+        conn,
         "SELECT r.account_id, r.version = k.version, r.version, r.opened_at, r.branch, "
         "r.last_movement_at, CASE WHEN r.version = k.version THEN NULL ELSE r.state END "
         "FROM unnest(%b::uuid[], %b::bigint[]) AS k(account_id, version) "
@@ -140,7 +142,8 @@ async def _with_movements(
     was a third of reading them)."""
     if not headers:
         return {}
-    cursor = await conn.execute(
+    cursor = await execute_typed(
+        conn,
         f"SELECT k.place, {MOVEMENT_FIELDS}, m.used "
         "FROM unnest(%b::uuid[]) WITH ORDINALITY AS k(account_id, place) "
         "JOIN rule_window_movements m ON m.account_id = k.account_id "
@@ -243,12 +246,14 @@ async def save_windows(conn: AsyncConnection[Any], changes: Collection[WindowCha
     writes = _writes(changes)
     await _save_headers(conn, writes.headers)
     if writes.replaced:
-        await conn.execute(
+        await execute_typed(
+            conn,
             "DELETE FROM rule_window_movements WHERE account_id = ANY(%b::uuid[])",
             (writes.replaced,),
         )
     if writes.gone:
-        await conn.execute(
+        await execute_typed(
+            conn,
             "DELETE FROM rule_window_movements m "
             "USING unnest(%b::uuid[], %b::bigint[]) AS g(account_id, notification_id) "
             "WHERE m.account_id = g.account_id AND m.notification_id = g.notification_id",
@@ -257,7 +262,8 @@ async def save_windows(conn: AsyncConnection[Any], changes: Collection[WindowCha
     if writes.new:
         await _insert_movements(conn, writes.new)
     if writes.marked:
-        await conn.execute(
+        await execute_typed(
+            conn,
             "UPDATE rule_window_movements m "
             f"SET used = string_to_array(u.rules, '{RULES_SEPARATOR}') "
             "FROM unnest(%b::uuid[], %b::bigint[], %b::text[]) AS u(account, n, rules) "
@@ -270,7 +276,8 @@ async def _save_headers(
     conn: AsyncConnection[Any], headers: Sequence[tuple[UUID, AccountWindow]]
 ) -> None:
     """Upsert the headers; `state` NULL says the movements are rows (a legacy one converts)."""
-    await conn.execute(
+    await execute_typed(
+        conn,
         "INSERT INTO rule_windows (account_id, version, opened_at, branch, last_movement_at, "
         "state) SELECT *, NULL FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], "
         "%b::text[], %b::timestamptz[]) "
@@ -290,7 +297,8 @@ async def _save_headers(
 async def _insert_movements(
     conn: AsyncConnection[Any], new: Sequence[tuple[UUID, Movement, str]]
 ) -> None:
-    await conn.execute(
+    await execute_typed(
+        conn,
         f"INSERT INTO rule_window_movements (account_id, {MOVEMENT_FIELDS}, used) "
         f"SELECT a, n, t, at, k, d, amount, c, ch, cp, string_to_array(u, '{RULES_SEPARATOR}') "
         "FROM unnest("

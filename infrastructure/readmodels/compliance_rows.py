@@ -14,7 +14,7 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from infrastructure.postgres.arrays import column_arrays
+from infrastructure.postgres.arrays import column_arrays, execute_typed
 from projections.rows import (
     AlertSuppressedRow,
     CaseEventRow,
@@ -90,11 +90,12 @@ UPSERT_WATCHLIST: Final = (
 async def apply_watchlist(conn: AsyncConnection[Any], rows: list[WatchlistChanged]) -> None:
     """At most one row per account (its highest version): one upsert may not touch a row twice."""
     assert len({r.account_id for r in rows}) == len(rows), "one row per account"
-    await conn.execute(UPSERT_WATCHLIST, column_arrays(rows, WATCHLIST_COLUMNS))
+    await execute_typed(conn, UPSERT_WATCHLIST, column_arrays(rows, WATCHLIST_COLUMNS))
 
 
 async def apply_case_events(conn: AsyncConnection[Any], rows: list[CaseEventRow]) -> None:
-    cursor = await conn.execute(
+    cursor = await execute_typed(
+        conn,
         INSERT_HISTORY,
         (
             [r.case_id for r in rows],
@@ -147,7 +148,8 @@ async def apply_suppressions(
     alerts they held back."""
     created = [c for c in changes if not c.revoked]
     if created:
-        await conn.execute(
+        await execute_typed(
+            conn,
             INSERT_SUPPRESSIONS,
             (
                 [c.suppression_id for c in created],
@@ -163,7 +165,8 @@ async def apply_suppressions(
         )
     revoked = [c for c in changes if c.revoked]
     if revoked:
-        await conn.execute(
+        await execute_typed(
+            conn,
             REVOKE_SUPPRESSIONS,
             column_arrays(
                 revoked,
@@ -171,7 +174,8 @@ async def apply_suppressions(
             ),
         )
     if suppressed:
-        await conn.execute(
+        await execute_typed(
+            conn,
             INSERT_SUPPRESSED_ALERTS,
             column_arrays(
                 suppressed, ("alert_id", "suppression_id", "account_id", "at", "notification_id")

@@ -17,6 +17,7 @@ import structlog
 from psycopg import AsyncConnection
 
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.postgres.arrays import execute_typed
 from infrastructure.readmodels.balances_cache import CacheEntry, newest_entries
 from infrastructure.readmodels.change_notices import notice_payloads
 from infrastructure.readmodels.quarantine import (
@@ -102,7 +103,8 @@ async def apply_batch(
         channel = NOTIFY_CHANNELS.get(projection)
         touched = sorted_out.result.touched_versions
         if channel and touched:
-            await conn.execute(
+            await execute_typed(
+                conn,
                 "SELECT pg_notify(%s, payload) FROM unnest(%b::text[]) AS payload",
                 (channel, notice_payloads(touched)),
             )
@@ -245,8 +247,8 @@ async def _projected_versions(
     if projection != "balances":
         return None  # statements and KPIs come out the same in any order
     ids = list({e.aggregate_id for e in events if e.is_account_event})
-    cursor = await conn.execute(
-        "SELECT account_id, version FROM accounts WHERE account_id = ANY(%b::uuid[])", (ids,)
+    cursor = await execute_typed(
+        conn, "SELECT account_id, version FROM accounts WHERE account_id = ANY(%b::uuid[])", (ids,)
     )
     return {row[0]: int(row[1]) for row in await cursor.fetchall()}
 
@@ -325,7 +327,8 @@ async def start_batch(
     above = {e.notification_id for e in events if e.notification_id > position.mark}
     if not above:
         return position, set()
-    cursor = await conn.execute(
+    cursor = await execute_typed(
+        conn,
         "SELECT notification_id FROM projection_tracking WHERE projection = %s "
         "AND notification_id = ANY(%b::bigint[])",
         (projection, list(above)),
@@ -448,7 +451,8 @@ async def finish_batch(
 
 async def track(conn: AsyncConnection[Any], projection: str, ids: list[int]) -> None:
     if ids:
-        await conn.execute(
+        await execute_typed(
+            conn,
             "INSERT INTO projection_tracking (projection, notification_id) "
             "SELECT %s, unnest(%b::bigint[]) ON CONFLICT DO NOTHING",
             (projection, ids),

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from psycopg import AsyncConnection
 
-from infrastructure.postgres.arrays import column_arrays
+from infrastructure.postgres.arrays import column_arrays, execute_typed
 from infrastructure.readmodels.balances_cache import (
     CacheEntry,
     cache_entry_columns,
@@ -190,27 +190,30 @@ async def write_batch(conn: AsyncConnection[Any], writes: BatchWrites) -> list[C
     # look them up: the order the rows have one by one.
     entries = await _write_accounts(conn, writes)
     if writes.lines:
-        await conn.execute(INSERT_LINES, _line_columns(writes.lines))
+        await execute_typed(conn, INSERT_LINES, _line_columns(writes.lines))
     if writes.reversed:
         reversed_ = list(writes.reversed.values())
-        await conn.execute(
+        await execute_typed(
+            conn,
             UPDATE_REVERSED,
             column_arrays(reversed_, ("account_id", "transaction_id", "reversed_minor")),
         )
     if writes.holds_placed:
-        await conn.execute(INSERT_HOLDS, column_arrays(writes.holds_placed, HOLD_PLACED_COLUMNS))
+        await execute_typed(
+            conn, INSERT_HOLDS, column_arrays(writes.holds_placed, HOLD_PLACED_COLUMNS)
+        )
     if writes.holds_ended:
         ended = list(writes.holds_ended.values())
-        await conn.execute(UPDATE_HOLDS, column_arrays(ended, HOLD_ENDED_COLUMNS))
+        await execute_typed(conn, UPDATE_HOLDS, column_arrays(ended, HOLD_ENDED_COLUMNS))
     if writes.branches:
         branches = list(writes.branches.values())
-        await conn.execute(
-            INSERT_BRANCHES, ([b.account_id for b in branches], [b.branch for b in branches])
+        await execute_typed(
+            conn, INSERT_BRANCHES, ([b.account_id for b in branches], [b.branch for b in branches])
         )
     if writes.kpis_hourly:
-        await conn.execute(ADD_KPIS_HOURLY, _kpi_columns(writes.kpis_hourly))
+        await execute_typed(conn, ADD_KPIS_HOURLY, _kpi_columns(writes.kpis_hourly))
     if writes.kpis_by_account:
-        await conn.execute(ADD_KPIS_BRANCH, _kpi_columns(writes.kpis_by_account))
+        await execute_typed(conn, ADD_KPIS_BRANCH, _kpi_columns(writes.kpis_by_account))
     if writes.case_events:
         await apply_case_events(conn, writes.case_events)
     if writes.watchlist:
@@ -224,10 +227,12 @@ async def _write_accounts(conn: AsyncConnection[Any], writes: BatchWrites) -> li
     opened: list[CacheEntry] = []
     updated: list[CacheEntry] = []
     if writes.opened:
-        cursor = await conn.execute(INSERT_OPENED, _opened_columns(writes.opened))
+        cursor = await execute_typed(conn, INSERT_OPENED, _opened_columns(writes.opened))
         opened = await cursor.fetchall()
     if writes.accounts:
-        cursor = await conn.execute(UPDATE_ACCOUNTS, _account_columns([*writes.accounts.values()]))
+        cursor = await execute_typed(
+            conn, UPDATE_ACCOUNTS, _account_columns([*writes.accounts.values()])
+        )
         updated = await cursor.fetchall()
     if not updated:
         return opened

@@ -103,15 +103,29 @@ def until(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -
 def click_through(browser: Any, selector: str, *, confirm: bool = False) -> None:
     """Click a button and wait for the page it leads to (a click does not wait for the
     form's post and its redirect); `confirm`: accept the confirmation it asks first."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, selector).click()
     if confirm:
         browser.switch_to.alert.accept()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+
+    def left(_: Any) -> bool:
+        """The old page is gone: stale, or (asked mid-navigation) Chromium's inspector no
+        longer finds its node in the document."""
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in (error.msg or ""):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, 30).until(left)
 
 
 def submit(browser: Any, action: str, **fields: str) -> None:

@@ -94,23 +94,24 @@ class _UuidDumper(_ArrayDumper):
 
 
 def _uuid_bytes(value: UUID | str) -> bytes:
-    """A UUID's 16 bytes; a string is read as PostgreSQL's uuid input reads it (hex digits,
-    hyphens between groups, maybe in braces), anything else refused."""
+    """A UUID's 16 bytes. Text is 32 hex digits, hyphens between them, maybe in braces (as
+    PostgreSQL reads uuid input, if more freely placed hyphens); anything else is refused."""
     if isinstance(value, UUID):
         return value.bytes
-    if isinstance(value, str):
-        if len(value) == 36 and value.isascii():
-            try:
-                raw = bytes.fromhex(value.replace("-", ""))
-            except ValueError:
-                raw = b""
-            if len(raw) == 16:
-                return raw
+    if not isinstance(value, str):
+        raise TypeError(f"a uuid array takes UUIDs or their text, not {type(value).__name__}")
+    if value[:1] == "{" and value[-1:] == "}":
+        value = value[1:-1]
+    digits = value.replace("-", "")
+    # fromhex skips whitespace, so 32 characters give 16 bytes only when all are digits.
+    if len(digits) == 32:
         try:
-            return UUID(value).bytes  # the other spellings
+            raw = bytes.fromhex(digits)
         except ValueError:
-            raise ValueError("badly formed hexadecimal UUID string") from None
-    raise TypeError(f"a uuid array takes UUIDs or their text, not {type(value).__name__}")
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    raise ValueError("badly formed hexadecimal UUID string")
 
 
 class _BigintDumper(_ArrayDumper):

@@ -103,6 +103,10 @@ def test_uuid_text_is_read_in_every_spelling_postgresql_reads() -> None:
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
         "a0ee bc99-9c0b-4ef8-bb6d-6bb9bd380a11",
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1\u00e9",
+        "a0eebc99 9c0b 4ef8 bb6d 6bb9bd380a11",
+        " a0eebc999c0b4ef8bb6d6bb9bd380a1 ",
+        "urn:uuid:a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
     ],
 )
 def test_text_that_is_no_uuid_is_refused(garbage: str) -> None:

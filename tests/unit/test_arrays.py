@@ -42,32 +42,24 @@ instants = st.datetimes(
 )
 
 
-@given(st.lists(st.one_of(st.none(), st.uuids()), min_size=1))
-def test_uuids_dump_as_psycopg_dumps_them(values: list[UUID | None]) -> None:
+@pytest.mark.parametrize(
+    ("array", "elements"),
+    [
+        (UuidArray, st.uuids()),
+        (TextArray, texts),
+        (ByteaArray, st.binary()),
+        (TimestamptzArray, instants),
+    ],
+    ids=["uuid", "text", "bytea", "timestamptz"],
+)
+@given(data=st.data())
+def test_each_array_dumps_as_psycopg_dumps_its_list(
+    array: type[list[Any]], elements: st.SearchStrategy[Any], data: st.DataObject
+) -> None:
+    values = data.draw(st.lists(st.one_of(st.none(), elements), min_size=1))
     if all(v is None for v in values):
         return  # psycopg sends an all-NULL list as text[], the cast decides its type
-    assert dumped(UuidArray(values)) == generic(values)
-
-
-@given(st.lists(st.one_of(st.none(), texts), min_size=1))
-def test_texts_dump_as_psycopg_dumps_them(values: list[str | None]) -> None:
-    if all(v is None for v in values):
-        return
-    assert dumped(TextArray(values)) == generic(values)
-
-
-@given(st.lists(st.one_of(st.none(), st.binary()), min_size=1))
-def test_bytes_dump_as_psycopg_dumps_them(values: list[bytes | None]) -> None:
-    if all(v is None for v in values):
-        return
-    assert dumped(ByteaArray(values)) == generic(values)
-
-
-@given(st.lists(st.one_of(st.none(), instants), min_size=1))
-def test_instants_dump_as_psycopg_dumps_them(values: list[datetime | None]) -> None:
-    if all(v is None for v in values):
-        return
-    assert dumped(TimestamptzArray(values)) == generic(values)
+    assert dumped(array(values)) == generic(values)
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), min_size=1))

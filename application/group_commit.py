@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from application.commands import Outcome, Submission
 from application.ledger import DecidedGroup, Ledger
@@ -55,14 +55,16 @@ WRITER_IDLE = _WriterIdle()
 @dataclass
 class _Request:
     submissions: Sequence[Submission]
-    done: threading.Event = field(default_factory=threading.Event)
+    # Set once the request is settled, for a thread that waits (`execute`).
+    done: threading.Event | None = None
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
     # Called from the committer thread once the request is settled (wakes a coroutine).
     on_done: Callable[[], object] | None = None
 
     def finish(self) -> None:
-        self.done.set()
+        if self.done is not None:
+            self.done.set()
         if self.on_done is not None:
             # RuntimeError: its event loop has closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
@@ -73,6 +75,12 @@ class _Request:
             raise self.error
         assert self.outcomes is not None
         return self.outcomes
+
+
+def _settle(settled: asyncio.Future[None]) -> None:
+    # Already done: its caller stopped waiting (cancelled, or timed out).
+    if not settled.done():
+        settled.set_result(None)
 
 
 class GroupCommitter:
@@ -117,8 +125,9 @@ class GroupCommitter:
         """The outcomes of these commands, in order, once their group is committed."""
         if not submissions:
             return []
-        request = self._enqueue(_Request(submissions))
-        if not request.done.wait(CALLER_WAIT_S_MAX):
+        done = threading.Event()
+        request = self._enqueue(_Request(submissions, done=done))
+        if not done.wait(CALLER_WAIT_S_MAX):
             raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry")
         return request.result()
 
@@ -127,12 +136,15 @@ class GroupCommitter:
         if not submissions:
             return []
         loop = asyncio.get_running_loop()
-        settled = asyncio.Event()
+        # A future and a timeout, not an Event under wait_for: that ran the wait as a task
+        # of its own for every request.
+        settled: asyncio.Future[None] = loop.create_future()
         request = self._enqueue(
-            _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(settled.set))
+            _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(_settle, settled))
         )
         try:
-            await asyncio.wait_for(settled.wait(), CALLER_WAIT_S_MAX)
+            async with asyncio.timeout(CALLER_WAIT_S_MAX):
+                await settled
         except TimeoutError:
             raise Unavailable(f"no commit within {CALLER_WAIT_S_MAX:.0f} s; retry") from None
         return request.result()

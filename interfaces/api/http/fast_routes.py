@@ -6,9 +6,11 @@ and exit-stack layers, matching the path against every route, and FastAPI's gene
 dependency solver (cache keys, exit stacks, every kind of parameter for every
 dependency). `FastRoutes` sits just inside Vigil's own middlewares and serves the routes
 it is given by calling the same endpoint with the same dependencies, resolved by a plan
-made once per route from FastAPI's own description of it (`route.dependant`). FastAPI's
-own functions still read and validate each parameter, so the values, and the errors, are
-the ones FastAPI would produce.
+made once per route from FastAPI's own description of it (`route.dependant`). Each
+parameter is read as FastAPI reads it (what FastAPI works out about a parameter at every
+request, where to find it and whether a header may repeat, is worked out once per route)
+and validated by FastAPI's own functions, so the values, and the errors, are the ones
+FastAPI would produce.
 
 It only ever takes the plain path: a route whose parameters it cannot resolve exactly as
 FastAPI would (query or cookie parameters, synchronous or generator dependencies, a
@@ -23,16 +25,24 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, params
+from fastapi._compat import ModelField, Undefined, field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
-from fastapi.dependencies.utils import request_body_to_args, request_params_to_args
+from fastapi.dependencies.utils import (
+    _get_param_aliases,
+    _get_param_model,
+    _is_json_field,
+    _validate_value_with_model_field,
+    request_body_to_args,
+)
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from starlette.convertors import Convertor
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -61,6 +71,18 @@ class _DependencyPlan:
 
 
 @dataclass(frozen=True)
+class _ParamPlan:
+    """What FastAPI's `request_params_to_args` works out about a path or header parameter
+    at every request, worked out once: the keys it is read under, in order of preference,
+    whether it takes every value of a repeated header, and where an error says it was."""
+
+    field: ModelField
+    aliases: tuple[str, ...]
+    repeated: bool
+    where: str
+
+
+@dataclass(frozen=True)
 class _RoutePlan:
     route: APIRoute
     path_regex: re.Pattern[str]
@@ -69,6 +91,8 @@ class _RoutePlan:
     dependant: Dependant
     embed_body_fields: bool
     request_params: tuple[str, ...]
+    path_params: tuple[_ParamPlan, ...]
+    header_params: tuple[_ParamPlan, ...]
 
 
 def _is_async(call: Callable[..., Any]) -> bool:
@@ -94,6 +118,44 @@ def _request_params(dependant: Dependant) -> tuple[str, ...]:
     """The parameters that take the request itself (as `Request` or `HTTPConnection`)."""
     names = (dependant.request_param_name, dependant.http_connection_param_name)
     return tuple(name for name in names if name)
+
+
+def _param_plan(field: ModelField) -> _ParamPlan:
+    info = field.field_info
+    if _get_param_model(field) is not None or not isinstance(info, params.Param):
+        raise _NotFast(f"parameter {field.name!r} is read as a model")
+    aliases = tuple(request_key for _, request_key in _get_param_aliases(field))
+    if not aliases:
+        raise _NotFast(f"parameter {field.name!r} has no name to be read under")
+    repeated = not _is_json_field(field) and field_annotation_is_sequence(info.annotation)
+    return _ParamPlan(field, aliases, repeated, info.in_.value)
+
+
+def _read_params(
+    plans: tuple[_ParamPlan, ...], received: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """`request_params_to_args` with its per-field analysis done beforehand: the same
+    values, read the same way, validated by FastAPI's own function, the same errors."""
+    values: dict[str, Any] = {}
+    errors: list[Any] = []
+    for plan in plans:
+        alias = next((key for key in plan.aliases if key in received), plan.aliases[0])
+        value: Any
+        if plan.repeated and isinstance(received, Headers):
+            value = received.getlist(alias)
+        else:
+            value = received.get(alias)
+        if value is None or (plan.repeated and len(value) == 0):
+            value = Undefined  # defaults are applied by the validation, as FastAPI does
+        field = plan.field
+        valid, found = _validate_value_with_model_field(
+            field=field, value=value, values=values, loc=(plan.where, alias)
+        )
+        if found:
+            errors.extend(found)
+        else:
+            values[field.name] = valid
+    return values, errors
 
 
 def _dependency_plan(dependant: Dependant) -> _DependencyPlan:
@@ -133,6 +195,8 @@ def plan_route(context: RouteContext) -> _RoutePlan:
         dependant=dependant,
         embed_body_fields=embed,
         request_params=_request_params(dependant),
+        path_params=tuple(map(_param_plan, dependant.path_params)),
+        header_params=tuple(map(_param_plan, dependant.header_params)),
     )
 
 
@@ -254,9 +318,9 @@ class FastRoutes:
         request._body = body  # Starlette's caches: nothing reads the body twice
         request._json = parsed
         dependant = plan.dependant
-        values, errors = request_params_to_args(dependant.path_params, path_params)
+        values, errors = _read_params(plan.path_params, path_params)
         if not errors:
-            found, errors = request_params_to_args(dependant.header_params, request.headers)
+            found, errors = _read_params(plan.header_params, request.headers)
             values.update(found)
         if not errors:
             found, errors = await request_body_to_args(

@@ -6,7 +6,7 @@ never raw paths, and unknown HTTP methods collapse into `OTHER`.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -59,10 +59,25 @@ class Exposition(NamedTuple):
     content_type: str
 
 
+# Each label set's counter and histogram, looked up once: `labels()` checks and joins its
+# values at every call. As many entries as the metrics have series (routes are templates).
+_HTTP_SERIES: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_http_request(app: str, method: str, route: str, status: int, duration_s: float) -> None:
-    method_label = method if method in _KNOWN_METHODS else "OTHER"
-    HTTP_REQUESTS_TOTAL.labels(app, method_label, route, str(status)).inc()
-    HTTP_REQUEST_DURATION_SECONDS.labels(app, method_label, route).observe(duration_s)
+    key = (app, method, route, status)
+    series = _HTTP_SERIES.get(key)
+    if series is None:
+        method_label = method if method in _KNOWN_METHODS else "OTHER"
+        series = (
+            HTTP_REQUESTS_TOTAL.labels(app, method_label, route, str(status)),
+            HTTP_REQUEST_DURATION_SECONDS.labels(app, method_label, route),
+        )
+        if method_label == method:  # a method we do not know is not remembered
+            _HTTP_SERIES[key] = series
+    requests, duration = series
+    requests.inc()
+    duration.observe(duration_s)
 
 
 def record_command_outcome(command: str, code: str = "ok") -> None:

@@ -288,10 +288,11 @@ def install_middleware(
     verifier: TokenVerifier | None = None,
 ) -> None:
     """Add Vigil's middlewares to a Starlette/FastAPI app, in the order they need (the rate
-    limit, when given, between the access log and the body limit)."""
+    limit, when given and any of its buckets is on, between the access log and the body
+    limit)."""
     # add_middleware puts each new one outermost, so add innermost first.
     app.add_middleware(BodySizeLimitMiddleware, body_max_bytes=body_max_bytes)
-    if limiter is not None:
+    if limiter is not None and limiter.enabled:
         assert verifier is not None, "the rate limit tells subjects apart by their token"
         app.add_middleware(RateLimitMiddleware, limiter=limiter, verifier=verifier)
     app.add_middleware(AccessLogMiddleware, app_name=app_name)

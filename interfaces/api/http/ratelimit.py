@@ -107,6 +107,11 @@ class RateLimiter:
         self._client: aioredis.Redis | None = None
         self._script: object | None = None
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any of its buckets limits anything (off: the middleware is not installed)."""
+        return self.subject_bucket.enabled or self.anonymous_bucket.enabled
+
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
             # Resolved on first use: building the app needs no Redis (nor its URL).

@@ -80,9 +80,15 @@ def observe_http_request(app: str, method: str, route: str, status: int, duratio
     duration.observe(duration_s)
 
 
+_OUTCOME_SERIES: dict[tuple[str, str], Any] = {}
+
+
 def record_command_outcome(command: str, code: str = "ok") -> None:
     """`command` is a fixed name (`account.deposit`); `code` is `ok` or a problem code."""
-    COMMAND_OUTCOMES_TOTAL.labels(command, code).inc()
+    series = _OUTCOME_SERIES.get((command, code))
+    if series is None:
+        series = _OUTCOME_SERIES[command, code] = COMMAND_OUTCOMES_TOTAL.labels(command, code)
+    series.inc()
 
 
 def metrics_response(registry: CollectorRegistry = REGISTRY) -> Exposition:

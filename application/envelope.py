@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from domain.account import Account
@@ -95,10 +94,11 @@ def _account_id(
     return None if account_id is None else str(account_id)
 
 
-@dataclass(frozen=True, slots=True)
-class IndexRow:
+class IndexRow(NamedTuple):
     """One stored event's row in the event index: what auditors filter by, without
-    decoding (or decrypting) the stored event. The notification id comes from the store."""
+    decoding (or decrypting) the stored event. The notification id comes from the store.
+    A tuple (its fields in the index table's column order): one is made for every event
+    written, and a tuple is made in half the time of a frozen dataclass."""
 
     aggregate_id: UUID
     aggregate_type: str

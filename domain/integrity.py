@@ -50,15 +50,26 @@ class Stamp:
         assert self.timestamp.tzinfo is not None, "event times are timezone-aware UTC"
 
 
+# The last moment formatted and its text: the events of one command share their moment
+# (both sides of a transfer, and each event's index row), so it is asked for again at once.
+# One tuple, replaced whole: a reader in another thread sees a pair that belongs together.
+_last_formatted: list[tuple[datetime | None, str]] = [(None, "")]
+
+
 def format_timestamp(moment: datetime) -> str:
     """`YYYY-MM-DDTHH:MM:SS.ffffffZ`, always UTC, always microseconds."""
+    last, text = _last_formatted[0]
+    if moment is last:  # the same object: immutable, so the same text
+        return text
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     # The text of strftime("%Y-%m-%dT%H:%M:%S.%fZ") (its %Y unpadded too), in a third of
     # its time: every event's hash has one, and every check of it.
-    return (
+    text = (
         f"{utc.year}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
         f"{utc.second:02d}.{utc.microsecond:06d}Z"
     )
+    _last_formatted[0] = (moment, text)
+    return text
 
 
 CanonicalEncoder = Callable[[dict[str, Any]], bytes]

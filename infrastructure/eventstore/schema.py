@@ -27,7 +27,6 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from application.envelope import IndexRow
-from infrastructure.postgres.arrays import column_arrays
 
 if TYPE_CHECKING:
     from application.ledger import Ledger
@@ -52,6 +51,9 @@ COLUMNS = (
 )
 # What PostgreSQL named the index's former UNIQUE (aggregate_id, version).
 DROPPED_UNIQUE: Final = f"{INDEX_TABLE}_aggregate_id_version_key"
+# The index rows' fields are its columns, in order (index_columns transposes the rows).
+if IndexRow._fields != COLUMNS:
+    raise TypeError(f"IndexRow's fields {IndexRow._fields} are not the columns {COLUMNS}")
 COLUMN_TYPES = ("uuid", "text", "bigint", "text", "timestamptz", "text", "text", "text", "text")
 
 
@@ -151,8 +153,11 @@ def append_only_statements(schema: str, tables: Sequence[str]) -> list[Composed]
 
 
 def index_columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
-    """Column-wise, in COLUMNS order, for the unnest of the insert statements."""
-    return column_arrays(rows, COLUMNS)
+    """Column-wise, in COLUMNS order, for the unnest of the insert statements: the rows'
+    fields are in that order, so the columns are the rows transposed."""
+    if not rows:
+        return [[] for _ in COLUMNS]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def store_names(ledger: Ledger) -> tuple[str, str]:

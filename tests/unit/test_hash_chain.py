@@ -139,7 +139,15 @@ def test_timestamps_are_utc_with_microseconds_and_z() -> None:
     )
 )
 def test_the_timestamp_text_is_the_strftime_definition_for_any_moment(moment: datetime) -> None:
-    assert format_timestamp(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_timestamp(moment) == expected
+    # Asked again at once (the last text is remembered), and after another moment.
+    assert format_timestamp(moment) == expected
+    later = moment + timedelta(microseconds=1) if moment.year < 9999 else moment
+    equal_but_other = moment.replace()  # equal, not the same object
+    assert format_timestamp(later) == later.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_timestamp(equal_but_other) == expected
+    assert format_timestamp(moment) == expected
 
 
 def test_canonical_form_keeps_non_ascii_as_utf8() -> None:

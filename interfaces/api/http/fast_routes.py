@@ -19,6 +19,12 @@ FastAPI would (query or cookie parameters, synchronous or generator dependencies
 the body replayed, and answers it as it always does. Nothing has happened by then but
 reading and checking. A dependency or the endpoint raising (401, 403, a refused command)
 is answered by the app's exception handlers, as FastAPI's exception layer would.
+
+It leans on FastAPI's helpers, some of them private, and never bets the service on them:
+a FastAPI without them leaves every route to FastAPI (`fast_routes_unavailable` in the
+log); a route whose parameters the helpers no longer read as FastAPI does, checked when
+the route is planned, is left to it (`fast_route_refused`); and a helper failing on a
+request hands that request to FastAPI (`fast_route_failed`). Slower, never wrong.
 """
 
 from __future__ import annotations
@@ -29,18 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import fastapi
 import structlog
 from fastapi import FastAPI, params
-from fastapi._compat import ModelField, Undefined, field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
-from fastapi.dependencies.utils import (
-    _get_param_aliases,
-    _get_param_model,
-    _is_json_field,
-    _validate_value_with_model_field,
-    request_body_to_args,
-)
-from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from fastapi.dependencies.utils import request_body_to_args, request_params_to_args
+from fastapi.routing import APIRoute
 from starlette.convertors import Convertor
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -49,10 +49,28 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import DomainError
+from infrastructure.logging import describe
 from infrastructure.metrics import FAST_ROUTE_REQUESTS_TOTAL
 from interfaces.api.http.json_body import is_json_content_type, parse_json_bytes
 
 log = structlog.get_logger("vigil.fast_routes")
+
+# FastAPI's own helpers, some of them private: the price of reading parameters exactly as
+# it does. A FastAPI that moved one leaves every route to FastAPI (slower, never wrong);
+# `tests/unit/test_fast_route_params.py` fails first against such a FastAPI.
+try:
+    from fastapi._compat import ModelField, Undefined, field_annotation_is_sequence
+    from fastapi.dependencies.utils import (
+        _get_param_aliases,
+        _get_param_model,
+        _is_json_field,
+        _validate_value_with_model_field,
+    )
+    from fastapi.routing import RouteContext, iter_route_contexts
+except ImportError as missing:
+    INTERNALS_MISSING: str | None = f"FastAPI {fastapi.__version__}: {missing}"
+else:
+    INTERNALS_MISSING = None
 
 FAST_METHOD: Final = "POST"
 
@@ -187,7 +205,7 @@ def plan_route(context: RouteContext) -> _RoutePlan:
     embed = context._embed_body_fields
     if not isinstance(embed, bool) or dependant.call is None or not _is_async(dependant.call):
         raise _NotFast(f"{context.path}: an endpoint FastAPI calls in another way")
-    return _RoutePlan(
+    plan = _RoutePlan(
         route=route,
         path_regex=context.path_regex,
         param_convertors=dict(context.param_convertors),
@@ -198,6 +216,28 @@ def plan_route(context: RouteContext) -> _RoutePlan:
         path_params=tuple(map(_param_plan, dependant.path_params)),
         header_params=tuple(map(_param_plan, dependant.header_params)),
     )
+    _check_reading(plan)
+    return plan
+
+
+def _check_reading(plan: _RoutePlan) -> None:
+    """The route's parameters read both ways, on requests that lack each of them and that
+    give each of them: a FastAPI whose helpers now mean something else leaves the route to
+    FastAPI rather than answer otherwise than it would."""
+    for plans, fields in (
+        (plan.path_params, plan.dependant.path_params),
+        (plan.header_params, plan.dependant.header_params),
+    ):
+        given = [(alias.lower(), "1") for p in plans for alias in p.aliases]
+        samples: tuple[Mapping[str, Any], ...] = (
+            {},
+            dict(given),
+            Headers(raw=[]),
+            Headers(raw=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in given]),
+        )
+        for received in samples:
+            if _read_params(plans, received) != request_params_to_args(fields, received):
+                raise _NotFast(f"{plan.route.path}: FastAPI reads its parameters otherwise")
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
@@ -245,20 +285,29 @@ class FastRoutes:
     def _planned(self) -> tuple[_RoutePlan, ...]:
         # Routes exist only once the app is assembled, after middlewares are declared.
         if self._plans is None:
-            plans = []
-            for context in iter_route_contexts(self.owner.routes):
-                if context.path in self.paths:
-                    try:
-                        plans.append(plan_route(context))
-                    except _NotFast as why:
-                        log.warning("fast_route_refused", route=context.path, reason=str(why))
-            self._plans = tuple(plans)
-            planned = [plan.route.path for plan in plans]
+            self._plans = ()
+            if INTERNALS_MISSING is not None:
+                log.warning("fast_routes_unavailable", reason=INTERNALS_MISSING)
+            else:
+                self._plans = tuple(self._plan_routes())
+            planned = [plan.route.path for plan in self._plans]
             log.info("fast_routes_planned", routes=planned)
             for path in self.paths:
                 if path not in planned:
                     log.warning("fast_route_not_planned", route=path)
         return self._plans
+
+    def _plan_routes(self) -> list[_RoutePlan]:
+        plans = []
+        for context in iter_route_contexts(self.owner.routes):
+            if context.path in self.paths:
+                try:
+                    plans.append(plan_route(context))
+                except _NotFast as why:
+                    log.warning("fast_route_refused", route=context.path, reason=str(why))
+                except Exception as error:  # FastAPI's helpers mean something else now
+                    log.error("fast_route_refused", route=context.path, reason=describe(error))
+        return plans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != FAST_METHOD:
@@ -269,11 +318,22 @@ class FastRoutes:
             await self.app(scope, receive, send)
             return
         plan, path_params = found
-        messages: list[Message] = []
         try:
             body, messages = await _read_body(receive)
+        except _NotFast:
+            self._handed_over.inc()
+            await self.app(scope, receive, send)
+            return
+        try:
             prepared = await self._prepare(plan, scope, path_params, body, messages, receive)
         except _NotFast:
+            self._handed_over.inc()
+            await self.app(scope, _replaying(messages, receive), send)
+            return
+        except Exception as error:
+            # A FastAPI helper failing where it never did (a FastAPI that changed): only
+            # reading and checking has happened, so FastAPI serves the request instead.
+            log.error("fast_route_failed", route=plan.route.path, error=describe(error))
             self._handed_over.inc()
             await self.app(scope, _replaying(messages, receive), send)
             return

@@ -28,7 +28,9 @@ import orjson
 import psycopg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -42,7 +44,9 @@ from infrastructure.audit.checkpoints import Checkpointer, HashFeed, HashSpan
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.health import start_metrics_and_health
+from infrastructure.kafka.clients import CachedPartitioner
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.limits import PRODUCER_REQUEST_BYTES_MAX
 from infrastructure.postgres.connect import connect_async
 from infrastructure.relay import metrics
 from infrastructure.relay.broker import RelayBroker, TopicsNotReady
@@ -155,6 +159,7 @@ class Relay:
         self._ledger: Ledger | None = None
         self._store: RelayStore | None = None
         self._broker: RelayBroker | None = None
+        self._partitioner = CachedPartitioner()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         self._wakeup = asyncio.Event()  # bound to the running loop, not the constructor's
@@ -325,9 +330,42 @@ class Relay:
         )
 
     async def _send(self, producer: AIOKafkaProducer, events: list[Outgoing]) -> dict[int, int]:
-        """Send all, await all; the highest acknowledged offset per partition."""
+        """Send all, each partition's events as record batches of our own making; await
+        all; the highest acknowledged offset per partition.
+
+        The partition is the producer's own choice for the key (the same partitioner);
+        a partition's batches are queued in order, one after another, so its events keep
+        notification order. A batch costs the producer one future and one acknowledgement
+        where `send()` costs one of each per event (14 -> 6 µs of CPU per event)."""
         epoch = str(self.state.epoch).encode()
-        futures: list[asyncio.Future[RecordMetadata]] = []
+        partitions = sorted(await producer.partitions_for(self.topic))
+        by_partition: dict[int, list[Outgoing]] = {}
+        for event in events:
+            partition = self._partitioner(event.key, partitions, partitions)
+            by_partition.setdefault(partition, []).append(event)
+        sends = [
+            self._send_partition(producer, partition, outgoing, epoch)
+            for partition, outgoing in by_partition.items()
+        ]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        acknowledged: dict[int, int] = {}
+        for partition, offsets in zip(by_partition, results, strict=True):
+            first, last = cast(tuple[int, int], offsets)
+            if first <= self.state.offsets.get(partition, -1):
+                raise BrokerLostLog(f"partition {partition} at {first}")
+            acknowledged[partition] = last
+        return acknowledged
+
+    async def _send_partition(
+        self, producer: AIOKafkaProducer, partition: int, events: list[Outgoing], epoch: bytes
+    ) -> tuple[int, int]:
+        """One partition's events, in order, in as many batches as they fill; the offsets
+        the broker gave the first and the last."""
+        sent: list[tuple[asyncio.Future[RecordMetadata], int]] = []
+        batch, count = producer.create_batch(), 0
         try:
             for event in events:
                 headers = [
@@ -336,26 +374,41 @@ class Relay:
                     ("correlation_id", event.correlation_id),
                     (EPOCH_HEADER, epoch),
                 ]
-                future = await producer.send(
-                    self.topic, value=event.value, key=event.key, headers=headers
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                    event.key, event.value, headers
                 )
-                futures.append(future)
+                if size > PRODUCER_REQUEST_BYTES_MAX:  # as send() refuses it
+                    raise MessageSizeTooLargeError(
+                        f"event {event.notification_id} is {size} bytes as a message"
+                    )
+                appended = batch.append(
+                    timestamp=None, key=event.key, value=event.value, headers=headers
+                )
+                if appended is None:  # full: send it, start the next (a first record fits)
+                    sent.append((await self._send_batch(producer, batch, partition), count))
+                    batch, count = producer.create_batch(), 0
+                    appended = batch.append(
+                        timestamp=None, key=event.key, value=event.value, headers=headers
+                    )
+                    assert appended is not None, "an empty batch takes any record"
+                count += 1
+            sent.append((await self._send_batch(producer, batch, partition), count))
         except BROKER_ERRORS:
             # Settle what was already handed over, so no future is left unretrieved.
-            await asyncio.gather(*futures, return_exceptions=True)
+            await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
             raise
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]
-        acknowledged: dict[int, int] = {}
-        for metadata in cast(list[RecordMetadata], results):
-            if metadata.offset <= self.state.offsets.get(metadata.partition, -1):
-                raise BrokerLostLog(f"partition {metadata.partition} at {metadata.offset}")
-            acknowledged[metadata.partition] = max(
-                metadata.offset, acknowledged.get(metadata.partition, -1)
-            )
-        return acknowledged
+        acknowledged = cast(list[RecordMetadata], results)
+        return acknowledged[0].offset, acknowledged[-1].offset + sent[-1][1] - 1
+
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: BatchBuilder, partition: int
+    ) -> asyncio.Future[RecordMetadata]:
+        future = await producer.send_batch(batch, self.topic, partition=partition)
+        return cast(asyncio.Future[RecordMetadata], future)
 
     async def _record(self, batch: ReadBatch, acknowledged: dict[int, int]) -> None:
         assert self._store is not None

@@ -280,6 +280,8 @@ def test_every_event_arrives_once_in_account_order_with_its_envelope_and_headers
         key = settings.audit_mac_key_resolved()
         assert seal == relay_mac(key, value["notification_id"], value["hash"])
         assert record.key == value["aggregate_id"].encode()
+        # Kafka's default partitioner's choice for the key, as any client would make it.
+        assert record.partition == partition_of(UUID(value["aggregate_id"]), 6)
         assert header(record, "event_type") == value["event_type"]
         assert header(record, "correlation_id") == value["correlation_id"]
         assert header(record, "relay_epoch") == "1"
@@ -289,6 +291,39 @@ def test_every_event_arrives_once_in_account_order_with_its_envelope_and_headers
     assert relay_state(settings) == (max(expected), 1)
     topic = ledger_events_topic(settings)
     assert asyncio.run(partition_count(settings.resolved_kafka_bootstrap(), topic)) == 6
+
+
+def test_a_partitions_events_beyond_one_record_batch_go_out_in_order_in_several(
+    settings: Settings, ledger: Ledger
+) -> None:
+    """One account's events fill more than one record batch (256 KiB, about 200
+    envelopes): every one arrives once, in the account's order, at consecutive offsets."""
+    (account,) = open_accounts(ledger, 1)
+    for start in range(0, 800, 100):
+        group = [
+            sub(Deposit(account, Money(100 + k, "GBP"), uuid4()), f"many-{k}")
+            for k in range(start, start + 100)
+        ]
+        assert all(o.error is None for o in ledger.execute(group))
+    expected = stored_envelopes(ledger)
+    assert len(expected) == 801
+
+    relay = Relay(settings)
+    with RelayThread(relay):
+        wait_until(caught_up(settings, ledger), "relay caught up")
+    records = consume(settings, set(expected))
+
+    assert sorted(notification_id(r) for r in records) == sorted(expected)
+    assert {r.partition for r in records} == {partition_of(account, 6)}
+    in_log_order = sorted(records, key=lambda r: r.offset)
+    assert [orjson.loads(r.value)["version"] for r in in_log_order] == list(range(1, 802))
+    offsets = [r.offset for r in in_log_order]
+    assert offsets == list(range(offsets[0], offsets[0] + 801))
+    sent_bytes = sum(len(r.value) for r in records)
+    assert sent_bytes > 2 * 256 * 1024, "more than two batches' worth, in one read"
+    assert relay.batches_published == 1
+    # What the relay recorded as acknowledged: the last record's offset, not its batch's.
+    assert relay.state.offsets == {partition_of(account, 6): offsets[-1]}
 
 
 def test_an_idle_relay_publishes_a_new_event_within_a_second_of_its_commit(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -115,11 +116,37 @@ def chain_record(
     payload: dict[str, Any],
     previous_hash: str,
 ) -> dict[str, Any]:
+    return chain_record_of_text(
+        aggregate_id=aggregate_id,
+        version=version,
+        event_type=event_type,
+        timestamp=format_timestamp(timestamp),
+        transaction_id=transaction_id,
+        actor=actor,
+        correlation_id=correlation_id,
+        payload=payload,
+        previous_hash=previous_hash,
+    )
+
+
+def chain_record_of_text(
+    *,
+    aggregate_id: str,
+    version: int,
+    event_type: str,
+    timestamp: str,
+    transaction_id: str | None,
+    actor: dict[str, str],
+    correlation_id: str | None,
+    payload: dict[str, Any],
+    previous_hash: str,
+) -> dict[str, Any]:
+    """`chain_record` with the time already in its canonical text (`format_timestamp`)."""
     return {
         "aggregate_id": aggregate_id,
         "version": version,
         "event_type": event_type,
-        "timestamp": format_timestamp(timestamp),
+        "timestamp": timestamp,
         "transaction_id": transaction_id,
         "actor": actor,
         "correlation_id": correlation_id,
@@ -128,12 +155,51 @@ def chain_record(
     }
 
 
+# `format_timestamp`'s text of a year from 1000 on: the form, without the parse that checks
+# the date and time exist.
+_CANONICAL_TIMESTAMP: Final = re.compile(
+    r"[1-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
+    re.ASCII,  # ASCII digits only
+)
+
+
+def is_canonical_timestamp(text: str) -> bool:
+    """Whether `text` is `format_timestamp`'s text of some moment: the same answer as
+    `format_timestamp(parse(text)) == text`, mostly without the parse and the format."""
+    if _CANONICAL_TIMESTAMP.fullmatch(text) is not None:
+        try:
+            datetime.fromisoformat(text[:-1] + "+00:00")  # a day and time that exist
+        except ValueError:
+            return False
+        return True
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and format_timestamp(moment) == text
+
+
 def chain_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
+# Each key's HMAC with the key already absorbed, copied for every MAC: a third less time
+# than starting from the key each time (thousands a second in the relay and the workers).
+# Keyed by the key bytes, which come from configuration: a handful at most.
+_KEYED: dict[bytes, hmac.HMAC] = {}
+
+
+def _hmac_hex(key: bytes, message: bytes) -> str:
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(message)
+    return mac.hexdigest()
+
+
 def event_mac(key: bytes, event_hash: str) -> str:
-    return hmac.new(key, event_hash.encode(), hashlib.sha256).hexdigest()
+    return _hmac_hex(key, event_hash.encode())
 
 
 def mac_matches(key: bytes, event_hash: str, mac: str) -> bool:
@@ -144,10 +210,9 @@ def relay_mac(key: bytes, notification_id: int, event_hash: str) -> str:
     """What ties a published event to its place in the log: `mac` covers the event's hash
     but not its notification id, so a genuine message sent again under another id would
     still pass without this."""
-    message = f"{notification_id}:{event_hash}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return _hmac_hex(key, f"{notification_id}:{event_hash}".encode())
 
 
 def alert_mac(key: bytes, alert_hash: str) -> str:
     """An alert message's seal: the alerts relay signs the sha256 of its canonical form."""
-    return hmac.new(key, f"alert:{alert_hash}".encode(), hashlib.sha256).hexdigest()
+    return _hmac_hex(key, f"alert:{alert_hash}".encode())

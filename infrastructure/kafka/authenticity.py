@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Final
 
 from domain.integrity import (
@@ -25,8 +24,9 @@ from domain.integrity import (
     alert_mac,
     canonical,
     chain_hash,
-    chain_record,
+    chain_record_of_text,
     event_mac,
+    is_canonical_timestamp,
     relay_mac,
 )
 
@@ -54,19 +54,19 @@ def check_event_message(value: Mapping[str, Any], keys: Mapping[str, bytes]) -> 
         raise Unauthenticated("the message's timestamp or version is of the wrong type")
     if not isinstance(actor, dict) or not isinstance(payload, dict):
         raise Unauthenticated("the message's actor or payload is not an object")
-    record = chain_record(
+    if not is_canonical_timestamp(timestamp):
+        raise Unauthenticated("the message's timestamp is not in the chain's form")
+    record = chain_record_of_text(
         aggregate_id=str(value.get("aggregate_id")),
         version=version,
         event_type=str(value.get("event_type")),
-        timestamp=datetime.fromisoformat(timestamp.replace("Z", "+00:00")),
+        timestamp=timestamp,
         transaction_id=value.get("transaction_id"),
         actor=actor,
         correlation_id=value.get("correlation_id"),
         payload=payload,
         previous_hash=str(value.get("previous_hash")),
     )
-    if record["timestamp"] != timestamp:
-        raise Unauthenticated("the message's timestamp is not in the chain's form")
     recomputed = chain_hash(record)
     if not hmac.compare_digest(recomputed, claimed):
         raise Unauthenticated("the message's fields do not give its hash")

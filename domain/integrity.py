@@ -109,44 +109,20 @@ def chain_record(
     aggregate_id: str,
     version: int,
     event_type: str,
-    timestamp: datetime,
+    timestamp: datetime | str,
     transaction_id: str | None,
     actor: dict[str, str],
     correlation_id: str | None,
     payload: dict[str, Any],
     previous_hash: str,
 ) -> dict[str, Any]:
-    return chain_record_of_text(
-        aggregate_id=aggregate_id,
-        version=version,
-        event_type=event_type,
-        timestamp=format_timestamp(timestamp),
-        transaction_id=transaction_id,
-        actor=actor,
-        correlation_id=correlation_id,
-        payload=payload,
-        previous_hash=previous_hash,
-    )
-
-
-def chain_record_of_text(
-    *,
-    aggregate_id: str,
-    version: int,
-    event_type: str,
-    timestamp: str,
-    transaction_id: str | None,
-    actor: dict[str, str],
-    correlation_id: str | None,
-    payload: dict[str, Any],
-    previous_hash: str,
-) -> dict[str, Any]:
-    """`chain_record` with the time already in its canonical text (`format_timestamp`)."""
+    """The fields the hash covers; `timestamp` a moment, or its canonical text already
+    (`format_timestamp`'s, checked by `is_canonical_timestamp`)."""
     return {
         "aggregate_id": aggregate_id,
         "version": version,
         "event_type": event_type,
-        "timestamp": timestamp,
+        "timestamp": timestamp if isinstance(timestamp, str) else format_timestamp(timestamp),
         "transaction_id": transaction_id,
         "actor": actor,
         "correlation_id": correlation_id,

@@ -32,6 +32,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_options import bounded
+
 from infrastructure.kafka.clients import CachedPartitioner
 from infrastructure.limits import PRODUCER_BATCH_BYTES_MAX, PRODUCER_REQUEST_BYTES_MAX
 from infrastructure.ops.embedded import free_port, start_broker
@@ -139,21 +142,11 @@ async def _measure(args: argparse.Namespace, bootstrap: str) -> None:
         await producer.stop()
 
 
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not within {low}-{high}")
-        return value
-
-    return parse
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=_bounded(1, 10_000), default=1_000)
-    parser.add_argument("--repeats", type=_bounded(1, 200), default=20)
-    parser.add_argument("--rounds", type=_bounded(1, 10), default=3)
+    parser.add_argument("--records", type=bounded(1, 10_000, int), default=1_000)
+    parser.add_argument("--repeats", type=bounded(1, 200, int), default=20)
+    parser.add_argument("--rounds", type=bounded(1, 10, int), default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vigil-producer-bench-") as var_dir:
         broker = start_broker(Path(var_dir), free_port())

@@ -24,7 +24,7 @@ from domain.integrity import (
     alert_mac,
     canonical,
     chain_hash,
-    chain_record_of_text,
+    chain_record,
     event_mac,
     is_canonical_timestamp,
     relay_mac,
@@ -56,7 +56,7 @@ def check_event_message(value: Mapping[str, Any], keys: Mapping[str, bytes]) -> 
         raise Unauthenticated("the message's actor or payload is not an object")
     if not is_canonical_timestamp(timestamp):
         raise Unauthenticated("the message's timestamp is not in the chain's form")
-    record = chain_record_of_text(
+    record = chain_record(
         aggregate_id=str(value.get("aggregate_id")),
         version=version,
         event_type=str(value.get("event_type")),

@@ -75,6 +75,16 @@ def _deposit(app: FastAPI) -> tuple[httpx.Response, UUID]:
     return asyncio.run(_post(app, account_id, b'{"amount": 7}', "k-1")), account_id
 
 
+def _served_by_fastapi(app: FastAPI, calls: list[tuple[UUID, int, str | None]]) -> list[Any]:
+    """A deposit answered and applied as FastAPI does, not the short way; the log lines."""
+    served = _count("served")
+    with capture_logs() as logs:
+        reply, account_id = _deposit(app)
+    assert (reply.status_code, calls) == (201, [(account_id, 7, "k-1")])
+    assert _count("served") == served
+    return logs
+
+
 def test_the_short_way_serves_the_route_when_the_helpers_are_there() -> None:
     app, calls = _app()
     served = _count("served")
@@ -91,11 +101,7 @@ def test_a_fastapi_without_the_helpers_leaves_every_route_to_fastapi(
 ) -> None:
     monkeypatch.setattr(fast_routes, "INTERNALS_MISSING", "FastAPI 9.9: no _get_param_aliases")
     app, calls = _app()
-    served = _count("served")
-    with capture_logs() as logs:
-        reply, account_id = _deposit(app)
-    assert (reply.status_code, calls) == (201, [(account_id, 7, "k-1")])
-    assert _count("served") == served
+    logs = _served_by_fastapi(app, calls)
     assert _middleware(app)._planned() == ()
     events = {entry["event"]: entry for entry in logs}
     assert "no _get_param_aliases" in events["fast_routes_unavailable"]["reason"]
@@ -113,12 +119,8 @@ def test_a_helper_that_reads_otherwise_leaves_the_route_to_fastapi(
 
     monkeypatch.setattr(fast_routes, "_validate_value_with_model_field", other_reading)
     app, calls = _app()
-    served = _count("served")
-    with capture_logs() as logs:
-        reply, account_id = _deposit(app)
     # FastAPI's own reading: the key as sent, not what the changed helper would give.
-    assert (reply.status_code, calls) == (201, [(account_id, 7, "k-1")])
-    assert _count("served") == served
+    logs = _served_by_fastapi(app, calls)
     refused = [entry for entry in logs if entry["event"] == "fast_route_refused"]
     assert refused
     assert "reads its parameters otherwise" in refused[0]["reason"]
@@ -132,9 +134,7 @@ def test_a_helper_that_fails_when_planning_leaves_the_route_to_fastapi(
 
     monkeypatch.setattr(fast_routes, "_get_param_aliases", moved)
     app, calls = _app()
-    with capture_logs() as logs:
-        reply, account_id = _deposit(app)
-    assert (reply.status_code, calls) == (201, [(account_id, 7, "k-1")])
+    logs = _served_by_fastapi(app, calls)
     refused = [entry for entry in logs if entry["event"] == "fast_route_refused"]
     assert refused
     assert refused[0]["log_level"] == "error"

@@ -22,15 +22,14 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
 import psycopg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -64,6 +63,10 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+# The largest event message (key and value) the relay publishes: a produce request may
+# carry PRODUCER_REQUEST_BYTES_MAX, with room left for the record's headers and framing.
+# A bigger one (no event the APIs accept comes near) is quarantined, never retried.
+MESSAGE_BYTES_MAX: Final = PRODUCER_REQUEST_BYTES_MAX - 16 * 1024
 # The event store or the relay's session went away (and with it the relay's lock).
 STORE_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, OperationalError, InterfaceError)
 
@@ -320,7 +323,7 @@ class Relay:
         if key is None:
             raise ValueError(f"the MAC key {body['mac_kid']!r} of this event is not configured")
         body["relay_mac"] = relay_mac(key, notification.id, body["hash"])
-        return Outgoing(
+        outgoing = Outgoing(
             notification_id=notification.id,
             key=str(body["aggregate_id"]).encode(),
             value=orjson.dumps(body),
@@ -328,6 +331,15 @@ class Relay:
             correlation_id=(body["correlation_id"] or "").encode(),
             event_hash=body["hash"],
         )
+        size = len(outgoing.key) + len(outgoing.value)
+        if size > MESSAGE_BYTES_MAX:
+            # No broker request could carry it: quarantined like an event that does not
+            # decode, rather than a batch that fails at every retry and stops the relay.
+            raise ValueError(
+                f"its message would be {size:,} bytes, over the {MESSAGE_BYTES_MAX:,} a "
+                "request to the broker may carry"
+            )
+        return outgoing
 
     async def _send(self, producer: AIOKafkaProducer, events: list[Outgoing]) -> dict[int, int]:
         """Send all, each partition's events as record batches of our own making; await
@@ -374,13 +386,6 @@ class Relay:
                     ("correlation_id", event.correlation_id),
                     (EPOCH_HEADER, epoch),
                 ]
-                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
-                    event.key, event.value, headers
-                )
-                if size > PRODUCER_REQUEST_BYTES_MAX:  # as send() refuses it
-                    raise MessageSizeTooLargeError(
-                        f"event {event.notification_id} is {size} bytes as a message"
-                    )
                 appended = batch.append(
                     timestamp=None, key=event.key, value=event.value, headers=headers
                 )

@@ -31,7 +31,7 @@ from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.ops.embedded import EmbeddedBroker, free_port, start_broker
 from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.relay.broker import RelayBroker
-from infrastructure.relay.events import MESSAGE_BYTES_MAX, ReadBatch, Relay, RelayLimits
+from infrastructure.relay.events import ReadBatch, Relay, RelayLimits
 from infrastructure.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -291,71 +291,6 @@ def test_every_event_arrives_once_in_account_order_with_its_envelope_and_headers
     assert relay_state(settings) == (max(expected), 1)
     topic = ledger_events_topic(settings)
     assert asyncio.run(partition_count(settings.resolved_kafka_bootstrap(), topic)) == 6
-
-
-def test_a_partitions_events_beyond_one_record_batch_go_out_in_order_in_several(
-    settings: Settings, ledger: Ledger
-) -> None:
-    """One account's events fill more than one record batch (256 KiB, about 200
-    envelopes): every one arrives once, in the account's order, at consecutive offsets."""
-    (account,) = open_accounts(ledger, 1)
-    for start in range(0, 800, 100):
-        group = [
-            sub(Deposit(account, Money(100 + k, "GBP"), uuid4()), f"many-{k}")
-            for k in range(start, start + 100)
-        ]
-        assert all(o.error is None for o in ledger.execute(group))
-    expected = stored_envelopes(ledger)
-    assert len(expected) == 801
-
-    relay = Relay(settings)
-    with RelayThread(relay):
-        wait_until(caught_up(settings, ledger), "relay caught up")
-    records = consume(settings, set(expected))
-
-    assert sorted(notification_id(r) for r in records) == sorted(expected)
-    assert {r.partition for r in records} == {partition_of(account, 6)}
-    in_log_order = sorted(records, key=lambda r: r.offset)
-    assert [orjson.loads(r.value)["version"] for r in in_log_order] == list(range(1, 802))
-    offsets = [r.offset for r in in_log_order]
-    assert offsets == list(range(offsets[0], offsets[0] + 801))
-    sent_bytes = sum(len(r.value) for r in records)
-    assert sent_bytes > 2 * 256 * 1024, "more than two batches' worth, in one read"
-    assert relay.batches_published == 1
-    # What the relay recorded as acknowledged: the last record's offset, not its batch's.
-    assert relay.state.offsets == {partition_of(account, 6): offsets[-1]}
-
-
-def test_an_event_too_big_for_any_broker_request_is_quarantined_and_the_rest_published(
-    settings: Settings, ledger: Ledger
-) -> None:
-    """Nothing the APIs accept comes near a request's size, but an event written another
-    way must not stop the relay: over the bound it is set aside, loudly; a big event under
-    it is published like any other."""
-    huge, big, plain = uuid4(), uuid4(), uuid4()
-    opened = [
-        sub(OpenAccount(huge, "H" * (MESSAGE_BYTES_MAX + 1), "001", "GBP", 0), "huge"),
-        sub(OpenAccount(big, "B" * 600_000, "001", "GBP", 0), "big"),
-        sub(OpenAccount(plain, "Ada", "001", "GBP", 0), "plain"),
-    ]
-    assert all(o.error is None for o in ledger.execute(opened))
-    move_money(ledger, [big, plain], 2)
-    expected = stored_envelopes(ledger)
-    [huge_id] = [n for n, body in expected.items() if body["aggregate_id"] == str(huge)]
-
-    with RelayThread(Relay(settings)):
-        wait_until(caught_up(settings, ledger), "relay caught up")
-    published = set(expected) - {huge_id}
-    records = consume(settings, published)
-
-    assert sorted(notification_id(r) for r in records) == sorted(published)
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        quarantined = conn.execute(
-            "SELECT notification_id, originator_id, error FROM relay_quarantine"
-        ).fetchall()
-    assert [(n, o) for n, o, _ in quarantined] == [(huge_id, huge)]
-    assert "a request to the broker may carry" in quarantined[0][2]
-    assert relay_state(settings) == (max(expected), 1)
 
 
 def test_an_idle_relay_publishes_a_new_event_within_a_second_of_its_commit(

@@ -224,6 +224,7 @@ class Run:
             "requests": tally.requests,
             "scheduled": tally.scheduled,
             "late": tally.late,
+            "late_unsent": tally.unsent,
             "failed": failed,
             **latency_ms(tally.latencies_ms),
             "seconds": round(wall_s, 3),
@@ -247,7 +248,7 @@ class Run:
             _say(
                 f"  {label}: {elapsed_s:.0f}/{seconds:.0f} s, {tally.transfers / elapsed_s:,.0f}"
                 f" transfers/s accepted, lag now {self.pipeline.lag_now_s():.1f} s"
-                + (f", {tally.late} late" if tally.late else "")
+                + (f", {_late(tally.late, tally.unsent)}" if tally.late else "")
                 + (f", {sum(tally.errors.values())} failed" if tally.errors else "")
             )
 
@@ -257,13 +258,18 @@ class Run:
         return lambda tally: open_loop(self.api, self.teller, self.ids, streams, seconds, tally)
 
 
+def _late(late: int, unsent: int) -> str:
+    """`N late`, and how many of them found every connection waiting for a reply."""
+    return f"{late} late ({unsent} with no connection free)" if unsent else f"{late} late"
+
+
 def _describe(phase: dict[str, Any]) -> str:
     problems = {**phase["refused"], **phase["errors"]}
     return (
         f"{phase['transfers']:,} transfers ({phase['transfers_per_s']:,.0f}/s), p95"
         f" {phase['p95_ms']} ms, lag p95 {phase.get('lag_p95_s')} s, "
         f"{phase['alerts_per_1000_transfers']} alerts per 1,000 transfers"
-        + (f", {phase['late']} late" if phase["late"] else "")
+        + (f", {_late(phase['late'], phase['late_unsent'])}" if phase["late"] else "")
         + (f"; refused/failed {problems}" if problems else "")
         + ("" if phase["caught_up"] else "; projections not caught up")
     )

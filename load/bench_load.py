@@ -51,6 +51,9 @@ class Tally:
     transfers: int = 0  # transfers accepted, of `ok`
     scheduled: int = 0  # open loop: requests due in the phase
     late: int = 0  # open loop: requests not sent on time (no connection free, or sent late)
+    # Of `late`, those not sent at all: every connection was still waiting for its reply, so
+    # the system's reply times, not the load generator, held them back.
+    unsent: int = 0
 
 
 def _amount(rng: random.Random) -> str:
@@ -240,8 +243,9 @@ async def open_loop(
 
     A request is sent at its scheduled time on a free connection (a new one if none is idle);
     one that finds none free (CONNECTIONS_MAX busy) or goes out more than SEND_LATE_S late
-    counts in `tally.late`. Latencies count from the scheduled time, so a slow reply cannot
-    hide the requests behind it. Waits for the replies still out, at most HTTP's timeout.
+    counts in `tally.late`, and the first kind, never sent, also in `tally.unsent`.
+    Latencies count from the scheduled time, so a slow reply cannot hide the requests behind
+    it. Waits for the replies still out, at most HTTP's timeout.
     """
     pool, rng = _Pool(url, token), random.Random()
     in_flight: set[asyncio.Task[None]] = set()
@@ -263,6 +267,7 @@ async def open_loop(
         if http is None or clock() - due_s > SEND_LATE_S:
             tally.late += 1
             if http is None:
+                tally.unsent += 1
                 continue
         items = [mixed_item(rng, ids) for _ in range(count)]
         task = asyncio.create_task(send(http, due_s, items))

@@ -1,16 +1,19 @@
 """What every Kafka consumer of Vigil shares: the same explicit client options, a restart
-loop with bounded backoff, and the epoch rule (by design: a partition whose
+loop with bounded backoff, and the lost-log rules (by design: a partition whose
 `relay_epoch` goes up was republished after the broker lost its log, so it is read again
-from its beginning; consumers dedupe, so the replays are harmless)."""
+from its beginning; so is one whose log now ends before our position, which only a lost
+log does; consumers dedupe, so the replays are harmless)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 from prometheus_client import Gauge
 
 from infrastructure.kafka.clients import FETCH_TIMEOUT_MS
@@ -27,6 +30,9 @@ PARTITIONS_ASSIGNED = Gauge(
 )
 RETRY_BACKOFF_S_MIN = 0.1
 RETRY_BACKOFF_S_MAX = 5.0
+# How often the partitions a fetch brought nothing for are checked for a log that ends
+# before our position (a lost log is rare; a second's delay in noticing it costs nothing).
+LOG_END_CHECK_INTERVAL_S = 1.0
 
 
 async def run_with_restarts(
@@ -60,16 +66,52 @@ async def fetch(
 ) -> list[ConsumerRecord]:
     """One round of fetching: the records that pass the epoch rule, in partition order."""
     fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=records_max)
-    PARTITIONS_ASSIGNED.set(len(consumer.assignment()))
+    assigned = consumer.assignment()
+    PARTITIONS_ASSIGNED.set(len(assigned))
+    await epochs.rewind_past_log_end(consumer, assigned - fetched.keys())
     return await epochs.records(consumer, fetched)
 
 
 class EpochGuard:
-    """Follows each partition's relay epoch; seeks a partition back when it goes up."""
+    """Follows each partition's relay epoch and log end; seeks a partition back to its
+    beginning when the epoch goes up or the log ends before our position."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.epochs: dict[TopicPartition, int] = {}
+        self._log_ends_checked_at = -float("inf")
+
+    async def rewind_past_log_end(
+        self, consumer: AIOKafkaConsumer, idle: Iterable[TopicPartition]
+    ) -> None:
+        """Seek back the `idle` partitions whose log ends before our position. A live log
+        never does; one the broker lost and began again does, and the test broker then
+        answers a fetch from our old position with no records and no error (Kafka would
+        say the offset is out of range and we would start over from the earliest), so
+        until the new log grew past our position we would wait there, seeing nothing,
+        and the epoch rule would never get to see the republished records."""
+        now = time.monotonic()
+        if now - self._log_ends_checked_at < LOG_END_CHECK_INTERVAL_S:
+            return
+        self._log_ends_checked_at = now
+        for partition in idle:
+            end = consumer.highwater(partition)  # from the last fetch reply it got
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(partition)
+            except IllegalStateError:  # no longer ours: a rebalance came in between
+                continue
+            if end < position:
+                log.warning(
+                    "consumer_partition_rewound",
+                    consumer=self.name,
+                    partition=partition.partition,
+                    reason="log_end_before_position",
+                    log_end=end,
+                    position=position,
+                )
+                await consumer.seek_to_beginning(partition)
 
     async def records(
         self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
@@ -83,6 +125,7 @@ class EpochGuard:
                     "consumer_partition_rewound",
                     consumer=self.name,
                     partition=partition.partition,
+                    reason="epoch_up",
                     epoch=epoch,
                 )
                 self.epochs[partition] = epoch

@@ -110,6 +110,24 @@ class System:
             for path in sorted(self.log_dir.glob("*.log"))
         )
 
+    def warnings(self, lines: int = 12) -> str:
+        """The last warnings and errors of each process and of the broker, less the
+        client library's connection chatter: what a failure message needs to be read
+        without the run's files."""
+        paths = [*sorted(self.log_dir.glob("*.log")), self.broker.log_path]
+        parts = []
+        for path in paths:
+            text = path.read_text(errors="replace") if path.exists() else ""
+            found = [
+                line[:400]
+                for line in text.splitlines()
+                if ("warning" in line.lower() or "error" in line.lower())
+                and "Unable connect to node" not in line
+                and "Unable to update metadata" not in line
+            ]
+            parts.append(f"--- {path.name}\n" + "\n".join(found[-lines:]))
+        return "\n".join(parts)
+
 
 async def _publish(settings: Settings, alerts: tuple[dict[str, Any], ...], seal: bool) -> None:
     producer = AIOKafkaProducer(

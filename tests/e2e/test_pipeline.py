@@ -80,7 +80,7 @@ def wait_converged(system: System, http: httpx.Client) -> dict[str, Any]:
         if state["head"] and all(item["position"] == state["head"] for item in state["items"]):
             return state
         if time.monotonic() > deadline:
-            pytest.fail(f"projections did not converge: {state}")
+            pytest.fail(f"projections did not converge: {state}\n{system.warnings()}")
         time.sleep(0.2)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,7 +17,7 @@ import pytest
 
 from application.ledger import Ledger
 from infrastructure.eventstore.ledger import open_ledger
-from infrastructure.ops.embedded import EmbeddedBroker, start_broker
+from infrastructure.ops.embedded import EmbeddedBroker, free_port, start_broker
 from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.settings import Settings
 
@@ -29,6 +29,25 @@ def broker() -> Iterator[EmbeddedBroker]:
     yield server
     server.stop()
     shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def restartable_broker() -> Iterator[Callable[[], EmbeddedBroker]]:
+    """Starts a broker on one fixed port, again and again, each time empty (the test broker
+    keeps its topics in memory only); stops the last at the end."""
+    root = Path(tempfile.mkdtemp(prefix="vigil-broker-restart-"))
+    port = free_port()
+    started: list[EmbeddedBroker] = []
+
+    def start() -> EmbeddedBroker:
+        server = start_broker(root / str(len(started)), port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ crash between send and record, and a broker that restarts empty."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -28,7 +25,7 @@ from domain.integrity import Actor, relay_mac
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import ledger_events_topic
-from infrastructure.ops.embedded import EmbeddedBroker, free_port, start_broker
+from infrastructure.ops.embedded import EmbeddedBroker
 from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.events import ReadBatch, Relay, RelayLimits
@@ -369,24 +366,6 @@ def test_a_relay_killed_while_streaming_loses_nothing_on_restart(
         wait_until(caught_up(settings, ledger), "restarted relay caught up")
     records = consume(settings, set(expected))
     assert {notification_id(r) for r in records} == set(expected)
-
-
-@pytest.fixture
-def restartable_broker() -> Iterator[Callable[[], EmbeddedBroker]]:
-    """Starts a broker on one fixed port, again and again; stops the last at the end."""
-    root = Path(tempfile.mkdtemp(prefix="vigil-broker-restart-"))
-    port = free_port()
-    started: list[EmbeddedBroker] = []
-
-    def start() -> EmbeddedBroker:
-        server = start_broker(root / str(len(started)), port=port)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_after_a_broker_restart_the_relay_republishes_from_the_lowest_projection_position(

@@ -33,6 +33,11 @@ RETRY_BACKOFF_S_MAX = 5.0
 # How often the partitions a fetch brought nothing for are checked for a log that ends
 # before our position (a lost log is rare; a second's delay in noticing it costs nothing).
 LOG_END_CHECK_INTERVAL_S = 1.0
+# How long a partition's log must have ended before our position before we read it again
+# from its beginning. A lost log stays behind; a Kafka partition's new leader may report a
+# high watermark below what its predecessor served for a moment, and reading a whole
+# partition again for that would cost far more than these seconds of waiting.
+LOG_END_BEHIND_S = 10.0
 
 
 async def run_with_restarts(
@@ -80,20 +85,23 @@ class EpochGuard:
         self.name = name
         self.epochs: dict[TopicPartition, int] = {}
         self._log_ends_checked_at = -float("inf")
+        self._behind_since: dict[TopicPartition, float] = {}  # log end before our position
 
     async def rewind_past_log_end(
         self, consumer: AIOKafkaConsumer, idle: Iterable[TopicPartition]
     ) -> None:
-        """Seek back the `idle` partitions whose log ends before our position. A live log
-        never does; one the broker lost and began again does, and the test broker then
-        answers a fetch from our old position with no records and no error (Kafka would
-        say the offset is out of range and we would start over from the earliest), so
-        until the new log grew past our position we would wait there, seeing nothing,
-        and the epoch rule would never get to see the republished records."""
+        """Seek back the `idle` partitions whose log has ended before our position for
+        LOG_END_BEHIND_S. A live log does not stay so; one the broker lost and began
+        again does, and the test broker then answers a fetch from our old position with
+        no records and no error (Kafka would say the offset is out of range and we would
+        start over from the earliest), so until the new log grew past our position we
+        would wait there, seeing nothing, and the epoch rule would never get to see the
+        republished records."""
         now = time.monotonic()
         if now - self._log_ends_checked_at < LOG_END_CHECK_INTERVAL_S:
             return
         self._log_ends_checked_at = now
+        behind: dict[TopicPartition, float] = {}
         for partition in idle:
             end = consumer.highwater(partition)  # from the last fetch reply it got
             if end is None:
@@ -102,7 +110,11 @@ class EpochGuard:
                 position = await consumer.position(partition)
             except IllegalStateError:  # no longer ours: a rebalance came in between
                 continue
-            if end < position:
+            if end >= position:
+                continue
+            since = behind[partition] = self._behind_since.get(partition, now)
+            if now - since >= LOG_END_BEHIND_S:
+                del behind[partition]
                 log.warning(
                     "consumer_partition_rewound",
                     consumer=self.name,
@@ -112,6 +124,7 @@ class EpochGuard:
                     position=position,
                 )
                 await consumer.seek_to_beginning(partition)
+        self._behind_since = behind
 
     async def records(
         self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]

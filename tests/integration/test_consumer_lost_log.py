@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 OLD_RECORDS = 40
 NEW_RECORDS = 5
-WAIT_S = 15.0
+WAIT_S = 30.0  # the consumer waits LOG_END_BEHIND_S (10 s) before it reads again
 
 
 async def produce(settings: Settings, topic: str, values: list[bytes], epoch: int) -> None:

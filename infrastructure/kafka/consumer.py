@@ -115,16 +115,23 @@ class EpochGuard:
             since = behind[partition] = self._behind_since.get(partition, now)
             if now - since >= LOG_END_BEHIND_S:
                 del behind[partition]
-                log.warning(
-                    "consumer_partition_rewound",
-                    consumer=self.name,
-                    partition=partition.partition,
-                    reason="log_end_before_position",
-                    log_end=end,
-                    position=position,
+                await self._rewind(
+                    consumer, partition, "log_end_before_position", log_end=end, position=position
                 )
-                await consumer.seek_to_beginning(partition)
         self._behind_since = behind
+
+    async def _rewind(
+        self, consumer: AIOKafkaConsumer, partition: TopicPartition, reason: str, **fields: int
+    ) -> None:
+        """Read `partition` again from its beginning (consumers dedupe what comes again)."""
+        log.warning(
+            "consumer_partition_rewound",
+            consumer=self.name,
+            partition=partition.partition,
+            reason=reason,
+            **fields,
+        )
+        await consumer.seek_to_beginning(partition)
 
     async def records(
         self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord]]
@@ -134,15 +141,8 @@ class EpochGuard:
             epoch = epoch_of(batch[0]) if batch else None
             if epoch is not None and self.epochs.get(partition, epoch) < epoch:
                 # Our offset means nothing in the republished log: read it again.
-                log.warning(
-                    "consumer_partition_rewound",
-                    consumer=self.name,
-                    partition=partition.partition,
-                    reason="epoch_up",
-                    epoch=epoch,
-                )
                 self.epochs[partition] = epoch
-                await consumer.seek_to_beginning(partition)
+                await self._rewind(consumer, partition, "epoch_up", epoch=epoch)
                 continue
             for record in batch:
                 record_epoch = epoch_of(record)

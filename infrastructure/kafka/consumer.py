@@ -1,8 +1,8 @@
 """What every Kafka consumer of Vigil shares: the same explicit client options, a restart
 loop with bounded backoff, and the lost-log rules (by design: a partition whose
 `relay_epoch` goes up was republished after the broker lost its log, so it is read again
-from its beginning; so is one whose log now ends before our position, which only a lost
-log does; consumers dedupe, so the replays are harmless)."""
+from its beginning; so is one whose log has stayed ended before our position, which only
+a lost log does; consumers dedupe, so the replays are harmless)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 async def fetch(
     consumer: AIOKafkaConsumer, epochs: EpochGuard, records_max: int
 ) -> list[ConsumerRecord]:
-    """One round of fetching: the records that pass the epoch rule, in partition order."""
+    """One round of fetching: the records that pass the epoch rule, in partition order
+    (and, at most once a second, the lost-log check of the partitions that brought none)."""
     fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=records_max)
     assigned = consumer.assignment()
     PARTITIONS_ASSIGNED.set(len(assigned))
@@ -79,7 +80,8 @@ async def fetch(
 
 class EpochGuard:
     """Follows each partition's relay epoch and log end; seeks a partition back to its
-    beginning when the epoch goes up or the log ends before our position."""
+    beginning when the epoch goes up or the log has ended before our position for
+    LOG_END_BEHIND_S."""
 
     def __init__(self, name: str) -> None:
         self.name = name

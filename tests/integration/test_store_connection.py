@@ -3,6 +3,7 @@ library has no setting for `sslmode` and the certificates, and dropped them)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,12 +22,6 @@ def _with_query(settings: Settings, query: str) -> Settings:
     return settings.model_copy(update={"database_url": url})
 
 
-def _server_has_tls(settings: Settings) -> bool:
-    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
-        row = conn.execute("SHOW ssl").fetchone()
-    return bool(row and row[0] == "on")
-
-
 def test_the_pool_connects_with_the_urls_parameters(settings: Settings) -> None:
     named = _with_query(settings, "application_name=vigil-store-pool-test")
     ledger = open_ledger(named)
@@ -41,11 +36,12 @@ def test_the_pool_connects_with_the_urls_parameters(settings: Settings) -> None:
         ledger.close()
 
 
-def test_sslmode_reaches_the_pool(settings: Settings) -> None:
-    """Against a server without TLS, `sslmode=require` must keep the pool from connecting
-    (a pool that dropped it would connect in plaintext), where `sslmode=disable` connects."""
-    if _server_has_tls(settings):
-        pytest.skip("this PostgreSQL serves TLS: sslmode=require would connect")
+def test_sslmode_reaches_the_pool(settings: Settings, tmp_path: Path) -> None:
+    """`sslmode=verify-full` with a root certificate that does not exist must keep the pool
+    from connecting, whether the server serves TLS (nothing to verify it against) or not
+    (TLS required): a pool that dropped the parameters would connect in plaintext. With
+    `sslmode=disable` it connects."""
+    missing_root = tmp_path / "no-such-root.crt"
 
     def newest_id(query: str) -> int | None:
         chosen = _with_query(settings, query)
@@ -60,4 +56,4 @@ def test_sslmode_reaches_the_pool(settings: Settings) -> None:
     open_ledger(settings).close()  # the tables exist
     newest_id("sslmode=disable")
     with pytest.raises(OperationalError):
-        newest_id("sslmode=require")
+        newest_id(f"sslmode=verify-full&sslrootcert={missing_root}")

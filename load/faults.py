@@ -23,7 +23,9 @@ Prints a table and writes JSON to --out (default var/faults/latest.json). Exit 1
 violation. `--quick` (what `make test` runs): each kind once, shorter outages, no storm.
 
     python load/faults.py [--quick] [--faults 60] [--max-minutes 25] [--out PATH]
-    python load/faults.py soak [--minutes 20] [--rate N]
+
+The long run at a steady load (memory, lag and the invariants over 20 minutes) is
+`make soak` (load/soak.py), not this tool.
 """
 
 from __future__ import annotations

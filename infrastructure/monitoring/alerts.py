@@ -238,8 +238,9 @@ class WatchlistSteps:
         return WatchlistHistory(self.steps)
 
 
-# The watchlist entry's event classes, as the event index names them.
-WATCHLIST_EVENTS = ["WatchlistEntryAdded", "WatchlistEntryRemoved", "WatchlistEntryRestored"]
+# The watchlist entry's event classes, as the event index names them: those that put an
+# account on the list, and the one that takes it off.
+WATCHLIST_EVENTS = [*LISTED_EVENTS, "WatchlistEntryRemoved"]
 # Row comparisons, which only the (event_type, notification_id) index can serve: written
 # as `event_type = ... AND notification_id >= ...`, the generic plan took the primary key's
 # range and filtered every event of the range (the whole index on a worker's first batch).

@@ -28,8 +28,11 @@ from domain.errors import (
 )
 from domain.integrity import Stamp, format_timestamp
 from domain.money import Money, exponent_of, format_amount
+from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
 
 CHANNELS = ("cash", "card", "wire")
+# An owner's name as the record keeps it: acceptable text of at most this many characters.
+OWNER_CHARS_MAX = 200
 
 
 class AccountStatus(StrEnum):
@@ -312,6 +315,9 @@ class Account(ChainedAggregate):
         no settings), so no balance can go below it and the read models can hold it."""
         exponent_of(currency)  # refuses unknown currencies
         assert overdraft_max_minor >= 0, overdraft_max_minor
+        _check_owner(owner)
+        if not BRANCH_PATTERN.fullmatch(branch):
+            raise ValidationFailed("branch must be 1 to 16 letters or digits", "body.branch")
         if overdraft_limit_minor < 0:
             raise InvalidAmount("overdraft limit must not be negative")
         if overdraft_limit_minor > overdraft_max_minor:
@@ -568,3 +574,15 @@ class Account(ChainedAggregate):
                 f"{self.currency}; {money} more would exceed the ceiling of "
                 f"{format_amount(balance_max_minor, self.currency)} {self.currency}"
             )
+
+
+def _check_owner(owner: str) -> None:
+    """The edge normalises an owner's name before it decides; the aggregate refuses one
+    that is not already as the record keeps it, so no caller can put into the permanent
+    record a name that a consumer downstream could not store or show."""
+    try:
+        kept = acceptable_text(owner, chars_max=OWNER_CHARS_MAX)
+    except TextRefused as refused:
+        raise ValidationFailed(f"owner {refused}", "body.owner") from None
+    if kept != owner:
+        raise ValidationFailed("owner must be normalised (NFC) and trimmed", "body.owner")

@@ -96,6 +96,39 @@ def test_a_negative_overdraft_limit_is_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("owner", "branch", "field"),
+    [
+        ("", "001", "body.owner"),
+        ("   ", "001", "body.owner"),
+        (" Ada", "001", "body.owner"),  # not trimmed
+        ("Ade\u0301le", "001", "body.owner"),  # not NFC
+        ("Ada\x00", "001", "body.owner"),
+        ("Ada\u202eecilA", "001", "body.owner"),
+        ("A" * 201, "001", "body.owner"),
+        ("Ada", "", "body.branch"),
+        ("Ada", "00-1", "body.branch"),
+        ("Ada", "1" * 17, "body.branch"),
+    ],
+)
+def test_an_owner_or_branch_the_record_cannot_keep_is_refused(
+    owner: str, branch: str, field: str
+) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        Account.open(
+            uuid4(), owner, branch, "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+        )
+    assert refused.value.errors[0]["field"] == field
+
+
+def test_the_longest_owner_and_branch_are_kept_as_given() -> None:
+    owner, branch = "Adèle " + "Ä" * 194, "B" * 16
+    account = Account.open(
+        uuid4(), owner, branch, "GBP", 0, stamp(), overdraft_max_minor=OVERDRAFT_MAX_MINOR
+    )
+    assert (account.owner, account.branch) == (owner, branch)
+
+
 def test_deposits_and_withdrawals_move_the_balance_and_record_the_time() -> None:
     account = opened()
     account.deposit(gbp(10_000), "cash", "salary", stamp(5), balance_max_minor=BALANCE_MAX_MINOR)

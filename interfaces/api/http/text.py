@@ -9,11 +9,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
 
+from domain.account import OWNER_CHARS_MAX
 from domain.case import ASSIGNEE_CHARS_MAX, NOTE_CHARS_MAX
 from domain.text import BRANCH_PATTERN, acceptable_text
 from domain.watchlist import REASON_CHARS_MAX
 
-OWNER_CHARS_MAX = 200
 REFERENCE_CHARS_MAX = 140
 STATUS_REASON_CHARS_MAX = 500
 # Checked before the rule runs, so a body cannot have it normalise megabytes (room for

@@ -12,6 +12,7 @@ import pytest
 
 from application.commands import Deposit, OpenAccount
 from application.ledger import Ledger
+from domain import account as account_module
 from domain.money import Money
 from infrastructure.relay.events import MESSAGE_BYTES_MAX, Relay
 from infrastructure.settings import Settings
@@ -70,11 +71,13 @@ def test_a_partitions_events_beyond_one_record_batch_go_out_in_order_in_several(
 
 
 def test_an_event_too_big_for_any_broker_request_is_quarantined_and_the_rest_published(
-    settings: Settings, ledger: Ledger
+    settings: Settings, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing the APIs accept comes near a request's size, but an event written another
-    way must not stop the relay: over the bound it is set aside, loudly; a big event under
-    it is published like any other."""
+    """Nothing the APIs or the domain accept comes near a request's size, but an event
+    written another way (here: by a domain whose bound on owner names was far wider) must
+    not stop the relay: over the bound it is set aside, loudly; a big event under it is
+    published like any other."""
+    monkeypatch.setattr(account_module, "OWNER_CHARS_MAX", 2 * MESSAGE_BYTES_MAX)
     huge, big, plain = uuid4(), uuid4(), uuid4()
     opened = [
         sub(OpenAccount(huge, "H" * (MESSAGE_BYTES_MAX + 1), "001", "GBP", 0), "huge"),

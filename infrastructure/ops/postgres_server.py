@@ -55,6 +55,12 @@ POSTGRES_OPTIONS = (
     "unix_socket_permissions=0700",
     "password_encryption=scram-sha-256",
 )
+# POSTGRES_OPTIONS go into this file of the data directory, which postgresql.conf includes,
+# not onto the command line: a reload re-reads postgresql.conf, and its initdb value of a
+# setting only a restart can change (max_connections, shared_buffers) would differ from
+# the running one given as `-c`, so every reload logged the file as containing errors.
+OPTIONS_FILE: Final = "vigil.conf"
+OPTIONS_INCLUDE: Final = f"include_if_exists = '{OPTIONS_FILE}'"
 # Every connection, local or over TCP, proves its password (var/server-keys.json).
 PG_HBA: Final = """# Written by vigil up: every connection authenticates with its password.
 local   all   all                 scram-sha-256
@@ -232,6 +238,24 @@ def _prepare_pgdata(
             _pg_command("initdb", args, run_as)
         finally:
             pwfile.unlink(missing_ok=True)
+    _write_options(pgdata, run_as)
+
+
+def _write_options(pgdata: Path, run_as: _RunAs | None) -> None:
+    """POSTGRES_OPTIONS as a configuration file, included last by postgresql.conf (so they
+    win over initdb's values); rewritten at every start, so a new version's options apply."""
+    lines = ["# Written by vigil up at every start: edits here are lost."]
+    for option in POSTGRES_OPTIONS:
+        name, _, value = option.partition("=")
+        lines.append(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'")
+    options = pgdata / OPTIONS_FILE
+    options.write_text("\n".join(lines) + "\n")
+    options.chmod(0o600)
+    _give(options, run_as)
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    if OPTIONS_INCLUDE not in text.splitlines():
+        conf.write_text(text + ("" if text.endswith("\n") else "\n") + OPTIONS_INCLUDE + "\n")
 
 
 def _socket_dir(var_dir: Path, run_as: _RunAs | None) -> str:
@@ -253,8 +277,6 @@ def _start_postmaster(
     passwords: dict[str, str],
 ) -> EmbeddedPostgres:
     options = ["-h", LOOPBACK, "-p", str(port), "-k", socket_dir]
-    for option in POSTGRES_OPTIONS:
-        options += ["-c", option]
     args = ["-D", str(pgdata), "-l", str(log_path), "-w", "-t", str(POSTGRES_START_TIMEOUT_S)]
     args += ["-o", shlex.join(options), "start"]  # pg_ctl hands -o to a shell
     try:

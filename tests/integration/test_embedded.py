@@ -121,6 +121,37 @@ def test_postgres_keeps_its_data_and_stops_a_server_a_crashed_run_left_behind(
     assert _gone(second.pid)
 
 
+def test_postgres_runs_with_its_options_and_reloads_its_configuration_cleanly(
+    var_dir: Path,
+) -> None:
+    for start in ("fresh", "again"):
+        server = start_postgres(var_dir)
+        try:
+            with psycopg.connect(server.admin_url, autocommit=True) as conn:
+                running = dict(
+                    conn.execute(
+                        "SELECT name, setting FROM pg_settings "
+                        "WHERE name IN ('max_connections', 'autovacuum_naptime', 'TimeZone')"
+                    ).fetchall()
+                )
+                assert running == {
+                    "max_connections": "200",
+                    "autovacuum_naptime": "10",
+                    "TimeZone": "UTC",
+                }, start
+                conn.execute("SELECT pg_reload_conf()")
+                # What a reload would complain about: a setting of the files that differs
+                # from the running one and cannot change without a restart.
+                errors = conn.execute(
+                    "SELECT name, error FROM pg_file_settings WHERE error IS NOT NULL"
+                ).fetchall()
+                assert errors == [], start
+        finally:
+            server.stop()
+    conf = (var_dir / "pgdata" / "postgresql.conf").read_text().splitlines()
+    assert sum(line.startswith("include_if_exists") for line in conf) == 1
+
+
 def test_embedded_servers_refuse_connections_without_their_passwords(var_dir: Path) -> None:
     postgres = start_postgres(var_dir)
     cache = start_redis(var_dir)

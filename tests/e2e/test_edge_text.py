@@ -151,6 +151,39 @@ def test_a_body_nested_thousands_deep_is_refused_not_an_error(
     bank.assert_unchanged(account)
 
 
+@pytest.mark.parametrize(
+    "number",
+    ["9" * 5_000, "-" + "9" * 4_301, "1e999", "-1e999", "1.5e400"],
+    ids=["int-5000-digits", "int-minus-4301-digits", "1e999", "minus-1e999", "1.5e400"],
+)
+def test_a_number_too_big_to_read_is_refused_not_an_error(
+    http: httpx.Client, bank: Bank, number: str
+) -> None:
+    """Valid JSON, but past what the interpreter reads: more digits than Python converts
+    to an int, or a float beyond the double range (read as infinity otherwise)."""
+    account = bank.funded_account()
+    bodies = {
+        f"/v1/accounts/{account.account_id}/deposits": (
+            f'{{"amount": {number}, "currency": "GBP"}}'
+        ),
+        "/v1/transfers": (
+            f'{{"from_account_id": "{account.account_id}", "to_account_id": "{uuid.uuid4()}", '
+            f'"amount": "1.00", "currency": "GBP", "n": {number}}}'
+        ),
+        "/v1/batches": f'{{"items": [], "n": {number}}}',
+    }
+    for path, content in bodies.items():
+        response = http.post(
+            path,
+            content=content,
+            headers={**bank.teller(), "Content-Type": "application/json"},
+        )
+        problem = assert_problem(response, 422, "validation_error")
+        assert problem["detail"] == "the body holds a number too big to read", path
+        assert field_errors(response) == {"body": problem["detail"]}
+    bank.assert_unchanged(account)
+
+
 def test_malformed_json_says_where_it_broke(http: httpx.Client, bank: Bank) -> None:
     account = bank.funded_account()
     response = deposit_raw(http, bank, account.account_id, '{"amount": "1.00" "currency"}')

@@ -9,6 +9,9 @@ does, and refuses what the standard library would let through.
   the last, an error), so what a signing proxy checked and what we store could differ.
 - `NaN` and `Infinity` are not JSON.
 - JSON nested deeper than the parser's recursion limit is refused, not a 500.
+- A number the interpreter cannot hold is refused, not a 500: an integer of more digits
+  than Python converts (4,300 by default) or a float beyond the double range (`1e999`,
+  which would otherwise be read as infinity).
 
 The parsed value is left where Starlette caches it, so FastAPI does not parse it again.
 """
@@ -16,6 +19,7 @@ The parsed value is left where Starlette caches it, so FastAPI does not parse it
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -51,8 +55,25 @@ def _no_constants(name: str) -> Any:
     raise ValidationFailed(f"the body is not valid JSON: {name} is not a JSON value")
 
 
+_NUMBER_TOO_BIG: Final = "the body holds a number too big to read"
+
+
+class _NumberTooBig(Exception):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    # Only numbers with a fraction or an exponent come here (none of our bodies has one).
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberTooBig
+    return value
+
+
 # Stateless between calls (its C scanner clears its memo after each): one for every body.
-_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_no_constants, parse_float=_finite_float
+)
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -99,6 +120,14 @@ def parse_json_bytes(body: bytes) -> Any:
     except RecursionError:
         # Thousands of nested brackets: no body of ours nests more than a few levels.
         raise ValidationFailed("the body's JSON is nested too deeply", field="body") from None
+    except _NumberTooBig:
+        raise ValidationFailed(_NUMBER_TOO_BIG, field="body") from None
+    except ValueError as error:
+        # The scanner's int() past the interpreter's digit limit; nothing else raises a
+        # plain ValueError here (malformed JSON is a JSONDecodeError, caught above).
+        if "digits" not in str(error):
+            raise
+        raise ValidationFailed(_NUMBER_TOO_BIG, field="body") from None
     return parsed
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NoReturn
 
+from interfaces.api.http.instants import RANGE_RULE, within_range
+
 TIMESTAMP_EXAMPLE = "2026-11-01T00:00:00Z"
 
 
@@ -19,6 +21,8 @@ def _timestamp(text: str) -> datetime:
         ) from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (e.g. a trailing Z)")
+    if not within_range(moment):
+        raise argparse.ArgumentTypeError(f"{text!r} {RANGE_RULE}")
     return moment
 
 

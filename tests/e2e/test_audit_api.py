@@ -245,6 +245,21 @@ def test_pages_beyond_the_limit_or_foreign_cursors_are_refused(env: AuditEnv) ->
     assert_problem(foreign, 422, "validation_error")
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"from": "0001-01-01T00:00:00+14:00", "to": "2026-01-01T00:00:00Z"}, "body.from"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "9999-12-31T23:59:59-14:00"}, "body.to"),
+    ],
+)
+def test_an_export_range_outside_the_years_once_in_utc_is_refused(
+    env: AuditEnv, body: dict[str, str], field: str
+) -> None:
+    reply = env.client.post("/v1/audit/exports", json=body, headers=env.headers("auditor"))
+    problem = assert_problem(reply, 422, "validation_error")
+    assert [error["field"] for error in problem["errors"]] == [field], problem
+
+
 def test_an_export_made_over_http_verifies_and_is_listed(env: AuditEnv) -> None:
     body = {
         "from": T0.isoformat(),

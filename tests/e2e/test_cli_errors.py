@@ -25,6 +25,7 @@ MISTAKES = [
     (["token", "issue", "--role", "janitor"], "invalid choice: 'janitor'"),
     (["audit", "verify", "--from", "yesterday"], "expected e.g. 2026-11-01T00:00:00Z"),
     (["audit", "verify", "--to", "2026-11-01T00:00:00"], "needs a time zone"),
+    (["audit", "verify", "--from", "0001-01-01T00:00:00+14:00"], "must lie between 0001-01-02"),
     (["audit", "export", "--from", "2026-11-01T00:00:00Z", "--out", "x"], "--to"),
     (["rules", "backtest", "--config", "nope.toml"], "--config nope.toml: no such file"),
     (["replay", "--to-shadow", "--diff"], "not allowed with argument --to-shadow"),

@@ -140,6 +140,7 @@ def test_a_suppression_holds_back_cases_until_revoked(system: System, http: http
         ({**body, "rule": "no_such_rule"}, "body.rule"),
         ({**body, "until": "2020-01-01T00:00:00Z"}, "body.until"),
         ({**body, "until": "2030-01-01T00:00:00"}, "body.until"),
+        ({**body, "until": "9999-12-31T23:59:59-14:00"}, "body.until"),  # year 10000 in UTC
         ({**body, "reason": " "}, "body.reason"),
     ):
         problem = assert_problem(

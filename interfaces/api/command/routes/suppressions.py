@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from application.compliance import suppression_body
 from domain.errors import ValidationFailed
@@ -20,6 +20,7 @@ from interfaces.api.command.routes.cases import ComplianceDep, counted
 from interfaces.api.command.schemas import Body as StrictBody
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses
@@ -43,7 +44,7 @@ assert set(RuleName.__args__) == set(RULES), "one list of rules"  # type: ignore
 class SuppressionIn(StrictBody):
     account_id: UUID
     rule: RuleName
-    until: AwareDatetime
+    until: Instant
     reason: WatchlistReason
 
 

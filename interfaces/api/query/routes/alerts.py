@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from domain.errors import DomainError
@@ -30,6 +30,7 @@ from infrastructure.readmodels.readers.alerts import (
 from infrastructure.readmodels.readers.alerts import fetch_alert as read_alert
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import LedgerDep, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
@@ -129,12 +130,10 @@ class EvidenceOut(BaseModel):
 
 
 From = Annotated[
-    AwareDatetime | None,
+    Instant | None,
     Query(alias="from", description="ISO 8601 with a zone; alerts raised at or after it."),
 ]
-To = Annotated[
-    AwareDatetime | None, Query(description="ISO 8601 with a zone; alerts raised before it.")
-]
+To = Annotated[Instant | None, Query(description="ISO 8601 with a zone; alerts raised before it.")]
 BranchFilter = Annotated[str | None, Query(pattern=f"^{BRANCH_PATTERN.pattern}$")]
 
 

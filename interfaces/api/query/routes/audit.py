@@ -21,7 +21,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from application.audit import account_state, state_view
@@ -38,6 +38,7 @@ from infrastructure.audit.event_stream import StorePage, StreamedPage, index_pre
 from infrastructure.audit.event_stream import account_events as read_account_events
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.http.text import FilterText
@@ -80,12 +81,10 @@ EventType = Annotated[
 ]
 ActorFilter = Annotated[FilterText | None, Query(description="The actor's subject.")]
 From = Annotated[
-    AwareDatetime | None,
+    Instant | None,
     Query(alias="from", description="ISO 8601 with a zone; events stamped at or after it."),
 ]
-To = Annotated[
-    AwareDatetime | None, Query(description="ISO 8601 with a zone; events stamped before it.")
-]
+To = Annotated[Instant | None, Query(description="ISO 8601 with a zone; events stamped before it.")]
 
 
 # --- Reply models (the OpenAPI document) ----------------------------------------------
@@ -260,7 +259,7 @@ async def account_state_at(
     request: Request,
     who: AuditReader,
     ledger: LedgerDep,
-    as_of: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a zone")] = None,
+    as_of: Annotated[Instant | None, Query(description="ISO 8601 with a zone")] = None,
     version: Annotated[int | None, Query(ge=1, le=VERSION_MAX)] = None,
 ) -> Response:
     if (as_of is None) == (version is None):

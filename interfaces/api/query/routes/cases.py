@@ -8,7 +8,7 @@ from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from domain.case import CaseStatus
@@ -28,6 +28,7 @@ from infrastructure.readmodels.readers.cases import (
 )
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.http.text import FilterText
 from interfaces.api.query.deps import MinVersion, ReadSideDep
@@ -56,12 +57,10 @@ HISTORY_ENTRIES_MAX: Final = 10_000
 
 
 From = Annotated[
-    AwareDatetime | None,
+    Instant | None,
     Query(alias="from", description="ISO 8601 with a zone; cases opened at or after this."),
 ]
-To = Annotated[
-    AwareDatetime | None, Query(description="ISO 8601 with a zone; cases opened before this.")
-]
+To = Annotated[Instant | None, Query(description="ISO 8601 with a zone; cases opened before this.")]
 TextFilter = Annotated[FilterText | None, Query()]
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final, Literal
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Request
 from psycopg import Error as PsycopgError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
@@ -34,6 +34,7 @@ from infrastructure.audit.export_verify import MANIFEST_FILE
 from infrastructure.settings import Settings
 from interfaces.api.http.auth import Principal, require
 from interfaces.api.http.deps import SettingsDep, json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.json_body import JsonBodyRoute
 from interfaces.api.http.middleware import current_correlation_id
 from interfaces.api.http.problems import problem_responses
@@ -67,8 +68,8 @@ class ExportNotFound(DomainError):
 class ExportIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: AwareDatetime = Field(alias="from")
-    to: AwareDatetime
+    from_: Instant = Field(alias="from")
+    to: Instant
     account_id: uuid.UUID | None = None
     format: Literal["jsonl", "csv"] = "jsonl"
 

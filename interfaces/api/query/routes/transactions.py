@@ -7,7 +7,6 @@ from typing import Annotated, Final
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 from starlette.responses import Response
 
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
@@ -21,6 +20,7 @@ from infrastructure.readmodels.readers.transactions import (
 from infrastructure.readmodels.schema import ACCOUNTS_CHANNEL, TRANSACTIONS_CHANNEL
 from interfaces.api.http.auth import check_branch, missing_account
 from interfaces.api.http.deps import json_reply
+from interfaces.api.http.instants import Instant
 from interfaces.api.http.problems import problem_responses
 from interfaces.api.query.deps import MinVersion, ReadSide, ReadSideDep
 from interfaces.api.query.pagination import (
@@ -40,11 +40,11 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 STATEMENT_CURSOR: Final = "statement"
 
 From = Annotated[
-    AwareDatetime | None,
+    Instant | None,
     Query(alias="from", description="ISO 8601 with a zone; lines at or after this time."),
 ]
 To = Annotated[
-    AwareDatetime | None,
+    Instant | None,
     Query(description="ISO 8601 with a zone; lines before this time."),
 ]
 

@@ -6,12 +6,15 @@ them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -22,6 +25,8 @@ from infrastructure.limits import (
     PRODUCER_REQUEST_BYTES_MAX,
 )
 from infrastructure.settings import Settings
+
+log = structlog.get_logger("vigil.kafka")
 
 FETCH_TIMEOUT_MS = 500
 # How long the broker may hold a fetch that finds nothing new. tansu holds a fetch for
@@ -142,6 +147,43 @@ def new_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         **security_options(settings),
     )
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a consumer or producer, even when aiokafka's own clean-up trips over itself.
+
+    A consumer's `stop()` cancels the fetch tasks it has in flight and awaits each one. A
+    fetch task that is sleeping off a failed fetch re-raises that cancellation, and while
+    the broker is down that sleep is where a fetch task spends most of its time. That
+    `CancelledError` is aiokafka's, not a request to cancel us. Let through, it ended the
+    relay process on a broker restart. So it is swallowed here, and the connections the
+    interrupted `stop()` never reached are closed.
+
+    The other way round, `stop()` swallows a cancellation of ours that lands while it
+    waits for its fetch task. Either way, a cancellation of the calling task made while
+    stopping is raised once the client is stopped. A failure to close is not raised: the
+    client is finished with either way."""
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling() > cancelling:
+            raise  # ours
+        log.info("kafka_client_stop_interrupted", client_id=_client_id(client))
+        # Not public, but the only handle on the connections left open.
+        connections = client.client if isinstance(client, AIOKafkaProducer) else client._client
+        with contextlib.suppress(KafkaError, OSError):
+            await connections.close()
+    except (KafkaError, OSError) as error:
+        log.info("kafka_client_stop_failed", client_id=_client_id(client), error=repr(error))
+    if task is not None and task.cancelling() > cancelling:
+        raise asyncio.CancelledError  # ours, swallowed by the library
+
+
+def _client_id(client: AIOKafkaConsumer | AIOKafkaProducer) -> str:
+    inner = client.client if isinstance(client, AIOKafkaProducer) else client._client
+    return str(getattr(inner, "_client_id", ""))
 
 
 class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # untyped base

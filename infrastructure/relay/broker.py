@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
-from infrastructure.kafka.clients import new_admin, new_probe_consumer, new_producer
+from infrastructure.kafka.clients import new_admin, new_probe_consumer, new_producer, stop_client
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.relay")
@@ -58,9 +58,8 @@ class RelayBroker:
         with contextlib.suppress(KafkaError, OSError):
             if admin is not None:
                 await admin.close()
-        with contextlib.suppress(KafkaError, OSError):
-            if probe is not None:
-                await probe.stop()
+        if probe is not None:
+            await stop_client(probe)
 
     async def log_lost(self, topic: str, acknowledged: Mapping[int, int]) -> bool:
         """Whether the broker lost what it acknowledged on `topic`: a partition whose log
@@ -83,8 +82,7 @@ class RelayBroker:
             try:
                 await probe.start()
             except BaseException:
-                with contextlib.suppress(KafkaError, OSError):
-                    await probe.stop()
+                await stop_client(probe)
                 raise
             self._probe = probe
         partitions = [TopicPartition(topic, p) for p in sorted(acknowledged)]

@@ -43,7 +43,7 @@ from infrastructure.audit.checkpoints import Checkpointer, HashFeed, HashSpan
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.health import start_metrics_and_health
-from infrastructure.kafka.clients import CachedPartitioner
+from infrastructure.kafka.clients import CachedPartitioner, stop_client
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 from infrastructure.limits import PRODUCER_REQUEST_BYTES_MAX
 from infrastructure.postgres.connect import connect_async
@@ -436,8 +436,7 @@ class Relay:
             try:
                 await producer.start()
             except BaseException:
-                with contextlib.suppress(*BROKER_ERRORS):
-                    await producer.stop()
+                await stop_client(producer)
                 raise
             self._producer = producer
         return self._producer
@@ -445,8 +444,7 @@ class Relay:
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(*BROKER_ERRORS):
-                await producer.stop()
+            await stop_client(producer)
 
     # The broker's log ------------------------------------------------------------------
 

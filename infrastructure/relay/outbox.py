@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from infrastructure.kafka.authenticity import seal_alert
+from infrastructure.kafka.clients import stop_client
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
 from infrastructure.postgres.connect import connect_async
 from infrastructure.postgres.locks import migrating
@@ -91,8 +92,7 @@ class AlertsOutboxRelay:
                 if await self._publish_next(store, producer) < batch_max:
                     await _wait_for_notify(listener, stop, self.settings.outbox_poll_interval_s)
         finally:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_client(producer)
             await broker.close()
             await listener.close()
             await store.close()

@@ -28,7 +28,7 @@ from domain.errors import DomainError, Unavailable, ValidationFailed
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.health import start_metrics_and_health
 from infrastructure.kafka.authenticity import check_alert_message
-from infrastructure.kafka.clients import new_consumer
+from infrastructure.kafka.clients import new_consumer, stop_client
 from infrastructure.kafka.consumer import (
     EpochGuard,
     fetch,
@@ -112,7 +112,7 @@ class CaseOpener:
                     if records:
                         await consumer.commit()
             finally:
-                await consumer.stop()
+                await stop_client(consumer)
         finally:
             await conn.close()
 

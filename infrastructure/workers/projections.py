@@ -29,7 +29,7 @@ from infrastructure.eventstore import canonical
 from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.health import start_metrics_and_health
 from infrastructure.kafka.authenticity import Unauthenticated, check_event_message
-from infrastructure.kafka.clients import new_consumer
+from infrastructure.kafka.clients import new_consumer, stop_client
 from infrastructure.kafka.consumer import EpochGuard, fetch, header, run_with_restarts
 from infrastructure.kafka.topics import ledger_events_topic
 from infrastructure.logging import describe
@@ -259,7 +259,7 @@ class ProjectionConsumer:
                 )
                 await self._fetch_and_apply(stop, consumer, conns, cache)
         finally:
-            await consumer.stop()
+            await stop_client(consumer)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await connect_async(

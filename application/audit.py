@@ -16,7 +16,7 @@ from uuid import UUID
 
 from application.ledger import Ledger
 from domain.account import Account
-from domain.errors import AccountNotFound, ValidationFailed
+from domain.errors import AccountNotFound, EventUnreadable, ValidationFailed
 from domain.integrity import format_timestamp
 from domain.money import format_amount
 
@@ -133,7 +133,14 @@ def _account_events(ledger: Ledger, account_id: UUID, lte: int | None) -> Iterat
     while True:
         page = ledger.recorder.select_events(account_id, gt=after, lte=lte, limit=STATE_PAGE_EVENTS)
         for stored in page:
-            event = ledger.mapper.to_domain_event(stored)
+            try:
+                event = ledger.mapper.to_domain_event(stored)
+            except Exception as error:
+                raise EventUnreadable(
+                    f"the stored event at version {stored.originator_version} of account "
+                    f"{account_id} cannot be decoded ({type(error).__name__}), and the state "
+                    "asked for needs it; `vigil audit verify` reports every such event"
+                ) from error
             if not isinstance(event, Account.Event):
                 # A case or watchlist id is not an account's.
                 raise AccountNotFound(f"account {account_id} does not exist")

@@ -86,6 +86,15 @@ class Forbidden(DomainError):
     title = "Forbidden"
 
 
+class EventUnreadable(DomainError):
+    """Not a refusal: the store holds an event this server cannot decode (a type it does not
+    know, state it cannot decrypt or parse), so what needs that event cannot be computed.
+    `vigil audit verify` reports every such event."""
+
+    code = "event_unreadable"
+    title = "Stored event unreadable"
+
+
 class Unavailable(DomainError):
     """Not a refusal by the rules: the store could not take the command now. Retry."""
 

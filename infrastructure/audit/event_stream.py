@@ -11,10 +11,12 @@ notification ids; how a client's cursor carries them is the API's business.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 from uuid import UUID
 
+import structlog
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncServerCursor, sql
 from psycopg.rows import DictRow
@@ -22,7 +24,10 @@ from psycopg.rows import DictRow
 from application.ledger import Ledger
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.logging import describe
 from infrastructure.readmodels.readstore import ReadStore
+
+log = structlog.get_logger("vigil.audit")
 
 # Rows per FETCH of a streamed page.
 STREAM_FETCH_ROWS: Final = 100
@@ -45,15 +50,62 @@ ACCOUNT_EVENTS: Final = sql.SQL(
 ).format(events=sql.Identifier(EVENTS_TABLE))
 
 
+# The aggregate type a stored topic names, known even when the event's state is not.
+TOPIC_AGGREGATE_TYPES: Final = (
+    ("domain.account:", "account"),
+    ("domain.case:", "case"),
+    ("domain.watchlist:", "watchlist"),
+)
+
+
 def decoded(ledger: Ledger, row: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored-events row as its envelope, decoded (and decrypted) by the ledger's mapper."""
+    """A stored-events row as its envelope, decoded (and decrypted) by the ledger's mapper.
+
+    An event this server cannot decode (a type it does not know, state it cannot decrypt
+    or parse) is given as its row says it is, every field the row cannot tell null, and
+    `unreadable` saying why: an auditor sees where it is and pages past it, where an error
+    would hide every event after it (and cut a streamed page short)."""
+    notification_id = int(row["notification_id"])
     stored = StoredEvent(
         originator_id=row["originator_id"],
         originator_version=row["originator_version"],
         topic=row["topic"],
         state=bytes(row["state"]),
     )
-    return stored_envelope(ledger, int(row["notification_id"]), stored)
+    try:
+        return stored_envelope(ledger, notification_id, stored)
+    except Exception as error:  # whatever decoding raises: the event is what is wrong
+        reason = describe(error)
+        log.warning("audit_event_unreadable", notification_id=notification_id, error=reason)
+        return unreadable_item(notification_id, stored, reason)
+
+
+def unreadable_item(notification_id: int, stored: StoredEvent, reason: str) -> dict[str, Any]:
+    """The envelope's keys for an event that cannot be decoded: what its row tells."""
+    topic = str(stored.topic)
+    aggregate_type = next(
+        (name for prefix, name in TOPIC_AGGREGATE_TYPES if topic.startswith(prefix)), None
+    )
+    aggregate_id = str(uuid.UUID(str(stored.originator_id)))
+    return {
+        "notification_id": notification_id,
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "account_id": aggregate_id if aggregate_type == "account" else None,
+        "version": int(stored.originator_version),
+        # The class the topic names, as the row says (it may name one that does not exist).
+        "event_type": (topic.rpartition(".")[2] or None) if aggregate_type else None,
+        "timestamp": None,
+        "actor": None,
+        "correlation_id": None,
+        "transaction_id": None,
+        "payload": None,
+        "hash": None,
+        "previous_hash": None,
+        "mac": None,
+        "mac_kid": None,
+        "unreadable": reason,
+    }
 
 
 def store_query(

@@ -32,6 +32,7 @@ from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 
 from application.ledger import Ledger
+from domain.errors import EventUnreadable
 from domain.integrity import canonical, format_timestamp
 from infrastructure.audit.access_log import (
     AccessRecord,
@@ -241,7 +242,15 @@ def _stored_items(
                 topic=topic,
                 state=bytes(state),
             )
-            yield stored_envelope(ledger, int(notification_id), stored)
+            try:
+                item = stored_envelope(ledger, int(notification_id), stored)
+            except Exception as error:  # whatever decoding raises: the event is what is wrong
+                raise EventUnreadable(
+                    f"the stored event at notification id {notification_id} cannot be decoded "
+                    f"({type(error).__name__}), and a signed export cannot vouch for it; "
+                    "`vigil audit verify` reports every such event"
+                ) from error
+            yield item
 
 
 def _jsonl_writer(out: IO[str]) -> Callable[[Mapping[str, Any]], None]:

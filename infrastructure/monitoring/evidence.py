@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final, cast
 from uuid import UUID
 
+import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from psycopg import Connection
 from psycopg.rows import dict_row, tuple_row
@@ -30,12 +31,15 @@ from domain.rules.window import AccountWindow
 from infrastructure.eventstore.envelopes import stored_envelope
 from infrastructure.eventstore.recorder import VigilRecorder
 from infrastructure.eventstore.schema import EVENTS_TABLE
+from infrastructure.logging import describe
 from infrastructure.monitoring.alerts import LISTED_EVENTS
 from infrastructure.monitoring.rules_config import config_from_parameters
 from infrastructure.readmodels.quarantine import QUARANTINED_RULE
 from infrastructure.readmodels.readstore import STATEMENT_TIMEOUT_MS
 from projections.alerts import movement_of, step
 from projections.envelope import Envelope
+
+log = structlog.get_logger("vigil.evidence")
 
 # Events read per round trip: memory stays bounded however long the account's history.
 EVENTS_PAGE_SIZE: Final = 1_000
@@ -83,7 +87,8 @@ def stored_envelopes(
     ledger: Ledger, conn: Connection[Any], account_id: UUID, upto_notification_id: int
 ) -> Iterator[dict[str, Any]]:
     """The account's events with notification ids up to `upto_notification_id`, in version
-    order, as envelopes (the API contract's Kafka value), decoded by the ledger's mapper."""
+    order, as envelopes (the API contract's Kafka value), decoded by the ledger's mapper;
+    one that cannot be decoded is left out, as the pipeline left it out."""
     after = 0
     while True:
         with conn.cursor(row_factory=dict_row) as cursor:
@@ -104,7 +109,17 @@ def stored_envelopes(
                 topic=row["topic"],
                 state=bytes(row["state"]),
             )
-            body = stored_envelope(ledger, int(row["notification_id"]), stored)
+            try:
+                body = stored_envelope(ledger, int(row["notification_id"]), stored)
+            except Exception as error:  # whatever decoding raises: the event is what is wrong
+                # The relay set it aside too (quarantined, never published), so the rules
+                # never saw it: the re-run leaves it out as the live run did.
+                log.warning(
+                    "evidence_event_unreadable",
+                    notification_id=int(row["notification_id"]),
+                    error=describe(error),
+                )
+                continue
             assert body["aggregate_type"] == "account", "an account's stream holds account events"
             yield body
         if len(rows) < EVENTS_PAGE_SIZE:

@@ -22,6 +22,7 @@ from domain.integrity import Actor
 from domain.money import Money
 from domain.rules.config import RulesConfig
 from infrastructure.eventstore.ledger import open_ledger
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.monitoring.alerts import apply_alerts_batch, register_config
 from infrastructure.monitoring.evidence import rebuild_evidence
 from infrastructure.monitoring.rules_config import config_hash
@@ -238,3 +239,22 @@ def test_the_alerts_configuration_version_is_rerun_not_the_live_one(
         "transaction_ids": [],
         "explanation": None,
     }
+
+
+def test_an_event_that_cannot_be_decoded_is_left_out_of_the_rerun_not_an_error(
+    ledger: Ledger, settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    """The relay quarantines such an event, so the rules never see it; one spoiled after
+    the alert was raised (here the first of its deposits) makes the verdict differ."""
+    alert = raise_alert("structuring", ledger, settings, conn)
+    conn.execute(f"ALTER TABLE {EVENTS_TABLE} DISABLE TRIGGER USER")
+    try:
+        conn.execute(
+            f"UPDATE {EVENTS_TABLE} SET state = 'garbage' WHERE notification_id = %s",
+            (alert["positions"][0],),
+        )
+    finally:
+        conn.execute(f"ALTER TABLE {EVENTS_TABLE} ENABLE TRIGGER USER")
+    verdict = evidence_of(ledger, conn, alert)["verdict"]
+    assert verdict["reproduced"] is False
+    assert alert["positions"][0] not in verdict["positions"]

@@ -58,10 +58,12 @@ HTTP_LAYER_STATUS = {
     "method_not_allowed": 405,
     "internal_error": 500,
 }
+# Codes beyond the contract's table: the store holds an event the server cannot decode.
+EXTENSION_STATUS = {"event_unreadable": 500}
 
 
 def test_the_problem_table_is_the_contract_table_plus_the_http_layer_codes() -> None:
-    assert dict(PROBLEM_STATUS) == {**CONTRACT_STATUS, **HTTP_LAYER_STATUS}
+    assert dict(PROBLEM_STATUS) == {**CONTRACT_STATUS, **HTTP_LAYER_STATUS, **EXTENSION_STATUS}
 
 
 def test_a_problem_reply_is_problem_json_with_the_contract_fields() -> None:

@@ -64,6 +64,8 @@ PROBLEM_STATUS: Final[Mapping[str, int]] = {
     "rate_limited": 429,
     "projection_lagging": 503,
     "unavailable": 503,
+    # The store holds an event this server cannot decode: nothing the client can change.
+    "event_unreadable": 500,
     # Not domain refusals: the HTTP layer's own.
     "bad_request": 400,
     "not_found": 404,
@@ -192,6 +194,8 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
         # A new DomainError without a row in the table: still a refusal, so 422, but loudly.
         log.warning("problem_code_unmapped", code=exc.code)
         status = 422
+    if status >= 500:
+        log.error("request_failed", code=exc.code, detail=exc.detail)
     errors = getattr(exc, "errors", None)
     return problem_response(
         exc.code,

@@ -100,6 +100,7 @@ def cli_actor() -> dict[str, str]:
 
 def run_export_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`vigil audit export --from --to [--account] [--format] --out DIR`."""
+    from domain.errors import EventUnreadable
     from infrastructure.audit.export import ExportError, export_events
 
     started = time.monotonic()
@@ -127,6 +128,9 @@ def run_export_cli(args: argparse.Namespace, settings: Settings) -> int:
     except ExportError as error:
         print(f"export refused: {error}", file=sys.stderr)
         return 2
+    except EventUnreadable as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
     elapsed_s = time.monotonic() - started
     total = manifest["total"]
     print(

@@ -21,7 +21,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from application.audit import account_state, state_view
@@ -91,16 +91,22 @@ To = Annotated[Instant | None, Query(description="ISO 8601 with a zone; events s
 
 
 class HistoryEvent(BaseModel):
+    """A stored event. One this server cannot decode carries `unreadable` (why) and null
+    in every field its stored row cannot tell."""
+
     version: int
     notification_id: int
-    event_type: str
-    timestamp: str
-    actor: Actor
+    event_type: str | None
+    timestamp: str | None
+    actor: Actor | None
     correlation_id: str | None
     transaction_id: str | None
-    payload: dict[str, Any]
-    hash: str
-    previous_hash: str
+    payload: dict[str, Any] | None
+    hash: str | None
+    previous_hash: str | None
+    unreadable: str | None = Field(
+        default=None, description="Present only on an event that cannot be decoded: why."
+    )
 
 
 class HistoryPage(BaseModel):
@@ -109,10 +115,10 @@ class HistoryPage(BaseModel):
 
 
 class StoreEvent(HistoryEvent):
-    aggregate_type: str
+    aggregate_type: str | None
     aggregate_id: str
     account_id: str | None
-    mac: str
+    mac: str | None
 
 
 class StoreEventPage(BaseModel):
@@ -191,13 +197,14 @@ async def account_events(
         request, who, "audit.account_events", {"account_id": str(account_id), "after": after}
     )
     items = await read_account_events(read_side.store, ledger, account_id, after, limit)
-    if after == 0 and (not items or items[0]["aggregate_type"] != "account"):
+    # An unreadable first event of unknown type is shown, not taken for another aggregate's.
+    if after == 0 and (not items or items[0]["aggregate_type"] not in ("account", None)):
         raise AccountNotFound(f"account {account_id} not found")
     return json_reply(
         page_reply(
             items,
             limit,
-            lambda item: {name: item[name] for name in HISTORY_FIELDS},
+            _history_item,
             lambda item: encode_cursor(ACCOUNT_EVENTS_CURSOR, [item["version"]]),
         )
     )
@@ -338,6 +345,13 @@ async def _streamed(page: StreamedPage, indexed: bool) -> AsyncIterator[bytes]:
     next_cursor = encode_cursor(EVENTS_CURSOR, [last]) if page.more and last is not None else None
     yield b'],"next_cursor":' + orjson.dumps(next_cursor)
     yield b',"index":' + (b"true" if indexed else b"false") + b"}"
+
+
+def _history_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    shown = {name: item[name] for name in HISTORY_FIELDS}
+    if "unreadable" in item:
+        shown["unreadable"] = item["unreadable"]
+    return shown
 
 
 def _access_view(row: AccessRow) -> dict[str, Any]:

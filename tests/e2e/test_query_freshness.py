@@ -58,9 +58,34 @@ def test_min_version_never_projected_is_lagging_after_two_seconds(
     assert 1.9 <= elapsed_s < 3.5
 
 
-def test_min_version_for_an_account_not_yet_projected_is_lagging(query_env: QueryEnv) -> None:
-    response = query_env.get(f"/v1/accounts/{uuid.uuid4()}", min_version=1)
+@pytest.mark.parametrize("route", ["/v1/accounts/{}", "/v1/accounts/{}/transactions"])
+def test_min_version_for_an_account_not_yet_projected_is_lagging(
+    query_env: QueryEnv, route: str
+) -> None:
+    """Opened in the event store, not yet in the read model: the wait may find it."""
+    account_id = uuid.uuid4()
+    with query_env.connect() as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 'domain.account:Account.AccountOpened', '\\x00')",
+            (account_id,),
+        )
+    started = time.monotonic()
+    response = query_env.get(route.format(account_id), min_version=1)
     assert_problem(response, 503, "projection_lagging")
+    assert time.monotonic() - started >= 1.9
+
+
+@pytest.mark.parametrize("route", ["/v1/accounts/{}", "/v1/accounts/{}/transactions"])
+def test_min_version_for_an_account_the_store_never_held_is_not_found_at_once(
+    query_env: QueryEnv, route: str
+) -> None:
+    """No wait can find it: 404 (a teller: 403, as for another branch's), without the wait."""
+    path = route.format(uuid.uuid4())
+    started = time.monotonic()
+    assert_problem(query_env.get(path, min_version=1), 404, "account_not_found")
+    assert_problem(query_env.get(path, "teller_009", min_version=1), 403, "forbidden")
+    assert time.monotonic() - started < 1.5
 
 
 def test_min_version_is_answered_as_soon_as_the_projection_notifies(

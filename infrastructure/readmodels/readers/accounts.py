@@ -10,6 +10,7 @@ from uuid import UUID
 
 from psycopg import sql
 
+from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.postgres.conditions import equal_to, where_all
 from infrastructure.readmodels.readstore import ReadStore
 from infrastructure.readmodels.schema import SCHEMA
@@ -88,6 +89,22 @@ async def fetch_account(store: ReadStore, account_id: UUID) -> AccountRecord | N
     """The account's row, or None if the projection has none."""
     row = await store.fetch_one(ACCOUNT_BY_ID, {"account_id": account_id})
     return None if row is None else AccountRecord.from_mapping(row)
+
+
+# Whether the event store holds the opening of an account (its first event, by the
+# (originator_id, originator_version) key): the one question a read model cannot answer
+# about an account it does not have yet.
+ACCOUNT_OPENED: Final = sql.SQL(
+    "SELECT EXISTS (SELECT 1 FROM {events} WHERE originator_id = %(account_id)s "
+    "AND originator_version = 1 AND topic LIKE 'domain.account:%%') AS opened"
+).format(events=sql.Identifier(EVENTS_TABLE))
+
+
+async def account_opened(store: ReadStore, account_id: UUID) -> bool:
+    """Whether the event store holds this account's opening: if not, no wait for a
+    projection to catch up can find the account."""
+    row = await store.fetch_one(ACCOUNT_OPENED, {"account_id": account_id})
+    return bool(row and row["opened"])
 
 
 async def account_branch(store: ReadStore, account_id: UUID) -> str | None:

@@ -13,6 +13,7 @@ from domain.text import BRANCH_PATTERN
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
 from infrastructure.readmodels.readers.accounts import (
     AccountRecord,
+    account_opened,
     accounts_page,
     fetch_account,
 )
@@ -87,7 +88,8 @@ async def read_account(
     read_side: ReadSide, who: Principal, account_id: UUID, min_version: int | None
 ) -> AccountRecord:
     """The account from the cache or PostgreSQL, at `min_version` at least (waiting if
-    needed); 403 for a teller of another branch, 404 if unknown (without `min_version`)."""
+    needed); 403 for a teller of another branch, 404 if the event store has no such
+    account (a teller: 403, as for another branch's)."""
     cached = await read_side.cache.get(account_id)
     if cached is not None:
         check_branch(who, cached.branch)
@@ -100,6 +102,9 @@ async def read_account(
         check_branch(who, record.branch)
         return record
     wanted = min_version
+    projected = await fetch_account(read_side.store, account_id)
+    if projected is None and not await account_opened(read_side.store, account_id):
+        raise missing_account(who, account_id)  # at once: no wait can find it
 
     async def caught_up() -> AccountRecord | None:
         record = await fetch_account(read_side.store, account_id)

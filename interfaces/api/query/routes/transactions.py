@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from infrastructure.readmodels.freshness import freshness_deadline, wait_for_projection
-from infrastructure.readmodels.readers.accounts import account_branch
+from infrastructure.readmodels.readers.accounts import account_branch, account_opened
 from infrastructure.readmodels.readers.transactions import (
     StatementFilters,
     StatementLine,
@@ -89,8 +89,11 @@ async def _account_branch(
     async def branch_of() -> str | None:
         return await account_branch(read_side.store, account_id)
 
-    if min_version is None:
-        return await branch_of()
+    branch = await branch_of()
+    if branch is not None or min_version is None:
+        return branch
+    if not await account_opened(read_side.store, account_id):
+        return None  # no wait can find it
     return await wait_for_projection(
         read_side.waiters, ACCOUNTS_CHANNEL, account_id, branch_of, deadline=deadline
     )

@@ -230,3 +230,45 @@ def test_opening_again_with_an_idempotency_key_and_another_body_is_transaction_c
     assert http.post("/v1/accounts", json=body, headers=headers).status_code == 201
     response = http.post("/v1/accounts", json={**body, "currency": "EUR"}, headers=headers)
     assert_problem(response, 409, "transaction_conflict")
+
+
+# --- Headers a request may carry once -------------------------------------------------
+
+
+def test_two_authorization_headers_are_refused_even_when_both_are_valid(
+    bank: Bank, http: httpx.Client, event_store: Ledger
+) -> None:
+    account = bank.open_account()
+    before = stored_state(event_store, account.account_id)
+    token = bank.teller()["Authorization"]
+    response = http.post(
+        f"/v1/accounts/{account.account_id}/deposits",
+        json={"amount": "1.00", "currency": "GBP"},
+        headers=[("Authorization", token), ("Authorization", token)],
+    )
+    assert_problem(response, 401, "unauthorized")
+    assert stored_state(event_store, account.account_id) == before
+
+
+def test_two_idempotency_keys_are_refused_and_change_nothing(
+    bank: Bank, http: httpx.Client, event_store: Ledger
+) -> None:
+    account = bank.open_account()
+    before = stored_state(event_store, account.account_id)
+    response = http.post(
+        f"/v1/accounts/{account.account_id}/deposits",
+        json={"amount": "1.00", "currency": "GBP"},
+        headers=[
+            *bank.teller().items(),
+            ("Idempotency-Key", f"k-{uuid.uuid4()}"),
+            ("Idempotency-Key", f"k-{uuid.uuid4()}"),
+        ],
+    )
+    assert_problem(response, 422, "validation_error")
+    assert response.json()["errors"] == [
+        {
+            "field": "header.Idempotency-Key",
+            "message": "the Idempotency-Key header is given more than once",
+        }
+    ]
+    assert stored_state(event_store, account.account_id) == before

@@ -13,6 +13,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import httpx
+import orjson
 import pytest
 
 from infrastructure.settings import Settings
@@ -115,6 +116,36 @@ def test_a_request_that_does_not_arrive_whole_in_time_is_cut_off(
     with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
         sock.sendall(partial)
         assert _closed_within(sock, CLOSE_BOUND_S) < CLOSE_BOUND_S
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\x00b\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}",
+        b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n{}",
+        b"GET /v1/transfers HTTP/9\r\n\r\n",
+    ],
+    ids=["nul-in-header", "negative-length", "length-and-chunked", "bad-version"],
+)
+def test_a_request_that_is_not_http_gets_a_bad_request_problem(
+    limited: ApiServer, request_bytes: bytes
+) -> None:
+    """The HTTP parser refuses it before the app sees it; the answer is still a problem."""
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        reply = b""
+        sock.settimeout(CLOSE_BOUND_S)
+        while chunk := sock.recv(4096):  # the server closes the connection after it
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = orjson.loads(body)
+    assert (problem["status"], problem["code"]) == (400, "bad_request")
+    assert problem["detail"]
 
 
 def test_when_redis_is_down_requests_pass_unlimited(

@@ -13,13 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from domain.errors import AccountNotFound, DomainError, Forbidden
+from domain.errors import AccountNotFound, DomainError, Forbidden, ValidationFailed
 from domain.text import BRANCH_PATTERN, TextRefused, acceptable_text
 from interfaces.api.http.idp import ALGORITHMS, ClaimMapping, JwksKeys, PublicKey, load_key_files
 from interfaces.api.http.roles import TOKEN_ROLES, Role
@@ -350,10 +350,28 @@ bearer_scheme = HTTPBearer(
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
+# Headers a request may carry once (RFC 9110: a list of them has no meaning). Given twice,
+# which one counts would be a guess a proxy in front of us might guess otherwise: whose
+# token, which retry.
+_AUTHORIZATION: Final = b"authorization"
+_IDEMPOTENCY_KEY: Final = b"idempotency-key"
+
+
+def _repeated(request: Request, name: bytes) -> bool:
+    return sum(1 for key, _ in request.scope["headers"] if key == name) > 1
+
+
 async def authenticate(
     request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
-    """Verify the bearer token with the app's verifier and remember who called."""
+    """Verify the bearer token with the app's verifier and remember who called. A request
+    with two Authorization headers is 401, with two Idempotency-Key headers 422."""
+    if _repeated(request, _AUTHORIZATION):
+        raise Unauthorized("the Authorization header is given more than once")
+    if _repeated(request, _IDEMPOTENCY_KEY):
+        raise ValidationFailed(
+            "the Idempotency-Key header is given more than once", field="header.Idempotency-Key"
+        )
     if credentials is None:
         raise Unauthorized("missing bearer token")
     verifier: TokenVerifier = request.app.state.verifier

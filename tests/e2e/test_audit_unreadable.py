@@ -18,14 +18,14 @@ import orjson
 import psycopg
 import pytest
 
-from application.commands import Deposit, OpenAccount, Submission
-from domain.integrity import Actor
+from application.commands import Deposit, OpenAccount
 from domain.money import Money
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import EVENTS_TABLE
 from infrastructure.settings import Settings
 from tests.conftest import ApiServer, Databases, settings_env, start_query_api
 from tests.e2e.conftest import assert_problem, bearer, make_token
+from tests.integration.support import run
 
 pytestmark = pytest.mark.e2e
 
@@ -53,19 +53,16 @@ class Store:
 
 def _write(settings: Settings) -> tuple[UUID, UUID]:
     garbled, unknown = uuid4(), uuid4()
-    teller = Actor("tina", "teller")
-    commands = [
-        OpenAccount(garbled, "Ada", "001", "GBP", 0),
-        Deposit(garbled, Money(10_000, "GBP"), uuid4()),
-        Deposit(garbled, Money(500, "GBP"), uuid4()),
-        OpenAccount(unknown, "Bob", "001", "GBP", 0),
-        Deposit(unknown, Money(700, "GBP"), uuid4()),
-    ]
     ledger = open_ledger(settings)
     try:
-        for command in commands:
-            outcome = ledger.execute([Submission(command, teller, "corr-unreadable")])[0]
-            assert outcome.error is None, outcome.error
+        run(
+            ledger,
+            OpenAccount(garbled, "Ada", "001", "GBP", 0),
+            Deposit(garbled, Money(10_000, "GBP"), uuid4()),
+            Deposit(garbled, Money(500, "GBP"), uuid4()),
+            OpenAccount(unknown, "Bob", "001", "GBP", 0),
+            Deposit(unknown, Money(700, "GBP"), uuid4()),
+        )
     finally:
         ledger.close()
     return garbled, unknown
@@ -217,8 +214,6 @@ def test_verify_names_both_events(store: Store) -> None:
 def _open(settings: Settings, account_id: UUID) -> None:
     ledger = open_ledger(settings)
     try:
-        command = OpenAccount(account_id, "Cy", "001", "GBP", 0)
-        outcome = ledger.execute([Submission(command, Actor("tina", "teller"), "corr-fine")])[0]
-        assert outcome.error is None, outcome.error
+        run(ledger, OpenAccount(account_id, "Cy", "001", "GBP", 0))
     finally:
         ledger.close()

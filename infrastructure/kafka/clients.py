@@ -171,7 +171,14 @@ async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
         if task is not None and task.cancelling() > cancelling:
             raise  # ours
         log.info("kafka_client_stop_interrupted", client_id=_client_id(client))
-        # Not public, but the only handle on the connections left open.
+        # Not public, but the only handles on what the interrupted stop() left running:
+        # the fetch tasks it had not reached yet, and the connections.
+        if isinstance(client, AIOKafkaConsumer):
+            fetcher = getattr(client, "_fetcher", None)
+            tasks = [getattr(fetcher, "_fetch_task", None), *getattr(fetcher, "_pending_tasks", ())]
+            for left in tasks:
+                if left is not None:
+                    left.cancel()
         connections = client.client if isinstance(client, AIOKafkaProducer) else client._client
         with contextlib.suppress(KafkaError, OSError):
             await connections.close()

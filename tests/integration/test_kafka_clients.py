@@ -51,6 +51,9 @@ def test_a_consumer_whose_broker_went_away_stops_without_a_stray_cancellation(
         broker.stop()
         await asyncio.sleep(OUTAGE_S)
         await stop(consumer)
+        await asyncio.sleep(OUTAGE_S)  # cancelled tasks wind down
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        assert left == []  # no fetch task left retrying a broker that is gone
 
     asyncio.run(stop_after_outage(stop_client))
     broker = restartable_broker()

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from starlette.testclient import TestClient
 
 from infrastructure.settings import Settings, load_settings
 from interfaces.api.command.app import create_command_app
 from interfaces.api.query.app import create_query_app
 from tests.conftest import signing_key_file
+from tests.unit.asgi import asgi_requests
 
 APPS: list[Callable[[Settings], FastAPI]] = [create_command_app, create_query_app]
 
@@ -43,9 +43,9 @@ def _production(tmp_path: Path, **overrides: Any) -> Settings:
 def test_production_serves_neither_docs_nor_the_openapi_document(
     tmp_path: Path, create: Callable[[Settings], FastAPI]
 ) -> None:
-    client = TestClient(create(_production(tmp_path)))
-    for path in ("/docs", "/openapi.json", "/redoc", "/docs/assets/swagger-ui-bundle.js"):
-        response = client.get(path)
+    paths = ("/docs", "/openapi.json", "/redoc", "/docs/assets/swagger-ui-bundle.js")
+    replies = asgi_requests(create(_production(tmp_path)), [("GET", path) for path in paths])
+    for path, response in zip(paths, replies, strict=True):
         assert response.status_code == 404, path
         assert response.headers["content-type"].startswith("application/problem+json")
 
@@ -54,9 +54,10 @@ def test_production_serves_neither_docs_nor_the_openapi_document(
 def test_production_serves_the_docs_when_asked_for_with_local_assets(
     tmp_path: Path, create: Callable[[Settings], FastAPI]
 ) -> None:
-    client = TestClient(create(_production(tmp_path, api_docs=True)))
-    page = client.get("/docs")
+    app = create(_production(tmp_path, api_docs=True))
+    paths = ["/docs", "/docs/assets/swagger-ui.css", "/openapi.json"]
+    page, css, document = asgi_requests(app, [("GET", path) for path in paths])
     assert page.status_code == 200
     assert "https://" not in page.text
-    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
-    assert client.get("/openapi.json").status_code == 200
+    assert css.status_code == 200
+    assert document.status_code == 200

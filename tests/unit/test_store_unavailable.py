@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import FastAPI
-from starlette.testclient import TestClient
 
 from interfaces.api.http.problems import install_problem_handlers
+from tests.unit.asgi import asgi_requests
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_a_lost_store_is_a_503_to_retry(error: Exception) -> None:
     async def capture(hold_id: str) -> None:
         raise error
 
-    reply = TestClient(app, raise_server_exceptions=False).post("/v1/holds/h/capture")
+    [reply] = asgi_requests(app, [("POST", "/v1/holds/h/capture")])
     assert reply.status_code == 503
     assert reply.headers["content-type"] == "application/problem+json"
     assert reply.headers["retry-after"] == "1"

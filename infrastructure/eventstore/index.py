@@ -18,6 +18,7 @@ from eventsourcing.persistence import StoredEvent
 from psycopg.sql import SQL, Identifier
 
 from application.envelope import IndexRow, index_row
+from domain.errors import EventUnreadable
 from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.eventstore.schema import (
     COLUMN_TYPES,
@@ -101,9 +102,12 @@ def _decoded_row(ledger: Ledger, notification_id: int, stored: StoredEvent) -> I
     try:
         return index_row(ledger.mapper.to_domain_event(stored))
     except Exception as error:
-        # Not ours (a forged topic, a wrong cipher key): stop and name it, index nothing.
-        raise RuntimeError(
-            f"notification {notification_id} ({stored.topic}) cannot be indexed: {error!r}"
+        # Not ours (a forged topic, a wrong cipher key): stop and name it, index nothing
+        # more. Skipping it would leave a wrong key's whole store silently unindexed.
+        raise EventUnreadable(
+            f"the stored event at notification id {notification_id} ({stored.topic}) cannot "
+            f"be decoded ({type(error).__name__}), so it cannot be indexed; rows were added up "
+            "to the page before it. `vigil audit verify` reports every such event"
         ) from error
 
 

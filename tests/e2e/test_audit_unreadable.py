@@ -217,3 +217,30 @@ def _open(settings: Settings, account_id: UUID) -> None:
         run(ledger, OpenAccount(account_id, "Cy", "001", "GBP", 0))
     finally:
         ledger.close()
+
+
+def test_reindex_stops_at_an_unreadable_event_and_says_which(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Its index row gone (as an event written behind the application's back has none),
+    the spoiled event is one `vigil audit reindex` must decode: exit 1, one line."""
+    settings = databases.settings_for(databases.fresh(), tmp_path)
+    garbled, unknown = _write(settings)
+    ids = _spoil(settings, garbled, unknown)
+    spoiled = ids[(garbled, 3)]
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.event_index DISABLE TRIGGER USER")
+        try:
+            conn.execute("DELETE FROM public.event_index WHERE notification_id = %s", (spoiled,))
+        finally:
+            conn.execute("ALTER TABLE public.event_index ENABLE TRIGGER USER")
+    done = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", "audit", "reindex"],
+        capture_output=True,
+        text=True,
+        env=settings_env(settings),
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"reindex stopped: the stored event at notification id {spoiled}" in done.stderr

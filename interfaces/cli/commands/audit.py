@@ -60,10 +60,16 @@ def describe(report: VerifyReport) -> list[str]:
 
 
 def run_reindex_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`vigil audit reindex`: fill the event index from the store; prints the rows added."""
+    """`vigil audit reindex`: fill the event index from the store; prints the rows added.
+    Exit 1, naming it, at an event that cannot be decoded."""
+    from domain.errors import EventUnreadable
     from infrastructure.eventstore.index import rebuild_index
 
-    rebuilt = rebuild_index(settings, progress=_say_reindex)
+    try:
+        rebuilt = rebuild_index(settings, progress=_say_reindex)
+    except EventUnreadable as error:
+        print(f"reindex stopped: {error}", file=sys.stderr)
+        return 1
     print(
         f"added {rebuilt.rows_added:,} rows; store head {rebuilt.store_head:,}, "
         f"index head {rebuilt.index_head or 0:,}"

@@ -355,10 +355,17 @@ Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 # token, which retry.
 _AUTHORIZATION: Final = b"authorization"
 _IDEMPOTENCY_KEY: Final = b"idempotency-key"
+_SINGLETONS: Final = frozenset((_AUTHORIZATION, _IDEMPOTENCY_KEY))
 
 
-def _repeated(request: Request, name: bytes) -> bool:
-    return sum(1 for key, _ in request.scope["headers"] if key == name) > 1
+def _repeated(request: Request) -> set[bytes]:
+    """The singleton headers the request gives more than once, in one pass over them."""
+    seen: set[bytes] = set()
+    repeated: set[bytes] = set()
+    for key, _ in request.scope["headers"]:
+        if key in _SINGLETONS:
+            (repeated if key in seen else seen).add(key)
+    return repeated
 
 
 async def authenticate(
@@ -366,9 +373,10 @@ async def authenticate(
 ) -> Principal:
     """Verify the bearer token with the app's verifier and remember who called. A request
     with two Authorization headers is 401, with two Idempotency-Key headers 422."""
-    if _repeated(request, _AUTHORIZATION):
+    repeated = _repeated(request)
+    if _AUTHORIZATION in repeated:
         raise Unauthorized("the Authorization header is given more than once")
-    if _repeated(request, _IDEMPOTENCY_KEY):
+    if _IDEMPOTENCY_KEY in repeated:
         raise ValidationFailed(
             "the Idempotency-Key header is given more than once", field="header.Idempotency-Key"
         )

@@ -103,8 +103,13 @@ async def read_account(
         return record
     wanted = min_version
     projected = await fetch_account(read_side.store, account_id)
-    if projected is None and not await account_opened(read_side.store, account_id):
-        raise missing_account(who, account_id)  # at once: no wait can find it
+    if projected is None:
+        if not await account_opened(read_side.store, account_id):
+            raise missing_account(who, account_id)  # at once: no wait can find it
+    else:
+        check_branch(who, projected.branch)
+        if projected.version >= wanted:
+            return projected
 
     async def caught_up() -> AccountRecord | None:
         record = await fetch_account(read_side.store, account_id)

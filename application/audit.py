@@ -136,10 +136,10 @@ def _account_events(ledger: Ledger, account_id: UUID, lte: int | None) -> Iterat
             try:
                 event = ledger.mapper.to_domain_event(stored)
             except Exception as error:
-                raise EventUnreadable(
-                    f"the stored event at version {stored.originator_version} of account "
-                    f"{account_id} cannot be decoded ({type(error).__name__}), and the state "
-                    "asked for needs it; `vigil audit verify` reports every such event"
+                raise EventUnreadable.of(
+                    f"version {stored.originator_version} of account {account_id}",
+                    error,
+                    "and the state asked for needs it",
                 ) from error
             if not isinstance(event, Account.Event):
                 # A case or watchlist id is not an account's.

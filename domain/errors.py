@@ -94,6 +94,14 @@ class EventUnreadable(DomainError):
     code = "event_unreadable"
     title = "Stored event unreadable"
 
+    @classmethod
+    def of(cls, where: str, error: BaseException, consequence: str) -> EventUnreadable:
+        """The one wording: which event (`where`), why, and what it stops (`consequence`)."""
+        return cls(
+            f"the stored event at {where} cannot be decoded ({type(error).__name__}), "
+            f"{consequence}; `vigil audit verify` reports every such event"
+        )
+
 
 class Unavailable(DomainError):
     """Not a refusal by the rules: the store could not take the command now. Retry."""

@@ -245,10 +245,10 @@ def _stored_items(
             try:
                 item = stored_envelope(ledger, int(notification_id), stored)
             except Exception as error:  # whatever decoding raises: the event is what is wrong
-                raise EventUnreadable(
-                    f"the stored event at notification id {notification_id} cannot be decoded "
-                    f"({type(error).__name__}), and a signed export cannot vouch for it; "
-                    "`vigil audit verify` reports every such event"
+                raise EventUnreadable.of(
+                    f"notification id {notification_id}",
+                    error,
+                    "and a signed export cannot vouch for it",
                 ) from error
             yield item
 

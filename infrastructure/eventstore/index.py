@@ -104,10 +104,10 @@ def _decoded_row(ledger: Ledger, notification_id: int, stored: StoredEvent) -> I
     except Exception as error:
         # Not ours (a forged topic, a wrong cipher key): stop and name it, index nothing
         # more. Skipping it would leave a wrong key's whole store silently unindexed.
-        raise EventUnreadable(
-            f"the stored event at notification id {notification_id} ({stored.topic}) cannot "
-            f"be decoded ({type(error).__name__}), so it cannot be indexed; rows were added up "
-            "to the page before it. `vigil audit verify` reports every such event"
+        raise EventUnreadable.of(
+            f"notification id {notification_id} ({stored.topic})",
+            error,
+            "so it cannot be indexed (rows were added up to the page before it)",
         ) from error
 
 

@@ -1,7 +1,10 @@
 """Projection workers: one Kafka consumer per process reads `vigil.ledger.events`; each
-fetched batch is decoded once, then every projection of the process applies it at once,
-each on its own PostgreSQL connection, in one transaction with its tracking rows (exactly
-once by notification id). Offsets are committed when every projection has the batch.
+fetched batch is decoded once and handed to every projection of the process. Each
+projection applies batches at its own pace, on its own PostgreSQL connection, each batch
+in one transaction with its tracking rows (exactly once by notification id); one that
+falls behind applies the batches queued meanwhile together, and fetching waits only when
+one is a whole fetch behind. Offsets are committed up to the newest batch every
+projection has applied.
 
 Kafka offsets are never the dedupe key: committed offsets are only a head start. A
 partition whose `relay_epoch` header changes (the broker lost its log and the relay
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,7 +26,8 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 from prometheus_client import Counter, Gauge, Histogram
 
 from infrastructure.eventstore import canonical
@@ -72,6 +77,11 @@ MESSAGES_UNDECODABLE = Counter(
     "Messages on the ledger events topic that are not an event envelope (skipped).",
 )
 POSITION = Gauge("vigil_projection_position", "High-water mark, by projection.", ["projection"])
+PENDING_EVENTS = Gauge(
+    "vigil_projection_pending_events",
+    "Events fetched and not yet applied, by projection (each keeps its own pace).",
+    ["projection"],
+)
 LAG_EVENTS = Gauge(
     "vigil_projection_lag_events", "Store head minus the projection's mark.", ["projection"]
 )
@@ -247,10 +257,12 @@ class ProjectionConsumer:
                         socket_timeout=self.settings.redis_timeout_s,
                     )
                 )
+                # One connection for each projection's lane, and one for the fetching.
                 conns = [
-                    await stack.enter_async_context(await self._connect()) for _ in self.projections
+                    await stack.enter_async_context(await self._connect())
+                    for _ in range(len(self.projections) + 1)
                 ]
-                for projection, conn in zip(self.projections, conns, strict=True):
+                for projection, conn in zip(self.projections, conns[1:], strict=True):
                     await projection.prepare(conn)
                 log.info(
                     "projection_worker_started",
@@ -273,37 +285,59 @@ class ProjectionConsumer:
         conns: list[psycopg.AsyncConnection[Any]],
         cache: aioredis.Redis,
     ) -> None:
+        """Fetch and hand each batch to every projection's lane; commit offsets up to the
+        newest batch every lane has applied. The first failure anywhere cancels the rest
+        and is raised as itself, so the consume loop restarts; what the lanes committed
+        comes again and is skipped by tracking."""
+        control, lane_conns = conns[0], conns[1:]
+        progress = asyncio.Event()
+        events_max = self.settings.projections_fetch_records_max
+        lanes = [
+            Lane(projection, conn, cache, events_max, progress)
+            for projection, conn in zip(self.projections, lane_conns, strict=True)
+        ]
+        ledger = CommitLedger()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for lane in lanes:
+                    group.create_task(lane.run(), name=lane.projection.name)
+                await self._feed(stop, consumer, control, lanes, ledger)
+                for lane in lanes:
+                    lane.close()
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        await _commit_offsets(consumer, ledger.ready(min(lane.done for lane in lanes)))
+
+    async def _feed(
+        self,
+        stop: asyncio.Event,
+        consumer: AIOKafkaConsumer,
+        control: psycopg.AsyncConnection[Any],
+        lanes: list[Lane],
+        ledger: CommitLedger,
+    ) -> None:
+        room = self.settings.projections_fetch_records_max
+        progress = lanes[0].progress
         while not stop.is_set():
+            await _commit_offsets(consumer, ledger.ready(min(lane.done for lane in lanes)))
+            if any(lane.pending_events >= room for lane in lanes):
+                # A lane a fetch's worth behind holds the fetching back until it moves.
+                progress.clear()
+                await progress.wait()
+                continue
             records = await fetch(
                 consumer, self.epochs, self.settings.projections_fetch_records_max
             )
             if records:
                 events, refused = _authentic(records, self.mac_keys)
                 # Before the batch: a refusal is on record even if applying then fails.
-                await record_refused(conns[0], self.name, refused)
-                if events:
-                    await self._apply(conns, cache, events)
-                # Only once every projection has the batch: a failure reads it again.
-                await _commit_offsets(consumer)
-            # The connections are idle between batches: any one can read the gauges.
-            await self._observe_lag(conns[0])
-
-    async def _apply(
-        self,
-        conns: list[psycopg.AsyncConnection[Any]],
-        cache: aioredis.Redis,
-        events: list[Envelope],
-    ) -> None:
-        """Every projection applies the batch at once, each in its own transaction. The
-        first failure cancels the others (their queries are cancelled in the server) and is
-        raised as itself, so the consume loop restarts; what the others committed comes
-        again and is skipped by tracking."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                for projection, conn in zip(self.projections, conns, strict=True):
-                    group.create_task(projection.apply(conn, cache, events), name=projection.name)
-        except ExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+                await record_refused(control, self.name, refused)
+                # Its offsets are committed only once every lane has applied it: a
+                # failure reads it again.
+                sequence = ledger.add(await _consumed_positions(consumer))
+                for lane in lanes:
+                    lane.put(sequence, events)
+            await self._observe_lag(control)
 
     async def _observe_lag(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Gauges, not a hot path: at most once per interval, however fast batches come.
@@ -380,9 +414,113 @@ async def _observe_open_cases(conn: psycopg.AsyncConnection[Any]) -> None:
         OPEN_CASES.labels(severity).set(counts.get(severity, 0))
 
 
-async def _commit_offsets(consumer: AIOKafkaConsumer) -> None:
+class Lane:
+    """One projection's own pace. It applies the fetched batches in order as soon as it is
+    free, and the batches that queued while it was busy together (up to `events_max`
+    events), so a projection that falls behind catches up in fewer, larger transactions,
+    and never holds up a faster one: the alerts and balances stay real time while a slower
+    read model takes a moment longer."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        conn: psycopg.AsyncConnection[Any],
+        cache: aioredis.Redis,
+        events_max: int,
+        progress: asyncio.Event,
+    ) -> None:
+        self.projection = projection
+        self.conn = conn
+        self.cache = cache
+        self.events_max = events_max
+        self.progress = progress  # set whenever a batch has been applied
+        self.done = 0  # the newest batch applied
+        self.pending_events = 0
+        self._queue: deque[tuple[int, list[Envelope]]] = deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._pending_gauge = PENDING_EVENTS.labels(projection.name)
+
+    def put(self, sequence: int, events: list[Envelope]) -> None:
+        self._queue.append((sequence, events))
+        self.pending_events += len(events)
+        self._wake.set()
+        self._pending_gauge.set(self.pending_events)
+
+    def close(self) -> None:
+        """Apply what is queued, then stop."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while self._queue or not self._closed:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            sequence, events = self._take()
+            if events:
+                await self.projection.apply(self.conn, self.cache, events)
+            self.done = sequence
+            self.progress.set()
+
+    def _take(self) -> tuple[int, list[Envelope]]:
+        """The first queued batch, with those after it that fit within events_max."""
+        sequence, events = self._queue.popleft()
+        while self._queue and len(events) + len(self._queue[0][1]) <= self.events_max:
+            sequence, more = self._queue.popleft()
+            events = [*events, *more]
+        self.pending_events -= len(events)
+        self._pending_gauge.set(self.pending_events)
+        return sequence, events
+
+
+class CommitLedger:
+    """The consumer's positions after each fetched batch, kept until every lane has
+    applied the batch; committing them then means a restart reads again only what some
+    lane had not applied (committed offsets are only a head start: tracking dedupes)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._positions: deque[tuple[int, dict[TopicPartition, int]]] = deque()
+
+    def add(self, positions: dict[TopicPartition, int]) -> int:
+        self._last += 1
+        self._positions.append((self._last, positions))
+        return self._last
+
+    def ready(self, done: int) -> dict[TopicPartition, int] | None:
+        """The positions after the newest batch up to `done`, once; None if none is new."""
+        ready = None
+        while self._positions and self._positions[0][0] <= done:
+            ready = self._positions.popleft()[1]
+        return ready
+
+
+async def _consumed_positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Where the consumer stands in each partition it holds (what a plain `commit()`
+    would commit now)."""
+    positions = {}
+    for partition in consumer.assignment():
+        try:
+            positions[partition] = await consumer.position(partition)
+        except IllegalStateError:  # no longer ours: a rebalance came in between
+            continue
+    return positions
+
+
+async def _commit_offsets(
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int] | None
+) -> None:
+    if not positions:
+        return
+    assigned = consumer.assignment()
+    # A partition a rebalance took away is another consumer's to commit now.
+    offsets = {partition: at for partition, at in positions.items() if partition in assigned}
+    if not offsets:
+        return
     try:
-        await consumer.commit()
+        await consumer.commit(offsets)
     except Exception as error:
         log.info("projection_offset_commit_failed", error=type(error).__name__)
 

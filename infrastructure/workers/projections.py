@@ -1,10 +1,11 @@
 """Projection workers: one Kafka consumer per process reads `vigil.ledger.events`; each
 fetched batch is decoded once and handed to every projection of the process. Each
 projection applies batches at its own pace, on its own PostgreSQL connection, each batch
-in one transaction with its tracking rows (exactly once by notification id); one that
-falls behind applies the batches queued meanwhile together, and fetching waits only when
-one is a whole fetch behind. Offsets are committed up to the newest batch every
-projection has applied.
+in one transaction with its tracking rows (exactly once by notification id). The balances
+and alerts set the pace: the next fetch waits for them (and for any projection a whole
+fetch behind), never for a slower read model, which applies the batches queued
+meanwhile together. Offsets are committed up to the newest batch every projection has
+applied.
 
 Kafka offsets are never the dedupe key: committed offsets are only a head start. A
 partition whose `relay_epoch` header changes (the broker lost its log and the relay
@@ -89,6 +90,10 @@ LAG_EVENTS = Gauge(
 
 ALERTS = "alerts"
 assert ALL_PROJECTIONS[-1] == ALERTS
+# The projections that set a workers process's pace: it fetches again once they have
+# applied what it fetched last. The others follow at their own pace, a batch or more
+# behind when they are slower, and then apply what queued for them together.
+REAL_TIME = frozenset({"balances", ALERTS})
 
 OBSERVE_INTERVAL_S = 1.0
 SEVERITY_NAMES = ("critical", "high", "medium", "low")
@@ -318,10 +323,15 @@ class ProjectionConsumer:
     ) -> None:
         room = self.settings.projections_fetch_records_max
         progress = lanes[0].progress
+        pace = [lane for lane in lanes if lane.projection.name in REAL_TIME] or lanes
         while not stop.is_set():
             await _commit_offsets(consumer, ledger.ready(min(lane.done for lane in lanes)))
-            if any(lane.pending_events >= room for lane in lanes):
-                # A lane a fetch's worth behind holds the fetching back until it moves.
+            # The next fetch waits for the real-time projections to apply the last one,
+            # so each of their batches holds what came meanwhile (as many transactions as
+            # they need, not one per fetch); and for any lane a whole fetch behind.
+            if any(lane.done < ledger.last for lane in pace) or any(
+                lane.pending_events >= room for lane in lanes
+            ):
                 progress.clear()
                 await progress.wait()
                 continue
@@ -483,6 +493,11 @@ class CommitLedger:
     def __init__(self) -> None:
         self._last = 0
         self._positions: deque[tuple[int, dict[TopicPartition, int]]] = deque()
+
+    @property
+    def last(self) -> int:
+        """The newest batch added (0: none yet)."""
+        return self._last
 
     def add(self, positions: dict[TopicPartition, int]) -> int:
         self._last += 1

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -56,6 +57,19 @@ def settings(settings_factory) -> Settings:  # type: ignore[no-untyped-def]
     with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
         ensure_read_models(conn)
     return settings  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def broker_settings(settings_factory, broker: EmbeddedBroker) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings with the session's broker and a topic prefix of their own (two partitions),
+    on a fresh store with the read models: for a module's `settings` when it runs the
+    relay or consumers."""
+    made = settings_factory(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{uuid4().hex[:8]}.", topic_partitions=2
+    )
+    with psycopg.connect(made.resolved_database_url(), autocommit=True) as conn:
+        ensure_read_models(conn)
+    return made  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@ store's events as the relay would publish them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +20,7 @@ from infrastructure.settings import Settings
 from projections.envelope import Envelope
 
 TELLER = Actor("alice", "teller")
+SETTLE_S = 30.0
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 
 
@@ -80,3 +84,50 @@ def stored_envelopes(ledger: Ledger) -> list[Envelope]:
 def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(settings.resolved_database_url()) as conn:
         return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+class Running:
+    """`run(stop)` of a relay or consumer on an event loop of its own thread; stopped by
+    setting `stop` (its own shutdown) on leaving, or by `cancel()` (an abrupt end: nothing
+    after the cancellation runs but the cleanup)."""
+
+    def __init__(self, run: Callable[[asyncio.Event], Any]) -> None:
+        self._run = run
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            self._task = asyncio.current_task()
+            self._ready.set()
+            await self._run(self._stop)
+
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(main())
+
+    def __enter__(self) -> Running:
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    def cancel(self) -> None:
+        assert self._loop is not None
+        assert self._task is not None
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._join()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._thread.is_alive():
+            return
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._join()
+
+    def _join(self) -> None:
+        self._thread.join(SETTLE_S)
+        assert not self._thread.is_alive()

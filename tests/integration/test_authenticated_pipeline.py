@@ -6,8 +6,6 @@ a genuine message re-sent under another id fails its `relay_mac`."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,13 +18,12 @@ from application.commands import Deposit, OpenAccount, Submission
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.eventstore.ledger import open_ledger
 from infrastructure.kafka.topics import ledger_events_topic
-from infrastructure.ops.embedded import EmbeddedBroker
-from infrastructure.readmodels.schema import ALL_PROJECTIONS, ensure_read_models
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.relay.events import Relay
 from infrastructure.settings import Settings
 from infrastructure.workers.projections import ProjectionConsumer
+from tests.integration.support import Running
 from tests.integration.test_relay import consume, notification_id, wait_until
 
 pytestmark = pytest.mark.integration
@@ -35,49 +32,9 @@ TELLER = Actor("alice", "teller")
 SETTLE_S = 30.0
 
 
-class Running:
-    """`run(stop)` of a relay or consumer on an event loop of its own thread."""
-
-    def __init__(self, run: Callable[[asyncio.Event], Any]) -> None:
-        self._run = run
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await self._run(self._stop)
-
-    def __enter__(self) -> Running:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(SETTLE_S)
-        assert not self._thread.is_alive()
-
-
 @pytest.fixture
-def settings(settings_factory: Any, broker: EmbeddedBroker) -> Settings:
-    made: Settings = settings_factory(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{uuid4().hex[:8]}.", topic_partitions=2
-    )
-    with psycopg.connect(made.resolved_database_url(), autocommit=True) as conn:
-        ensure_read_models(conn)
-    return made
-
-
-@pytest.fixture
-def ledger(settings: Settings) -> Iterator[Ledger]:
-    app = open_ledger(settings)
-    yield app
-    app.close()
+def settings(broker_settings: Settings) -> Settings:
+    return broker_settings
 
 
 def _run(ledger: Ledger, command: Any) -> None:

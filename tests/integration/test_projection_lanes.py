@@ -6,10 +6,7 @@ them; and once free, it applies what queued for it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -20,83 +17,33 @@ from application.commands import Deposit, OpenAccount, Submission
 from application.ledger import Ledger
 from domain.integrity import Actor
 from domain.money import Money
-from infrastructure.eventstore.ledger import open_ledger
-from infrastructure.ops.embedded import EmbeddedBroker
-from infrastructure.readmodels.schema import ALL_PROJECTIONS, ensure_read_models
+from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.relay.events import Relay
 from infrastructure.settings import Settings
 from infrastructure.workers.projections import ProjectionConsumer
+from tests.integration.support import Running
 from tests.integration.test_relay import wait_until
 
 pytestmark = pytest.mark.integration
 
 TELLER = Actor("alice", "teller")
-SETTLE_S = 30.0
 HELD = "statements"
 # The broker waits out the session of a consumer that vanished before the group moves on.
 REJOIN_S = 60.0
 
 
-class Running:
-    """`run(stop)` on an event loop of its own thread; stopped by setting `stop` (the
-    worker's own shutdown) or by cancelling its task (an abrupt end: nothing after the
-    cancellation runs but the cleanup)."""
-
-    def __init__(self, run: Callable[[asyncio.Event], Any]) -> None:
-        self._run = run
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            self._task = asyncio.current_task()
-            self._ready.set()
-            await self._run(self._stop)
-
-        with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(main())
-
-    def __enter__(self) -> Running:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def cancel(self) -> None:
-        assert self._loop is not None
-        assert self._task is not None
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(SETTLE_S)
-        assert not self._thread.is_alive()
-
-    def __exit__(self, *exc: object) -> None:
-        if not self._thread.is_alive():
-            return
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(SETTLE_S)
-        assert not self._thread.is_alive()
-
-
 @pytest.fixture
-def settings(settings_factory: Any, broker: EmbeddedBroker) -> Settings:
-    made: Settings = settings_factory(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=f"t{uuid4().hex[:8]}.", topic_partitions=2
+def settings(broker_settings: Settings) -> Settings:
+    return broker_settings
+
+
+def _open(ledger: Ledger) -> UUID:
+    account_id = uuid4()
+    [opened] = ledger.execute(
+        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c-open")]
     )
-    with psycopg.connect(made.resolved_database_url(), autocommit=True) as conn:
-        ensure_read_models(conn)
-    return made
-
-
-@pytest.fixture
-def ledger(settings: Settings) -> Iterator[Ledger]:
-    app = open_ledger(settings)
-    yield app
-    app.close()
+    assert opened.error is None, opened.error
+    return account_id
 
 
 def _deposit(ledger: Ledger, account_id: UUID, minor: int) -> None:
@@ -153,11 +100,7 @@ class Held:
 def test_a_held_projection_holds_up_neither_the_others_nor_loses_its_batches(
     settings: Settings, ledger: Ledger
 ) -> None:
-    account_id = uuid4()
-    [opened] = ledger.execute(
-        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c-open")]
-    )
-    assert opened.error is None, opened.error
+    account_id = _open(ledger)
     _deposit(ledger, account_id, 100)
     relay = Running(Relay(settings).run_until)
     with relay:
@@ -211,11 +154,7 @@ def test_a_held_projection_holds_up_neither_the_others_nor_loses_its_batches(
 def test_a_worker_stopped_while_a_projection_is_behind_applies_what_it_queued_first(
     settings: Settings, ledger: Ledger
 ) -> None:
-    account_id = uuid4()
-    [opened] = ledger.execute(
-        [Submission(OpenAccount(account_id, "Ada", "001", "GBP", 0), TELLER, "c-open")]
-    )
-    assert opened.error is None, opened.error
+    account_id = _open(ledger)
     with Running(Relay(settings).run_until):
         worker = Running(ProjectionConsumer(settings, ALL_PROJECTIONS).run)
         with worker:

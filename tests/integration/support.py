@@ -4,7 +4,6 @@ store's events as the relay would publish them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -87,47 +86,51 @@ def rows(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 class Running:
-    """`run(stop)` of a relay or consumer on an event loop of its own thread; stopped by
-    setting `stop` (its own shutdown) on leaving, or by `cancel()` (an abrupt end: nothing
-    after the cancellation runs but the cleanup)."""
+    """`run(stop)` of a relay or consumer on an event loop of its own thread: `stop()` (and
+    leaving the block) is its own shutdown, as on SIGTERM; `kill()` cancels it, a crash
+    where nothing after the cancellation runs but the cleanup. What it raised, the
+    cancellation included, is kept in `error` for the test to look at."""
 
     def __init__(self, run: Callable[[asyncio.Event], Any]) -> None:
         self._run = run
+        self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
-    def _main(self) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            self._task = asyncio.current_task()
-            self._ready.set()
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._task = asyncio.current_task()
+        self._ready.set()
+        try:
             await self._run(self._stop)
-
-        with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(main())
+        except BaseException as error:  # the test looks at it
+            self.error = error
 
     def __enter__(self) -> Running:
         self._thread.start()
         assert self._ready.wait(5)
         return self
 
-    def cancel(self) -> None:
-        assert self._loop is not None
-        assert self._task is not None
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._join()
-
     def __exit__(self, *exc: object) -> None:
-        if not self._thread.is_alive():
-            return
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._join()
+        self.stop()
 
-    def _join(self) -> None:
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            assert self._loop is not None
+            assert self._stop is not None
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.join()
+
+    def kill(self) -> None:
+        if self._thread.is_alive():
+            assert self._loop is not None
+            assert self._task is not None
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self.join()
+
+    def join(self) -> None:
         self._thread.join(SETTLE_S)
-        assert not self._thread.is_alive()
+        assert not self._thread.is_alive(), "it did not stop"

@@ -125,7 +125,7 @@ def test_a_held_projection_holds_up_neither_the_others_nor_loses_its_batches(
                 assert _position(settings, HELD) < head
                 # Stopped abruptly while the held projection still waits: what it has not
                 # applied was never committed as read.
-                worker.cancel()
+                worker.kill()
             finally:
                 held.release()
             assert _lines(settings, account_id) == 1

@@ -4,7 +4,6 @@ crash between send and record, and a broker that restarts empty."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from infrastructure.readmodels.schema import ensure_read_models
 from infrastructure.relay.broker import RelayBroker
 from infrastructure.relay.events import ReadBatch, Relay, RelayLimits
 from infrastructure.settings import Settings
+from tests.integration.support import Running
 
 pytestmark = pytest.mark.integration
 
@@ -42,52 +42,12 @@ WAKE_BOUND_S = 5.0  # generous: measured figures are printed, and are far lower
 # Running a relay in-process -------------------------------------------------------------
 
 
-class RelayThread:
+class RelayThread(Running):
     """A relay on an event loop of its own thread: stop() is SIGTERM, kill() a crash."""
 
     def __init__(self, relay: Relay) -> None:
+        super().__init__(relay.run_until)
         self.relay = relay
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._task = asyncio.current_task()
-        self._ready.set()
-        try:
-            await self.relay.run_until(self._stop)
-        except BaseException as error:  # the test looks at it
-            self.error = error
-
-    def __enter__(self) -> RelayThread:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            assert self._loop is not None
-            assert self._stop is not None
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self.join()
-
-    def kill(self) -> None:
-        if self._thread.is_alive():
-            assert self._loop is not None
-            assert self._task is not None
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self.join()
-
-    def join(self) -> None:
-        self._thread.join(WAIT_S)
-        assert not self._thread.is_alive(), "the relay did not stop"
 
 
 class CrashBeforeRecording(Exception):

@@ -477,9 +477,11 @@ class Lane:
     def _take(self) -> tuple[int, list[Envelope]]:
         """The first queued batch, with those after it that fit within events_max."""
         sequence, events = self._queue.popleft()
-        while self._queue and len(events) + len(self._queue[0][1]) <= self.events_max:
-            sequence, more = self._queue.popleft()
-            events = [*events, *more]
+        if self._queue and len(events) + len(self._queue[0][1]) <= self.events_max:
+            events = list(events)  # the batch itself is every lane's: extend a copy
+            while self._queue and len(events) + len(self._queue[0][1]) <= self.events_max:
+                sequence, more = self._queue.popleft()
+                events.extend(more)
         self.pending_events -= len(events)
         self._pending_gauge.set(self.pending_events)
         return sequence, events

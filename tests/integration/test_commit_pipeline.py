@@ -172,6 +172,42 @@ def test_small_groups_gather_while_the_writer_is_busy_instead_of_splitting(
     assert (committer.groups_judged, committer.groups_committed) == (2, 2)
 
 
+def test_a_batch_of_a_hundred_is_judged_while_the_group_before_it_is_written(
+    store: Settings, ledger: Ledger
+) -> None:
+    """A client's batch of 100 is work enough to judge on top of the group being written;
+    waiting for the writer instead made every command behind it wait out both in turn."""
+    accounts = opened(ledger, 102, 1_000_00)
+    committer = GroupCommitter(ledger, window_s=0, max_commands=1_000)
+    release = threading.Event()
+    HookedSaver(ledger, lambda write: release.wait(WAIT_S) if write == 1 else None)
+
+    def transfers(pairs: range) -> list[Outcome]:
+        return committer.execute(
+            [
+                sub(Transfer(accounts[i], accounts[i + 1], Money(1_00, "GBP"), uuid4()))
+                for i in pairs
+            ]
+        )
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(transfers, range(0, 1))
+            wait_until(lambda: committer.groups_judged == 1)
+            batch = pool.submit(transfers, range(1, 101))
+            # Judged while the first group's write is still held back.
+            wait_until(lambda: committer.groups_judged == 2)
+            assert committer.groups_committed == 0
+            release.set()
+            outcomes = first.result(WAIT_S) + batch.result(WAIT_S)
+    finally:
+        release.set()
+        committer.close()
+    assert all(o.error is None for o in outcomes)
+    assert committer.groups_committed == 2
+    assert balance(store, accounts[101]) == 1_000_00 + 1_00
+
+
 def test_crossing_transfers_and_other_lock_takers_never_deadlock(ledger: Ledger) -> None:
     accounts = opened(ledger, 4, 1_000_00)
     committer = GroupCommitter(ledger, window_s=0.001, max_commands=50, judge_ahead_min=1)

@@ -40,9 +40,10 @@ from domain.errors import Unavailable
 CALLER_WAIT_S_MAX = 30.0
 # A group at least this big is judged while the one before it is still being written;
 # a smaller one goes on gathering until the writer is free. Judging ahead pays off for
-# batches (a client's batch of 100 takes longer to judge than the write it overlaps);
-# for a few single commands it would only split them into more transactions, each
-# costing the store a commit and every stage downstream a round.
+# batches (a client's batch of 100 waiting for the writer made every command gathered
+# behind it wait out the write and then the judging in turn); for a few single commands
+# it would only split them into more transactions, each costing the store a commit and
+# every stage downstream a round.
 JUDGE_AHEAD_COMMANDS_MIN = 100
 
 

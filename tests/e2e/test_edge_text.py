@@ -140,6 +140,35 @@ def test_a_body_not_sent_as_json_is_415_naming_the_header(http: httpx.Client, ba
     bank.assert_unchanged(account)
 
 
+def test_a_body_with_two_content_types_is_415_whichever_comes_first(
+    http: httpx.Client, bank: Bank
+) -> None:
+    """Which of two to believe would be a guess, and the layers that read headers guess
+    differently (the first, the last): refused in either order, even when both say JSON,
+    on the money routes' short way and on FastAPI's."""
+    account = bank.funded_account()
+    deposit = {"amount": "1.00", "currency": "GBP"}
+    bodies = {
+        f"/v1/accounts/{account.account_id}/deposits": deposit,
+        "/v1/batches": {
+            "items": [{"type": "deposit", "account_id": account.account_id, **deposit}]
+        },
+        "/v1/accounts": {"owner": "Two Types", "branch": "001", "currency": "GBP"},
+    }
+    pairs = [
+        ("application/json", "text/plain"),
+        ("text/plain", "application/json"),
+        ("application/json", "application/json"),
+    ]
+    for path, body in bodies.items():
+        for pair in pairs:
+            headers = [*bank.teller().items(), *(("Content-Type", value) for value in pair)]
+            response = http.post(path, content=json.dumps(body), headers=headers)
+            problem = assert_problem(response, 415, "unsupported_media_type")
+            assert "more than once" in problem["detail"], (path, pair)
+    bank.assert_unchanged(account)
+
+
 def test_a_body_nested_thousands_deep_is_refused_not_an_error(
     http: httpx.Client, bank: Bank
 ) -> None:

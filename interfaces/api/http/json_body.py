@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final
 
 from fastapi import Request, Response
@@ -87,6 +87,12 @@ _DECODER: Final = json.JSONDecoder(
 )
 
 
+def content_types(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Every Content-Type the request gives. More than one is refused (415): which to
+    believe would be a guess, and the layers that read headers guess differently."""
+    return [value for key, value in raw_headers if key == b"content-type"]
+
+
 def is_json_content_type(content_type: str | None) -> bool:
     if content_type is None:
         return False
@@ -103,7 +109,13 @@ async def parse_json_body(request: Request) -> None:
     body = await request.body()
     if not body:
         return
-    if not is_json_content_type(request.headers.get("content-type")):
+    given = content_types(request.scope["headers"])
+    if len(given) > 1:
+        raise UnsupportedMediaType(
+            "the header Content-Type is given more than once; send it once, as "
+            "Content-Type: application/json"
+        )
+    if not given or not is_json_content_type(given[0].decode("latin-1")):
         raise UnsupportedMediaType(
             "the body must be JSON, sent with the header Content-Type: application/json"
         )

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     # meanwhile. Enough for a whole round of fetches over the partitions, taken together.
     projections_fetch_records_max: int = Field(default=10_000, ge=1, le=100_000)
     case_opener_fetch_records_max: int = Field(default=500, ge=1, le=100_000)
+    # The least time between the starts of two batches of a read model that does not set
+    # the workers' pace (statements, KPIs, cases, watchlist: not the balances or alerts,
+    # which apply every fetch): each of its batches is a transaction whatever it holds, so
+    # under load it applies what queued meanwhile together. 0: every fetch, as the others.
+    read_models_apply_interval_s: float = Field(default=0.5, ge=0, le=10)
     # How often the case opener's sweep expires pending holds past their `expires_at`:
     # a hold is expired at most this late.
     hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)

@@ -21,6 +21,8 @@ def test_a_relay_backoff_whose_minimum_exceeds_its_maximum_refuses_to_start() ->
         {"relay_batch_events_max": 0},
         {"outbox_batch_events_max": 100_001},
         {"projections_fetch_records_max": 0},
+        {"read_models_apply_interval_s": -0.1},
+        {"read_models_apply_interval_s": 11},
         {"query_pool_wait_s": 0},
         {"relay_poll_interval_s": -1.0},
     ],

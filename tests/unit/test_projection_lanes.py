@@ -9,7 +9,12 @@ from typing import Any, cast
 
 from aiokafka import TopicPartition
 
-from infrastructure.workers.projections import CommitLedger, Lane, Projection
+from infrastructure.workers.projections import (
+    PACED_AFTER_EVENTS,
+    CommitLedger,
+    Lane,
+    Projection,
+)
 from projections.envelope import Envelope
 
 
@@ -66,3 +71,83 @@ def test_the_ledger_gives_the_newest_positions_every_lane_has_applied_once() -> 
     assert ledger.ready(2) is None
     assert ledger.ready(3) == {first: 12, second: 4}
     assert ledger.ready(5) is None
+
+
+class _Recording(Projection):
+    """A projection that only records the batches it is given, and when."""
+
+    def __init__(self) -> None:
+        super().__init__("kpis", cast(Any, None))
+        self.applied: list[tuple[float, int]] = []
+
+    async def apply(self, conn: Any, cache: Any, events: list[Envelope]) -> None:
+        self.applied.append((asyncio.get_running_loop().time(), len(events)))
+
+
+def test_a_paced_lane_after_a_large_batch_applies_what_queued_within_its_interval_together() -> (
+    None
+):
+    async def scenario() -> list[tuple[float, int]]:
+        projection = _Recording()
+        lane = Lane(projection, cast(Any, None), cast(Any, None), 1_000, asyncio.Event(), 0.3)
+        running = asyncio.create_task(lane.run())
+        lane.put(1, _events(PACED_AFTER_EVENTS))
+        await asyncio.sleep(0.05)
+        assert len(projection.applied) == 1  # nothing before it: applied at once
+        for sequence in range(2, 6):  # four batches within the interval
+            lane.put(sequence, _events(2))
+            await asyncio.sleep(0.02)
+        assert len(projection.applied) == 1
+        await asyncio.sleep(0.4)
+        lane.close()
+        await asyncio.wait_for(running, 1)
+        assert lane.done == 5
+        return projection.applied
+
+    (first_s, first), (second_s, second) = asyncio.run(scenario())
+    assert (first, second) == (PACED_AFTER_EVENTS, 8)  # the four that queued, in one batch
+    assert second_s - first_s >= 0.3 - 0.01
+
+
+def test_a_paced_lane_after_a_small_batch_applies_the_next_at_once() -> None:
+    async def scenario() -> list[tuple[float, int]]:
+        projection = _Recording()
+        lane = Lane(projection, cast(Any, None), cast(Any, None), 1_000, asyncio.Event(), 60)
+        running = asyncio.create_task(lane.run())
+        for sequence in range(1, 4):  # a quiet hour: each batch applied as it comes
+            lane.put(sequence, _events(PACED_AFTER_EVENTS - 1))
+            await asyncio.sleep(0.05)
+        lane.close()
+        await asyncio.wait_for(running, 1)
+        return projection.applied
+
+    assert [n for _, n in asyncio.run(scenario())] == [PACED_AFTER_EVENTS - 1] * 3
+
+
+def test_a_paced_lane_does_not_wait_once_closing_or_a_whole_batch_behind() -> None:
+    async def scenario(close: bool) -> float:
+        projection = _Recording()
+        events_max = PACED_AFTER_EVENTS + 4
+        lane = Lane(projection, cast(Any, None), cast(Any, None), events_max, asyncio.Event(), 60)
+        running = asyncio.create_task(lane.run())
+        lane.put(1, _events(PACED_AFTER_EVENTS))
+        await asyncio.sleep(0.05)
+        lane.put(2, _events(2))  # less than a whole batch: it waits for the interval
+        await asyncio.sleep(0.05)
+        assert len(projection.applied) == 1
+        started = asyncio.get_running_loop().time()
+        if close:
+            lane.close()
+        else:
+            lane.put(3, _events(events_max - 2))  # now a whole batch behind
+        while len(projection.applied) < 2:
+            await asyncio.sleep(0.01)
+            assert asyncio.get_running_loop().time() - started < 5, "waited out the interval"
+        waited = projection.applied[1][0] - started
+        lane.close()
+        await asyncio.wait_for(running, 1)
+        assert lane.done == (2 if close else 3)
+        return waited
+
+    assert asyncio.run(scenario(close=True)) < 1
+    assert asyncio.run(scenario(close=False)) < 1

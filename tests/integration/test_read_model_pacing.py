@@ -6,8 +6,9 @@ and alerts apply every fetch; they still apply every event, once; and in a quiet
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
@@ -54,39 +55,35 @@ def _deposits(ledger: Ledger, account_id: UUID, count: int) -> None:
         assert outcome.error is None, outcome.error
 
 
-def _counted(streamed: Callable[[], None]) -> tuple[float, float, float]:
-    before = {name: _batches(name) for name in ("balances", "statements")}
-    started = time.monotonic()
-    streamed()
-    elapsed_s = time.monotonic() - started
-    return (
-        _batches("balances") - before["balances"],
-        _batches("statements") - before["statements"],
-        elapsed_s,
-    )
-
-
-def test_under_load_the_read_models_take_what_queued_together_and_miss_nothing(
-    settings: Settings, ledger: Ledger
-) -> None:
+@contextlib.contextmanager
+def _pipeline(settings: Settings, ledger: Ledger) -> Iterator[UUID]:
+    """A new account, with the relay and a workers process running, once it is projected."""
     account_id = _open(ledger)
     with (
         Running(Relay(settings).run_until),
         Running(ProjectionConsumer(settings, ALL_PROJECTIONS).run),
     ):
         wait_until(lambda: _balance(settings, account_id) == 0, "the account")
+        yield account_id
 
-        def stream() -> None:
-            # Each group waited for in the balances before the next: separate fetches.
-            for n in range(1, GROUPS + 1):
-                _deposits(ledger, account_id, GROUP_DEPOSITS)
-                expected = n * GROUP_DEPOSITS
-                wait_until(
-                    lambda expected=expected: _balance(settings, account_id) == expected,
-                    f"the balance after group {n}",
-                )
 
-        balances, statements, streamed_s = _counted(stream)
+def test_under_load_the_read_models_take_what_queued_together_and_miss_nothing(
+    settings: Settings, ledger: Ledger
+) -> None:
+    with _pipeline(settings, ledger) as account_id:
+        before = {name: _batches(name) for name in ("balances", "statements")}
+        started = time.monotonic()
+        # Each group waited for in the balances before the next: separate fetches.
+        for n in range(1, GROUPS + 1):
+            _deposits(ledger, account_id, GROUP_DEPOSITS)
+            expected = n * GROUP_DEPOSITS
+            wait_until(
+                lambda expected=expected: _balance(settings, account_id) == expected,
+                f"the balance after group {n}",
+            )
+        streamed_s = time.monotonic() - started
+        balances = _batches("balances") - before["balances"]
+        statements = _batches("statements") - before["statements"]
         lines = GROUPS * GROUP_DEPOSITS
         wait_until(lambda: _lines(settings, account_id) == lines, "every statement line")
         head = ledger.recorder.max_notification_id()
@@ -101,12 +98,7 @@ def test_under_load_the_read_models_take_what_queued_together_and_miss_nothing(
 def test_in_a_quiet_hour_the_read_models_apply_each_fetch_as_it_comes(
     settings: Settings, ledger: Ledger
 ) -> None:
-    account_id = _open(ledger)
-    with (
-        Running(Relay(settings).run_until),
-        Running(ProjectionConsumer(settings, ALL_PROJECTIONS).run),
-    ):
-        wait_until(lambda: _balance(settings, account_id) == 0, "the account")
+    with _pipeline(settings, ledger) as account_id:
         for n in range(1, 4):
             _deposit(ledger, account_id, 100)
             # Well within the interval: small batches are not paced.

@@ -20,7 +20,8 @@ from domain.money import Money
 from infrastructure.readmodels.schema import ALL_PROJECTIONS
 from infrastructure.relay.events import Relay
 from infrastructure.settings import Settings
-from infrastructure.workers.projections import PACED_AFTER_EVENTS, ProjectionConsumer
+from infrastructure.workers.lanes import PACED_AFTER_EVENTS
+from infrastructure.workers.projections import ProjectionConsumer
 from tests.integration.support import TELLER, Running
 from tests.integration.test_projection_lanes import _balance, _deposit, _lines, _open, _position
 from tests.integration.test_relay import wait_until

@@ -9,12 +9,8 @@ from typing import Any, cast
 
 from aiokafka import TopicPartition
 
-from infrastructure.workers.projections import (
-    PACED_AFTER_EVENTS,
-    CommitLedger,
-    Lane,
-    Projection,
-)
+from infrastructure.workers.lanes import PACED_AFTER_EVENTS, CommitLedger, Lane
+from infrastructure.workers.projections import Projection
 from projections.envelope import Envelope
 
 

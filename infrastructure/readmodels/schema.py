@@ -356,8 +356,9 @@ HOT_TABLES: Final = {
     "kpis_hourly": 70,
     "kpis_branch": 70,
 }
-# Rows inserted and deleted soon after (a window's movements, once too old for every rule):
-# vacuumed after a fixed number of dead rows.
+# Rows inserted many times a second and, but for the alerts outbox, deleted soon after (a
+# window's movements, once too old for every rule): vacuumed after a fixed number of dead
+# rows. The outbox keeps every alert: a broker that lost its log is sent all of them again.
 CHURNED_TABLES: Final = ("projection_tracking", "alerts_outbox", "rule_window_movements")
 VACUUM_AFTER_ROWS: Final = 1_000
 VACUUM_SCALE: Final = 0.02

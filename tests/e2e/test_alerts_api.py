@@ -194,6 +194,10 @@ def alerts_env(
         insert_case(conn, by_rule["large_transaction"], "closed")
         insert_case(conn, by_rule["structuring"], "acknowledged")
     by_rule["large_transaction"]["status"] = "closed"
+    for rule, alert in by_rule.items():
+        # Not routed yet (no case row, not suppressed): the case it would open is not shown.
+        if rule not in ("large_transaction", "structuring"):
+            alert["case_id"] = None
     server = start_query_api(settings, var_dir / "logs")
     try:
         with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT_S) as client:

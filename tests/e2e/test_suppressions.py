@@ -74,8 +74,7 @@ def _alerts(system: System, http: httpx.Client, account_id: str, n: int) -> list
         assert reply.status_code == 200, reply.text
         items: list[dict[str, Any]] = reply.json()["items"]
         # Routed: suppressed, or in a case the read side holds. Until its routing is read
-        # back an alert shows the case it would open, which may never exist (a suppressed
-        # alert, one that joins an open case).
+        # back an alert shows no case.
         routed = [
             a
             for a in items

@@ -30,12 +30,14 @@ ALERT_FIELDS: Final = (
     "a.alert_id, a.rule, a.severity, a.account_id, a.branch, a.transaction_ids, a.positions, "
     "a.explanation, a.raised_at, a.notification_id, a.chain_head, a.rule_config_version"
 )
-ALERT_COLUMNS: Final = sql.SQL(ALERT_FIELDS + ", a.case_id")
-# With the cases projection's tables: a suppressed alert has no case; one that joined an
-# open case has that case's id (from the case's history), else the one it opened.
+# Without the cases projection's tables no alert is known to be in a case yet.
+ALERT_COLUMNS: Final = sql.SQL(ALERT_FIELDS + ", NULL::uuid AS case_id")
+# With them: a suppressed alert has no case; one that joined an open case has that case's
+# id (from the case's history), one that opened a case that case's. An alert the case
+# opener has not routed yet has none: the case it would open may never exist (it may be
+# suppressed, or join an open case), and a link to it would lead nowhere.
 ROUTED_COLUMNS: Final = sql.SQL(
-    ALERT_FIELDS + ", CASE WHEN s.alert_id IS NOT NULL THEN NULL "
-    "ELSE coalesce(j.case_id, a.case_id) END AS case_id"
+    ALERT_FIELDS + ", CASE WHEN s.alert_id IS NOT NULL THEN NULL ELSE c.case_id END AS case_id"
 )
 ROUTED_JOIN: Final = sql.SQL(
     " LEFT JOIN LATERAL (SELECT h.case_id FROM {schema}.case_history h "

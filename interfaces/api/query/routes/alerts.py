@@ -88,7 +88,7 @@ class AlertView(BaseModel):
     explanation: str
     raised_at: str
     status: AlertStatus
-    case_id: str | None  # None: suppressed, no case
+    case_id: str | None  # None: suppressed, or not routed to a case yet
     rule_config_version: int
     scored_at_position: int
     chain_head: str | None

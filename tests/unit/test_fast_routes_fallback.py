@@ -162,5 +162,29 @@ def test_a_helper_that_fails_on_a_request_hands_it_to_fastapi(
     assert invalid.status_code == 422  # FastAPI's own answer to a body that does not validate
     assert _count("handed_over") == handed_over + 3
     failed = [entry for entry in logs if entry["event"] == "fast_route_failed"]
-    assert len(failed) == 3
+    # Once, not on every request: the metric counts them all.
+    assert len(failed) == 1
+    assert failed[0]["log_level"] == "error"
     assert "has no attribute" in failed[0]["error"]
+
+
+def test_a_helper_failing_on_every_request_is_logged_once_a_minute_with_the_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, _ = _app()
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'ModelField' object has no attribute 'alias'")
+
+    monkeypatch.setattr(fast_routes, "request_body_to_args", failing)
+    now = [1_000.0]
+    monkeypatch.setattr(fast_routes, "monotonic", lambda: now[0])
+    with capture_logs() as logs:
+        first, account_id = _deposit(app)
+        for key in ("k-2", "k-3", "k-4"):
+            asyncio.run(_post(app, account_id, b'{"amount": 9}', key))
+        now[0] += fast_routes.FAILED_LOG_EVERY_S
+        asyncio.run(_post(app, account_id, b'{"amount": 9}', "k-5"))
+    assert first.status_code == 201
+    failed = [entry for entry in logs if entry["event"] == "fast_route_failed"]
+    assert [entry["failed_since_last_logged"] for entry in failed] == [0, 3]

@@ -33,6 +33,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Final
 
 import fastapi
@@ -77,6 +78,9 @@ else:
     INTERNALS_MISSING = None
 
 FAST_METHOD: Final = "POST"
+# A helper that fails on one request fails on every one: say so once a minute per route
+# (with how many were handed over since), not on every request at the rate tellers send.
+FAILED_LOG_EVERY_S: Final = 60.0
 
 
 class _NotFast(Exception):
@@ -283,6 +287,8 @@ class FastRoutes:
         self.owner = owner
         self.paths = tuple(paths)
         self._plans: tuple[_RoutePlan, ...] | None = None
+        # Per route: when a failure was last logged, and the failures since.
+        self._failures: dict[str, tuple[float, int]] = {}
         self._served = FAST_ROUTE_REQUESTS_TOTAL.labels("served")
         self._handed_over = FAST_ROUTE_REQUESTS_TOTAL.labels("handed_over")
 
@@ -337,7 +343,7 @@ class FastRoutes:
         except Exception as error:
             # A FastAPI helper failing where it never did (a FastAPI that changed): only
             # reading and checking has happened, so FastAPI serves the request instead.
-            log.error("fast_route_failed", route=plan.route.path, error=describe(error))
+            self._log_failure(plan.route.path, error)
             self._handed_over.inc()
             await self.app(scope, _replaying(messages, receive), send)
             return
@@ -348,6 +354,21 @@ class FastRoutes:
         except Exception as error:
             response = await self._handled(request, error)
         await response(scope, request.receive, send)
+
+    def _log_failure(self, route: str, error: Exception) -> None:
+        now = monotonic()
+        logged_at, since = self._failures.get(route, (-FAILED_LOG_EVERY_S, 0))
+        if now - logged_at < FAILED_LOG_EVERY_S:
+            self._failures[route] = (logged_at, since + 1)
+            return
+        self._failures[route] = (now, 0)
+        log.error(
+            "fast_route_failed",
+            route=route,
+            error=describe(error),
+            failed_since_last_logged=since,
+            log_every_s=FAILED_LOG_EVERY_S,
+        )
 
     def _match(self, path: str) -> tuple[_RoutePlan, dict[str, Any]] | None:
         for plan in self._planned():

@@ -72,6 +72,14 @@ EXPORT_QUERY: Final = sql.SQL(
     "WHERE i.occurred_at >= %(since)s AND i.occurred_at < %(until)s{account} "
     "ORDER BY i.notification_id"
 )
+# Stored events the index has no row for (of the account, for an account's export). The
+# recorder writes both in one transaction, so such an event was written other than through
+# Vigil (or before the index existed): an export found through the index would leave it out
+# and still call itself complete. Both sides are read through their id indexes.
+UNINDEXED: Final = sql.SQL(
+    "SELECT count(*), min(e.notification_id) FROM {events} e WHERE NOT EXISTS "
+    "(SELECT 1 FROM public.event_index i WHERE i.notification_id = e.notification_id){account}"
+)
 TABLE_PRESENT: Final = "SELECT to_regclass(%s) IS NOT NULL"
 # The checkpoint the export ends on: the first signed one that covers its last event.
 CHECKPOINT_COVERING: Final = (
@@ -208,6 +216,7 @@ def _write_events(
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if not _present(conn, "public.event_index"):
             raise ExportError("the event index does not exist; run `vigil audit reindex`")
+        _check_indexed(conn, account_id)
         write = _jsonl_writer(out) if fmt == "jsonl" else _csv_writer(out)
         for item in _stored_items(conn, ledger, since, until, account_id):
             write(item)
@@ -219,6 +228,20 @@ def _write_events(
     if progress is not None:
         progress(summary.total)
     return summary
+
+
+def _check_indexed(conn: psycopg.Connection[Any], account_id: uuid.UUID | None) -> None:
+    account = sql.SQL(" AND e.originator_id = %(account_id)s" if account_id else "")
+    query = UNINDEXED.format(events=sql.Identifier(EVENTS_TABLE), account=account)
+    row = conn.execute(query, {"account_id": account_id}).fetchone()
+    missing, first = (0, None) if row is None else (int(row[0]), row[1])
+    if missing:
+        raise ExportError(
+            f"{missing:,} stored event(s) have no row in the event index (the first at "
+            f"notification id {first}): written other than through Vigil, or before the "
+            "index existed. An export found through the index would leave them out; "
+            "check them with `vigil audit verify`, then index them with `vigil audit reindex`"
+        )
 
 
 def _stored_items(

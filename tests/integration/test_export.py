@@ -335,6 +335,50 @@ def test_the_cli_exports_with_progress_and_a_rate(
     assert "exists" in again.stderr
 
 
+def test_an_event_written_behind_the_apps_back_refuses_the_export_until_indexed(
+    settings: Settings, ledger: Ledger, tmp_path: Path
+) -> None:
+    """A copy of a genuine stored event, inserted by SQL as a later version (a backdated
+    movement, say): the index has no row for it, so an export found through the index
+    would leave it out and still call itself complete. The export is refused, naming it,
+    for every range and for its account; another account's export goes on. Once
+    `vigil audit reindex` has indexed it, the export carries it."""
+    a, b = small_history(ledger)
+    with psycopg.connect(settings.resolved_database_url(), autocommit=True) as conn:
+        inserted = conn.execute(
+            "INSERT INTO public.ledger_events (originator_id, originator_version, topic, state) "
+            "SELECT originator_id, 100, topic, state FROM public.ledger_events "
+            "WHERE originator_id = %s AND originator_version = 2 RETURNING notification_id",
+            (a,),
+        ).fetchone()
+    assert inserted is not None
+    exports = tmp_path / "exports"
+    for kwargs in ({}, {"account_id": a}, {"span": (T0 - timedelta(days=2), T0)}):
+        with pytest.raises(ExportError, match=f"1 stored event.*notification id {inserted[0]}"):
+            export(settings, exports, **kwargs)
+    assert list(exports.iterdir()) == []  # nothing left of the refused exports
+    assert verify_export(export(settings, exports, account_id=b)).problems == []
+
+    reindexed = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli", "audit", "reindex"],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert reindexed.returncode == 0, reindexed.stdout + reindexed.stderr
+    out = export(settings, exports, account_id=a)
+    lines = (out / EVENTS_FILE["jsonl"]).read_text().splitlines()
+    assert inserted[0] in [json.loads(line)["notification_id"] for line in lines]
+    # And the auditor's check of the export, with nothing but its files, sees the copy: its
+    # hash covers the version it was first written at.
+    problems = verify_export(out).problems
+    assert len(problems) == 1, problems
+    assert f"version 100, notification {inserted[0]}): hash does not recompute" in problems[0]
+
+
 def test_an_export_is_recorded_and_never_overwrites(
     settings: Settings, ledger: Ledger, tmp_path: Path
 ) -> None:

@@ -74,6 +74,12 @@ def published(relay: AlertsOutboxRelay, settings: Settings) -> Callable[[], bool
     return lambda: relay.state.position == last
 
 
+def republished(relay: AlertsOutboxRelay, settings: Settings, epoch: int) -> Callable[[], bool]:
+    """Every alert published again, in an epoch after `epoch`."""
+    done = published(relay, settings)
+    return lambda: relay.state.epoch > epoch and done()
+
+
 def consume_alerts(settings: Settings, expected: set[str]) -> list[ConsumerRecord]:
     """The alerts topic from its beginning, read until every expected alert was seen."""
 
@@ -127,7 +133,7 @@ def test_alerts_are_published_again_once_the_topic_is_recreated_with_other_parti
     relay = AlertsOutboxRelay(after)
     with Running(relay.run_until):
         wait_until(
-            lambda: relay.state.epoch > first_epoch and published(relay, after)(),
+            republished(relay, after, first_epoch),
             "the outbox relay noticed the new topic and published every alert again",
         )
     check_records(after, consume_alerts(after, expected | later), expected | later)
@@ -148,7 +154,7 @@ def test_alerts_are_published_again_after_the_broker_restarts_empty(
         restartable_broker()  # the same port, nothing in it
         later = add_alerts(settings, 2)
         wait_until(
-            lambda: relay.state.epoch > epoch and published(relay, settings)(),
+            republished(relay, settings, epoch),
             "the outbox relay noticed the lost log and published every alert again",
             timeout_s=45.0,
         )

@@ -75,7 +75,7 @@ EXPORT_QUERY: Final = sql.SQL(
 # Stored events the index has no row for (of the account, for an account's export). The
 # recorder writes both in one transaction, so such an event was written other than through
 # Vigil (or before the index existed): an export found through the index would leave it out
-# and still call itself complete. Both sides are read through their id indexes.
+# and still call itself complete. One pass over the ids of both tables, per export.
 UNINDEXED: Final = sql.SQL(
     "SELECT count(*), min(e.notification_id) FROM {events} e WHERE NOT EXISTS "
     "(SELECT 1 FROM public.event_index i WHERE i.notification_id = e.notification_id){account}"

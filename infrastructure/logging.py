@@ -3,12 +3,21 @@
 structlog logs natively (no stdlib round trip: it is on every request's path); stdlib
 records, from uvicorn, aiokafka and psycopg, pass through the same processors and renderer,
 so a line looks the same whoever wrote it.
+
+structlog's lines below a warning are written without a flush of their own: on the command
+API that is one line per request, and a flush is a system call that hands the interpreter
+lock to the committer's threads and back. A daemon thread flushes what waits every
+`FLUSH_EVERY_S`; a warning or worse flushes at once, with every line before it; so does
+the process's exit. A process killed outright (SIGKILL) may lose its last fraction of a
+second of info lines, never a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 import unicodedata
 from typing import Any, Final, TextIO
 
@@ -22,11 +31,64 @@ _UVICORN_ACCESS_LOGGER: Final = "uvicorn.access"
 _HANDLER_MARK: Final = "_vigil_handler"
 # An error message is for people: bounded, and with no character PostgreSQL cannot hold.
 ERROR_CHARS_MAX: Final = 2_000
+FLUSH_EVERY_S: Final = 0.2
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
     # `default` turns what orjson cannot encode (exceptions, paths) into strings.
     return orjson.dumps(value, default=kwargs.get("default", str)).decode()
+
+
+class _Lines:
+    """structlog's `WriteLogger`, but only warnings and worse flush at once."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._write = file.write
+        self._flush = file.flush
+        self._lock = _flusher.watch(file)
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._write(message + "\n")
+
+    def msg_flushed(self, message: str) -> None:
+        with self._lock:
+            self._write(message + "\n")
+            self._flush()
+
+    log = debug = info = msg
+    warn = warning = fatal = failure = err = error = critical = exception = msg_flushed
+
+
+class _Flusher:
+    """One daemon thread per process that flushes the log's stream every `FLUSH_EVERY_S`
+    (the stream of the last `configure_logging`: tests configure more than once)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._file: TextIO | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch(self, file: TextIO) -> threading.Lock:
+        with self.lock:
+            self._file = file
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
+            self._thread.start()
+        return self.lock
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            with self.lock:
+                try:
+                    if self._file is not None:
+                        self._file.flush()
+                except (OSError, ValueError):  # closed by its owner, or the disk refused
+                    self._file = None
+
+
+_flusher = _Flusher()
 
 
 def _add_service(service: str) -> Processor:
@@ -63,7 +125,7 @@ def configure_logging(level: str, service: str, *, stream: TextIO | None = None)
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
-        logger_factory=structlog.WriteLoggerFactory(file=output),
+        logger_factory=lambda *args: _Lines(output),
         cache_logger_on_first_use=True,
     )
     _route_stdlib(level_number, output, shared, renderer)

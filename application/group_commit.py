@@ -29,7 +29,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from application.commands import Outcome, Submission
@@ -61,16 +61,8 @@ class _Request:
     done: threading.Event | None = None
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
-    # Called from the committer thread once the request is settled (wakes a coroutine).
-    on_done: Callable[[], object] | None = None
-
-    def finish(self) -> None:
-        if self.done is not None:
-            self.done.set()
-        if self.on_done is not None:
-            # RuntimeError: its event loop has closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                self.on_done()
+    # Resolved on its event loop once the request is settled, for a coroutine (`submit`).
+    settled: asyncio.Future[None] | None = None
 
     def result(self) -> list[Outcome]:
         if self.error is not None:
@@ -79,10 +71,27 @@ class _Request:
         return self.outcomes
 
 
-def _settle(settled: asyncio.Future[None]) -> None:
-    # Already done: its caller stopped waiting (cancelled, or timed out).
-    if not settled.done():
-        settled.set_result(None)
+def _finish(requests: Sequence[_Request]) -> None:
+    """Tell every caller of these settled requests: threads at once, coroutines with one
+    wake-up of their event loop for the lot (each wake-up is a system call, and hands the
+    interpreter lock over twice, on the busiest threads of the process)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for request in requests:
+        if request.done is not None:
+            request.done.set()
+        if request.settled is not None:
+            by_loop.setdefault(request.settled.get_loop(), []).append(request.settled)
+    for loop, futures in by_loop.items():
+        # RuntimeError: the event loop has closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, futures)
+
+
+def _settle(futures: list[asyncio.Future[None]]) -> None:
+    for settled in futures:
+        # Already done: its caller stopped waiting (cancelled, or timed out).
+        if not settled.done():
+            settled.set_result(None)
 
 
 class GroupCommitter:
@@ -141,9 +150,7 @@ class GroupCommitter:
         # A future and a timeout, not an Event under wait_for: that ran the wait as a task
         # of its own for every request.
         settled: asyncio.Future[None] = loop.create_future()
-        request = self._enqueue(
-            _Request(submissions, on_done=lambda: loop.call_soon_threadsafe(_settle, settled))
-        )
+        request = self._enqueue(_Request(submissions, settled=settled))
         try:
             async with asyncio.timeout(CALLER_WAIT_S_MAX):
                 await settled
@@ -262,10 +269,10 @@ class GroupCommitter:
             end = start + len(request.submissions)
             request.outcomes = outcomes[start:end]
             start = end
-            request.finish()
+        _finish(requests)
 
     @staticmethod
     def _fail(requests: list[_Request], error: BaseException) -> None:
         for request in requests:
             request.error = error
-            request.finish()
+        _finish(requests)

@@ -3,6 +3,7 @@ transactions, each still atomic on its own, and every caller hears its own outco
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +83,60 @@ def test_concurrent_callers_share_transactions_and_lose_nothing(ledger: Ledger) 
     for i, outcome in enumerate(outcomes):
         assert outcome.body is not None
         assert outcome.body["from"]["account_id"] == str(accounts[i % 10])
+
+
+def test_coroutine_callers_get_their_own_outcomes_one_loop_wake_up_per_group(
+    ledger: Ledger,
+) -> None:
+    """`submit`, as the command API calls it: every coroutine hears its own outcome; a
+    caller that stopped waiting does not keep the others waiting; the committer wakes the
+    event loop once per group, not once per caller."""
+    accounts = opened(ledger, 10, 100_000)
+    committer = GroupCommitter(ledger, window_s=0.05, max_commands=1000)
+    transactions = [uuid4() for _ in range(41)]
+
+    async def main() -> tuple[list[Outcome], int]:
+        loop = asyncio.get_running_loop()
+        wake_ups = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal wake_ups
+            wake_ups += 1
+            return call_soon_threadsafe(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+
+        async def call(i: int) -> Outcome:
+            source, target = accounts[i % 10], accounts[(i + 3) % 10]
+            [outcome] = await committer.submit(
+                [sub(Transfer(source, target, Money(100 + i, "GBP"), transactions[i]))]
+            )
+            return outcome
+
+        gone = asyncio.create_task(call(40))  # its caller stops waiting at once
+        await asyncio.sleep(0)
+        gone.cancel()
+        outcomes = await asyncio.gather(*(call(i) for i in range(40)))
+        return outcomes, wake_ups
+
+    try:
+        outcomes, wake_ups = asyncio.run(main())
+    finally:
+        committer.close()
+    assert all(o.error is None for o in outcomes)
+    for i, outcome in enumerate(outcomes):
+        assert outcome.body is not None
+        assert outcome.body["from"]["account_id"] == str(accounts[i % 10])
+        assert outcome.body["transaction_id"] == str(transactions[i])
+    assert committer.commands_committed == 41, "the cancelled caller's transfer committed too"
+    assert committer.groups_committed < 41, "callers were coalesced"
+    assert wake_ups <= committer.groups_committed
+    expected = dict.fromkeys(accounts, 100_000)
+    for i in range(41):
+        expected[accounts[i % 10]] -= 100 + i
+        expected[accounts[(i + 3) % 10]] += 100 + i
+    assert {a: ledger.get_account(a).balance_minor for a in accounts} == expected
 
 
 def test_a_refused_command_fails_alone_and_duplicates_across_callers_replay(

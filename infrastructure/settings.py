@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     relay_lock_retry_s: float = Field(default=1.0, gt=0, le=60)
     outbox_batch_events_max: int = Field(default=500, ge=1, le=100_000)
     outbox_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # How long an alert the case opener has routed stays in the outbox (a broker that lost
+    # its log is sent again every alert still there); then it is deleted.
+    outbox_retention_h: float = Field(default=168, gt=0, le=87_600)
     # Records one fetch may bring. A projection batch is one transaction per projection,
     # applied with a fixed number of statements: when the projections lag, the bigger the
     # batch the sooner they catch up; when they keep up, batches hold only what arrived

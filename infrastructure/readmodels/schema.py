@@ -356,9 +356,9 @@ HOT_TABLES: Final = {
     "kpis_hourly": 70,
     "kpis_branch": 70,
 }
-# Rows inserted many times a second and, but for the alerts outbox, deleted soon after (a
-# window's movements, once too old for every rule): vacuumed after a fixed number of dead
-# rows. The outbox keeps every alert: a broker that lost its log is sent all of them again.
+# Rows inserted many times a second and deleted later (a window's movements, once too old
+# for every rule; an alert in the outbox, once routed and past the outbox's retention):
+# vacuumed after a fixed number of dead rows.
 CHURNED_TABLES: Final = ("projection_tracking", "alerts_outbox", "rule_window_movements")
 VACUUM_AFTER_ROWS: Final = 1_000
 VACUUM_SCALE: Final = 0.02

@@ -59,3 +59,7 @@ SEND_FAILURES: Final = Counter(
     "Batches that failed to publish and were retried, by topic.",
     ["topic"],
 )
+OUTBOX_TRIMMED: Final = Counter(
+    "vigil_alerts_outbox_trimmed_total",
+    "Alerts deleted from the outbox: routed by the case opener, and older than the retention.",
+)

@@ -5,6 +5,14 @@ Like the ledger relay: `acks=all`, the position (the last outbox id sent) record
 after the broker acknowledged, so a crash republishes and never skips; consumers dedupe
 by `alert_id` (a case's id is derived from it). If the broker lost its log (offsets went
 backwards), the whole outbox is published again. Runs in the `vigil relay` process.
+
+The outbox does not grow for ever: once a minute the relay deletes alerts it has published
+that the case opener has routed (the cases read model holds the case they opened or joined,
+or the suppression that held them back: the command side recorded it in the event store)
+and that are older than `VIGIL_OUTBOX_RETENTION_H` (a week by default, Kafka's own default
+retention). So a broker that lost its log is sent every alert not yet routed, whatever its
+age, and the routed ones of the last week; an alert the case opener could not route
+(quarantined) stays until it is.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import psycopg
@@ -23,14 +31,52 @@ from aiokafka.structs import RecordMetadata
 from infrastructure.kafka.authenticity import seal_alert
 from infrastructure.kafka.clients import stop_client
 from infrastructure.kafka.topics import EPOCH_HEADER, alerts_topic, ledger_events_topic
+from infrastructure.logging import describe
 from infrastructure.postgres.connect import connect_async
 from infrastructure.postgres.locks import migrating
 from infrastructure.readmodels.schema import OUTBOX_CHANNEL, SCHEMA, ensure_read_models
 from infrastructure.relay.broker import RelayBroker
+from infrastructure.relay.metrics import OUTBOX_TRIMMED
 from infrastructure.relay.state import RelayState, RelayStore
 from infrastructure.settings import Settings
 
 log = structlog.get_logger("vigil.outbox_relay")
+
+TRIM_EVERY_S: Final = 60.0
+# Rows one statement deletes: a backlog of months is trimmed in short transactions.
+TRIM_ROWS_MAX: Final = 5_000
+# Published (at or below the relay's position), past the retention, and routed: a case
+# opened by it or joined by it, or a suppression that held it back. The joined test is the
+# one `case_history_joined_alert_idx` serves.
+TRIM_SQL: Final = f"""
+DELETE FROM {SCHEMA}.alerts_outbox WHERE id IN (
+    SELECT o.id FROM {SCHEMA}.alerts_outbox o
+    WHERE o.id <= %(position)s
+      AND o.created_at < now() - make_interval(secs => %(retention_s)s)
+      AND (
+        EXISTS (SELECT 1 FROM {SCHEMA}.cases c WHERE c.alert_id = o.alert_id)
+        OR EXISTS (SELECT 1 FROM {SCHEMA}.suppressed_alerts s WHERE s.alert_id = o.alert_id)
+        OR EXISTS (
+            SELECT 1 FROM {SCHEMA}.case_history h
+            WHERE h.event_type = 'CaseAlertJoined' AND h.details->>'alert_id' = o.alert_id::text
+        )
+      )
+    ORDER BY o.id
+    LIMIT %(limit)s
+)
+"""
+
+
+async def trim_outbox(conn: psycopg.AsyncConnection[Any], position: int, retention_s: float) -> int:
+    """Delete what the outbox no longer needs (see the module's text); how many rows."""
+    trimmed = 0
+    while True:
+        cursor = await conn.execute(
+            TRIM_SQL, {"position": position, "retention_s": retention_s, "limit": TRIM_ROWS_MAX}
+        )
+        trimmed += cursor.rowcount
+        if cursor.rowcount < TRIM_ROWS_MAX:
+            return trimmed
 
 
 class AlertsOutboxRelay:
@@ -81,10 +127,18 @@ class AlertsOutboxRelay:
             await producer.start()
             log.info("outbox_relay_started", topic=self.topic, position=self.state.position)
             health_due = time.monotonic() + self.settings.relay_health_interval_s
+            trim_due = time.monotonic()
             while not stop.is_set():
+                if time.monotonic() >= trim_due:
+                    await self._trim(store)
+                    trim_due = time.monotonic() + TRIM_EVERY_S
                 if time.monotonic() >= health_due:
-                    # A lost log whichever partitions the next sends land on (see
+                    # A broker restarted empty has no topic: made again first (as the
+                    # ledger relay does), or the sends below went to a topic that is not
+                    # there (tansu acknowledges them, and nobody can read them). Then a
+                    # lost log whichever partitions the next sends land on (see
                     # RelayBroker.log_lost); the sends' offsets tell only for their own.
+                    await broker.ensure_topics()
                     if await broker.log_lost(self.topic, self.state.offsets):
                         await self._republish_all(store)
                     health_due = time.monotonic() + self.settings.relay_health_interval_s
@@ -135,8 +189,24 @@ class AlertsOutboxRelay:
         self.published += len(rows)
         return len(rows)
 
+    async def _trim(self, store: RelayStore) -> None:
+        """Trim the outbox; a failure (a statement timeout, say) is logged and publishing
+        goes on: a bigger outbox is no reason to stop sending alerts."""
+        retention_s = self.settings.outbox_retention_h * 3600
+        try:
+            trimmed = await trim_outbox(store.conn, self.state.position, retention_s)
+        except psycopg.Error as error:
+            if store.conn.closed:
+                raise  # the session is gone: start over, as for any other lost connection
+            log.warning("outbox_trim_failed", error=describe(error))
+            return
+        if trimmed:
+            OUTBOX_TRIMMED.inc(trimmed)
+            log.info("outbox_trimmed", alerts=trimmed, retention_h=self.settings.outbox_retention_h)
+
     async def _republish_all(self, store: RelayStore) -> None:
-        # The broker lost its log: every alert again; the case opener is idempotent.
+        # The broker lost its log: every alert the outbox still holds (all but those routed
+        # past the retention) again; the case opener is idempotent.
         epoch = self.state.epoch + 1
         await store.rewind(0, epoch)
         log.warning("outbox_relay_rewound", topic=self.topic, epoch=epoch)

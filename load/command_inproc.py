@@ -11,6 +11,7 @@ figures for that thread (they inflate small Python calls; compare, do not add).
 
     .venv/bin/python load/command_inproc.py [--transfers 4000] [--clients 16] [--runs 3]
     .venv/bin/python load/command_inproc.py --transfers 2000 --profile cumulative
+    .venv/bin/python load/command_inproc.py --items 100 --clients 4 --transfers 20000
 
 It uses the machine's PostgreSQL and Redis as the tests do (a fresh migrated database,
 dropped at the end; its own Redis key prefix) and logs to /dev/null at info level, as the
@@ -109,14 +110,18 @@ async def open_accounts(client: Client) -> list[str]:
     return ids
 
 
-async def send_all(client: Client, bodies: list[bytes], clients: int) -> dict[int, int]:
-    """Every transfer, `clients` at a time; the statuses other than 201, counted."""
+async def send_all(
+    client: Client, bodies: list[bytes], clients: int, path: str = "/v1/transfers"
+) -> dict[int, int]:
+    """Every request, `clients` at a time; the statuses other than 201 (200 for a batch),
+    counted."""
     refused: dict[int, int] = {}
+    created = 200 if path == "/v1/batches" else 201
 
     async def worker() -> None:
         while bodies:
-            status, _ = await client.post("/v1/transfers", bodies.pop())
-            if status != 201:
+            status, _ = await client.post(path, bodies.pop())
+            if status != created:
                 refused[status] = refused.get(status, 0) + 1
 
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -129,17 +134,28 @@ async def measure(app: Any, token: str, args: argparse.Namespace) -> None:
         ids = await open_accounts(client)
         rng = random.Random(1)
         for run in range(1, args.runs + 1):
-            bodies: list[bytes] = []
+            transfers: list[dict[str, str]] = []
             for _ in range(args.transfers):
                 source, target = rng.sample(ids, 2)
                 transfer = {"from_account_id": source, "to_account_id": target}
-                bodies.append(orjson.dumps(transfer | {"amount": "0.01", "currency": "GBP"}))
+                transfers.append(transfer | {"amount": "0.01", "currency": "GBP"})
+            if args.items == 1:
+                path, bodies = "/v1/transfers", [orjson.dumps(t) for t in transfers]
+            else:
+                path = "/v1/batches"
+                bodies = [
+                    orjson.dumps({"items": [{"type": "transfer", **t} for t in chunk]})
+                    for chunk in (
+                        transfers[at : at + args.items]
+                        for at in range(0, len(transfers), args.items)
+                    )
+                ]
             profile = cProfile.Profile() if args.profile else None
             thread_s, process_s = time.thread_time(), time.process_time()
             wall_s = time.perf_counter()
             if profile is not None:
                 profile.enable()
-            refused = await send_all(client, bodies, args.clients)
+            refused = await send_all(client, bodies, args.clients, path)
             if profile is not None:
                 profile.disable()
             thread_s = time.thread_time() - thread_s
@@ -162,10 +178,15 @@ def main() -> None:
     parser.add_argument("--transfers", type=int, default=4_000, help="per run")
     parser.add_argument("--clients", type=int, default=16, help="requests in flight")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--items", type=int, default=1, help="transfers per request: more than 1 sends batches"
+    )
     parser.add_argument("--profile", choices=("tottime", "cumulative"), default=None)
     args = parser.parse_args()
     if not 1 <= args.transfers <= 100_000 or not 1 <= args.clients <= 256:
         parser.error("--transfers 1..100,000 and --clients 1..256")
+    if not 1 <= args.items <= 1_000:
+        parser.error("--items 1..1,000 (a batch's most)")
     databases = Databases()
     with tempfile.TemporaryDirectory(prefix="vigil-inproc-") as var:
         var_dir = Path(var)

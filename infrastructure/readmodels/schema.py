@@ -339,6 +339,8 @@ CREATE TABLE IF NOT EXISTS {schema}.alerts_outbox (
     payload jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- The relay's trim reads only the rows past the retention.
+CREATE INDEX IF NOT EXISTS alerts_outbox_created_idx ON {schema}.alerts_outbox (created_at);
 """
 
 

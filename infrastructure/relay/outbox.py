@@ -47,9 +47,11 @@ TRIM_EVERY_S: Final = 60.0
 TRIM_ROWS_MAX: Final = 5_000
 # Published (at or below the relay's position), past the retention, and routed: a case
 # opened by it or joined by it, or a suppression that held it back. The joined test is the
-# one `case_history_joined_alert_idx` serves.
+# one `case_history_joined_alert_idx` serves. The rows are found through
+# `alerts_outbox_created_idx` (only those past the retention) and deleted by id: as
+# `id IN (...)` the planner read the whole outbox (600,000 rows: 107 ms against 20).
 TRIM_SQL: Final = f"""
-DELETE FROM {SCHEMA}.alerts_outbox WHERE id IN (
+DELETE FROM {SCHEMA}.alerts_outbox WHERE id = ANY(ARRAY(
     SELECT o.id FROM {SCHEMA}.alerts_outbox o
     WHERE o.id <= %(position)s
       AND o.created_at < now() - make_interval(secs => %(retention_s)s)
@@ -61,9 +63,9 @@ DELETE FROM {SCHEMA}.alerts_outbox WHERE id IN (
             WHERE h.event_type = 'CaseAlertJoined' AND h.details->>'alert_id' = o.alert_id::text
         )
       )
-    ORDER BY o.id
+    ORDER BY o.created_at
     LIMIT %(limit)s
-)
+))
 """
 
 

@@ -85,9 +85,27 @@ def _vigil(*args: str) -> tuple[str, ...]:
 def child_specs(settings: Settings) -> list[ChildSpec]:
     """The Vigil processes, in start order; they are stopped in the same order (APIs first)."""
     host = _client_host(settings.host)
+    # A port picked for one child must be neither one set for another (free now, before
+    # that child binds it) nor one picked before.
+    taken = {
+        settings.command_port,
+        settings.query_port,
+        settings.relay_metrics_port,
+        settings.workers_metrics_port,
+        settings.case_opener_metrics_port,
+    } - {0}
+
+    def pick(port_setting: int) -> int:
+        if port_setting:
+            return port_setting
+        port = free_port(host)
+        while port in taken:
+            port = free_port(host)
+        taken.add(port)
+        return port
 
     def api(name: str, which: str, port_setting: int, variable: str) -> ChildSpec:
-        port = port_setting or free_port(host)
+        port = pick(port_setting)
         url = f"http://{host}:{port}"
         return ChildSpec(
             name=name,
@@ -106,7 +124,7 @@ def child_specs(settings: Settings) -> list[ChildSpec]:
         ready_gauge: str | None = None,
     ) -> ChildSpec:
         # Ready once its /metrics answers: it has started and its settings loaded.
-        port = port_setting or free_port(host)
+        port = pick(port_setting)
         return ChildSpec(
             name=name,
             argv=_vigil(*argv, "--metrics-port", str(port)),

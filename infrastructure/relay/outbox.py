@@ -43,7 +43,8 @@ from infrastructure.settings import Settings
 log = structlog.get_logger("vigil.outbox_relay")
 
 TRIM_EVERY_S: Final = 60.0
-# Rows one statement deletes: a backlog of months is trimmed in short transactions.
+# Rows one statement deletes: a backlog is trimmed in short transactions, a statement per
+# turn of the publishing loop, so publishing never waits for more than one.
 TRIM_ROWS_MAX: Final = 5_000
 # Published (at or below the relay's position), past the retention, and routed: a case
 # opened by it or joined by it, or a suppression that held it back. The joined test is the
@@ -70,15 +71,12 @@ DELETE FROM {SCHEMA}.alerts_outbox WHERE id = ANY(ARRAY(
 
 
 async def trim_outbox(conn: psycopg.AsyncConnection[Any], position: int, retention_s: float) -> int:
-    """Delete what the outbox no longer needs (see the module's text); how many rows."""
-    trimmed = 0
-    while True:
-        cursor = await conn.execute(
-            TRIM_SQL, {"position": position, "retention_s": retention_s, "limit": TRIM_ROWS_MAX}
-        )
-        trimmed += cursor.rowcount
-        if cursor.rowcount < TRIM_ROWS_MAX:
-            return trimmed
+    """Delete up to `TRIM_ROWS_MAX` rows the outbox no longer needs (see the module's
+    text); how many. One statement: a backlog is trimmed between sends, never instead."""
+    cursor = await conn.execute(
+        TRIM_SQL, {"position": position, "retention_s": retention_s, "limit": TRIM_ROWS_MAX}
+    )
+    return cursor.rowcount
 
 
 class AlertsOutboxRelay:
@@ -132,8 +130,8 @@ class AlertsOutboxRelay:
             trim_due = time.monotonic()
             while not stop.is_set():
                 if time.monotonic() >= trim_due:
-                    await self._trim(store)
-                    trim_due = time.monotonic() + TRIM_EVERY_S
+                    more = await self._trim(store) == TRIM_ROWS_MAX  # a backlog: go on soon
+                    trim_due = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
                 if time.monotonic() >= health_due:
                     # A broker restarted empty has no topic: made again first (as the
                     # ledger relay does), or the sends below went to a topic that is not
@@ -191,7 +189,7 @@ class AlertsOutboxRelay:
         self.published += len(rows)
         return len(rows)
 
-    async def _trim(self, store: RelayStore) -> None:
+    async def _trim(self, store: RelayStore) -> int:
         """Trim the outbox; a failure (a statement timeout, say) is logged and publishing
         goes on: a bigger outbox is no reason to stop sending alerts."""
         retention_s = self.settings.outbox_retention_h * 3600
@@ -201,10 +199,11 @@ class AlertsOutboxRelay:
             if store.conn.closed:
                 raise  # the session is gone: start over, as for any other lost connection
             log.warning("outbox_trim_failed", error=describe(error))
-            return
+            return 0
         if trimmed:
             OUTBOX_TRIMMED.inc(trimmed)
             log.info("outbox_trimmed", alerts=trimmed, retention_h=self.settings.outbox_retention_h)
+        return trimmed
 
     async def _republish_all(self, store: RelayStore) -> None:
         # The broker lost its log: every alert the outbox still holds (all but those routed

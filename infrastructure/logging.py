@@ -9,11 +9,15 @@ API that is one line per request, and a flush is a system call that hands the in
 lock to the committer's threads and back. A daemon thread flushes what waits every
 `FLUSH_EVERY_S`; a warning or worse flushes at once, with every line before it; so does
 the process's exit. A process killed outright (SIGKILL) may lose its last fraction of a
-second of info lines, never a warning.
+second of info lines, never a warning. This holds where stdout itself writes through
+(`PYTHONUNBUFFERED`, `python -u`, as container images set): the log then writes to a
+buffered stream of its own over the same file descriptor.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import sys
 import threading
@@ -106,10 +110,43 @@ def _level_number(level: str) -> int:
     return number
 
 
+# Buffered streams over stdout's file descriptor, made once each (logging may be configured
+# more than once in a process).
+_buffered: dict[int, TextIO] = {}
+
+
+def _stdout_buffered() -> TextIO:
+    """stdout, buffered even where it writes through (`PYTHONUNBUFFERED`, `python -u`):
+    a stream of its own over the same file descriptor, flushed by the flusher, by a
+    warning and at exit. Anything else standing in for stdout (a test's capture) as is."""
+    stdout = sys.__stdout__
+    if stdout is None or sys.stdout is not stdout or not getattr(stdout, "write_through", False):
+        return sys.stdout
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stdout
+    stream = _buffered.get(fd)
+    if stream is None:
+        stdout.flush()
+        stream = open(  # noqa: SIM115 - open for the process's life; flushed at exit
+            fd, "w", encoding=stdout.encoding, errors=stdout.errors, closefd=False
+        )
+        atexit.register(_flush_quietly, stream)
+        _buffered[fd] = stream
+    return stream
+
+
+def _flush_quietly(stream: TextIO) -> None:
+    # OSError, ValueError: the reader has gone, or the stream was closed.
+    with _flusher.lock, contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
+
 def configure_logging(level: str, service: str, *, stream: TextIO | None = None) -> None:
     """Configure structlog and stdlib logging once per process, before serving."""
     level_number = _level_number(level)
-    output = stream if stream is not None else sys.stdout
+    output = stream if stream is not None else _stdout_buffered()
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

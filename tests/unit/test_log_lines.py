@@ -4,6 +4,9 @@ call each; a warning at once, with every line before it."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,8 @@ import pytest
 import structlog
 
 from infrastructure.logging import FLUSH_EVERY_S, configure_logging
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -62,3 +67,43 @@ def test_a_warning_is_written_at_once_with_the_lines_before_it(
     assert line["level"] == "warning"
     assert line["service"] == "test"
     assert line["reason"] == "test"
+
+
+# A service under `python -u` (or PYTHONUNBUFFERED, as container images set), its stdout a
+# file: the flusher is held off, so only a warning or the exit can write the info lines.
+_UNBUFFERED_CHILD = """
+import os, sys
+import structlog
+import infrastructure.logging as vigil_logging
+vigil_logging.FLUSH_EVERY_S = 3600.0
+vigil_logging.configure_logging("info", "child")
+log = structlog.get_logger("child")
+log.info("one")
+log.info("two")
+after_info = os.fstat(1).st_size
+log.warning("three")
+after_warning = os.fstat(1).st_size
+log.info("four")
+print(after_info, after_warning, file=sys.stderr)
+"""
+
+
+def test_under_unbuffered_stdout_info_lines_wait_for_a_warning_or_the_exit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "service.log"
+    with path.open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-u", "-c", _UNBUFFERED_CHILD],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    after_info, after_warning = (int(n) for n in done.stderr.split())
+    assert after_info == 0, "each info line was written as it came (stdout writes through)"
+    assert after_warning > 0
+    assert _events(path) == ["one", "two", "three", "four"]  # the last one at exit

@@ -1,8 +1,8 @@
 # Developer entry points. `make run` is the whole system on this machine; `make test` the suite.
 
 # The interpreter the venv is made from. The distribution's own Python 3 when it is one
-# Vigil supports (Debian's python3.11 is built profile-guided and link-time optimised, and
-# runs Vigil's services 10-20 % faster than a plain source build such as pyenv's), else the
+# Vigil supports (Debian's python3.11, linked statically and built profile-guided, runs
+# Vigil's services 10-20 % faster than a plain source build such as pyenv's), else the
 # `python3` on PATH. `make PYTHON=/path/to/python3.x install` chooses another (after
 # `rm -rf .venv`: an existing venv keeps the interpreter it was made from).
 ifeq ($(origin PYTHON),undefined)
